@@ -1,0 +1,25 @@
+"""edge-rnn: recurrent networks from PyTorch to streaming ONNX, run on the edge.
+
+``edge_rnn.export`` and ``edge_rnn.verify`` need the ``export`` extra (torch,
+onnx); they are imported on first use so that ``import edge_rnn.runtime``
+works on a device without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["export", "verify", "EdgeRnnError", "__version__"]
+
+from edge_rnn.errors import EdgeRnnError
+
+_LAZY = {"export", "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from edge_rnn import exporters
+
+        return getattr(exporters, name)
+    raise AttributeError(f"module 'edge_rnn' has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""The ``edge-rnn`` command line. Thin: heavy imports happen inside the command that needs them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_rnn import __version__
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Turns an EdgeRnnError (a user mistake or a parity failure) into one message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeRnnError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise EdgeRnnError(f"{what} {path}: no such file")
+    if not path.is_file():
+        raise EdgeRnnError(f"{what} {path}: expected a file, got a directory")
+    return path
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-rnn")
+def main() -> None:
+    """Recurrent networks from PyTorch to streaming ONNX, and back to proof that they match."""
+
+
+def _load_state_dict(module: Any, weights: Path) -> None:
+    """Load a state_dict saved with torch.save, never unpickling arbitrary objects."""
+    import pickle
+
+    import torch
+
+    _existing(weights, "weights")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StateError(
+            f"{weights}: refused to unpickle it with weights_only=True ({first}); "
+            "save a plain state_dict instead: torch.save(module.state_dict(), path)"
+        ) from None
+    except Exception as e:  # a truncated or non-torch file
+        raise StateError(f"{weights}: expected a file written by torch.save, could not read it ({e})") from None
+    if not isinstance(state, dict):
+        raise StateError(f"{weights}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    mod_state = module.state_dict()
+    missing = sorted(set(mod_state) - set(state))
+    unexpected = sorted(set(state) - set(mod_state))
+    if missing or unexpected:
+        raise StateError(
+            f"{weights}: state_dict keys do not fit {type(module).__name__}: missing {missing}, unexpected {unexpected}"
+        )
+    bad = [
+        f"{k} expected {tuple(v.shape)}, got {tuple(getattr(state[k], 'shape', ()))}"
+        for k, v in mod_state.items()
+        if tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
+    ]
+    if bad:
+        raise StateError(f"{weights}: state_dict shapes do not fit: " + "; ".join(bad))
+    module.load_state_dict(state)
+
+
+def _build(spec: Any, weights: Path | None, seed: int | None) -> Any:
+    import torch
+
+    from edge_rnn.exporters import build_module
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    module = build_module(spec)
+    if weights is not None:
+        _load_state_dict(module, weights)
+    return module.eval()
+
+
+def _print_parity(report: Any) -> None:
+    click.echo(report.table())
+    click.echo(f"parity: max abs error {report.max_abs_error:.2e} over {len(report.rows)} comparisons: "
+               f"{'ok' if report.ok else 'FAILED'}")
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(["rnn", "lstm", "gru"]), required=True, help="Recurrent architecture.")
+@click.option("--input-size", type=click.IntRange(min=1), required=True)
+@click.option("--hidden-size", type=click.IntRange(min=1), required=True)
+@click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--bidirectional", is_flag=True)
+@click.option("--batch-first", is_flag=True, help="x is (batch, time, features) instead of (time, batch, features).")
+@click.option("--proj-size", type=click.IntRange(min=0), default=0, show_default=True, help="LSTM projection size.")
+@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
+              help="Vanilla RNN only.")
+@click.option("--no-bias", is_flag=True)
+@click.option("--cell", is_flag=True, help="Export the single-step cell (RNNCell, LSTMCell, GRUCell).")
+@click.option("--decomposed", is_flag=True, help="MatMul/Sigmoid/Tanh graph in a Scan: no recurrent operators.")
+@click.option("--weights", type=click.Path(path_type=Path), help="A state_dict saved with torch.save.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Weights seed without --weights.")
+@click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Length of the long streaming check (0 skips it).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
+def export(arch: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, batch_first: bool,
+           proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool, weights: Path | None,
+           seed: int, long_steps: int, output: Path) -> None:
+    """Build an RNN/LSTM/GRU, export it to streaming ONNX, verify it and print the parity table."""
+    from edge_rnn.exporters import RecurrentSpec
+    from edge_rnn.exporters import export as export_module
+
+    if nonlinearity != "tanh" and arch != "rnn":
+        raise EdgeRnnError(f"--nonlinearity {nonlinearity}: only the vanilla RNN (--arch rnn) takes it")
+    spec = RecurrentSpec(
+        kind=arch, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+        batch_first=batch_first, bias=not no_bias, proj_size=proj_size, nonlinearity=nonlinearity, cell=cell,
+        module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}{'Cell' if cell else ''}",
+    )
+    module = _build(spec, weights, None if weights else seed)
+    extra = {} if weights else {"seed": seed}
+    click.echo(f"exporting {spec.module} to {output} ...", err=True)
+    report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
+                           raise_on_failure=False)
+    click.echo(f"wrote {output}: {report.graph_form} graph, opset {report.opset}, "
+               f"{report.size_bytes / 1024:.1f} KiB, exported in {report.export_seconds * 1e3:.1f} ms")
+    _print_parity(report.parity)
+    if not report.parity.ok:
+        sys.exit(1)
+
+
+def _read_contract(model: Path) -> tuple[Any, Any]:
+    import onnx
+
+    from edge_rnn.contract import Contract
+
+    _existing(model, "model")
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as e:
+        raise ModelFormatError(f"{model}: expected an ONNX model, could not parse it ({type(e).__name__})") from None
+    if not proto.graph.node and not proto.graph.input:
+        raise ModelFormatError(f"{model}: expected an ONNX model, got an empty or non-ONNX file")
+    return proto, Contract.from_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path), help="The state_dict the model was exported from.")
+@click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the random test inputs.")
+def verify(model: Path, weights: Path | None, long_steps: int, seed: int) -> None:
+    """Check MODEL again against PyTorch, rebuilding the module from the model's metadata."""
+    from edge_rnn.exporters import RecurrentSpec
+    from edge_rnn.exporters import verify as verify_model
+
+    _, contract = _read_contract(model)
+    if contract is None:
+        raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; verify needs a model edge-rnn exported")
+    spec = RecurrentSpec.from_source(contract.source)
+    if weights is None and "seed" not in contract.source:
+        raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
+    module = _build(spec, weights, None if weights else int(contract.source["seed"]))
+    report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False)
+    _print_parity(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+def inspect(model: Path) -> None:
+    """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX file."""
+    from edge_rnn._inspect import describe
+
+    proto, contract = _read_contract(model)
+    click.echo(describe(proto, contract, model.stat().st_size))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,214 @@
+"""The streaming-ONNX contract: the one place that reads and writes it.
+
+Every model edge-rnn writes carries, in ``metadata_props``, the key
+``edge_rnn`` whose value is JSON::
+
+    {"format": 1,
+     "inputs":  [{"name": "x", "batch_axis": 1, "time_axis": 0}],
+     "outputs": [{"name": "y", "batch_axis": 1, "time_axis": 0}],
+     "states":  [{"input": "h0", "output": "hn", "shape": [2, null, 256],
+                  "batch_axis": 1, "dtype": "float32"}],
+     "source":  {"kind": "lstm", "hidden_size": 256, ...},
+     "streamable": true}
+
+``null`` in a state shape marks the batch dimension; ``time_axis`` is null
+for models that take one step per call (cells). A state input left at zeros
+is PyTorch's default initial state; feeding each output state to its input on
+the next call continues the sequence exactly. ``docs/streaming-onnx.md`` is
+the human-readable version of this module.
+
+This module imports neither torch nor onnx, so the runtime can use it: it
+works on the plain ``{key: value}`` metadata map that both ``onnx`` and
+``onnxruntime`` expose.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge_rnn.errors import ModelFormatError
+
+__all__ = [
+    "METADATA_KEY",
+    "FORMAT_VERSION",
+    "TensorSpec",
+    "StateSpec",
+    "Contract",
+]
+
+METADATA_KEY = "edge_rnn"
+FORMAT_VERSION = 1
+_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ModelFormatError(f"edge_rnn contract: expected {what} to be a non-negative int, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: its name and which axes are batch and time."""
+
+    name: str
+    batch_axis: int
+    time_axis: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
+        try:
+            name = d["name"]
+        except (KeyError, TypeError):
+            raise ModelFormatError(f"edge_rnn contract: expected a tensor entry with a 'name', got {d!r}") from None
+        if not isinstance(name, str) or not name:
+            raise ModelFormatError(f"edge_rnn contract: expected a tensor name string, got {name!r}")
+        return cls(
+            name=name,
+            batch_axis=_axis(d.get("batch_axis"), f"batch_axis of {name!r}", nullable=False),
+            time_axis=_axis(d.get("time_axis"), f"time_axis of {name!r}", nullable=True),
+        )
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A recurrent state: graph input ``input`` is fed by graph output ``output``.
+
+    ``shape`` holds ``None`` at ``batch_axis``; every other entry is fixed.
+    """
+
+    input: str
+    output: str
+    shape: tuple[int | None, ...]
+    batch_axis: int
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.batch_axis < len(self.shape)) or self.shape[self.batch_axis] is not None:
+            raise ModelFormatError(
+                f"edge_rnn contract: state {self.input!r}: expected shape {list(self.shape)} to hold null "
+                f"at batch_axis {self.batch_axis}"
+            )
+        others = [d for i, d in enumerate(self.shape) if i != self.batch_axis]
+        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in others):
+            raise ModelFormatError(
+                f"edge_rnn contract: state {self.input!r}: expected fixed non-negative sizes besides the "
+                f"batch axis, got {list(self.shape)}"
+            )
+        if self.dtype not in _DTYPES:
+            raise ModelFormatError(
+                f"edge_rnn contract: state {self.input!r}: expected dtype in {list(_DTYPES)}, got {self.dtype!r}"
+            )
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape of this state for ``batch`` streams."""
+        return tuple(batch if d is None else d for d in self.shape)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StateSpec":
+        try:
+            return cls(
+                input=str(d["input"]),
+                output=str(d["output"]),
+                shape=tuple(d["shape"]),
+                batch_axis=_axis(d["batch_axis"], f"batch_axis of state {d['input']!r}", nullable=False),
+                dtype=str(d.get("dtype", "float32")),
+            )
+        except (KeyError, TypeError) as e:
+            raise ModelFormatError(
+                f"edge_rnn contract: expected a state entry with input, output, shape and batch_axis, got {d!r}"
+            ) from e
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Which inputs feed which output states, and where batch and time are."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    states: tuple[StateSpec, ...]
+    source: Mapping[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+    # False when chunked calls cannot equal one pass (a bidirectional layer needs
+    # the future); the model then runs one whole sequence per call.
+    streamable: bool = True
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.inputs] + [s.input for s in self.states]
+        outs = [t.name for t in self.outputs] + [s.output for s in self.states]
+        for kind, group in (("input", names), ("output", outs)):
+            dup = sorted({n for n in group if group.count(n) > 1})
+            if dup:
+                raise ModelFormatError(f"edge_rnn contract: expected unique {kind} names, got duplicates {dup}")
+
+    @property
+    def is_streaming(self) -> bool:
+        """True when the model takes a time axis (several steps per call)."""
+        return any(t.time_axis is not None for t in self.inputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        out = {
+            "format": self.format,
+            "inputs": d["inputs"],
+            "outputs": d["outputs"],
+            "states": [dict(s, shape=list(s["shape"])) for s in d["states"]],
+            "source": dict(self.source),
+            "streamable": self.streamable,
+        }
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Contract":
+        if not isinstance(d, Mapping):
+            raise ModelFormatError(f"edge_rnn contract: expected a JSON object, got {type(d).__name__}")
+        fmt = d.get("format")
+        if fmt != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r} "
+                "(a newer edge-rnn may have written this model)"
+            )
+        for key in ("inputs", "outputs", "states"):
+            if not isinstance(d.get(key), list):
+                raise ModelFormatError(f"edge_rnn contract: expected {key!r} to be a list, got {d.get(key)!r}")
+        source = d.get("source", {})
+        if not isinstance(source, Mapping):
+            raise ModelFormatError(f"edge_rnn contract: expected 'source' to be an object, got {source!r}")
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            states=tuple(StateSpec.from_dict(s) for s in d["states"]),
+            source=dict(source),
+            format=fmt,
+            streamable=bool(d.get("streamable", True)),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Contract":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f"edge_rnn contract: expected JSON, got invalid text ({e})") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> "Contract | None":
+        """Read the contract from a model's metadata map; None when it has none.
+
+        Works on ``{p.key: p.value for p in model.metadata_props}`` and on
+        onnxruntime's ``session.get_modelmeta().custom_metadata_map``.
+        """
+        text = metadata.get(METADATA_KEY)
+        return None if text is None else cls.from_json(text)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The metadata entries that carry this contract."""
+        return {METADATA_KEY: self.to_json()}

@@ -1,0 +1,49 @@
+"""The errors edge-rnn raises.
+
+Every error a user can cause derives from :class:`EdgeRnnError`; the CLI turns
+it into one line on stderr and exit code 1. Messages read "expected X, got Y"
+and name the tensor or file they are about.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeRnnError",
+    "ShapeError",
+    "StateError",
+    "UnsupportedError",
+    "ModelFormatError",
+    "ParityError",
+]
+
+
+class EdgeRnnError(Exception):
+    """Base class of every error edge-rnn raises on purpose."""
+
+
+class ShapeError(EdgeRnnError, ValueError):
+    """A tensor has the wrong rank, size or dtype."""
+
+
+class StateError(EdgeRnnError, ValueError):
+    """A recurrent state, state_dict or snapshot does not fit the model."""
+
+
+class UnsupportedError(EdgeRnnError, ValueError):
+    """The module or option is outside what edge-rnn can export."""
+
+
+class ModelFormatError(EdgeRnnError, ValueError):
+    """A file is not ONNX, or its edge_rnn contract is missing or malformed."""
+
+
+class ParityError(EdgeRnnError):
+    """ONNX and PyTorch disagree beyond tolerance.
+
+    ``failures`` lists every ``(case, tensor, max_abs_error, tolerance)`` that
+    failed, so one run shows all of them.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, str, float, float]]):
+        super().__init__(message)
+        self.failures = failures

@@ -1,0 +1,216 @@
+"""``export``: a torch RNN/LSTM/GRU layer or cell -> a streaming ONNX file."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import helper
+
+from edge_rnn import __version__
+from edge_rnn.contract import Contract, StateSpec, TensorSpec
+from edge_rnn.errors import ModelFormatError, ShapeError
+from edge_rnn.exporters._graph import GraphBuilder
+from edge_rnn.exporters._layers import emit_input_projection, emit_stack, emit_step, native_possible
+from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
+from edge_rnn.exporters.parity import ParityReport, verify
+
+__all__ = ["export", "build_model", "ExportReport", "OPSET", "IR_VERSION"]
+
+OPSET = 17
+# IR 8 goes with opset 17 and loads in onnxruntime >= 1.13, mobile builds included.
+IR_VERSION = 8
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export` wrote and how well it matches PyTorch."""
+
+    path: Path
+    contract: Contract
+    graph_form: str  # "native" | "decomposed" | "mixed" (native with Scan layers for proj_size)
+    opset: int
+    export_seconds: float  # graph construction, check and save; verification not included
+    size_bytes: int
+    operators: dict[str, int] = field(default_factory=dict)
+    parity: ParityReport | None = None
+
+
+def _contract(spec: RecurrentSpec, extra_source: Mapping[str, Any] | None = None) -> Contract:
+    if spec.cell:
+        io_batch, io_time = 0, None
+        h_shape: list = [None, spec.hidden_out]
+        c_shape: list = [None, spec.hidden_size]
+        state_batch = 0
+    else:
+        io_batch, io_time = (0, 1) if spec.batch_first else (1, 0)
+        n = spec.num_layers * spec.num_directions
+        h_shape, c_shape, state_batch = [n, None, spec.hidden_out], [n, None, spec.hidden_size], 1
+    states = [StateSpec("h0", "hn", tuple(h_shape), state_batch)]
+    if spec.kind == "lstm":
+        states.append(StateSpec("c0", "cn", tuple(c_shape), state_batch))
+    return Contract(
+        inputs=(TensorSpec("x", io_batch, io_time),),
+        outputs=(TensorSpec("y", io_batch, io_time),),
+        states=tuple(states),
+        source={**spec.to_source(), **(extra_source or {})},
+        streamable=not spec.bidirectional,
+    )
+
+
+def _graph_form(spec: RecurrentSpec, decomposed: bool) -> str:
+    if decomposed:
+        return "decomposed"
+    return "native" if native_possible(spec) else "mixed"
+
+
+def build_model(
+    module: torch.nn.Module, *, decomposed: bool = False, extra_source: Mapping[str, Any] | None = None
+) -> tuple[onnx.ModelProto, RecurrentSpec]:
+    """The streaming ONNX model of ``module`` (not checked, not saved)."""
+    spec = spec_from_module(module)
+    contract = _contract(spec, extra_source)
+
+    def weights(layer: int, reverse: bool) -> dict:
+        return layer_weights(module, spec, layer, reverse)
+
+    g = GraphBuilder(f"edge_rnn_{spec.kind}")
+    t_dim, b_dim = "time", "batch"
+    is_lstm = spec.kind == "lstm"
+    if spec.cell:
+        x = g.add_input("x", [b_dim, spec.input_size])
+        h0 = g.add_input("h0", [b_dim, spec.hidden_out])
+        c0 = g.add_input("c0", [b_dim, spec.hidden_size]) if is_lstm else None
+        if decomposed:
+            w = weights(0, False)
+            h, c = emit_step(g, spec, w, emit_input_projection(g, spec, w, x), h0, c0)
+        else:
+            axes = g.ints([0], "axes")
+            x3 = g.op1("Unsqueeze", [x, axes])
+            h3 = g.op1("Unsqueeze", [h0, axes])
+            c3 = g.op1("Unsqueeze", [c0, axes]) if c0 else None
+            _, h, c = emit_stack(g, spec, weights, x3, h3, c3, decomposed=False)
+            h = g.op1("Squeeze", [h, axes])
+            c = g.op1("Squeeze", [c, axes]) if c else None
+        g.op1("Identity", [h], output="hn")
+        g.op1("Identity", [h], output="y")
+        y_shape: list = [b_dim, spec.hidden_out]
+    else:
+        n = spec.num_layers * spec.num_directions
+        io = [b_dim, t_dim] if spec.batch_first else [t_dim, b_dim]
+        x = g.add_input("x", io + [spec.input_size])
+        h0 = g.add_input("h0", [n, b_dim, spec.hidden_out])
+        c0 = g.add_input("c0", [n, b_dim, spec.hidden_size]) if is_lstm else None
+        x_tm = g.op1("Transpose", [x], perm=[1, 0, 2], hint="x_tm") if spec.batch_first else x
+        y, h, c = emit_stack(g, spec, weights, x_tm, h0, c0, decomposed=decomposed)
+        if spec.batch_first:
+            g.op1("Transpose", [y], output="y", perm=[1, 0, 2])
+        else:
+            g.op1("Identity", [y], output="y")
+        g.op1("Identity", [h], output="hn")
+        y_shape = io + [spec.num_directions * spec.hidden_out]
+    if c0:
+        g.op1("Identity", [c], output="cn")
+    g.add_output("y", y_shape)
+    for s in contract.states:
+        g.add_output(s.output, [b_dim if d is None else d for d in s.shape])
+
+    model = helper.make_model(
+        g.graph(),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edge-rnn",
+        producer_version=__version__,
+        doc_string=f"{spec.module} exported by edge-rnn ({_graph_form(spec, decomposed)} graph form)",
+    )
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, contract.to_metadata())
+    return model, spec
+
+
+def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> None:
+    if example_input is None:
+        return
+    shape = tuple(example_input.shape)
+    want = 2 if spec.cell else 3
+    if len(shape) not in (want - 1, want) or shape[-1] != spec.input_size:
+        layout = "batch, " if spec.cell else "batch, time, " if spec.batch_first else "time, batch, "
+        raise ShapeError(f"example_input: expected shape ({layout}{spec.input_size}), got {shape}")
+
+
+def export(
+    module: torch.nn.Module,
+    path: str | Path,
+    *,
+    example_input: torch.Tensor | None = None,
+    decomposed: bool = False,
+    check: bool = True,
+    verify_parity: bool = True,
+    long_steps: int = 10_000,
+    seed: int = 0,
+    raise_on_failure: bool = True,
+    extra_source: Mapping[str, Any] | None = None,
+) -> ExportReport:
+    """Export a recurrent layer or cell to a streaming ONNX file and check it against PyTorch.
+
+    The graph takes ``x`` and the recurrent state (``h0``, and ``c0`` for an
+    LSTM, shaped ``(num_layers * num_directions, batch, hidden)`` as in torch)
+    and returns ``y`` and the next state (``hn``, ``cn``); batch and time axes
+    are dynamic, and the ``edge_rnn`` metadata says which input feeds which
+    output. ``decomposed=True`` writes the form without recurrent operators.
+    ``extra_source`` adds entries to the contract's ``source`` (the CLI
+    records the weights' seed there).
+    Unless ``verify_parity=False``, :func:`edge_rnn.verify` runs on the result
+    and raises :class:`~edge_rnn.errors.ParityError` if it differs.
+
+    Example::
+
+        >>> import torch, edge_rnn
+        >>> lstm = torch.nn.LSTM(80, 256, num_layers=2)
+        >>> report = edge_rnn.export(lstm, "lstm.onnx")          # doctest: +SKIP
+        >>> report.parity.max_abs_error < 1e-5                   # doctest: +SKIP
+        True
+    """
+    path = Path(path)
+    spec_from_module(module)  # an unsupported module fails before anything else
+    if module.training:
+        warnings.warn(
+            f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "
+            "(no dropout). Call module.eval() to silence this.",
+            stacklevel=2,
+        )
+        module = copy.deepcopy(module).eval()
+    t0 = time.perf_counter()
+    model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
+    _check_example(spec, example_input)
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as e:  # a bug in edge-rnn, not the user's doing
+            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph: {e}") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    seconds = time.perf_counter() - t0
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    parity = None
+    if verify_parity:
+        parity = verify(module, path, long_steps=long_steps, seed=seed, example_input=example_input,
+                        raise_on_failure=raise_on_failure)
+    return ExportReport(
+        path=path,
+        contract=Contract.from_metadata({p.key: p.value for p in model.metadata_props}),
+        graph_form=_graph_form(spec, decomposed),
+        opset=OPSET,
+        export_seconds=seconds,
+        size_bytes=path.stat().st_size,
+        operators=ops,
+        parity=parity,
+    )

@@ -1,0 +1,183 @@
+"""ONNX for recurrent layers, in two graph forms.
+
+*native*: one ONNX ``RNN``/``LSTM``/``GRU`` operator per layer, weights in
+ONNX gate order. *decomposed*: the input projection of the whole chunk as one
+``MatMul``, then a ``Scan`` whose body is one time step written with
+``MatMul``, ``Add``, ``Sigmoid``, ``Tanh``/``Relu`` and ``Mul``: no recurrent
+operators, for runtimes and accelerators that lack them. A projected LSTM
+(``proj_size``), which the ONNX ``LSTM`` operator cannot express, always takes
+the decomposed form.
+
+Tensors here are time-major: ``x`` is ``(T, B, In)``, a layer's output
+``(T, B, D * H_out)``, its final states ``(D, B, H_out)`` and ``(D, B, H)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edge_rnn.exporters._graph import GraphBuilder
+from edge_rnn.exporters._spec import RecurrentSpec
+from edge_rnn.exporters.gates import to_onnx_gate_order
+
+__all__ = ["emit_stack", "emit_input_projection", "emit_step", "native_possible"]
+
+Weights = dict[str, np.ndarray]
+WeightsFn = Callable[[int, bool], Weights]  # (layer, reverse) -> weights
+
+
+def native_possible(spec: RecurrentSpec) -> bool:
+    """Whether the ONNX recurrent operators can express ``spec``."""
+    return spec.proj_size == 0
+
+
+def emit_input_projection(g: GraphBuilder, spec: RecurrentSpec, w: Weights, x: str) -> str:
+    """``x @ W_ih^T`` plus every bias that can be folded in front of the recurrence.
+
+    GRU keeps ``b_hn`` back: PyTorch applies it inside ``r * (W_hn h + b_hn)``.
+    """
+    xw = g.op1("MatMul", [x, g.const(w["w_ih"].T, "w_ih_t")], hint="xw")
+    if not spec.bias:
+        return xw
+    folded = w["b_ih"] + w["b_hh"]
+    if spec.kind == "gru":
+        h = spec.hidden_size
+        folded = np.concatenate([folded[: 2 * h], w["b_ih"][2 * h :]])
+    return g.op1("Add", [xw, g.const(folded, "b_folded")], hint="xw")
+
+
+def emit_step(
+    g: GraphBuilder, spec: RecurrentSpec, w: Weights, xw: str, h: str, c: str | None
+) -> tuple[str, str | None]:
+    """One time step from the projected input ``xw`` (B, G*H) and state ``h`` (B, H_out), ``c`` (B, H).
+
+    Returns the new ``(h, c)``; ``c`` is None except for an LSTM.
+    """
+    hid = spec.hidden_size
+    hw = g.op1("MatMul", [h, g.const(w["w_hh"].T, "w_hh_t")], hint="hw")
+    if spec.kind == "rnn":
+        act = "Tanh" if spec.nonlinearity == "tanh" else "Relu"
+        return g.op1(act, [g.op1("Add", [xw, hw])], hint="h"), None
+    if spec.kind == "lstm":
+        a = g.op1("Add", [xw, hw], hint="gates")
+        i, f, cand, o = g.op("Split", [a, g.ints([hid] * 4, "split")], outputs=4, axis=1)
+        i, f, o = (g.op1("Sigmoid", [t]) for t in (i, f, o))
+        c_new = g.op1("Add", [g.op1("Mul", [f, c]), g.op1("Mul", [i, g.op1("Tanh", [cand])])], hint="c")
+        h_new = g.op1("Mul", [o, g.op1("Tanh", [c_new])], hint="h")
+        if spec.proj_size:
+            h_new = g.op1("MatMul", [h_new, g.const(w["w_hr"].T, "w_hr_t")], hint="h")
+        return h_new, c_new
+    # GRU, with PyTorch's b_hn inside the reset gate and its h' = n + z * (h - n)
+    if spec.bias:
+        hw = g.op1("Add", [hw, g.const(np.concatenate([np.zeros(2 * hid, np.float32), w["b_hh"][2 * hid :]]), "b_hn")])
+    split = g.ints([hid] * 3, "split")
+    xr, xz, xn = g.op("Split", [xw, split], outputs=3, axis=1)
+    hr, hz, hn = g.op("Split", [hw, split], outputs=3, axis=1)
+    r = g.op1("Sigmoid", [g.op1("Add", [xr, hr])], hint="r")
+    z = g.op1("Sigmoid", [g.op1("Add", [xz, hz])], hint="z")
+    n = g.op1("Tanh", [g.op1("Add", [xn, g.op1("Mul", [r, hn])])], hint="n")
+    h_new = g.op1("Add", [n, g.op1("Mul", [z, g.op1("Sub", [h, n])])], hint="h")
+    return h_new, None
+
+
+def _scan_direction(
+    g: GraphBuilder, spec: RecurrentSpec, w: Weights, x: str, h0: str, c0: str | None, reverse: bool
+) -> tuple[str, str, str | None]:
+    """One layer-direction as a Scan over time; returns ``(y (T,B,H_out), h_T, c_T)``."""
+    xw = emit_input_projection(g, spec, w, x)
+    body = GraphBuilder("step", parent=g)
+    gh = spec.gates * spec.hidden_size
+    h_in = body.add_input(body.fresh("h_in"), [None, spec.hidden_out])
+    c_in = body.add_input(body.fresh("c_in"), [None, spec.hidden_size]) if c0 else None
+    xw_t = body.add_input(body.fresh("xw_t"), [None, gh])
+    h_out, c_out = emit_step(body, spec, w, xw_t, h_in, c_in)
+    body.add_output(h_out, [None, spec.hidden_out])
+    if c_out:
+        body.add_output(c_out, [None, spec.hidden_size])
+    y_t = body.op1("Identity", [h_out], hint="y_t")
+    body.add_output(y_t, [None, spec.hidden_out])
+    direction = [1 if reverse else 0]
+    n_states = 2 if c0 else 1
+    outs = g.op(
+        "Scan",
+        [h0] + ([c0] if c0 else []) + [xw],
+        outputs=n_states + 1,
+        hint="scan",
+        body=body.graph(),
+        num_scan_inputs=1,
+        scan_input_directions=direction,
+        scan_output_directions=direction,
+    )
+    return outs[-1], outs[0], outs[1] if c0 else None
+
+
+def _decomposed_layer(
+    g: GraphBuilder, spec: RecurrentSpec, weights: WeightsFn, layer: int, x: str, h0: str, c0: str | None
+) -> tuple[str, str, str | None]:
+    ys, hs, cs = [], [], []
+    for d in range(spec.num_directions):
+        idx = g.const(np.asarray(layer * spec.num_directions + d, np.int64), "state_index")
+        h_init = g.op1("Gather", [h0, idx], axis=0, hint="h_init")
+        c_init = g.op1("Gather", [c0, idx], axis=0, hint="c_init") if c0 else None
+        y, h, c = _scan_direction(g, spec, weights(layer, d == 1), x, h_init, c_init, reverse=d == 1)
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    axes0 = g.ints([0], "axes")
+    h_last = _concat(g, [g.op1("Unsqueeze", [h, axes0]) for h in hs], axis=0)
+    c_last = _concat(g, [g.op1("Unsqueeze", [c, axes0]) for c in cs], axis=0) if c0 else None
+    return _concat(g, ys, axis=2), h_last, c_last
+
+
+def _native_layer(
+    g: GraphBuilder, spec: RecurrentSpec, weights: WeightsFn, layer: int, x: str, h0: str, c0: str | None
+) -> tuple[str, str, str | None]:
+    d = spec.num_directions
+    ws = [weights(layer, r == 1) for r in range(d)]
+    kind = spec.kind
+    w = np.stack([to_onnx_gate_order(kind, wd["w_ih"]) for wd in ws])
+    r = np.stack([to_onnx_gate_order(kind, wd["w_hh"]) for wd in ws])
+    inputs = [x, g.const(w, "W"), g.const(r, "R")]
+    if spec.bias:
+        b = np.stack([np.concatenate([to_onnx_gate_order(kind, wd["b_ih"]), to_onnx_gate_order(kind, wd["b_hh"])])
+                      for wd in ws])
+        inputs.append(g.const(b, "B"))
+    else:
+        inputs.append("")
+    if spec.num_layers > 1:
+        span = [g.ints([layer * d], "start"), g.ints([layer * d + d], "end"), g.ints([0], "axes")]
+        h0 = g.op1("Slice", [h0, *span], hint="h_init")
+        c0 = g.op1("Slice", [c0, *span], hint="c_init") if c0 else None
+    inputs += ["", h0] + ([c0] if c0 else [])
+    attrs: dict = {"hidden_size": spec.hidden_size, "direction": "bidirectional" if d == 2 else "forward"}
+    if kind == "rnn":
+        attrs["activations"] = ["Tanh" if spec.nonlinearity == "tanh" else "Relu"] * d
+    if kind == "gru":
+        attrs["linear_before_reset"] = 1
+    outs = g.op(kind.upper(), inputs, outputs=3 if c0 else 2, hint=kind, **attrs)
+    y4 = outs[0]  # (T, D, B, H)
+    if d == 1:
+        y = g.op1("Squeeze", [y4, g.ints([1], "axes")], hint="y")
+    else:
+        y = g.op1("Reshape", [g.op1("Transpose", [y4], perm=[0, 2, 1, 3]), g.ints([0, 0, -1], "shape")], hint="y")
+    return y, outs[1], outs[2] if c0 else None
+
+
+def _concat(g: GraphBuilder, names: list[str], axis: int) -> str:
+    return names[0] if len(names) == 1 else g.op1("Concat", names, axis=axis)
+
+
+def emit_stack(
+    g: GraphBuilder, spec: RecurrentSpec, weights: WeightsFn, x: str, h0: str, c0: str | None, *, decomposed: bool
+) -> tuple[str, str, str | None]:
+    """All layers of ``spec`` over time-major ``x``; returns ``(y, h_n, c_n)`` in torch's layouts."""
+    layer_fn = _decomposed_layer if decomposed or not native_possible(spec) else _native_layer
+    hs, cs = [], []
+    for layer in range(spec.num_layers):
+        x, h, c = layer_fn(g, spec, weights, layer, x, h0, c0)
+        hs.append(h)
+        cs.append(c)
+    return x, _concat(g, hs, axis=0), _concat(g, cs, axis=0) if c0 else None
+

@@ -1,0 +1,60 @@
+"""Argument and tensor checks shared by the reference cells and layers.
+
+Every message reads "<Module>: expected X, got Y" and names the tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from edge_rnn.errors import ShapeError, UnsupportedError
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UnsupportedError(f"{owner}: expected {name} to be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise UnsupportedError(f"{owner}: expected {name} to be a bool, got {value!r}")
+    return value
+
+
+def check_nonlinearity(owner: str, value: Any) -> str:
+    """Return ``value`` if it is one of :data:`NONLINEARITIES`."""
+    if value not in NONLINEARITIES:
+        raise UnsupportedError(f"{owner}: expected nonlinearity 'tanh' or 'relu', got {value!r}")
+    return value
+
+
+def check_input(owner: str, input: Any, *, ranks: tuple[int, int], size: int, dtype: torch.dtype) -> None:
+    """Check an input tensor: rank ``ranks[0]`` (unbatched) or ``ranks[1]`` (batched), last axis ``size``."""
+    if not isinstance(input, Tensor):
+        raise ShapeError(f"{owner}: expected input to be a Tensor, got {type(input).__name__}")
+    if input.dim() not in ranks:
+        raise ShapeError(
+            f"{owner}: expected input to be {ranks[0]}D (unbatched) or {ranks[1]}D (batched), got {input.dim()}D"
+        )
+    if input.size(-1) != size:
+        raise ShapeError(f"{owner}: expected input of size {size}, got {input.size(-1)}")
+    if input.dtype != dtype:
+        raise ShapeError(f"{owner}: expected input of dtype {dtype} (the parameters'), got {input.dtype}")
+
+
+def check_state(owner: str, name: str, state: Any, *, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Check a recurrent state tensor against its exact expected ``shape`` and ``dtype``."""
+    if not isinstance(state, Tensor):
+        raise ShapeError(f"{owner}: expected {name} to be a Tensor, got {type(state).__name__}")
+    if tuple(state.shape) != shape:
+        raise ShapeError(f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}")
+    if state.dtype != dtype:
+        raise ShapeError(f"{owner}: expected {name} of dtype {dtype} (the input's), got {state.dtype}")

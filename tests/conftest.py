@@ -1,0 +1,34 @@
+"""Shared helpers: small recurrent modules over the whole option space."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests are small; one thread each keeps them fast and deterministic on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    if "torch" in sys.modules or True:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover
+            return
+        torch.set_num_threads(1)
+
+
+# name -> (arch, kwargs) covering every architecture variant edge-rnn exports
+ARCHS = {
+    "rnn_tanh": ("rnn", {}),
+    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+    "lstm": ("lstm", {}),
+    "lstm_proj": ("lstm", {"proj_size": 3}),
+    "gru": ("gru", {}),
+}
