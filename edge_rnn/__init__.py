@@ -19,7 +19,11 @@ _LAZY = {"export", "verify"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from edge_rnn import exporters
-
+        try:
+            from edge_rnn import exporters
+        except ImportError as e:
+            raise ImportError(
+                f"edge_rnn.{name} needs torch and onnx ({e}); install them with: pip install 'edge-rnn[export]'"
+            ) from e
         return getattr(exporters, name)
     raise AttributeError(f"module 'edge_rnn' has no attribute {name!r}")

@@ -61,7 +61,8 @@ def describe(model: onnx.ModelProto, contract: Contract | None, size_bytes: int)
             shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
             lines.append(f"  {s.input:<8} -> {s.output:<8} {s.dtype:<8} ({shape})")
         for t in contract.inputs:
-            lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {t.time_axis}")
+            time = "none (one step per call)" if t.time_axis is None else t.time_axis
+            lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {time}")
         src = contract.source
         if src:
             lines.append("source:    " + ", ".join(f"{k}={v}" for k, v in src.items()))

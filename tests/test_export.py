@@ -18,7 +18,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import ParityError, ShapeError, UnsupportedError
 from edge_rnn.exporters import build_model, from_onnx_gate_order, to_onnx_gate_order
 
-I, H = 5, 7
+IN, H = 5, 7
 TORCH_LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 TORCH_CELLS = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
 FORMS = ["native", "decomposed"]
@@ -27,7 +27,7 @@ FORMS = ["native", "decomposed"]
 def make_layer(arch_name: str, num_layers: int, bidirectional: bool, batch_first: bool, bias: bool, seed: int = 0):
     arch, kw = ARCHS[arch_name]
     torch.manual_seed(seed)
-    return TORCH_LAYERS[arch](I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+    return TORCH_LAYERS[arch](IN, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
                               bias=bias, **kw).eval()
 
 
@@ -48,7 +48,7 @@ LAYER_GRID = list(itertools.product(ARCHS, [1, 2], [False, True], [False, True],
                          ids=["-".join(map(str, p)) for p in LAYER_GRID])
 def test_layer_parity(tmp_path, arch, num_layers, bidirectional, batch_first, bias, form):
     module = make_layer(arch, num_layers, bidirectional, batch_first, bias)
-    example = torch.zeros((2, 16, I) if batch_first else (16, 2, I))
+    example = torch.zeros((2, 16, IN) if batch_first else (16, 2, IN))
     report = edge_rnn.export(module, tmp_path / "m.onnx", example_input=example, decomposed=form == "decomposed",
                              long_steps=10_000)
     parity = report.parity
@@ -90,7 +90,7 @@ CELL_GRID = [(a, b, f) for a in ["rnn_tanh", "rnn_relu", "lstm", "gru"] for b in
 def test_cell_parity(tmp_path, arch, bias, form):
     kind, kw = ARCHS[arch]
     torch.manual_seed(1)
-    cell = TORCH_CELLS[kind](I, H, bias=bias, **kw).eval()
+    cell = TORCH_CELLS[kind](IN, H, bias=bias, **kw).eval()
     report = edge_rnn.export(cell, tmp_path / "c.onnx", decomposed=form == "decomposed", long_steps=1_000)
     assert report.parity.ok and report.parity.max_abs_error <= 1e-5
     c = report.contract
@@ -113,7 +113,7 @@ REF_CASES = [
 @pytest.mark.parametrize("form", FORMS)
 def test_reference_modules_export(tmp_path, name, kw, form):
     torch.manual_seed(2)
-    module = getattr(reference, name)(I, H, **kw).eval()
+    module = getattr(reference, name)(IN, H, **kw).eval()
     report = edge_rnn.export(module, tmp_path / "r.onnx", decomposed=form == "decomposed", long_steps=500)
     assert report.parity.ok
     assert report.contract.source["module"] == f"edge_rnn.reference.{name}"
@@ -136,9 +136,9 @@ def test_zero_state_is_torchs_default_and_axes_are_dynamic(tmp_path):
     edge_rnn.export(module, tmp_path / "m.onnx", verify_parity=False)
     model = onnx.load(tmp_path / "m.onnx")
     dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
-    assert dims == {"x": ["batch", "time", I], "h0": [2, "batch", H], "c0": [2, "batch", H]}
+    assert dims == {"x": ["batch", "time", IN], "h0": [2, "batch", H], "c0": [2, "batch", H]}
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((4, 9, I)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((4, 9, IN)).astype(np.float32)
     y, hn, cn = sess.run(None, {"x": x, "h0": np.zeros((2, 4, H), np.float32), "c0": np.zeros((2, 4, H), np.float32)})
     with torch.no_grad():
         ty, (th, tc) = module(torch.from_numpy(x))
@@ -182,7 +182,7 @@ def test_parity_failures_are_collected_and_raised_once(tmp_path):
 
 def test_training_mode_warns_and_exports_eval_behaviour(tmp_path):
     torch.manual_seed(0)
-    module = torch.nn.LSTM(I, H, num_layers=2, dropout=0.5)  # training mode, dropout active
+    module = torch.nn.LSTM(IN, H, num_layers=2, dropout=0.5)  # training mode, dropout active
     with pytest.warns(UserWarning, match="training mode"):
         report = edge_rnn.export(module, tmp_path / "m.onnx", long_steps=100)
     assert report.parity.ok and module.training  # the caller's module is left as it was
@@ -199,7 +199,8 @@ def test_unsupported_modules_raise(tmp_path, module, match):
 
 def test_example_input_of_the_wrong_size_raises(tmp_path):
     with pytest.raises(ShapeError, match=r"example_input: expected shape \(time, batch, 5\), got \(4, 2, 6\)"):
-        edge_rnn.export(make_layer("gru", 1, False, False, True), tmp_path / "m.onnx", example_input=torch.zeros(4, 2, 6))
+        edge_rnn.export(make_layer("gru", 1, False, False, True), tmp_path / "m.onnx",
+                        example_input=torch.zeros(4, 2, 6))
 
 
 def test_build_model_without_torch_onnx_is_fast_enough_to_call_often():

@@ -55,6 +55,7 @@ CELL_ARCHS = [
     Arch("lstm", ref.LSTMCell, nn.LSTMCell),
     Arch("gru", ref.GRUCell, nn.GRUCell),
 ]
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 ARCH = {a.name: a for a in LAYER_ARCHS}
 by_name = pytest.mark.parametrize("arch", LAYER_ARCHS, ids=lambda a: a.name)
 cells_by_name = pytest.mark.parametrize("arch", CELL_ARCHS, ids=lambda a: a.name)
@@ -166,20 +167,30 @@ def test_gradients_match_torch(arch: Arch) -> None:
             loss = sum((t * t).sum() for t in flat(module(x, hx)))
             loss.backward()
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # -- parameters, state_dict, attributes -------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", LAYER_ARCHS + CELL_ARCHS, ids=lambda a: a.ours.__name__ + "-" + a.name)
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_state_dict_round_trip(arch: Arch, bidirectional: bool, bias: bool) -> None:
-    is_cell = arch in CELL_ARCHS
-    if is_cell and bidirectional:
-        pytest.skip("cells have one direction")
-    extra = {"bias": bias} if is_cell else {"bias": bias, "num_layers": 2, "bidirectional": bidirectional}
+def _case_id(arch: Arch, extra: dict[str, Any]) -> str:
+    flags = [k if v is True else f"no_{k}" if v is False else f"{k}{v}" for k, v in extra.items()]
+    return "-".join([arch.ours.__name__, arch.name, *flags])
+
+
+# Every module kind, with and without bias; layers two deep, in one or two directions.
+MODULE_CASES = [
+    pytest.param(arch, extra, id=_case_id(arch, extra))
+    for arch, extra in [
+        *((a, {"num_layers": 2, "bidirectional": bi, "bias": bias}) for a in LAYER_ARCHS for bi in (False, True)
+          for bias in (True, False)),
+        *((a, {"bias": bias}) for a in CELL_ARCHS for bias in (True, False)),
+    ]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch, extra", MODULE_CASES)
+def test_state_dict_round_trip(arch: Arch, extra: dict[str, Any]) -> None:
     theirs = arch.theirs(IN, HID, **arch.kwargs, **extra)
     ours = arch.ours(IN, HID, **arch.kwargs, **extra)
     assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
@@ -192,29 +203,28 @@ def test_state_dict_round_trip(arch: Arch, bidirectional: bool, bias: bool) -> N
         assert name == name_b and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("arch", LAYER_ARCHS + CELL_ARCHS, ids=lambda a: a.ours.__name__ + "-" + a.name)
-def test_initialisation_matches_torch(arch: Arch) -> None:
-    extra = {} if arch in CELL_ARCHS else {"num_layers": 2, "bidirectional": True}
+@pytest.mark.parametrize("arch, extra", MODULE_CASES)
+def test_initialisation_matches_torch(arch: Arch, extra: dict[str, Any]) -> None:
     torch.manual_seed(1)
     theirs = arch.theirs(IN, HID, **arch.kwargs, **extra)
     torch.manual_seed(1)
     ours = arch.ours(IN, HID, **arch.kwargs, **extra)
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)
-    bound = HID**-0.5
-    assert all(p.abs().max() <= bound for p in ours.parameters())
+    assert all(p.abs().max() <= HID**-0.5 for p in ours.parameters())
 
 
-@pytest.mark.parametrize("arch", LAYER_ARCHS + CELL_ARCHS, ids=lambda a: a.ours.__name__ + "-" + a.name)
-def test_attributes_match_torch(arch: Arch) -> None:
-    extra = {} if arch in CELL_ARCHS else {"num_layers": 2, "bidirectional": True, "batch_first": True}
-    ours, theirs = make_pair(arch, **extra)
+@pytest.mark.parametrize("arch, extra", MODULE_CASES)
+def test_attributes_match_torch(arch: Arch, extra: dict[str, Any]) -> None:
+    is_layer = arch in LAYER_ARCHS
+    ours, theirs = make_pair(arch, **extra, **({"batch_first": True, "dropout": 0.25} if is_layer else {}))
     names = ["input_size", "hidden_size", "bias", "num_layers", "batch_first", "dropout", "bidirectional"]
     names += ["proj_size", "mode", "nonlinearity"]
     for name in names:
         assert getattr(ours, name, None) == getattr(theirs, name, None), name
-    if arch not in CELL_ARCHS:
+    if is_layer:
         assert [[p.shape for p in g] for g in ours.all_weights] == [[p.shape for p in g] for g in theirs.all_weights]
+    assert repr(ours) == repr(theirs)
 
 
 def test_reference_does_not_call_torch_recurrent_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,7 +290,9 @@ def test_rnn_cell_pre_activation(nonlinearity: str) -> None:
     torch.testing.assert_close(h1, getattr(torch, nonlinearity)(g["a"]), atol=0, rtol=0)
 
 
-def replay(arch: Arch, module: nn.Module, gates: dict[str, dict[str, Tensor]], hx: Any, output: Tensor, hn: Any) -> None:
+def replay(
+    arch: Arch, module: nn.Module, gates: dict[str, dict[str, Tensor]], hx: Any, output: Tensor, hn: Any
+) -> None:
     """Rebuild every layer-direction's states from its recorded gates alone and compare."""
     directions = module.num_directions
     h0, c0 = hx if arch.lstm else (hx, None)
@@ -321,7 +333,11 @@ def test_layer_gates_reproduce_states(arch: Arch, bidirectional: bool) -> None:
 @pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
 def test_layer_gate_layout(arch: Arch, layout: str) -> None:
     module = arch.ours(IN, HID, num_layers=2, bidirectional=True, batch_first=layout == "batch_first", **arch.kwargs)
-    x = {"seq_first": torch.randn(STEPS, BATCH, IN), "batch_first": torch.randn(BATCH, STEPS, IN), "unbatched": torch.randn(STEPS, IN)}[layout]
+    x = {
+        "seq_first": torch.randn(STEPS, BATCH, IN),
+        "batch_first": torch.randn(BATCH, STEPS, IN),
+        "unbatched": torch.randn(STEPS, IN),
+    }[layout]
     plain = module(x)
     result, gates = module(x, return_gates=True)
     assert_parity(result, plain, torch.float32)
@@ -335,23 +351,93 @@ def test_layer_gate_layout(arch: Arch, layout: str) -> None:
 # -- errors and dropout -----------------------------------------------------------------
 
 BAD_CALLS = [
-    pytest.param(lambda: ref.RNNCell(IN, HID)(torch.randn(2, BATCH, IN)), "RNNCell: expected input to be 1D (unbatched) or 2D (batched), got 3D", id="rnncell-3d"),
-    pytest.param(lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN + 1)), "LSTMCell: expected input of size 5, got 6", id="lstmcell-size"),
-    pytest.param(lambda: ref.GRUCell(IN, HID)(torch.randn(BATCH, IN), torch.randn(BATCH, HID + 1)), "GRUCell: expected hx of shape (4, 7), got (4, 8)", id="grucell-hx"),
-    pytest.param(lambda: ref.RNNCell(IN, HID)(torch.randn(IN), torch.randn(BATCH, HID)), "RNNCell: expected hx of shape (7,), got (4, 7)", id="rnncell-unbatched-hx"),
-    pytest.param(lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN), torch.randn(BATCH, HID)), "LSTMCell: expected hx to be a pair (h_0, c_0), got Tensor", id="lstmcell-not-pair"),
-    pytest.param(lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN), (torch.randn(BATCH, HID), torch.randn(BATCH + 1, HID))), "LSTMCell: expected c_0 of shape (4, 7), got (5, 7)", id="lstmcell-c0"),
-    pytest.param(lambda: ref.GRUCell(IN, HID)(torch.randn(BATCH, IN, dtype=torch.float64)), "GRUCell: expected input of dtype torch.float32 (the parameters'), got torch.float64", id="cell-dtype"),
-    pytest.param(lambda: ref.RNN(IN, HID)(torch.randn(IN)), "RNN: expected input to be 2D (unbatched) or 3D (batched), got 1D", id="rnn-1d"),
-    pytest.param(lambda: ref.GRU(IN, HID)(torch.randn(1, STEPS, BATCH, IN)), "GRU: expected input to be 2D (unbatched) or 3D (batched), got 4D", id="gru-4d"),
-    pytest.param(lambda: ref.LSTM(IN, HID)(torch.randn(STEPS, BATCH, IN - 1)), "LSTM: expected input of size 5, got 4", id="lstm-size"),
-    pytest.param(lambda: ref.RNN(IN, HID, 2)(torch.randn(STEPS, BATCH, IN), torch.randn(2, BATCH + 1, HID)), "RNN: expected h_0 of shape (2, 4, 7), got (2, 5, 7)", id="rnn-h0-batch"),
-    pytest.param(lambda: ref.GRU(IN, HID)(torch.randn(STEPS, IN), torch.randn(1, 1, HID)), "GRU: expected h_0 of shape (1, 7), got (1, 1, 7)", id="gru-unbatched-3d-h0"),
-    pytest.param(lambda: ref.LSTM(IN, HID, proj_size=PROJ)(torch.randn(STEPS, BATCH, IN), (torch.randn(1, BATCH, PROJ), torch.randn(1, BATCH, PROJ))), "LSTM: expected c_0 of shape (1, 4, 7), got (1, 4, 3)", id="lstm-proj-c0"),
-    pytest.param(lambda: ref.LSTM(IN, HID)(torch.randn(STEPS, BATCH, IN), torch.randn(1, BATCH, HID)), "LSTM: expected hx to be a pair (h_0, c_0), got Tensor", id="lstm-not-pair"),
-    pytest.param(lambda: ref.GRU(IN, HID)(torch.randn(STEPS, BATCH, IN), (torch.randn(1, BATCH, HID),)), "GRU: expected h_0 to be a Tensor, got tuple", id="gru-tuple-hx"),
-    pytest.param(lambda: ref.RNN(IN, HID)(torch.randn(STEPS, BATCH, IN), torch.randn(1, BATCH, HID, dtype=torch.float64)), "RNN: expected h_0 of dtype torch.float32 (the input's), got torch.float64", id="rnn-h0-dtype"),
-    pytest.param(lambda: ref.RNN(IN, HID)(torch.randn(0, BATCH, IN)), "RNN: expected input with at least one time step, got 0", id="rnn-empty"),
+    pytest.param(
+        lambda: ref.RNNCell(IN, HID)(torch.randn(2, BATCH, IN)),
+        "RNNCell: expected input to be 1D (unbatched) or 2D (batched), got 3D",
+        id="rnncell-3d",
+    ),
+    pytest.param(
+        lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN + 1)),
+        "LSTMCell: expected input of size 5, got 6",
+        id="lstmcell-size",
+    ),
+    pytest.param(
+        lambda: ref.GRUCell(IN, HID)(torch.randn(BATCH, IN), torch.randn(BATCH, HID + 1)),
+        "GRUCell: expected hx of shape (4, 7), got (4, 8)",
+        id="grucell-hx",
+    ),
+    pytest.param(
+        lambda: ref.RNNCell(IN, HID)(torch.randn(IN), torch.randn(BATCH, HID)),
+        "RNNCell: expected hx of shape (7,), got (4, 7)",
+        id="rnncell-unbatched-hx",
+    ),
+    pytest.param(
+        lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN), torch.randn(BATCH, HID)),
+        "LSTMCell: expected hx to be a pair (h_0, c_0), got Tensor",
+        id="lstmcell-not-pair",
+    ),
+    pytest.param(
+        lambda: ref.LSTMCell(IN, HID)(torch.randn(BATCH, IN), (torch.randn(BATCH, HID), torch.randn(BATCH + 1, HID))),
+        "LSTMCell: expected c_0 of shape (4, 7), got (5, 7)",
+        id="lstmcell-c0",
+    ),
+    pytest.param(
+        lambda: ref.GRUCell(IN, HID)(torch.randn(BATCH, IN, dtype=torch.float64)),
+        "GRUCell: expected input of dtype torch.float32 (the parameters'), got torch.float64",
+        id="cell-dtype",
+    ),
+    pytest.param(
+        lambda: ref.RNN(IN, HID)(torch.randn(IN)),
+        "RNN: expected input to be 2D (unbatched) or 3D (batched), got 1D",
+        id="rnn-1d",
+    ),
+    pytest.param(
+        lambda: ref.GRU(IN, HID)(torch.randn(1, STEPS, BATCH, IN)),
+        "GRU: expected input to be 2D (unbatched) or 3D (batched), got 4D",
+        id="gru-4d",
+    ),
+    pytest.param(
+        lambda: ref.LSTM(IN, HID)(torch.randn(STEPS, BATCH, IN - 1)),
+        "LSTM: expected input of size 5, got 4",
+        id="lstm-size",
+    ),
+    pytest.param(
+        lambda: ref.RNN(IN, HID, 2)(torch.randn(STEPS, BATCH, IN), torch.randn(2, BATCH + 1, HID)),
+        "RNN: expected h_0 of shape (2, 4, 7), got (2, 5, 7)",
+        id="rnn-h0-batch",
+    ),
+    pytest.param(
+        lambda: ref.GRU(IN, HID)(torch.randn(STEPS, IN), torch.randn(1, 1, HID)),
+        "GRU: expected h_0 of shape (1, 7), got (1, 1, 7)",
+        id="gru-unbatched-3d-h0",
+    ),
+    pytest.param(
+        lambda: ref.LSTM(IN, HID, proj_size=PROJ)(
+            torch.randn(STEPS, BATCH, IN), (torch.randn(1, BATCH, PROJ), torch.randn(1, BATCH, PROJ))
+        ),
+        "LSTM: expected c_0 of shape (1, 4, 7), got (1, 4, 3)",
+        id="lstm-proj-c0",
+    ),
+    pytest.param(
+        lambda: ref.LSTM(IN, HID)(torch.randn(STEPS, BATCH, IN), torch.randn(1, BATCH, HID)),
+        "LSTM: expected hx to be a pair (h_0, c_0), got Tensor",
+        id="lstm-not-pair",
+    ),
+    pytest.param(
+        lambda: ref.GRU(IN, HID)(torch.randn(STEPS, BATCH, IN), (torch.randn(1, BATCH, HID),)),
+        "GRU: expected h_0 to be a Tensor, got tuple",
+        id="gru-tuple-hx",
+    ),
+    pytest.param(
+        lambda: ref.RNN(IN, HID)(torch.randn(STEPS, BATCH, IN), torch.randn(1, BATCH, HID, dtype=torch.float64)),
+        "RNN: expected h_0 of dtype torch.float32 (the input's), got torch.float64",
+        id="rnn-h0-dtype",
+    ),
+    pytest.param(
+        lambda: ref.RNN(IN, HID)(torch.randn(0, BATCH, IN)),
+        "RNN: expected input with at least one time step, got 0",
+        id="rnn-empty",
+    ),
 ]
 
 

@@ -20,6 +20,7 @@ raised at once in one :class:`~edge_rnn.errors.ParityError`.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,9 @@ def _torch_step_fn(module: torch.nn.Module, spec: RecurrentSpec) -> Callable[[Ar
     def run(feeds: Arrays) -> Arrays:
         t = {k: torch.from_numpy(v).to(dtype) for k, v in feeds.items()}
         hx = (t["h0"], t["c0"]) if lstm else t["h0"]
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's notice that oneDNN lacks proj_size says nothing about parity
+            warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
             if spec.cell:
                 res = module(t["x"], hx)
                 h, c = res if lstm else (res, None)

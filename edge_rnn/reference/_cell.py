@@ -64,7 +64,7 @@ class CellBase(nn.Module):
             text += ", bias=False"
         nonlinearity = getattr(self, "nonlinearity", "tanh")
         if nonlinearity != "tanh":
-            text += f", nonlinearity={nonlinearity!r}"
+            text += f", nonlinearity={nonlinearity}"
         return text
 
     def _batch(self, input: Tensor, states: dict[str, Tensor | None]) -> tuple[Tensor, list[Tensor], bool]:

@@ -126,13 +126,12 @@ class RecurrentBase(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
 
     def extra_repr(self) -> str:
+        # torch.nn's format, nonlinearity omitted as torch.nn.RNN does; mode says it.
         text = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
             text += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             text += f", num_layers={self.num_layers}"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            text += f", nonlinearity={self.nonlinearity!r}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"

@@ -1,0 +1,128 @@
+"""The edge-rnn command: export, verify, inspect, and one clear line for every user mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_rnn.cli import main
+
+BASE = ["export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "6", "--long-steps", "300"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, contains: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert contains in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--num-layers", "2", "--batch-first"],
+    ["--num-layers", "2", "--proj-size", "3"],
+    ["--bidirectional", "--no-bias"],
+    ["--cell"],
+    ["--decomposed", "--num-layers", "2"],
+])
+def test_export_verify_inspect(tmp_path, flags):
+    out = tmp_path / "m.onnx"
+    r = run(*BASE, *flags, "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert "parity: max abs error" in r.stdout and ": ok" in r.stdout and "exported in" in r.stdout
+    r = run("verify", str(out), "--long-steps", "300")
+    assert r.exit_code == 0 and ": ok" in r.stdout, r.output
+    r = run("inspect", str(out))
+    assert r.exit_code == 0
+    assert "h0" in r.stdout and "opset:     ai.onnx 17" in r.stdout and "operators:" in r.stdout
+
+
+def test_export_from_weights_and_verify_needs_them(tmp_path):
+    torch.manual_seed(5)
+    gru = torch.nn.GRU(4, 6, num_layers=2)
+    torch.save(gru.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "g.onnx"
+    r = run("export", "--arch", "gru", "--input-size", "4", "--hidden-size", "6", "--num-layers", "2",
+            "--weights", str(tmp_path / "w.pt"), "--long-steps", "200", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    # the graph holds the saved weights, not seeded ones
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer}
+    w = next(v for k, v in inits.items() if k.startswith("W_"))
+    assert abs(float(w.sum()) - float(gru.weight_ih_l0.detach().sum())) < 1e-4
+    one_line_error(run("verify", str(out)), "pass it with --weights")
+    assert run("verify", str(out), "--weights", str(tmp_path / "w.pt"), "--long-steps", "200").exit_code == 0
+    # the wrong weights fail parity, listing every mismatch
+    torch.save(torch.nn.GRU(4, 6, num_layers=2).state_dict(), tmp_path / "other.pt")
+    r = run("verify", str(out), "--weights", str(tmp_path / "other.pt"), "--long-steps", "0")
+    assert r.exit_code == 1 and "FAIL" in r.stdout
+
+
+def test_inspect_any_onnx_file_without_contract(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["a"], ["b"])], "plain",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3])],
+                          [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3])])
+    onnx.save(helper.make_model(g), tmp_path / "plain.onnx")
+    r = run("inspect", str(tmp_path / "plain.onnx"))
+    assert r.exit_code == 0
+    assert "no edge_rnn contract" in r.stdout and "Relu x1" in r.stdout and "(n, 3)" in r.stdout
+    one_line_error(run("verify", str(tmp_path / "plain.onnx")), "no edge_rnn contract")
+
+
+def test_user_mistakes_give_one_line_and_exit_1(tmp_path):
+    one_line_error(run("inspect", str(tmp_path / "missing.onnx")), "no such file")
+    one_line_error(run("verify", str(tmp_path / "missing.onnx")), "no such file")
+    (tmp_path / "junk.onnx").write_bytes(b"this is not a protobuf \xff\xfe" * 10)
+    one_line_error(run("inspect", str(tmp_path / "junk.onnx")), "expected an ONNX model")
+    one_line_error(run(*BASE, "--weights", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "m.onnx")),
+                   "no such file")
+    one_line_error(run("export", "--arch", "gru", "--input-size", "4", "--hidden-size", "6", "--proj-size", "3",
+                       "-o", str(tmp_path / "m.onnx")), "proj_size only on an LSTM")
+    one_line_error(run(*BASE, "--nonlinearity", "relu", "-o", str(tmp_path / "m.onnx")), "--nonlinearity relu")
+    one_line_error(run(*BASE, "--cell", "--bidirectional", "-o", str(tmp_path / "m.onnx")), "a cell has one layer")
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    torch.save(torch.nn.LSTM(4, 6).state_dict(), tmp_path / "lstm1.pt")
+    torch.save(torch.nn.LSTM(4, 9).state_dict(), tmp_path / "wide.pt")
+    out = str(tmp_path / "m.onnx")
+    one_line_error(run(*BASE, "--num-layers", "2", "--weights", str(tmp_path / "lstm1.pt"), "-o", out),
+                   "missing ['bias_hh_l1'")
+    one_line_error(run(*BASE, "--weights", str(tmp_path / "wide.pt"), "-o", out), "weight_ih_l0 expected (24, 4)")
+    torch.save([1, 2], tmp_path / "list.pt")
+    one_line_error(run(*BASE, "--weights", str(tmp_path / "list.pt"), "-o", out), "expected a state_dict")
+
+
+class Custom:  # pickled by reference: weights_only=True must refuse to load it
+    pass
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path):
+    torch.save({"weight_ih_l0": Custom()}, tmp_path / "evil.pt")
+    r = run(*BASE, "--weights", str(tmp_path / "evil.pt"), "-o", str(tmp_path / "m.onnx"))
+    one_line_error(r, "weights_only=True")
+    assert "torch.save(module.state_dict(), path)" in r.stderr
+
+
+def test_usage_errors_exit_2():
+    r = CliRunner().invoke(main, ["export", "--arch", "transformer", "--input-size", "1", "--hidden-size", "1"])
+    assert r.exit_code == 2
+
+
+def test_console_script_starts_without_importing_torch():
+    code = "import sys; from edge_rnn.cli import main; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    r = subprocess.run(["edge-rnn", "--help"], capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 0 and "export" in r.stdout and "inspect" in r.stdout
