@@ -189,13 +189,14 @@ def export(
     t0 = time.perf_counter()
     model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
     _check_example(spec, example_input)
+    data = model.SerializeToString()  # once, for both the checker and the file
     if check:
         try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as e:  # a bug in edge-rnn, not the user's doing
-            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph: {e}") from e
+            onnx.checker.check_model(data, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    path.write_bytes(data)
     seconds = time.perf_counter() - t0
     ops: dict[str, int] = {}
     for node in model.graph.node:
