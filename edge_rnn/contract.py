@@ -44,6 +44,12 @@ FORMAT_VERSION = 1
 _DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ModelFormatError(f"edge_rnn contract: expected {what} to be a non-empty string, got {value!r}")
+    return value
+
+
 def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
     if value is None and nullable:
         return None
@@ -62,17 +68,18 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
-        try:
-            name = d["name"]
-        except (KeyError, TypeError):
-            raise ModelFormatError(f"edge_rnn contract: expected a tensor entry with a 'name', got {d!r}") from None
-        if not isinstance(name, str) or not name:
-            raise ModelFormatError(f"edge_rnn contract: expected a tensor name string, got {name!r}")
-        return cls(
+        if not isinstance(d, Mapping) or "name" not in d:
+            raise ModelFormatError(f"edge_rnn contract: expected a tensor entry with a 'name', got {d!r}")
+        name = _name(d["name"], "a tensor name")
+        t = cls(
             name=name,
             batch_axis=_axis(d.get("batch_axis"), f"batch_axis of {name!r}", nullable=False),
             time_axis=_axis(d.get("time_axis"), f"time_axis of {name!r}", nullable=True),
         )
+        if t.time_axis == t.batch_axis:
+            raise ModelFormatError(f"edge_rnn contract: {name!r}: expected different batch and time axes, "
+                                   f"got {t.batch_axis} for both")
+        return t
 
 
 @dataclass(frozen=True)
@@ -111,18 +118,26 @@ class StateSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StateSpec":
-        try:
-            return cls(
-                input=str(d["input"]),
-                output=str(d["output"]),
-                shape=tuple(d["shape"]),
-                batch_axis=_axis(d["batch_axis"], f"batch_axis of state {d['input']!r}", nullable=False),
-                dtype=str(d.get("dtype", "float32")),
-            )
-        except (KeyError, TypeError) as e:
+        if not isinstance(d, Mapping):
+            raise ModelFormatError(f"edge_rnn contract: expected a state entry (an object), got {d!r}")
+        missing = [k for k in ("input", "output", "shape", "batch_axis") if k not in d]
+        if missing:
+            raise ModelFormatError(f"edge_rnn contract: state entry {d!r} lacks {missing}")
+        name = _name(d["input"], "a state input name")
+        out = _name(d["output"], f"the output of state {name!r}")
+        if name == out:
+            raise ModelFormatError(f"edge_rnn contract: state {name!r}: expected an output name other than the input")
+        if not isinstance(d["shape"], list):
             raise ModelFormatError(
-                f"edge_rnn contract: expected a state entry with input, output, shape and batch_axis, got {d!r}"
-            ) from e
+                f"edge_rnn contract: state {name!r}: expected shape to be a list, got {d['shape']!r}"
+            )
+        return cls(
+            input=name,
+            output=out,
+            shape=tuple(d["shape"]),
+            batch_axis=_axis(d["batch_axis"], f"batch_axis of state {name!r}", nullable=False),
+            dtype=_name(d.get("dtype", "float32"), f"dtype of state {name!r}"),
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,7 @@ class Contract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     states: tuple[StateSpec, ...]
-    source: Mapping[str, Any] = field(default_factory=dict)
+    source: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
     format: int = FORMAT_VERSION
     # False when chunked calls cannot equal one pass (a bidirectional layer needs
     # the future); the model then runs one whole sequence per call.
@@ -155,8 +170,8 @@ class Contract:
         d = asdict(self)
         out = {
             "format": self.format,
-            "inputs": d["inputs"],
-            "outputs": d["outputs"],
+            "inputs": list(d["inputs"]),
+            "outputs": list(d["outputs"]),
             "states": [dict(s, shape=list(s["shape"])) for s in d["states"]],
             "source": dict(self.source),
             "streamable": self.streamable,
@@ -171,14 +186,18 @@ class Contract:
         if not isinstance(d, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected a JSON object, got {type(d).__name__}")
         fmt = d.get("format")
-        if fmt != FORMAT_VERSION:
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt != FORMAT_VERSION:
+            newer = isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION
             raise ModelFormatError(
-                f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r} "
-                "(a newer edge-rnn may have written this model)"
+                f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r}"
+                + (" (a newer edge-rnn wrote this model)" if newer else "")
             )
         for key in ("inputs", "outputs", "states"):
             if not isinstance(d.get(key), list):
                 raise ModelFormatError(f"edge_rnn contract: expected {key!r} to be a list, got {d.get(key)!r}")
+        streamable = d.get("streamable", True)
+        if not isinstance(streamable, bool):
+            raise ModelFormatError(f"edge_rnn contract: expected 'streamable' to be true or false, got {streamable!r}")
         source = d.get("source", {})
         if not isinstance(source, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected 'source' to be an object, got {source!r}")
@@ -188,14 +207,14 @@ class Contract:
             states=tuple(StateSpec.from_dict(s) for s in d["states"]),
             source=dict(source),
             format=fmt,
-            streamable=bool(d.get("streamable", True)),
+            streamable=streamable,
         )
 
     @classmethod
     def from_json(cls, text: str) -> "Contract":
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, TypeError) as e:
             raise ModelFormatError(f"edge_rnn contract: expected JSON, got invalid text ({e})") from None
         return cls.from_dict(d)
 

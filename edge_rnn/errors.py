@@ -14,6 +14,8 @@ __all__ = [
     "UnsupportedError",
     "ModelFormatError",
     "ParityError",
+    "NonFiniteError",
+    "StreamError",
 ]
 
 
@@ -35,6 +37,14 @@ class UnsupportedError(EdgeRnnError, ValueError):
 
 class ModelFormatError(EdgeRnnError, ValueError):
     """A file is not ONNX, or its edge_rnn contract is missing or malformed."""
+
+
+class NonFiniteError(EdgeRnnError, ValueError):
+    """An input holds NaN or Inf (refused unless the model was loaded with allow_nonfinite=True)."""
+
+
+class StreamError(EdgeRnnError, RuntimeError):
+    """A stream is closed, or used twice in one batch."""
 
 
 class ParityError(EdgeRnnError):

@@ -35,7 +35,7 @@ class ExportReport:
 
     path: Path
     contract: Contract
-    graph_form: str  # "native" | "decomposed" | "mixed" (native with Scan layers for proj_size)
+    graph_form: str  # "native" | "decomposed" (always for proj_size, which the LSTM operator cannot express)
     opset: int
     export_seconds: float  # graph construction, check and save; verification not included
     size_bytes: int
@@ -66,9 +66,7 @@ def _contract(spec: RecurrentSpec, extra_source: Mapping[str, Any] | None = None
 
 
 def _graph_form(spec: RecurrentSpec, decomposed: bool) -> str:
-    if decomposed:
-        return "decomposed"
-    return "native" if native_possible(spec) else "mixed"
+    return "native" if native_possible(spec) and not decomposed else "decomposed"
 
 
 def build_model(

@@ -95,7 +95,7 @@ class RecurrentSpec:
     @classmethod
     def from_source(cls, source: Mapping[str, Any]) -> "RecurrentSpec":
         fields = cls.__dataclass_fields__
-        unknown = sorted(set(source) - set(fields) - {"seed", "edge_rnn_version"})
+        unknown = sorted(set(source) - set(fields) - {"seed"})
         if unknown or "kind" not in source:
             raise UnsupportedError(
                 f"expected the contract's source to describe an RNN/LSTM/GRU export, got keys {sorted(source)}"

@@ -119,6 +119,9 @@ class RecurrentBase(nn.Module):
         """Parameters grouped per layer-direction, in torch.nn's order."""
         return [[getattr(self, name) for name in names] for names in self._all_weight_names]
 
+    def flatten_parameters(self) -> None:
+        """Do nothing: there is no fused weight buffer to compact (kept so torch.nn code runs unchanged)."""
+
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``, like torch.nn."""
         bound = 1.0 / math.sqrt(self.hidden_size)

@@ -50,7 +50,8 @@ def gru_step(
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
-    h_new = (1 - z) * n + z * h
+    # (1 - z) * n + z * h, in the form torch evaluates it, so rounding agrees too.
+    h_new = n + z * (h - n)
     return h_new, {"r": r, "z": z, "n": n}
 
 

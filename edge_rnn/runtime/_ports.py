@@ -1,0 +1,212 @@
+"""What the runtime needs to know about a model's tensors: the contract, or a guess for third-party models.
+
+A :class:`Port` is one data input or output with its batch and time axes;
+state pairs are :class:`~edge_rnn.contract.StateSpec`. For a model edge-rnn
+exported, both come from the ``edge_rnn`` contract. For any other stateful
+model they come from ``state_map`` or from :func:`detect_state_pairs`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_rnn.contract import Contract, StateSpec
+from edge_rnn.errors import ModelFormatError
+
+__all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype"]
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+# (input pattern, output template): h0 -> hn, X_in -> X_out, past_X -> present_X, state -> stateN
+_PAIR_RULES: Sequence[tuple[str, str]] = (
+    (r"^(.*)0$", r"\1n"),
+    (r"^(.*)_in$", r"\1_out"),
+    (r"^past_(.*)$", r"present_\1"),
+    (r"^past(\W.*)$", r"present\1"),
+    (r"^(.*)$", r"\1N"),
+    (r"^(.*)$", r"\1_out"),
+)
+
+
+def numpy_dtype(ort_type: str) -> np.dtype:
+    try:
+        return np.dtype(_ORT_TYPES[ort_type])
+    except KeyError:
+        raise ModelFormatError(f"expected a tensor type in {sorted(_ORT_TYPES)}, got {ort_type!r}") from None
+
+
+@dataclass(frozen=True)
+class Port:
+    """A data input or output: ``shape`` is the model's, ``None`` where a dimension is dynamic."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+    batch_axis: int
+    time_axis: int | None
+
+    @property
+    def stream_shape(self) -> tuple[int | None, ...]:
+        """The shape one stream passes: the model's without the batch axis."""
+        return tuple(d for i, d in enumerate(self.shape) if i != self.batch_axis)
+
+    @property
+    def stream_time_axis(self) -> int | None:
+        if self.time_axis is None:
+            return None
+        return self.time_axis - (self.time_axis > self.batch_axis)
+
+    def describe(self) -> str:
+        dims = []
+        for i, d in enumerate(self.stream_shape):
+            dims.append("time" if i == self.stream_time_axis else "any" if d is None else str(d))
+        return f"({', '.join(dims)}{',' if len(dims) == 1 else ''}) {self.dtype}"
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    states: tuple[StateSpec, ...]
+    constants: Mapping[str, np.ndarray]
+    streamable: bool = True
+
+
+def _dims(shape: Sequence) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+
+
+def detect_state_pairs(inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> dict[str, str]:
+    """State input -> output pairs found by name (``h0``/``hn``, ``X_in``/``X_out``, ``past_X``/``present_X``,
+    ``state``/``stateN``) where each is unambiguous and the shapes agree.
+
+    ``inputs`` and ``outputs`` map names to shapes. Raises
+    :class:`ModelFormatError` listing the candidates when a name matches
+    several outputs or none is found.
+    """
+    found: dict[str, list[str]] = {}
+    for name, shape in inputs.items():
+        cands = []
+        for pattern, template in _PAIR_RULES:
+            if re.match(pattern, name):
+                out = re.sub(pattern, template, name)
+                if out in outputs and out != name and len(outputs[out]) == len(shape) and out not in cands:
+                    cands.append(out)
+        if cands:
+            found[name] = cands
+    ambiguous = {k: v for k, v in found.items() if len(v) > 1}
+    taken: dict[str, list[str]] = {}
+    for k, v in found.items():
+        for o in v:
+            taken.setdefault(o, []).append(k)
+    ambiguous.update({f"(output) {o}": ins for o, ins in taken.items() if len(ins) > 1})
+    if ambiguous:
+        raise ModelFormatError(
+            "could not tell the state pairs apart: candidates " + "; ".join(f"{k} -> {v}" for k, v in ambiguous.items())
+            + ". Pass state_map={input: output, ...}"
+        )
+    if not found:
+        raise ModelFormatError(
+            f"no edge_rnn contract and no state pairs detected among inputs {sorted(inputs)} and outputs "
+            f"{sorted(outputs)}; pass state_map={{input: output, ...}}"
+        )
+    return {k: v[0] for k, v in found.items()}
+
+
+def _state_spec(name: str, out: str, shape: tuple, dtype: np.dtype, batch_axis: int | None) -> StateSpec:
+    dims = _dims(shape)
+    if batch_axis is None:
+        dynamic = [i for i, d in enumerate(dims) if d is None]
+        if len(dynamic) != 1:
+            raise ModelFormatError(
+                f"state {name!r} has shape {list(shape)}: expected exactly one dynamic (batch) dimension, "
+                f"got {len(dynamic)}; pass state_batch_axis="
+            )
+        batch_axis = dynamic[0]
+    if not 0 <= batch_axis < len(dims):
+        raise ModelFormatError(f"state {name!r}: expected state_batch_axis < {len(dims)}, got {batch_axis}")
+    fixed = [d for i, d in enumerate(dims) if i != batch_axis]
+    if any(d is None for d in fixed):
+        raise ModelFormatError(
+            f"state {name!r} has shape {list(shape)}: expected fixed sizes besides the batch axis {batch_axis}"
+        )
+    full = tuple(None if i == batch_axis else d for i, d in enumerate(dims))
+    return StateSpec(name, out, full, batch_axis, dtype.name)
+
+
+def resolve_io(
+    inputs: Mapping[str, tuple[tuple, str]],
+    outputs: Mapping[str, tuple[tuple, str]],
+    metadata: Mapping[str, str],
+    *,
+    state_map: Mapping[str, str] | None = None,
+    batch_axis: int = 0,
+    time_axis: int | None = None,
+    state_batch_axis: int | None = None,
+    constants: Mapping[str, object] | None = None,
+) -> ModelIO:
+    """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type)."""
+    constants = dict(constants or {})
+    unknown = sorted(set(constants) - set(inputs))
+    if unknown:
+        raise ModelFormatError(f"constants {unknown}: expected names of model inputs {sorted(inputs)}")
+    consts = {k: np.asarray(v, dtype=numpy_dtype(inputs[k][1])) for k, v in constants.items()}
+    contract = Contract.from_metadata(metadata)
+    if contract is not None and state_map is None:
+        axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
+        states = contract.states
+        streamable = contract.streamable
+    else:
+        if state_map is None:
+            candidates = {k: v[0] for k, v in inputs.items() if k not in consts}
+            state_map = detect_state_pairs(candidates, {k: v[0] for k, v in outputs.items()})
+        bad = {k: v for k, v in state_map.items() if k not in inputs or v not in outputs}
+        if bad:
+            raise ModelFormatError(
+                f"state_map {bad}: expected input -> output names; inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+            )
+        states = tuple(
+            _state_spec(i, o, inputs[i][0], numpy_dtype(inputs[i][1]), state_batch_axis) for i, o in state_map.items()
+        )
+        for s in states:
+            out_dims = _dims(outputs[s.output][0])
+            if len(out_dims) != len(s.shape) or any(
+                a is not None and b is not None and a != b for a, b in zip(out_dims, s.shape)
+            ):
+                raise ModelFormatError(
+                    f"state {s.input!r} -> {s.output!r}: expected the output shape to match {list(s.shape)}, "
+                    f"got {list(outputs[s.output][0])}"
+                )
+        axes = {}
+        streamable = True
+    state_in = {s.input for s in states}
+    state_out = {s.output for s in states}
+
+    def port(name: str, shape: tuple, ort_type: str) -> Port:
+        b, t = axes.get(name, (batch_axis, time_axis))
+        dims = _dims(shape)
+        for what, ax in (("batch_axis", b), ("time_axis", t)):
+            if ax is not None and not 0 <= ax < len(dims):
+                raise ModelFormatError(f"{name!r} has rank {len(dims)}: expected {what} < {len(dims)}, got {ax}")
+        if b == t:
+            raise ModelFormatError(f"{name!r}: expected different batch and time axes, got {b} for both")
+        return Port(name, dims, numpy_dtype(ort_type), b, t)
+
+    data_in = tuple(port(k, *v) for k, v in inputs.items() if k not in state_in and k not in consts)
+    data_out = tuple(port(k, *v) for k, v in outputs.items() if k not in state_out)
+    if not data_in:
+        raise ModelFormatError(f"expected at least one data input besides states and constants, got {sorted(inputs)}")
+    return ModelIO(data_in, data_out, tuple(states), consts, streamable)

@@ -1,0 +1,154 @@
+"""A stream: one sequence's recurrent state, owned by the caller, stepped by a shared model."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_rnn.contract import StateSpec
+from edge_rnn.errors import ShapeError, StateError, StreamError
+
+if TYPE_CHECKING:
+    from edge_rnn.runtime._model import StreamingModel
+
+__all__ = ["Stream", "encode_snapshot", "decode_snapshot"]
+
+_MAGIC = b"EDGERNN-SNAPSHOT"
+_VERSION = 1
+
+
+class Stream:
+    """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
+
+    The state is held with a batch axis of size 1, ready to be fed; every
+    public view of it (``state``, ``initial_state``, snapshots) is per stream,
+    without the batch axis. Steps on one stream are serialised by its lock.
+    """
+
+    def __init__(self, model: StreamingModel, state: dict[str, np.ndarray]):
+        self._model = model
+        self._state = state  # input name -> array with a batch axis of size 1
+        self._lock = threading.Lock()
+        self._closed = False
+        self.steps = 0  # time steps consumed since open/reset
+
+    @property
+    def model(self) -> StreamingModel:
+        return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """State input name -> a copy of the current state, without the batch axis."""
+        with self._lock:
+            self._check_open()
+            return {s.input: np.take(self._state[s.input], 0, axis=s.batch_axis) for s in self._model.states}
+
+    def reset(self) -> None:
+        """Back to the zero state, PyTorch's default initial state."""
+        with self._lock:
+            self._check_open()
+            self._state = self._model._zero_state()
+            self.steps = 0
+
+    def close(self) -> None:
+        """Release the state; any later step on this stream raises :class:`StreamError`."""
+        with self._lock:
+            self._closed = True
+            self._state = {}
+
+    def snapshot(self) -> bytes:
+        """The state as bytes; :meth:`StreamingModel.restore` resumes it bit for bit."""
+        with self._lock:
+            self._check_open()
+            return encode_snapshot(self._model.fingerprint, self._model.states, self._state, self.steps)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamError("stream is closed: expected an open stream, open a new one with model.open_stream()")
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Stream {'closed' if self._closed else 'open'}, {self.steps} steps>"
+
+
+def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate a per-stream state (no batch axis) and add the batch axis of size 1."""
+    names = {s.input for s in states}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise StateError(f"initial_state: unknown state {unknown}, expected names in {sorted(names)}")
+    out = {}
+    for s in states:
+        want = tuple(d for d in s.shape if d is not None)
+        if s.input not in given:
+            raise StateError(f"initial_state: missing state {s.input!r} of shape {want}")
+        a = np.asarray(given[s.input])
+        if a.shape != want or a.dtype != np.dtype(s.dtype):
+            raise ShapeError(
+                f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}"
+            )
+        out[s.input] = np.expand_dims(a, s.batch_axis).copy()
+    return out
+
+
+def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict[str, np.ndarray], steps: int) -> bytes:
+    header = {
+        "version": _VERSION,
+        "fingerprint": fingerprint,
+        "steps": steps,
+        "states": [{"input": s.input, "shape": list(state[s.input].shape), "dtype": s.dtype} for s in states],
+    }
+    head = json.dumps(header).encode()
+    body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
+    return _MAGIC + struct.pack("<I", len(head)) + head + body
+
+
+def decode_snapshot(
+    data: bytes, fingerprint: str, states: tuple[StateSpec, ...]
+) -> tuple[dict[str, np.ndarray], int]:
+    """The state arrays and step count in ``data``, refused unless they belong to this model."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(_MAGIC)]) != _MAGIC:
+        raise StateError("snapshot: expected bytes from Stream.snapshot(), got something else")
+    try:
+        (n,) = struct.unpack_from("<I", data, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        header = json.loads(bytes(data[start : start + n]))
+    except (struct.error, ValueError) as e:
+        raise StateError(f"snapshot: corrupt header ({e})") from None
+    if header.get("version") != _VERSION:
+        raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
+    want = [{"input": s.input, "shape": list(s.concrete_shape(1)), "dtype": s.dtype} for s in states]
+    if header.get("states") != want:
+        raise StateError(f"snapshot of another model: expected states {want}, got {header.get('states')}")
+    if header.get("fingerprint") != fingerprint:
+        raise StateError(
+            f"snapshot of another model: expected fingerprint {fingerprint}, got {header.get('fingerprint')} "
+            "(same state layout, different weights or graph)"
+        )
+    offset = start + n
+    out = {}
+    for s in states:
+        dt = np.dtype(s.dtype)
+        shape = s.concrete_shape(1)
+        size = int(np.prod(shape)) * dt.itemsize
+        if offset + size > len(data):
+            raise StateError("snapshot: truncated, expected more state bytes")
+        out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=dt).reshape(shape).copy()
+        offset += size
+    if offset != len(data):
+        raise StateError(f"snapshot: expected {offset} bytes, got {len(data)}")
+    return out, int(header.get("steps", 0))
