@@ -273,7 +273,7 @@ def test_threads_on_different_streams_and_on_one_stream(models):
     model = StreamingModel.load(path, threads=1)
     xs = [chunk(3, seed=i) for i in range(20)]
     want = []
-    for i in range(8):
+    for _ in range(8):
         s = model.open_stream()
         for x in xs:
             y = model.step(s, x)["y"]

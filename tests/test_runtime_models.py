@@ -1,0 +1,153 @@
+"""Stateful ONNX models edge-rnn did not write: state_map, pair detection, constants; and no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_rnn.errors import ModelFormatError
+from edge_rnn.runtime import StreamingModel, detect_state_pairs
+
+F = TensorProto.FLOAT
+
+
+def vad_like(tmp_path, state_in="state", state_out="stateN", extra_outputs=()):
+    """A silero-VAD-shaped toy: input (batch, 4), state (2, batch, 3), sr scalar -> output (batch, 1), new state.
+
+    new_state = tanh(state + input @ W * sr / 16000); output = sum(new_state[0]).
+    """
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), "W")
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["xw"]),
+        helper.make_node("Cast", ["sr"], ["srf"], to=F),
+        helper.make_node("Div", ["srf", "k16000"], ["scale"]),
+        helper.make_node("Mul", ["xw", "scale"], ["xws"]),
+        helper.make_node("Add", [state_in, "xws"], ["pre"]),  # (2, B, 3) + (B, 3) broadcasts
+        helper.make_node("Tanh", ["pre"], [state_out]),
+        helper.make_node("Gather", [state_out, "zero"], ["first"], axis=0),
+        helper.make_node("ReduceSum", ["first", "axes1"], ["output"], keepdims=1),
+    ]
+    inits = [w, numpy_helper.from_array(np.array(16000, np.float32), "k16000"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes1")]
+    outputs = [helper.make_tensor_value_info("output", F, ["batch", 1]),
+               helper.make_tensor_value_info(state_out, F, [2, "batch", 3])]
+    for name in extra_outputs:
+        nodes.append(helper.make_node("Identity", [state_out], [name]))
+        outputs.append(helper.make_tensor_value_info(name, F, [2, "batch", 3]))
+    g = helper.make_graph(
+        nodes, "vad_like",
+        [helper.make_tensor_value_info("input", F, ["batch", 4]),
+         helper.make_tensor_value_info(state_in, F, [2, "batch", 3]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        outputs, inits)
+    path = tmp_path / f"{state_in}.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def reference(xs, sr=16000):
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    s = np.zeros((2, 3), np.float32)
+    outs = []
+    for x in xs:
+        s = np.tanh(s + (x @ w) * (sr / 16000))
+        outs.append(s[0].sum(keepdims=True))
+    return np.stack(outs), s
+
+
+@pytest.mark.parametrize("pair", [("state", "stateN"), ("h0", "hn"), ("rnn_in", "rnn_out"), ("past_h", "present_h")])
+def test_common_pairs_are_detected_and_constants_fed(tmp_path, pair):
+    path = vad_like(tmp_path, *pair)
+    model = StreamingModel.load(path, constants={"sr": np.array(16000)})
+    assert [(s.input, s.output, s.shape, s.batch_axis) for s in model.states] == [(pair[0], pair[1], (2, None, 3), 1)]
+    assert [p.name for p in model.inputs] == ["input"] and [p.name for p in model.outputs] == ["output"]
+    xs = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    s = model.open_stream()
+    got = np.stack([model.step(s, x)["output"] for x in xs])
+    want, state = reference(xs)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(s.state[pair[0]], state, atol=1e-6)
+    # batching works the same on a model without the contract
+    a, b = model.open_stream(), model.open_stream()
+    res = model.step_batch([(a, xs[0]), (b, xs[1])])
+    np.testing.assert_allclose(res[1]["output"], reference(xs[1:2])[0][0], atol=1e-6)
+
+
+def test_explicit_state_map_and_ambiguity(tmp_path):
+    path = vad_like(tmp_path, "state", "stateN", extra_outputs=("state_out",))
+    with pytest.raises(ModelFormatError, match=r"state -> \['stateN', 'state_out'\].*state_map"):
+        StreamingModel.load(path, constants={"sr": np.array(8000)})
+    model = StreamingModel.load(path, state_map={"state": "stateN"}, constants={"sr": np.array(8000)})
+    assert [p.name for p in model.outputs] == ["output", "state_out"]
+    xs = np.ones((3, 4), np.float32)
+    s = model.open_stream()
+    got = np.stack([model.step(s, x)["output"] for x in xs])
+    np.testing.assert_allclose(got, reference(xs, sr=8000)[0], atol=1e-6)
+
+
+def test_missing_pairs_constants_and_axes_are_clear_errors(tmp_path):
+    path = vad_like(tmp_path, "memory", "memory_next")
+    with pytest.raises(ModelFormatError, match=r"no state pairs detected among inputs \['input', 'memory'\]"):
+        StreamingModel.load(path, constants={"sr": np.array(16000)})
+    with pytest.raises(ModelFormatError, match=r"constants \['rate'\]: expected names of model inputs"):
+        StreamingModel.load(path, constants={"rate": 1})
+    with pytest.raises(ModelFormatError, match=r"state_map \{'memory': 'nope'\}"):
+        StreamingModel.load(path, state_map={"memory": "nope"}, constants={"sr": np.array(16000)})
+    with pytest.raises(ModelFormatError, match="expected time_axis < 2, got 5"):
+        StreamingModel.load(path, state_map={"memory": "memory_next"}, constants={"sr": 1}, time_axis=5)
+    (tmp_path / "junk.onnx").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ModelFormatError, match="onnxruntime could not load it"):
+        StreamingModel.load(tmp_path / "junk.onnx")
+    with pytest.raises(ModelFormatError, match="no such file"):
+        StreamingModel.load(tmp_path / "missing.onnx")
+
+
+def test_detect_state_pairs_rules():
+    shape = (1, None, 4)
+    assert detect_state_pairs({"x": (None, 3), "h0": shape, "c0": shape},
+                              {"y": (None, 3), "hn": shape, "cn": shape}) == {"h0": "hn", "c0": "cn"}
+    assert detect_state_pairs({"past_key": shape}, {"present_key": shape}) == {"past_key": "present_key"}
+    assert detect_state_pairs({"cache_in": shape}, {"cache_out": shape}) == {"cache_in": "cache_out"}
+    with pytest.raises(ModelFormatError, match="could not tell the state pairs apart"):
+        detect_state_pairs({"h0": shape, "h": shape}, {"hn": shape, "h0N": shape, "hN": shape})
+
+
+BLOCKED_RUN = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(name + ' is blocked')
+sys.meta_path.insert(0, _Block())
+import numpy as np
+from edge_rnn.runtime import StreamingModel
+m = StreamingModel.load(sys.argv[1], threads=1)
+x = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+s = m.open_stream()
+a = np.concatenate([m.step(s, x[:5])['y'], m.step(s, x[5:])['y']])
+b = m.step(m.open_stream(), x)['y']
+assert np.abs(a - b).max() <= 1e-6
+outs = m.step_batch([(m.open_stream(), x[:3]), (m.open_stream(), x[:3])])
+assert len(outs) == 2
+snap = s.snapshot(); m.restore(snap)
+assert not any(k.split('.')[0] in ('torch', 'onnx') for k in sys.modules)
+print('ok', a.shape)
+"""
+
+
+def test_runtime_runs_with_torch_and_onnx_unimportable(tmp_path):
+    import torch
+
+    import edge_rnn
+
+    torch.manual_seed(0)
+    edge_rnn.export(torch.nn.LSTM(5, 6, num_layers=2).eval(), tmp_path / "m.onnx", verify_parity=False)
+    r = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(tmp_path / "m.onnx")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok (12, 6)"
