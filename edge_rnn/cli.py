@@ -185,5 +185,120 @@ def inspect(model: Path) -> None:
     click.echo(describe(proto, contract, model.stat().st_size))
 
 
+def _int_list(value: str, name: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
+    return out
+
+
+def _load_runtime_model(model: Path, threads: int | None) -> Any:
+    from edge_rnn.runtime import StreamingModel
+
+    _existing(model, "model")
+    return StreamingModel.load(model, threads=threads)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="A .npy array, time x features (for a model with one input).")
+@click.option("--chunk", type=click.IntRange(min=1), default=32, show_default=True, help="Time steps per call.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the outputs: .npy for one output, .npz for several.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None) -> None:
+    """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs."""
+    import time
+
+    import numpy as np
+
+    m = _load_runtime_model(model, threads)
+    _existing(input_path, "input")
+    try:
+        data = np.load(input_path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise EdgeRnnError(f"{input_path}: expected a .npy array, could not read it ({e})") from None
+    if len(m.inputs) != 1:
+        raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
+    port = m.inputs[0]
+    if data.dtype.kind == "f" and data.dtype != port.dtype:
+        data = data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+    t_axis = port.stream_time_axis
+    if t_axis is None:  # one step per call: rows are steps
+        chunk, pieces = 1, list(data)
+    else:
+        if data.ndim != len(port.stream_shape):
+            raise EdgeRnnError(f"{input_path}: expected shape {port.describe()}, got {data.shape}")
+        data = np.moveaxis(data, 0, t_axis)
+        steps = data.shape[t_axis]
+        pieces = [np.take(data, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
+    if not pieces:
+        raise EdgeRnnError(f"{input_path}: expected at least one time step, got an empty array")
+    if len(m.outputs) > 1 and output.suffix != ".npz":
+        raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
+    stream = m.open_stream()
+    collected: dict[str, list] = {p.name: [] for p in m.outputs}
+    t0 = time.perf_counter()
+    with click.progressbar(pieces, label="streaming", file=sys.stderr,
+                           show_pos=True) if len(pieces) >= 200 else _nullbar(pieces) as bar:
+        for piece in bar:
+            for name, y in m.step(stream, piece).items():
+                collected[name].append(y)
+    seconds = time.perf_counter() - t0
+    result = {}
+    for p in m.outputs:
+        ax = p.stream_time_axis
+        parts = collected[p.name]
+        arr = np.stack(parts) if ax is None else np.concatenate(parts, axis=ax)
+        result[p.name] = arr if ax is None else np.moveaxis(arr, ax, 0)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".npz":
+        np.savez(output, **result)
+    else:
+        np.save(output, next(iter(result.values())))
+    n_steps = stream.steps
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
+    click.echo(f"streamed {n_steps} steps in {len(pieces)} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
+               f"({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
+
+
+class _nullbar:
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __enter__(self) -> list:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--streams", default="1,8,64,256", show_default=True, help="Comma-separated stream counts.")
+@click.option("--chunk", "chunks", default="1,10,32", show_default=True, help="Comma-separated chunk lengths.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads.")
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="Measuring time per table row.")
+def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float) -> None:
+    """Latency and throughput of step_batch over many streams, against one plain session.run per stream."""
+    from edge_rnn.runtime._bench import bench as run_bench
+    from edge_rnn.runtime._bench import format_table
+
+    n_streams = _int_list(streams, "--streams")
+    n_chunks = _int_list(chunks, "--chunk")
+    m = _load_runtime_model(model, threads)
+    click.echo(f"{model}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
+    rows = run_bench(m, streams=n_streams, chunks=n_chunks, seconds=seconds)
+    click.echo(format_table(rows))
+    if any(c > 1 for c in n_chunks) and not any(p.time_axis is not None for p in m.inputs):
+        click.echo("note: one step per call for this model (a cell); chunks > 1 skipped")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

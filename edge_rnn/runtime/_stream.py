@@ -6,7 +6,7 @@ import json
 import struct
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,17 +25,33 @@ _VERSION = 1
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
 
-    The state is held with a batch axis of size 1, ready to be fed; every
-    public view of it (``state``, ``initial_state``, snapshots) is per stream,
-    without the batch axis. Steps on one stream are serialised by its lock.
+    The state is held per stream, without the batch axis, like everything a
+    stream passes or gets back. Steps on one stream are serialised by its lock.
     """
 
     def __init__(self, model: StreamingModel, state: dict[str, np.ndarray]):
         self._model = model
-        self._state = state  # input name -> array with a batch axis of size 1
+        self._state_dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
+        self._batch: Any = None  # (_StateBatch, index) after step_batch; _state_dict is then cut lazily
         self._lock = threading.Lock()
         self._closed = False
         self.steps = 0  # time steps consumed since open/reset
+
+    @property
+    def _state(self) -> dict[str, np.ndarray]:
+        if self._state_dict is None:
+            batch, j = self._batch
+            self._state_dict = {name: a[j] for name, a in batch.batch_first.items()}
+        return self._state_dict
+
+    @_state.setter
+    def _state(self, state: dict[str, np.ndarray]) -> None:
+        self._state_dict = state
+        self._batch = None
+
+    def _set_batch_state(self, batch: Any, index: int) -> None:
+        self._batch = (batch, index)
+        self._state_dict = None
 
     @property
     def model(self) -> StreamingModel:
@@ -50,7 +66,7 @@ class Stream:
         """State input name -> a copy of the current state, without the batch axis."""
         with self._lock:
             self._check_open()
-            return {s.input: np.take(self._state[s.input], 0, axis=s.batch_axis) for s in self._model.states}
+            return {k: v.copy() for k, v in self._state.items()}
 
     def reset(self) -> None:
         """Back to the zero state, PyTorch's default initial state."""
@@ -85,15 +101,20 @@ class Stream:
         return f"<Stream {'closed' if self._closed else 'open'}, {self.steps} steps>"
 
 
+def stream_shape(s: StateSpec) -> tuple[int, ...]:
+    """The shape of one stream's state: the state's shape without the batch axis."""
+    return tuple(d for d in s.shape if d is not None)
+
+
 def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate a per-stream state (no batch axis) and add the batch axis of size 1."""
+    """Validate a per-stream state (no batch axis) and copy it."""
     names = {s.input for s in states}
     unknown = sorted(set(given) - names)
     if unknown:
         raise StateError(f"initial_state: unknown state {unknown}, expected names in {sorted(names)}")
     out = {}
     for s in states:
-        want = tuple(d for d in s.shape if d is not None)
+        want = stream_shape(s)
         if s.input not in given:
             raise StateError(f"initial_state: missing state {s.input!r} of shape {want}")
         a = np.asarray(given[s.input])
@@ -101,7 +122,7 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
             raise ShapeError(
                 f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}"
             )
-        out[s.input] = np.expand_dims(a, s.batch_axis).copy()
+        out[s.input] = a.copy()
     return out
 
 
@@ -131,7 +152,7 @@ def decode_snapshot(
         raise StateError(f"snapshot: corrupt header ({e})") from None
     if header.get("version") != _VERSION:
         raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
-    want = [{"input": s.input, "shape": list(s.concrete_shape(1)), "dtype": s.dtype} for s in states]
+    want = [{"input": s.input, "shape": list(stream_shape(s)), "dtype": s.dtype} for s in states]
     if header.get("states") != want:
         raise StateError(f"snapshot of another model: expected states {want}, got {header.get('states')}")
     if header.get("fingerprint") != fingerprint:
@@ -143,7 +164,7 @@ def decode_snapshot(
     out = {}
     for s in states:
         dt = np.dtype(s.dtype)
-        shape = s.concrete_shape(1)
+        shape = stream_shape(s)
         size = int(np.prod(shape)) * dt.itemsize
         if offset + size > len(data):
             raise StateError("snapshot: truncated, expected more state bytes")
