@@ -25,6 +25,7 @@ import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -125,15 +126,8 @@ def overhead_same_batch(path: Path, streams: tuple[int, ...], rounds: int) -> li
         items = [(model.open_stream(), random_chunk(model, 1, rng)) for _ in range(n)]
         feeds = {"x": np.concatenate([x["x"][:, None] for _, x in items], axis=1),
                  "h0": np.zeros((LAYERS, n, HID), np.float32), "c0": np.zeros((LAYERS, n, HID), np.float32)}
-        sess = model.session
-
-        def bare() -> None:
-            sess.run(None, feeds)
-
-        def ours() -> None:
-            model.step_batch(items)
-
-        t = interleaved({"bare": bare, "ours": ours}, rounds, max(2, 200 // n))
+        fns = {"bare": partial(model.session.run, None, feeds), "ours": partial(model.step_batch, items)}
+        t = interleaved(fns, rounds, max(2, 200 // n))
         out.append((n, float(np.median(t["bare"])) * 1e3, float(np.median(t["ours"])) * 1e3))
     return out
 

@@ -126,3 +126,49 @@ def test_console_script_starts_without_importing_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     r = subprocess.run(["edge-rnn", "--help"], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0 and "export" in r.stdout and "inspect" in r.stdout
+
+
+def test_run_streams_a_npy_file_and_matches_one_pass(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--num-layers", "2", "--long-steps", "0", "-o", str(out)).exit_code == 0
+    data = np.random.default_rng(0).standard_normal((50, 4))  # float64, as numpy saves by default
+    np.save(tmp_path / "in.npy", data)
+    r = run("run", str(out), "--input", str(tmp_path / "in.npy"), "--chunk", "7", "-o", str(tmp_path / "y.npy"))
+    assert r.exit_code == 0, r.output
+    assert "streamed 50 steps in 8 calls of up to 7" in r.stdout
+    y = np.load(tmp_path / "y.npy")
+    from edge_rnn.runtime import StreamingModel
+
+    m = StreamingModel.load(out)
+    want = m.step(m.open_stream(), data.astype(np.float32))["y"]
+    assert y.shape == (50, 6) and np.abs(y - want).max() <= 1e-6
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "nope.npy"), "-o", str(tmp_path / "y.npy")),
+                   "no such file")
+    np.save(tmp_path / "bad.npy", np.zeros((5, 3)))
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")),
+                   "x: expected shape (time, 4) float32, got (5, 3) float32")
+
+
+def test_run_a_cell_model_one_row_per_step(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "c.onnx"
+    assert run(*BASE, "--cell", "--long-steps", "0", "-o", str(out)).exit_code == 0
+    np.save(tmp_path / "in.npy", np.ones((9, 4), np.float32))
+    r = run("run", str(out), "--input", str(tmp_path / "in.npy"), "-o", str(tmp_path / "y.npy"))
+    assert r.exit_code == 0 and "in 9 calls" in r.stdout
+    assert np.load(tmp_path / "y.npy").shape == (9, 6)
+
+
+def test_bench_prints_a_table(tmp_path):
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--long-steps", "0", "-o", str(out)).exit_code == 0
+    r = run("bench", str(out), "--streams", "1,4", "--chunk", "1,3", "--seconds", "0.05")
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert [(row[0], row[1]) for row in rows] == [("1", "1"), ("4", "1"), ("1", "3"), ("4", "3")]
+    assert all(float(row[4].replace(",", "")) > 0 and row[6].endswith("x") for row in rows)
+    r = run("bench", str(out), "--streams", "0,x")
+    assert r.exit_code == 2 and "comma-separated integers" in r.stderr

@@ -47,6 +47,36 @@ def _timed(fn: Callable[[], None], seconds: float, min_iters: int = 5) -> np.nda
     return np.asarray(times)
 
 
+def _row(model: StreamingModel, n: int, c: int, seconds: float, rng: np.random.Generator) -> BenchRow:
+    sess = model.session
+    names = [p.name for p in model.outputs] + [s.output for s in model.states]
+    items = [(model.open_stream(), random_chunk(model, c, rng)) for _ in range(n)]
+    naive_state = [{s.input: np.zeros(s.concrete_shape(1), np.dtype(s.dtype)) for s in model.states} for _ in range(n)]
+    feeds = [{p.name: np.expand_dims(x[p.name], p.batch_axis) for p in model.inputs} for _, x in items]
+
+    def batched() -> None:
+        if not model.streamable:
+            for s, _ in items:
+                s.reset()
+        model.step_batch(items)
+
+    def naive() -> None:
+        for i in range(n):
+            out = sess.run(names, {**feeds[i], **naive_state[i], **model.constants})
+            if model.streamable:
+                naive_state[i] = {s.input: out[len(model.outputs) + k] for k, s in enumerate(model.states)}
+
+    batched(), naive()  # warm up
+    tb, tn = [], []
+    for _ in range(3):  # alternate rounds
+        tb.append(_timed(batched, seconds / 6))
+        tn.append(_timed(naive, seconds / 6))
+    tb_all, tn_all = np.concatenate(tb), np.concatenate(tn)
+    p50 = float(np.median(tb_all))
+    return BenchRow(n, c, p50 * 1e3, float(np.percentile(tb_all, 99)) * 1e3, n * c / p50,
+                    n * c / float(np.median(tn_all)))
+
+
 def bench(
     model: StreamingModel, *, streams: Sequence[int] = (1, 8, 64, 256), chunks: Sequence[int] = (1, 10, 32),
     seconds: float = 0.5, seed: int = 0,
@@ -56,44 +86,13 @@ def bench(
     The two are measured in alternating rounds so that machine noise hits both alike.
     """
     rng = np.random.default_rng(seed)
-    sess = model.session
-    names = [p.name for p in model.outputs] + [s.output for s in model.states]
-    rows = []
-    for c in chunks:
-        if c > 1 and not any(p.time_axis is not None for p in model.inputs):
-            continue  # a cell model takes one step per call
-        for n in streams:
-            items = [(model.open_stream(), random_chunk(model, c, rng)) for _ in range(n)]
-            naive_state = [{s.input: np.zeros(s.concrete_shape(1), np.dtype(s.dtype)) for s in model.states}
-                           for _ in range(n)]
-            feeds = [{p.name: np.expand_dims(x[p.name], p.batch_axis) for p in model.inputs} for _, x in items]
-
-            def batched() -> None:
-                if not model.streamable:
-                    for s, _ in items:
-                        s.reset()
-                model.step_batch(items)
-
-            def naive() -> None:
-                for i in range(n):
-                    out = sess.run(names, {**feeds[i], **naive_state[i], **model.constants})
-                    if model.streamable:
-                        naive_state[i] = {s.input: out[len(model.outputs) + k] for k, s in enumerate(model.states)}
-
-            batched(), naive()  # warm up
-            tb, tn = [], []
-            for _ in range(3):  # alternate rounds
-                tb.append(_timed(batched, seconds / 6))
-                tn.append(_timed(naive, seconds / 6))
-            tb_all, tn_all = np.concatenate(tb), np.concatenate(tn)
-            p50 = float(np.median(tb_all))
-            rows.append(BenchRow(n, c, p50 * 1e3, float(np.percentile(tb_all, 99)) * 1e3, n * c / p50,
-                                 n * c / float(np.median(tn_all))))
-    return rows
+    one_step = not any(p.time_axis is not None for p in model.inputs)  # a cell takes one step per call
+    return [_row(model, n, c, seconds, rng) for c in chunks if c == 1 or not one_step for n in streams]
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    head = f"{'streams':>7} {'chunk':>5} {'p50 ms':>9} {'p99 ms':>9} {'steps/s':>11} {'naive steps/s':>14} {'speedup':>8}"
+    head = (f"{'streams':>7} {'chunk':>5} {'p50 ms':>9} {'p99 ms':>9} {'steps/s':>11} {'naive steps/s':>14} "
+            f"{'speedup':>8}")
     lines = [head]
     for r in rows:
         lines.append(f"{r.streams:>7} {r.chunk:>5} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} {r.steps_per_s:>11,.0f} "

@@ -76,7 +76,8 @@ class StreamingModel:
         self._input_names = {p.name for p in io.inputs}
         # per input: (port, per-stream shape, per-stream time axis); hot-path look-ups precomputed
         self._in_checks = [
-            (p, len(p.stream_shape), [(i, d) for i, d in enumerate(p.stream_shape) if d is not None], p.stream_time_axis)
+            (p, len(p.stream_shape), [(i, d) for i, d in enumerate(p.stream_shape) if d is not None],
+             p.stream_time_axis)
             for p in io.inputs
         ]
         # index tuples that add (x[add]) or drop (y[drop]) the batch axis as views, without copies
