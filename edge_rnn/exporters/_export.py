@@ -18,7 +18,7 @@ from edge_rnn import __version__
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
 from edge_rnn.errors import ModelFormatError, ShapeError
 from edge_rnn.exporters._graph import GraphBuilder
-from edge_rnn.exporters._layers import emit_input_projection, emit_stack, emit_step, native_possible
+from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
 from edge_rnn.exporters.parity import ParityReport, verify
 
@@ -80,43 +80,18 @@ def build_model(
         return layer_weights(module, spec, layer, reverse)
 
     g = GraphBuilder(f"edge_rnn_{spec.kind}")
-    t_dim, b_dim = "time", "batch"
-    is_lstm = spec.kind == "lstm"
+    b_dim = "batch"
+    n = spec.num_layers * spec.num_directions
     if spec.cell:
-        x = g.add_input("x", [b_dim, spec.input_size])
-        h0 = g.add_input("h0", [b_dim, spec.hidden_out])
-        c0 = g.add_input("c0", [b_dim, spec.hidden_size]) if is_lstm else None
-        if decomposed:
-            w = weights(0, False)
-            h, c = emit_step(g, spec, w, emit_input_projection(g, spec, w, x), h0, c0)
-        else:
-            axes = g.ints([0], "axes")
-            x3 = g.op1("Unsqueeze", [x, axes])
-            h3 = g.op1("Unsqueeze", [h0, axes])
-            c3 = g.op1("Unsqueeze", [c0, axes]) if c0 else None
-            _, h, c = emit_stack(g, spec, weights, x3, h3, c3, decomposed=False)
-            h = g.op1("Squeeze", [h, axes])
-            c = g.op1("Squeeze", [c, axes]) if c else None
-        g.op1("Identity", [h], output="hn")
-        g.op1("Identity", [h], output="y")
-        y_shape: list = [b_dim, spec.hidden_out]
+        io, h_shape, c_shape = [b_dim], [b_dim, spec.hidden_out], [b_dim, spec.hidden_size]
     else:
-        n = spec.num_layers * spec.num_directions
-        io = [b_dim, t_dim] if spec.batch_first else [t_dim, b_dim]
-        x = g.add_input("x", io + [spec.input_size])
-        h0 = g.add_input("h0", [n, b_dim, spec.hidden_out])
-        c0 = g.add_input("c0", [n, b_dim, spec.hidden_size]) if is_lstm else None
-        x_tm = g.op1("Transpose", [x], perm=[1, 0, 2], hint="x_tm") if spec.batch_first else x
-        y, h, c = emit_stack(g, spec, weights, x_tm, h0, c0, decomposed=decomposed)
-        if spec.batch_first:
-            g.op1("Transpose", [y], output="y", perm=[1, 0, 2])
-        else:
-            g.op1("Identity", [y], output="y")
-        g.op1("Identity", [h], output="hn")
-        y_shape = io + [spec.num_directions * spec.hidden_out]
-    if c0:
-        g.op1("Identity", [c], output="cn")
-    g.add_output("y", y_shape)
+        io = [b_dim, "time"] if spec.batch_first else ["time", b_dim]
+        h_shape, c_shape = [n, b_dim, spec.hidden_out], [n, b_dim, spec.hidden_size]
+    x = g.add_input("x", io + [spec.input_size])
+    h0 = g.add_input("h0", h_shape)
+    c0 = g.add_input("c0", c_shape) if spec.kind == "lstm" else None
+    emit_module(g, spec, weights, x, h0, c0, decomposed=decomposed, outputs=("y", "hn", "cn"))
+    g.add_output("y", io + [spec.num_directions * spec.hidden_out])
     for s in contract.states:
         g.add_output(s.output, [b_dim if d is None else d for d in s.shape])
 

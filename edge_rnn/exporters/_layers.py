@@ -22,7 +22,7 @@ from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._spec import RecurrentSpec
 from edge_rnn.exporters.gates import to_onnx_gate_order
 
-__all__ = ["emit_stack", "emit_input_projection", "emit_step", "native_possible"]
+__all__ = ["emit_module", "emit_stack", "emit_input_projection", "emit_step", "native_possible"]
 
 Weights = dict[str, np.ndarray]
 WeightsFn = Callable[[int, bool], Weights]  # (layer, reverse) -> weights
@@ -181,3 +181,35 @@ def emit_stack(
         cs.append(c)
     return x, _concat(g, hs, axis=0), _concat(g, cs, axis=0) if c0 else None
 
+
+
+def emit_module(
+    g: GraphBuilder, spec: RecurrentSpec, weights: WeightsFn, x: str, h0: str, c0: str | None, *, decomposed: bool,
+    outputs: tuple[str, str, str],
+) -> None:
+    """A whole torch layer or cell in its own layouts: ``x`` as torch takes it, states as torch shapes them.
+
+    Writes the named ``outputs`` (y, h_n, c_n; c_n only for an LSTM). A cell
+    takes ``x`` (B, In) and ``h0`` (B, H) and its ``y`` equals ``h_n``.
+    """
+    y_name, h_name, c_name = outputs
+    if spec.cell:
+        if decomposed:
+            w = weights(0, False)
+            h, c = emit_step(g, spec, w, emit_input_projection(g, spec, w, x), h0, c0)
+        else:  # the recurrent operator over a sequence of one step
+            axes = g.ints([0], "axes")
+            x3, h3 = g.op1("Unsqueeze", [x, axes]), g.op1("Unsqueeze", [h0, axes])
+            c3 = g.op1("Unsqueeze", [c0, axes]) if c0 else None
+            _, h, c = emit_stack(g, spec, weights, x3, h3, c3, decomposed=False)
+            h = g.op1("Squeeze", [h, axes])
+            c = g.op1("Squeeze", [c, axes]) if c else None
+        g.op1("Identity", [h], output=y_name)
+    else:
+        x_tm = g.op1("Transpose", [x], perm=[1, 0, 2], hint="x_tm") if spec.batch_first else x
+        y, h, c = emit_stack(g, spec, weights, x_tm, h0, c0, decomposed=decomposed)
+        g.op1("Transpose" if spec.batch_first else "Identity", [y], output=y_name,
+              **({"perm": [1, 0, 2]} if spec.batch_first else {}))
+    g.op1("Identity", [h], output=h_name)
+    if c0:
+        g.op1("Identity", [c], output=c_name)
