@@ -127,7 +127,6 @@ def export(arch: str, input_size: int, hidden_size: int, num_layers: int, bidire
     )
     module = _build(spec, weights, None if weights else seed)
     extra = {} if weights else {"seed": seed}
-    click.echo(f"exporting {spec.module} to {output} ...", err=True)
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
                            raise_on_failure=False)
     click.echo(f"wrote {output}: {report.graph_form} graph, opset {report.opset}, "
@@ -222,6 +221,12 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
         data = np.load(input_path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise EdgeRnnError(f"{input_path}: expected a .npy array, could not read it ({e})") from None
+    if not isinstance(data, np.ndarray) or data.ndim == 0:
+        raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got "
+                           f"{'an .npz archive' if not isinstance(data, np.ndarray) else 'a scalar'}")
+    suffix = output.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
@@ -238,7 +243,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
         pieces = [np.take(data, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
     if not pieces:
         raise EdgeRnnError(f"{input_path}: expected at least one time step, got an empty array")
-    if len(m.outputs) > 1 and output.suffix != ".npz":
+    if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     stream = m.open_stream()
     collected: dict[str, list] = {p.name: [] for p in m.outputs}
@@ -255,11 +260,15 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
         parts = collected[p.name]
         arr = np.stack(parts) if ax is None else np.concatenate(parts, axis=ax)
         result[p.name] = arr if ax is None else np.moveaxis(arr, ax, 0)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".npz":
-        np.savez(output, **result)
-    else:
-        np.save(output, next(iter(result.values())))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "wb") as f:  # a file object: numpy adds no suffix of its own
+            if suffix == ".npz":
+                np.savez(f, **result)
+            else:
+                np.save(f, next(iter(result.values())))
+    except OSError as e:
+        raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
     n_steps = stream.steps
     shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
     click.echo(f"streamed {n_steps} steps in {len(pieces)} calls of up to {chunk}: {seconds * 1e3:.1f} ms "

@@ -16,6 +16,7 @@ __all__ = [
     "ParityError",
     "NonFiniteError",
     "StreamError",
+    "NotStreamableError",
 ]
 
 
@@ -45,6 +46,10 @@ class NonFiniteError(EdgeRnnError, ValueError):
 
 class StreamError(EdgeRnnError, RuntimeError):
     """A stream is closed, or used twice in one batch."""
+
+
+class NotStreamableError(EdgeRnnError, ValueError):
+    """Chunked streaming of this model cannot equal one pass over the whole sequence."""
 
 
 class ParityError(EdgeRnnError):

@@ -172,3 +172,22 @@ def test_bench_prints_a_table(tmp_path):
     assert all(float(row[4].replace(",", "")) > 0 and row[6].endswith("x") for row in rows)
     r = run("bench", str(out), "--streams", "0,x")
     assert r.exit_code == 2 and "comma-separated integers" in r.stderr
+
+
+def test_run_and_export_output_mistakes(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--long-steps", "0", "-o", str(out)).exit_code == 0
+    np.save(tmp_path / "in.npy", np.zeros((5, 4), np.float32))
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.bin")),
+                   "expected a file name ending in .npy or .npz")
+    r = run("run", str(out), "--input", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.NPZ"))
+    assert r.exit_code == 0 and (tmp_path / "o.NPZ").exists() and np.load(tmp_path / "o.NPZ")["y"].shape == (5, 6)
+    np.savez(tmp_path / "in.npz", a=np.zeros((5, 4)))
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npy")),
+                   "expected one .npy array")
+    np.save(tmp_path / "scalar.npy", np.float32(1))
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "scalar.npy"), "-o", str(tmp_path / "o.npy")),
+                   "got a scalar")
+    one_line_error(run(*BASE, "--long-steps", "0", "-o", str(tmp_path)), "cannot write the model")

@@ -309,3 +309,26 @@ def test_threads_on_different_streams_and_on_one_stream(models):
     assert shared.steps == 200
     for k, v in ref.state.items():
         np.testing.assert_array_equal(shared.state[k], v)
+
+
+def test_unconvertible_input_and_corrupt_snapshots_are_edge_rnn_errors(models):
+    import json
+    import struct
+
+    _, path = models["lstm2", "native"]
+    model = StreamingModel.load(path)
+    s = model.open_stream()
+    for bad in ([["a"] * IN] * 2, [[1.0] * IN, [1.0] * 4], object()):
+        with pytest.raises(ShapeError, match="x: expected an array of shape"):
+            model.step(s, bad)
+    assert s.steps == 0
+    snap = s.snapshot()
+    magic = b"EDGERNN-SNAPSHOT"
+    (n,) = struct.unpack_from("<I", snap, len(magic))
+    header = json.loads(snap[len(magic) + 4 : len(magic) + 4 + n])
+    body = snap[len(magic) + 4 + n :]
+    for h, match in (([1, 2], "expected an object"), ({**header, "steps": "abc"}, "step count"),
+                     ({**header, "steps": -5}, "step count")):
+        raw = json.dumps(h).encode()
+        with pytest.raises(StateError, match=match):
+            model.restore(magic + struct.pack("<I", len(raw)) + raw + body)

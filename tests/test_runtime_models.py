@@ -151,3 +151,26 @@ def test_runtime_runs_with_torch_and_onnx_unimportable(tmp_path):
     r = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(tmp_path / "m.onnx")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok (12, 6)"
+
+
+def test_constants_are_checked_at_load(tmp_path):
+    path = vad_like(tmp_path)
+    with pytest.raises(ModelFormatError, match=r"constant 'sr': expected shape \[\], got \(2,\)"):
+        StreamingModel.load(path, constants={"sr": np.array([1, 2])})
+    with pytest.raises(ModelFormatError, match="constant 'sr': expected a tensor\\(int64\\) value"):
+        StreamingModel.load(path, constants={"sr": "abc"})
+
+
+def test_model_with_batch_fixed_at_one_steps_streams_one_call_each(tmp_path):
+    g = helper.make_graph(
+        [helper.make_node("Add", ["h0", "x"], ["s"]), helper.make_node("Tanh", ["s"], ["hn"]),
+         helper.make_node("Identity", ["hn"], ["y"])],
+        "fixed", [helper.make_tensor_value_info("x", F, [1, 3]), helper.make_tensor_value_info("h0", F, [1, 3])],
+        [helper.make_tensor_value_info("y", F, [1, 3]), helper.make_tensor_value_info("hn", F, [1, 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fixed.onnx")
+    model = StreamingModel.load(tmp_path / "fixed.onnx", state_batch_axis=0)
+    a, b, c = model.open_stream(), model.open_stream(), model.open_stream()
+    xa, xb = np.full(3, 0.5, np.float32), np.full(3, -1.0, np.float32)
+    got = model.step_batch([(a, xa), (b, xb)])
+    np.testing.assert_allclose(got[1]["y"], model.step(c, xb)["y"], atol=1e-7)
+    np.testing.assert_allclose(got[0]["y"], np.tanh(xa), atol=1e-6)

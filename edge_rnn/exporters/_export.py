@@ -16,7 +16,7 @@ from onnx import helper
 
 from edge_rnn import __version__
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
-from edge_rnn.errors import ModelFormatError, ShapeError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
@@ -107,6 +107,14 @@ def build_model(
     return model, spec
 
 
+def write_file(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
+
+
 def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> None:
     if example_input is None:
         return
@@ -168,8 +176,7 @@ def export(
             onnx.checker.check_model(data, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_file(path, data)
     seconds = time.perf_counter() - t0
     ops: dict[str, int] = {}
     for node in model.graph.node:

@@ -23,8 +23,9 @@ class GraphBuilder:
     that tools such as quantizers and ``inspect`` can see.
     """
 
-    def __init__(self, name: str, *, parent: "GraphBuilder | None" = None):
+    def __init__(self, name: str, *, parent: "GraphBuilder | None" = None, prefix: str = ""):
         self.name = name
+        self.prefix = parent.prefix if parent else prefix  # keeps names apart when spliced into another graph
         self.root: GraphBuilder = parent.root if parent else self
         self._counter: Iterator[int] = parent._counter if parent else itertools.count()
         self.nodes: list[onnx.NodeProto] = []
@@ -33,7 +34,7 @@ class GraphBuilder:
         self.outputs: list[onnx.ValueInfoProto] = []
 
     def fresh(self, hint: str) -> str:
-        return f"{hint}_{next(self._counter)}"
+        return f"{self.prefix}{hint}_{next(self._counter)}"
 
     def const(self, value: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)

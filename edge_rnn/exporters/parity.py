@@ -34,7 +34,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, ParityError, UnsupportedError
 from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
 
-__all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "OPT_LEVELS"]
+__all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "OPT_LEVELS", "stream_chunks", "compare_streaming"]
 
 # Maximum absolute error allowed, per dtype of the exported graph.
 TOLERANCE = {"float32": 1e-5}
@@ -279,11 +279,73 @@ def verify(
             got = harness.stream(runner(sess), x, st, sizes)
             _compare(report, case, level, got, want, tol)
 
-    if raise_on_failure and not report.ok:
-        lines = [f"  {r.case} [{r.opt_level}] {r.tensor}: max abs error {r.max_abs:.3e} > {r.tolerance:.0e}"
-                 for r in report.failures]
-        raise ParityError(
-            f"{path}: ONNX and PyTorch differ in {len(lines)} comparison(s):\n" + "\n".join(lines),
-            [(r.case, r.tensor, r.max_abs, r.tolerance) for r in report.failures],
-        )
+    if raise_on_failure:
+        raise_failures(report, path)
     return report
+
+
+def stream_chunks(
+    call: Callable[[Arrays], Arrays], contract: Contract, inputs: Arrays, states: Arrays, sizes: list[int]
+) -> Arrays:
+    """Feed ``inputs`` (whole sequences) in chunks of ``sizes`` along each input's time axis, carrying states.
+
+    Outputs with a time axis are concatenated along it; the others, and the
+    states, are the last call's.
+    """
+    edges = np.cumsum([0] + list(sizes))
+    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
+    cur = dict(states)
+    last: Arrays = {}
+    for a, b in zip(edges[:-1], edges[1:]):
+        feeds = {t.name: (inputs[t.name] if t.time_axis is None
+                          else np.take(inputs[t.name], np.arange(a, b), axis=t.time_axis)) for t in contract.inputs}
+        last = call({**feeds, **cur})
+        for t in contract.outputs:
+            outs[t.name].append(last[t.name])
+        cur = {s.input: last[s.output] for s in contract.states}
+    res = {t.name: (np.concatenate(outs[t.name], axis=t.time_axis) if t.time_axis is not None else last[t.name])
+           for t in contract.outputs}
+    res.update({s.output: cur[s.input] for s in contract.states})
+    return res
+
+
+def compare_streaming(
+    reference: Callable[[Arrays], Arrays], path: Path, contract: Contract, make_inputs: Callable[..., Arrays], *,
+    batch_size: int, seq_lens: tuple[int, ...], chunked_len: int, long_steps: int, seed: int, atol: float,
+    opt_levels: tuple[str, ...] = ("disabled", "default"),
+) -> ParityReport:
+    """Whole sequences through ``reference`` against the ONNX model, whole and streamed in random chunks.
+
+    ``make_inputs(rng, batch, steps)`` returns the data inputs and the initial states.
+    """
+    rng = np.random.default_rng(seed)
+    sessions = _sessions(path, opt_levels)
+    report = ParityReport()
+
+    def runner(sess: ort.InferenceSession) -> Callable[[Arrays], Arrays]:
+        names = [o.name for o in sess.get_outputs()]
+        return lambda feeds: dict(zip(names, sess.run(names, feeds)))
+
+    cases = [(f"full T={t}", batch_size, t, [t]) for t in seq_lens]
+    if chunked_len:
+        cases.append((f"chunked T={chunked_len}", batch_size, chunked_len, _chunks(rng, chunked_len, 8)))
+    if long_steps:
+        cases.append((f"long T={long_steps}", 1, long_steps, _chunks(rng, long_steps, 64)))
+    for case, batch, steps, sizes in cases:
+        inputs, states = make_inputs(rng, batch, steps)
+        want = reference({**inputs, **states})
+        for level, sess in sessions.items():
+            got = stream_chunks(runner(sess), contract, inputs, states, sizes)
+            _compare(report, case, level, got, want, atol)
+    return report
+
+
+def raise_failures(report: ParityReport, path: Path) -> None:
+    if report.ok:
+        return
+    lines = [f"  {r.case} [{r.opt_level}] {r.tensor}: max abs error {r.max_abs:.3e} > {r.tolerance:.0e}"
+             for r in report.failures]
+    raise ParityError(
+        f"{path}: ONNX and PyTorch differ in {len(lines)} comparison(s):\n" + "\n".join(lines),
+        [(r.case, r.tensor, r.max_abs, r.tolerance) for r in report.failures],
+    )

@@ -78,6 +78,8 @@ class StreamingModel:
         self._state_names = [s.input for s in io.states]
         self._single_input = io.inputs[0].name if len(io.inputs) == 1 else None
         self._input_names = {p.name for p in io.inputs}
+        # a third-party model may fix its batch size at 1: then streams cannot share a call
+        self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs))
         # per input: (port, per-stream shape, per-stream time axis); hot-path look-ups precomputed
         self._in_checks = [
             (p, len(p.stream_shape), [(i, d) for i, d in enumerate(p.stream_shape) if d is not None],
@@ -210,7 +212,11 @@ class StreamingModel:
         for p, rank, fixed, t in self._in_checks:
             a = x[p.name]
             if type(a) is not np.ndarray:
-                a = np.asarray(a, dtype=p.dtype)
+                try:
+                    a = np.asarray(a, dtype=p.dtype)
+                except (ValueError, TypeError) as e:
+                    raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
+                                     f"that numpy cannot convert ({e})") from None
             shape = a.shape
             bad = a.dtype != p.dtype or len(shape) != rank
             if not bad:
@@ -280,6 +286,15 @@ class StreamingModel:
             stream.steps += n
         return {p.name: res[i][self._drop_batch[i]] for i, p in enumerate(self.outputs)}
 
+    def _step_each(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
+        """step_batch for a model whose batch size is fixed at 1: all chunks checked first, then one call each."""
+        if len({id(s) for s, _ in items}) != len(items):
+            raise StreamError("step_batch: expected each stream at most once per call, got one twice")
+        for s, x in items:
+            self._prepare(x)
+            self._check_usable(s)
+        return [self.step(s, x) for s, x in items]
+
     def step_batch(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
         """Step many streams; chunks of equal length share one onnxruntime call.
 
@@ -291,6 +306,8 @@ class StreamingModel:
         if len(items) == 1:  # nothing to batch: the single-stream path has less to do
             (stream, x), = items
             return [self.step(stream, x)]
+        if not self._batchable:
+            return self._step_each(items)
         chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in self.inputs}
         steps: list[int] = []
         streams: list[Stream] = []

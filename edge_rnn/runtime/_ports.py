@@ -163,7 +163,16 @@ def resolve_io(
     unknown = sorted(set(constants) - set(inputs))
     if unknown:
         raise ModelFormatError(f"constants {unknown}: expected names of model inputs {sorted(inputs)}")
-    consts = {k: np.asarray(v, dtype=numpy_dtype(inputs[k][1])) for k, v in constants.items()}
+    consts = {}
+    for k, v in constants.items():
+        want = _dims(inputs[k][0])
+        try:
+            a = np.asarray(v, dtype=numpy_dtype(inputs[k][1]))
+        except (ValueError, TypeError) as e:
+            raise ModelFormatError(f"constant {k!r}: expected a {inputs[k][1]} value, got {v!r} ({e})") from None
+        if a.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, a.shape)):
+            raise ModelFormatError(f"constant {k!r}: expected shape {list(inputs[k][0])}, got {a.shape}")
+        consts[k] = a
     contract = Contract.from_metadata(metadata)
     if contract is not None and state_map is None:
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}

@@ -150,6 +150,11 @@ def decode_snapshot(
         header = json.loads(bytes(data[start : start + n]))
     except (struct.error, ValueError) as e:
         raise StateError(f"snapshot: corrupt header ({e})") from None
+    if not isinstance(header, dict):
+        raise StateError(f"snapshot: corrupt header, expected an object, got {type(header).__name__}")
+    steps = header.get("steps", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
     if header.get("version") != _VERSION:
         raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
     want = [{"input": s.input, "shape": list(stream_shape(s)), "dtype": s.dtype} for s in states]
@@ -172,4 +177,4 @@ def decode_snapshot(
         offset += size
     if offset != len(data):
         raise StateError(f"snapshot: expected {offset} bytes, got {len(data)}")
-    return out, int(header.get("steps", 0))
+    return out, steps

@@ -1,0 +1,216 @@
+"""State lifting: any nn.Module with recurrent layers, cells or context buffers -> explicit state in and out.
+
+Each recurrent submodule called without a state (``self.lstm(x)``) gets its
+state lifted to a graph input/output pair named after the submodule's path
+(``encoder.lstm.h0`` -> ``encoder.lstm.hn``); each :class:`ContextBuffer`
+likewise (``front.context.ctx0`` -> ``front.context.ctxn``). A submodule
+called with a state (``self.cell(x, state)``) keeps the model's own wiring.
+
+How: in a deep copy of the model, every recurrent submodule's ``forward`` is
+replaced by one that calls the custom op ``edge_rnn::recurrent`` (which runs
+the original module). ``torch.onnx`` (TorchScript exporter) traces the
+non-recurrent parts and writes each recurrent call as one placeholder node;
+:func:`splice_recurrent` then replaces every placeholder with edge-rnn's own
+native or decomposed recurrent graph, whose time axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edge_rnn.errors import UnsupportedError
+from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+
+__all__ = ["LiftedState", "Lifter", "current_lift"]
+
+_LOCAL = threading.local()
+# key -> (original forward, spec): what the placeholder op runs and what replaces it in ONNX
+_REGISTRY: dict[int, tuple[Callable[..., Any], RecurrentSpec, torch.nn.Module]] = {}
+
+
+def current_lift() -> "_Run | None":
+    return getattr(_LOCAL, "run", None)
+
+
+@contextmanager
+def _active(run: "_Run") -> Iterator[None]:
+    prev = current_lift()
+    _LOCAL.run = run
+    try:
+        yield
+    finally:
+        _LOCAL.run = prev
+
+
+@torch.library.custom_op("edge_rnn::recurrent", mutates_args=())
+def _recurrent(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, key: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                         torch.Tensor]:
+    forward, spec, _ = _REGISTRY[key]
+    hx = (h0, c0) if spec.kind == "lstm" else h0
+    with torch.no_grad():
+        out = forward(x, hx)
+    if spec.cell:
+        h, c = out if spec.kind == "lstm" else (out, out)
+        y = h
+    else:
+        y, st = out
+        h, c = st if spec.kind == "lstm" else (st, st)
+    return y.clone(), h.clone(), c.clone()
+
+
+def _symbolic(g: Any, x: Any, h0: Any, c0: Any, key: Any) -> Any:
+    from torch.onnx import symbolic_helper
+
+    k = symbolic_helper._maybe_get_const(key, "i")
+    _, spec, _ = _REGISTRY[int(k)]
+    outs = g.op("edge_rnn::Recurrent", x, h0, c0, key_i=int(k), outputs=3)
+    width = spec.num_directions * spec.hidden_out
+    outs[0].setType(x.type().with_sizes([None, width] if spec.cell else [None, None, width]))
+    outs[1].setType(h0.type())
+    outs[2].setType(c0.type())
+    return outs
+
+
+torch.onnx.register_custom_op_symbolic("edge_rnn::recurrent", _symbolic, 9)
+
+
+@dataclass(frozen=True)
+class LiftedState:
+    """One state pair lifted out of a submodule."""
+
+    path: str
+    input: str
+    output: str
+    shape: tuple[int, ...]  # example shape
+    batch_axis: int
+
+
+class _Run:
+    """One forward of the patched model: where lifted states come from and go to."""
+
+    def __init__(self, lifter: "Lifter", states: dict[str, torch.Tensor] | None):
+        self.lifter = lifter
+        self.states = states  # None: discovering (zeros, recorded)
+        self.new_states: dict[str, torch.Tensor] = {}
+        self.found: list[LiftedState] = []
+        self.calls: dict[str, int] = {}
+
+    def _take(self, path: str, names: list[tuple[str, str]], zeros: list[torch.Tensor], batch_axis: int
+              ) -> list[torch.Tensor]:
+        self.calls[path] = self.calls.get(path, 0) + 1
+        if self.calls[path] > 1:
+            raise UnsupportedError(
+                f"{path}: called {self.calls[path]} times in one forward without a state; lifting needs one call per "
+                "forward (pass the state explicitly and declare it with states=)"
+            )
+        if self.states is None:
+            for (i, o), z in zip(names, zeros):
+                self.found.append(LiftedState(path, i, o, tuple(z.shape), batch_axis))
+            return zeros
+        return [self.states[i] for i, _ in names]
+
+    def recurrent(self, path: str, key: int, spec: RecurrentSpec, x: torch.Tensor, hx: Any) -> Any:
+        lstm = spec.kind == "lstm"
+        if x.dim() != (2 if spec.cell else 3):
+            raise UnsupportedError(f"{path}: expected batched input of rank {2 if spec.cell else 3}, got shape "
+                                   f"{tuple(x.shape)} (unbatched input cannot be streamed)")
+        if hx is None:
+            batch = x.shape[0] if spec.cell or spec.batch_first else x.shape[1]
+            n = spec.num_layers * spec.num_directions
+            h_shape = (batch, spec.hidden_out) if spec.cell else (n, batch, spec.hidden_out)
+            c_shape = (batch, spec.hidden_size) if spec.cell else (n, batch, spec.hidden_size)
+            names = [(f"{path}.h0", f"{path}.hn")] + ([(f"{path}.c0", f"{path}.cn")] if lstm else [])
+            zeros = [x.new_zeros(h_shape)] + ([x.new_zeros(c_shape)] if lstm else [])
+            states = self._take(path, names, zeros, 0 if spec.cell else 1)
+            lifted = True
+        else:
+            states = list(hx) if lstm else [hx]
+            lifted = False
+        h0 = states[0]
+        c0 = states[1] if lstm else h0
+        y, h, c = torch.ops.edge_rnn.recurrent(x, h0, c0, key)
+        if lifted:
+            self.new_states[f"{path}.hn"] = h
+            if lstm:
+                self.new_states[f"{path}.cn"] = c
+        if spec.cell:
+            return (h, c) if lstm else h
+        return y, ((h, c) if lstm else h)
+
+    def context(self, buf: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        path = self.lifter.paths[id(buf)]
+        (ctx,) = self._take(path, [(f"{path}.ctx0", f"{path}.ctxn")], [buf.zeros(x)], 0)
+        out = torch.cat([ctx, x], dim=buf.time_dim)
+        index = [slice(None)] * out.dim()
+        index[buf.time_dim] = slice(-buf.length, None)
+        self.new_states[f"{path}.ctxn"] = out[tuple(index)]
+        return out
+
+
+class Lifter:
+    """A patched deep copy of ``model`` whose recurrent and context state can be fed and read."""
+
+    def __init__(self, model: torch.nn.Module):
+        from edge_rnn.exporters.context import ContextBuffer
+
+        self.model = copy_eval(model)
+        self.paths: dict[int, str] = {}
+        self.recurrent: dict[str, RecurrentSpec] = {}
+        self.keys: list[int] = []
+        skip: list[str] = []
+        for path, sub in self.model.named_modules():
+            if any(path.startswith(p + ".") for p in skip):
+                continue
+            if isinstance(sub, ContextBuffer):
+                self.paths[id(sub)] = path
+                continue
+            try:
+                spec = spec_from_module(sub)
+            except UnsupportedError:
+                continue
+            skip.append(path)
+            key = id(sub)
+            _REGISTRY[key] = (sub.forward, spec, sub)
+            self.keys.append(key)
+            self.recurrent[path] = spec
+            self.paths[key] = path
+            sub.forward = types.MethodType(_patched_forward(path, key, spec), sub)
+
+    def close(self) -> None:
+        for key in self.keys:
+            _REGISTRY.pop(key, None)
+
+    def discover(self, *inputs: torch.Tensor) -> tuple[Any, list[LiftedState]]:
+        run = _Run(self, None)
+        with _active(run), torch.no_grad():
+            out = self.model(*inputs)
+        return out, run.found
+
+    def run(self, inputs: tuple[torch.Tensor, ...], states: dict[str, torch.Tensor]) -> tuple[Any, dict]:
+        r = _Run(self, states)
+        with _active(r):
+            out = self.model(*inputs)
+        return out, r.new_states
+
+
+def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., Any]:
+    def forward(self: torch.nn.Module, input: torch.Tensor, hx: Any = None) -> Any:
+        run = current_lift()
+        if run is None:
+            return _REGISTRY[key][0](input, hx)
+        return run.recurrent(path, key, spec, input, hx)
+
+    return forward
+
+
+def copy_eval(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()

@@ -1,0 +1,301 @@
+"""Export a whole model: torch.onnx for the non-recurrent parts, edge-rnn's graphs for the recurrent ones."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from edge_rnn import __version__
+from edge_rnn.contract import Contract, StateSpec, TensorSpec
+from edge_rnn.errors import ModelFormatError, NotStreamableError, ShapeError, UnsupportedError
+from edge_rnn.exporters._export import write_file
+from edge_rnn.exporters._graph import GraphBuilder
+from edge_rnn.exporters._layers import emit_module
+from edge_rnn.exporters._lift import _REGISTRY, LiftedState, Lifter
+from edge_rnn.exporters._spec import layer_weights
+from edge_rnn.exporters.parity import TOLERANCE, ParityReport, _chunks, compare_streaming, raise_failures, stream_chunks
+
+__all__ = ["export_model", "WholeModelExport"]
+
+OPSET = 17
+Arrays = dict[str, np.ndarray]
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten(o)]
+    raise UnsupportedError(f"expected the model to return tensors or tuples of tensors, got {type(out).__name__}")
+
+
+class WholeModelExport:
+    """What export_model wrote: the contract, the timings and the parity report."""
+
+    def __init__(self, path: Path, contract: Contract, export_seconds: float, parity: ParityReport | None,
+                 graph_form: str, size_bytes: int):
+        self.path, self.contract, self.export_seconds = path, contract, export_seconds
+        self.parity, self.graph_form, self.size_bytes = parity, graph_form, size_bytes
+        self.opset = OPSET
+
+
+class _Top(torch.nn.Module):
+    """model(*inputs) with the lifted states as extra inputs and outputs, for tracing."""
+
+    def __init__(self, lifter: Lifter, n_inputs: int, lifted: list[LiftedState]):
+        super().__init__()
+        self.lifter, self.n_inputs, self.lifted = lifter, n_inputs, lifted
+        self.inner = lifter.model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = args[: self.n_inputs]
+        states = {s.input: t for s, t in zip(self.lifted, args[self.n_inputs :])}
+        out, new = self.lifter.run(inputs, states)
+        return (*_flatten(out), *(new[s.output] for s in self.lifted))
+
+
+def _splice(model: onnx.ModelProto, decomposed: bool) -> None:
+    """Replace every edge_rnn::Recurrent placeholder with edge-rnn's own recurrent graph."""
+    g = model.graph
+    nodes = list(g.node)
+    del g.node[:]
+    for node in nodes:
+        if node.domain != "edge_rnn":
+            g.node.append(node)
+            continue
+        key = next(a.i for a in node.attribute if a.name == "key")
+        _, spec, module = _REGISTRY[key]
+        path = next((n for n, m in _lifter_paths.items() if m is module), f"rnn{key}")
+        b = GraphBuilder("splice", prefix=f"{path}/")
+        lstm = spec.kind == "lstm"
+        emit_module(b, spec, partial(layer_weights, module, spec), node.input[0], node.input[1],
+                    node.input[2] if lstm else None, decomposed=decomposed,
+                    outputs=(node.output[0], node.output[1], node.output[2]))
+        if not lstm:
+            b.op1("Identity", [node.output[1]], output=node.output[2])
+        g.node.extend(b.nodes)
+        g.initializer.extend(b.initializers)
+    keep = [o for o in model.opset_import if o.domain != "edge_rnn"]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+_lifter_paths: dict[str, torch.nn.Module] = {}
+
+
+def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[str, tuple[int, int | None]] | None,
+          what: str) -> list[TensorSpec]:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UnsupportedError(f"{what}_axes {unknown}: expected names among {list(names)}")
+    out = []
+    for name, t in zip(names, tensors):
+        b, tm = given.get(name, (0, 1 if t.dim() >= 3 else None))
+        out.append(TensorSpec(name, b, tm))
+    return out
+
+
+def export_model(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    input_axes: Mapping[str, tuple[int, int | None]] | None = None,
+    output_axes: Mapping[str, tuple[int, int | None]] | None = None,
+    states: Mapping[str, str] | None = None,
+    state_batch_axes: Mapping[str, int] | None = None,
+    decomposed: bool = False,
+    streaming: bool = True,
+    verify_parity: bool = True,
+    long_steps: int = 2_000,
+    seed: int = 0,
+    atol: float | None = None,
+) -> WholeModelExport:
+    """See :func:`edge_rnn.export`; this is its path for models that are more than one recurrent layer."""
+    path = Path(path)
+    examples = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    tol = TOLERANCE["float32"] if atol is None else atol
+    lifter = Lifter(model)
+    try:
+        bidir = [p for p, s in lifter.recurrent.items() if s.bidirectional]
+        if bidir and streaming:
+            raise NotStreamableError(
+                f"not streamable: {', '.join(bidir)} is bidirectional and reads the whole sequence backwards; "
+                "export it with streaming=False to run one whole sequence per call"
+            )
+        out, lifted = lifter.discover(*examples)
+        flat = _flatten(out)
+        in_names = list(input_names or _param_names(model, len(examples)))
+        out_names = list(output_names or (["y"] if len(flat) == 1 else [f"y{i}" for i in range(len(flat))]))
+        if len(in_names) != len(examples) or len(out_names) != len(flat):
+            raise ShapeError(f"expected {len(examples)} input names and {len(flat)} output names, got "
+                             f"{in_names} and {out_names}")
+        explicit = dict(states or {})
+        bad = {k: v for k, v in explicit.items() if k not in in_names or v not in out_names}
+        if bad:
+            raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
+        if not lifted and not explicit:
+            raise UnsupportedError(
+                f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
+                "and no states= declared: nothing to stream"
+            )
+        data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
+        data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
+        contract = Contract(
+            inputs=tuple(_axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")),
+            outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], output_axes, "output")),
+            states=tuple(_explicit_specs(explicit, in_names, examples, state_batch_axes))
+            + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
+            source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
+                    "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
+                    "graph_form": "decomposed" if decomposed else "native"},
+            streamable=streaming,
+        )
+        top = _Top(lifter, len(examples), lifted)
+
+        def reference(feeds: Arrays) -> Arrays:
+            ins = tuple(torch.from_numpy(feeds[n]) for n in in_names)
+            sts = [torch.from_numpy(feeds[s.input]) for s in lifted]
+            with torch.no_grad():
+                res = top(*ins, *sts)
+            names = out_names + [s.output for s in lifted]
+            return {n: r.double().numpy() for n, r in zip(names, res)}
+
+        state_examples = {s.input: np.zeros(s.shape, np.float32) for s in lifted}
+        feeds0 = {n: t.detach().numpy().astype(np.float32) for n, t in zip(in_names, examples)}
+        if streaming:
+            _check_streamable(reference, contract, feeds0, state_examples, explicit, tol, seed)
+
+        t0 = time.perf_counter()
+        buf = io.BytesIO()
+        dyn: dict[str, dict[int, str]] = {}
+        for t in (*contract.inputs, *contract.outputs):
+            dyn[t.name] = {t.batch_axis: "batch", **({t.time_axis: "time"} if t.time_axis is not None else {})}
+        for s in contract.states:
+            dyn[s.input] = {s.batch_axis: "batch"}
+            dyn[s.output] = {s.batch_axis: "batch"}
+        _lifter_paths.clear()
+        _lifter_paths.update({p: _REGISTRY[k][2] for k, p in lifter.paths.items() if k in _REGISTRY})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(
+                top, (*examples, *(torch.zeros(s.shape) for s in lifted)), buf, dynamo=False, opset_version=OPSET,
+                input_names=in_names + [s.input for s in lifted],
+                output_names=out_names + [s.output for s in lifted], dynamic_axes=dyn, do_constant_folding=True,
+            )
+        proto = onnx.load_from_string(buf.getvalue())
+        _splice(proto, decomposed)
+        proto.producer_name, proto.producer_version = "edge-rnn", __version__
+        onnx.helper.set_model_props(proto, contract.to_metadata())
+        data = proto.SerializeToString()
+        try:
+            onnx.checker.check_model(data, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
+        write_file(path, data)
+        seconds = time.perf_counter() - t0
+
+        parity = None
+        if verify_parity:
+            def make_inputs(rng: np.random.Generator, batch: int, steps: int) -> tuple[Arrays, Arrays]:
+                ins = {}
+                for t in contract.inputs:
+                    shape = list(feeds0[t.name].shape)
+                    shape[t.batch_axis] = batch
+                    if t.time_axis is not None:
+                        shape[t.time_axis] = steps
+                    ins[t.name] = rng.standard_normal(shape).astype(np.float32)
+                sts = {s.input: (0.5 * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32)
+                       for s in contract.states}
+                return ins, sts
+
+            ex_batch = examples[0].shape[contract.inputs[0].batch_axis] if contract.inputs else 1
+            ex_time = contract.inputs[0].time_axis
+            ex_t = examples[0].shape[ex_time] if ex_time is not None else 1
+            lens = tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,)
+            parity = compare_streaming(
+                reference, path, contract, make_inputs, batch_size=int(ex_batch) + 1, seq_lens=lens,
+                chunked_len=41 if streaming and contract.is_streaming else 0,
+                long_steps=long_steps if streaming and contract.is_streaming else 0, seed=seed, atol=tol,
+            )
+            raise_failures(parity, path)
+        return WholeModelExport(path, contract, seconds, parity, "decomposed" if decomposed else "native",
+                                len(data))
+    finally:
+        lifter.close()
+
+
+def _none_at(shape: tuple[int, ...], axis: int) -> tuple[int | None, ...]:
+    return tuple(None if i == axis else d for i, d in enumerate(shape))
+
+
+def _param_names(model: torch.nn.Module, n: int) -> list[str]:
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) >= n:
+        return params[:n]
+    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
+
+
+def _explicit_specs(explicit: Mapping[str, str], in_names: list[str], examples: tuple[torch.Tensor, ...],
+                    batch_axes: Mapping[str, int] | None) -> list[StateSpec]:
+    out = []
+    batch = examples[0].shape[0]
+    for i, o in explicit.items():
+        t = examples[in_names.index(i)]
+        axis = (batch_axes or {}).get(i)
+        if axis is None:
+            cands = [a for a, d in enumerate(t.shape) if d == batch]
+            if len(cands) != 1:
+                raise UnsupportedError(
+                    f"state {i!r} of shape {tuple(t.shape)}: cannot tell its batch axis (size {batch}); "
+                    f"pass state_batch_axes={{{i!r}: axis}}"
+                )
+            axis = cands[0]
+        out.append(StateSpec(i, o, _none_at(tuple(t.shape), axis), axis))
+    return out
+
+
+def _check_streamable(reference: Any, contract: Contract, feeds: Arrays, lifted_zeros: Arrays,
+                      explicit: Mapping[str, str], tol: float, seed: int) -> None:
+    """Chunked streaming in PyTorch itself must equal one pass, before anything is written."""
+    if not contract.is_streaming:
+        return
+    rng = np.random.default_rng(seed + 17)
+    t_ax = contract.inputs[0].time_axis
+    steps = 37
+    ins = {}
+    for t in contract.inputs:
+        shape = list(feeds[t.name].shape)
+        if t.time_axis is not None:
+            shape[t.time_axis] = steps
+        ins[t.name] = rng.standard_normal(shape).astype(np.float32)
+    states = dict(lifted_zeros)
+    for s in contract.states:
+        if s.input not in states:
+            states[s.input] = feeds[s.input]
+    whole = reference({**ins, **states})
+    chunked = stream_chunks(reference, contract, ins, states, _chunks(rng, steps, 6))
+    bad = {n: float(np.max(np.abs(chunked[n] - whole[n]))) for n in whole if n in chunked}
+    bad = {n: d for n, d in bad.items() if d > tol}
+    if bad:
+        listed = ", ".join(f"{n} (max difference {d:.2e})" for n, d in bad.items())
+        raise NotStreamableError(
+            f"not streamable: feeding the sequence in chunks with the state carried changes {listed}. "
+            "Something mixes information across time outside the recurrent layers: a convolution that looks "
+            "ahead (give it a ContextBuffer and padding=0), normalisation or pooling over the time axis, or a "
+            f"time axis other than {t_ax}. Export with streaming=False to run one whole sequence per call."
+        )
