@@ -188,13 +188,13 @@ def test_training_mode_warns_and_exports_eval_behaviour(tmp_path):
     assert report.parity.ok and module.training  # the caller's module is left as it was
 
 
-@pytest.mark.parametrize("module,match", [
-    (torch.nn.Linear(3, 4), "expected a torch.nn or edge_rnn.reference RNN"),
-    (torch.nn.Conv1d(3, 4, 3), "got torch.nn.modules.conv.Conv1d"),
+@pytest.mark.parametrize("module,example,match", [
+    (torch.nn.Linear(3, 4), None, "Linear is not a bare RNN/LSTM/GRU layer or cell: .* needs example_input"),
+    (torch.nn.Conv1d(3, 4, 3), torch.zeros(1, 3, 5), "found no recurrent layer, cell or ContextBuffer"),
 ])
-def test_unsupported_modules_raise(tmp_path, module, match):
+def test_unsupported_modules_raise(tmp_path, module, example, match):
     with pytest.raises(UnsupportedError, match=match):
-        edge_rnn.export(module, tmp_path / "m.onnx")
+        edge_rnn.export(module, tmp_path / "m.onnx", example_input=example)
 
 
 def test_example_input_of_the_wrong_size_raises(tmp_path):

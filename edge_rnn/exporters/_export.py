@@ -16,7 +16,7 @@ from onnx import helper
 
 from edge_rnn import __version__
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
@@ -137,6 +137,7 @@ def export(
     seed: int = 0,
     raise_on_failure: bool = True,
     extra_source: Mapping[str, Any] | None = None,
+    whole_model_options: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export a recurrent layer or cell to a streaming ONNX file and check it against PyTorch.
 
@@ -159,7 +160,18 @@ def export(
         True
     """
     path = Path(path)
-    spec_from_module(module)  # an unsupported module fails before anything else
+    try:
+        spec_from_module(module)
+    except UnsupportedError:  # not a bare recurrent layer: a whole model, its state lifted
+        from edge_rnn.exporters._whole import export_model
+
+        if example_input is None:
+            raise UnsupportedError(
+                f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "
+                "needs example_input"
+            ) from None
+        return export_model(module, path, example_input=example_input, decomposed=decomposed,
+                            verify_parity=verify_parity, seed=seed, **(whole_model_options or {}))
     if module.training:
         warnings.warn(
             f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "

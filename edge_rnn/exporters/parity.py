@@ -89,10 +89,10 @@ class ParityReport:
 
     def table(self) -> str:
         """A short table: worst error per case kind and tensor."""
-        lines = [f"{'case':<8} {'tensor':<10} {'max abs':>10} {'max rel':>10} {'tol':>8}  "]
+        lines = [f"{'case':<8} {'tensor':<14} {'max abs':>10} {'max rel':>10} {'tol':>8}  "]
         for (kind, tensor), r in sorted(self.worst().items()):
             lines.append(
-                f"{kind:<8} {tensor:<10} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.tolerance:>8.0e}  "
+                f"{kind:<8} {tensor:<14} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.tolerance:>8.0e}  "
                 f"{'ok' if r.ok else 'FAIL'}"
             )
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -326,6 +326,16 @@ def compare_streaming(
         names = [o.name for o in sess.get_outputs()]
         return lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
+    if not contract.is_streaming:  # one step per call: sequences of calls, the state carried on both sides
+        for case, batch, n in (("full calls=1", batch_size, 1), ("chunked calls=20", batch_size, 20),
+                               (f"long calls={max(long_steps // 20, 1)}", 1, max(long_steps // 20, 1))):
+            calls = [make_inputs(rng, batch, 1) for _ in range(n)]
+            states = calls[0][1]
+            want = stream_calls(reference, contract, [c[0] for c in calls], states)
+            for level, sess in sessions.items():
+                got = stream_calls(runner(sess), contract, [c[0] for c in calls], states)
+                _compare(report, case, level, got, want, atol)
+        return report
     cases = [(f"full T={t}", batch_size, t, [t]) for t in seq_lens]
     if chunked_len:
         cases.append((f"chunked T={chunked_len}", batch_size, chunked_len, _chunks(rng, chunked_len, 8)))
@@ -338,6 +348,20 @@ def compare_streaming(
             got = stream_chunks(runner(sess), contract, inputs, states, sizes)
             _compare(report, case, level, got, want, atol)
     return report
+
+
+def stream_calls(call: Callable[[Arrays], Arrays], contract: Contract, calls: list[Arrays], states: Arrays) -> Arrays:
+    """One call per item of ``calls``, carrying the states; outputs stacked on a new axis 0."""
+    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
+    cur = dict(states)
+    for feeds in calls:
+        last = call({**feeds, **cur})
+        for t in contract.outputs:
+            outs[t.name].append(np.asarray(last[t.name], np.float64))
+        cur = {s.input: np.asarray(last[s.output], np.float32) for s in contract.states}
+    res = {k: np.stack(v) for k, v in outs.items()}
+    res.update({s.output: cur[s.input] for s in contract.states})
+    return res
 
 
 def raise_failures(report: ParityReport, path: Path) -> None:

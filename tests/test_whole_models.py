@@ -1,0 +1,230 @@
+"""Whole models: state lifted from nested recurrent layers, cells and context buffers; streamed through the runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import wholemodels as W
+
+import edge_rnn
+from edge_rnn import reference
+from edge_rnn.errors import NotStreamableError, UnsupportedError
+from edge_rnn.exporters import ContextBuffer
+from edge_rnn.runtime import StreamingModel
+
+FORMS = ["native", "decomposed"]
+VAD_OPTIONS = {"states": {"state": "new_state"}, "input_names": ["x", "state"], "output_names": ["prob", "new_state"],
+               "input_axes": {"x": (0, None)}, "output_axes": {"prob": (0, None)}}
+
+
+def ops(path) -> list[str]:
+    def walk(g):
+        for n in g.node:
+            yield n.op_type
+            for a in n.attribute:
+                if a.HasField("g"):
+                    yield from walk(a.g)
+
+    return list(walk(onnx.load(path).graph))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_keyword_spotter_streams_through_the_runtime(tmp_path, form):
+    model = W.keyword_spotter().eval()
+    report = edge_rnn.export(model, tmp_path / "kws.onnx", example_input=torch.randn(1, 50, 40),
+                             decomposed=form == "decomposed")
+    c = report.contract
+    assert [(s.input, s.output) for s in c.states] == [
+        ("context.ctx0", "context.ctxn"), ("context2.ctx0", "context2.ctxn"), ("gru.h0", "gru.hn")]
+    assert c.states[2].shape == (2, None, 48) and c.inputs[0].time_axis == 1
+    assert report.parity.ok and {r.case.split()[0] for r in report.parity.rows} == {"full", "chunked", "long"}
+    found = ops(tmp_path / "kws.onnx")
+    assert ("GRU" in found) == (form == "native") and "Conv" in found
+    assert not any(o.domain == "edge_rnn" for o in onnx.load(tmp_path / "kws.onnx").opset_import)
+
+    # through the runtime, at lengths other than the example's, against one PyTorch pass
+    rt = StreamingModel.load(tmp_path / "kws.onnx")
+    x = np.random.default_rng(0).standard_normal((97, 40)).astype(np.float32)
+    s = rt.open_stream()
+    sizes = [1, 9, 3, 33, 17, 1, 5, 28]
+    ys, t = [], 0
+    for n in sizes:
+        ys.append(rt.step(s, x[t : t + n])["y"])
+        t += n
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(np.concatenate(ys) - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_acoustic_model_stacked_projected_lstms(tmp_path, form):
+    model = W.acoustic_model().eval()
+    report = edge_rnn.export(model, tmp_path / "am.onnx", example_input=torch.randn(50, 1, 40),
+                             decomposed=form == "decomposed",
+                             whole_model_options={"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}})
+    assert [s.input for s in report.contract.states] == [
+        "encoder.lstm1.h0", "encoder.lstm1.c0", "encoder.lstm2.h0", "encoder.lstm2.c0"]
+    assert report.contract.states[2].shape == (2, None, 24)  # projected h, two layers
+    assert report.parity.ok
+    assert "LSTM" not in ops(tmp_path / "am.onnx")  # proj_size: the Scan form, time axis dynamic
+    rt = StreamingModel.load(tmp_path / "am.onnx")
+    x = np.random.default_rng(1).standard_normal((61, 40)).astype(np.float32)
+    s = rt.open_stream()
+    y = np.concatenate([rt.step(s, x[a : a + 8])["y"] for a in range(0, 61, 8)])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[:, None])[:, 0].numpy()
+    assert np.abs(y - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_vad_with_explicit_state_and_its_own_context_buffer(tmp_path, form):
+    torch.manual_seed(0)
+    model = W.VoiceActivity().eval()
+    report = edge_rnn.export(model, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 32)),
+                             decomposed=form == "decomposed", whole_model_options=VAD_OPTIONS)
+    c = report.contract
+    assert [(s.input, s.output, s.batch_axis) for s in c.states] == [
+        ("state", "new_state", 1), ("context.ctx0", "context.ctxn", 0)]
+    assert report.parity.ok and len(report.parity.rows) >= 18
+    rt = StreamingModel.load(tmp_path / "vad.onnx")
+    s = rt.open_stream()
+    xs = np.random.default_rng(2).standard_normal((30, 64, 8)).astype(np.float32)
+    got = np.stack([rt.step(s, x)["prob"] for x in xs])
+    # the same stream in PyTorch: the model's own state, and each chunk with the previous one's last 3 frames
+    ref = []
+    state = torch.zeros(2, 1, 32)
+    prev = torch.zeros(1, 64, 3)
+    with torch.no_grad():
+        for x in torch.from_numpy(xs):
+            full = torch.cat([prev, x[None]], dim=2)
+            z = model.encoder(model.stft(full).mean(dim=2))
+            h, c2 = model.cell(z, (state[0], state[1]))
+            ref.append(torch.sigmoid(model.head(h))[0].numpy())
+            state, prev = torch.stack([h, c2]), full[:, :, -3:]
+    assert np.abs(got - np.stack(ref)).max() <= 1e-5
+
+
+def test_time_axis_is_dynamic_lengths_other_than_the_example(tmp_path):
+    model = W.keyword_spotter().eval()
+    edge_rnn.export(model, tmp_path / "k.onnx", example_input=torch.randn(2, 5, 40), verify_parity=False)
+    rt = StreamingModel.load(tmp_path / "k.onnx")
+    for t in (1, 9, 120):
+        x = np.random.default_rng(t).standard_normal((t, 40)).astype(np.float32)
+        y = rt.step(rt.open_stream(), x)["y"]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)[None])[0].numpy()
+        assert y.shape == (t, 12) and np.abs(y - ref).max() <= 1e-5
+
+
+class BiModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(8, 6, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+class LookAhead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 8, 3, padding=1)  # sees one frame of the future
+        self.lstm = torch.nn.LSTM(8, 6, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(self.conv(x.transpose(1, 2)).transpose(1, 2))[0]
+
+
+class TimeNorm(torch.nn.Module):
+    def __init__(self, pool: bool):
+        super().__init__()
+        self.pool = pool
+        self.lstm = torch.nn.LSTM(8, 6, batch_first=True)
+
+    def forward(self, x):
+        if self.pool:  # pooling over time: each chunk sees only its own frames
+            x = x - x.mean(dim=1, keepdim=True)
+        else:  # normalisation across the time axis
+            x = torch.nn.functional.instance_norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.lstm(x)[0]
+
+
+@pytest.mark.parametrize("model,match", [
+    (BiModel(), "rnn is bidirectional"),
+    (LookAhead(), "changes y"),
+    (TimeNorm(pool=True), "pooling over the time axis"),
+    (TimeNorm(pool=False), "fails on a chunk of 1 frame"),
+], ids=["bidirectional", "non-causal-conv", "pool-over-time", "norm-over-time"])
+def test_non_streamable_models_are_refused_before_anything_is_written(tmp_path, model, match):
+    with pytest.raises(NotStreamableError, match=match):
+        edge_rnn.export(model.eval(), tmp_path / "m.onnx", example_input=torch.randn(1, 20, 8))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_not_streamable_model_can_be_exported_for_whole_sequences(tmp_path):
+    torch.manual_seed(0)
+    model = BiModel().eval()
+    report = edge_rnn.export(model, tmp_path / "bi.onnx", example_input=torch.randn(1, 20, 8),
+                             whole_model_options={"streaming": False})
+    assert not report.contract.streamable and report.parity.ok
+    rt = StreamingModel.load(tmp_path / "bi.onnx")
+    x = np.random.default_rng(0).standard_normal((13, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
+    assert np.abs(rt.step(rt.open_stream(), x)["y"] - ref).max() <= 1e-5
+
+
+class Nested(torch.nn.Module):
+    """Cells and layers nested at depth, one called with an explicit zero state."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.ModuleDict({"inner": torch.nn.ModuleDict({"rnn": reference.RNN(4, 5)})})
+        self.post = torch.nn.GRU(5, 3)
+
+    def forward(self, x, h):  # x (time, batch, 4), h (1, batch, 3): the model's own state for self.post
+        y, _ = self.block["inner"]["rnn"](x)
+        return self.post(y, h)  # explicit state: kept as the model wires it, declared with states=
+
+
+def test_nested_reference_layers_and_explicit_calls(tmp_path):
+    torch.manual_seed(0)
+    options = {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}, "states": {"h": "hn"},
+               "output_names": ["y", "hn"]}
+    report = edge_rnn.export(Nested().eval(), tmp_path / "n.onnx", example_input=(torch.randn(9, 2, 4),
+                             torch.zeros(1, 2, 3)), whole_model_options=options)
+    assert [s.input for s in report.contract.states] == ["h", "block.inner.rnn.h0"]
+    assert report.parity.ok and "RNN" in ops(tmp_path / "n.onnx") and "GRU" in ops(tmp_path / "n.onnx")
+
+
+def test_a_state_that_restarts_every_call_is_not_streamable(tmp_path):
+    class Restarts(Nested):
+        def forward(self, x):
+            return self.post(self.block["inner"]["rnn"](x)[0], torch.zeros(1, x.shape[1], 3))[0]
+
+    with pytest.raises(NotStreamableError, match="changes y"):
+        edge_rnn.export(Restarts().eval(), tmp_path / "n.onnx", example_input=torch.randn(9, 2, 4),
+                        whole_model_options={"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}})
+
+
+def test_whole_model_mistakes(tmp_path):
+    with pytest.raises(UnsupportedError, match="needs example_input"):
+        edge_rnn.export(W.keyword_spotter(), tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedError, match="nothing to stream"):
+        edge_rnn.export(torch.nn.Linear(3, 4), tmp_path / "m.onnx", example_input=torch.randn(1, 3))
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = torch.nn.GRUCell(3, 3)
+
+        def forward(self, x):
+            return self.cell(self.cell(x))
+
+    with pytest.raises(UnsupportedError, match="called 2 times in one forward"):
+        edge_rnn.export(Twice(), tmp_path / "m.onnx", example_input=torch.randn(1, 3))
+    with pytest.raises(Exception, match="expected length >= 1"):
+        ContextBuffer(0)
