@@ -94,9 +94,15 @@ def _print_parity(report: Any) -> None:
 
 
 @main.command()
-@click.option("--arch", type=click.Choice(["rnn", "lstm", "gru"]), required=True, help="Recurrent architecture.")
-@click.option("--input-size", type=click.IntRange(min=1), required=True)
-@click.option("--hidden-size", type=click.IntRange(min=1), required=True)
+@click.argument("factory", required=False)
+@click.option("--example-shape", help="With FACTORY: the example input's shape, e.g. 1,50,40.")
+@click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With FACTORY: the input's and output's batch axis.")
+@click.option("--time-axis", type=click.IntRange(min=0), default=1, show_default=True,
+              help="With FACTORY: the input's and output's time axis.")
+@click.option("--arch", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent architecture.")
+@click.option("--input-size", type=click.IntRange(min=1))
+@click.option("--hidden-size", type=click.IntRange(min=1))
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--bidirectional", is_flag=True)
 @click.option("--batch-first", is_flag=True, help="x is (batch, time, features) instead of (time, batch, features).")
@@ -111,13 +117,27 @@ def _print_parity(report: Any) -> None:
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Length of the long streaming check (0 skips it).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
-def export(arch: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, batch_first: bool,
+def export(factory: str | None, example_shape: str | None, batch_axis: int, time_axis: int, arch: str | None,
+           input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool,
            proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool, weights: Path | None,
            seed: int, long_steps: int, output: Path) -> None:
-    """Build an RNN/LSTM/GRU, export it to streaming ONNX, verify it and print the parity table."""
+    """Export to streaming ONNX, verify against PyTorch and print the parity table.
+
+    Either build an RNN/LSTM/GRU from --arch, --input-size and --hidden-size, or give FACTORY as
+    package.module:callable (like module:app), a function or class that returns the model; its state is
+    lifted automatically. The current directory is importable.
+    """
     from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import export as export_module
 
+    if factory is not None:
+        if arch or input_size or hidden_size:
+            raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
+        _export_factory(factory, example_shape, batch_axis, time_axis, weights, decomposed, long_steps, output)
+        return
+    missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give a FACTORY)")
     if nonlinearity != "tanh" and arch != "rnn":
         raise EdgeRnnError(f"--nonlinearity {nonlinearity}: only the vanilla RNN (--arch rnn) takes it")
     spec = RecurrentSpec(
@@ -129,11 +149,67 @@ def export(arch: str, input_size: int, hidden_size: int, num_layers: int, bidire
     extra = {} if weights else {"seed": seed}
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
                            raise_on_failure=False)
+    _print_report(report, output)
+
+
+def _print_report(report: Any, output: Path) -> None:
     click.echo(f"wrote {output}: {report.graph_form} graph, opset {report.opset}, "
                f"{report.size_bytes / 1024:.1f} KiB, exported in {report.export_seconds * 1e3:.1f} ms")
     _print_parity(report.parity)
     if not report.parity.ok:
         sys.exit(1)
+
+
+def _load_factory(ref: str) -> Any:
+    import importlib
+    import os
+
+    import torch
+
+    mod_name, _, attr = ref.partition(":")
+    if not mod_name or not attr:
+        raise EdgeRnnError(f"{ref}: expected package.module:callable")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise EdgeRnnError(f"{ref}: cannot import {mod_name} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise EdgeRnnError(f"{ref}: {mod_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise EdgeRnnError(f"{ref}: expected a callable that returns a torch.nn.Module, got {type(obj).__name__}")
+    model = obj()
+    if not isinstance(model, torch.nn.Module):
+        raise EdgeRnnError(f"{ref}: expected it to return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_axis: int, weights: Path | None,
+                    decomposed: bool, long_steps: int, output: Path) -> None:
+    import torch
+
+    from edge_rnn.exporters import export as export_module
+
+    if not example_shape:
+        raise click.UsageError("FACTORY needs --example-shape, e.g. --example-shape 1,50,40")
+    shape = _int_list(example_shape, "--example-shape")
+    model = _load_factory(ref)
+    if weights is not None:
+        _load_state_dict(model, weights)
+    model.eval()
+    rank = len(shape)
+    axes = (batch_axis, time_axis if time_axis < rank else None)
+    if batch_axis >= rank or axes[0] == axes[1]:
+        raise EdgeRnnError(f"--batch-axis {batch_axis} / --time-axis {time_axis}: expected distinct axes of a "
+                           f"rank-{rank} input")
+    torch.manual_seed(0)
+    options = {"input_axes": {"x": axes}, "input_names": ["x"]}  # outputs take the input's axes
+    report = export_module(model, output, example_input=torch.randn(shape), decomposed=decomposed,
+                           long_steps=long_steps, raise_on_failure=False, whole_model_options=options)
+    _print_report(report, output)
 
 
 def _read_contract(model: Path) -> tuple[Any, Any]:

@@ -191,3 +191,28 @@ def test_run_and_export_output_mistakes(tmp_path):
     one_line_error(run("run", str(out), "--input", str(tmp_path / "scalar.npy"), "-o", str(tmp_path / "o.npy")),
                    "got a scalar")
     one_line_error(run(*BASE, "--long-steps", "0", "-o", str(tmp_path)), "cannot write the model")
+
+
+def test_export_a_whole_model_from_a_factory(tmp_path):
+    import wholemodels
+
+    out = tmp_path / "kws.onnx"
+    r = run("export", "wholemodels:keyword_spotter", "--example-shape", "1,30,40", "--long-steps", "300",
+            "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert "gru.hn" in r.stdout and ": ok" in r.stdout
+    torch.save(wholemodels.keyword_spotter().state_dict(), tmp_path / "kws.pt")
+    r = run("export", "wholemodels:KeywordSpotter", "--weights", str(tmp_path / "kws.pt"), "--example-shape",
+            "2,20,40", "--long-steps", "0", "--decomposed", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    torch.save({"conv.weight": Custom()}, tmp_path / "evil.pt")
+    r = run("export", "wholemodels:keyword_spotter", "--weights", str(tmp_path / "evil.pt"), "--example-shape",
+            "1,30,40", "-o", str(out))
+    one_line_error(r, "refused to unpickle it with weights_only=True")
+    assert "torch.save(module.state_dict(), path)" in r.stderr
+    one_line_error(run("export", "wholemodels:nope", "--example-shape", "1,5,40", "-o", str(out)),
+                   "wholemodels has no attribute 'nope'")
+    one_line_error(run("export", "no_such_module:f", "--example-shape", "1,5,40", "-o", str(out)), "cannot import")
+    assert run("export", "wholemodels:keyword_spotter", "-o", str(out)).exit_code == 2  # no --example-shape
+    assert run("export", "wholemodels:keyword_spotter", "--arch", "lstm", "--example-shape", "1,5,40",
+               "-o", str(out)).exit_code == 2

@@ -171,7 +171,8 @@ def export(
                 "needs example_input"
             ) from None
         return export_model(module, path, example_input=example_input, decomposed=decomposed,
-                            verify_parity=verify_parity, seed=seed, **(whole_model_options or {}))
+                            verify_parity=verify_parity, seed=seed, long_steps=long_steps,
+                            raise_on_failure=raise_on_failure, **(whole_model_options or {}))
     if module.training:
         warnings.warn(
             f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "
