@@ -228,3 +228,35 @@ def test_whole_model_mistakes(tmp_path):
         edge_rnn.export(Twice(), tmp_path / "m.onnx", example_input=torch.randn(1, 3))
     with pytest.raises(Exception, match="expected length >= 1"):
         ContextBuffer(0)
+
+
+class CausalConvLstm(torch.nn.Module):
+    """A causal Conv1d front end (kernel 5) and an LSTM: the context buffer carries 4 frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.context = ContextBuffer(4)
+        self.conv = torch.nn.Conv1d(6, 10, 5)
+        self.lstm = torch.nn.LSTM(10, 8, num_layers=2, batch_first=True)
+
+    def forward(self, x):  # (batch, time, 6)
+        return self.lstm(torch.tanh(self.conv(self.context(x.transpose(1, 2)))).transpose(1, 2))[0]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_causal_conv_front_end_and_lstm_stream_like_one_pass(tmp_path, form):
+    torch.manual_seed(3)
+    model = CausalConvLstm().eval()
+    report = edge_rnn.export(model, tmp_path / "c.onnx", example_input=torch.randn(1, 16, 6),
+                             decomposed=form == "decomposed")
+    assert report.contract.states[0].shape == (None, 6, 4) and report.parity.ok
+    rt = StreamingModel.load(tmp_path / "c.onnx")
+    x = np.random.default_rng(5).standard_normal((40, 6)).astype(np.float32)
+    for sizes in ([1] * 40, [3, 1, 2, 10, 24], [40]):
+        s, ys, t = rt.open_stream(), [], 0
+        for n in sizes:
+            ys.append(rt.step(s, x[t : t + n])["y"])
+            t += n
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)[None])[0].numpy()
+        assert np.abs(np.concatenate(ys) - ref).max() <= 1e-5

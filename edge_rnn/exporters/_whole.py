@@ -54,7 +54,7 @@ class _Top(torch.nn.Module):
         return (*_flatten(out), *(new[s.output] for s in self.lifted))
 
 
-def _splice(model: onnx.ModelProto, decomposed: bool) -> None:
+def _splice(model: onnx.ModelProto, lifter: Lifter, decomposed: bool) -> None:
     """Replace every edge_rnn::Recurrent placeholder with edge-rnn's own recurrent graph."""
     g = model.graph
     nodes = list(g.node)
@@ -65,8 +65,7 @@ def _splice(model: onnx.ModelProto, decomposed: bool) -> None:
             continue
         key = next(a.i for a in node.attribute if a.name == "key")
         _, spec, module = _REGISTRY[key]
-        path = next((n for n, m in _lifter_paths.items() if m is module), f"rnn{key}")
-        b = GraphBuilder("splice", prefix=f"{path}/")
+        b = GraphBuilder("splice", prefix=f"{lifter.paths[key]}/")
         lstm = spec.kind == "lstm"
         emit_module(b, spec, partial(layer_weights, module, spec), node.input[0], node.input[1],
                     node.input[2] if lstm else None, decomposed=decomposed,
@@ -78,9 +77,6 @@ def _splice(model: onnx.ModelProto, decomposed: bool) -> None:
     keep = [o for o in model.opset_import if o.domain != "edge_rnn"]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-
-
-_lifter_paths: dict[str, torch.nn.Module] = {}
 
 
 def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[str, tuple[int, int | None]] | None,
@@ -186,8 +182,6 @@ def export_model(
         for s in contract.states:
             dyn[s.input] = {s.batch_axis: "batch"}
             dyn[s.output] = {s.batch_axis: "batch"}
-        _lifter_paths.clear()
-        _lifter_paths.update({p: _REGISTRY[k][2] for k, p in lifter.paths.items() if k in _REGISTRY})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
             torch.onnx.export(
@@ -196,7 +190,7 @@ def export_model(
                 output_names=out_names + [s.output for s in lifted], dynamic_axes=dyn, do_constant_folding=True,
             )
         proto = onnx.load_from_string(buf.getvalue())
-        _splice(proto, decomposed)
+        _splice(proto, lifter, decomposed)
         for vi in proto.graph.output:  # the tracer leaves symbolic names where a state's size is fixed
             spec = next((s for s in contract.states if s.output == vi.name), None)
             if spec is not None:
