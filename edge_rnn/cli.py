@@ -240,6 +240,11 @@ def verify(model: Path, weights: Path | None, long_steps: int, seed: int) -> Non
     _, contract = _read_contract(model)
     if contract is None:
         raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; verify needs a model edge-rnn exported")
+    if contract.source.get("kind") == "module":
+        raise EdgeRnnError(
+            f"{model}: a whole model ({contract.source.get('module')}); verify rebuilds only bare RNN/LSTM/GRU "
+            "exports from the metadata. Export it again with edge-rnn export package.module:factory, which verifies it"
+        )
     spec = RecurrentSpec.from_source(contract.source)
     if weights is None and "seed" not in contract.source:
         raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
