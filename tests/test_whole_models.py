@@ -19,6 +19,15 @@ VAD_OPTIONS = {"states": {"state": "new_state"}, "input_names": ["x", "state"], 
                "input_axes": {"x": (0, None)}, "output_axes": {"prob": (0, None)}}
 
 
+def stream_in_chunks(rt: StreamingModel, x: np.ndarray, sizes: list[int], name: str = "y") -> np.ndarray:
+    """One new stream fed ``x`` (time first) in chunks of ``sizes``; the outputs joined along time."""
+    s, ys, t = rt.open_stream(), [], 0
+    for n in sizes:
+        ys.append(rt.step(s, x[t : t + n])[name])
+        t += n
+    return np.concatenate(ys)
+
+
 def ops(path) -> list[str]:
     def walk(g):
         for n in g.node:
@@ -47,15 +56,10 @@ def test_keyword_spotter_streams_through_the_runtime(tmp_path, form):
     # through the runtime, at lengths other than the example's, against one PyTorch pass
     rt = StreamingModel.load(tmp_path / "kws.onnx")
     x = np.random.default_rng(0).standard_normal((97, 40)).astype(np.float32)
-    s = rt.open_stream()
-    sizes = [1, 9, 3, 33, 17, 1, 5, 28]
-    ys, t = [], 0
-    for n in sizes:
-        ys.append(rt.step(s, x[t : t + n])["y"])
-        t += n
+    y = stream_in_chunks(rt, x, [1, 9, 3, 33, 17, 1, 5, 28])
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()
-    assert np.abs(np.concatenate(ys) - ref).max() <= 1e-5
+    assert np.abs(y - ref).max() <= 1e-5
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -252,11 +256,7 @@ def test_causal_conv_front_end_and_lstm_stream_like_one_pass(tmp_path, form):
     assert report.contract.states[0].shape == (None, 6, 4) and report.parity.ok
     rt = StreamingModel.load(tmp_path / "c.onnx")
     x = np.random.default_rng(5).standard_normal((40, 6)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])[0].numpy()
     for sizes in ([1] * 40, [3, 1, 2, 10, 24], [40]):
-        s, ys, t = rt.open_stream(), [], 0
-        for n in sizes:
-            ys.append(rt.step(s, x[t : t + n])["y"])
-            t += n
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x)[None])[0].numpy()
-        assert np.abs(np.concatenate(ys) - ref).max() <= 1e-5
+        assert np.abs(stream_in_chunks(rt, x, sizes) - ref).max() <= 1e-5

@@ -15,6 +15,7 @@ import torch
 from onnx import helper
 
 from edge_rnn import __version__
+from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._graph import GraphBuilder
@@ -107,12 +108,20 @@ def build_model(
     return model, spec
 
 
-def write_file(path: Path, data: bytes) -> None:
+def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -> bytes:
+    """Serialise once, run the full ONNX check on those bytes, write them; returns them."""
+    data = model.SerializeToString()
+    if check:
+        try:
+            onnx.checker.check_model(data, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     except OSError as e:
         raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
+    return data
 
 
 def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> None:
@@ -183,17 +192,8 @@ def export(
     t0 = time.perf_counter()
     model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
     _check_example(spec, example_input)
-    data = model.SerializeToString()  # once, for both the checker and the file
-    if check:
-        try:
-            onnx.checker.check_model(data, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
-    write_file(path, data)
+    data = check_and_write(model, path, check=check)
     seconds = time.perf_counter() - t0
-    ops: dict[str, int] = {}
-    for node in model.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
     parity = None
     if verify_parity:
         parity = verify(module, path, long_steps=long_steps, seed=seed, example_input=example_input,
@@ -204,7 +204,7 @@ def export(
         graph_form=_graph_form(spec, decomposed),
         opset=OPSET,
         export_seconds=seconds,
-        size_bytes=path.stat().st_size,
-        operators=ops,
+        size_bytes=len(data),
+        operators=dict(operator_counts(model.graph)),
         parity=parity,
     )

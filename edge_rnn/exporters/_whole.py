@@ -16,9 +16,10 @@ import onnx
 import torch
 
 from edge_rnn import __version__
+from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
-from edge_rnn.errors import ModelFormatError, NotStreamableError, ShapeError, UnsupportedError
-from edge_rnn.exporters._export import ExportReport, write_file
+from edge_rnn.errors import NotStreamableError, ShapeError, UnsupportedError
+from edge_rnn.exporters._export import ExportReport, check_and_write
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, LiftedState, Lifter
@@ -198,12 +199,7 @@ def export_model(
                     vi.name, vi.type.tensor_type.elem_type, ["batch" if d is None else d for d in spec.shape]))
         proto.producer_name, proto.producer_version = "edge-rnn", __version__
         onnx.helper.set_model_props(proto, contract.to_metadata())
-        data = proto.SerializeToString()
-        try:
-            onnx.checker.check_model(data, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
-        write_file(path, data)
+        data = check_and_write(proto, path)
         seconds = time.perf_counter() - t0
 
         parity = None
@@ -231,8 +227,6 @@ def export_model(
             )
             if raise_on_failure:
                 raise_failures(parity, path)
-        from edge_rnn._inspect import operator_counts
-
         return ExportReport(path=path, contract=contract, graph_form="decomposed" if decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data),
                             operators=dict(operator_counts(proto.graph)), parity=parity)
