@@ -260,3 +260,108 @@ def test_causal_conv_front_end_and_lstm_stream_like_one_pass(tmp_path, form):
         ref = model(torch.from_numpy(x)[None])[0].numpy()
     for sizes in ([1] * 40, [3, 1, 2, 10, 24], [40]):
         assert np.abs(stream_in_chunks(rt, x, sizes) - ref).max() <= 1e-5
+
+
+class WithDropoutAndNorm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.GRU(4, 5, batch_first=True)
+        self.drop = torch.nn.Dropout(0.3)
+        self.norm = torch.nn.BatchNorm1d(5)
+
+    def forward(self, x):
+        y = self.drop(self.rnn(x)[0])
+        return self.norm(y.transpose(1, 2)).transpose(1, 2)
+
+
+def test_dropout_and_batchnorm_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    model = WithDropoutAndNorm()
+    model.norm.running_mean.uniform_(-1, 1)
+    report = edge_rnn.export(model.eval(), tmp_path / "d.onnx", example_input=torch.randn(2, 10, 4))
+    assert report.parity.ok
+
+
+class ReturnsState(torch.nn.Module):
+    """Returns the LSTM's (h, c) too, and calls one GRU twice (lifted, then with the model's own state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(4, 5, batch_first=True)
+        self.gru = torch.nn.GRU(5, 5, batch_first=True)
+
+    def forward(self, x, h):
+        y, (hn, cn) = self.rnn(x)
+        z, _ = self.gru(y)
+        z2, h2 = self.gru(z, h)
+        return z2, hn, cn, h2
+
+
+def test_outputs_axes_are_probed_and_a_module_can_be_called_twice(tmp_path):
+    torch.manual_seed(0)
+    options = {"input_names": ["x", "h"], "output_names": ["y", "hn", "cn", "h2"], "states": {"h": "h2"}}
+    report = edge_rnn.export(ReturnsState().eval(), tmp_path / "r.onnx", decomposed=False,
+                             example_input=(torch.randn(2, 10, 4), torch.zeros(1, 2, 5)), whole_model_options=options)
+    outs = {t.name: (t.batch_axis, t.time_axis) for t in report.contract.outputs}
+    assert outs == {"y": (0, 1), "hn": (1, None), "cn": (1, None)}
+    assert report.parity.ok and ops(tmp_path / "r.onnx").count("GRU") == 2
+
+
+class StateFirst(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cell = torch.nn.GRUCell(10, 5)
+
+    def forward(self, h, x):  # x (batch, 10, time): mean over the chunk, one step per call
+        h = self.cell(x.mean(dim=2), h)
+        return h * 2, h
+
+
+def test_a_declared_state_first_in_the_signature(tmp_path):
+    torch.manual_seed(0)
+    options = {"input_names": ["h", "x"], "output_names": ["y", "hn"], "states": {"h": "hn"},
+               "input_axes": {"x": (0, None)}}
+    report = edge_rnn.export(StateFirst().eval(), tmp_path / "s.onnx",
+                             example_input=(torch.zeros(2, 5), torch.randn(2, 10, 4)), whole_model_options=options)
+    assert report.parity.ok and report.contract.outputs[0].time_axis is None
+
+
+class TimeMajor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 5)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+def test_option_mistakes_are_clear_errors(tmp_path):
+    from edge_rnn.errors import ShapeError
+
+    p = tmp_path / "m.onnx"
+    with pytest.raises(ShapeError, match="fails .* along the declared .*; check input_axes"):
+        edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4))  # default axes: (0, 1)
+    with pytest.raises(ShapeError, match="expected different batch and time axes"):
+        edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
+                        whole_model_options={"input_axes": {"x": (1, 1)}})
+    with pytest.raises(ShapeError, match=r"expected \(batch_axis, time_axis\)"):
+        edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
+                        whole_model_options={"input_axes": {"x": [0]}})
+    with pytest.raises(UnsupportedError, match=r"whole_model_options \['input_axis'\]"):
+        edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
+                        whole_model_options={"input_axis": {}})
+    with pytest.raises(ShapeError, match="example_input: expected a tensor"):
+        edge_rnn.export(TimeMajor().eval(), p, example_input=())
+
+    class Gates(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = reference.GRU(4, 5, batch_first=True)
+
+        def forward(self, x):
+            (y, _), _ = self.gru(x, return_gates=True)
+            return y
+
+    with pytest.raises(UnsupportedError, match=r"called with \['return_gates'\]"):
+        edge_rnn.export(Gates().eval(), p, example_input=torch.randn(1, 6, 4))
+    assert TimeMajor().eval()(torch.randn(6, 2, 4)).shape == (6, 2, 5)

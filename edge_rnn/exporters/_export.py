@@ -179,6 +179,12 @@ def export(
                 f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "
                 "needs example_input"
             ) from None
+        allowed = {"input_names", "output_names", "input_axes", "output_axes", "states", "state_batch_axes",
+                   "streaming", "atol"}
+        unknown = sorted(set(whole_model_options or {}) - allowed)
+        if unknown:
+            raise UnsupportedError(
+                f"whole_model_options {unknown}: expected keys among {sorted(allowed)}") from None
         return export_model(module, path, example_input=example_input, decomposed=decomposed,
                             verify_parity=verify_parity, seed=seed, long_steps=long_steps,
                             raise_on_failure=raise_on_failure, **(whole_model_options or {}))

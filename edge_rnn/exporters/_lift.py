@@ -201,10 +201,12 @@ class Lifter:
 
 
 def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., Any]:
-    def forward(self: torch.nn.Module, input: torch.Tensor, hx: Any = None) -> Any:
+    def forward(self: torch.nn.Module, input: torch.Tensor, hx: Any = None, **kwargs: Any) -> Any:
         run = current_lift()
         if run is None:
-            return _REGISTRY[key][0](input, hx)
+            return _REGISTRY[key][0](input, hx, **kwargs)
+        if kwargs:
+            raise UnsupportedError(f"{path}: called with {sorted(kwargs)}; an exported model calls it as (input, hx)")
         return run.recurrent(path, key, spec, input, hx)
 
     return forward

@@ -60,13 +60,16 @@ def _splice(model: onnx.ModelProto, lifter: Lifter, decomposed: bool) -> None:
     g = model.graph
     nodes = list(g.node)
     del g.node[:]
+    calls: dict[int, int] = {}
     for node in nodes:
         if node.domain != "edge_rnn":
             g.node.append(node)
             continue
         key = next(a.i for a in node.attribute if a.name == "key")
         _, spec, module = _REGISTRY[key]
-        b = GraphBuilder("splice", prefix=f"{lifter.paths[key]}/")
+        calls[key] = calls.get(key, 0) + 1  # a module called twice is spliced twice, under two prefixes
+        suffix = "" if calls[key] == 1 else f"#{calls[key]}"
+        b = GraphBuilder("splice", prefix=f"{lifter.paths[key]}{suffix}/")
         lstm = spec.kind == "lstm"
         emit_module(b, spec, partial(layer_weights, module, spec), node.input[0], node.input[1],
                     node.input[2] if lstm else None, decomposed=decomposed,
@@ -89,7 +92,13 @@ def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[
         raise UnsupportedError(f"{what}_axes {unknown}: expected names among {list(names)}")
     out = []
     for name, t in zip(names, tensors):
-        b, tm = given.get(name, (default[0], default[1] if t.dim() >= 3 else None))
+        try:
+            b, tm = given.get(name, (default[0], default[1] if t.dim() >= 3 else None))
+        except (TypeError, ValueError):
+            raise ShapeError(
+                f"{what}_axes for {name!r}: expected (batch_axis, time_axis), got {given[name]!r}") from None
+        if b == tm:
+            raise ShapeError(f"{what}_axes for {name!r}: expected different batch and time axes, got {(b, tm)}")
         for axis in (b, tm):
             if axis is not None and not 0 <= axis < t.dim():
                 raise ShapeError(f"{what}_axes for {name!r}: expected axes < {t.dim()} (shape {tuple(t.shape)}), "
@@ -120,6 +129,8 @@ def export_model(
     """See :func:`edge_rnn.export`; this is its path for models that are more than one recurrent layer."""
     path = Path(path)
     examples = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not examples or not all(isinstance(t, torch.Tensor) for t in examples):
+        raise ShapeError(f"example_input: expected a tensor or a tuple of tensors, got {example_input!r}")
     tol = TOLERANCE["float32"] if atol is None else atol
     lifter = Lifter(model)
     try:
@@ -149,18 +160,22 @@ def export_model(
         data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
         in_specs = _axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")
         batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
+        explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
+        probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
+                                    [n for n, _ in data_out], output_axes)
         contract = Contract(
             inputs=tuple(in_specs),
-            outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], output_axes, "output",
-                                default=_first_axes(in_specs))),
-            states=tuple(_explicit_specs(explicit, in_names, examples, batch, state_batch_axes))
+            outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})},
+                                "output")),
+            states=tuple(explicit_specs)
             + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
             source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
                     "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
                     "graph_form": "decomposed" if decomposed else "native"},
             streamable=streaming,
         )
-        top = _Top(lifter, len(examples), lifted)
+        # eval, and kept so: the TorchScript exporter restores the wrapper's mode after tracing
+        top = _Top(lifter, len(examples), lifted).eval()
 
         def reference(feeds: Arrays) -> Arrays:
             ins = tuple(torch.from_numpy(np.asarray(feeds[n], np.float32)) for n in in_names)
@@ -216,9 +231,10 @@ def export_model(
                        for s in contract.states}
                 return ins, sts
 
-            ex_batch = examples[0].shape[contract.inputs[0].batch_axis] if contract.inputs else 1
-            ex_time = contract.inputs[0].time_axis
-            ex_t = examples[0].shape[ex_time] if ex_time is not None else 1
+            first = contract.inputs[0]
+            ex = examples[in_names.index(first.name)]
+            ex_batch = ex.shape[first.batch_axis]
+            ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
             lens = tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,)
             parity = compare_streaming(
                 reference, path, contract, make_inputs, batch_size=int(ex_batch) + 1, seq_lens=lens,
@@ -234,10 +250,51 @@ def export_model(
         lifter.close()
 
 
-def _first_axes(specs: list[TensorSpec]) -> tuple[int, int | None]:
-    if not specs:
-        return 0, 1
-    return specs[0].batch_axis, specs[0].time_axis if specs[0].time_axis is not None else 1
+def _probe_output_axes(lifter: Lifter, in_names: list[str], examples: tuple[torch.Tensor, ...],
+                       in_specs: list[TensorSpec], explicit: list[StateSpec], out_names: list[str],
+                       data_out: list[str], given: Mapping[str, Any] | None) -> dict[str, tuple[int, int | None]]:
+    """Each output's batch and time axes, found by running the model again with one more stream and more frames.
+
+    The axis that grows with the batch is the batch axis; the one that grows
+    with the frames is the time axis (none: one value per call).
+    """
+    todo = [n for n in data_out if n not in (given or {})]
+    if not todo:
+        return {}
+    axes_of = {t.name: (t.batch_axis, t.time_axis) for t in in_specs}
+    axes_of.update({s.input: (s.batch_axis, None) for s in explicit})
+
+    def grown(batch_extra: int, time_extra: int) -> dict[str, tuple[int, ...]]:
+        ins = []
+        for name, t in zip(in_names, examples):
+            b, tm = axes_of[name]
+            shape = list(t.shape)
+            shape[b] += batch_extra
+            if tm is not None:
+                shape[tm] += time_extra
+            ins.append(torch.zeros(shape, dtype=t.dtype))
+        try:
+            out, _ = lifter.discover(*ins)
+        except Exception as e:  # noqa: BLE001 - the model's own error, with the shapes that caused it
+            raise ShapeError(
+                f"the model fails when the inputs grow along their declared axes {axes_of} ({type(e).__name__}: "
+                f"{e}); check input_axes"
+            ) from None
+        return {n: tuple(t.shape) for n, t in zip(out_names, _flatten(out))}
+
+    base, more_b = grown(0, 0), grown(1, 0)
+    more_t = grown(0, 3) if any(t.time_axis is not None for t in in_specs) else base
+    found = {}
+    for n in todo:
+        b_axes = [i for i, (a, c) in enumerate(zip(base[n], more_b[n])) if a != c]
+        t_axes = [i for i, (a, c) in enumerate(zip(base[n], more_t[n])) if a != c]
+        if len(b_axes) != 1 or len(t_axes) > 1:
+            raise ShapeError(
+                f"output {n!r} of shape {base[n]}: cannot tell its batch and time axes (grows with the batch along "
+                f"{b_axes}, with time along {t_axes}); pass output_axes={{{n!r}: (batch_axis, time_axis)}}"
+            )
+        found[n] = (b_axes[0], t_axes[0] if t_axes else None)
+    return found
 
 
 def _none_at(shape: tuple[int, ...], axis: int) -> tuple[int | None, ...]:
@@ -288,7 +345,13 @@ def _check_streamable(reference: Any, contract: Contract, feeds: Arrays, lifted_
     for s in contract.states:
         if s.input not in states:
             states[s.input] = feeds[s.input]
-    whole = reference({**ins, **states})
+    try:
+        whole = reference({**ins, **states})
+    except Exception as e:  # noqa: BLE001 - the model's own error on a longer sequence
+        raise ShapeError(
+            f"the model fails on a whole sequence of {steps} frames along the declared time axes "
+            f"({type(e).__name__}: {e}); check input_axes"
+        ) from None
     sizes = [1] + _chunks(rng, steps - 1, 6)  # a one-frame chunk first: the shortest a stream can send
 
     def model_call(feeds: Arrays) -> Arrays:
