@@ -75,9 +75,11 @@ class StreamingModel:
         # reports it or falls back to another execution provider as onnxruntime does.
         self._fast_run = getattr(getattr(session, "_sess", None), "run", None)
         self._out_port_names = [p.name for p in io.outputs]
+        self._out_drop = [(p.name, (slice(None),) * p.batch_axis + (0,)) for p in io.outputs]
         self._state_names = [s.input for s in io.states]
         self._single_input = io.inputs[0].name if len(io.inputs) == 1 else None
         self._input_names = {p.name for p in io.inputs}
+        self._valid_layouts: dict[tuple, int] = {}  # (shape, dtype) of chunks that passed _prepare -> steps
         # a third-party model may fix its batch size at 1: then streams cannot share a call
         self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs))
         # per input: (port, per-stream shape, per-stream time axis); hot-path look-ups precomputed
@@ -237,13 +239,15 @@ class StreamingModel:
         return out, steps or 1
 
     def _check_finite(self, name: str, a: np.ndarray) -> None:
-        # One dot product finds any NaN or Inf (both propagate into a sum of squares); only a sum
-        # that overflowed from finite values needs the element-wise look. A BLAS dot disturbs
-        # onnxruntime's following call less than a numpy reduction does (measured: ~8 us vs ~15 us).
+        # One sum finds any NaN or Inf (both propagate into it); only a sum that overflowed from
+        # finite values needs the element-wise look. Measured on the demo LSTM: a numpy reduction
+        # right before onnxruntime's call slows that call by ~13 us, a Python sum over a small chunk
+        # by ~4 us, so small chunks (one to a few steps) are summed in Python.
         if self.allow_nonfinite or a.dtype.kind != "f":
             return
         flat = a.reshape(-1)
-        if not math.isfinite(flat @ flat) and not np.isfinite(a).all():
+        total = sum(flat.tolist()) if flat.size <= 1024 else float(flat @ flat)
+        if not math.isfinite(total) and not np.isfinite(a).all():
             raise NonFiniteError(
                 f"{name}: expected finite values, got NaN or Inf (load with allow_nonfinite=True to let them in)"
             )
@@ -273,18 +277,31 @@ class StreamingModel:
         Returns the outputs without the batch axis. On any error the stream's
         state is left exactly as it was.
         """
-        xs, n = self._prepare(x)
-        feeds = {name: a[self._add_batch[name]] for name, a in xs.items()}
+        if type(x) is np.ndarray and self._single_input is not None and (x.shape, x.dtype) in self._valid_layouts:
+            n = self._valid_layouts[x.shape, x.dtype]  # this layout passed every shape check before
+            self._check_finite(self._single_input, x)
+            feeds = {self._single_input: x[self._add_batch[self._single_input]]}
+        else:
+            xs, n = self._prepare(x)
+            feeds = {name: a[self._add_batch[name]] for name, a in xs.items()}
+            if self._single_input is not None and len(self._valid_layouts) < 64:
+                a = xs[self._single_input]
+                self._valid_layouts[a.shape, a.dtype] = n
         with stream._lock:
-            self._check_usable(stream)
-            state = stream._state
-            for name, add in self._state_add_batch:
-                feeds[name] = state[name][add]
+            if stream._model is not self or stream._closed or (stream.steps and not self._io.streamable):
+                self._check_usable(stream)  # raises the right error
+            fed = stream._fed
+            if fed is None:
+                state = stream._state
+                fed = {name: state[name][add] for name, add in self._state_add_batch}
+            feeds.update(fed)
             res = self._run(feeds)
             n_out = self._n_out
-            stream._state = {name: res[n_out + i][drop] for i, (name, drop) in enumerate(self._state_drop_batch)}
+            # kept as onnxruntime returned them, batch axis included: fed as they are next call
+            stream._set_fed({name: res[n_out + i] for i, name in enumerate(self._state_names)},
+                            self._state_drop_batch)
             stream.steps += n
-        return {p.name: res[i][self._drop_batch[i]] for i, p in enumerate(self.outputs)}
+        return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 
     def _step_each(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
         """step_batch for a model whose batch size is fixed at 1: all chunks checked first, then one call each."""

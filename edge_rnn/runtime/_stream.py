@@ -31,8 +31,12 @@ class Stream:
 
     def __init__(self, model: StreamingModel, state: dict[str, np.ndarray]):
         self._model = model
+        # One stream's state has three forms; whichever is set is the truth, and the per-stream view
+        # (_state) is cut from the others only when something asks:
         self._state_dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
-        self._batch: Any = None  # (_StateBatch, index) after step_batch; _state_dict is then cut lazily
+        self._batch: Any = None  # (_StateBatch, index) after step_batch
+        self._fed: dict[str, np.ndarray] | None = None  # after step: onnxruntime's outputs, batch axis of 1
+        self._drop: list = []  # (name, index) that drops the batch axis of _fed
         self._lock = threading.Lock()
         self._closed = False
         self.steps = 0  # time steps consumed since open/reset
@@ -40,18 +44,25 @@ class Stream:
     @property
     def _state(self) -> dict[str, np.ndarray]:
         if self._state_dict is None:
-            batch, j = self._batch
-            self._state_dict = {name: a[j] for name, a in batch.batch_first.items()}
+            if self._fed is not None:
+                self._state_dict = {name: self._fed[name][drop] for name, drop in self._drop}
+            else:
+                batch, j = self._batch
+                self._state_dict = {name: a[j] for name, a in batch.batch_first.items()}
         return self._state_dict
 
     @_state.setter
     def _state(self, state: dict[str, np.ndarray]) -> None:
         self._state_dict = state
-        self._batch = None
+        self._batch = self._fed = None
 
     def _set_batch_state(self, batch: Any, index: int) -> None:
         self._batch = (batch, index)
-        self._state_dict = None
+        self._state_dict = self._fed = None
+
+    def _set_fed(self, fed: dict[str, np.ndarray], drop: list) -> None:
+        self._fed, self._drop = fed, drop
+        self._state_dict = self._batch = None
 
     @property
     def model(self) -> StreamingModel:
