@@ -238,8 +238,7 @@ def export_model(
             lens = tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,)
             parity = compare_streaming(
                 reference, path, contract, make_inputs, batch_size=int(ex_batch) + 1, seq_lens=lens,
-                chunked_len=41 if streaming and contract.is_streaming else 0,
-                long_steps=long_steps if streaming and contract.is_streaming else 0, seed=seed, atol=tol,
+                chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0, seed=seed, atol=tol,
             )
             if raise_on_failure:
                 raise_failures(parity, path)

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import ModelFormatError, ParityError, UnsupportedError
+from edge_rnn.errors import ModelFormatError, ParityError
 from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
 
 __all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "OPT_LEVELS", "stream_chunks", "compare_streaming"]
@@ -151,60 +151,6 @@ def _compare(report: ParityReport, case: str, level: str, got: Arrays, want: Arr
         report.rows.append(ParityRow(case, level, name, diff, diff / scale if scale else diff, tol))
 
 
-class _Harness:
-    """Streams inputs through a session by the contract, carrying state."""
-
-    def __init__(self, contract: Contract, step_ref: Callable[[Arrays], Arrays]):
-        if len(contract.inputs) != 1:
-            raise UnsupportedError(f"verify: expected one model input, got {[t.name for t in contract.inputs]}")
-        self.c = contract
-        self.x = contract.inputs[0]
-        self.step_ref = step_ref
-
-    def time_axis(self) -> int | None:
-        return self.x.time_axis
-
-    def _steps(self, x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-        ax = self.time_axis()
-        edges = np.cumsum([0] + sizes)
-        return [np.take(x, np.arange(a, b), axis=ax) for a, b in zip(edges[:-1], edges[1:])]
-
-    def stream(self, call: Callable[[Arrays], Arrays], x: np.ndarray, states: Arrays, sizes: list[int]) -> Arrays:
-        """Feed ``x`` in chunks of ``sizes`` (one step per call for cells), carrying state."""
-        ys: dict[str, list[np.ndarray]] = {t.name: [] for t in self.c.outputs}
-        cur = dict(states)
-        ax = self.time_axis()
-        pieces = self._steps(x, sizes) if ax is not None else [x[:, i] for i in range(x.shape[1])]
-        for piece in pieces:
-            out = call({self.x.name: piece, **cur})
-            for t in self.c.outputs:
-                ys[t.name].append(out[t.name] if ax is not None else np.expand_dims(out[t.name], 1))
-            cur = {s.input: out[s.output] for s in self.c.states}
-        cat_axis = ax if ax is not None else 1
-        res = {k: np.concatenate(v, axis=cat_axis) for k, v in ys.items()}
-        res.update({s.output: cur[s.input] for s in self.c.states})
-        return res
-
-    def reference(self, x: np.ndarray, states: Arrays) -> Arrays:
-        if self.time_axis() is not None:
-            return self.step_ref({self.x.name: x, **states})
-        return self.stream(self.step_ref, x, states, [1] * x.shape[1])
-
-
-def _sample(
-    rng: np.random.Generator, contract: Contract, feature: int, batch: int, steps: int
-) -> tuple[np.ndarray, Arrays]:
-    x_spec = contract.inputs[0]
-    if x_spec.time_axis is None:  # cells: (batch, steps, feature) here, one step per call
-        shape = [batch, steps, feature]
-    else:
-        shape = [0, 0, feature]
-        shape[x_spec.batch_axis], shape[x_spec.time_axis] = batch, steps
-    x = rng.standard_normal(shape).astype(np.float32)
-    states = {s.input: (0.5 * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32) for s in contract.states}
-    return x, states
-
-
 def verify(
     module: torch.nn.Module,
     path: str | Path,
@@ -243,42 +189,33 @@ def verify(
         module = copy.deepcopy(module).eval()
     spec = spec_from_module(module)
     tol = TOLERANCE["float32"] if atol is None else atol
-    rng = np.random.default_rng(seed)
     if batch_size is None:
         ex_batch = None
         if example_input is not None and example_input.dim() >= 2:
             ex_batch = example_input.shape[0 if (spec.cell or spec.batch_first) else 1]
         batch_size = 3 if ex_batch is None else ex_batch + 1
-    harness = _Harness(contract, _torch_step_fn(module, spec))
-    sessions = _sessions(path, opt_levels)
-    report = ParityReport()
+    x_spec = contract.inputs[0]
 
-    def runner(sess: ort.InferenceSession) -> Callable[[Arrays], Arrays]:
-        names = [o.name for o in sess.get_outputs()]
-        return lambda feeds: dict(zip(names, sess.run(names, feeds)))
+    def make_inputs(rng: np.random.Generator, batch: int, steps: int) -> tuple[Arrays, Arrays]:
+        shape = [batch, spec.input_size]
+        if x_spec.time_axis is not None:
+            shape = [0, 0, spec.input_size]
+            shape[x_spec.batch_axis], shape[x_spec.time_axis] = batch, steps
+        states = {s.input: (0.5 * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32)
+                  for s in contract.states}
+        return {x_spec.name: rng.standard_normal(shape).astype(np.float32)}, states
 
-    cases: list[tuple[str, np.ndarray, Arrays, list[int]]] = []
-    for t in seq_lens:
-        x, st = _sample(rng, contract, spec.input_size, batch_size, t)
-        cases.append((f"full T={t}", x, st, [t]))
+    if not contract.streamable:
+        chunked_len = long_steps = 0
+    report = compare_streaming(
+        _torch_step_fn(module, spec), path, contract, make_inputs, batch_size=batch_size, seq_lens=seq_lens,
+        chunked_len=chunked_len, long_steps=long_steps, seed=seed, atol=tol, opt_levels=opt_levels,
+    )
     if not contract.streamable:
         report.notes.append(
             "not streamable (a bidirectional layer reads the whole sequence): checked full passes only; "
             "run it one whole sequence per call"
         )
-    if contract.streamable and chunked_len:
-        x, st = _sample(rng, contract, spec.input_size, batch_size, chunked_len)
-        cases.append((f"chunked T={chunked_len}", x, st, _chunks(rng, chunked_len, 8)))
-    if contract.streamable and long_steps:
-        x, st = _sample(rng, contract, spec.input_size, 1, long_steps)
-        cases.append((f"long T={long_steps}", x, st, _chunks(rng, long_steps, 64)))
-
-    for case, x, st, sizes in cases:
-        want = harness.reference(x, st)
-        for level, sess in sessions.items():
-            got = harness.stream(runner(sess), x, st, sizes)
-            _compare(report, case, level, got, want, tol)
-
     if raise_on_failure:
         raise_failures(report, path)
     return report
@@ -316,7 +253,8 @@ def compare_streaming(
 ) -> ParityReport:
     """Whole sequences through ``reference`` against the ONNX model, whole and streamed in random chunks.
 
-    ``make_inputs(rng, batch, steps)`` returns the data inputs and the initial states.
+    ``make_inputs(rng, batch, steps)`` returns the data inputs and the initial states. For a
+    model without a time axis (one step per call), ``chunked_len`` and ``long_steps`` count calls.
     """
     rng = np.random.default_rng(seed)
     sessions = _sessions(path, opt_levels)
@@ -327,8 +265,11 @@ def compare_streaming(
         return lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
     if not contract.is_streaming:  # one step per call: sequences of calls, the state carried on both sides
-        for case, batch, n in (("full calls=1", batch_size, 1), ("chunked calls=20", batch_size, 20),
-                               (f"long calls={max(long_steps // 20, 1)}", 1, max(long_steps // 20, 1))):
+        calls = (("full calls=1", batch_size, 1), (f"chunked calls={chunked_len}", batch_size, chunked_len),
+                 (f"long calls={long_steps}", 1, long_steps))
+        for case, batch, n in calls:
+            if not n:
+                continue
             calls = [make_inputs(rng, batch, 1) for _ in range(n)]
             states = calls[0][1]
             want = stream_calls(reference, contract, [c[0] for c in calls], states)
