@@ -17,6 +17,7 @@ __all__ = [
     "NonFiniteError",
     "StreamError",
     "NotStreamableError",
+    "DataError",
 ]
 
 
@@ -52,13 +53,20 @@ class NotStreamableError(EdgeRnnError, ValueError):
     """Chunked streaming of this model cannot equal one pass over the whole sequence."""
 
 
-class ParityError(EdgeRnnError):
-    """ONNX and PyTorch disagree beyond tolerance.
+class DataError(EdgeRnnError, ValueError):
+    """Input data given for a check (``data=``, ``--data``) cannot be used: unreadable, pickled, wrong shape."""
 
-    ``failures`` lists every ``(case, tensor, max_abs_error, tolerance)`` that
-    failed, so one run shows all of them.
+
+class ParityError(EdgeRnnError):
+    """ONNX and its reference disagree beyond tolerance.
+
+    ``failures`` lists every ``(case, tensor, err_onnx, bound)`` that failed,
+    so one run shows all of them; ``rows`` holds the same failures as
+    :class:`edge_rnn.harness.ParityRow` objects, with ``err_torch`` and the
+    ratio.
     """
 
-    def __init__(self, message: str, failures: list[tuple[str, str, float, float]]):
+    def __init__(self, message: str, failures: list[tuple[str, str, float, float]], rows: list | None = None):
         super().__init__(message)
         self.failures = failures
+        self.rows = list(rows or [])

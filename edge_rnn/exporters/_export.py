@@ -147,6 +147,7 @@ def export(
     raise_on_failure: bool = True,
     extra_source: Mapping[str, Any] | None = None,
     whole_model_options: Mapping[str, Any] | None = None,
+    data: Any = None,
 ) -> ExportReport:
     """Export a recurrent layer or cell to a streaming ONNX file and check it against PyTorch.
 
@@ -158,7 +159,8 @@ def export(
     ``extra_source`` adds entries to the contract's ``source`` (the CLI
     records the weights' seed there).
     Unless ``verify_parity=False``, :func:`edge_rnn.verify` runs on the result
-    and raises :class:`~edge_rnn.errors.ParityError` if it differs.
+    and raises :class:`~edge_rnn.errors.ParityError` if it differs; ``data``
+    (real sequences, see :func:`edge_rnn.verify`) replaces its random inputs.
 
     Example::
 
@@ -172,22 +174,20 @@ def export(
     try:
         spec_from_module(module)
     except UnsupportedError:  # not a bare recurrent layer: a whole model, its state lifted
-        from edge_rnn.exporters._whole import export_model
+        from edge_rnn.exporters._whole import OPTION_KEYS, export_model
 
         if example_input is None:
             raise UnsupportedError(
                 f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "
                 "needs example_input"
             ) from None
-        allowed = {"input_names", "output_names", "input_axes", "output_axes", "states", "state_batch_axes",
-                   "streaming", "atol"}
-        unknown = sorted(set(whole_model_options or {}) - allowed)
+        unknown = sorted(set(whole_model_options or {}) - set(OPTION_KEYS))
         if unknown:
             raise UnsupportedError(
-                f"whole_model_options {unknown}: expected keys among {sorted(allowed)}") from None
+                f"whole_model_options {unknown}: expected keys among {sorted(OPTION_KEYS)}") from None
         return export_model(module, path, example_input=example_input, decomposed=decomposed,
                             verify_parity=verify_parity, seed=seed, long_steps=long_steps,
-                            raise_on_failure=raise_on_failure, **(whole_model_options or {}))
+                            raise_on_failure=raise_on_failure, data=data, **(whole_model_options or {}))
     if module.training:
         warnings.warn(
             f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "
@@ -198,11 +198,11 @@ def export(
     t0 = time.perf_counter()
     model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
     _check_example(spec, example_input)
-    data = check_and_write(model, path, check=check)
+    written = check_and_write(model, path, check=check)
     seconds = time.perf_counter() - t0
     parity = None
     if verify_parity:
-        parity = verify(module, path, long_steps=long_steps, seed=seed, example_input=example_input,
+        parity = verify(module, path, long_steps=long_steps, seed=seed, example_input=example_input, data=data,
                         raise_on_failure=raise_on_failure)
     return ExportReport(
         path=path,
@@ -210,7 +210,7 @@ def export(
         graph_form=_graph_form(spec, decomposed),
         opset=OPSET,
         export_seconds=seconds,
-        size_bytes=len(data),
+        size_bytes=len(written),
         operators=dict(operator_counts(model.graph)),
         parity=parity,
     )

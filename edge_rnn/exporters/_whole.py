@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,25 @@ import torch
 from edge_rnn import __version__
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
-from edge_rnn.errors import NotStreamableError, ShapeError, UnsupportedError
+from edge_rnn.errors import ModelFormatError, NotStreamableError, ShapeError, UnsupportedError
 from edge_rnn.exporters._export import ExportReport, check_and_write
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, LiftedState, Lifter
 from edge_rnn.exporters._spec import layer_weights
-from edge_rnn.exporters.parity import TOLERANCE, _chunks, compare_streaming, raise_failures, stream_chunks
+from edge_rnn.exporters.parity import check_against_torch, input_source, tolerance_for
+from edge_rnn.harness import (
+    Cases,
+    InputLayout,
+    ParityReport,
+    chunk_sizes,
+    open_sessions,
+    raise_failures,
+    read_contract,
+    stream_chunks,
+)
 
-__all__ = ["export_model"]
+__all__ = ["export_model", "verify_model", "OPTION_KEYS"]
 
 OPSET = 17
 Arrays = dict[str, np.ndarray]
@@ -107,6 +120,128 @@ def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[
     return out
 
 
+OPTION_KEYS = ("input_names", "output_names", "input_axes", "output_axes", "states", "state_batch_axes",
+               "streaming", "atol")
+
+
+@dataclass
+class _Resolved:
+    """A whole model's streaming interface, worked out from the module, its example and the options."""
+
+    lifter: Lifter
+    contract: Contract
+    in_names: list[str]
+    out_names: list[str]
+    lifted: list[LiftedState]
+    explicit: dict[str, str]
+    examples: tuple[torch.Tensor, ...]
+    feeds0: Arrays  # the examples as float32 numpy, by input name
+
+
+def _examples(example_input: Any) -> tuple[torch.Tensor, ...]:
+    examples = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not examples or not all(isinstance(t, torch.Tensor) for t in examples):
+        raise ShapeError(f"example_input: expected a tensor or a tuple of tensors, got {example_input!r}")
+    return examples
+
+
+def _resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: Sequence[str] | None = None,
+             output_names: Sequence[str] | None = None,
+             input_axes: Mapping[str, tuple[int, int | None]] | None = None,
+             output_axes: Mapping[str, tuple[int, int | None]] | None = None, states: Mapping[str, str] | None = None,
+             state_batch_axes: Mapping[str, int] | None = None, streaming: bool = True, decomposed: bool = False
+             ) -> _Resolved:
+    model = lifter.model
+    bidir = [p for p, s in lifter.recurrent.items() if s.bidirectional]
+    if bidir and streaming:
+        raise NotStreamableError(
+            f"not streamable: {', '.join(bidir)} is bidirectional and reads the whole sequence backwards; "
+            "export it with streaming=False to run one whole sequence per call"
+        )
+    out, lifted = lifter.discover(*examples)
+    flat = _flatten(out)
+    in_names = list(input_names or _param_names(model, len(examples)))
+    out_names = list(output_names or (["y"] if len(flat) == 1 else [f"y{i}" for i in range(len(flat))]))
+    if len(in_names) != len(examples) or len(out_names) != len(flat):
+        raise ShapeError(f"expected {len(examples)} input names and {len(flat)} output names, got "
+                         f"{in_names} and {out_names}")
+    explicit = dict(states or {})
+    bad = {k: v for k, v in explicit.items() if k not in in_names or v not in out_names}
+    if bad:
+        raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
+    if not lifted and not explicit:
+        raise UnsupportedError(
+            f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
+            "and no states= declared: nothing to stream"
+        )
+    data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
+    data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
+    in_specs = _axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")
+    batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
+    explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
+    probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
+                                [n for n, _ in data_out], output_axes)
+    contract = Contract(
+        inputs=tuple(in_specs),
+        outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})},
+                            "output")),
+        states=tuple(explicit_specs)
+        + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
+        source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
+                "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
+                "graph_form": "decomposed" if decomposed else "native"},
+        streamable=streaming,
+    )
+    feeds0 = {n: t.detach().numpy().astype(np.float32) for n, t in zip(in_names, examples)}
+    return _Resolved(lifter, contract, in_names, out_names, lifted, explicit, examples, feeds0)
+
+
+def _reference(lifter: Lifter, r: _Resolved, dtype: torch.dtype) -> Callable[[Arrays], Arrays]:
+    """The model through ``lifter`` as one call of the ONNX graph (same feeds, same outputs), in ``dtype``."""
+    # eval, and kept so: the TorchScript exporter restores the wrapper's mode after tracing
+    top = _Top(lifter, len(r.in_names), r.lifted).eval()
+    names = r.out_names + [s.output for s in r.lifted]
+
+    def run(feeds: Arrays) -> Arrays:
+        ins = tuple(torch.from_numpy(np.asarray(feeds[n])).to(dtype) for n in r.in_names)
+        sts = [torch.from_numpy(np.asarray(feeds[s.input])).to(dtype) for s in r.lifted]
+        with torch.no_grad():
+            res = top(*ins, *sts)
+        return {n: t.numpy() for n, t in zip(names, res)}
+
+    return run
+
+
+def _trace(r: _Resolved, path: Path, decomposed: bool) -> tuple[onnx.ModelProto, bytes]:
+    """torch.onnx for the non-recurrent parts, edge-rnn's graphs spliced in for the recurrent ones; written."""
+    contract = r.contract
+    buf = io.BytesIO()
+    dyn: dict[str, dict[int, str]] = {}
+    for t in (*contract.inputs, *contract.outputs):
+        dyn[t.name] = {t.batch_axis: "batch", **({t.time_axis: "time"} if t.time_axis is not None else {})}
+    for s in contract.states:
+        dyn[s.input] = {s.batch_axis: "batch"}
+        dyn[s.output] = {s.batch_axis: "batch"}
+    top = _Top(r.lifter, len(r.examples), r.lifted).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            top, (*r.examples, *(torch.zeros(s.shape) for s in r.lifted)), buf, dynamo=False, opset_version=OPSET,
+            input_names=r.in_names + [s.input for s in r.lifted],
+            output_names=r.out_names + [s.output for s in r.lifted], dynamic_axes=dyn, do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    _splice(proto, r.lifter, decomposed)
+    for vi in proto.graph.output:  # the tracer leaves symbolic names where a state's size is fixed
+        spec = next((s for s in contract.states if s.output == vi.name), None)
+        if spec is not None:
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(
+                vi.name, vi.type.tensor_type.elem_type, ["batch" if d is None else d for d in spec.shape]))
+    proto.producer_name, proto.producer_version = "edge-rnn", __version__
+    onnx.helper.set_model_props(proto, contract.to_metadata())
+    return proto, check_and_write(proto, path)
+
+
 def export_model(
     model: torch.nn.Module,
     path: str | Path,
@@ -125,128 +260,149 @@ def export_model(
     seed: int = 0,
     atol: float | None = None,
     raise_on_failure: bool = True,
+    data: Any = None,
 ) -> ExportReport:
     """See :func:`edge_rnn.export`; this is its path for models that are more than one recurrent layer."""
     path = Path(path)
-    examples = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-    if not examples or not all(isinstance(t, torch.Tensor) for t in examples):
-        raise ShapeError(f"example_input: expected a tensor or a tuple of tensors, got {example_input!r}")
-    tol = TOLERANCE["float32"] if atol is None else atol
+    examples = _examples(example_input)
     lifter = Lifter(model)
     try:
-        bidir = [p for p, s in lifter.recurrent.items() if s.bidirectional]
-        if bidir and streaming:
-            raise NotStreamableError(
-                f"not streamable: {', '.join(bidir)} is bidirectional and reads the whole sequence backwards; "
-                "export it with streaming=False to run one whole sequence per call"
-            )
-        out, lifted = lifter.discover(*examples)
-        flat = _flatten(out)
-        in_names = list(input_names or _param_names(model, len(examples)))
-        out_names = list(output_names or (["y"] if len(flat) == 1 else [f"y{i}" for i in range(len(flat))]))
-        if len(in_names) != len(examples) or len(out_names) != len(flat):
-            raise ShapeError(f"expected {len(examples)} input names and {len(flat)} output names, got "
-                             f"{in_names} and {out_names}")
-        explicit = dict(states or {})
-        bad = {k: v for k, v in explicit.items() if k not in in_names or v not in out_names}
-        if bad:
-            raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
-        if not lifted and not explicit:
-            raise UnsupportedError(
-                f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
-                "and no states= declared: nothing to stream"
-            )
-        data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
-        data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
-        in_specs = _axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")
-        batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
-        explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
-        probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
-                                    [n for n, _ in data_out], output_axes)
-        contract = Contract(
-            inputs=tuple(in_specs),
-            outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})},
-                                "output")),
-            states=tuple(explicit_specs)
-            + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
-            source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
-                    "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
-                    "graph_form": "decomposed" if decomposed else "native"},
-            streamable=streaming,
-        )
-        # eval, and kept so: the TorchScript exporter restores the wrapper's mode after tracing
-        top = _Top(lifter, len(examples), lifted).eval()
-
-        def reference(feeds: Arrays) -> Arrays:
-            ins = tuple(torch.from_numpy(np.asarray(feeds[n], np.float32)) for n in in_names)
-            sts = [torch.from_numpy(np.asarray(feeds[s.input], np.float32)) for s in lifted]
-            with torch.no_grad():
-                res = top(*ins, *sts)
-            names = out_names + [s.output for s in lifted]
-            return {n: r.double().numpy() for n, r in zip(names, res)}
-
-        state_examples = {s.input: np.zeros(s.shape, np.float32) for s in lifted}
-        feeds0 = {n: t.detach().numpy().astype(np.float32) for n, t in zip(in_names, examples)}
+        r = _resolve(lifter, examples, input_names=input_names, output_names=output_names, input_axes=input_axes,
+                     output_axes=output_axes, states=states, state_batch_axes=state_batch_axes, streaming=streaming,
+                     decomposed=decomposed)
         if streaming:
-            _check_streamable(reference, contract, feeds0, state_examples, explicit, tol, seed)
-
+            state_examples = {s.input: np.zeros(s.shape, np.float32) for s in r.lifted}
+            _check_streamable(_reference(lifter, r, torch.float32), r.contract, r.feeds0, state_examples,
+                              r.explicit, tolerance_for(atol).atol, seed)
         t0 = time.perf_counter()
-        buf = io.BytesIO()
-        dyn: dict[str, dict[int, str]] = {}
-        for t in (*contract.inputs, *contract.outputs):
-            dyn[t.name] = {t.batch_axis: "batch", **({t.time_axis: "time"} if t.time_axis is not None else {})}
-        for s in contract.states:
-            dyn[s.input] = {s.batch_axis: "batch"}
-            dyn[s.output] = {s.batch_axis: "batch"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-            torch.onnx.export(
-                top, (*examples, *(torch.zeros(s.shape) for s in lifted)), buf, dynamo=False, opset_version=OPSET,
-                input_names=in_names + [s.input for s in lifted],
-                output_names=out_names + [s.output for s in lifted], dynamic_axes=dyn, do_constant_folding=True,
-            )
-        proto = onnx.load_from_string(buf.getvalue())
-        _splice(proto, lifter, decomposed)
-        for vi in proto.graph.output:  # the tracer leaves symbolic names where a state's size is fixed
-            spec = next((s for s in contract.states if s.output == vi.name), None)
-            if spec is not None:
-                vi.CopyFrom(onnx.helper.make_tensor_value_info(
-                    vi.name, vi.type.tensor_type.elem_type, ["batch" if d is None else d for d in spec.shape]))
-        proto.producer_name, proto.producer_version = "edge-rnn", __version__
-        onnx.helper.set_model_props(proto, contract.to_metadata())
-        data = check_and_write(proto, path)
+        proto, data_bytes = _trace(r, path, decomposed)
         seconds = time.perf_counter() - t0
-
         parity = None
         if verify_parity:
-            def make_inputs(rng: np.random.Generator, batch: int, steps: int) -> tuple[Arrays, Arrays]:
-                ins = {}
-                for t in contract.inputs:
-                    shape = list(feeds0[t.name].shape)
-                    shape[t.batch_axis] = batch
-                    if t.time_axis is not None:
-                        shape[t.time_axis] = steps
-                    ins[t.name] = rng.standard_normal(shape).astype(np.float32)
-                sts = {s.input: (0.5 * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32)
-                       for s in contract.states}
-                return ins, sts
-
-            first = contract.inputs[0]
-            ex = examples[in_names.index(first.name)]
-            ex_batch = ex.shape[first.batch_axis]
-            ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
-            lens = tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,)
-            parity = compare_streaming(
-                reference, path, contract, make_inputs, batch_size=int(ex_batch) + 1, seq_lens=lens,
-                chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0, seed=seed, atol=tol,
-            )
+            parity = _verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol)
             if raise_on_failure:
                 raise_failures(parity, path)
-        return ExportReport(path=path, contract=contract, graph_form="decomposed" if decomposed else "native",
-                            opset=OPSET, export_seconds=seconds, size_bytes=len(data),
+        return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if decomposed else "native",
+                            opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),
                             operators=dict(operator_counts(proto.graph)), parity=parity)
     finally:
         lifter.close()
+
+
+def _verify_resolved(model: torch.nn.Module, r: _Resolved, path: Path, *, data: Any, long_steps: int, seed: int,
+                     atol: float | None, opt_levels: tuple[str, ...] = ("disabled", "default")) -> ParityReport:
+    """The written file against the model in float64 (the reference) and float32 (the noise)."""
+    contract = r.contract
+    first = contract.inputs[0]
+    ex = r.feeds0[first.name]
+    ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
+    streaming = contract.streamable
+    cases = Cases(batch=int(ex.shape[first.batch_axis]) + 1,
+                  seq_lens=tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,),
+                  chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
+    layouts = [InputLayout(t.name, r.feeds0[t.name].shape, t.batch_axis, t.time_axis) for t in contract.inputs]
+    inputs = input_source(layouts, data)
+    with ExitStack() as stack:
+        def ref64() -> Callable[[Arrays], Arrays]:
+            twin = Lifter(copy.deepcopy(model).double())
+            stack.callback(twin.close)
+            return _reference(twin, r, torch.float64)
+
+        report = check_against_torch(path, contract, _reference(r.lifter, r, torch.float32), ref64, inputs,
+                                     cases=cases, seed=seed, tolerance=tolerance_for(atol), opt_levels=opt_levels)
+    if data is not None:
+        report.notes.append("inputs: the given data, repeated where shorter than a case")
+    if not streaming:
+        report.notes.append("exported with streaming=False: checked whole sequences per call only")
+    return report
+
+
+def verify_model(
+    model: torch.nn.Module, path: str | Path, *, example_input: Any = None, data: Any = None,
+    options: Mapping[str, Any] | None = None, long_steps: int = 10_000, seed: int = 0, atol: float | None = None,
+    raise_on_failure: bool = True, opt_levels: tuple[str, ...] = ("disabled", "default"),
+) -> ParityReport:
+    """:func:`edge_rnn.verify` for a whole model: what export checked, again, on the file at ``path``.
+
+    Names, axes and states default to those in the file's contract, so the
+    options given to export are needed only where they cannot be read back.
+    """
+    path = Path(path)
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(OPTION_KEYS))
+    if unknown:
+        raise UnsupportedError(f"whole_model_options {unknown}: expected keys among {sorted(OPTION_KEYS)}")
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file")
+    session = open_sessions(path, ("disabled",))["disabled"]
+    contract = read_contract(path)
+    if contract.source.get("kind") != "module":
+        raise UnsupportedError(
+            f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "
+            f"against that layer, not against {type(model).__name__}")
+    derived, examples = _options_from_file(contract, session, example_input)
+    atol = opts.pop("atol", None) if atol is None else atol
+    lifter = Lifter(model)
+    try:
+        r = _resolve(lifter, examples, **{**derived, **opts})
+        _same_interface(r.contract, contract, path)
+        report = _verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
+                                  opt_levels=opt_levels)
+    finally:
+        lifter.close()
+    if raise_on_failure:
+        raise_failures(report, path)
+    return report
+
+
+def _is_lifted(state: StateSpec, contract: Contract) -> bool:
+    path, _, leaf = state.input.rpartition(".")
+    return path in contract.source.get("lifted", []) and leaf in ("h0", "c0", "ctx0")
+
+
+def _options_from_file(contract: Contract, session: Any, example_input: Any
+                       ) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
+    """The whole-model options the file's contract implies, and example inputs (zeros) shaped from the graph."""
+    lifted_in = {s.input for s in contract.states if _is_lifted(s, contract)}
+    lifted_out = {s.output for s in contract.states if _is_lifted(s, contract)}
+    explicit = [s for s in contract.states if s.input not in lifted_in]
+    graph_inputs = [i for i in session.get_inputs() if i.name not in lifted_in]
+    derived: dict[str, Any] = {
+        "input_names": [i.name for i in graph_inputs],
+        "output_names": [o.name for o in session.get_outputs() if o.name not in lifted_out],
+        "input_axes": {t.name: (t.batch_axis, t.time_axis) for t in contract.inputs},
+        "output_axes": {t.name: (t.batch_axis, t.time_axis) for t in contract.outputs},
+        "states": {s.input: s.output for s in explicit},
+        "state_batch_axes": {s.input: s.batch_axis for s in explicit},
+        "streaming": contract.streamable,
+    }
+    if example_input is not None:
+        return derived, _examples(example_input)
+    axes = {t.name: t for t in contract.inputs}
+    examples = []
+    for i in graph_inputs:
+        state = next((s for s in explicit if s.input == i.name), None)
+        if state is not None:
+            examples.append(torch.zeros(state.concrete_shape(1)))
+            continue
+        t = axes.get(i.name)
+        shape = [d if isinstance(d, int) else 1 if t and k == t.batch_axis else 8 if t and k == t.time_axis else None
+                 for k, d in enumerate(i.shape)]
+        if t is None or None in shape:
+            raise UnsupportedError(f"input {i.name!r} of shape {i.shape}: cannot build an example from the file; "
+                                   "pass example_input as given to export")
+        examples.append(torch.zeros(shape))
+    return derived, tuple(examples)
+
+
+def _same_interface(ours: Contract, theirs: Contract, path: Path) -> None:
+    """The module, resolved with these options, must stream exactly as the file says."""
+    for what in ("inputs", "outputs", "states", "streamable"):
+        a, b = getattr(ours, what), getattr(theirs, what)
+        if a != b:
+            raise ModelFormatError(
+                f"{path}: the module resolves to other {what} than the file's contract: expected {b}, got {a}; "
+                "pass the whole_model_options given to export, or the module that was exported")
 
 
 def _probe_output_axes(lifter: Lifter, in_names: list[str], examples: tuple[torch.Tensor, ...],
@@ -351,7 +507,7 @@ def _check_streamable(reference: Any, contract: Contract, feeds: Arrays, lifted_
             f"the model fails on a whole sequence of {steps} frames along the declared time axes "
             f"({type(e).__name__}: {e}); check input_axes"
         ) from None
-    sizes = [1] + _chunks(rng, steps - 1, 6)  # a one-frame chunk first: the shortest a stream can send
+    sizes = [1] + chunk_sizes(rng, steps - 1, 6)  # a one-frame chunk first: the shortest a stream can send
 
     def model_call(feeds: Arrays) -> Arrays:
         try:

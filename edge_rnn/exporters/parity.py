@@ -1,121 +1,67 @@
-"""``verify``: does the ONNX model compute what the PyTorch module computes?
+"""``verify``: does the ONNX model compute what the PyTorch module computes? The PyTorch side of parity.
 
-Three kinds of case, each run in onnxruntime with graph optimisations disabled
-and at the default level, on fresh random inputs whose batch size and
-sequence lengths differ from the export's, from a non-zero initial state:
+The streaming cases, the verdict and the tolerance table are torch-free and
+live in :mod:`edge_rnn.harness`. This module supplies the references: the
+module itself in float32, and a float64 copy of it
+(``copy.deepcopy(module).double()``) as the exact answer. Each output and
+state of each case gets two errors against the float64 answer::
 
-* ``full``: one call over a whole sequence against one PyTorch call;
-* ``chunked``: the same sequence streamed in random chunk sizes, each call's
-  output states fed to the next call's inputs, against one PyTorch call;
-* ``long``: a stream of ``long_steps`` (10,000 by default) steps in random
-  chunks, to show errors do not drift.
+    err_onnx  = max |onnxruntime fp32 - PyTorch float64|
+    err_torch = max |PyTorch fp32     - PyTorch float64|   (fp32's own rounding, on this model and input)
 
-For cells (one step per call) the PyTorch reference loops the cell over the
-sequence. Every output and every final state is compared; the maximum absolute
-error and the relative error (max absolute error over the reference's largest
-magnitude) are reported, and every case beyond tolerance is collected and
-raised at once in one :class:`~edge_rnn.errors.ParityError`.
+and passes when ``err_onnx <= max(atol, k * err_torch)``. A module that
+cannot run in float64 (an op without a double kernel) is compared with its
+float32 result instead, element-wise within ``atol + rtol * |torch|``, and
+the report says so.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import ModelFormatError, ParityError
+from edge_rnn.errors import ModelFormatError, UnsupportedError
 from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.harness import (
+    TOLERANCE,
+    Cases,
+    InputLayout,
+    InputSource,
+    ParityReport,
+    ParityRow,
+    Tolerance,
+    compare_streaming,
+    data_inputs,
+    raise_failures,
+    random_inputs,
+    random_states,
+    read_contract,
+    run_case,
+)
 
-__all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "OPT_LEVELS", "stream_chunks", "compare_streaming"]
+__all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "check_against_torch", "input_source",
+           "torch_reference"]
 
-# Maximum absolute error allowed, per dtype of the exported graph.
-TOLERANCE = {"float32": 1e-5}
-OPT_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 Arrays = dict[str, np.ndarray]
+Call = Callable[[Arrays], Arrays]
+# What a module without a float64 kernel raises: torch's "not implemented for 'Double'" is a RuntimeError
+_NO_DOUBLE = (RuntimeError, TypeError, NotImplementedError, ValueError)
 
 
-@dataclass(frozen=True)
-class ParityRow:
-    case: str
-    opt_level: str
-    tensor: str
-    max_abs: float
-    max_rel: float
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.max_abs <= self.tolerance)
-
-
-@dataclass
-class ParityReport:
-    """Every comparison :func:`verify` made."""
-
-    rows: list[ParityRow] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    @property
-    def failures(self) -> list[ParityRow]:
-        return [r for r in self.rows if not r.ok]
-
-    @property
-    def max_abs_error(self) -> float:
-        return max((r.max_abs for r in self.rows), default=0.0)
-
-    def worst(self) -> dict[tuple[str, str], ParityRow]:
-        """The worst row per (case kind, tensor)."""
-        out: dict[tuple[str, str], ParityRow] = {}
-        for r in self.rows:
-            key = (r.case.split()[0], r.tensor)
-            if key not in out or r.max_abs > out[key].max_abs:
-                out[key] = r
-        return out
-
-    def table(self) -> str:
-        """A short table: worst error per case kind and tensor."""
-        lines = [f"{'case':<8} {'tensor':<14} {'max abs':>10} {'max rel':>10} {'tol':>8}  "]
-        for (kind, tensor), r in sorted(self.worst().items()):
-            lines.append(
-                f"{kind:<8} {tensor:<14} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.tolerance:>8.0e}  "
-                f"{'ok' if r.ok else 'FAIL'}"
-            )
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
-
-
-def _sessions(path: Path, opt_levels: tuple[str, ...]) -> dict[str, ort.InferenceSession]:
-    out = {}
-    for name in opt_levels:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = OPT_LEVELS[name]
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        out[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return out
-
-
-def _torch_step_fn(module: torch.nn.Module, spec: RecurrentSpec) -> Callable[[Arrays], Arrays]:
-    """PyTorch's answer to one call of the ONNX graph (same feeds, same outputs)."""
+def torch_reference(module: torch.nn.Module, spec: RecurrentSpec) -> Call:
+    """PyTorch's answer to one call of the ONNX graph (same feeds, same outputs), in the module's own dtype."""
     dtype = next(module.parameters()).dtype
     lstm = spec.kind == "lstm"
 
     def run(feeds: Arrays) -> Arrays:
-        t = {k: torch.from_numpy(v).to(dtype) for k, v in feeds.items()}
+        t = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in feeds.items()}
         hx = (t["h0"], t["c0"]) if lstm else t["h0"]
         with torch.no_grad(), warnings.catch_warnings():
             # torch's notice that oneDNN lacks proj_size says nothing about parity
@@ -130,32 +76,67 @@ def _torch_step_fn(module: torch.nn.Module, spec: RecurrentSpec) -> Callable[[Ar
                 out = {"y": y, "hn": h}
             if lstm:
                 out["cn"] = c
-        return {k: v.double().numpy() for k, v in out.items()}
+        return {k: v.numpy() for k, v in out.items()}
 
     return run
 
 
-def _chunks(rng: np.random.Generator, total: int, max_chunk: int) -> list[int]:
-    sizes = []
-    while total > 0:
-        n = int(min(total, rng.integers(1, max_chunk + 1)))
-        sizes.append(n)
-        total -= n
-    return sizes
+def input_source(layouts: list[InputLayout], data: Any) -> InputSource:
+    """The user's sequences when given (``data``: an array, a list of them, a mapping, or a .npy/.npz path)."""
+    if data is None:
+        return random_inputs(layouts)
+    if isinstance(data, (str, Path)):
+        from edge_rnn.harness import load_data
+
+        return data_inputs(layouts, load_data(data), what=f"data {data}")
+    return data_inputs(layouts, data)
 
 
-def _compare(report: ParityReport, case: str, level: str, got: Arrays, want: Arrays, tol: float) -> None:
-    for name, ref in want.items():
-        diff = float(np.max(np.abs(got[name].astype(np.float64) - ref))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        report.rows.append(ParityRow(case, level, name, diff, diff / scale if scale else diff, tol))
+def _float64_reference(factory: Callable[[], Call], contract: Contract, inputs: InputSource,
+                       states: Callable[[np.random.Generator, int], Arrays]) -> tuple[Call | None, str]:
+    """The float64 reference, tried on one small case first; (None, why) when the module cannot run in float64."""
+    try:
+        ref = factory()
+        rng = np.random.default_rng(12345)
+        out = run_case(ref, contract, inputs(rng, 1, 1, not contract.is_streaming), states(rng, 1), [1])
+    except _NO_DOUBLE as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, f"{type(e).__name__}: {first}"
+    lower = sorted(k for k, v in out.items() if np.asarray(v).dtype != np.float64)
+    if lower:
+        return None, f"outputs {lower} come back in a lower precision (the module casts inside forward)"
+    return ref, ""
+
+
+def check_against_torch(
+    path: Path, contract: Contract, ref32: Call, ref64_factory: Callable[[], Call], inputs: InputSource, *,
+    cases: Cases, seed: int, tolerance: Tolerance, opt_levels: tuple[str, ...] = ("disabled", "default"),
+) -> ParityReport:
+    """The ONNX model against PyTorch: float64 as the reference and fp32 as the noise, or the fp32 fallback."""
+    states = random_states(contract)
+    ref64, why = _float64_reference(ref64_factory, contract, inputs, states)
+    if ref64 is None:
+        report = compare_streaming(path, contract, ref32, inputs, states, cases=cases, seed=seed,
+                                   tolerance=tolerance, opt_levels=opt_levels, reference_label="PyTorch float32")
+        report.notes.append(f"no float64 reference ({why}): compared against PyTorch float32 with an "
+                            "element-wise bound instead")
+        return report
+    return compare_streaming(path, contract, ref64, inputs, states, noise=ref32, cases=cases, seed=seed,
+                             tolerance=tolerance, opt_levels=opt_levels)
+
+
+def tolerance_for(atol: float | None) -> Tolerance:
+    base = TOLERANCE["float32"]
+    return base if atol is None else Tolerance(atol=atol, k=base.k, rtol=base.rtol)
 
 
 def verify(
     module: torch.nn.Module,
     path: str | Path,
     *,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
+    data: Any = None,
+    whole_model_options: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     seq_lens: tuple[int, ...] = (1, 6, 19),
     chunked_len: int = 41,
@@ -165,12 +146,19 @@ def verify(
     atol: float | None = None,
     raise_on_failure: bool = True,
 ) -> ParityReport:
-    """Check the ONNX model at ``path`` against ``module``; see the module docstring for the cases.
+    """Check the ONNX model at ``path`` against ``module``: see :mod:`edge_rnn.harness` for the cases.
 
-    ``batch_size`` defaults to one more than the example's (3 without one).
-    Raises :class:`~edge_rnn.errors.ParityError` listing every tensor beyond
-    ``atol`` (``TOLERANCE["float32"]`` by default) unless ``raise_on_failure``
-    is false.
+    Works for anything :func:`edge_rnn.export` accepted: a bare RNN/LSTM/GRU
+    layer or cell, or a whole model (then ``example_input`` and
+    ``whole_model_options`` are the ones given to ``export``; without them
+    the names, axes and states are read from the file's contract).
+    ``data`` replaces the random inputs with real sequences: one array
+    ``(time, features)``, a list of them, or a ``.npy``/``.npz`` path; a
+    sequence shorter than a case is repeated. ``batch_size`` defaults to one
+    more than the example's (3 without one). Raises
+    :class:`~edge_rnn.errors.ParityError` listing every failing tensor unless
+    ``raise_on_failure`` is false; ``atol`` replaces the fp32 floor of the
+    tolerance table.
 
     Example::
 
@@ -179,38 +167,36 @@ def verify(
     """
     path = Path(path)
     try:
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as e:  # onnx raises DecodeError, OSError, ... for non-ONNX files
-        raise ModelFormatError(f"{path}: expected an ONNX model, could not read it ({e})") from None
-    contract = Contract.from_metadata(meta)
-    if contract is None:
-        raise ModelFormatError(f"{path}: expected an edge_rnn contract in the metadata, found none")
+        spec = spec_from_module(module)
+    except UnsupportedError:  # not a bare layer: a whole model
+        spec = None
+    if spec is None:
+        from edge_rnn.exporters._whole import verify_model
+
+        return verify_model(module, path, example_input=example_input, data=data, options=whole_model_options,
+                            long_steps=long_steps, seed=seed, atol=atol, raise_on_failure=raise_on_failure,
+                            opt_levels=opt_levels)
+    contract = _read(path)
     if module.training:  # dropout would make PyTorch's side random
         module = copy.deepcopy(module).eval()
-    spec = spec_from_module(module)
-    tol = TOLERANCE["float32"] if atol is None else atol
     if batch_size is None:
         ex_batch = None
         if example_input is not None and example_input.dim() >= 2:
             ex_batch = example_input.shape[0 if (spec.cell or spec.batch_first) else 1]
         batch_size = 3 if ex_batch is None else ex_batch + 1
-    x_spec = contract.inputs[0]
-
-    def make_inputs(rng: np.random.Generator, batch: int, steps: int) -> tuple[Arrays, Arrays]:
-        shape = [batch, spec.input_size]
-        if x_spec.time_axis is not None:
-            shape = [0, 0, spec.input_size]
-            shape[x_spec.batch_axis], shape[x_spec.time_axis] = batch, steps
-        states = {s.input: (0.5 * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32)
-                  for s in contract.states}
-        return {x_spec.name: rng.standard_normal(shape).astype(np.float32)}, states
-
+    x = contract.inputs[0]
+    shape = [1] * (2 if x.time_axis is None else 3)
+    shape[-1] = spec.input_size
+    inputs = input_source([InputLayout(x.name, tuple(shape), x.batch_axis, x.time_axis)], data)
     if not contract.streamable:
         chunked_len = long_steps = 0
-    report = compare_streaming(
-        _torch_step_fn(module, spec), path, contract, make_inputs, batch_size=batch_size, seq_lens=seq_lens,
-        chunked_len=chunked_len, long_steps=long_steps, seed=seed, atol=tol, opt_levels=opt_levels,
+    cases = Cases(batch=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps)
+    report = check_against_torch(
+        path, contract, torch_reference(module, spec), lambda: torch_reference(copy.deepcopy(module).double(), spec),
+        inputs, cases=cases, seed=seed, tolerance=tolerance_for(atol), opt_levels=opt_levels,
     )
+    if data is not None:
+        report.notes.append("inputs: the given data, repeated where shorter than a case")
     if not contract.streamable:
         report.notes.append(
             "not streamable (a bidirectional layer reads the whole sequence): checked full passes only; "
@@ -221,96 +207,8 @@ def verify(
     return report
 
 
-def stream_chunks(
-    call: Callable[[Arrays], Arrays], contract: Contract, inputs: Arrays, states: Arrays, sizes: list[int]
-) -> Arrays:
-    """Feed ``inputs`` (whole sequences) in chunks of ``sizes`` along each input's time axis, carrying states.
+def _read(path: Path) -> Contract:
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file")
+    return read_contract(path)
 
-    Outputs with a time axis are concatenated along it; the others, and the
-    states, are the last call's.
-    """
-    edges = np.cumsum([0] + list(sizes))
-    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
-    cur = dict(states)
-    last: Arrays = {}
-    for a, b in zip(edges[:-1], edges[1:]):
-        feeds = {t.name: (inputs[t.name] if t.time_axis is None
-                          else np.take(inputs[t.name], np.arange(a, b), axis=t.time_axis)) for t in contract.inputs}
-        last = call({**feeds, **cur})
-        for t in contract.outputs:
-            outs[t.name].append(last[t.name])
-        cur = {s.input: last[s.output] for s in contract.states}
-    res = {t.name: (np.concatenate(outs[t.name], axis=t.time_axis) if t.time_axis is not None else last[t.name])
-           for t in contract.outputs}
-    res.update({s.output: cur[s.input] for s in contract.states})
-    return res
-
-
-def compare_streaming(
-    reference: Callable[[Arrays], Arrays], path: Path, contract: Contract, make_inputs: Callable[..., Arrays], *,
-    batch_size: int, seq_lens: tuple[int, ...], chunked_len: int, long_steps: int, seed: int, atol: float,
-    opt_levels: tuple[str, ...] = ("disabled", "default"),
-) -> ParityReport:
-    """Whole sequences through ``reference`` against the ONNX model, whole and streamed in random chunks.
-
-    ``make_inputs(rng, batch, steps)`` returns the data inputs and the initial states. For a
-    model without a time axis (one step per call), ``chunked_len`` and ``long_steps`` count calls.
-    """
-    rng = np.random.default_rng(seed)
-    sessions = _sessions(path, opt_levels)
-    report = ParityReport()
-
-    def runner(sess: ort.InferenceSession) -> Callable[[Arrays], Arrays]:
-        names = [o.name for o in sess.get_outputs()]
-        return lambda feeds: dict(zip(names, sess.run(names, feeds)))
-
-    if not contract.is_streaming:  # one step per call: sequences of calls, the state carried on both sides
-        calls = (("full calls=1", batch_size, 1), (f"chunked calls={chunked_len}", batch_size, chunked_len),
-                 (f"long calls={long_steps}", 1, long_steps))
-        for case, batch, n in calls:
-            if not n:
-                continue
-            calls = [make_inputs(rng, batch, 1) for _ in range(n)]
-            states = calls[0][1]
-            want = stream_calls(reference, contract, [c[0] for c in calls], states)
-            for level, sess in sessions.items():
-                got = stream_calls(runner(sess), contract, [c[0] for c in calls], states)
-                _compare(report, case, level, got, want, atol)
-        return report
-    cases = [(f"full T={t}", batch_size, t, [t]) for t in seq_lens]
-    if chunked_len:
-        cases.append((f"chunked T={chunked_len}", batch_size, chunked_len, _chunks(rng, chunked_len, 8)))
-    if long_steps:
-        cases.append((f"long T={long_steps}", 1, long_steps, _chunks(rng, long_steps, 64)))
-    for case, batch, steps, sizes in cases:
-        inputs, states = make_inputs(rng, batch, steps)
-        want = reference({**inputs, **states})
-        for level, sess in sessions.items():
-            got = stream_chunks(runner(sess), contract, inputs, states, sizes)
-            _compare(report, case, level, got, want, atol)
-    return report
-
-
-def stream_calls(call: Callable[[Arrays], Arrays], contract: Contract, calls: list[Arrays], states: Arrays) -> Arrays:
-    """One call per item of ``calls``, carrying the states; outputs stacked on a new axis 0."""
-    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
-    cur = dict(states)
-    for feeds in calls:
-        last = call({**feeds, **cur})
-        for t in contract.outputs:
-            outs[t.name].append(np.asarray(last[t.name], np.float64))
-        cur = {s.input: np.asarray(last[s.output], np.float32) for s in contract.states}
-    res = {k: np.stack(v) for k, v in outs.items()}
-    res.update({s.output: cur[s.input] for s in contract.states})
-    return res
-
-
-def raise_failures(report: ParityReport, path: Path) -> None:
-    if report.ok:
-        return
-    lines = [f"  {r.case} [{r.opt_level}] {r.tensor}: max abs error {r.max_abs:.3e} > {r.tolerance:.0e}"
-             for r in report.failures]
-    raise ParityError(
-        f"{path}: ONNX and PyTorch differ in {len(lines)} comparison(s):\n" + "\n".join(lines),
-        [(r.case, r.tensor, r.max_abs, r.tolerance) for r in report.failures],
-    )

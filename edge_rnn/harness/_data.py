@@ -1,0 +1,159 @@
+"""Inputs for a parity check: random Gaussian, or the user's own sequences.
+
+A sequence is given per stream, time first: ``(time, features)`` for a layer,
+``(time, *rest)`` in general, where ``rest`` is the input's shape without its
+batch and time axes. For a model that takes one step per call, axis 0 counts
+calls and ``rest`` is one call's input without the batch axis. Several
+sequences (a list, or the arrays of an ``.npz``) feed the streams of a batch
+in turn; a sequence shorter than a case is repeated (it wraps around).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.contract import Contract
+from edge_rnn.errors import DataError
+
+__all__ = ["InputLayout", "InputSource", "load_data", "random_inputs", "data_inputs", "random_states"]
+
+Arrays = dict[str, np.ndarray]
+# (rng, batch, steps, calls) -> feeds. calls=True: inputs without a time axis get a leading axis of `steps` calls.
+InputSource = Callable[[np.random.Generator, int, int, bool], Arrays]
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """A data input of the model: an example shape, and where its batch and time axes are."""
+
+    name: str
+    shape: tuple[int, ...]
+    batch_axis: int
+    time_axis: int | None
+
+    @property
+    def rest(self) -> tuple[int, ...]:
+        """The per-step shape of one stream: the shape without its batch and time axes."""
+        return tuple(d for i, d in enumerate(self.shape) if i not in (self.batch_axis, self.time_axis))
+
+    def describe(self) -> str:
+        return f"({', '.join(['time' if self.time_axis is not None else 'calls', *map(str, self.rest)])})"
+
+    def assemble(self, rows: np.ndarray, calls: bool) -> np.ndarray:
+        """``rows`` ``(batch, steps, *rest)`` -> the model's layout (calls: a leading calls axis)."""
+        if self.time_axis is not None:
+            return np.moveaxis(rows, [0, 1], [self.batch_axis, self.time_axis])
+        if calls:
+            return np.moveaxis(rows, [1, 0], [0, 1 + self.batch_axis])
+        return np.moveaxis(rows[:, 0], 0, self.batch_axis)  # one value per stream for the whole case
+
+
+def random_inputs(layouts: Sequence[InputLayout]) -> InputSource:
+    """Standard Gaussian inputs."""
+
+    def make(rng: np.random.Generator, batch: int, steps: int, calls: bool) -> Arrays:
+        return {t.name: t.assemble(rng.standard_normal((batch, steps, *t.rest)).astype(np.float32), calls)
+                for t in layouts}
+
+    return make
+
+
+def data_inputs(layouts: Sequence[InputLayout], data: Any, what: str = "data") -> InputSource:
+    """Inputs cut from the user's sequences (see the module docstring); each stream starts at a random offset."""
+    seqs = _sequences(layouts, data, what)
+
+    def make(rng: np.random.Generator, batch: int, steps: int, calls: bool) -> Arrays:
+        first = int(rng.integers(len(seqs)))
+        picks = [seqs[(first + b) % len(seqs)] for b in range(batch)]
+        starts = [int(rng.integers(len(next(iter(s.values()))))) for s in picks]
+        out = {}
+        for t in layouts:
+            rows = [np.take(s[t.name], np.arange(a, a + steps), axis=0, mode="wrap") for s, a in zip(picks, starts)]
+            out[t.name] = t.assemble(np.stack(rows), calls)
+        return out
+
+    return make
+
+
+def random_states(contract: Contract, scale: float = 0.5) -> Callable[[np.random.Generator, int], Arrays]:
+    """Non-zero initial states, so that the state inputs are exercised, not only PyTorch's default zeros."""
+
+    def make(rng: np.random.Generator, batch: int) -> Arrays:
+        return {s.input: (scale * rng.standard_normal(s.concrete_shape(batch))).astype(np.float32)
+                for s in contract.states}
+
+    return make
+
+
+def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """Read ``.npy`` (one sequence) or ``.npz`` (several; or one per input, keyed by input name), never unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data {path}: no such file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return [loaded]
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise DataError(
+                f"data {path}: holds Python objects that only pickle can load; refused (unpickling runs code). "
+                "Save plain numeric arrays: np.save(path, np.asarray(x, np.float32))"
+            ) from None
+        raise DataError(f"data {path}: expected a .npy or .npz of numeric arrays, could not read it ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"data {path}: expected a .npy or .npz of numeric arrays, could not read it ({e})") from None
+
+
+def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arrays]:
+    """Normalise ``data`` to a list of ``{input name: (time, *rest) float32}``, checked."""
+    names = [t.name for t in layouts]
+    if isinstance(data, Mapping) and len(layouts) > 1 and set(data) == set(names):
+        raw = [dict(data)]  # one sequence per input, keyed by name
+    elif len(layouts) != 1:
+        raise DataError(
+            f"{what}: the model has {len(layouts)} data inputs {names}: expected a mapping (or an .npz) with one "
+            "array per input, keyed by those names")
+    elif isinstance(data, Mapping):
+        raw = [{names[0]: v} for v in data.values()]
+    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence):
+        raw = [{names[0]: data}]
+    else:
+        raw = [{names[0]: v} for v in data]
+    if not raw:
+        raise DataError(f"{what}: expected at least one sequence, got none")
+    return [_check(layouts, seq, f"{what}[{i}]" if len(raw) > 1 else what) for i, seq in enumerate(raw)]
+
+
+def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) -> Arrays:
+    out = {}
+    for t in layouts:
+        a = seq[t.name]
+        try:
+            a = np.asarray(a)
+        except Exception as e:  # noqa: BLE001 - whatever numpy cannot convert
+            raise DataError(f"{what}: expected a numeric array for {t.name!r}, got {type(a).__name__} ({e})") from None
+        label = f"{what} ({t.name})" if len(layouts) > 1 else what
+        if a.dtype.kind not in "fiub":
+            raise DataError(f"{label}: expected a real numeric array, got dtype {a.dtype}")
+        if a.shape[1:] != t.rest or a.ndim != 1 + len(t.rest):
+            hint = "; several sequences go in a list or an .npz, one array each" if a.ndim == len(t.rest) + 2 else ""
+            raise DataError(f"{label}: expected one sequence of shape {t.describe()}, got {a.shape}{hint}")
+        if not a.shape[0]:
+            raise DataError(f"{label}: expected at least one step, got an empty sequence {a.shape}")
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise DataError(f"{label}: expected finite values, got NaN or Inf (or values beyond float32's range)")
+        out[t.name] = a
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        raise DataError(f"{what}: expected the inputs' sequences to have one length, got {sorted(lengths)}")
+    return out

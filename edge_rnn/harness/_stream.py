@@ -1,0 +1,188 @@
+"""Run a model as a stream over given inputs in given chunks, and compare it with references.
+
+Three kinds of case, each run in onnxruntime with graph optimisations disabled
+and at the default level, from non-zero initial states:
+
+* ``full``: one call over a whole sequence;
+* ``chunked``: the same kind of sequence streamed in random chunk sizes, each
+  call's output states fed to the next call's inputs;
+* ``long``: a stream of ``long_steps`` steps in random chunks, to show errors
+  do not drift.
+
+For a model that takes one step per call, ``chunked`` and ``long`` count
+calls. The references see each case as one pass over the whole sequence (or
+step through the calls), carrying their states in their own precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_rnn.contract import Contract
+from edge_rnn.errors import ModelFormatError
+from edge_rnn.harness._data import InputSource
+from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
+
+__all__ = ["OPT_LEVELS", "Cases", "open_sessions", "session_runner", "read_contract", "chunk_sizes",
+           "stream_chunks", "stream_calls", "run_case", "compare_streaming"]
+
+Arrays = dict[str, np.ndarray]
+Call = Callable[[Arrays], Arrays]
+OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class Cases:
+    """Which cases a parity check runs. A length of 0 skips that case."""
+
+    batch: int = 3
+    seq_lens: tuple[int, ...] = (1, 6, 19)
+    chunked_len: int = 41
+    long_steps: int = 10_000
+    chunk_max: int = 8
+    long_chunk_max: int = 64
+    long_batch: int = 1
+
+
+def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "default")
+                  ) -> dict[str, ort.InferenceSession]:
+    """One single-threaded CPU session per optimisation level."""
+    out = {}
+    for name in opt_levels:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = OPT_LEVELS[name]
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # onnxruntime's warnings go to stderr; its errors still raise
+        try:
+            out[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFormatError(f"{path}: onnxruntime could not load it: {first}") from None
+    return out
+
+
+def session_runner(sess: ort.InferenceSession) -> Call:
+    names = [o.name for o in sess.get_outputs()]
+    return lambda feeds: dict(zip(names, sess.run(names, feeds)))
+
+
+def read_contract(path: str | Path) -> Contract:
+    """The edge_rnn contract of an ONNX (or ORT-format) file, read through onnxruntime."""
+    sess = open_sessions(path, ("disabled",))["disabled"]
+    contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    if contract is None:
+        raise ModelFormatError(f"{path}: expected an edge_rnn contract in the metadata, found none")
+    return contract
+
+
+def chunk_sizes(rng: np.random.Generator, total: int, max_chunk: int) -> list[int]:
+    """Random chunk lengths in ``1..max_chunk`` that add up to ``total``."""
+    sizes = []
+    while total > 0:
+        n = int(min(total, rng.integers(1, max_chunk + 1)))
+        sizes.append(n)
+        total -= n
+    return sizes
+
+
+def stream_chunks(call: Call, contract: Contract, inputs: Arrays, states: Arrays, sizes: list[int]) -> Arrays:
+    """Feed ``inputs`` (whole sequences) in chunks of ``sizes`` along each input's time axis, carrying states.
+
+    Outputs with a time axis are concatenated along it; the others, and the
+    states, are the last call's. States are carried in whatever precision
+    ``call`` returns them.
+    """
+    edges = np.cumsum([0] + list(sizes))
+    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
+    cur = dict(states)
+    last: Arrays = {}
+    for a, b in zip(edges[:-1], edges[1:]):
+        feeds = {t.name: (inputs[t.name] if t.time_axis is None
+                          else np.take(inputs[t.name], np.arange(a, b), axis=t.time_axis)) for t in contract.inputs}
+        last = call({**feeds, **cur})
+        for t in contract.outputs:
+            outs[t.name].append(last[t.name])
+        cur = {s.input: last[s.output] for s in contract.states}
+    res = {t.name: (np.concatenate(outs[t.name], axis=t.time_axis) if t.time_axis is not None else last[t.name])
+           for t in contract.outputs}
+    res.update({s.output: cur[s.input] for s in contract.states})
+    return res
+
+
+def stream_calls(call: Call, contract: Contract, calls: list[Arrays], states: Arrays) -> Arrays:
+    """One call per item of ``calls``, carrying the states; outputs stacked on a new axis 0."""
+    outs: dict[str, list[np.ndarray]] = {t.name: [] for t in contract.outputs}
+    cur = dict(states)
+    for feeds in calls:
+        last = call({**feeds, **cur})
+        for t in contract.outputs:
+            outs[t.name].append(np.asarray(last[t.name]))
+        cur = {s.input: last[s.output] for s in contract.states}
+    res = {k: np.stack(v) for k, v in outs.items()}
+    res.update({s.output: np.asarray(cur[s.input]) for s in contract.states})
+    return res
+
+
+def _case_list(contract: Contract, cases: Cases, rng: np.random.Generator) -> list[tuple[str, int, int, list[int]]]:
+    """(name, batch, steps, chunk sizes) per case; for one-step-per-call models, sizes are all 1."""
+    if not contract.is_streaming:
+        calls = [("full calls=1", cases.batch, 1), (f"chunked calls={cases.chunked_len}", cases.batch,
+                                                     cases.chunked_len),
+                 (f"long calls={cases.long_steps}", cases.long_batch, cases.long_steps)]
+        return [(name, b, n, [1] * n) for name, b, n in calls if n]
+    out = [(f"full T={t}", cases.batch, t, [t]) for t in cases.seq_lens]
+    if cases.chunked_len:
+        out.append((f"chunked T={cases.chunked_len}", cases.batch, cases.chunked_len,
+                    chunk_sizes(rng, cases.chunked_len, cases.chunk_max)))
+    if cases.long_steps:
+        out.append((f"long T={cases.long_steps}", cases.long_batch, cases.long_steps,
+                    chunk_sizes(rng, cases.long_steps, cases.long_chunk_max)))
+    return out
+
+
+def run_case(call: Call, contract: Contract, inputs: Arrays, states: Arrays, sizes: list[int]) -> Arrays:
+    """``call`` over one case: in chunks of ``sizes`` (one-step models: one call per leading index)."""
+    if contract.is_streaming:
+        return stream_chunks(call, contract, inputs, states, sizes)
+    calls = [{k: v[i] for k, v in inputs.items()} for i in range(len(sizes))]
+    return stream_calls(call, contract, calls, states)
+
+
+def compare_streaming(
+    path: str | Path, contract: Contract, reference: Call, inputs: InputSource,
+    states: Callable[[np.random.Generator, int], Arrays], *, noise: Call | None = None, cases: Cases = Cases(),
+    seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"], opt_levels: tuple[str, ...] = ("disabled", "default"),
+    reference_label: str = "PyTorch float64",
+) -> ParityReport:
+    """The ONNX model at ``path``, streamed, against ``reference`` run over each whole case.
+
+    ``noise`` is the same computation in the candidate's precision (PyTorch
+    fp32); with it, a tensor passes when ``err_onnx <= max(atol, k *
+    err_torch)``. Without it, ``reference`` is taken as that fp32 result and
+    the element-wise fallback bound applies. For a one-step-per-call model the
+    references are stepped call by call, carrying their states.
+    """
+    rng = np.random.default_rng(seed)
+    sessions = open_sessions(path, opt_levels)
+    report = ParityReport(tolerance=tolerance, exact_reference=noise is not None, reference=reference_label)
+    for case, batch, steps, sizes in _case_list(contract, cases, rng):
+        feeds = inputs(rng, batch, steps, not contract.is_streaming)
+        init = states(rng, batch)
+        ref_sizes = [steps] if contract.is_streaming else sizes  # references: one pass over the sequence
+        want = run_case(reference, contract, feeds, init, ref_sizes)
+        fp32 = run_case(noise, contract, feeds, init, ref_sizes) if noise is not None else None
+        for level, sess in sessions.items():
+            got = run_case(session_runner(sess), contract, feeds, init, sizes)
+            for name, ref in want.items():
+                report.rows.append(judge(case, level, name, got[name], ref, None if fp32 is None else fp32[name],
+                                         tolerance))
+    return report
