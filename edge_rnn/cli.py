@@ -87,10 +87,23 @@ def _build(spec: Any, weights: Path | None, seed: int | None) -> Any:
     return module.eval()
 
 
-def _print_parity(report: Any) -> None:
-    click.echo(report.table())
-    click.echo(f"parity: max abs error {report.max_abs_error:.2e} over {len(report.rows)} comparisons: "
-               f"{'ok' if report.ok else 'FAILED'}")
+def _print_parity(report: Any, every_row: bool = False) -> None:
+    click.echo(report.table(every_row=every_row))
+    worst = max((r.margin for r in report.rows), default=0.0)
+    click.echo(f"parity: {len(report.rows)} comparisons against {report.reference}, largest err_onnx "
+               f"{report.max_abs_error:.2e}, worst at {worst:.2g}x its bound: {'ok' if report.ok else 'FAILED'}")
+
+
+def _read_data(data: Path | None) -> Any:
+    if data is None:
+        return None
+    from edge_rnn.harness import load_data
+
+    return load_data(data)
+
+
+_DATA_HELP = ("Real input sequences for the parity check, in place of random ones: a .npy (time, features) or an "
+              ".npz of several; repeated where shorter than a case. Never unpickled.")
 
 
 @main.command()
@@ -116,11 +129,12 @@ def _print_parity(report: Any) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Weights seed without --weights.")
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Length of the long streaming check (0 skips it).")
+@click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
 def export(factory: str | None, example_shape: str | None, batch_axis: int, time_axis: int, arch: str | None,
            input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool,
            proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool, weights: Path | None,
-           seed: int, long_steps: int, output: Path) -> None:
+           seed: int, long_steps: int, data: Path | None, output: Path) -> None:
     """Export to streaming ONNX, verify against PyTorch and print the parity table.
 
     Either build an RNN/LSTM/GRU from --arch, --input-size and --hidden-size, or give FACTORY as
@@ -133,7 +147,7 @@ def export(factory: str | None, example_shape: str | None, batch_axis: int, time
     if factory is not None:
         if arch or input_size or hidden_size:
             raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
-        _export_factory(factory, example_shape, batch_axis, time_axis, weights, decomposed, long_steps, output)
+        _export_factory(factory, example_shape, batch_axis, time_axis, weights, decomposed, long_steps, data, output)
         return
     missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
     if missing:
@@ -145,10 +159,11 @@ def export(factory: str | None, example_shape: str | None, batch_axis: int, time
         batch_first=batch_first, bias=not no_bias, proj_size=proj_size, nonlinearity=nonlinearity, cell=cell,
         module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}{'Cell' if cell else ''}",
     )
+    sequences = _read_data(data)
     module = _build(spec, weights, None if weights else seed)
     extra = {} if weights else {"seed": seed}
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
-                           raise_on_failure=False)
+                           raise_on_failure=False, data=sequences)
     _print_report(report, output)
 
 
@@ -188,7 +203,7 @@ def _load_factory(ref: str) -> Any:
 
 
 def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_axis: int, weights: Path | None,
-                    decomposed: bool, long_steps: int, output: Path) -> None:
+                    decomposed: bool, long_steps: int, data: Path | None, output: Path) -> None:
     import torch
 
     from edge_rnn.exporters import export as export_module
@@ -196,6 +211,7 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
     if not example_shape:
         raise click.UsageError("FACTORY needs --example-shape, e.g. --example-shape 1,50,40")
     shape = _int_list(example_shape, "--example-shape")
+    sequences = _read_data(data)
     model = _load_factory(ref)
     if weights is not None:
         _load_state_dict(model, weights)
@@ -208,7 +224,7 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
     torch.manual_seed(0)
     options = {"input_axes": {"x": axes}, "input_names": ["x"]}  # outputs take the input's axes
     report = export_module(model, output, example_input=torch.randn(shape), decomposed=decomposed,
-                           long_steps=long_steps, raise_on_failure=False, whole_model_options=options)
+                           long_steps=long_steps, raise_on_failure=False, whole_model_options=options, data=sequences)
     _print_report(report, output)
 
 
@@ -229,28 +245,45 @@ def _read_contract(model: Path) -> tuple[Any, Any]:
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@click.argument("factory", required=False)
 @click.option("--weights", type=click.Path(path_type=Path), help="The state_dict the model was exported from.")
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed for the random test inputs.")
-def verify(model: Path, weights: Path | None, long_steps: int, seed: int) -> None:
-    """Check MODEL again against PyTorch, rebuilding the module from the model's metadata."""
+@click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
+@click.option("--every-row", is_flag=True, help="Print every comparison, not the worst per case kind and tensor.")
+def verify(model: Path, factory: str | None, weights: Path | None, long_steps: int, seed: int, data: Path | None,
+           every_row: bool) -> None:
+    """Check MODEL again against PyTorch in float64.
+
+    A bare RNN/LSTM/GRU export is rebuilt from the model's metadata (and --weights if it was exported from a
+    state_dict). A whole model needs FACTORY, the package.module:callable it was exported from; its names, axes
+    and states are read from MODEL.
+    """
     from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import verify as verify_model
 
     _, contract = _read_contract(model)
     if contract is None:
         raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; verify needs a model edge-rnn exported")
+    sequences = _read_data(data)
     if contract.source.get("kind") == "module":
-        raise EdgeRnnError(
-            f"{model}: a whole model ({contract.source.get('module')}); verify rebuilds only bare RNN/LSTM/GRU "
-            "exports from the metadata. Export it again with edge-rnn export package.module:factory, which verifies it"
-        )
-    spec = RecurrentSpec.from_source(contract.source)
-    if weights is None and "seed" not in contract.source:
-        raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
-    module = _build(spec, weights, None if weights else int(contract.source["seed"]))
-    report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False)
-    _print_parity(report)
+        if factory is None:
+            raise EdgeRnnError(
+                f"{model}: a whole model ({contract.source.get('module')}); pass the factory it was exported from: "
+                f"edge-rnn verify {model} package.module:factory [--weights state_dict.pt]")
+        module = _load_factory(factory)
+        if weights is not None:
+            _load_state_dict(module, weights)
+        module.eval()
+    else:
+        if factory is not None:
+            raise click.UsageError("FACTORY is for whole models; a bare layer is rebuilt from the model's metadata")
+        spec = RecurrentSpec.from_source(contract.source)
+        if weights is None and "seed" not in contract.source:
+            raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
+        module = _build(spec, weights, None if weights else int(contract.source["seed"]))
+    report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False, data=sequences)
+    _print_parity(report, every_row)
     if not report.ok:
         sys.exit(1)
 

@@ -40,7 +40,8 @@ def test_export_verify_inspect(tmp_path, flags):
     out = tmp_path / "m.onnx"
     r = run(*BASE, *flags, "-o", str(out))
     assert r.exit_code == 0, r.output
-    assert "parity: max abs error" in r.stdout and ": ok" in r.stdout and "exported in" in r.stdout
+    assert "parity: " in r.stdout and "against PyTorch float64" in r.stdout and ": ok" in r.stdout
+    assert "exported in" in r.stdout
     r = run("verify", str(out), "--long-steps", "300")
     assert r.exit_code == 0 and ": ok" in r.stdout, r.output
     r = run("inspect", str(out))
@@ -216,3 +217,34 @@ def test_export_a_whole_model_from_a_factory(tmp_path):
     assert run("export", "wholemodels:keyword_spotter", "-o", str(out)).exit_code == 2  # no --example-shape
     assert run("export", "wholemodels:keyword_spotter", "--arch", "lstm", "--example-shape", "1,5,40",
                "-o", str(out)).exit_code == 2
+
+
+def test_verify_a_whole_model_needs_its_factory(tmp_path):
+    out = tmp_path / "kws.onnx"
+    assert run("export", "wholemodels:keyword_spotter", "--example-shape", "1,30,40", "--long-steps", "0",
+               "-o", str(out)).exit_code == 0
+    one_line_error(run("verify", str(out)), "pass the factory it was exported from")
+    r = run("verify", str(out), "wholemodels:keyword_spotter", "--long-steps", "200")
+    assert r.exit_code == 0 and "against PyTorch float64" in r.stdout and ": ok" in r.stdout, r.output
+    r = run("verify", str(out), "wholemodels:KeywordSpotter", "--long-steps", "0")  # other (unseeded) weights
+    assert r.exit_code == 1 and "FAIL" in r.stdout
+
+
+def test_data_option_feeds_real_sequences_and_refuses_pickles(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "m.onnx"
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "speech.npy", rng.standard_normal((50, 4)).astype(np.float32))
+    np.savez(tmp_path / "many.npz", a=rng.standard_normal((20, 4)), b=rng.standard_normal((33, 4)))
+    r = run(*BASE, "--data", str(tmp_path / "speech.npy"), "-o", str(out))
+    assert r.exit_code == 0 and "note: inputs: the given data" in r.stdout, r.output
+    r = run("verify", str(out), "--data", str(tmp_path / "many.npz"), "--long-steps", "100", "--every-row")
+    assert r.exit_code == 0 and "long T=100 [default]" in r.stdout, r.output
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    one_line_error(run("verify", str(out), "--data", str(tmp_path / "obj.npy")), "only pickle can load; refused")
+    np.save(tmp_path / "wide.npy", np.zeros((10, 5), np.float32))
+    one_line_error(run("verify", str(out), "--data", str(tmp_path / "wide.npy")),
+                   "expected one sequence of shape (time, 4), got (10, 5)")
+    one_line_error(run(*BASE, "--data", str(tmp_path / "nope.npy"), "-o", str(tmp_path / "n.onnx")), "no such file")
+    assert not (tmp_path / "n.onnx").exists()

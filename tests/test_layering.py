@@ -21,7 +21,7 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
 
 def test_runtime_contract_and_cli_import_without_torch_or_onnx():
     r = run_blocked(
-        "import edge_rnn, edge_rnn.runtime, edge_rnn.contract, edge_rnn.errors, edge_rnn.cli\n"
+        "import edge_rnn, edge_rnn.runtime, edge_rnn.harness, edge_rnn.contract, edge_rnn.errors, edge_rnn.cli\n"
         "assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules), sorted(sys.modules)\n"
         "import onnxruntime, numpy\n"
         "print('ok')"
@@ -33,3 +33,32 @@ def test_export_without_torch_says_which_extra_to_install():
     r = run_blocked("import edge_rnn\nedge_rnn.export")
     assert r.returncode != 0
     assert "pip install 'edge-rnn[export]'" in r.stderr
+
+
+def test_the_parity_harness_judges_a_model_without_torch(tmp_path):
+    """The streaming half of parity runs where torch cannot be imported: a candidate against another ONNX model."""
+    import torch
+
+    import edge_rnn
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(4, 6, batch_first=True).eval()
+    edge_rnn.export(gru, tmp_path / "ref.onnx", verify_parity=False)
+    with torch.no_grad():
+        gru.bias_ih_l0[2] += 1e-3
+    edge_rnn.export(gru, tmp_path / "bad.onnx", verify_parity=False)
+    r = run_blocked(f"""
+from edge_rnn.harness import (Cases, InputLayout, compare_streaming, open_sessions, random_inputs, random_states,
+                              read_contract, session_runner)
+c = read_contract({str(tmp_path / "ref.onnx")!r})
+ref = session_runner(open_sessions({str(tmp_path / "ref.onnx")!r}, ("disabled",))["disabled"])
+x = [InputLayout("x", (1, 1, 4), 0, 1)]
+kw = dict(cases=Cases(batch=2, long_steps=2000), reference_label="fp32 ONNX")
+same = compare_streaming({str(tmp_path / "ref.onnx")!r}, c, ref, random_inputs(x), random_states(c), **kw)
+bad = compare_streaming({str(tmp_path / "bad.onnx")!r}, c, ref, random_inputs(x), random_states(c), **kw)
+assert same.ok and same.max_abs_error < 1e-6 and len(same.rows) == 20, same.table()
+assert not bad.ok and {{r.case.split()[0] for r in bad.failures}} == {{"full", "chunked", "long"}}, bad.table()
+assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules)
+print("ok")
+""")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

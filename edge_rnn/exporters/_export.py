@@ -21,7 +21,7 @@ from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, Unsuppor
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
-from edge_rnn.exporters.parity import ParityReport, verify
+from edge_rnn.exporters.parity import ParityReport, input_source, layer_layouts, verify
 
 __all__ = ["export", "build_model", "ExportReport", "OPSET", "IR_VERSION"]
 
@@ -198,6 +198,9 @@ def export(
     t0 = time.perf_counter()
     model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
     _check_example(spec, example_input)
+    contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
+    if verify_parity and data is not None:  # bad data is refused before anything is written
+        input_source(layer_layouts(contract, spec), data)
     written = check_and_write(model, path, check=check)
     seconds = time.perf_counter() - t0
     parity = None
@@ -206,7 +209,7 @@ def export(
                         raise_on_failure=raise_on_failure)
     return ExportReport(
         path=path,
-        contract=Contract.from_metadata({p.key: p.value for p in model.metadata_props}),
+        contract=contract,
         graph_form=_graph_form(spec, decomposed),
         opset=OPSET,
         export_seconds=seconds,

@@ -270,6 +270,8 @@ def export_model(
         r = _resolve(lifter, examples, input_names=input_names, output_names=output_names, input_axes=input_axes,
                      output_axes=output_axes, states=states, state_batch_axes=state_batch_axes, streaming=streaming,
                      decomposed=decomposed)
+        if verify_parity and data is not None:  # bad data is refused before anything is written
+            input_source(_layouts(r), data)
         if streaming:
             state_examples = {s.input: np.zeros(s.shape, np.float32) for s in r.lifted}
             _check_streamable(_reference(lifter, r, torch.float32), r.contract, r.feeds0, state_examples,
@@ -289,6 +291,10 @@ def export_model(
         lifter.close()
 
 
+def _layouts(r: _Resolved) -> list[InputLayout]:
+    return [InputLayout(t.name, r.feeds0[t.name].shape, t.batch_axis, t.time_axis) for t in r.contract.inputs]
+
+
 def _verify_resolved(model: torch.nn.Module, r: _Resolved, path: Path, *, data: Any, long_steps: int, seed: int,
                      atol: float | None, opt_levels: tuple[str, ...] = ("disabled", "default")) -> ParityReport:
     """The written file against the model in float64 (the reference) and float32 (the noise)."""
@@ -300,8 +306,7 @@ def _verify_resolved(model: torch.nn.Module, r: _Resolved, path: Path, *, data: 
     cases = Cases(batch=int(ex.shape[first.batch_axis]) + 1,
                   seq_lens=tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,),
                   chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
-    layouts = [InputLayout(t.name, r.feeds0[t.name].shape, t.batch_axis, t.time_axis) for t in contract.inputs]
-    inputs = input_source(layouts, data)
+    inputs = input_source(_layouts(r), data)
     with ExitStack() as stack:
         def ref64() -> Callable[[Arrays], Arrays]:
             twin = Lifter(copy.deepcopy(model).double())
@@ -344,7 +349,7 @@ def verify_model(
     atol = opts.pop("atol", None) if atol is None else atol
     lifter = Lifter(model)
     try:
-        r = _resolve(lifter, examples, **{**derived, **opts})
+        r = _resolve(lifter, examples, **_merge(derived, opts))
         _same_interface(r.contract, contract, path)
         report = _verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
                                   opt_levels=opt_levels)
@@ -353,6 +358,18 @@ def verify_model(
     if raise_on_failure:
         raise_failures(report, path)
     return report
+
+
+def _merge(derived: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The options read from the file, overridden by those given; file entries about names no longer there dropped."""
+    out = {**derived, **given}
+    ins, outs = set(out["input_names"]), set(out["output_names"])
+    for key, names in (("input_axes", ins), ("output_axes", outs), ("state_batch_axes", ins)):
+        if key not in given:
+            out[key] = {k: v for k, v in out[key].items() if k in names}
+    if "states" not in given:
+        out["states"] = {k: v for k, v in out["states"].items() if k in ins and v in outs}
+    return out
 
 
 def _is_lifted(state: StateSpec, contract: Contract) -> bool:

@@ -47,7 +47,7 @@ from edge_rnn.harness import (
 )
 
 __all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE", "check_against_torch", "input_source",
-           "torch_reference"]
+           "layer_layouts", "torch_reference"]
 
 Arrays = dict[str, np.ndarray]
 Call = Callable[[Arrays], Arrays]
@@ -90,6 +90,14 @@ def input_source(layouts: list[InputLayout], data: Any) -> InputSource:
 
         return data_inputs(layouts, load_data(data), what=f"data {data}")
     return data_inputs(layouts, data)
+
+
+def layer_layouts(contract: Contract, spec: RecurrentSpec) -> list[InputLayout]:
+    """The one data input of a bare layer or cell export."""
+    x = contract.inputs[0]
+    shape = [1] * (2 if x.time_axis is None else 3)
+    shape[-1] = spec.input_size
+    return [InputLayout(x.name, tuple(shape), x.batch_axis, x.time_axis)]
 
 
 def _float64_reference(factory: Callable[[], Call], contract: Contract, inputs: InputSource,
@@ -177,6 +185,10 @@ def verify(
                             long_steps=long_steps, seed=seed, atol=atol, raise_on_failure=raise_on_failure,
                             opt_levels=opt_levels)
     contract = _read(path)
+    if contract.source.get("kind") == "module":
+        raise UnsupportedError(
+            f"{path}: holds a whole model ({contract.source.get('module')}); verify it against that model, not "
+            f"against a bare {type(module).__name__}")
     if module.training:  # dropout would make PyTorch's side random
         module = copy.deepcopy(module).eval()
     if batch_size is None:
@@ -184,10 +196,7 @@ def verify(
         if example_input is not None and example_input.dim() >= 2:
             ex_batch = example_input.shape[0 if (spec.cell or spec.batch_first) else 1]
         batch_size = 3 if ex_batch is None else ex_batch + 1
-    x = contract.inputs[0]
-    shape = [1] * (2 if x.time_axis is None else 3)
-    shape[-1] = spec.input_size
-    inputs = input_source([InputLayout(x.name, tuple(shape), x.batch_axis, x.time_axis)], data)
+    inputs = input_source(layer_layouts(contract, spec), data)
     if not contract.streamable:
         chunked_len = long_steps = 0
     cases = Cases(batch=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps)

@@ -96,6 +96,12 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data {path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK\x03\x04")):
+        # np.load would take anything else for a pickle
+        raise DataError(f"data {path}: expected a .npy or .npz file, got neither (no numpy or zip header); "
+                        "pickles are never loaded")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -149,7 +155,8 @@ def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) ->
             raise DataError(f"{label}: expected one sequence of shape {t.describe()}, got {a.shape}{hint}")
         if not a.shape[0]:
             raise DataError(f"{label}: expected at least one step, got an empty sequence {a.shape}")
-        a = a.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
+            a = a.astype(np.float32)
         if not np.isfinite(a).all():
             raise DataError(f"{label}: expected finite values, got NaN or Inf (or values beyond float32's range)")
         out[t.name] = a

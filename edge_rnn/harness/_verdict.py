@@ -176,16 +176,16 @@ class ParityReport:
 
     def table(self, *, every_row: bool = False) -> str:
         """A short table: per case kind and tensor, the row nearest its bound (``every_row``: all rows)."""
-        w = max([len(r.tensor) for r in self.rows] + [6])
-        head = (f"{'case':<8} {'tensor':<{w}} {'err_onnx':>9} {'err_torch':>9} {'ratio':>7} {'rel':>9} "
-                f"{'bound':>9}  verdict")
         rows = self.rows if every_row else [r for _, r in sorted(self.worst().items())]
-        lines = [self.rule(), head]
-        for r in rows:
-            kind = r.case if every_row else r.case.split()[0]
+        cases = [f"{r.case} [{r.opt_level}]" if every_row else r.case.split()[0] for r in rows]
+        c = max([len(x) for x in cases] + [8])
+        w = max([len(r.tensor) for r in rows] + [6])
+        lines = [self.rule(), f"{'case':<{c}} {'tensor':<{w}} {'err_onnx':>9} {'err_torch':>9} {'ratio':>7} "
+                              f"{'rel':>9} {'bound':>9}  verdict"]
+        for case, r in zip(cases, rows):
             torch_err = "-" if r.err_torch is None else f"{r.err_torch:.2e}"
             ratio = "-" if r.err_torch is None else f"{r.ratio:.3g}"
-            lines.append(f"{kind:<8} {r.tensor:<{w}} {r.err_onnx:>9.2e} {torch_err:>9} {ratio:>7} "
+            lines.append(f"{case:<{c}} {r.tensor:<{w}} {r.err_onnx:>9.2e} {torch_err:>9} {ratio:>7} "
                          f"{r.max_rel:>9.2e} {r.bound:>9.2e}  {'ok' if r.ok else 'FAIL'}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 

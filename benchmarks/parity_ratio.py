@@ -1,0 +1,145 @@
+"""The distribution of err_onnx / err_torch over correct exports, and the margin by which faults fail.
+
+This is the evidence behind ``k`` in the parity verdict (``docs/parity.md``):
+a correct export's error against the float64 reference is about the size of
+PyTorch fp32's own error, so ``err_onnx <= max(atol, k * err_torch)`` with a
+small ``k`` passes it; a fault's ratio is orders of magnitude larger.
+
+    python benchmarks/parity_ratio.py [--seeds 3] [--long-steps 10000] [--quick]
+
+Grid: every architecture variant x layers 1-2 x bidirectional x both graph
+forms x seeds, plus cells, plus LSTMs whose cell state grows to thousands
+(forget gate held open), plus the whole models of tests/wholemodels.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import faults as F  # noqa: E402
+import wholemodels as W  # noqa: E402
+
+import edge_rnn  # noqa: E402
+from edge_rnn.harness import TOLERANCE  # noqa: E402
+
+LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+CELLS = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+ARCHS = {"rnn_tanh": ("rnn", {}), "rnn_relu": ("rnn", {"nonlinearity": "relu"}), "lstm": ("lstm", {}),
+         "lstm_proj": ("lstm", {"proj_size": 3}), "gru": ("gru", {})}
+
+
+def open_forget_gate(m: torch.nn.Module, hidden: int) -> torch.nn.Module:
+    """Forget gate near 1, input gate open, g positive: the cell state integrates to thousands."""
+    bias = m.bias_ih_l0 if hasattr(m, "bias_ih_l0") else m.bias_ih
+    with torch.no_grad():
+        bias[hidden:2 * hidden] += 8.0
+        bias[0:hidden] += 4.0
+        bias[2 * hidden:3 * hidden] += 2.0
+    return m
+
+
+def configs(seeds: int, quick: bool):
+    forms = ["native", "decomposed"]
+    for arch, layers, bidir, form, seed in itertools.product(ARCHS, [1, 2], [False, True], forms, range(seeds)):
+        if quick and (layers == 2 or seed):
+            continue
+        kind, kw = ARCHS[arch]
+        torch.manual_seed(seed)
+        yield (f"{arch} L{layers}{' bidir' if bidir else ''}", form,
+               LAYERS[kind](5, 7, num_layers=layers, bidirectional=bidir, **kw).eval(), {})
+    for kind, form, seed in itertools.product(CELLS, forms, range(seeds)):
+        torch.manual_seed(seed)
+        yield f"{kind} cell", form, CELLS[kind](5, 7).eval(), {"long_steps": 2000}
+    for hidden, form, seed in itertools.product([7, 32], forms, range(seeds)):
+        torch.manual_seed(seed)
+        yield f"lstm large state H{hidden}", form, open_forget_gate(torch.nn.LSTM(5, hidden).eval(), hidden), {}
+    for form in forms:
+        yield "whole: keyword spotter", form, W.keyword_spotter().eval(), {"example_input": torch.randn(1, 50, 40)}
+        yield ("whole: acoustic model", form, W.acoustic_model().eval(),
+               {"example_input": torch.randn(50, 1, 40),
+                "whole_model_options": {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}})
+        torch.manual_seed(0)
+        vad = W.VoiceActivity().eval()
+        vad.cell = open_forget_gate(vad.cell, 32)
+        yield ("whole: VAD, large state", form, vad,
+               {"example_input": (torch.randn(1, 64, 8), torch.zeros(2, 1, 32)), "long_steps": 2000,
+                "whole_model_options": {"states": {"state": "new_state"}, "input_names": ["x", "state"],
+                                        "output_names": ["prob", "new_state"], "input_axes": {"x": (0, None)},
+                                        "output_axes": {"prob": (0, None)}}})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--long-steps", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="one seed, one layer: a smoke run")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tol = TOLERANCE["float32"]
+    ratios, decisive, per_config = [], [], []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        for name, form, module, kw in configs(args.seeds, args.quick):
+            kw = {"long_steps": args.long_steps, **kw}
+            report = edge_rnn.export(module, path, decomposed=form == "decomposed", raise_on_failure=False, **kw)
+            rows = [r for r in report.parity.rows if r.err_torch]
+            rs = [r.ratio for r in rows]
+            ratios += rs
+            decisive += [r.ratio for r in rows if tol.k * r.err_torch > tol.atol]  # where k, not atol, decides
+            per_config.append((name, form, report.parity.ok, max(rs, default=math.nan),
+                               max(r.scale for r in report.parity.rows), report.parity.max_abs_error))
+    print(f"# {len(per_config)} exports, {len(ratios)} rows with err_torch > 0, {time.perf_counter() - t0:.0f} s")
+    print(f"{'model':<28} {'form':<10} {'max ratio':>9} {'max |ref|':>9} {'max err':>9}  verdict")
+    for name, form, ok, worst, scale, err in per_config:
+        print(f"{name:<28} {form:<10} {worst:>9.3g} {scale:>9.3g} {err:>9.2e}  {'ok' if ok else 'FAIL'}")
+    for label, xs in (("all rows", ratios), (f"rows where k decides (k*err_torch > {tol.atol:.0e})", decisive)):
+        a = np.asarray(xs)
+        if not a.size:
+            continue
+        q = np.percentile(a, [50, 90, 99, 100])
+        print(f"ratio err_onnx/err_torch, {label}: n={a.size} median {q[0]:.2f} p90 {q[1]:.2f} p99 {q[2]:.2f} "
+              f"max {q[3]:.2f}; above k={tol.k:g}: {(a > tol.k).sum()}")
+    print("\n# deliberate faults (native and decomposed): rows failing, and the largest err_onnx/bound")
+    fault_margins()
+
+
+def fault_margins() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.onnx"
+        for kind, form in itertools.product(["rnn", "lstm", "gru"], ["native", "decomposed"]):
+            dec = form == "decomposed"
+            torch.manual_seed(0)
+            m = LAYERS[kind](5, 7).eval()
+            cases = []
+            if kind != "rnn":
+                cases.append(("gates swapped", F.swap_gates(m, kind), None, m))
+            cases.append(("bias off 1e-3", F.bias_off(m), None, m))
+            cases.append(("state one step late", m, F.state_one_step_late, m))
+            torch.manual_seed(0)
+            mb = LAYERS[kind](5, 7, bidirectional=True).eval()
+            cases.append(("reverse dir. wrong init", mb, F.reverse_gets_forward_init, mb))
+            for fault, exported, rewrite, reference in cases:
+                edge_rnn.export(exported, path, decomposed=dec, verify_parity=False)
+                if rewrite is not None:
+                    rewrite(path)
+                rep = edge_rnn.verify(reference, path, long_steps=2000, raise_on_failure=False)
+                old = sum(not r.err_fp32 <= TOLERANCE["float32"].atol for r in rep.rows)
+                worst = max(r.margin for r in rep.rows)
+                print(f"{kind:<5} {form:<10} {fault:<24} new verdict fails {len(rep.failures):>2}/{len(rep.rows)} "
+                      f"rows (old: {old:>2}), worst err_onnx/bound {worst:.3g}")
+
+
+if __name__ == "__main__":
+    main()
