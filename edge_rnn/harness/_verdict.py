@@ -45,7 +45,8 @@ class Tolerance:
 
 # One table for the whole project. fp16 and int8 rows come with the deployment variants.
 TOLERANCE: dict[str, Tolerance] = {
-    "float32": Tolerance(atol=1e-5, k=4.0, rtol=1e-4),
+    # k: err_onnx / err_torch over 1,300 rows where k decides reached 8.7 (docs/parity.md)
+    "float32": Tolerance(atol=1e-5, k=10.0, rtol=1e-4),
 }
 
 
@@ -69,6 +70,7 @@ class ParityRow:
     passed: bool
     err_fp32: float
     detail: str = ""  # why a row failed other than by its numbers (a shape that differs)
+    worst_fraction: float | None = None  # fallback only: max |got - ref| / (atol + rtol * |ref|) over the elements
 
     @property
     def ok(self) -> bool:
@@ -98,9 +100,11 @@ class ParityRow:
 
     @property
     def margin(self) -> float:
-        """err_onnx / bound: above 1 fails. NaN counts as infinitely bad."""
-        if math.isnan(self.err_onnx):
+        """How much of its bound a row uses: above 1 fails. err_onnx / bound, or element-wise in the fallback."""
+        if math.isnan(self.err_onnx) or not self.passed and self.detail:
             return math.inf
+        if self.worst_fraction is not None:
+            return self.worst_fraction
         return self.err_onnx / self.bound if self.bound else math.inf
 
     def describe(self) -> str:
@@ -133,8 +137,10 @@ def judge(case: str, level: str, name: str, got: np.ndarray, want: np.ndarray, n
     scale = float(np.max(np.abs(want)))
     err_fp32 = float(np.max(np.abs(got - fp32)))
     if noise is None:
-        passed = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(want)))
-        return ParityRow(case, level, name, err, None, scale, tol.atol + tol.rtol * scale, passed, err_fp32)
+        fraction = diff / (tol.atol + tol.rtol * np.abs(want))
+        passed = bool(np.all(fraction <= 1.0))
+        return ParityRow(case, level, name, err, None, scale, tol.atol + tol.rtol * scale, passed, err_fp32,
+                         worst_fraction=float(np.max(fraction)))
     err_torch = float(np.max(np.abs(fp32 - want)))
     bound = tol.atol if math.isnan(err_torch) else max(tol.atol, tol.k * err_torch)
     return ParityRow(case, level, name, err, err_torch, scale, bound, bool(err <= bound), err_fp32)
