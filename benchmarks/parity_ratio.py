@@ -32,7 +32,12 @@ import wholemodels as W  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.exporters import spec_from_module  # noqa: E402
-from edge_rnn.exporters.parity import check_against_torch, input_source, layer_layouts, torch_reference  # noqa: E402
+from edge_rnn.exporters._references import (  # noqa: E402
+    check_against_torch,
+    input_source,
+    layer_layouts,
+    torch_reference,
+)
 from edge_rnn.harness import TOLERANCE, Cases, read_contract  # noqa: E402
 
 LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}

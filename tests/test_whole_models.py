@@ -12,8 +12,10 @@ import edge_rnn
 from edge_rnn import reference
 from edge_rnn.errors import NotStreamableError, UnsupportedError
 from edge_rnn.exporters import ContextBuffer
+from edge_rnn.harness import TOLERANCE
 from edge_rnn.runtime import StreamingModel
 
+ATOL = TOLERANCE["float32"].atol  # the one tolerance table: ONNX against PyTorch fp32
 FORMS = ["native", "decomposed"]
 VAD_OPTIONS = {"states": {"state": "new_state"}, "input_names": ["x", "state"], "output_names": ["prob", "new_state"],
                "input_axes": {"x": (0, None)}, "output_axes": {"prob": (0, None)}}
@@ -59,7 +61,7 @@ def test_keyword_spotter_streams_through_the_runtime(tmp_path, form):
     y = stream_in_chunks(rt, x, [1, 9, 3, 33, 17, 1, 5, 28])
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()
-    assert np.abs(y - ref).max() <= 1e-5
+    assert np.abs(y - ref).max() <= ATOL
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -79,7 +81,7 @@ def test_acoustic_model_stacked_projected_lstms(tmp_path, form):
     y = np.concatenate([rt.step(s, x[a : a + 8])["y"] for a in range(0, 61, 8)])
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[:, None])[:, 0].numpy()
-    assert np.abs(y - ref).max() <= 1e-5
+    assert np.abs(y - ref).max() <= ATOL
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -107,7 +109,7 @@ def test_vad_with_explicit_state_and_its_own_context_buffer(tmp_path, form):
             h, c2 = model.cell(z, (state[0], state[1]))
             ref.append(torch.sigmoid(model.head(h))[0].numpy())
             state, prev = torch.stack([h, c2]), full[:, :, -3:]
-    assert np.abs(got - np.stack(ref)).max() <= 1e-5
+    assert np.abs(got - np.stack(ref)).max() <= ATOL
 
 
 def test_time_axis_is_dynamic_lengths_other_than_the_example(tmp_path):
@@ -119,7 +121,7 @@ def test_time_axis_is_dynamic_lengths_other_than_the_example(tmp_path):
         y = rt.step(rt.open_stream(), x)["y"]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)[None])[0].numpy()
-        assert y.shape == (t, 12) and np.abs(y - ref).max() <= 1e-5
+        assert y.shape == (t, 12) and np.abs(y - ref).max() <= ATOL
 
 
 class BiModel(torch.nn.Module):
@@ -178,7 +180,7 @@ def test_not_streamable_model_can_be_exported_for_whole_sequences(tmp_path):
     x = np.random.default_rng(0).standard_normal((13, 8)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()
-    assert np.abs(rt.step(rt.open_stream(), x)["y"] - ref).max() <= 1e-5
+    assert np.abs(rt.step(rt.open_stream(), x)["y"] - ref).max() <= ATOL
 
 
 class Nested(torch.nn.Module):
@@ -259,7 +261,7 @@ def test_causal_conv_front_end_and_lstm_stream_like_one_pass(tmp_path, form):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None])[0].numpy()
     for sizes in ([1] * 40, [3, 1, 2, 10, 24], [40]):
-        assert np.abs(stream_in_chunks(rt, x, sizes) - ref).max() <= 1e-5
+        assert np.abs(stream_in_chunks(rt, x, sizes) - ref).max() <= ATOL
 
 
 class WithDropoutAndNorm(torch.nn.Module):

@@ -1,0 +1,241 @@
+"""A whole model's streaming interface, worked out from the module, an example input and the options.
+
+Names, batch and time axes of the inputs and outputs, the states lifted out of
+recurrent submodules and context buffers, and the states the model declares
+itself; and the model as one call of the graph (:func:`reference`), in any
+dtype, for the parity check.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_rnn.contract import Contract, StateSpec, TensorSpec
+from edge_rnn.errors import NotStreamableError, ShapeError, UnsupportedError
+from edge_rnn.exporters._lift import LiftedState, Lifter
+
+__all__ = ["OPTION_KEYS", "Resolved", "resolve", "reference", "examples_of", "Top"]
+
+Arrays = dict[str, np.ndarray]
+
+
+OPTION_KEYS = ("input_names", "output_names", "input_axes", "output_axes", "states", "state_batch_axes",
+               "streaming", "atol")
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten(o)]
+    raise UnsupportedError(f"expected the model to return tensors or tuples of tensors, got {type(out).__name__}")
+
+
+class Top(torch.nn.Module):
+    """model(*inputs) with the lifted states as extra inputs and outputs, for tracing."""
+
+    def __init__(self, lifter: Lifter, n_inputs: int, lifted: list[LiftedState]):
+        super().__init__()
+        self.lifter, self.n_inputs, self.lifted = lifter, n_inputs, lifted
+        self.inner = lifter.model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        inputs = args[: self.n_inputs]
+        states = {s.input: t for s, t in zip(self.lifted, args[self.n_inputs :])}
+        out, new = self.lifter.run(inputs, states)
+        return (*_flatten(out), *(new[s.output] for s in self.lifted))
+
+
+def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[str, tuple[int, int | None]] | None,
+          what: str, default: tuple[int, int | None] = (0, 1)) -> list[TensorSpec]:
+    """Batch and time axes per tensor: as given, else ``default`` (time only for rank >= 3)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UnsupportedError(f"{what}_axes {unknown}: expected names among {list(names)}")
+    out = []
+    for name, t in zip(names, tensors):
+        try:
+            b, tm = given.get(name, (default[0], default[1] if t.dim() >= 3 else None))
+        except (TypeError, ValueError):
+            raise ShapeError(
+                f"{what}_axes for {name!r}: expected (batch_axis, time_axis), got {given[name]!r}") from None
+        if b == tm:
+            raise ShapeError(f"{what}_axes for {name!r}: expected different batch and time axes, got {(b, tm)}")
+        for axis in (b, tm):
+            if axis is not None and not 0 <= axis < t.dim():
+                raise ShapeError(f"{what}_axes for {name!r}: expected axes < {t.dim()} (shape {tuple(t.shape)}), "
+                                 f"got {(b, tm)}")
+        out.append(TensorSpec(name, b, tm))
+    return out
+
+
+@dataclass
+class Resolved:
+    """A whole model's streaming interface, worked out from the module, its example and the options."""
+
+    lifter: Lifter
+    contract: Contract
+    in_names: list[str]
+    out_names: list[str]
+    lifted: list[LiftedState]
+    explicit: dict[str, str]
+    examples: tuple[torch.Tensor, ...]
+    feeds0: Arrays  # the examples as float32 numpy, by input name
+
+
+def examples_of(example_input: Any) -> tuple[torch.Tensor, ...]:
+    examples = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not examples or not all(isinstance(t, torch.Tensor) for t in examples):
+        raise ShapeError(f"example_input: expected a tensor or a tuple of tensors, got {example_input!r}")
+    return examples
+
+
+def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: Sequence[str] | None = None,
+             output_names: Sequence[str] | None = None,
+             input_axes: Mapping[str, tuple[int, int | None]] | None = None,
+             output_axes: Mapping[str, tuple[int, int | None]] | None = None, states: Mapping[str, str] | None = None,
+             state_batch_axes: Mapping[str, int] | None = None, streaming: bool = True, decomposed: bool = False
+             ) -> Resolved:
+    model = lifter.model
+    bidir = [p for p, s in lifter.recurrent.items() if s.bidirectional]
+    if bidir and streaming:
+        raise NotStreamableError(
+            f"not streamable: {', '.join(bidir)} is bidirectional and reads the whole sequence backwards; "
+            "export it with streaming=False to run one whole sequence per call"
+        )
+    out, lifted = lifter.discover(*examples)
+    flat = _flatten(out)
+    in_names = list(input_names or _param_names(model, len(examples)))
+    out_names = list(output_names or (["y"] if len(flat) == 1 else [f"y{i}" for i in range(len(flat))]))
+    if len(in_names) != len(examples) or len(out_names) != len(flat):
+        raise ShapeError(f"expected {len(examples)} input names and {len(flat)} output names, got "
+                         f"{in_names} and {out_names}")
+    explicit = dict(states or {})
+    bad = {k: v for k, v in explicit.items() if k not in in_names or v not in out_names}
+    if bad:
+        raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
+    if not lifted and not explicit:
+        raise UnsupportedError(
+            f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
+            "and no states= declared: nothing to stream"
+        )
+    data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
+    data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
+    in_specs = _axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")
+    batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
+    explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
+    probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
+                                [n for n, _ in data_out], output_axes)
+    contract = Contract(
+        inputs=tuple(in_specs),
+        outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})},
+                            "output")),
+        states=tuple(explicit_specs)
+        + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
+        source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
+                "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
+                "graph_form": "decomposed" if decomposed else "native"},
+        streamable=streaming,
+    )
+    feeds0 = {n: t.detach().numpy().astype(np.float32) for n, t in zip(in_names, examples)}
+    return Resolved(lifter, contract, in_names, out_names, lifted, explicit, examples, feeds0)
+
+
+def reference(lifter: Lifter, r: Resolved, dtype: torch.dtype) -> Callable[[Arrays], Arrays]:
+    """The model through ``lifter`` as one call of the ONNX graph (same feeds, same outputs), in ``dtype``."""
+    # eval, and kept so: the TorchScript exporter restores the wrapper's mode after tracing
+    top = Top(lifter, len(r.in_names), r.lifted).eval()
+    names = r.out_names + [s.output for s in r.lifted]
+
+    def run(feeds: Arrays) -> Arrays:
+        ins = tuple(torch.from_numpy(np.asarray(feeds[n])).to(dtype) for n in r.in_names)
+        sts = [torch.from_numpy(np.asarray(feeds[s.input])).to(dtype) for s in r.lifted]
+        with torch.no_grad():
+            res = top(*ins, *sts)
+        return {n: t.numpy() for n, t in zip(names, res)}
+
+    return run
+
+
+def _probe_output_axes(lifter: Lifter, in_names: list[str], examples: tuple[torch.Tensor, ...],
+                       in_specs: list[TensorSpec], explicit: list[StateSpec], out_names: list[str],
+                       data_out: list[str], given: Mapping[str, Any] | None) -> dict[str, tuple[int, int | None]]:
+    """Each output's batch and time axes, found by running the model again with one more stream and more frames.
+
+    The axis that grows with the batch is the batch axis; the one that grows
+    with the frames is the time axis (none: one value per call).
+    """
+    todo = [n for n in data_out if n not in (given or {})]
+    if not todo:
+        return {}
+    axes_of = {t.name: (t.batch_axis, t.time_axis) for t in in_specs}
+    axes_of.update({s.input: (s.batch_axis, None) for s in explicit})
+
+    def grown(batch_extra: int, time_extra: int) -> dict[str, tuple[int, ...]]:
+        ins = []
+        for name, t in zip(in_names, examples):
+            b, tm = axes_of[name]
+            shape = list(t.shape)
+            shape[b] += batch_extra
+            if tm is not None:
+                shape[tm] += time_extra
+            ins.append(torch.zeros(shape, dtype=t.dtype))
+        try:
+            out, _ = lifter.discover(*ins)
+        except Exception as e:  # noqa: BLE001 - the model's own error, with the shapes that caused it
+            raise ShapeError(
+                f"the model fails when the inputs grow along their declared axes {axes_of} ({type(e).__name__}: "
+                f"{e}); check input_axes"
+            ) from None
+        return {n: tuple(t.shape) for n, t in zip(out_names, _flatten(out))}
+
+    base, more_b = grown(0, 0), grown(1, 0)
+    more_t = grown(0, 3) if any(t.time_axis is not None for t in in_specs) else base
+    found = {}
+    for n in todo:
+        b_axes = [i for i, (a, c) in enumerate(zip(base[n], more_b[n])) if a != c]
+        t_axes = [i for i, (a, c) in enumerate(zip(base[n], more_t[n])) if a != c]
+        if len(b_axes) != 1 or len(t_axes) > 1:
+            raise ShapeError(
+                f"output {n!r} of shape {base[n]}: cannot tell its batch and time axes (grows with the batch along "
+                f"{b_axes}, with time along {t_axes}); pass output_axes={{{n!r}: (batch_axis, time_axis)}}"
+            )
+        found[n] = (b_axes[0], t_axes[0] if t_axes else None)
+    return found
+
+
+def _none_at(shape: tuple[int, ...], axis: int) -> tuple[int | None, ...]:
+    return tuple(None if i == axis else d for i, d in enumerate(shape))
+
+
+def _param_names(model: torch.nn.Module, n: int) -> list[str]:
+    params = [p.name for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) >= n:
+        return params[:n]
+    return ["x"] if n == 1 else [f"x{i}" for i in range(n)]
+
+
+def _explicit_specs(explicit: Mapping[str, str], in_names: list[str], examples: tuple[torch.Tensor, ...],
+                    batch: int, batch_axes: Mapping[str, int] | None) -> list[StateSpec]:
+    out = []
+    for i, o in explicit.items():
+        t = examples[in_names.index(i)]
+        axis = (batch_axes or {}).get(i)
+        if axis is None:
+            cands = [a for a, d in enumerate(t.shape) if d == batch]
+            if len(cands) != 1:
+                raise UnsupportedError(
+                    f"state {i!r} of shape {tuple(t.shape)}: cannot tell its batch axis (size {batch}); "
+                    f"pass state_batch_axes={{{i!r}: axis}}"
+                )
+            axis = cands[0]
+        out.append(StateSpec(i, o, _none_at(tuple(t.shape), axis), axis))
+    return out
