@@ -95,11 +95,13 @@ def _print_parity(report: Any, every_row: bool = False) -> None:
 
 
 def _read_data(data: Path | None) -> Any:
+    """The --data path, checked now (a missing or pickled file fails before any work); read again where used."""
     if data is None:
         return None
     from edge_rnn.harness import load_data
 
-    return load_data(data)
+    load_data(data)
+    return data
 
 
 _DATA_HELP = ("Real input sequences for the parity check, in place of random ones: a .npy (time, features) or an "
@@ -261,10 +263,10 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
     """
     from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import verify as verify_model
+    from edge_rnn.harness import read_contract
 
-    _, contract = _read_contract(model)
-    if contract is None:
-        raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; verify needs a model edge-rnn exported")
+    _existing(model, "model")
+    contract = read_contract(model)  # through onnxruntime: .onnx and .ort alike
     sequences = _read_data(data)
     if contract.source.get("kind") == "module":
         if factory is None:

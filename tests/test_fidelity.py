@@ -272,3 +272,127 @@ def test_verify_refuses_a_module_that_does_not_match_the_file(tmp_path):
     edge_rnn.export(torch.nn.GRU(4, 6).eval(), tmp_path / "gru.onnx", verify_parity=False)
     with pytest.raises(UnsupportedError, match="not a whole model"):
         edge_rnn.verify(kws, tmp_path / "gru.onnx")
+
+
+# ------------------------------------------------------------------ review findings: judged right, or refused clearly
+
+
+def test_float16_module_is_judged_against_fp32_noise_not_its_own(tmp_path):
+    """The graph is float32: a float16 module's own rounding (~1e-4) must not widen the bound."""
+    torch.manual_seed(0)
+    half = torch.nn.LSTM(8, 16).half().eval()
+    edge_rnn.export(half, tmp_path / "ok.onnx", verify_parity=False)
+    assert edge_rnn.verify(half, tmp_path / "ok.onnx", long_steps=500).ok
+    edge_rnn.export(F.bias_off(copy.deepcopy(half).float()), tmp_path / "bad.onnx", verify_parity=False)
+    report = edge_rnn.verify(half, tmp_path / "bad.onnx", long_steps=500, raise_on_failure=False)
+    assert not report.ok and max(r.err_torch for r in report.rows) < 1e-5
+    assert half.weight_ih_l0.dtype == torch.float16  # the caller's module is left as it was
+
+
+class WithDecision(torch.nn.Module):
+    """A GRU with two heads: logits, and the class index (an int64 output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(5, 7, batch_first=True)
+        self.head = torch.nn.Linear(7, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.gru(x)[0])
+        return logits, logits.argmax(-1)
+
+
+def test_integer_outputs_are_compared_exactly_and_keep_the_float64_reference(tmp_path):
+    torch.manual_seed(0)
+    model = WithDecision().eval()
+    report = edge_rnn.export(model, tmp_path / "m.onnx", example_input=torch.randn(1, 9, 5), long_steps=500)
+    parity = report.parity
+    assert parity.ok and parity.exact_reference  # an int64 output is no reason to drop float64
+    y1 = [r for r in parity.rows if r.tensor == "y1"]
+    assert y1 and all(r.bound == 0.0 and "discrete" in r.detail for r in y1)
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.head.bias[2] += 0.5  # shifts the decision on some steps, the logits by 0.5
+    edge_rnn.export(bad, tmp_path / "bad.onnx", example_input=torch.randn(1, 9, 5), verify_parity=False)
+    failed = {r.tensor for r in edge_rnn.verify(model, tmp_path / "bad.onnx", long_steps=500,
+                                                  raise_on_failure=False).failures}
+    assert failed == {"y0", "y1"}
+
+
+def test_a_module_that_cannot_be_copied_falls_back_and_says_why(tmp_path):
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's notice that weight_norm moved
+        lstm = torch.nn.utils.weight_norm(torch.nn.LSTM(8, 16), "weight_hh_l0")
+    lstm(torch.randn(3, 1, 8))  # weight_norm computes weight_hh_l0 as a non-leaf tensor: deepcopy refuses it
+    lstm.eval()
+    report = edge_rnn.export(lstm, tmp_path / "wn.onnx", long_steps=300).parity
+    assert report.ok and not report.exact_reference
+    assert any("cannot make a float64 copy of the module" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("module,match", [
+    (lambda: torch.nn.GRU(8, 16), r"holds another layer than the module: expected kind 'lstm' \(module: 'gru'\)"),
+    (lambda: torch.nn.LSTM(8, 16, num_layers=2), r"num_layers 1 \(module: 2\)"),
+    (lambda: torch.nn.LSTM(4, 16), r"input_size 8 \(module: 4\)"),
+])
+def test_a_layer_that_does_not_fit_the_file_is_refused_clearly(tmp_path, module, match):
+    edge_rnn.export(torch.nn.LSTM(8, 16).eval(), tmp_path / "l.onnx", verify_parity=False)
+    with pytest.raises(ModelFormatError, match=match):
+        edge_rnn.verify(module().eval(), tmp_path / "l.onnx")
+
+
+def test_a_whole_model_that_does_not_fit_the_file_is_refused_clearly(tmp_path):
+    kws, vad = W.keyword_spotter().eval(), large_state_vad()
+    edge_rnn.export(kws, tmp_path / "kws.onnx", example_input=torch.randn(1, 50, 40), verify_parity=False)
+    edge_rnn.export(vad, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
+                    whole_model_options=VAD_OPTIONS, verify_parity=False)
+    with pytest.raises(ModelFormatError, match="the module fails on inputs shaped as the file's"):
+        edge_rnn.verify(vad, tmp_path / "kws.onnx")
+    with pytest.raises(ModelFormatError, match="the module fails on inputs shaped as the file's"):
+        edge_rnn.verify(kws, tmp_path / "vad.onnx")
+    with pytest.raises(ModelFormatError, match="the module fails on inputs shaped as the file's"):
+        edge_rnn.verify(kws, tmp_path / "kws.onnx", example_input=torch.zeros(1, 10, 41))
+    swapped = {**VAD_OPTIONS, "output_names": ["new_state", "prob"]}
+    with pytest.raises(edge_rnn.EdgeRnnError):
+        edge_rnn.verify(vad, tmp_path / "vad.onnx", whole_model_options=swapped)
+
+
+def test_bad_options_are_refused_and_a_check_without_cases_does_not_pass(tmp_path):
+    edge_rnn.export(torch.nn.LSTM(8, 16).eval(), tmp_path / "l.onnx", verify_parity=False)
+    lstm = torch.nn.LSTM(8, 16).eval()
+    with pytest.raises(UnsupportedError, match="opt_levels: expected one or more of"):
+        edge_rnn.verify(lstm, tmp_path / "l.onnx", opt_levels=("extended",))
+    with pytest.raises(UnsupportedError, match="opt_levels"):
+        edge_rnn.verify(lstm, tmp_path / "l.onnx", opt_levels=())
+    with pytest.raises(UnsupportedError, match="nothing to compare"):
+        edge_rnn.verify(lstm, tmp_path / "l.onnx", seq_lens=(), chunked_len=0, long_steps=0)
+    from edge_rnn.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="example_input: expected a tensor"):
+        edge_rnn.verify(lstm, tmp_path / "l.onnx", example_input=np.zeros((3, 1, 8)))
+
+
+def test_atol_given_both_ways_for_a_whole_model(tmp_path):
+    vad = large_state_vad()
+    path = tmp_path / "vad.onnx"
+    edge_rnn.export(vad, path, example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
+                    whole_model_options=VAD_OPTIONS, verify_parity=False)
+    report = edge_rnn.verify(vad, path, atol=1e-4, whole_model_options={"atol": 1e-5}, long_steps=100)
+    assert report.ok and report.tolerance.atol == 1e-4
+
+
+def test_verify_reads_an_ort_format_model(tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(4, 6).eval()
+    edge_rnn.export(gru, tmp_path / "g.onnx", verify_parity=False)
+    r = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(tmp_path / "g.onnx")],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not (tmp_path / "g.ort").exists():
+        pytest.skip(f"onnxruntime could not convert to ORT format here: {r.stderr[-300:]}")
+    assert edge_rnn.verify(gru, tmp_path / "g.ort", long_steps=300).ok

@@ -175,3 +175,42 @@ def test_load_data_reads_npy_and_npz_and_refuses_pickles(tmp_path):
         load_data(tmp_path / "trunc.npy")
     with pytest.raises(DataError, match="no such file"):
         load_data(tmp_path / "missing.npy")
+
+
+def test_discrete_outputs_may_differ_only_where_fp32_differs_too():
+    want = np.zeros(1000, np.int64)
+    want[::2] = 1
+    noise = want.copy()
+    noise[0] = 0  # fp32 flips one near-tie
+    assert not judge("c", "l", "flag", 1 - want, want, noise, TOL).ok  # every decision inverted
+    got = want.copy()
+    got[0] = 0
+    assert judge("c", "l", "flag", got, want, noise, TOL).ok  # the same near-tie
+    got[2] = 0
+    row = judge("c", "l", "flag", got, want, noise, TOL)
+    assert not row.ok and "1 of 1000 discrete values differ where PyTorch fp32 agrees" in row.describe()
+
+
+def test_equal_infinities_are_equal_and_nan_in_fp32_alone_leaves_the_floor():
+    want = np.array([np.inf, 1.0])
+    assert judge("full", "d", "y", want.copy(), want, want.copy(), TOL).ok
+    row = judge("full", "d", "y", np.array([1.0, 1.0]), np.array([1.0, 1.0]), np.array([np.nan, 1.0]), TOL)
+    assert row.ok and row.bound == TOL.atol
+
+
+def test_a_systematic_error_hidden_behind_one_large_fp32_outlier_fails():
+    """One flip in a rounded output makes fp32's max error 1; an error of 0.5 everywhere must still fail."""
+    want = np.arange(1000, dtype=np.float64)
+    noise = want.copy()
+    noise[7] += 1.0
+    row = judge("long", "d", "y", want + 0.5, want, noise, TOL)
+    assert row.err_onnx <= row.bound and not row.ok and "90th-percentile" in row.detail
+
+
+def test_data_written_as_nested_lists_is_one_sequence_and_an_empty_npz_is_refused(tmp_path):
+    seq = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x = data_inputs([LAYER], seq.tolist())(np.random.default_rng(0), 1, 4, False)["x"]
+    assert sorted(x[:, 0, 0].tolist()) == [0.0, 3.0, 6.0, 9.0]
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(DataError, match="expected at least one sequence"):
+        data_inputs([LAYER], load_data(tmp_path / "empty.npz"))

@@ -12,6 +12,7 @@ instead, element-wise within ``atol + rtol * |torch|``, and the report says so.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from edge_rnn.contract import Contract
+from edge_rnn.errors import EdgeRnnError
 from edge_rnn.exporters._spec import RecurrentSpec
 from edge_rnn.harness import (
     TOLERANCE,
@@ -37,12 +39,30 @@ from edge_rnn.harness import (
     run_case,
 )
 
-__all__ = ["torch_reference", "input_source", "layer_layouts", "check_against_torch", "tolerance_for"]
+__all__ = ["torch_reference", "input_source", "layer_layouts", "check_against_torch", "tolerance_for",
+           "float32_module"]
 
 Arrays = dict[str, np.ndarray]
 Call = Callable[[Arrays], Arrays]
 # What a module without a float64 kernel raises: torch's "not implemented for 'Double'" is a RuntimeError
 _NO_DOUBLE = (RuntimeError, TypeError, NotImplementedError, ValueError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def float32_module(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` itself when its floating parameters and buffers are float32, else a float32 copy.
+
+    The graph is float32 whatever the module's dtype, so fp32 is the precision whose noise matters:
+    a float16 module's own rounding would make the bound far too loose.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return module
+    return copy.deepcopy(module).float()
 
 
 def torch_reference(module: torch.nn.Module, spec: RecurrentSpec) -> Call:
@@ -88,17 +108,29 @@ def layer_layouts(contract: Contract, spec: RecurrentSpec) -> list[InputLayout]:
     return [InputLayout(x.name, tuple(shape), x.batch_axis, x.time_axis)]
 
 
-def _float64_reference(factory: Callable[[], Call], contract: Contract, inputs: InputSource,
+def _float64_reference(factory: Callable[[], Call], ref32: Call, contract: Contract, inputs: InputSource,
                        states: Callable[[np.random.Generator, int], Arrays]) -> tuple[Call | None, str]:
-    """The float64 reference, tried on one small case first; (None, why) when the module cannot run in float64."""
+    """The float64 reference, tried on one small case first; (None, why) when the module cannot run in float64.
+
+    An error that the float32 module raises too is the module's own (it does not fit the file, or
+    fails on these inputs): it is raised, never taken for a missing float64 kernel.
+    """
     try:
         ref = factory()
-        rng = np.random.default_rng(12345)
-        out = run_case(ref, contract, inputs(rng, 1, 1, not contract.is_streaming), states(rng, 1), [1])
+    except Exception as e:  # noqa: BLE001 - deepcopy or .double() of an arbitrary module
+        return None, f"cannot make a float64 copy of the module ({_first_line(e)})"
+    rng = np.random.default_rng(12345)
+    probe = (inputs(rng, 1, 1, not contract.is_streaming), states(rng, 1))
+    try:
+        out = run_case(ref, contract, *probe, [1])
     except _NO_DOUBLE as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, f"{type(e).__name__}: {first}"
-    lower = sorted(k for k, v in out.items() if np.asarray(v).dtype != np.float64)
+        try:
+            run_case(ref32, contract, *probe, [1])
+        except Exception as e32:  # noqa: BLE001 - the module's own error, whatever it is
+            raise EdgeRnnError(f"the module fails on the verification inputs ({_first_line(e32)}); is it the "
+                               "module that was exported, with the same options?") from None
+        return None, _first_line(e)
+    lower = sorted(k for k, v in out.items() if np.asarray(v).dtype.kind == "f" and np.asarray(v).dtype != np.float64)
     if lower:
         return None, f"outputs {lower} come back in a lower precision (the module casts inside forward)"
     return ref, ""
@@ -110,7 +142,7 @@ def check_against_torch(
 ) -> ParityReport:
     """The ONNX model against PyTorch: float64 as the reference and fp32 as the noise, or the fp32 fallback."""
     states = random_states(contract)
-    ref64, why = _float64_reference(ref64_factory, contract, inputs, states)
+    ref64, why = _float64_reference(ref64_factory, ref32, contract, inputs, states)
     if ref64 is None:
         report = compare_streaming(path, contract, ref32, inputs, states, cases=cases, seed=seed,
                                    tolerance=tolerance, opt_levels=opt_levels, reference_label="PyTorch float32")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from edge_rnn.contract import Contract, StateSpec
-from edge_rnn.errors import ModelFormatError, UnsupportedError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.exporters._lift import Lifter
-from edge_rnn.exporters._references import check_against_torch, input_source, tolerance_for
-from edge_rnn.exporters._whole_resolve import OPTION_KEYS, Arrays, Resolved, examples_of, reference, resolve
+from edge_rnn.exporters._references import check_against_torch, float32_module, input_source, tolerance_for
+from edge_rnn.exporters._whole_resolve import OPTION_KEYS, Resolved, examples_of, reference, resolve
 from edge_rnn.harness import Cases, InputLayout, ParityReport, open_sessions, raise_failures, read_contract
 
 __all__ = ["verify_model", "verify_resolved", "layouts"]
@@ -37,13 +37,17 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
                   chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
     inputs = input_source(layouts(r), data)
     with ExitStack() as stack:
-        def ref64() -> Callable[[Arrays], Arrays]:
-            twin = Lifter(copy.deepcopy(model).double())
-            stack.callback(twin.close)
-            return reference(twin, r, torch.float64)
+        def twin(module: torch.nn.Module) -> Lifter:
+            lifter = Lifter(module)
+            stack.callback(lifter.close)
+            return lifter
 
-        report = check_against_torch(path, contract, reference(r.lifter, r, torch.float32), ref64, inputs,
-                                     cases=cases, seed=seed, tolerance=tolerance_for(atol), opt_levels=opt_levels)
+        model32 = float32_module(model)
+        ref32 = reference(r.lifter if model32 is model else twin(model32), r, torch.float32)
+        report = check_against_torch(path, contract, ref32,
+                                     lambda: reference(twin(copy.deepcopy(model).double()), r, torch.float64),
+                                     inputs, cases=cases, seed=seed, tolerance=tolerance_for(atol),
+                                     opt_levels=opt_levels)
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")
     if not streaming:
@@ -75,10 +79,18 @@ def verify_model(
             f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "
             f"against that layer, not against {type(model).__name__}")
     derived, examples = _options_from_file(contract, session, example_input)
-    atol = opts.pop("atol", None) if atol is None else atol
+    given_atol = opts.pop("atol", None)
+    atol = given_atol if atol is None else atol
     lifter = Lifter(model)
     try:
-        r = resolve(lifter, examples, **_merge(derived, opts))
+        try:
+            r = resolve(lifter, examples, **_merge(derived, opts))
+        except EdgeRnnError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the module's own error on inputs shaped from the file
+            raise ModelFormatError(
+                f"{path}: the module fails on inputs shaped as the file's ({type(e).__name__}: {e}); is it the "
+                "module that was exported? Pass example_input and whole_model_options as given to export") from None
         _same_interface(r.contract, contract, path)
         report = verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
                                   opt_levels=opt_levels)

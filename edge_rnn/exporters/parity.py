@@ -16,15 +16,16 @@ from typing import Any
 import torch
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import ModelFormatError, UnsupportedError
+from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._references import (
     check_against_torch,
+    float32_module,
     input_source,
     layer_layouts,
     tolerance_for,
     torch_reference,
 )
-from edge_rnn.exporters._spec import spec_from_module
+from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
 from edge_rnn.exporters._whole_verify import verify_model
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, ParityRow, raise_failures, read_contract
 
@@ -76,23 +77,18 @@ def verify(
                             long_steps=long_steps, seed=seed, atol=atol, raise_on_failure=raise_on_failure,
                             opt_levels=opt_levels)
     contract = _read(path)
-    if contract.source.get("kind") == "module":
-        raise UnsupportedError(
-            f"{path}: holds a whole model ({contract.source.get('module')}); verify it against that model, not "
-            f"against a bare {type(module).__name__}")
+    _same_layer(spec, contract, path)
     if module.training:  # dropout would make PyTorch's side random
         module = copy.deepcopy(module).eval()
     if batch_size is None:
-        ex_batch = None
-        if example_input is not None and example_input.dim() >= 2:
-            ex_batch = example_input.shape[0 if (spec.cell or spec.batch_first) else 1]
-        batch_size = 3 if ex_batch is None else ex_batch + 1
+        batch_size = _example_batch(spec, example_input) + 1
     inputs = input_source(layer_layouts(contract, spec), data)
     if not contract.streamable:
         chunked_len = long_steps = 0
     cases = Cases(batch=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps)
     report = check_against_torch(
-        path, contract, torch_reference(module, spec), lambda: torch_reference(copy.deepcopy(module).double(), spec),
+        path, contract, torch_reference(float32_module(module), spec),
+        lambda: torch_reference(copy.deepcopy(module).double(), spec),
         inputs, cases=cases, seed=seed, tolerance=tolerance_for(atol), opt_levels=opt_levels,
     )
     if data is not None:
@@ -105,6 +101,36 @@ def verify(
     if raise_on_failure:
         raise_failures(report, path)
     return report
+
+
+def _example_batch(spec: RecurrentSpec, example_input: Any) -> int:
+    """The example's batch size (2 without a batched example: the cases then use 3)."""
+    if example_input is None:
+        return 2
+    if not isinstance(example_input, torch.Tensor):
+        raise ShapeError(f"example_input: expected a tensor for a bare {spec.kind} layer, got "
+                         f"{type(example_input).__name__}")
+    if example_input.dim() != (2 if spec.cell else 3):  # unbatched: no batch size to differ from
+        return 2
+    return int(example_input.shape[0 if (spec.cell or spec.batch_first) else 1])
+
+
+def _same_layer(spec: RecurrentSpec, contract: Contract, path: Path) -> None:
+    """The module must be the kind of layer the file holds: a clear error, not PyTorch's or onnxruntime's."""
+    if contract.source.get("kind") == "module":
+        raise UnsupportedError(
+            f"{path}: holds a whole model ({contract.source.get('module')}); verify it against that model, not "
+            f"against a bare {spec.module.rsplit('.', 1)[-1]}")
+    try:
+        theirs = RecurrentSpec.from_source(contract.source)
+    except (UnsupportedError, TypeError):
+        return  # a contract without a readable source: the comparison itself will tell
+    keys = ("kind", "cell", "input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "bias",
+            "proj_size", "nonlinearity")
+    diff = [f"{k} {getattr(theirs, k)!r} (module: {getattr(spec, k)!r})" for k in keys
+            if getattr(theirs, k) != getattr(spec, k)]
+    if diff:
+        raise ModelFormatError(f"{path}: holds another layer than the module: expected " + ", ".join(diff))
 
 
 def _read(path: Path) -> Contract:

@@ -4,7 +4,7 @@ This is the torch-free half of parity: it runs a model as a stream (whole
 sequences, random chunks, long streams, states carried), compares each output
 and state with reference arrays, and holds the one per-dtype tolerance table
 (:data:`TOLERANCE`) and the verdict that uses it. The PyTorch references
-(fp32 and float64) live in :mod:`edge_rnn.exporters.parity`; a deployment
+(fp32 and float64) live in ``edge_rnn/exporters/_references.py``; a deployment
 check can pass another ONNX model's session as the reference instead.
 
 Example (a candidate against another model, no torch)::

@@ -98,7 +98,7 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
         raise DataError(f"data {path}: no such file")
     with open(path, "rb") as f:
         magic = f.read(6)
-    if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK\x03\x04")):
+    if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK")):
         # np.load would take anything else for a pickle
         raise DataError(f"data {path}: expected a .npy or .npz file, got neither (no numpy or zip header); "
                         "pickles are never loaded")
@@ -130,13 +130,19 @@ def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arr
             "array per input, keyed by those names")
     elif isinstance(data, Mapping):
         raw = [{names[0]: v} for v in data.values()]
-    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence):
-        raw = [{names[0]: data}]
+    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence) or _nested_numbers(data):
+        raw = [{names[0]: data}]  # one array, or one sequence written as nested lists of numbers
     else:
         raw = [{names[0]: v} for v in data]
     if not raw:
         raise DataError(f"{what}: expected at least one sequence, got none")
     return [_check(layouts, seq, f"{what}[{i}]" if len(raw) > 1 else what) for i, seq in enumerate(raw)]
+
+
+def _nested_numbers(data: Sequence[Any]) -> bool:
+    """A list of lists of numbers (``x.tolist()``) is one sequence; a list of arrays is several."""
+    return bool(data) and all(isinstance(v, (list, tuple)) for v in data) and all(
+        isinstance(e, (int, float, bool, list, tuple)) for v in data for e in v)
 
 
 def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) -> Arrays:

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import ModelFormatError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
 
@@ -55,6 +55,9 @@ class Cases:
 def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "default")
                   ) -> dict[str, ort.InferenceSession]:
     """One single-threaded CPU session per optimisation level."""
+    unknown = [n for n in opt_levels if n not in OPT_LEVELS]
+    if unknown or not opt_levels:
+        raise UnsupportedError(f"opt_levels: expected one or more of {sorted(OPT_LEVELS)}, got {list(opt_levels)}")
     out = {}
     for name in opt_levels:
         so = ort.SessionOptions()
@@ -80,7 +83,7 @@ def read_contract(path: str | Path) -> Contract:
     sess = open_sessions(path, ("disabled",))["disabled"]
     contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
     if contract is None:
-        raise ModelFormatError(f"{path}: expected an edge_rnn contract in the metadata, found none")
+        raise ModelFormatError(f"{path}: no edge_rnn contract in its metadata (expected a model edge-rnn exported)")
     return contract
 
 
@@ -157,6 +160,20 @@ def run_case(call: Call, contract: Contract, inputs: Arrays, states: Arrays, siz
     return stream_calls(call, contract, calls, states)
 
 
+def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, states: Arrays,
+         sizes: list[int]) -> Arrays:
+    """run_case, with whatever the side raises turned into an error that names the side and the case."""
+    try:
+        return run_case(call, contract, feeds, states, sizes)
+    except EdgeRnnError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PyTorch's or onnxruntime's own error types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        error = ModelFormatError if side.startswith("onnxruntime") else EdgeRnnError
+        raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}); does the module fit the file?"
+                    ) from None
+
+
 def compare_streaming(
     path: str | Path, contract: Contract, reference: Call, inputs: InputSource,
     states: Callable[[np.random.Generator, int], Arrays], *, noise: Call | None = None, cases: Cases = Cases(),
@@ -174,14 +191,18 @@ def compare_streaming(
     rng = np.random.default_rng(seed)
     sessions = open_sessions(path, opt_levels)
     report = ParityReport(tolerance=tolerance, exact_reference=noise is not None, reference=reference_label)
-    for case, batch, steps, sizes in _case_list(contract, cases, rng):
+    todo = _case_list(contract, cases, rng)
+    if not todo:
+        raise UnsupportedError(f"nothing to compare: every case is off ({cases}); a check without cases passes "
+                               "nothing")
+    for case, batch, steps, sizes in todo:
         feeds = inputs(rng, batch, steps, not contract.is_streaming)
         init = states(rng, batch)
         ref_sizes = [steps] if contract.is_streaming else sizes  # references: one pass over the sequence
-        want = run_case(reference, contract, feeds, init, ref_sizes)
-        fp32 = run_case(noise, contract, feeds, init, ref_sizes) if noise is not None else None
+        want = _run(reference_label, case, reference, contract, feeds, init, ref_sizes)
+        fp32 = None if noise is None else _run("PyTorch float32", case, noise, contract, feeds, init, ref_sizes)
         for level, sess in sessions.items():
-            got = run_case(session_runner(sess), contract, feeds, init, sizes)
+            got = _run(f"onnxruntime [{level}]", case, session_runner(sess), contract, feeds, init, sizes)
             for name, ref in want.items():
                 report.rows.append(judge(case, level, name, got[name], ref, None if fp32 is None else fp32[name],
                                          tolerance))
