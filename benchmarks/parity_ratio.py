@@ -46,16 +46,6 @@ ARCHS = {"rnn_tanh": ("rnn", {}), "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
          "lstm_proj": ("lstm", {"proj_size": 3}), "gru": ("gru", {})}
 
 
-def open_forget_gate(m: torch.nn.Module, hidden: int) -> torch.nn.Module:
-    """Forget gate near 1, input gate open, g positive: the cell state integrates to thousands."""
-    bias = m.bias_ih_l0 if hasattr(m, "bias_ih_l0") else m.bias_ih
-    with torch.no_grad():
-        bias[hidden:2 * hidden] += 8.0
-        bias[0:hidden] += 4.0
-        bias[2 * hidden:3 * hidden] += 2.0
-    return m
-
-
 def configs(seeds: int, quick: bool, large_seeds: int = 20):
     forms = ["native", "decomposed"]
     for arch, layers, bidir, form, seed in itertools.product(ARCHS, [1, 2], [False, True], forms, range(seeds)):
@@ -70,7 +60,7 @@ def configs(seeds: int, quick: bool, large_seeds: int = 20):
         yield f"{kind} cell", form, CELLS[kind](5, 7).eval(), {"long_steps": 2000}
     for hidden, form, seed in itertools.product([4, 7, 32], forms, range(1 if quick else large_seeds)):
         torch.manual_seed(seed)
-        yield f"lstm large state H{hidden}", form, open_forget_gate(torch.nn.LSTM(5, hidden).eval(), hidden), {}
+        yield f"lstm large state H{hidden}", form, W.open_forget_gate(torch.nn.LSTM(5, hidden).eval(), hidden), {}
     for form in forms:
         yield "whole: keyword spotter", form, W.keyword_spotter().eval(), {"example_input": torch.randn(1, 50, 40)}
         yield ("whole: acoustic model", form, W.acoustic_model().eval(),
@@ -78,7 +68,7 @@ def configs(seeds: int, quick: bool, large_seeds: int = 20):
                 "whole_model_options": {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}})
         torch.manual_seed(0)
         vad = W.VoiceActivity().eval()
-        vad.cell = open_forget_gate(vad.cell, 32)
+        vad.cell = W.open_forget_gate(vad.cell, 32)
         yield ("whole: VAD, large state", form, vad,
                {"example_input": (torch.randn(1, 64, 8), torch.zeros(2, 1, 32)), "long_steps": 2000,
                 "whole_model_options": {"states": {"state": "new_state"}, "input_names": ["x", "state"],
@@ -185,7 +175,7 @@ def fault_margins() -> None:
             cases.append(("reverse dir. wrong init", mb, F.reverse_gets_forward_init, mb))
             if kind == "lstm":
                 torch.manual_seed(0)
-                big = open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
+                big = W.open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
                 cases.append(("bias off 1e-3, |c|~4e3", F.bias_off(big), None, big))
             for fault, exported, rewrite, reference in cases:
                 edge_rnn.export(exported, path, decomposed=dec, verify_parity=False)

@@ -27,16 +27,6 @@ VAD_OPTIONS = {"states": {"state": "new_state"}, "input_names": ["x", "state"], 
                "input_axes": {"x": (0, None)}, "output_axes": {"prob": (0, None)}}
 
 
-def open_forget_gate(cell_or_layer: torch.nn.Module, hidden: int) -> torch.nn.Module:
-    """Forget gate near 1, input gate open, g positive: the cell state integrates to thousands, as trained VADs do."""
-    bias = cell_or_layer.bias_ih_l0 if hasattr(cell_or_layer, "bias_ih_l0") else cell_or_layer.bias_ih
-    with torch.no_grad():
-        bias[hidden:2 * hidden] += 8.0
-        bias[0:hidden] += 4.0
-        bias[2 * hidden:3 * hidden] += 2.0
-    return cell_or_layer
-
-
 def old_verdict_fails(report) -> bool:
     return any(not r.err_fp32 <= ATOL for r in report.rows)
 
@@ -44,7 +34,7 @@ def old_verdict_fails(report) -> bool:
 def large_state_vad() -> torch.nn.Module:
     torch.manual_seed(0)
     vad = W.VoiceActivity(hidden=16).eval()
-    vad.cell = open_forget_gate(vad.cell, 16)
+    vad.cell = W.open_forget_gate(vad.cell, 16)
     return vad
 
 
@@ -54,7 +44,7 @@ def large_state_vad() -> torch.nn.Module:
 @pytest.mark.parametrize("form", FORMS)
 def test_lstm_whose_cell_state_reaches_thousands_passes_over_10k_steps(tmp_path, form):
     torch.manual_seed(0)
-    lstm = open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
+    lstm = W.open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
     report = edge_rnn.export(lstm, tmp_path / "m.onnx", decomposed=form == "decomposed", long_steps=10_000)
     parity = report.parity
     long_cn = [r for r in parity.rows if r.case == "long T=10000" and r.tensor == "cn"]
@@ -117,7 +107,7 @@ def test_deliberate_fault_fails_the_verdict(tmp_path, fault, kind, form):
 def test_bias_fault_is_still_caught_where_the_state_is_large(tmp_path, form):
     """The bound grows with fp32's own error on large states; a 1e-3 bias error still stands far above it."""
     torch.manual_seed(0)
-    lstm = open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
+    lstm = W.open_forget_gate(torch.nn.LSTM(5, 7).eval(), 7)
     edge_rnn.export(F.bias_off(lstm), tmp_path / "bad.onnx", decomposed=form == "decomposed", verify_parity=False)
     report = edge_rnn.verify(lstm, tmp_path / "bad.onnx", long_steps=10_000, raise_on_failure=False)
     assert not report.ok and {r.case.split()[0] for r in report.failures} >= {"full", "chunked"}

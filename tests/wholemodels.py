@@ -74,3 +74,16 @@ def keyword_spotter() -> torch.nn.Module:
 def acoustic_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return AcousticModel()
+
+
+def open_forget_gate(cell_or_layer: torch.nn.Module, hidden: int) -> torch.nn.Module:
+    """Forget gate near 1, input gate open, g positive: the cell state integrates to thousands, as in trained VADs.
+
+    Works on an LSTM layer (its first layer) or an LSTMCell, in place; returns it.
+    """
+    bias = cell_or_layer.bias_ih_l0 if hasattr(cell_or_layer, "bias_ih_l0") else cell_or_layer.bias_ih
+    with torch.no_grad():
+        bias[hidden:2 * hidden] += 8.0
+        bias[0:hidden] += 4.0
+        bias[2 * hidden:3 * hidden] += 2.0
+    return cell_or_layer
