@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-from edge_rnn.runtime._bench import bench, format_table, random_chunk  # noqa: E402
+from edge_rnn.runtime.bench import bench, format_table, random_chunk  # noqa: E402
 
 IN, HID, LAYERS = 80, 256, 2
 

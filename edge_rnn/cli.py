@@ -331,6 +331,8 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
 
     import numpy as np
 
+    from edge_rnn.runtime import run_sequence
+
     m = _load_runtime_model(model, threads)
     _existing(input_path, "input")
     try:
@@ -348,34 +350,18 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     port = m.inputs[0]
     if data.dtype.kind == "f" and data.dtype != port.dtype:
         data = data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
-    t_axis = port.stream_time_axis
-    if t_axis is None:  # one step per call: rows are steps
-        chunk, pieces = 1, list(data)
-    else:
-        if data.ndim != len(port.stream_shape):
-            raise EdgeRnnError(f"{input_path}: expected shape {port.describe()}, got {data.shape}")
-        data = np.moveaxis(data, 0, t_axis)
-        steps = data.shape[t_axis]
-        pieces = [np.take(data, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
-    if not pieces:
-        raise EdgeRnnError(f"{input_path}: expected at least one time step, got an empty array")
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
+    if port.stream_time_axis is None:
+        chunk = 1  # one step per call: rows are steps
+    total = len(data)
     stream = m.open_stream()
-    collected: dict[str, list] = {p.name: [] for p in m.outputs}
     t0 = time.perf_counter()
-    with click.progressbar(pieces, label="streaming", file=sys.stderr,
-                           show_pos=True) if len(pieces) >= 200 else _nullbar(pieces) as bar:
-        for piece in bar:
-            for name, y in m.step(stream, piece).items():
-                collected[name].append(y)
+    with click.progressbar(length=total, label="streaming", file=sys.stderr,
+                           show_pos=True) if total >= 200 * chunk else _nullbar() as bar:
+        result = run_sequence(m, stream, data, chunk=chunk, progress=bar.update)
     seconds = time.perf_counter() - t0
-    result = {}
-    for p in m.outputs:
-        ax = p.stream_time_axis
-        parts = collected[p.name]
-        arr = np.stack(parts) if ax is None else np.concatenate(parts, axis=ax)
-        result[p.name] = arr if ax is None else np.moveaxis(arr, ax, 0)
+    calls = -(-total // chunk)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "wb") as f:  # a file object: numpy adds no suffix of its own
@@ -387,18 +373,20 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
         raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
     n_steps = stream.steps
     shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
-    click.echo(f"streamed {n_steps} steps in {len(pieces)} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
+    click.echo(f"streamed {n_steps} steps in {calls} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
                f"({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
 class _nullbar:
-    def __init__(self, items: list) -> None:
-        self.items = items
+    """Stands in for click's progress bar on short inputs."""
 
-    def __enter__(self) -> list:
-        return self.items
+    def __enter__(self) -> _nullbar:
+        return self
 
     def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
         return None
 
 
@@ -412,8 +400,8 @@ class _nullbar:
               help="Measuring time per table row.")
 def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float) -> None:
     """Latency and throughput of step_batch over many streams, against one plain session.run per stream."""
-    from edge_rnn.runtime._bench import bench as run_bench
-    from edge_rnn.runtime._bench import format_table
+    from edge_rnn.runtime.bench import bench as run_bench
+    from edge_rnn.runtime.bench import format_table
 
     n_streams = _int_list(streams, "--streams")
     n_chunks = _int_list(chunks, "--chunk")

@@ -5,11 +5,14 @@ owns one sequence's recurrent state. ``model.step(stream, chunk)`` feeds one
 chunk and advances the state; ``model.step_batch([...])`` does many streams in
 one onnxruntime call. The states a model has come from its ``edge_rnn``
 contract (:mod:`edge_rnn.contract`), or, for other stateful ONNX models, from a
-``state_map``.
+``state_map``. :func:`run_sequence` streams a whole array; :func:`bench`
+measures a model against one plain ``session.run`` per stream.
 """
 
 from edge_rnn.runtime._model import StreamingModel
 from edge_rnn.runtime._ports import Port, detect_state_pairs
+from edge_rnn.runtime._sequence import run_sequence
 from edge_rnn.runtime._stream import Stream
+from edge_rnn.runtime.bench import BenchRow, bench
 
-__all__ = ["StreamingModel", "Stream", "Port", "detect_state_pairs"]
+__all__ = ["StreamingModel", "Stream", "Port", "detect_state_pairs", "run_sequence", "bench", "BenchRow"]

@@ -12,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import StateSpec
-from edge_rnn.errors import ModelFormatError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
-from edge_rnn.runtime._stream import Stream, decode_snapshot, state_from_user, stream_shape
+from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
+from edge_rnn.runtime._stream import Stream, state_from_user
 
 __all__ = ["StreamingModel"]
 
@@ -238,6 +239,20 @@ class StreamingModel:
             out[p.name] = a
         return out, steps or 1
 
+    def check(self, stream: Stream, x: Any) -> int:
+        """Validate one chunk for ``stream`` without stepping it; returns the chunk's number of time steps.
+
+        Raises exactly what :meth:`step` would raise for this chunk and stream
+        (shape, dtype, NaN/Inf, a closed stream or one of another model), so a
+        server can refuse a bad chunk before it joins a batch.
+        """
+        if not isinstance(stream, Stream):
+            raise StreamError(f"expected a Stream from this model's open_stream(), got {type(stream).__name__}")
+        _, n = self._prepare(x)
+        with stream._lock:
+            self._check_usable(stream)
+        return n
+
     def _check_finite(self, name: str, a: np.ndarray) -> None:
         # One sum finds any NaN or Inf (both propagate into it); only a sum that overflowed from
         # finite values needs the element-wise look. Measured on the demo LSTM: a numpy reduction
@@ -303,6 +318,38 @@ class StreamingModel:
             stream.steps += n
         return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 
+    def _step_isolated(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays | EdgeRnnError]:
+        """step_batch(on_error="isolate"): each item's error in its own slot; the valid items still advance."""
+        results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
+        valid: list[int] = []
+        seen: set[int] = set()
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, tuple) or len(item) != 2:
+                    raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
+                if id(item[0]) in seen:
+                    raise StreamError("step_batch: expected each stream at most once per call, got one twice")
+                self.check(*item)
+                seen.add(id(item[0]))
+                valid.append(i)
+            except EdgeRnnError as e:
+                results[i] = e
+        if valid and self._batchable:
+            try:  # atomic on a batchable model: on failure no stream advanced, and each is stepped alone below
+                for i, out in zip(valid, self.step_batch([items[i] for i in valid])):
+                    results[i] = out
+                valid = []
+            except Exception:  # noqa: BLE001 - whatever failed, it is found again item by item
+                pass
+        for i in valid:
+            try:
+                results[i] = self.step(*items[i])
+            except EdgeRnnError as e:
+                results[i] = e
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own error types: this item's error
+                results[i] = EdgeRnnError(f"item {i}: onnxruntime failed ({type(e).__name__}: {e})")
+        return results  # type: ignore[return-value]
+
     def _step_each(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
         """step_batch for a model whose batch size is fixed at 1: all chunks checked first, then one call each."""
         if len({id(s) for s, _ in items}) != len(items):
@@ -312,14 +359,33 @@ class StreamingModel:
             self._check_usable(s)
         return [self.step(s, x) for s, x in items]
 
-    def step_batch(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
+    def step_batch(self, items: Sequence[tuple[Stream, Any]], *, on_error: str = "raise"
+                   ) -> list[Arrays | EdgeRnnError]:
         """Step many streams; chunks of equal length share one onnxruntime call.
 
         Chunks of different lengths are grouped by length (one call per
         length), so no padding ever reaches a state. Results equal stepping
-        each stream alone. Nothing advances unless every chunk is valid and
-        every call succeeds.
+        each stream alone.
+
+        ``on_error="raise"`` (the default): every chunk and stream is checked
+        first, and the first bad one raises with no stream advanced. The
+        onnxruntime calls then run, and states are set only after all of them
+        succeeded, so a failing call advances nothing either; except on a model
+        whose batch size is fixed at 1, where streams are stepped one call each
+        and a call failing midway leaves the streams before it advanced.
+
+        ``on_error="isolate"``: a bad chunk, a closed stream or a failing call
+        gives its item the :class:`~edge_rnn.errors.EdgeRnnError` in its slot
+        of the result, and every other stream still advances, so one client's
+        bad input cannot stop the others.
         """
+        if on_error == "isolate":
+            return self._step_isolated(items)
+        if on_error != "raise":
+            raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
+        for i, item in enumerate(items):  # before any lock is taken
+            if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], Stream):
+                raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
         if len(items) == 1:  # nothing to batch: the single-stream path has less to do
             (stream, x), = items
             return [self.step(stream, x)]
@@ -348,10 +414,11 @@ class StreamingModel:
                 for k, v in d.items():
                     chunks[k].append(v)
             steps.append(n)
-        locked = sorted(streams, key=id)  # one fixed order: no deadlock between concurrent batches
-        for s in locked:
-            s._lock.acquire()
+        locked: list[Stream] = []
         try:
+            for s in sorted(streams, key=id):  # one fixed order: no deadlock between concurrent batches
+                s._lock.acquire()
+                locked.append(s)
             for s in streams:
                 self._check_usable(s)
             groups: dict[int, list[int]] = {}

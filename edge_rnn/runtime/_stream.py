@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import struct
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -12,15 +10,12 @@ import numpy as np
 
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import ShapeError, StateError, StreamError
+from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
 
-__all__ = ["Stream", "encode_snapshot", "decode_snapshot"]
-
-_MAGIC = b"EDGERNN-SNAPSHOT"
-_VERSION = 1
-
+__all__ = ["Stream", "stream_shape", "state_from_user"]
 
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
@@ -112,11 +107,6 @@ class Stream:
         return f"<Stream {'closed' if self._closed else 'open'}, {self.steps} steps>"
 
 
-def stream_shape(s: StateSpec) -> tuple[int, ...]:
-    """The shape of one stream's state: the state's shape without the batch axis."""
-    return tuple(d for d in s.shape if d is not None)
-
-
 def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate a per-stream state (no batch axis) and copy it."""
     names = {s.input for s in states}
@@ -135,57 +125,3 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
             )
         out[s.input] = a.copy()
     return out
-
-
-def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict[str, np.ndarray], steps: int) -> bytes:
-    header = {
-        "version": _VERSION,
-        "fingerprint": fingerprint,
-        "steps": steps,
-        "states": [{"input": s.input, "shape": list(state[s.input].shape), "dtype": s.dtype} for s in states],
-    }
-    head = json.dumps(header).encode()
-    body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
-    return _MAGIC + struct.pack("<I", len(head)) + head + body
-
-
-def decode_snapshot(
-    data: bytes, fingerprint: str, states: tuple[StateSpec, ...]
-) -> tuple[dict[str, np.ndarray], int]:
-    """The state arrays and step count in ``data``, refused unless they belong to this model."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(_MAGIC)]) != _MAGIC:
-        raise StateError("snapshot: expected bytes from Stream.snapshot(), got something else")
-    try:
-        (n,) = struct.unpack_from("<I", data, len(_MAGIC))
-        start = len(_MAGIC) + 4
-        header = json.loads(bytes(data[start : start + n]))
-    except (struct.error, ValueError) as e:
-        raise StateError(f"snapshot: corrupt header ({e})") from None
-    if not isinstance(header, dict):
-        raise StateError(f"snapshot: corrupt header, expected an object, got {type(header).__name__}")
-    steps = header.get("steps", 0)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
-    if header.get("version") != _VERSION:
-        raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
-    want = [{"input": s.input, "shape": list(stream_shape(s)), "dtype": s.dtype} for s in states]
-    if header.get("states") != want:
-        raise StateError(f"snapshot of another model: expected states {want}, got {header.get('states')}")
-    if header.get("fingerprint") != fingerprint:
-        raise StateError(
-            f"snapshot of another model: expected fingerprint {fingerprint}, got {header.get('fingerprint')} "
-            "(same state layout, different weights or graph)"
-        )
-    offset = start + n
-    out = {}
-    for s in states:
-        dt = np.dtype(s.dtype)
-        shape = stream_shape(s)
-        size = int(np.prod(shape)) * dt.itemsize
-        if offset + size > len(data):
-            raise StateError("snapshot: truncated, expected more state bytes")
-        out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=dt).reshape(shape).copy()
-        offset += size
-    if offset != len(data):
-        raise StateError(f"snapshot: expected {offset} bytes, got {len(data)}")
-    return out, steps

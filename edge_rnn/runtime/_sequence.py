@@ -1,0 +1,63 @@
+"""run_sequence: a whole array streamed through a model, chunk by chunk, with the state carried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_rnn.errors import ShapeError
+
+if TYPE_CHECKING:
+    from edge_rnn.runtime._model import StreamingModel
+    from edge_rnn.runtime._stream import Stream
+
+__all__ = ["run_sequence"]
+
+
+def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk: int = 32,
+                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Feed ``x`` to ``stream`` in chunks of ``chunk`` time steps; every output, time (or calls) first.
+
+    ``x`` is one stream's input with its time axis first, ``(time, *rest)``,
+    whatever the model's own layout (the per-stream shape of the model's one
+    input, its time axis moved to the front). For a model that takes one step
+    per call, axis 0 counts calls and each call gets one row. ``progress``, if
+    given, is called with the number of steps of each chunk as it is done.
+    The stream advances by every step; on an error it stops after the last
+    chunk that succeeded.
+
+    Example::
+
+        >>> y = run_sequence(model, model.open_stream(), features, chunk=10)["y"]   # doctest: +SKIP
+    """
+    if len(model.inputs) != 1:
+        raise ShapeError(f"run_sequence: expected a model with one input, got {[p.name for p in model.inputs]}")
+    if chunk < 1:
+        raise ShapeError(f"run_sequence: expected chunk >= 1, got {chunk}")
+    port = model.inputs[0]
+    x = np.asarray(x)
+    t_axis = port.stream_time_axis
+    if t_axis is None:  # one step per call: rows are steps
+        pieces = list(x)
+    else:
+        if x.ndim != len(port.stream_shape):
+            raise ShapeError(f"{port.name}: expected shape {port.describe()} with time first, got {x.shape}")
+        x = np.moveaxis(x, 0, t_axis)
+        steps = x.shape[t_axis]
+        pieces = [np.take(x, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
+    if not pieces:
+        raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {x.shape}")
+    collected: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
+    for piece in pieces:
+        for name, y in model.step(stream, piece).items():
+            collected[name].append(y)
+        if progress is not None:
+            progress(1 if t_axis is None else piece.shape[t_axis])
+    result = {}
+    for p in model.outputs:
+        ax = p.stream_time_axis
+        parts = collected[p.name]
+        result[p.name] = np.stack(parts) if ax is None else np.moveaxis(np.concatenate(parts, axis=ax), ax, 0)
+    return result

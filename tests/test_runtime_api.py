@@ -1,0 +1,116 @@
+"""The runtime API a server drives: check, step_batch(on_error=...), run_sequence, bench; no lock left held."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.runtime import BenchRow, StreamingModel, bench, run_sequence
+
+F = TensorProto.FLOAT
+
+
+def tiny_rnn(path, batch="batch"):
+    """h' = tanh(x + h): a recurrent model small enough to write by hand. x, h: (batch, 3); y = h'."""
+    g = helper.make_graph(
+        [helper.make_node("Add", ["h0", "x"], ["s"]), helper.make_node("Tanh", ["s"], ["hn"]),
+         helper.make_node("Identity", ["hn"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", F, [batch, 3]), helper.make_tensor_value_info("h0", F, [batch, 3])],
+        [helper.make_tensor_value_info("y", F, [batch, 3]), helper.make_tensor_value_info("hn", F, [batch, 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return StreamingModel.load(path, state_batch_axis=0)
+
+
+@pytest.fixture(params=["batch", 1], ids=["batchable", "fixed-batch-1"])
+def model(tmp_path, request):
+    return tiny_rnn(tmp_path / "tiny.onnx", request.param)
+
+
+def ref(xs: list[np.ndarray]) -> np.ndarray:
+    h = np.zeros(3, np.float32)
+    for x in xs:
+        h = np.tanh(x + h)
+    return h
+
+
+def test_check_raises_what_step_would_and_steps_nothing(model):
+    s = model.open_stream()
+    assert model.check(s, np.zeros(3, np.float32)) == 1 and s.steps == 0
+    with pytest.raises(ShapeError, match=r"x: expected shape \(3,\) float32, got \(4,\) float32"):
+        model.check(s, np.zeros(4, np.float32))
+    with pytest.raises(NonFiniteError):
+        model.check(s, np.array([np.nan, 0, 0], np.float32))
+    s.close()
+    with pytest.raises(StreamError, match="stream is closed"):
+        model.check(s, np.zeros(3, np.float32))
+    with pytest.raises(StreamError, match="expected a Stream"):
+        model.check(None, np.zeros(3, np.float32))
+
+
+def test_isolate_gives_each_bad_item_its_error_and_advances_the_others(model):
+    a, b, c, d = (model.open_stream() for _ in range(4))
+    d.close()
+    x = np.full(3, 0.5, np.float32)
+    out = model.step_batch([(a, x), (b, np.zeros(4, np.float32)), (c, x), (d, x), (None, x), "junk"],
+                           on_error="isolate")
+    assert isinstance(out[1], ShapeError) and isinstance(out[3], StreamError)
+    assert isinstance(out[4], StreamError) and isinstance(out[5], StreamError)
+    np.testing.assert_allclose(out[0]["y"], ref([x]), atol=1e-6)
+    np.testing.assert_allclose(out[2]["y"], ref([x]), atol=1e-6)
+    assert (a.steps, b.steps, c.steps) == (1, 0, 1) and np.all(b.state["h0"] == 0)
+    twice = model.step_batch([(a, x), (a, x)], on_error="isolate")
+    assert isinstance(twice[1], StreamError) and a.steps == 2  # the first occurrence still advanced
+    with pytest.raises(ValueError, match="on_error"):
+        model.step_batch([(a, x)], on_error="skip")
+
+
+def test_raise_mode_advances_nothing_on_a_bad_item(model):
+    a, b = model.open_stream(), model.open_stream()
+    x = np.full(3, 0.5, np.float32)
+    with pytest.raises(ShapeError):
+        model.step_batch([(a, x), (b, np.zeros(4, np.float32))])
+    assert a.steps == b.steps == 0
+
+
+def test_a_bad_item_never_leaves_a_lock_held(model):
+    """Was: step_batch([(a, x), (b, x), (None, x)]) took a's and b's locks, raised, and kept them for ever."""
+    a, b = model.open_stream(), model.open_stream()
+    x = np.zeros(3, np.float32)
+    with pytest.raises(StreamError, match="item 2: expected a \\(stream, chunk\\) pair"):
+        model.step_batch([(a, x), (b, x), (None, x)])
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (model.step(a, x), model.step(b, x), done.set()), daemon=True)
+    t.start()
+    t.join(timeout=5)
+    assert done.is_set(), "a stream's lock is still held"
+
+
+def test_run_sequence_streams_a_whole_array_and_reports_progress(model):
+    xs = np.random.default_rng(0).standard_normal((9, 3)).astype(np.float32)
+    seen = []
+    s = model.open_stream()
+    out = run_sequence(model, s, xs, chunk=4, progress=seen.append)  # one step per call: rows are calls
+    assert out["y"].shape == (9, 3) and s.steps == 9 and sum(seen) == 9
+    np.testing.assert_allclose(out["y"][-1], ref(list(xs)), atol=1e-5)
+    with pytest.raises(ShapeError, match="expected at least one time step"):
+        run_sequence(model, model.open_stream(), np.zeros((0, 3), np.float32))
+    with pytest.raises(ShapeError, match="chunk >= 1"):
+        run_sequence(model, model.open_stream(), xs, chunk=0)
+
+
+def test_bench_is_public(tmp_path):
+    model = tiny_rnn(tmp_path / "tiny.onnx")
+    rows = bench(model, streams=[1, 4], chunks=[1], seconds=0.02)
+    assert [(r.streams, r.chunk) for r in rows] == [(1, 1), (4, 1)] and isinstance(rows[0], BenchRow)
+    assert all(r.steps_per_s > 0 and r.naive_steps_per_s > 0 for r in rows)
+
+
+def test_errors_from_isolate_are_edge_rnn_errors(model):
+    a = model.open_stream()
+    out = model.step_batch([(a, "not a number")], on_error="isolate")
+    assert isinstance(out[0], EdgeRnnError) and a.steps == 0
