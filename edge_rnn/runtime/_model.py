@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +187,18 @@ class StreamingModel:
                 f"outputs {[p.name for p in self.outputs]}, states {[s.input for s in self.states]}>")
 
     # ------------------------------------------------------------------ streams
-    def _zero_state(self) -> Arrays:
-        return {s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in self.states}
-
     def open_stream(self, initial_state: Mapping[str, np.ndarray] | None = None) -> Stream:
         """A new stream, from zeros (PyTorch's default) or from ``initial_state`` (per stream, no batch axis)."""
-        state = self._zero_state() if initial_state is None else state_from_user(self.states, initial_state)
-        return Stream(self, state)
+        if initial_state is None:
+            state = {s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in self.states}
+        else:
+            state = state_from_user(self.states, initial_state)
+        return Stream(self, self.states, state)
 
     def restore(self, snapshot: bytes) -> Stream:
         """A stream resumed from :meth:`Stream.snapshot`; refused if the snapshot is of another model."""
         state, steps = decode_snapshot(snapshot, self.fingerprint, self.states)
-        stream = Stream(self, state)
-        stream.steps = steps
-        return stream
+        return Stream(self, self.states, state, steps=steps)
 
     # ------------------------------------------------------------------ stepping
     def _prepare(self, x: Any, *, check_finite: bool = True) -> tuple[Arrays, int]:
@@ -249,8 +248,8 @@ class StreamingModel:
         if not isinstance(stream, Stream):
             raise StreamError(f"expected a Stream from this model's open_stream(), got {type(stream).__name__}")
         _, n = self._prepare(x)
-        with stream._lock:
-            self._check_usable(stream)
+        with stream.lock:
+            stream.check_usable(self)
         return n
 
     def _check_finite(self, name: str, a: np.ndarray) -> None:
@@ -265,16 +264,6 @@ class StreamingModel:
         if not math.isfinite(total) and not np.isfinite(a).all():
             raise NonFiniteError(
                 f"{name}: expected finite values, got NaN or Inf (load with allow_nonfinite=True to let them in)"
-            )
-
-    def _check_usable(self, stream: Stream) -> None:
-        if stream._model is not self:
-            raise StreamError("stream belongs to another model: expected a stream from this model's open_stream()")
-        stream._check_open()
-        if not self.streamable and stream.steps:
-            raise StreamError(
-                "model is not streamable (a bidirectional layer needs the whole sequence): expected one step call "
-                "per sequence; call stream.reset() before the next sequence"
             )
 
     def _run(self, feeds: Arrays) -> list[np.ndarray]:
@@ -302,20 +291,15 @@ class StreamingModel:
             if self._single_input is not None and len(self._valid_layouts) < 64:
                 a = xs[self._single_input]
                 self._valid_layouts[a.shape, a.dtype] = n
-        with stream._lock:
-            if stream._model is not self or stream._closed or (stream.steps and not self._io.streamable):
-                self._check_usable(stream)  # raises the right error
-            fed = stream._fed
-            if fed is None:
-                state = stream._state
-                fed = {name: state[name][add] for name, add in self._state_add_batch}
-            feeds.update(fed)
+        with stream.lock:
+            if not stream.usable_fast(self):
+                stream.check_usable(self)  # raises the right error
+            feeds.update(stream.single_feeds(self._state_add_batch))
             res = self._run(feeds)
             n_out = self._n_out
             # kept as onnxruntime returned them, batch axis included: fed as they are next call
-            stream._set_fed({name: res[n_out + i] for i, name in enumerate(self._state_names)},
-                            self._state_drop_batch)
-            stream.steps += n
+            stream.advance_alone({name: res[n_out + i] for i, name in enumerate(self._state_names)},
+                                 self._state_drop_batch, n)
         return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 
     def _step_isolated(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays | EdgeRnnError]:
@@ -356,7 +340,8 @@ class StreamingModel:
             raise StreamError("step_batch: expected each stream at most once per call, got one twice")
         for s, x in items:
             self._prepare(x)
-            self._check_usable(s)
+            with s.lock:
+                s.check_usable(self)
         return [self.step(s, x) for s, x in items]
 
     def step_batch(self, items: Sequence[tuple[Stream, Any]], *, on_error: str = "raise"
@@ -391,12 +376,32 @@ class StreamingModel:
             return [self.step(stream, x)]
         if not self._batchable:
             return self._step_each(items)
+        chunks, steps, streams = self._collect(items)
+        with self._locked(streams):
+            for s in streams:
+                s.check_usable(self)
+            groups: dict[int, list[int]] = {}
+            for i, n in enumerate(steps):
+                groups.setdefault(n, []).append(i)
+            results: list[Arrays] = [{}] * len(streams)
+            slots: list[tuple[_StateBatch, int]] = [None] * len(streams)  # type: ignore[list-item]
+            for idxs in groups.values():  # every call first; states are set only when all succeeded
+                batch = self._run_group(idxs, chunks, streams, results)
+                for j, i in enumerate(idxs):
+                    slots[i] = (batch, j)
+            for s, (batch, j), n in zip(streams, slots, steps):
+                s.advance_in_batch(batch, j, n)
+            return results
+
+    def _collect(self, items: Sequence[tuple[Stream, Any]]) -> tuple[dict[str, list[np.ndarray]], list[int],
+                                                                      list[Stream]]:
+        """Every chunk validated (each distinct layout once), per input; the steps and streams, in item order."""
         chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in self.inputs}
         steps: list[int] = []
         streams: list[Stream] = []
         seen: set[int] = set()
         single = self._single_input
-        checked: dict[tuple, int] = {}  # (shape, dtype) -> steps: validate each distinct chunk layout once
+        checked: dict[tuple, int] = {}  # (shape, dtype) -> steps
         for stream, x in items:
             if id(stream) in seen:
                 raise StreamError("step_batch: expected each stream at most once per call, got one twice")
@@ -414,56 +419,49 @@ class StreamingModel:
                 for k, v in d.items():
                     chunks[k].append(v)
             steps.append(n)
-        locked: list[Stream] = []
-        try:
-            for s in sorted(streams, key=id):  # one fixed order: no deadlock between concurrent batches
-                s._lock.acquire()
-                locked.append(s)
-            for s in streams:
-                self._check_usable(s)
-            groups: dict[int, list[int]] = {}
-            for i, n in enumerate(steps):
-                groups.setdefault(n, []).append(i)
-            results: list[Arrays] = [{}] * len(streams)
-            new_batches: list[tuple[_StateBatch, int]] = [None] * len(streams)  # type: ignore[list-item]
-            n_out = self._n_out
-            out_names = self._out_port_names
-            for idxs in groups.values():
-                feeds = {}
-                for p in self.inputs:
-                    add, parts = self._add_batch[p.name], chunks[p.name]
-                    feeds[p.name] = np.concatenate([parts[i][add] for i in idxs], axis=p.batch_axis)
-                    try:  # once over the stacked chunk; on failure, name the item
-                        self._check_finite(p.name, feeds[p.name])
-                    except NonFiniteError as e:
-                        bad = next(i for i in idxs if not np.isfinite(parts[i]).all())
-                        raise NonFiniteError(f"item {bad} of the batch: {e}") from None
-                group = [streams[i] for i in idxs]
-                last = group[0]._batch
-                if last is not None and last[0].size == len(group) and all(
-                    s._batch is not None and s._batch[0] is last[0] and s._batch[1] == j for j, s in enumerate(group)
-                ):  # the same streams as in the last call, in the same order: its outputs are this call's states
-                    feeds.update(last[0].arrays)
-                else:
-                    for (name, add), st in zip(self._state_add_batch, self.states):
-                        feeds[name] = np.concatenate([s._state[name][add] for s in group], axis=st.batch_axis)
-                res = self._run(feeds)
-                # per-stream views into the batched outputs (iterating the batch axis): no copies
-                outs = [res[k].transpose(perm) for k, perm in enumerate(self._out_batch_first)]
-                for i, *vals in zip(idxs, *outs):
-                    results[i] = dict(zip(out_names, vals))
-                batch = _StateBatch(
-                    {name: res[n_out + k] for k, name in enumerate(self._state_names)},
-                    {name: res[n_out + k].transpose(perm)
-                     for k, (name, perm) in enumerate(zip(self._state_names, self._state_batch_first))},
-                    len(idxs),
-                )
-                for j, i in enumerate(idxs):
-                    new_batches[i] = (batch, j)
-            for s, b, n in zip(streams, new_batches, steps):
-                s._set_batch_state(*b)
-                s.steps += n
-            return results
-        finally:
-            for s in locked:
-                s._lock.release()
+        return chunks, steps, streams
+
+    @contextmanager
+    def _locked(self, streams: list[Stream]) -> Iterator[None]:
+        """Hold every stream's lock, taken in one fixed order (no deadlock between concurrent batches)."""
+        with ExitStack() as stack:
+            for s in sorted(streams, key=id):
+                stack.enter_context(s.lock)
+            yield
+
+    def _run_group(self, idxs: list[int], chunks: dict[str, list[np.ndarray]], streams: list[Stream],
+                   results: list[Arrays]) -> _StateBatch:
+        """One onnxruntime call for the items ``idxs`` (chunks of one length); fills their results."""
+        feeds = {}
+        for p in self.inputs:
+            add, parts = self._add_batch[p.name], chunks[p.name]
+            feeds[p.name] = np.concatenate([parts[i][add] for i in idxs], axis=p.batch_axis)
+            try:  # once over the stacked chunk; on failure, name the item
+                self._check_finite(p.name, feeds[p.name])
+            except NonFiniteError as e:
+                bad = next(i for i in idxs if not np.isfinite(parts[i]).all())
+                raise NonFiniteError(f"item {bad} of the batch: {e}") from None
+        feeds.update(self._group_states([streams[i] for i in idxs]))
+        res = self._run(feeds)
+        # per-stream views into the batched outputs (iterating the batch axis): no copies
+        outs = [res[k].transpose(perm) for k, perm in enumerate(self._out_batch_first)]
+        for i, *vals in zip(idxs, *outs):
+            results[i] = dict(zip(self._out_port_names, vals))
+        n_out = self._n_out
+        return _StateBatch(
+            {name: res[n_out + k] for k, name in enumerate(self._state_names)},
+            {name: res[n_out + k].transpose(perm)
+             for k, (name, perm) in enumerate(zip(self._state_names, self._state_batch_first))},
+            len(idxs),
+        )
+
+    def _group_states(self, group: list[Stream]) -> Arrays:
+        """The group's states with their batch axis: the last call's outputs when it stepped the same streams in
+        the same order, else each stream's state stacked."""
+        last = group[0].batch_slot
+        if last is not None and last[0].size == len(group) and all(
+            (slot := s.batch_slot) is not None and slot[0] is last[0] and slot[1] == j for j, s in enumerate(group)
+        ):
+            return last[0].arrays
+        return {name: np.concatenate([s.arrays()[name][add] for s in group], axis=st.batch_axis)
+                for (name, add), st in zip(self._state_add_batch, self.states)}

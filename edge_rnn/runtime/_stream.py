@@ -22,43 +22,79 @@ class Stream:
 
     The state is held per stream, without the batch axis, like everything a
     stream passes or gets back. Steps on one stream are serialised by its lock.
+
+    The stream is the only owner of its state. For speed the state has three
+    forms, and whichever was set last is the truth: a per-stream dict (after
+    open, reset or restore), the state outputs onnxruntime returned for this
+    stream alone (after ``step``, batch axis of 1, fed back as they are), or a
+    slot in a batch's outputs (after ``step_batch``). The per-stream dict is
+    cut from the others only when something asks for it. The model changes
+    the state only through the methods below marked "for the model".
     """
 
-    def __init__(self, model: StreamingModel, state: dict[str, np.ndarray]):
+    def __init__(self, model: StreamingModel, specs: tuple[StateSpec, ...], state: dict[str, np.ndarray], *,
+                 steps: int = 0):
         self._model = model
-        # One stream's state has three forms; whichever is set is the truth, and the per-stream view
-        # (_state) is cut from the others only when something asks:
-        self._state_dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
-        self._batch: Any = None  # (_StateBatch, index) after step_batch
+        self._specs = specs
+        self._dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
+        self._slot: tuple[Any, int] | None = None  # (batch outputs, index) after step_batch
         self._fed: dict[str, np.ndarray] | None = None  # after step: onnxruntime's outputs, batch axis of 1
         self._drop: list = []  # (name, index) that drops the batch axis of _fed
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while a step on this stream runs
         self._closed = False
-        self.steps = 0  # time steps consumed since open/reset
+        self.steps = steps  # time steps consumed since open/reset
+
+    # ------------------------------------------------------------------ for the model
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The current state, per stream (no batch axis), as views; the caller holds the lock."""
+        if self._dict is None:
+            if self._fed is not None:
+                self._dict = {name: self._fed[name][drop] for name, drop in self._drop}
+            else:
+                batch, j = self._slot  # type: ignore[misc]
+                self._dict = {name: a[j] for name, a in batch.batch_first.items()}
+        return self._dict
+
+    def single_feeds(self, add_batch: list[tuple[str, tuple]]) -> dict[str, np.ndarray]:
+        """The state as feeds with a batch axis of 1: onnxruntime's own outputs when the last step was alone."""
+        if self._fed is not None:
+            return self._fed
+        state = self.arrays()
+        return {name: state[name][add] for name, add in add_batch}
 
     @property
-    def _state(self) -> dict[str, np.ndarray]:
-        if self._state_dict is None:
-            if self._fed is not None:
-                self._state_dict = {name: self._fed[name][drop] for name, drop in self._drop}
-            else:
-                batch, j = self._batch
-                self._state_dict = {name: a[j] for name, a in batch.batch_first.items()}
-        return self._state_dict
+    def batch_slot(self) -> tuple[Any, int] | None:
+        """(batch outputs, index) when the last step was in a step_batch call, else None."""
+        return self._slot
 
-    @_state.setter
-    def _state(self, state: dict[str, np.ndarray]) -> None:
-        self._state_dict = state
-        self._batch = self._fed = None
-
-    def _set_batch_state(self, batch: Any, index: int) -> None:
-        self._batch = (batch, index)
-        self._state_dict = self._fed = None
-
-    def _set_fed(self, fed: dict[str, np.ndarray], drop: list) -> None:
+    def advance_alone(self, fed: dict[str, np.ndarray], drop: list, steps: int) -> None:
+        """After a step on this stream alone: its new state is onnxruntime's outputs ``fed``."""
         self._fed, self._drop = fed, drop
-        self._state_dict = self._batch = None
+        self._dict = self._slot = None
+        self.steps += steps
 
+    def advance_in_batch(self, batch: Any, index: int, steps: int) -> None:
+        """After a step_batch call: its new state is slot ``index`` of that call's outputs."""
+        self._slot = (batch, index)
+        self._dict = self._fed = None
+        self.steps += steps
+
+    def check_usable(self, model: StreamingModel) -> None:
+        """Raise unless ``model`` may step this stream now (its own model, open, streamable or fresh)."""
+        if self._model is not model:
+            raise StreamError("stream belongs to another model: expected a stream from this model's open_stream()")
+        self._check_open()
+        if self.steps and not model.streamable:
+            raise StreamError(
+                "model is not streamable (a bidirectional layer needs the whole sequence): expected one step call "
+                "per sequence; call stream.reset() before the next sequence"
+            )
+
+    def usable_fast(self, model: StreamingModel) -> bool:
+        """The common case of :meth:`check_usable` in one test, for the hot path."""
+        return self._model is model and not self._closed and (not self.steps or model.streamable)
+
+    # ------------------------------------------------------------------ for the user
     @property
     def model(self) -> StreamingModel:
         return self._model
@@ -70,28 +106,32 @@ class Stream:
     @property
     def state(self) -> dict[str, np.ndarray]:
         """State input name -> a copy of the current state, without the batch axis."""
-        with self._lock:
+        with self.lock:
             self._check_open()
-            return {k: v.copy() for k, v in self._state.items()}
+            return {k: v.copy() for k, v in self.arrays().items()}
 
     def reset(self) -> None:
         """Back to the zero state, PyTorch's default initial state."""
-        with self._lock:
+        with self.lock:
             self._check_open()
-            self._state = self._model._zero_state()
+            self._set({s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in self._specs})
             self.steps = 0
 
     def close(self) -> None:
         """Release the state; any later step on this stream raises :class:`StreamError`."""
-        with self._lock:
+        with self.lock:
             self._closed = True
-            self._state = {}
+            self._set({})
 
     def snapshot(self) -> bytes:
         """The state as bytes; :meth:`StreamingModel.restore` resumes it bit for bit."""
-        with self._lock:
+        with self.lock:
             self._check_open()
-            return encode_snapshot(self._model.fingerprint, self._model.states, self._state, self.steps)
+            return encode_snapshot(self._model.fingerprint, self._specs, self.arrays(), self.steps)
+
+    def _set(self, state: dict[str, np.ndarray]) -> None:
+        self._dict = state
+        self._slot = self._fed = None
 
     def _check_open(self) -> None:
         if self._closed:
