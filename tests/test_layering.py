@@ -22,6 +22,7 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
 def test_runtime_contract_and_cli_import_without_torch_or_onnx():
     r = run_blocked(
         "import edge_rnn, edge_rnn.runtime, edge_rnn.harness, edge_rnn.contract, edge_rnn.errors, edge_rnn.cli\n"
+        "import edge_rnn.spec, edge_rnn.gates\n"
         "assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules), sorted(sys.modules)\n"
         "import onnxruntime, numpy\n"
         "print('ok')"
@@ -62,3 +63,25 @@ assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules)
 print("ok")
 """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_context_buffer_imports_without_onnx_and_the_old_path_still_works():
+    """Training code imports edge_rnn.nn: it must not pull in onnx, onnxruntime or the exporters."""
+    r = subprocess.run([sys.executable, "-c", """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('onnx', 'onnxruntime'):
+            raise ImportError(f'{name} is blocked in this test')
+sys.meta_path.insert(0, _Block())
+import torch
+from edge_rnn.nn import ContextBuffer
+assert ContextBuffer(2)(torch.zeros(1, 3, 5)).shape == (1, 3, 7)
+assert not any(m.startswith('edge_rnn.exporters') for m in sys.modules), sorted(sys.modules)
+print('ok')
+"""], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    from edge_rnn.exporters import ContextBuffer as Old
+    from edge_rnn.nn import ContextBuffer
+
+    assert Old is ContextBuffer

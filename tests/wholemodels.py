@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from edge_rnn.exporters import ContextBuffer
+from edge_rnn.nn import ContextBuffer
 
 
 class KeywordSpotter(torch.nn.Module):

@@ -16,7 +16,7 @@ from onnx import helper
 
 from edge_rnn import __version__
 from edge_rnn._inspect import operator_counts
-from edge_rnn.contract import Contract, StateSpec, TensorSpec
+from edge_rnn.contract import Contract, TensorSpec
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
@@ -45,22 +45,11 @@ class ExportReport:
 
 
 def _contract(spec: RecurrentSpec, extra_source: Mapping[str, Any] | None = None) -> Contract:
-    if spec.cell:
-        io_batch, io_time = 0, None
-        h_shape: list = [None, spec.hidden_out]
-        c_shape: list = [None, spec.hidden_size]
-        state_batch = 0
-    else:
-        io_batch, io_time = (0, 1) if spec.batch_first else (1, 0)
-        n = spec.num_layers * spec.num_directions
-        h_shape, c_shape, state_batch = [n, None, spec.hidden_out], [n, None, spec.hidden_size], 1
-    states = [StateSpec("h0", "hn", tuple(h_shape), state_batch)]
-    if spec.kind == "lstm":
-        states.append(StateSpec("c0", "cn", tuple(c_shape), state_batch))
+    io_batch, io_time = spec.io_axes
     return Contract(
         inputs=(TensorSpec("x", io_batch, io_time),),
         outputs=(TensorSpec("y", io_batch, io_time),),
-        states=tuple(states),
+        states=spec.state_specs(),
         source={**spec.to_source(), **(extra_source or {})},
         streamable=not spec.bidirectional,
     )
@@ -82,19 +71,16 @@ def build_model(
 
     g = GraphBuilder(f"edge_rnn_{spec.kind}")
     b_dim = "batch"
-    n = spec.num_layers * spec.num_directions
-    if spec.cell:
-        io, h_shape, c_shape = [b_dim], [b_dim, spec.hidden_out], [b_dim, spec.hidden_size]
-    else:
-        io = [b_dim, "time"] if spec.batch_first else ["time", b_dim]
-        h_shape, c_shape = [n, b_dim, spec.hidden_out], [n, b_dim, spec.hidden_size]
+    io_batch, io_time = spec.io_axes
+    io = [b_dim] if io_time is None else [b_dim, "time"] if io_batch == 0 else ["time", b_dim]
     x = g.add_input("x", io + [spec.input_size])
-    h0 = g.add_input("h0", h_shape)
-    c0 = g.add_input("c0", c_shape) if spec.kind == "lstm" else None
+    dims = {s.input: [b_dim if d is None else d for d in s.shape] for s in contract.states}
+    h0 = g.add_input("h0", dims["h0"])
+    c0 = g.add_input("c0", dims["c0"]) if spec.kind == "lstm" else None
     emit_module(g, spec, weights, x, h0, c0, decomposed=decomposed, outputs=("y", "hn", "cn"))
     g.add_output("y", io + [spec.num_directions * spec.hidden_out])
     for s in contract.states:
-        g.add_output(s.output, [b_dim if d is None else d for d in s.shape])
+        g.add_output(s.output, dims[s.input])
 
     model = helper.make_model(
         g.graph(),

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_rnn.exporters._graph import GraphBuilder
-from edge_rnn.exporters._spec import RecurrentSpec
-from edge_rnn.exporters.gates import to_onnx_gate_order
+from edge_rnn.gates import to_onnx_gate_order
+from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["emit_module", "emit_stack", "emit_input_projection", "emit_step", "native_possible"]
 

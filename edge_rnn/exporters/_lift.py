@@ -27,6 +27,7 @@ import torch
 
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.nn import ContextBuffer
 
 __all__ = ["LiftedState", "Lifter", "current_lift"]
 
@@ -122,13 +123,11 @@ class _Run:
             raise UnsupportedError(f"{path}: expected batched input of rank {2 if spec.cell else 3}, got shape "
                                    f"{tuple(x.shape)} (unbatched input cannot be streamed)")
         if hx is None:
-            batch = x.shape[0] if spec.cell or spec.batch_first else x.shape[1]
-            n = spec.num_layers * spec.num_directions
-            h_shape = (batch, spec.hidden_out) if spec.cell else (n, batch, spec.hidden_out)
-            c_shape = (batch, spec.hidden_size) if spec.cell else (n, batch, spec.hidden_size)
-            names = [(f"{path}.h0", f"{path}.hn")] + ([(f"{path}.c0", f"{path}.cn")] if lstm else [])
-            zeros = [x.new_zeros(h_shape)] + ([x.new_zeros(c_shape)] if lstm else [])
-            states = self._take(path, names, zeros, 0 if spec.cell else 1)
+            batch = x.shape[spec.io_axes[0]]
+            specs = spec.state_specs(f"{path}.")
+            names = [(s.input, s.output) for s in specs]
+            zeros = [x.new_zeros(s.concrete_shape(batch)) for s in specs]
+            states = self._take(path, names, zeros, specs[0].batch_axis)
             lifted = True
         else:
             states = list(hx) if lstm else [hx]
@@ -158,8 +157,6 @@ class Lifter:
     """A patched deep copy of ``model`` whose recurrent and context state can be fed and read."""
 
     def __init__(self, model: torch.nn.Module):
-        from edge_rnn.exporters.context import ContextBuffer
-
         self.model = copy_eval(model)
         self.paths: dict[int, str] = {}
         self.recurrent: dict[str, RecurrentSpec] = {}
@@ -170,6 +167,7 @@ class Lifter:
                 continue
             if isinstance(sub, ContextBuffer):
                 self.paths[id(sub)] = path
+                sub.forward = types.MethodType(_patched_context(sub.forward), sub)
                 continue
             try:
                 spec = spec_from_module(sub)
@@ -208,6 +206,18 @@ def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., 
         if kwargs:
             raise UnsupportedError(f"{path}: called with {sorted(kwargs)}; an exported model calls it as (input, hx)")
         return run.recurrent(path, key, spec, input, hx)
+
+    return forward
+
+
+def _patched_context(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A ContextBuffer's forward in the lifter's copy: its context is a lifted state while a run is active."""
+
+    def forward(self: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        run = current_lift()
+        if run is not None and context is None:
+            return run.context(self, x)
+        return original(x, context)
 
     return forward
 

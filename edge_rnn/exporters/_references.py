@@ -23,7 +23,6 @@ import torch
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError
-from edge_rnn.exporters._spec import RecurrentSpec
 from edge_rnn.harness import (
     TOLERANCE,
     Cases,
@@ -38,6 +37,7 @@ from edge_rnn.harness import (
     random_states,
     run_case,
 )
+from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["torch_reference", "input_source", "layer_layouts", "check_against_torch", "tolerance_for",
            "float32_module"]

@@ -18,7 +18,7 @@ from edge_rnn import __version__
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import Contract
 from edge_rnn.errors import NotStreamableError, ShapeError
-from edge_rnn.exporters._export import ExportReport, check_and_write
+from edge_rnn.exporters._export import OPSET, ExportReport, check_and_write
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, Lifter
@@ -30,7 +30,6 @@ from edge_rnn.harness import chunk_sizes, raise_failures, stream_chunks
 
 __all__ = ["export_model", "OPTION_KEYS"]
 
-OPSET = 17
 
 
 def _splice(model: onnx.ModelProto, lifter: Lifter, decomposed: bool) -> None:

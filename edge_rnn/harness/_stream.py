@@ -27,16 +27,13 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
+from edge_rnn.runtime import OPT_LEVELS
 
 __all__ = ["OPT_LEVELS", "Cases", "open_sessions", "session_runner", "read_contract", "chunk_sizes",
            "stream_chunks", "stream_calls", "run_case", "compare_streaming"]
 
 Arrays = dict[str, np.ndarray]
 Call = Callable[[Arrays], Arrays]
-OPT_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
 
-__all__ = ["StreamingModel"]
+__all__ = ["StreamingModel", "OPT_LEVELS"]
 
 Arrays = dict[str, np.ndarray]
-_OPT = {
+# The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
+OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -136,10 +137,10 @@ class StreamingModel:
             if not path.is_file():
                 raise ModelFormatError(f"{path}: no such file")
             data, source = path.read_bytes(), str(path)
-        if optimization not in _OPT:
-            raise ValueError(f"optimization: expected one of {sorted(_OPT)}, got {optimization!r}")
+        if optimization not in OPT_LEVELS:
+            raise ValueError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
         so = session_options or ort.SessionOptions()
-        so.graph_optimization_level = _OPT[optimization]
+        so.graph_optimization_level = OPT_LEVELS[optimization]
         if threads is not None:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
