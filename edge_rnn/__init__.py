@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
 __all__ = ["export", "verify", "EdgeRnnError", "__version__"]
 
+from edge_rnn._version import __version__
 from edge_rnn.errors import EdgeRnnError
 
 _LAZY = {"export", "verify"}

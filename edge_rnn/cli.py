@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_rnn import __version__
+from edge_rnn._version import __version__
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError
 
 __all__ = ["main"]

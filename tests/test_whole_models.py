@@ -367,3 +367,16 @@ def test_option_mistakes_are_clear_errors(tmp_path):
     with pytest.raises(UnsupportedError, match=r"called with \['return_gates'\]"):
         edge_rnn.export(Gates().eval(), p, example_input=torch.randn(1, 6, 4))
     assert TimeMajor().eval()(torch.randn(6, 2, 4)).shape == (6, 2, 5)
+
+
+def test_options_reach_every_path_they_apply_to_and_are_refused_where_they_do_not(tmp_path):
+    with pytest.raises(UnsupportedError, match=r"whole_model_options \['streaming', 'typo_key'\]: they apply to whole"):
+        edge_rnn.export(torch.nn.GRU(4, 6).eval(), tmp_path / "g.onnx",
+                        whole_model_options={"streaming": False, "typo_key": 1})
+    assert not (tmp_path / "g.onnx").exists()
+    report = edge_rnn.export(W.keyword_spotter().eval(), tmp_path / "k.onnx", example_input=torch.randn(1, 20, 40),
+                             verify_parity=False, check=False, extra_source={"trained_on": "speech-v2"})
+    assert report.contract.source["trained_on"] == "speech-v2" and report.contract.source["kind"] == "module"
+    from edge_rnn.harness import read_contract
+
+    assert read_contract(tmp_path / "k.onnx").source["trained_on"] == "speech-v2"

@@ -3,8 +3,10 @@
 Needs torch and onnx (``pip install 'edge-rnn[export]'``).
 """
 
-from edge_rnn.exporters._export import ExportReport, build_model, export
+from edge_rnn.exporters._api import export
+from edge_rnn.exporters._export import build_model
 from edge_rnn.exporters._spec import RecurrentSpec, build_module, spec_from_module
+from edge_rnn.exporters._write import ExportReport
 from edge_rnn.exporters.context import ContextBuffer
 from edge_rnn.exporters.gates import from_onnx_gate_order, to_onnx_gate_order
 from edge_rnn.exporters.parity import TOLERANCE, ParityReport, ParityRow, verify

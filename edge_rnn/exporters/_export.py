@@ -1,4 +1,4 @@
-"""``export``: a torch RNN/LSTM/GRU layer or cell -> a streaming ONNX file."""
+"""Export a bare RNN/LSTM/GRU layer or cell: the graph built straight from its weights, no torch.onnx."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,34 +13,19 @@ import onnx
 import torch
 from onnx import helper
 
-from edge_rnn import __version__
 from edge_rnn._inspect import operator_counts
+from edge_rnn._version import __version__
 from edge_rnn.contract import Contract, TensorSpec
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
+from edge_rnn.errors import ShapeError
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
-from edge_rnn.exporters._spec import RecurrentSpec, layer_weights, spec_from_module
-from edge_rnn.exporters.parity import ParityReport, input_source, layer_layouts, verify
+from edge_rnn.exporters._references import input_source, layer_layouts
+from edge_rnn.exporters._spec import layer_weights, spec_from_module
+from edge_rnn.exporters._write import IR_VERSION, OPSET, ExportReport, check_and_write
+from edge_rnn.exporters.parity import verify
+from edge_rnn.spec import RecurrentSpec
 
-__all__ = ["export", "build_model", "ExportReport", "OPSET", "IR_VERSION"]
-
-OPSET = 17
-# IR 8 goes with opset 17 and loads in onnxruntime >= 1.13, mobile builds included.
-IR_VERSION = 8
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What :func:`export` wrote and how well it matches PyTorch."""
-
-    path: Path
-    contract: Contract
-    graph_form: str  # "native" | "decomposed" (always for proj_size, which the LSTM operator cannot express)
-    opset: int
-    export_seconds: float  # graph construction, check and save; verification not included
-    size_bytes: int
-    operators: dict[str, int] = field(default_factory=dict)
-    parity: ParityReport | None = None
+__all__ = ["export_layer", "build_model"]
 
 
 def _contract(spec: RecurrentSpec, extra_source: Mapping[str, Any] | None = None) -> Contract:
@@ -94,22 +78,6 @@ def build_model(
     return model, spec
 
 
-def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -> bytes:
-    """Serialise once, run the full ONNX check on those bytes, write them; returns them."""
-    data = model.SerializeToString()
-    if check:
-        try:
-            onnx.checker.check_model(data, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    except OSError as e:
-        raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
-    return data
-
-
 def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> None:
     if example_input is None:
         return
@@ -120,60 +88,12 @@ def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> N
         raise ShapeError(f"example_input: expected shape ({layout}{spec.input_size}), got {shape}")
 
 
-def export(
-    module: torch.nn.Module,
-    path: str | Path,
-    *,
-    example_input: torch.Tensor | None = None,
-    decomposed: bool = False,
-    check: bool = True,
-    verify_parity: bool = True,
-    long_steps: int = 10_000,
-    seed: int = 0,
-    raise_on_failure: bool = True,
-    extra_source: Mapping[str, Any] | None = None,
-    whole_model_options: Mapping[str, Any] | None = None,
-    data: Any = None,
+def export_layer(
+    module: torch.nn.Module, path: Path, *, example_input: torch.Tensor | None, decomposed: bool, check: bool,
+    verify_parity: bool, long_steps: int, seed: int, raise_on_failure: bool,
+    extra_source: Mapping[str, Any] | None, data: Any,
 ) -> ExportReport:
-    """Export a recurrent layer or cell to a streaming ONNX file and check it against PyTorch.
-
-    The graph takes ``x`` and the recurrent state (``h0``, and ``c0`` for an
-    LSTM, shaped ``(num_layers * num_directions, batch, hidden)`` as in torch)
-    and returns ``y`` and the next state (``hn``, ``cn``); batch and time axes
-    are dynamic, and the ``edge_rnn`` metadata says which input feeds which
-    output. ``decomposed=True`` writes the form without recurrent operators.
-    ``extra_source`` adds entries to the contract's ``source`` (the CLI
-    records the weights' seed there).
-    Unless ``verify_parity=False``, :func:`edge_rnn.verify` runs on the result
-    and raises :class:`~edge_rnn.errors.ParityError` if it differs; ``data``
-    (real sequences, see :func:`edge_rnn.verify`) replaces its random inputs.
-
-    Example::
-
-        >>> import torch, edge_rnn
-        >>> lstm = torch.nn.LSTM(80, 256, num_layers=2)
-        >>> report = edge_rnn.export(lstm, "lstm.onnx")          # doctest: +SKIP
-        >>> report.parity.max_abs_error < 1e-5                   # doctest: +SKIP
-        True
-    """
-    path = Path(path)
-    try:
-        spec_from_module(module)
-    except UnsupportedError:  # not a bare recurrent layer: a whole model, its state lifted
-        from edge_rnn.exporters._whole import OPTION_KEYS, export_model
-
-        if example_input is None:
-            raise UnsupportedError(
-                f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "
-                "needs example_input"
-            ) from None
-        unknown = sorted(set(whole_model_options or {}) - set(OPTION_KEYS))
-        if unknown:
-            raise UnsupportedError(
-                f"whole_model_options {unknown}: expected keys among {sorted(OPTION_KEYS)}") from None
-        return export_model(module, path, example_input=example_input, decomposed=decomposed,
-                            verify_parity=verify_parity, seed=seed, long_steps=long_steps,
-                            raise_on_failure=raise_on_failure, data=data, **(whole_model_options or {}))
+    """:func:`edge_rnn.export` for a bare layer or cell."""
     if module.training:
         warnings.warn(
             f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "

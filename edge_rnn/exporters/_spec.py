@@ -16,7 +16,8 @@ import torch
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["RecurrentSpec", "spec_from_module", "layer_weights", "build_module", "GATES_PER_KIND"]
+__all__ = ["RecurrentSpec", "is_recurrent_module", "spec_from_module", "layer_weights", "build_module",
+           "GATES_PER_KIND"]
 
 
 # class name -> (kind, is_cell). torch.nn and edge_rnn.reference share names.
@@ -36,6 +37,11 @@ def _class_key(module: torch.nn.Module) -> tuple[str, bool] | None:
         if klass.__name__ in _CLASSES and klass.__module__.startswith(_PACKAGES):
             return _CLASSES[klass.__name__]
     return None
+
+
+def is_recurrent_module(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a bare torch.nn or edge_rnn.reference RNN/LSTM/GRU layer or cell."""
+    return _class_key(module) is not None
 
 
 def spec_from_module(module: torch.nn.Module) -> RecurrentSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 import warnings
@@ -14,11 +15,10 @@ import numpy as np
 import onnx
 import torch
 
-from edge_rnn import __version__
 from edge_rnn._inspect import operator_counts
+from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
 from edge_rnn.errors import NotStreamableError, ShapeError
-from edge_rnn.exporters._export import OPSET, ExportReport, check_and_write
 from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, Lifter
@@ -26,6 +26,7 @@ from edge_rnn.exporters._references import input_source, tolerance_for
 from edge_rnn.exporters._spec import layer_weights
 from edge_rnn.exporters._whole_resolve import OPTION_KEYS, Arrays, Resolved, Top, examples_of, reference, resolve
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
+from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write
 from edge_rnn.harness import chunk_sizes, raise_failures, stream_chunks
 
 __all__ = ["export_model", "OPTION_KEYS"]
@@ -60,7 +61,7 @@ def _splice(model: onnx.ModelProto, lifter: Lifter, decomposed: bool) -> None:
     model.opset_import.extend(keep)
 
 
-def _trace(r: Resolved, path: Path, decomposed: bool) -> tuple[onnx.ModelProto, bytes]:
+def _trace(r: Resolved, path: Path, decomposed: bool, check: bool = True) -> tuple[onnx.ModelProto, bytes]:
     """torch.onnx for the non-recurrent parts, edge-rnn's graphs spliced in for the recurrent ones; written."""
     contract = r.contract
     buf = io.BytesIO()
@@ -87,7 +88,7 @@ def _trace(r: Resolved, path: Path, decomposed: bool) -> tuple[onnx.ModelProto, 
                 vi.name, vi.type.tensor_type.elem_type, ["batch" if d is None else d for d in spec.shape]))
     proto.producer_name, proto.producer_version = "edge-rnn", __version__
     onnx.helper.set_model_props(proto, contract.to_metadata())
-    return proto, check_and_write(proto, path)
+    return proto, check_and_write(proto, path, check=check)
 
 
 def export_model(
@@ -109,6 +110,8 @@ def export_model(
     atol: float | None = None,
     raise_on_failure: bool = True,
     data: Any = None,
+    check: bool = True,
+    extra_source: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """See :func:`edge_rnn.export`; this is its path for models that are more than one recurrent layer."""
     path = Path(path)
@@ -125,7 +128,9 @@ def export_model(
             _check_streamable(reference(lifter, r, torch.float32), r.contract, r.feeds0, state_examples,
                               r.explicit, tolerance_for(atol).atol, seed)
         t0 = time.perf_counter()
-        proto, data_bytes = _trace(r, path, decomposed)
+        if extra_source:
+            r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **extra_source})
+        proto, data_bytes = _trace(r, path, decomposed, check)
         seconds = time.perf_counter() - t0
         parity = None
         if verify_parity:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -12,8 +12,14 @@ from edge_rnn.contract import StateSpec
 from edge_rnn.errors import ShapeError, StateError, StreamError
 from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
 
-if TYPE_CHECKING:
-    from edge_rnn.runtime._model import StreamingModel
+
+class StreamingModel(Protocol):
+    """What a stream needs of its model (the real one is :class:`edge_rnn.runtime.StreamingModel`)."""
+
+    fingerprint: str
+
+    @property
+    def streamable(self) -> bool: ...
 
 __all__ = ["Stream", "stream_shape", "state_from_user"]
 

@@ -1,0 +1,48 @@
+"""Writing an export: the report type both export paths return, the opset, and the one check-and-write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edge_rnn.contract import Contract
+from edge_rnn.errors import EdgeRnnError, ModelFormatError
+from edge_rnn.harness import ParityReport
+
+__all__ = ["OPSET", "IR_VERSION", "ExportReport", "check_and_write"]
+
+OPSET = 17
+# IR 8 goes with opset 17 and loads in onnxruntime >= 1.13, mobile builds included.
+IR_VERSION = 8
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export` wrote and how well it matches PyTorch."""
+
+    path: Path
+    contract: Contract
+    graph_form: str  # "native" | "decomposed" (always for proj_size, which the LSTM operator cannot express)
+    opset: int
+    export_seconds: float  # graph construction, check and save; verification not included
+    size_bytes: int
+    operators: dict[str, int] = field(default_factory=dict)
+    parity: ParityReport | None = None
+
+
+def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -> bytes:
+    """Serialise once, run the full ONNX check on those bytes, write them; returns them."""
+    data = model.SerializeToString()
+    if check:
+        try:
+            onnx.checker.check_model(data, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ModelFormatError(f"edge-rnn wrote an invalid ONNX graph (a bug, please report it): {e}") from e
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
+    return data
