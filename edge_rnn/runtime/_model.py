@@ -30,6 +30,22 @@ OPT_LEVELS = {
 }
 
 
+def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> np.ndarray:
+    """One input of one stream's chunk as an array of the port's dtype, rank and fixed sizes, not empty."""
+    if type(a) is not np.ndarray:
+        try:
+            a = np.asarray(a, dtype=p.dtype)
+        except (ValueError, TypeError) as e:
+            raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
+                             f"that numpy cannot convert ({e})") from None
+    shape = a.shape
+    if a.dtype != p.dtype or len(shape) != rank or any(shape[i] != d for i, d in fixed):
+        raise ShapeError(f"{p.name}: expected shape {p.describe()}, got {shape} {a.dtype}")
+    if a.size == 0:
+        raise ShapeError(f"{p.name}: expected at least one time step, got an empty chunk of shape {shape}")
+    return a
+
+
 def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
     return (axis, *(i for i in range(rank) if i != axis))
 
@@ -213,24 +229,8 @@ class StreamingModel:
         out: Arrays = {}
         steps: int | None = None
         for p, rank, fixed, t in self._in_checks:
-            a = x[p.name]
-            if type(a) is not np.ndarray:
-                try:
-                    a = np.asarray(a, dtype=p.dtype)
-                except (ValueError, TypeError) as e:
-                    raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
-                                     f"that numpy cannot convert ({e})") from None
-            shape = a.shape
-            bad = a.dtype != p.dtype or len(shape) != rank
-            if not bad:
-                for i, d in fixed:
-                    if shape[i] != d:
-                        bad = True
-            if bad:
-                raise ShapeError(f"{p.name}: expected shape {p.describe()}, got {shape} {a.dtype}")
-            if a.size == 0:
-                raise ShapeError(f"{p.name}: expected at least one time step, got an empty chunk of shape {shape}")
-            n = 1 if t is None else shape[t]
+            a = _checked_array(p, x[p.name], rank, fixed)
+            n = 1 if t is None else a.shape[t]
             if steps is not None and n != steps:
                 raise ShapeError(f"{p.name}: expected {steps} time steps like the other inputs, got {n}")
             steps = n

@@ -147,18 +147,8 @@ def _state_spec(name: str, out: str, shape: tuple, dtype: np.dtype, batch_axis: 
     return StateSpec(name, out, full, batch_axis, dtype.name)
 
 
-def resolve_io(
-    inputs: Mapping[str, tuple[tuple, str]],
-    outputs: Mapping[str, tuple[tuple, str]],
-    metadata: Mapping[str, str],
-    *,
-    state_map: Mapping[str, str] | None = None,
-    batch_axis: int = 0,
-    time_axis: int | None = None,
-    state_batch_axis: int | None = None,
-    constants: Mapping[str, object] | None = None,
-) -> ModelIO:
-    """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type)."""
+def _constants(inputs: Mapping[str, tuple[tuple, str]], constants: Mapping[str, object] | None) -> dict:
+    """The constants fed on every call, each checked against its input's dtype and shape."""
     constants = dict(constants or {})
     unknown = sorted(set(constants) - set(inputs))
     if unknown:
@@ -173,6 +163,45 @@ def resolve_io(
         if a.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, a.shape)):
             raise ModelFormatError(f"constant {k!r}: expected shape {list(inputs[k][0])}, got {a.shape}")
         consts[k] = a
+    return consts
+
+
+def _mapped_states(inputs: Mapping[str, tuple[tuple, str]], outputs: Mapping[str, tuple[tuple, str]],
+                   state_map: Mapping[str, str], state_batch_axis: int | None) -> tuple[StateSpec, ...]:
+    """The states of a model edge-rnn did not write, from ``state_map``, each output shaped like its input."""
+    bad = {k: v for k, v in state_map.items() if k not in inputs or v not in outputs}
+    if bad:
+        raise ModelFormatError(
+            f"state_map {bad}: expected input -> output names; inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+        )
+    states = tuple(
+        _state_spec(i, o, inputs[i][0], numpy_dtype(inputs[i][1]), state_batch_axis) for i, o in state_map.items()
+    )
+    for s in states:
+        out_dims = _dims(outputs[s.output][0])
+        if len(out_dims) != len(s.shape) or any(
+            a is not None and b is not None and a != b for a, b in zip(out_dims, s.shape)
+        ):
+            raise ModelFormatError(
+                f"state {s.input!r} -> {s.output!r}: expected the output shape to match {list(s.shape)}, "
+                f"got {list(outputs[s.output][0])}"
+            )
+    return states
+
+
+def resolve_io(
+    inputs: Mapping[str, tuple[tuple, str]],
+    outputs: Mapping[str, tuple[tuple, str]],
+    metadata: Mapping[str, str],
+    *,
+    state_map: Mapping[str, str] | None = None,
+    batch_axis: int = 0,
+    time_axis: int | None = None,
+    state_batch_axis: int | None = None,
+    constants: Mapping[str, object] | None = None,
+) -> ModelIO:
+    """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type)."""
+    consts = _constants(inputs, constants)
     contract = Contract.from_metadata(metadata)
     if contract is not None and state_map is None:
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
@@ -182,23 +211,7 @@ def resolve_io(
         if state_map is None:
             candidates = {k: v[0] for k, v in inputs.items() if k not in consts}
             state_map = detect_state_pairs(candidates, {k: v[0] for k, v in outputs.items()})
-        bad = {k: v for k, v in state_map.items() if k not in inputs or v not in outputs}
-        if bad:
-            raise ModelFormatError(
-                f"state_map {bad}: expected input -> output names; inputs {sorted(inputs)}, outputs {sorted(outputs)}"
-            )
-        states = tuple(
-            _state_spec(i, o, inputs[i][0], numpy_dtype(inputs[i][1]), state_batch_axis) for i, o in state_map.items()
-        )
-        for s in states:
-            out_dims = _dims(outputs[s.output][0])
-            if len(out_dims) != len(s.shape) or any(
-                a is not None and b is not None and a != b for a, b in zip(out_dims, s.shape)
-            ):
-                raise ModelFormatError(
-                    f"state {s.input!r} -> {s.output!r}: expected the output shape to match {list(s.shape)}, "
-                    f"got {list(outputs[s.output][0])}"
-                )
+        states = _mapped_states(inputs, outputs, state_map, state_batch_axis)
         axes = {}
         streamable = True
     state_in = {s.input for s in states}
