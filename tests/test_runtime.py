@@ -234,7 +234,7 @@ def test_nonfinite_can_be_let_through(models):
     _, native = models["lstm2", "native"]
     m2 = StreamingModel.load(native, allow_nonfinite=True)
     y = m2.step(m2.open_stream(), np.full((2, IN), np.nan, np.float32))["y"]
-    assert y.shape == (2, H)
+    assert y.shape == (2, H) and np.isfinite(y).all()  # finite where torch gives NaN: the silent case
 
 
 def test_closed_stream_and_misuse(models):
