@@ -5,30 +5,19 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import REPO
 
 from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime import BenchRow, StreamingModel, bench, run_sequence
 
-F = TensorProto.FLOAT
+DATA = REPO / "tests" / "data"
 
 
-def tiny_rnn(path, batch="batch"):
-    """h' = tanh(x + h): a recurrent model small enough to write by hand. x, h: (batch, 3); y = h'."""
-    g = helper.make_graph(
-        [helper.make_node("Add", ["h0", "x"], ["s"]), helper.make_node("Tanh", ["s"], ["hn"]),
-         helper.make_node("Identity", ["hn"], ["y"])],
-        "tiny", [helper.make_tensor_value_info("x", F, [batch, 3]), helper.make_tensor_value_info("h0", F, [batch, 3])],
-        [helper.make_tensor_value_info("y", F, [batch, 3]), helper.make_tensor_value_info("hn", F, [batch, 3])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return StreamingModel.load(path, state_batch_axis=0)
-
-
-@pytest.fixture(params=["batch", 1], ids=["batchable", "fixed-batch-1"])
-def model(tmp_path, request):
-    return tiny_rnn(tmp_path / "tiny.onnx", request.param)
+@pytest.fixture(params=["tiny_dynamic", "tiny_fixed"], ids=["batchable", "fixed-batch-1"])
+def model(request):
+    """h' = tanh(x + h), x and h (batch, 3), written by hand (tests/data/make_fixtures.py): batch dynamic or 1."""
+    return StreamingModel.load(DATA / f"{request.param}.onnx", state_batch_axis=0)
 
 
 def ref(xs: list[np.ndarray]) -> np.ndarray:
@@ -103,8 +92,8 @@ def test_run_sequence_streams_a_whole_array_and_reports_progress(model):
         run_sequence(model, model.open_stream(), xs, chunk=0)
 
 
-def test_bench_is_public(tmp_path):
-    model = tiny_rnn(tmp_path / "tiny.onnx")
+def test_bench_is_public():
+    model = StreamingModel.load(DATA / "tiny_dynamic.onnx", state_batch_axis=0)
     rows = bench(model, streams=[1, 4], chunks=[1], seconds=0.02)
     assert [(r.streams, r.chunk) for r in rows] == [(1, 1), (4, 1)] and isinstance(rows[0], BenchRow)
     assert all(r.steps_per_s > 0 and r.naive_steps_per_s > 0 for r in rows)
