@@ -18,6 +18,7 @@ __all__ = [
     "StreamError",
     "NotStreamableError",
     "DataError",
+    "InferenceError",
 ]
 
 
@@ -51,6 +52,10 @@ class StreamError(EdgeRnnError, RuntimeError):
 
 class NotStreamableError(EdgeRnnError, ValueError):
     """Chunked streaming of this model cannot equal one pass over the whole sequence."""
+
+
+class InferenceError(EdgeRnnError, RuntimeError):
+    """onnxruntime failed to run a call; the streams in it are left as they were."""
 
 
 class DataError(EdgeRnnError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,24 +98,42 @@ def test_random_chunks_equal_one_pass_and_torch(models, name, form):
         assert np.abs(ys - one).max() <= 1e-6
 
 
+def _profiled(path, tmp_path) -> StreamingModel:
+    """A model whose onnxruntime session records every call (public profiling, no private fields touched)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "profile")
+    so.intra_op_num_threads = 1
+    return StreamingModel.load(path, session_options=so)
+
+
+def _batch_sizes(model: StreamingModel) -> tuple[int, list[int]]:
+    """(number of onnxruntime calls, batch size of each first-layer recurrent op run) from the session's profile."""
+    import json
+
+    events = json.loads(Path(model.session.end_profiling()).read_text())
+    runs = sum(1 for e in events if e.get("name") == "model_run")
+    sizes = [shape["float"][1] for e in events if e.get("cat") == "Node"
+             and e.get("args", {}).get("op_name") in ("LSTM", "GRU")
+             for shape in e["args"]["input_type_shape"][:1] if shape["float"][2] == IN]
+    return runs, sizes
+
+
 @pytest.mark.parametrize("name", ["lstm2", "gru_bf", "lstm_cell"])
-def test_step_batch_equals_stepping_alone(models, name):
+def test_step_batch_equals_stepping_alone(models, name, tmp_path):
     _, path = models[name, "native"]
-    model = StreamingModel.load(path, threads=1)
+    model = _profiled(path, tmp_path)  # steps the batches; `alone` steps each stream on its own model
+    alone_model = StreamingModel.load(path, threads=1)
     cell = name.endswith("cell")
     lengths = [1] * 6 if cell else [4, 4, 4, 1, 7, 4]
     a = [model.open_stream() for _ in lengths]
-    b = [model.open_stream() for _ in lengths]
+    b = [alone_model.open_stream() for _ in lengths]
     for rnd in range(3):  # several rounds: the carried states must stay separate
         xs = [chunk(n, seed=10 * rnd + i)[0 if cell else slice(None)] for i, n in enumerate(lengths)]
-        calls: list[int] = []
-        fast, model._fast_run = model._fast_run, None  # route every call through the spied session
-        model._session = _Spy(model.session, calls)
         batched = model.step_batch(list(zip(a, xs)))
-        model._session, model._fast_run = model._session.inner, fast
-        # one onnxruntime call per distinct length, each with all the streams of that length
-        assert sorted(calls) == sorted(lengths.count(n) for n in set(lengths))
-        alone = [model.step(s, x) for s, x in zip(b, xs)]
+        alone = [alone_model.step(s, x) for s, x in zip(b, xs)]
         for got, want in zip(batched, alone):
             assert got.keys() == want.keys()
             for k in want:
@@ -124,17 +143,10 @@ def test_step_batch_equals_stepping_alone(models, name):
         for k, v in s2.state.items():
             assert np.abs(s1.state[k] - v).max() <= 1e-6
         assert s1.steps == s2.steps
-
-
-class _Spy:
-    """Records the batch size of each session.run call."""
-
-    def __init__(self, inner, calls):
-        self.inner, self.calls = inner, calls
-
-    def run(self, names, feeds):
-        self.calls.append(feeds["h0"].shape[0 if feeds["h0"].ndim == 2 else 1])
-        return self.inner.run(names, feeds)
+    # one onnxruntime call per distinct length and round, each with all the streams of that length
+    runs, sizes = _batch_sizes(model)
+    per_round = sorted(lengths.count(n) for n in set(lengths))
+    assert runs == 3 * len(per_round) and sorted(sizes) == sorted(per_round * 3)
 
 
 def test_state_reset_copy_and_initial_state(models):

@@ -174,3 +174,54 @@ def test_model_with_batch_fixed_at_one_steps_streams_one_call_each(tmp_path):
     got = model.step_batch([(a, xa), (b, xb)])
     np.testing.assert_allclose(got[1]["y"], model.step(c, xb)["y"], atol=1e-7)
     np.testing.assert_allclose(got[0]["y"], np.tanh(xa), atol=1e-6)
+
+
+def test_onnxruntime_failure_is_an_edge_rnn_error_run_once_and_no_stream_advances(tmp_path):
+    """A graph that only takes a batch of 1 (a Reshape to (1, 3)) although its batch axis is dynamic."""
+    from edge_rnn.errors import InferenceError
+
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "one_by_three"], ["x1"]), helper.make_node("Add", ["h0", "x1"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["hn"]), helper.make_node("Identity", ["hn"], ["y"])],
+        "reshape", [helper.make_tensor_value_info("x", F, ["b", 3]), helper.make_tensor_value_info("h0", F, ["b", 3])],
+        [helper.make_tensor_value_info("y", F, ["b", 3]), helper.make_tensor_value_info("hn", F, ["b", 3])],
+        [numpy_helper.from_array(np.array([1, 3], np.int64), "one_by_three")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
+    a, b = model.open_stream(), model.open_stream()
+    x = np.ones(3, np.float32)
+    calls = []
+    real = model.session.run
+    model.session.run = lambda *args: calls.append(1) or real(*args)  # counts the public path's calls
+    with pytest.raises(InferenceError, match="onnxruntime failed to run .* no stream advanced"):
+        model.step_batch([(a, x), (b, x)])
+    assert a.steps == b.steps == 0 and not np.any(a.state["h0"]) and calls == []  # run once, on the fast path
+    out = model.step_batch([(a, x), (b, x)], on_error="isolate")  # one call each: both fine alone
+    assert a.steps == b.steps == 1 and np.allclose(out[0]["y"], np.tanh(1.0))
+
+
+def test_load_never_changes_the_callers_session_options_and_takes_a_contract(tmp_path):
+    import onnxruntime as ort
+
+    from edge_rnn.contract import Contract, StateSpec, TensorSpec
+
+    path = vad_like(tmp_path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    StreamingModel.load(path, session_options=so, constants={"sr": np.array(16000)})
+    assert so.intra_op_num_threads == 3 and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with pytest.raises(ValueError, match="set threads and the optimisation level on it"):
+        StreamingModel.load(path, session_options=so, threads=1)
+    g = helper.make_graph(
+        [helper.make_node("Add", ["mem", "x"], ["s"]), helper.make_node("Tanh", ["s"], ["mem_next"]),
+         helper.make_node("Identity", ["mem_next"], ["out"])],
+        "odd", [helper.make_tensor_value_info("x", F, ["b", 3]), helper.make_tensor_value_info("mem", F, ["b", 3])],
+        [helper.make_tensor_value_info("out", F, ["b", 3]), helper.make_tensor_value_info("mem_next", F, ["b", 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "odd.onnx")
+    contract = Contract(inputs=(TensorSpec("x", 0),), outputs=(TensorSpec("out", 0),),
+                        states=(StateSpec("mem", "mem_next", (None, 3), 0),))
+    model = StreamingModel.load(tmp_path / "odd.onnx", contract=contract)  # names no rule would pair
+    s = model.open_stream()
+    model.step(s, np.ones(3, np.float32))
+    assert np.allclose(model.step(s, np.zeros(3, np.float32))["out"], np.tanh(np.tanh(1.0)))

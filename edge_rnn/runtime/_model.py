@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge_rnn.contract import StateSpec
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.contract import Contract, StateSpec
+from edge_rnn.errors import EdgeRnnError, InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
@@ -21,6 +21,7 @@ from edge_rnn.runtime._stream import Stream, state_from_user
 __all__ = ["StreamingModel", "OPT_LEVELS"]
 
 Arrays = dict[str, np.ndarray]
+_EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
 OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -28,6 +29,25 @@ OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def _session_options(given: ort.SessionOptions | None, threads: int | None,
+                     optimization: str | None) -> ort.SessionOptions:
+    """The caller's options untouched (onnxruntime's cannot be copied), or new ones with threads and level set."""
+    if given is not None:
+        if threads is not None or optimization is not None:
+            raise ValueError("session_options given: set threads and the optimisation level on it, not also as "
+                             "threads= or optimization= (edge-rnn never changes the caller's SessionOptions)")
+        return given
+    optimization = "default" if optimization is None else optimization
+    if optimization not in OPT_LEVELS:
+        raise ValueError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = OPT_LEVELS[optimization]
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
 
 
 def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> np.ndarray:
@@ -124,7 +144,7 @@ class StreamingModel:
         *,
         providers: Sequence[str | tuple[str, dict]] | None = None,
         threads: int | None = None,
-        optimization: str = "default",
+        optimization: str | None = None,
         state_map: Mapping[str, str] | None = None,
         batch_axis: int = 0,
         time_axis: int | None = None,
@@ -132,6 +152,7 @@ class StreamingModel:
         constants: Mapping[str, Any] | None = None,
         allow_nonfinite: bool = False,
         session_options: ort.SessionOptions | None = None,
+        contract: Contract | None = None,
     ) -> StreamingModel:
         """Load an ONNX model (a path or its bytes).
 
@@ -144,7 +165,12 @@ class StreamingModel:
         None: one step per call), ``state_batch_axis`` the states' batch axis
         when it is not the one dynamic dimension. ``constants`` are fed on
         every call, e.g. ``{"sr": np.array(16000)}``. ``threads`` sets
-        onnxruntime's intra-op threads (None: its default).
+        onnxruntime's intra-op threads (None: its default); ``optimization``
+        its graph optimisation level (``"default"``: all).
+        ``session_options`` is used as given and never changed: set threads
+        and the optimisation level on it, not here as well.
+        ``contract`` describes the states when the file carries none (a
+        bundle's manifest holds it); it takes the place of the metadata.
         """
         if isinstance(model, (bytes, bytearray)):
             data, source = bytes(model), "<bytes>"
@@ -153,13 +179,7 @@ class StreamingModel:
             if not path.is_file():
                 raise ModelFormatError(f"{path}: no such file")
             data, source = path.read_bytes(), str(path)
-        if optimization not in OPT_LEVELS:
-            raise ValueError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
-        so = session_options or ort.SessionOptions()
-        so.graph_optimization_level = OPT_LEVELS[optimization]
-        if threads is not None:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
+        so = _session_options(session_options, threads, optimization)
         try:
             session = ort.InferenceSession(data, so, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -167,8 +187,9 @@ class StreamingModel:
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None
         ins = {i.name: (tuple(i.shape), i.type) for i in session.get_inputs()}
         outs = {o.name: (tuple(o.shape), o.type) for o in session.get_outputs()}
+        metadata = session.get_modelmeta().custom_metadata_map if contract is None else contract.to_metadata()
         io = resolve_io(
-            ins, outs, session.get_modelmeta().custom_metadata_map, state_map=state_map, batch_axis=batch_axis,
+            ins, outs, metadata, state_map=state_map, batch_axis=batch_axis,
             time_axis=time_axis, state_batch_axis=state_batch_axis, constants=constants,
         )
         fingerprint = hashlib.sha256(data).hexdigest()[:32]
@@ -268,13 +289,20 @@ class StreamingModel:
             )
 
     def _run(self, feeds: Arrays) -> list[np.ndarray]:
+        """One onnxruntime call. Run once: only an execution-provider failure is retried, by onnxruntime's
+        own public path (it falls back to the next provider); any other failure raises InferenceError."""
         feeds.update(self._io.constants)
-        if self._fast_run is not None:
-            try:
-                return self._fast_run(self._out_names, feeds, None)
-            except Exception:  # noqa: BLE001 - the public path below raises it properly, or falls back
-                pass
-        return self._session.run(self._out_names, feeds)
+        try:
+            if self._fast_run is not None:
+                try:
+                    return self._fast_run(self._out_names, feeds, None)
+                except _EP_FAIL:
+                    pass  # the public run below retries on the fallback providers, as onnxruntime does
+            return self._session.run(self._out_names, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise InferenceError(f"onnxruntime failed to run {self.source} ({type(e).__name__}: {first}); "
+                                 "no stream advanced") from None
 
     def step(self, stream: Stream, x: Any) -> Arrays:
         """Feed one chunk (array, or dict for several inputs; no batch axis) and advance the stream.
