@@ -31,7 +31,10 @@ import faults as F  # noqa: E402
 import wholemodels as W  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.exporters import spec_from_module  # noqa: E402
+from edge_rnn.exporters import (
+    StreamingIO,  # noqa: E402
+    spec_from_module,  # noqa: E402
+)
 from edge_rnn.exporters._references import (  # noqa: E402
     check_against_torch,
     input_source,
@@ -65,15 +68,15 @@ def configs(seeds: int, quick: bool, large_seeds: int = 20):
         yield "whole: keyword spotter", form, W.keyword_spotter().eval(), {"example_input": torch.randn(1, 50, 40)}
         yield ("whole: acoustic model", form, W.acoustic_model().eval(),
                {"example_input": torch.randn(50, 1, 40),
-                "whole_model_options": {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}})
+                "io": StreamingIO(input_axes={"x": (1, 0)}, output_axes={"y": (1, 0)})})
         torch.manual_seed(0)
         vad = W.VoiceActivity().eval()
         vad.cell = W.open_forget_gate(vad.cell, 32)
         yield ("whole: VAD, large state", form, vad,
                {"example_input": (torch.randn(1, 64, 8), torch.zeros(2, 1, 32)), "long_steps": 2000,
-                "whole_model_options": {"states": {"state": "new_state"}, "input_names": ["x", "state"],
-                                        "output_names": ["prob", "new_state"], "input_axes": {"x": (0, None)},
-                                        "output_axes": {"prob": (0, None)}}})
+                "io": StreamingIO(states={"state": "new_state"}, input_names=("x", "state"),
+                                  output_names=("prob", "new_state"), input_axes={"x": (0, None)},
+                                  output_axes={"prob": (0, None)})})
 
 
 class NoFloat64(torch.nn.Module):

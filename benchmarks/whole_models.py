@@ -16,6 +16,7 @@ import warnings  # noqa: E402
 import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
+from edge_rnn.exporters import StreamingIO  # noqa: E402
 
 warnings.simplefilter("ignore")
 import wholemodels as W  # noqa: E402
@@ -37,7 +38,7 @@ for name, make, ex, kw in cases:
         m = make().eval()
         times = []
         for i in range(4):
-            r = edge_rnn.export(m, os.path.join(d, "m.onnx"), example_input=ex, decomposed=dec, whole_model_options=kw,
+            r = edge_rnn.export(m, os.path.join(d, "m.onnx"), example_input=ex, decomposed=dec, io=StreamingIO(**kw),
                                 verify_parity=(i == 0), long_steps=10_000)
             if i == 0:
                 rep = r.parity

@@ -208,6 +208,7 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
                     decomposed: bool, long_steps: int, data: Path | None, output: Path) -> None:
     import torch
 
+    from edge_rnn.exporters import StreamingIO
     from edge_rnn.exporters import export as export_module
 
     if not example_shape:
@@ -224,9 +225,9 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
         raise EdgeRnnError(f"--batch-axis {batch_axis} / --time-axis {time_axis}: expected distinct axes of a "
                            f"rank-{rank} input")
     torch.manual_seed(0)
-    options = {"input_axes": {"x": axes}, "input_names": ["x"]}  # outputs take the input's axes
+    io = StreamingIO(input_names=("x",), input_axes={"x": axes})  # outputs: their axes are probed
     report = export_module(model, output, example_input=torch.randn(shape), decomposed=decomposed,
-                           long_steps=long_steps, raise_on_failure=False, whole_model_options=options, data=sequences)
+                           long_steps=long_steps, raise_on_failure=False, io=io, data=sequences)
     _print_report(report, output)
 
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 import edge_rnn
 from edge_rnn.errors import DataError, ModelFormatError, ParityError, UnsupportedError
+from edge_rnn.exporters import StreamingIO
 from edge_rnn.harness import TOLERANCE
 
 FORMS = ["native", "decomposed"]
@@ -59,7 +60,7 @@ def test_lstm_whose_cell_state_reaches_thousands_passes_over_10k_steps(tmp_path,
 def test_whole_model_with_large_explicit_state_passes_over_10k_calls(tmp_path):
     vad = large_state_vad()
     report = edge_rnn.export(vad, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
-                             whole_model_options=VAD_OPTIONS, long_steps=10_000)
+                             io=StreamingIO(**VAD_OPTIONS), long_steps=10_000)
     parity = report.parity
     long_state = [r for r in parity.rows if r.case == "long calls=10000" and r.tensor == "new_state"]
     assert long_state and min(r.scale for r in long_state) >= 1e3
@@ -119,7 +120,7 @@ def test_fault_in_a_whole_model_with_large_state_fails(tmp_path):
     with torch.no_grad():
         bad.cell.bias_hh[3] += 1e-3
     example = (torch.randn(1, 64, 8), torch.zeros(2, 1, 16))
-    edge_rnn.export(bad, tmp_path / "bad.onnx", example_input=example, whole_model_options=VAD_OPTIONS,
+    edge_rnn.export(bad, tmp_path / "bad.onnx", example_input=example, io=StreamingIO(**VAD_OPTIONS),
                     verify_parity=False)
     report = edge_rnn.verify(vad, tmp_path / "bad.onnx", long_steps=2_000, raise_on_failure=False)
     assert not report.ok and old_verdict_fails(report)
@@ -176,7 +177,7 @@ def test_whole_models_take_data_in_their_own_layout(tmp_path):
     frames = np.random.default_rng(1).standard_normal((60, 64, 8)).astype(np.float32)  # (calls, bins, frames)
     vad = large_state_vad()
     r = edge_rnn.export(vad, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
-                        whole_model_options=VAD_OPTIONS, long_steps=300, data=frames)
+                        io=StreamingIO(**VAD_OPTIONS), long_steps=300, data=frames)
     assert r.parity.ok
     with pytest.raises(DataError, match=r"expected one sequence of shape \(calls, 64, 8\), got \(60, 64\)"):
         edge_rnn.verify(vad, tmp_path / "vad.onnx", data=frames[:, :, 0])
@@ -243,19 +244,20 @@ def test_verify_a_whole_model_with_explicit_state_and_the_export_options(tmp_pat
     vad = large_state_vad()
     path = tmp_path / "vad.onnx"
     example = (torch.randn(1, 64, 8), torch.zeros(2, 1, 16))
-    edge_rnn.export(vad, path, example_input=example, whole_model_options=VAD_OPTIONS, verify_parity=False)
+    edge_rnn.export(vad, path, example_input=example, io=StreamingIO(**VAD_OPTIONS), verify_parity=False)
     assert edge_rnn.verify(vad, path, long_steps=300).ok
-    assert edge_rnn.verify(vad, path, example_input=example, whole_model_options=VAD_OPTIONS, long_steps=300).ok
+    assert edge_rnn.verify(vad, path, example_input=example, io=StreamingIO(**VAD_OPTIONS), long_steps=300).ok
 
 
 def test_verify_refuses_a_module_that_does_not_match_the_file(tmp_path):
     kws = W.keyword_spotter().eval()
     path = tmp_path / "kws.onnx"
     edge_rnn.export(kws, path, example_input=torch.randn(1, 50, 40), verify_parity=False,
-                    whole_model_options={"output_names": ["logits"]})
+                    io=StreamingIO(**{"output_names": ["logits"]}))
     with pytest.raises(ModelFormatError, match="other outputs than the file's contract"):
-        edge_rnn.verify(kws, path, whole_model_options={"output_names": ["y"]})
-    with pytest.raises(UnsupportedError, match=r"whole_model_options \['typo'\]"):
+        edge_rnn.verify(kws, path, io=StreamingIO(**{"output_names": ["y"]}))
+    with pytest.raises(UnsupportedError, match=r"whole_model_options \['typo'\]"), \
+            pytest.warns(DeprecationWarning, match="io=StreamingIO"):
         edge_rnn.verify(kws, path, whole_model_options={"typo": 1})
     with pytest.raises(UnsupportedError, match="holds a whole model"):
         edge_rnn.verify(torch.nn.GRU(40, 48), path)
@@ -338,7 +340,7 @@ def test_a_whole_model_that_does_not_fit_the_file_is_refused_clearly(tmp_path):
     kws, vad = W.keyword_spotter().eval(), large_state_vad()
     edge_rnn.export(kws, tmp_path / "kws.onnx", example_input=torch.randn(1, 50, 40), verify_parity=False)
     edge_rnn.export(vad, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
-                    whole_model_options=VAD_OPTIONS, verify_parity=False)
+                    io=StreamingIO(**VAD_OPTIONS), verify_parity=False)
     with pytest.raises(ModelFormatError, match="the module fails on inputs shaped as the file's"):
         edge_rnn.verify(vad, tmp_path / "kws.onnx")
     with pytest.raises(ModelFormatError, match="the module fails on inputs shaped as the file's"):
@@ -347,7 +349,7 @@ def test_a_whole_model_that_does_not_fit_the_file_is_refused_clearly(tmp_path):
         edge_rnn.verify(kws, tmp_path / "kws.onnx", example_input=torch.zeros(1, 10, 41))
     swapped = {**VAD_OPTIONS, "output_names": ["new_state", "prob"]}
     with pytest.raises(edge_rnn.EdgeRnnError):
-        edge_rnn.verify(vad, tmp_path / "vad.onnx", whole_model_options=swapped)
+        edge_rnn.verify(vad, tmp_path / "vad.onnx", io=StreamingIO(**swapped))
 
 
 def test_bad_options_are_refused_and_a_check_without_cases_does_not_pass(tmp_path):
@@ -369,8 +371,9 @@ def test_atol_given_both_ways_for_a_whole_model(tmp_path):
     vad = large_state_vad()
     path = tmp_path / "vad.onnx"
     edge_rnn.export(vad, path, example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 16)),
-                    whole_model_options=VAD_OPTIONS, verify_parity=False)
-    report = edge_rnn.verify(vad, path, atol=1e-4, whole_model_options={"atol": 1e-5}, long_steps=100)
+                    io=StreamingIO(**VAD_OPTIONS), verify_parity=False)
+    with pytest.warns(DeprecationWarning, match="whole_model_options is deprecated"):
+        report = edge_rnn.verify(vad, path, atol=1e-4, whole_model_options={"atol": 1e-5}, long_steps=100)
     assert report.ok and report.tolerance.atol == 1e-4
 
 

@@ -11,7 +11,7 @@ import wholemodels as W
 import edge_rnn
 from edge_rnn import reference
 from edge_rnn.errors import NotStreamableError, UnsupportedError
-from edge_rnn.exporters import ContextBuffer
+from edge_rnn.exporters import ContextBuffer, StreamingIO
 from edge_rnn.harness import TOLERANCE
 from edge_rnn.runtime import StreamingModel
 
@@ -69,7 +69,7 @@ def test_acoustic_model_stacked_projected_lstms(tmp_path, form):
     model = W.acoustic_model().eval()
     report = edge_rnn.export(model, tmp_path / "am.onnx", example_input=torch.randn(50, 1, 40),
                              decomposed=form == "decomposed",
-                             whole_model_options={"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}})
+                             io=StreamingIO(**{"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}))
     assert [s.input for s in report.contract.states] == [
         "encoder.lstm1.h0", "encoder.lstm1.c0", "encoder.lstm2.h0", "encoder.lstm2.c0"]
     assert report.contract.states[2].shape == (2, None, 24)  # projected h, two layers
@@ -89,7 +89,7 @@ def test_vad_with_explicit_state_and_its_own_context_buffer(tmp_path, form):
     torch.manual_seed(0)
     model = W.VoiceActivity().eval()
     report = edge_rnn.export(model, tmp_path / "vad.onnx", example_input=(torch.randn(1, 64, 8), torch.zeros(2, 1, 32)),
-                             decomposed=form == "decomposed", whole_model_options=VAD_OPTIONS)
+                             decomposed=form == "decomposed", io=StreamingIO(**VAD_OPTIONS))
     c = report.contract
     assert [(s.input, s.output, s.batch_axis) for s in c.states] == [
         ("state", "new_state", 1), ("context.ctx0", "context.ctxn", 0)]
@@ -174,7 +174,7 @@ def test_not_streamable_model_can_be_exported_for_whole_sequences(tmp_path):
     torch.manual_seed(0)
     model = BiModel().eval()
     report = edge_rnn.export(model, tmp_path / "bi.onnx", example_input=torch.randn(1, 20, 8),
-                             whole_model_options={"streaming": False})
+                             io=StreamingIO(**{"streaming": False}))
     assert not report.contract.streamable and report.parity.ok
     rt = StreamingModel.load(tmp_path / "bi.onnx")
     x = np.random.default_rng(0).standard_normal((13, 8)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_nested_reference_layers_and_explicit_calls(tmp_path):
     options = {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}, "states": {"h": "hn"},
                "output_names": ["y", "hn"]}
     report = edge_rnn.export(Nested().eval(), tmp_path / "n.onnx", example_input=(torch.randn(9, 2, 4),
-                             torch.zeros(1, 2, 3)), whole_model_options=options)
+                             torch.zeros(1, 2, 3)), io=StreamingIO(**options))
     assert [s.input for s in report.contract.states] == ["h", "block.inner.rnn.h0"]
     assert report.parity.ok and "RNN" in ops(tmp_path / "n.onnx") and "GRU" in ops(tmp_path / "n.onnx")
 
@@ -213,7 +213,7 @@ def test_a_state_that_restarts_every_call_is_not_streamable(tmp_path):
 
     with pytest.raises(NotStreamableError, match="changes y"):
         edge_rnn.export(Restarts().eval(), tmp_path / "n.onnx", example_input=torch.randn(9, 2, 4),
-                        whole_model_options={"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}})
+                        io=StreamingIO(**{"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}))
 
 
 def test_whole_model_mistakes(tmp_path):
@@ -305,7 +305,7 @@ def test_outputs_axes_are_probed_and_a_module_can_be_called_twice(tmp_path):
     torch.manual_seed(0)
     options = {"input_names": ["x", "h"], "output_names": ["y", "hn", "cn", "h2"], "states": {"h": "h2"}}
     report = edge_rnn.export(ReturnsState().eval(), tmp_path / "r.onnx", decomposed=False,
-                             example_input=(torch.randn(2, 10, 4), torch.zeros(1, 2, 5)), whole_model_options=options)
+                             example_input=(torch.randn(2, 10, 4), torch.zeros(1, 2, 5)), io=StreamingIO(**options))
     outs = {t.name: (t.batch_axis, t.time_axis) for t in report.contract.outputs}
     assert outs == {"y": (0, 1), "hn": (1, None), "cn": (1, None)}
     assert report.parity.ok and ops(tmp_path / "r.onnx").count("GRU") == 2
@@ -326,7 +326,7 @@ def test_a_declared_state_first_in_the_signature(tmp_path):
     options = {"input_names": ["h", "x"], "output_names": ["y", "hn"], "states": {"h": "hn"},
                "input_axes": {"x": (0, None)}}
     report = edge_rnn.export(StateFirst().eval(), tmp_path / "s.onnx",
-                             example_input=(torch.zeros(2, 5), torch.randn(2, 10, 4)), whole_model_options=options)
+                             example_input=(torch.zeros(2, 5), torch.randn(2, 10, 4)), io=StreamingIO(**options))
     assert report.parity.ok and report.contract.outputs[0].time_axis is None
 
 
@@ -347,13 +347,16 @@ def test_option_mistakes_are_clear_errors(tmp_path):
         edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4))  # default axes: (0, 1)
     with pytest.raises(ShapeError, match="expected different batch and time axes"):
         edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
-                        whole_model_options={"input_axes": {"x": (1, 1)}})
+                        io=StreamingIO(**{"input_axes": {"x": (1, 1)}}))
     with pytest.raises(ShapeError, match=r"expected \(batch_axis, time_axis\)"):
         edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
-                        whole_model_options={"input_axes": {"x": [0]}})
-    with pytest.raises(UnsupportedError, match=r"whole_model_options \['input_axis'\]"):
+                        io=StreamingIO(**{"input_axes": {"x": [0]}}))
+    with pytest.raises(UnsupportedError, match=r"whole_model_options \['input_axis'\]"), \
+            pytest.warns(DeprecationWarning):
         edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4),
                         whole_model_options={"input_axis": {}})
+    with pytest.raises(TypeError, match="input_axis"):
+        StreamingIO(input_axis={})  # the typed form catches a misspelt option where it is written
     with pytest.raises(ShapeError, match="example_input: expected a tensor"):
         edge_rnn.export(TimeMajor().eval(), p, example_input=())
 
@@ -370,14 +373,13 @@ def test_option_mistakes_are_clear_errors(tmp_path):
         edge_rnn.export(Gates().eval(), p, example_input=torch.randn(1, 6, 4))
     # the refusals were about the options alone: with right ones the same model exports and verifies
     ok = {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}
-    assert edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4), whole_model_options=ok,
+    assert edge_rnn.export(TimeMajor().eval(), p, example_input=torch.randn(6, 2, 4), io=StreamingIO(**ok),
                            long_steps=100).parity.ok
 
 
 def test_options_reach_every_path_they_apply_to_and_are_refused_where_they_do_not(tmp_path):
-    with pytest.raises(UnsupportedError, match=r"whole_model_options \['streaming', 'typo_key'\]: they apply to whole"):
-        edge_rnn.export(torch.nn.GRU(4, 6).eval(), tmp_path / "g.onnx",
-                        whole_model_options={"streaming": False, "typo_key": 1})
+    with pytest.raises(UnsupportedError, match=r"io=.*: it applies to whole models, and GRU is a bare"):
+        edge_rnn.export(torch.nn.GRU(4, 6).eval(), tmp_path / "g.onnx", io=StreamingIO(streaming=False))
     assert not (tmp_path / "g.onnx").exists()
     report = edge_rnn.export(W.keyword_spotter().eval(), tmp_path / "k.onnx", example_input=torch.randn(1, 20, 40),
                              verify_parity=False, check=False, extra_source={"trained_on": "speech-v2"})
@@ -385,3 +387,16 @@ def test_options_reach_every_path_they_apply_to_and_are_refused_where_they_do_no
     from edge_rnn.harness import read_contract
 
     assert read_contract(tmp_path / "k.onnx").source["trained_on"] == "speech-v2"
+    lstm = torch.nn.LSTM(4, 6).eval()  # atol reaches the bare-layer path too
+    assert edge_rnn.export(lstm, tmp_path / "l.onnx", atol=3e-5, long_steps=50).parity.tolerance.atol == 3e-5
+
+
+def test_whole_model_options_still_work_for_one_release_with_a_deprecation_warning(tmp_path):
+    model = W.acoustic_model().eval()
+    with pytest.warns(DeprecationWarning, match="whole_model_options is deprecated: pass io=StreamingIO"):
+        report = edge_rnn.export(model, tmp_path / "a.onnx", example_input=torch.randn(20, 1, 40), long_steps=50,
+                                 whole_model_options={"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}})
+    assert report.parity.ok and report.contract.inputs[0].batch_axis == 1
+    with pytest.raises(UnsupportedError, match="not both"), pytest.warns(DeprecationWarning):
+        edge_rnn.export(model, tmp_path / "b.onnx", example_input=torch.randn(20, 1, 40), io=StreamingIO(),
+                        whole_model_options={"streaming": True})

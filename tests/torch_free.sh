@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="$(mktemp -d)/venv"
-trap 'rm -rf "$(dirname "$venv")"' EXIT
+had_build=$([ -d build ] && echo 1 || echo 0)
+trap 'rm -rf "$(dirname "$venv")"; [ "$had_build" = 1 ] || rm -rf build' EXIT
 python -m venv "$venv"
 "$venv/bin/pip" install -q . pytest
 "$venv/bin/python" - <<'PY'

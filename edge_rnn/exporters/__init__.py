@@ -9,11 +9,14 @@ from edge_rnn.exporters._spec import RecurrentSpec, build_module, spec_from_modu
 from edge_rnn.exporters._write import ExportReport
 from edge_rnn.exporters.context import ContextBuffer
 from edge_rnn.exporters.gates import from_onnx_gate_order, to_onnx_gate_order
+from edge_rnn.exporters.options import ExportOptions, StreamingIO
 from edge_rnn.exporters.parity import TOLERANCE, ParityReport, ParityRow, verify
 
 __all__ = [
     "export",
     "ContextBuffer",
+    "StreamingIO",
+    "ExportOptions",
     "verify",
     "build_model",
     "build_module",

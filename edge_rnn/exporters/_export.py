@@ -22,6 +22,7 @@ from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._references import input_source, layer_layouts
 from edge_rnn.exporters._spec import layer_weights, spec_from_module
 from edge_rnn.exporters._write import IR_VERSION, OPSET, ExportReport, check_and_write
+from edge_rnn.exporters.options import ExportOptions
 from edge_rnn.exporters.parity import verify
 from edge_rnn.spec import RecurrentSpec
 
@@ -88,11 +89,8 @@ def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> N
         raise ShapeError(f"example_input: expected shape ({layout}{spec.input_size}), got {shape}")
 
 
-def export_layer(
-    module: torch.nn.Module, path: Path, *, example_input: torch.Tensor | None, decomposed: bool, check: bool,
-    verify_parity: bool, long_steps: int, seed: int, raise_on_failure: bool,
-    extra_source: Mapping[str, Any] | None, data: Any,
-) -> ExportReport:
+def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Tensor | None,
+                 options: ExportOptions, data: Any) -> ExportReport:
     """:func:`edge_rnn.export` for a bare layer or cell."""
     if module.training:
         warnings.warn(
@@ -102,21 +100,22 @@ def export_layer(
         )
         module = copy.deepcopy(module).eval()
     t0 = time.perf_counter()
-    model, spec = build_model(module, decomposed=decomposed, extra_source=extra_source)
+    o = options
+    model, spec = build_model(module, decomposed=o.decomposed, extra_source=o.extra_source)
     _check_example(spec, example_input)
     contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
-    if verify_parity and data is not None:  # bad data is refused before anything is written
+    if o.verify_parity and data is not None:  # bad data is refused before anything is written
         input_source(layer_layouts(contract, spec), data)
-    written = check_and_write(model, path, check=check)
+    written = check_and_write(model, path, check=o.check)
     seconds = time.perf_counter() - t0
     parity = None
-    if verify_parity:
-        parity = verify(module, path, long_steps=long_steps, seed=seed, example_input=example_input, data=data,
-                        raise_on_failure=raise_on_failure)
+    if o.verify_parity:
+        parity = verify(module, path, long_steps=o.long_steps, seed=o.seed, example_input=example_input, data=data,
+                        atol=o.atol, raise_on_failure=o.raise_on_failure)
     return ExportReport(
         path=path,
         contract=contract,
-        graph_form=_graph_form(spec, decomposed),
+        graph_form=_graph_form(spec, o.decomposed),
         opset=OPSET,
         export_seconds=seconds,
         size_bytes=len(written),

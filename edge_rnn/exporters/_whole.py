@@ -24,12 +24,13 @@ from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, Lifter
 from edge_rnn.exporters._references import input_source, tolerance_for
 from edge_rnn.exporters._spec import layer_weights
-from edge_rnn.exporters._whole_resolve import OPTION_KEYS, Arrays, Resolved, Top, examples_of, reference, resolve
+from edge_rnn.exporters._whole_resolve import Arrays, Resolved, Top, examples_of, reference, resolve
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
 from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write
+from edge_rnn.exporters.options import ExportOptions, StreamingIO
 from edge_rnn.harness import chunk_sizes, raise_failures, stream_chunks
 
-__all__ = ["export_model", "OPTION_KEYS"]
+__all__ = ["export_model"]
 
 
 
@@ -91,53 +92,32 @@ def _trace(r: Resolved, path: Path, decomposed: bool, check: bool = True) -> tup
     return proto, check_and_write(proto, path, check=check)
 
 
-def export_model(
-    model: torch.nn.Module,
-    path: str | Path,
-    *,
-    example_input: torch.Tensor | Sequence[torch.Tensor],
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    input_axes: Mapping[str, tuple[int, int | None]] | None = None,
-    output_axes: Mapping[str, tuple[int, int | None]] | None = None,
-    states: Mapping[str, str] | None = None,
-    state_batch_axes: Mapping[str, int] | None = None,
-    decomposed: bool = False,
-    streaming: bool = True,
-    verify_parity: bool = True,
-    long_steps: int = 2_000,
-    seed: int = 0,
-    atol: float | None = None,
-    raise_on_failure: bool = True,
-    data: Any = None,
-    check: bool = True,
-    extra_source: Mapping[str, Any] | None = None,
-) -> ExportReport:
+def export_model(model: torch.nn.Module, path: str | Path, *, example_input: torch.Tensor | Sequence[torch.Tensor],
+                 io: StreamingIO, options: ExportOptions, data: Any = None) -> ExportReport:
     """See :func:`edge_rnn.export`; this is its path for models that are more than one recurrent layer."""
     path = Path(path)
+    o = options
     examples = examples_of(example_input)
     lifter = Lifter(model)
     try:
-        r = resolve(lifter, examples, input_names=input_names, output_names=output_names, input_axes=input_axes,
-                     output_axes=output_axes, states=states, state_batch_axes=state_batch_axes, streaming=streaming,
-                     decomposed=decomposed)
-        if verify_parity and data is not None:  # bad data is refused before anything is written
+        r = resolve(lifter, examples, decomposed=o.decomposed, **io.as_kwargs())
+        if o.verify_parity and data is not None:  # bad data is refused before anything is written
             input_source(layouts(r), data)
-        if streaming:
+        if io.streaming:
             state_examples = {s.input: np.zeros(s.shape, np.float32) for s in r.lifted}
             _check_streamable(reference(lifter, r, torch.float32), r.contract, r.feeds0, state_examples,
-                              r.explicit, tolerance_for(atol).atol, seed)
+                              r.explicit, tolerance_for(o.atol).atol, o.seed)
         t0 = time.perf_counter()
-        if extra_source:
-            r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **extra_source})
-        proto, data_bytes = _trace(r, path, decomposed, check)
+        if o.extra_source:
+            r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **o.extra_source})
+        proto, data_bytes = _trace(r, path, o.decomposed, o.check)
         seconds = time.perf_counter() - t0
         parity = None
-        if verify_parity:
-            parity = verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol)
-            if raise_on_failure:
+        if o.verify_parity:
+            parity = verify_resolved(model, r, path, data=data, long_steps=o.long_steps, seed=o.seed, atol=o.atol)
+            if o.raise_on_failure:
                 raise_failures(parity, path)
-        return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if decomposed else "native",
+        return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if o.decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),
                             operators=dict(operator_counts(proto.graph)), parity=parity)
     finally:

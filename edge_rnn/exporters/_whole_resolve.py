@@ -20,13 +20,11 @@ from edge_rnn.contract import Contract, StateSpec, TensorSpec
 from edge_rnn.errors import NotStreamableError, ShapeError, UnsupportedError
 from edge_rnn.exporters._lift import LiftedState, Lifter
 
-__all__ = ["OPTION_KEYS", "Resolved", "resolve", "reference", "examples_of", "Top"]
+__all__ = ["Resolved", "resolve", "reference", "examples_of", "Top"]
 
 Arrays = dict[str, np.ndarray]
 
 
-OPTION_KEYS = ("input_names", "output_names", "input_axes", "output_axes", "states", "state_batch_axes",
-               "streaming", "atol")
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from edge_rnn.contract import Contract, StateSpec
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.exporters._lift import Lifter
 from edge_rnn.exporters._references import check_against_torch, float32_module, input_source, tolerance_for
-from edge_rnn.exporters._whole_resolve import OPTION_KEYS, Resolved, examples_of, reference, resolve
+from edge_rnn.exporters._whole_resolve import Resolved, examples_of, reference, resolve
+from edge_rnn.exporters.options import StreamingIO
 from edge_rnn.harness import Cases, InputLayout, ParityReport, open_sessions, raise_failures, read_contract
 
 __all__ = ["verify_model", "verify_resolved", "layouts"]
@@ -57,19 +57,16 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
 
 def verify_model(
     model: torch.nn.Module, path: str | Path, *, example_input: Any = None, data: Any = None,
-    options: Mapping[str, Any] | None = None, long_steps: int = 10_000, seed: int = 0, atol: float | None = None,
+    io: StreamingIO | None = None, long_steps: int = 10_000, seed: int = 0, atol: float | None = None,
     raise_on_failure: bool = True, opt_levels: tuple[str, ...] = ("disabled", "default"),
 ) -> ParityReport:
     """:func:`edge_rnn.verify` for a whole model: what export checked, again, on the file at ``path``.
 
     Names, axes and states default to those in the file's contract, so the
-    options given to export are needed only where they cannot be read back.
+    ``io`` given to export is needed only where the file cannot tell.
     """
     path = Path(path)
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - set(OPTION_KEYS))
-    if unknown:
-        raise UnsupportedError(f"whole_model_options {unknown}: expected keys among {sorted(OPTION_KEYS)}")
+    opts = (io or StreamingIO()).given()
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     session = open_sessions(path, ("disabled",))["disabled"]
@@ -79,18 +76,16 @@ def verify_model(
             f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "
             f"against that layer, not against {type(model).__name__}")
     derived, examples = _options_from_file(contract, session, example_input)
-    given_atol = opts.pop("atol", None)
-    atol = given_atol if atol is None else atol
     lifter = Lifter(model)
     try:
         try:
-            r = resolve(lifter, examples, **_merge(derived, opts))
+            r = resolve(lifter, examples, **StreamingIO(**_merge(derived, opts)).as_kwargs())
         except EdgeRnnError:
             raise
         except Exception as e:  # noqa: BLE001 - the module's own error on inputs shaped from the file
             raise ModelFormatError(
                 f"{path}: the module fails on inputs shaped as the file's ({type(e).__name__}: {e}); is it the "
-                "module that was exported? Pass example_input and whole_model_options as given to export") from None
+                "module that was exported? Pass example_input and io as given to export") from None
         _same_interface(r.contract, contract, path)
         report = verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
                                   opt_levels=opt_levels)
@@ -160,4 +155,4 @@ def _same_interface(ours: Contract, theirs: Contract, path: Path) -> None:
         if a != b:
             raise ModelFormatError(
                 f"{path}: the module resolves to other {what} than the file's contract: expected {b}, got {a}; "
-                "pass the whole_model_options given to export, or the module that was exported")
+                "pass the io given to export, or the module that was exported")

@@ -27,6 +27,7 @@ from edge_rnn.exporters._references import (
 )
 from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
 from edge_rnn.exporters._whole_verify import verify_model
+from edge_rnn.exporters.options import StreamingIO, io_from_legacy
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, ParityRow, raise_failures, read_contract
 
 __all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE"]
@@ -37,6 +38,7 @@ def verify(
     path: str | Path,
     *,
     example_input: Any = None,
+    io: StreamingIO | None = None,
     data: Any = None,
     whole_model_options: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
@@ -51,9 +53,10 @@ def verify(
     """Check the ONNX model at ``path`` against ``module``: see :mod:`edge_rnn.harness` for the cases.
 
     Works for anything :func:`edge_rnn.export` accepted: a bare RNN/LSTM/GRU
-    layer or cell, or a whole model (then ``example_input`` and
-    ``whole_model_options`` are the ones given to ``export``; without them
-    the names, axes and states are read from the file's contract).
+    layer or cell, or a whole model (then ``example_input`` and ``io`` are
+    the ones given to ``export``; without them the names, axes and states
+    are read from the file's contract; ``whole_model_options`` is the
+    deprecated dict form of ``io``).
     ``data`` replaces the random inputs with real sequences: one array
     ``(time, features)``, a list of them, or a ``.npy``/``.npz`` path; a
     sequence shorter than a case is repeated. ``batch_size`` defaults to one
@@ -72,10 +75,13 @@ def verify(
         spec = spec_from_module(module)
     except UnsupportedError:  # not a bare layer: a whole model
         spec = None
+    io, atol = io_from_legacy(io, whole_model_options, atol)
     if spec is None:
-        return verify_model(module, path, example_input=example_input, data=data, options=whole_model_options,
-                            long_steps=long_steps, seed=seed, atol=atol, raise_on_failure=raise_on_failure,
-                            opt_levels=opt_levels)
+        return verify_model(module, path, example_input=example_input, data=data, io=io, long_steps=long_steps,
+                            seed=seed, atol=atol, raise_on_failure=raise_on_failure, opt_levels=opt_levels)
+    if io is not None:
+        raise UnsupportedError(f"io={io!r:.120}: it applies to whole models, and {type(module).__name__} is a bare "
+                               "recurrent layer")
     contract = _read(path)
     _same_layer(spec, contract, path)
     if module.training:  # dropout would make PyTorch's side random

@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 from wholemodels import VoiceActivity  # noqa: E402
 
 import edge_rnn  # noqa: E402
+from edge_rnn.exporters import StreamingIO  # noqa: E402
 
 
 def tiny_rnn(path: Path, batch: str | int) -> None:
@@ -67,7 +68,7 @@ def main() -> None:
     options = {"states": {"state": "new_state"}, "input_names": ["x", "state"], "output_names": ["prob", "new_state"],
                "input_axes": {"x": (0, None)}, "output_axes": {"prob": (0, None)}}
     edge_rnn.export(vad, HERE / "vad_state.onnx", example_input=(torch.randn(1, 8, 4), torch.zeros(2, 1, 6)),
-                    whole_model_options=options, long_steps=1_000)
+                    io=StreamingIO(**options), long_steps=1_000)
     x = rng.standard_normal((11, 8, 4)).astype(np.float32)  # 11 calls of (8 bins, 4 frames)
     state = torch.zeros(2, 1, 6)
     probs = []

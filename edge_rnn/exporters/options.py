@@ -1,0 +1,113 @@
+"""The typed options of export and verify: how a whole model streams (:class:`StreamingIO`), and how to export.
+
+``StreamingIO`` replaces the ``whole_model_options`` dict, which is still
+accepted for one release with a ``DeprecationWarning``. An option that does
+not apply is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from edge_rnn.errors import UnsupportedError
+
+__all__ = ["StreamingIO", "ExportOptions", "io_from_legacy"]
+
+Axes = Mapping[str, tuple[int, int | None]]
+
+
+@dataclass(frozen=True)
+class StreamingIO:
+    """How a whole model's inputs, outputs and states stream (``docs/whole-models.md``).
+
+    ``input_names``/``output_names`` name the model's inputs and (flattened)
+    outputs; ``input_axes``/``output_axes`` map a name to ``(batch_axis,
+    time_axis)`` (``time_axis`` None: one value per call); ``states`` maps the
+    model's own state inputs to the outputs that feed them, and
+    ``state_batch_axes`` gives a declared state's batch axis where it cannot
+    be inferred; ``streaming=False`` exports a model for whole sequences per
+    call. Whatever is left out is found from the model and its example.
+
+    Example::
+
+        >>> io = StreamingIO(input_names=("x", "state"), output_names=("prob", "new_state"),
+        ...                  states={"state": "new_state"})
+    """
+
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    input_axes: Axes = field(default_factory=dict)
+    output_axes: Axes = field(default_factory=dict)
+    states: Mapping[str, str] = field(default_factory=dict)
+    state_batch_axes: Mapping[str, int] = field(default_factory=dict)
+    streaming: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("input_names", "output_names"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not isinstance(value, Sequence) or not all(
+                        isinstance(v, str) for v in value):
+                    raise UnsupportedError(f"StreamingIO.{name}: expected a sequence of names, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+        for name in ("input_axes", "output_axes", "states", "state_batch_axes"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise UnsupportedError(f"StreamingIO.{name}: expected a mapping by name, got {value!r}")
+            object.__setattr__(self, name, dict(value))
+        if not isinstance(self.streaming, bool):
+            raise UnsupportedError(f"StreamingIO.streaming: expected True or False, got {self.streaming!r}")
+
+    def given(self) -> dict[str, Any]:
+        """The fields set to something other than their default."""
+        default = StreamingIO()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export and what to check: the keywords of :func:`edge_rnn.export`, validated once."""
+
+    decomposed: bool = False
+    check: bool = True
+    verify_parity: bool = True
+    long_steps: int = 10_000
+    seed: int = 0
+    atol: float | None = None
+    raise_on_failure: bool = True
+    extra_source: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("decomposed", "check", "verify_parity", "raise_on_failure"):
+            if not isinstance(getattr(self, name), bool):
+                raise UnsupportedError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if isinstance(self.long_steps, bool) or not isinstance(self.long_steps, int) or self.long_steps < 0:
+            raise UnsupportedError(f"long_steps: expected an int >= 0, got {self.long_steps!r}")
+        if self.atol is not None and not (isinstance(self.atol, (int, float)) and self.atol > 0):
+            raise UnsupportedError(f"atol: expected a positive number, got {self.atol!r}")
+        object.__setattr__(self, "extra_source", dict(self.extra_source or {}))
+
+
+def io_from_legacy(io: StreamingIO | None, whole_model_options: Mapping[str, Any] | None,
+                   atol: float | None) -> tuple[StreamingIO | None, float | None]:
+    """``whole_model_options`` (deprecated) as a StreamingIO, and its ``atol`` key as the atol keyword."""
+    if whole_model_options is None:
+        return io, atol
+    warnings.warn("whole_model_options is deprecated: pass io=StreamingIO(...) (and atol= for its 'atol' key)",
+                  DeprecationWarning, stacklevel=3)
+    if io is not None:
+        raise UnsupportedError("give io= or whole_model_options (deprecated), not both")
+    opts = dict(whole_model_options)
+    keys = {f.name for f in fields(StreamingIO)} | {"atol"}
+    unknown = sorted(set(opts) - keys)
+    if unknown:
+        raise UnsupportedError(f"whole_model_options {unknown}: expected keys among {sorted(keys)}")
+    legacy_atol = opts.pop("atol", None)
+    return StreamingIO(**opts), atol if atol is not None else legacy_atol
