@@ -129,6 +129,11 @@ def test_gate_reorder_is_the_documented_permutation():
         np.testing.assert_array_equal(from_onnx_gate_order(kind, to_onnx_gate_order(kind, w)), w)
     with pytest.raises(ValueError, match="divisible by 4"):
         to_onnx_gate_order("lstm", np.zeros(6))
+    from edge_rnn.gates import gate_blocks, join_gates
+
+    blocks = gate_blocks("gru", np.arange(6))  # r z n
+    assert {k: v.tolist() for k, v in blocks.items()} == {"r": [0, 1], "z": [2, 3], "n": [4, 5]}
+    np.testing.assert_array_equal(join_gates("lstm", gate_blocks("lstm", w)), w)
 
 
 def test_zero_state_is_torchs_default_and_axes_are_dynamic(tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_rnn.exporters._graph import GraphBuilder
-from edge_rnn.gates import to_onnx_gate_order
+from edge_rnn.gates import TORCH_GATES, gate_blocks, join_gates, to_onnx_gate_order
 from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["emit_module", "emit_stack", "emit_input_projection", "emit_step", "native_possible"]
@@ -42,9 +42,8 @@ def emit_input_projection(g: GraphBuilder, spec: RecurrentSpec, w: Weights, x: s
     if not spec.bias:
         return xw
     folded = w["b_ih"] + w["b_hh"]
-    if spec.kind == "gru":
-        h = spec.hidden_size
-        folded = np.concatenate([folded[: 2 * h], w["b_ih"][2 * h :]])
+    if spec.kind == "gru":  # r and z fold both biases; n takes b_ih only
+        folded = join_gates("gru", {**gate_blocks("gru", folded), "n": gate_blocks("gru", w["b_ih"])["n"]})
     return g.op1("Add", [xw, g.const(folded, "b_folded")], hint="xw")
 
 
@@ -62,19 +61,25 @@ def emit_step(
         return g.op1(act, [g.op1("Add", [xw, hw])], hint="h"), None
     if spec.kind == "lstm":
         a = g.op1("Add", [xw, hw], hint="gates")
-        i, f, cand, o = g.op("Split", [a, g.ints([hid] * 4, "split")], outputs=4, axis=1)
-        i, f, o = (g.op1("Sigmoid", [t]) for t in (i, f, o))
+        split = g.ints([hid] * spec.gates, "split")
+        gates = dict(zip(TORCH_GATES["lstm"], g.op("Split", [a, split], outputs=spec.gates, axis=1)))
+        i, f, o = (g.op1("Sigmoid", [gates[k]]) for k in "ifo")
+        cand = gates["g"]
         c_new = g.op1("Add", [g.op1("Mul", [f, c]), g.op1("Mul", [i, g.op1("Tanh", [cand])])], hint="c")
         h_new = g.op1("Mul", [o, g.op1("Tanh", [c_new])], hint="h")
         if spec.proj_size:
             h_new = g.op1("MatMul", [h_new, g.const(w["w_hr"].T, "w_hr_t")], hint="h")
         return h_new, c_new
     # GRU, with PyTorch's b_hn inside the reset gate and its h' = n + z * (h - n)
-    if spec.bias:
-        hw = g.op1("Add", [hw, g.const(np.concatenate([np.zeros(2 * hid, np.float32), w["b_hh"][2 * hid :]]), "b_hn")])
-    split = g.ints([hid] * 3, "split")
-    xr, xz, xn = g.op("Split", [xw, split], outputs=3, axis=1)
-    hr, hz, hn = g.op("Split", [hw, split], outputs=3, axis=1)
+    if spec.bias:  # b_hn alone, in its block: the other blocks were folded into xw
+        b_hh = gate_blocks("gru", w["b_hh"])
+        b_hn = join_gates("gru", {k: (v if k == "n" else np.zeros_like(v)) for k, v in b_hh.items()})
+        hw = g.op1("Add", [hw, g.const(b_hn, "b_hn")])
+    split = g.ints([hid] * spec.gates, "split")
+    xs = dict(zip(TORCH_GATES["gru"], g.op("Split", [xw, split], outputs=spec.gates, axis=1)))
+    hs = dict(zip(TORCH_GATES["gru"], g.op("Split", [hw, split], outputs=spec.gates, axis=1)))
+    xr, xz, xn = xs["r"], xs["z"], xs["n"]
+    hr, hz, hn = hs["r"], hs["z"], hs["n"]
     r = g.op1("Sigmoid", [g.op1("Add", [xr, hr])], hint="r")
     z = g.op1("Sigmoid", [g.op1("Add", [xz, hz])], hint="z")
     n = g.op1("Tanh", [g.op1("Add", [xn, g.op1("Mul", [r, hn])])], hint="n")

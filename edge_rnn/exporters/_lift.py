@@ -182,8 +182,15 @@ class Lifter:
             sub.forward = types.MethodType(_patched_forward(path, key, spec), sub)
 
     def close(self) -> None:
+        """Drop this lifter's entries from the placeholder registry (what its traced graph points to)."""
         for key in self.keys:
             _REGISTRY.pop(key, None)
+
+    def __enter__(self) -> Lifter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def discover(self, *inputs: torch.Tensor) -> tuple[Any, list[LiftedState]]:
         run = _Run(self, None)

@@ -98,8 +98,7 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
     path = Path(path)
     o = options
     examples = examples_of(example_input)
-    lifter = Lifter(model)
-    try:
+    with Lifter(model) as lifter:
         r = resolve(lifter, examples, decomposed=o.decomposed, **io.as_kwargs())
         if o.verify_parity and data is not None:  # bad data is refused before anything is written
             input_source(layouts(r), data)
@@ -120,8 +119,6 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
         return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if o.decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),
                             operators=dict(operator_counts(proto.graph)), parity=parity)
-    finally:
-        lifter.close()
 
 
 def _check_streamable(reference: Any, contract: Contract, feeds: Arrays, lifted_zeros: Arrays,

@@ -38,9 +38,7 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
     inputs = input_source(layouts(r), data)
     with ExitStack() as stack:
         def twin(module: torch.nn.Module) -> Lifter:
-            lifter = Lifter(module)
-            stack.callback(lifter.close)
-            return lifter
+            return stack.enter_context(Lifter(module))
 
         model32 = float32_module(model)
         ref32 = reference(r.lifter if model32 is model else twin(model32), r, torch.float32)
@@ -76,8 +74,7 @@ def verify_model(
             f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "
             f"against that layer, not against {type(model).__name__}")
     derived, examples = _options_from_file(contract, session, example_input)
-    lifter = Lifter(model)
-    try:
+    with Lifter(model) as lifter:
         try:
             r = resolve(lifter, examples, **StreamingIO(**_merge(derived, opts)).as_kwargs())
         except EdgeRnnError:
@@ -89,8 +86,6 @@ def verify_model(
         _same_interface(r.contract, contract, path)
         report = verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
                                   opt_levels=opt_levels)
-    finally:
-        lifter.close()
     if raise_on_failure:
         raise_failures(report, path)
     return report
