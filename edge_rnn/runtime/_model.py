@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +12,17 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import Contract, StateSpec
-from edge_rnn.errors import EdgeRnnError, InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.errors import InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
+from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS
+from edge_rnn.runtime._session import session_options as make_session_options
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
 
 __all__ = ["StreamingModel", "OPT_LEVELS"]
 
 Arrays = dict[str, np.ndarray]
-_EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
-# The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
-OPT_LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-def _session_options(given: ort.SessionOptions | None, threads: int | None,
-                     optimization: str | None) -> ort.SessionOptions:
-    """The caller's options untouched (onnxruntime's cannot be copied), or new ones with threads and level set."""
-    if given is not None:
-        if threads is not None or optimization is not None:
-            raise ValueError("session_options given: set threads and the optimisation level on it, not also as "
-                             "threads= or optimization= (edge-rnn never changes the caller's SessionOptions)")
-        return given
-    optimization = "default" if optimization is None else optimization
-    if optimization not in OPT_LEVELS:
-        raise ValueError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = OPT_LEVELS[optimization]
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    return so
 
 
 def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> np.ndarray:
@@ -70,23 +45,7 @@ def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
     return (axis, *(i for i in range(rank) if i != axis))
 
 
-class _StateBatch:
-    """The state outputs of one step_batch call, with their batch axis, shared by its streams.
-
-    When the next call steps the same streams in the same order, these arrays
-    are fed as they are, instead of gathering each stream's state again; a
-    stream's own view is cut from ``batch_first`` only when something asks.
-    """
-
-    __slots__ = ("arrays", "batch_first", "size")
-
-    def __init__(self, arrays: Arrays, batch_first: Arrays, size: int):
-        self.arrays = arrays
-        self.batch_first = batch_first
-        self.size = size
-
-
-class StreamingModel:
+class StreamingModel(BatchStepping):
     """A stateful ONNX model, loaded once and shared; each :class:`Stream` owns its state.
 
     Everything a stream passes or gets back is without the batch axis: a chunk
@@ -179,7 +138,7 @@ class StreamingModel:
             if not path.is_file():
                 raise ModelFormatError(f"{path}: no such file")
             data, source = path.read_bytes(), str(path)
-        so = _session_options(session_options, threads, optimization)
+        so = make_session_options(session_options, threads, optimization)
         try:
             session = ort.InferenceSession(data, so, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -331,166 +290,3 @@ class StreamingModel:
                                  self._state_drop_batch, n)
         return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 
-    def _step_isolated(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays | EdgeRnnError]:
-        """step_batch(on_error="isolate"): each item's error in its own slot; the valid items still advance."""
-        results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
-        valid: list[int] = []
-        seen: set[int] = set()
-        for i, item in enumerate(items):
-            try:
-                if not isinstance(item, tuple) or len(item) != 2:
-                    raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
-                if id(item[0]) in seen:
-                    raise StreamError("step_batch: expected each stream at most once per call, got one twice")
-                self.check(*item)
-                seen.add(id(item[0]))
-                valid.append(i)
-            except EdgeRnnError as e:
-                results[i] = e
-        if valid and self._batchable:
-            try:  # atomic on a batchable model: on failure no stream advanced, and each is stepped alone below
-                for i, out in zip(valid, self.step_batch([items[i] for i in valid])):
-                    results[i] = out
-                valid = []
-            except Exception:  # noqa: BLE001 - whatever failed, it is found again item by item
-                pass
-        for i in valid:
-            try:
-                results[i] = self.step(*items[i])
-            except EdgeRnnError as e:
-                results[i] = e
-            except Exception as e:  # noqa: BLE001 - onnxruntime's own error types: this item's error
-                results[i] = EdgeRnnError(f"item {i}: onnxruntime failed ({type(e).__name__}: {e})")
-        return results  # type: ignore[return-value]
-
-    def _step_each(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
-        """step_batch for a model whose batch size is fixed at 1: all chunks checked first, then one call each."""
-        if len({id(s) for s, _ in items}) != len(items):
-            raise StreamError("step_batch: expected each stream at most once per call, got one twice")
-        for s, x in items:
-            self._prepare(x)
-            with s.lock:
-                s.check_usable(self)
-        return [self.step(s, x) for s, x in items]
-
-    def step_batch(self, items: Sequence[tuple[Stream, Any]], *, on_error: str = "raise"
-                   ) -> list[Arrays | EdgeRnnError]:
-        """Step many streams; chunks of equal length share one onnxruntime call.
-
-        Chunks of different lengths are grouped by length (one call per
-        length), so no padding ever reaches a state. Results equal stepping
-        each stream alone.
-
-        ``on_error="raise"`` (the default): every chunk and stream is checked
-        first, and the first bad one raises with no stream advanced. The
-        onnxruntime calls then run, and states are set only after all of them
-        succeeded, so a failing call advances nothing either; except on a model
-        whose batch size is fixed at 1, where streams are stepped one call each
-        and a call failing midway leaves the streams before it advanced.
-
-        ``on_error="isolate"``: a bad chunk, a closed stream or a failing call
-        gives its item the :class:`~edge_rnn.errors.EdgeRnnError` in its slot
-        of the result, and every other stream still advances, so one client's
-        bad input cannot stop the others.
-        """
-        if on_error == "isolate":
-            return self._step_isolated(items)
-        if on_error != "raise":
-            raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
-        for i, item in enumerate(items):  # before any lock is taken
-            if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], Stream):
-                raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
-        if len(items) == 1:  # nothing to batch: the single-stream path has less to do
-            (stream, x), = items
-            return [self.step(stream, x)]
-        if not self._batchable:
-            return self._step_each(items)
-        chunks, steps, streams = self._collect(items)
-        with self._locked(streams):
-            for s in streams:
-                s.check_usable(self)
-            groups: dict[int, list[int]] = {}
-            for i, n in enumerate(steps):
-                groups.setdefault(n, []).append(i)
-            results: list[Arrays] = [{}] * len(streams)
-            slots: list[tuple[_StateBatch, int]] = [None] * len(streams)  # type: ignore[list-item]
-            for idxs in groups.values():  # every call first; states are set only when all succeeded
-                batch = self._run_group(idxs, chunks, streams, results)
-                for j, i in enumerate(idxs):
-                    slots[i] = (batch, j)
-            for s, (batch, j), n in zip(streams, slots, steps):
-                s.advance_in_batch(batch, j, n)
-            return results
-
-    def _collect(self, items: Sequence[tuple[Stream, Any]]) -> tuple[dict[str, list[np.ndarray]], list[int],
-                                                                      list[Stream]]:
-        """Every chunk validated (each distinct layout once), per input; the steps and streams, in item order."""
-        chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in self.inputs}
-        steps: list[int] = []
-        streams: list[Stream] = []
-        seen: set[int] = set()
-        single = self._single_input
-        checked: dict[tuple, int] = {}  # (shape, dtype) -> steps
-        for stream, x in items:
-            if id(stream) in seen:
-                raise StreamError("step_batch: expected each stream at most once per call, got one twice")
-            seen.add(id(stream))
-            streams.append(stream)
-            a = x.get(single) if type(x) is dict and len(x) == 1 else x
-            if single is not None and type(a) is np.ndarray:
-                key = (a.shape, a.dtype)
-                n = checked.get(key)
-                if n is None:
-                    n = checked[key] = self._prepare(a, check_finite=False)[1]
-                chunks[single].append(a)
-            else:
-                d, n = self._prepare(x, check_finite=False)
-                for k, v in d.items():
-                    chunks[k].append(v)
-            steps.append(n)
-        return chunks, steps, streams
-
-    @contextmanager
-    def _locked(self, streams: list[Stream]) -> Iterator[None]:
-        """Hold every stream's lock, taken in one fixed order (no deadlock between concurrent batches)."""
-        with ExitStack() as stack:
-            for s in sorted(streams, key=id):
-                stack.enter_context(s.lock)
-            yield
-
-    def _run_group(self, idxs: list[int], chunks: dict[str, list[np.ndarray]], streams: list[Stream],
-                   results: list[Arrays]) -> _StateBatch:
-        """One onnxruntime call for the items ``idxs`` (chunks of one length); fills their results."""
-        feeds = {}
-        for p in self.inputs:
-            add, parts = self._add_batch[p.name], chunks[p.name]
-            feeds[p.name] = np.concatenate([parts[i][add] for i in idxs], axis=p.batch_axis)
-            try:  # once over the stacked chunk; on failure, name the item
-                self._check_finite(p.name, feeds[p.name])
-            except NonFiniteError as e:
-                bad = next(i for i in idxs if not np.isfinite(parts[i]).all())
-                raise NonFiniteError(f"item {bad} of the batch: {e}") from None
-        feeds.update(self._group_states([streams[i] for i in idxs]))
-        res = self._run(feeds)
-        # per-stream views into the batched outputs (iterating the batch axis): no copies
-        outs = [res[k].transpose(perm) for k, perm in enumerate(self._out_batch_first)]
-        for i, *vals in zip(idxs, *outs):
-            results[i] = dict(zip(self._out_port_names, vals))
-        n_out = self._n_out
-        return _StateBatch(
-            {name: res[n_out + k] for k, name in enumerate(self._state_names)},
-            {name: res[n_out + k].transpose(perm)
-             for k, (name, perm) in enumerate(zip(self._state_names, self._state_batch_first))},
-            len(idxs),
-        )
-
-    def _group_states(self, group: list[Stream]) -> Arrays:
-        """The group's states with their batch axis: the last call's outputs when it stepped the same streams in
-        the same order, else each stream's state stacked."""
-        last = group[0].batch_slot
-        if last is not None and last[0].size == len(group) and all(
-            (slot := s.batch_slot) is not None and slot[0] is last[0] and slot[1] == j for j, s in enumerate(group)
-        ):
-            return last[0].arrays
-        return {name: np.concatenate([s.arrays()[name][add] for s in group], axis=st.batch_axis)
-                for (name, add), st in zip(self._state_add_batch, self.states)}
