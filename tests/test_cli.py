@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+
 import os
 import subprocess
 import sys
 
 import onnx
-import pytest
 import torch
 from click.testing import CliRunner
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+pytest.importorskip("onnx")
+
 import copy
 import json
 import re
@@ -9,7 +14,6 @@ import re
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from conftest import REPO
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+
 import re
 
 from conftest import REPO

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+
 import re
 
-import pytest
 from conftest import REPO
 
 BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "whole-models.md").read_text(), re.S)

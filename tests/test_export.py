@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+pytest.importorskip("onnx")
+
 import itertools
 import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from conftest import ARCHS
 

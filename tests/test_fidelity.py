@@ -6,12 +6,16 @@ Each failing case is also checked against the verdict edge-rnn used before float
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+pytest.importorskip("onnx")
+
 import copy
 
 import faults as F
 import numpy as np
 import onnx
-import pytest
 import torch
 import wholemodels as W
 from onnx import TensorProto, helper

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+pytest.importorskip("onnx")
+
 import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 import edge_rnn

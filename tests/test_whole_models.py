@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torch")  # needs the export extra (torch, onnx): skipped where only the runtime is installed
+pytest.importorskip("onnx")
+
 import numpy as np
 import onnx
-import pytest
 import torch
 import wholemodels as W
 
