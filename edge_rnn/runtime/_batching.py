@@ -8,7 +8,7 @@ that batches; it relies on the model's own validation (``_prepare``,
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,11 @@ class _StateBatch:
         self.arrays = arrays
         self.batch_first = batch_first
         self.size = size
+
+
+def _check_item(i: int, item: Any) -> None:
+    if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], Stream):
+        raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
 
 
 class BatchStepping:
@@ -106,18 +111,19 @@ class BatchStepping:
             return self._step_isolated(items)
         if on_error != "raise":
             raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
-        for i, item in enumerate(items):  # before any lock is taken
-            if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], Stream):
-                raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
-        if len(items) == 1:  # nothing to batch: the single-stream path has less to do
-            (stream, x), = items
-            return [self.step(stream, x)]
-        if not self._batchable:
+        if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path
+            for i, item in enumerate(items):
+                _check_item(i, item)
+            if len(items) == 1:  # nothing to batch: the single-stream path has less to do
+                (stream, x), = items
+                return [self.step(stream, x)]
             return self._step_each(items)
         chunks, steps, streams = self._collect(items)
         with self._locked(streams):
+            streamable = self._io.streamable
             for s in streams:
-                s.check_usable(self)
+                if not s.usable_fast(self, streamable):
+                    s.check_usable(self)  # raises the right error
             groups: dict[int, list[int]] = {}
             for i, n in enumerate(steps):
                 groups.setdefault(n, []).append(i)
@@ -140,7 +146,10 @@ class BatchStepping:
         seen: set[int] = set()
         single = self._single_input
         checked: dict[tuple, int] = {}  # (shape, dtype) -> steps
-        for stream, x in items:
+        for i, item in enumerate(items):  # before any lock is taken
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not Stream:
+                _check_item(i, item)  # the exact test, and its error
+            stream, x = item
             if id(stream) in seen:
                 raise StreamError("step_batch: expected each stream at most once per call, got one twice")
             seen.add(id(stream))
@@ -162,10 +171,15 @@ class BatchStepping:
     @contextmanager
     def _locked(self, streams: list[Stream]) -> Iterator[None]:
         """Hold every stream's lock, taken in one fixed order (no deadlock between concurrent batches)."""
-        with ExitStack() as stack:
+        locked: list[Stream] = []
+        try:
             for s in sorted(streams, key=id):
-                stack.enter_context(s.lock)
+                s.lock.acquire()
+                locked.append(s)
             yield
+        finally:
+            for s in locked:
+                s.lock.release()
 
     def _run_group(self, idxs: list[int], chunks: dict[str, list[np.ndarray]], streams: list[Stream],
                    results: list[Arrays]) -> _StateBatch:

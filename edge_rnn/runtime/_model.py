@@ -280,7 +280,7 @@ class StreamingModel(BatchStepping):
                 a = xs[self._single_input]
                 self._valid_layouts[a.shape, a.dtype] = n
         with stream.lock:
-            if not stream.usable_fast(self):
+            if not stream.usable_fast(self, self._io.streamable):
                 stream.check_usable(self)  # raises the right error
             feeds.update(stream.single_feeds(self._state_add_batch))
             res = self._run(feeds)

@@ -43,7 +43,8 @@ class Stream:
         self._model = model
         self._specs = specs
         self._dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
-        self._slot: tuple[Any, int] | None = None  # (batch outputs, index) after step_batch
+        # (batch outputs, index) after step_batch, else None; read by the model, set only by the methods below
+        self.batch_slot: tuple[Any, int] | None = None
         self._fed: dict[str, np.ndarray] | None = None  # after step: onnxruntime's outputs, batch axis of 1
         self._drop: list = []  # (name, index) that drops the batch axis of _fed
         self.lock = threading.Lock()  # held while a step on this stream runs
@@ -57,7 +58,7 @@ class Stream:
             if self._fed is not None:
                 self._dict = {name: self._fed[name][drop] for name, drop in self._drop}
             else:
-                batch, j = self._slot  # type: ignore[misc]
+                batch, j = self.batch_slot  # type: ignore[misc]
                 self._dict = {name: a[j] for name, a in batch.batch_first.items()}
         return self._dict
 
@@ -68,20 +69,15 @@ class Stream:
         state = self.arrays()
         return {name: state[name][add] for name, add in add_batch}
 
-    @property
-    def batch_slot(self) -> tuple[Any, int] | None:
-        """(batch outputs, index) when the last step was in a step_batch call, else None."""
-        return self._slot
-
     def advance_alone(self, fed: dict[str, np.ndarray], drop: list, steps: int) -> None:
         """After a step on this stream alone: its new state is onnxruntime's outputs ``fed``."""
         self._fed, self._drop = fed, drop
-        self._dict = self._slot = None
+        self._dict = self.batch_slot = None
         self.steps += steps
 
     def advance_in_batch(self, batch: Any, index: int, steps: int) -> None:
         """After a step_batch call: its new state is slot ``index`` of that call's outputs."""
-        self._slot = (batch, index)
+        self.batch_slot = (batch, index)
         self._dict = self._fed = None
         self.steps += steps
 
@@ -96,9 +92,9 @@ class Stream:
                 "per sequence; call stream.reset() before the next sequence"
             )
 
-    def usable_fast(self, model: StreamingModel) -> bool:
-        """The common case of :meth:`check_usable` in one test, for the hot path."""
-        return self._model is model and not self._closed and (not self.steps or model.streamable)
+    def usable_fast(self, model: StreamingModel, streamable: bool) -> bool:
+        """The common case of :meth:`check_usable` in one test, for the hot path (``streamable``: the model's)."""
+        return self._model is model and not self._closed and (streamable or not self.steps)
 
     # ------------------------------------------------------------------ for the user
     @property
@@ -137,7 +133,7 @@ class Stream:
 
     def _set(self, state: dict[str, np.ndarray]) -> None:
         self._dict = state
-        self._slot = self._fed = None
+        self.batch_slot = self._fed = None
 
     def _check_open(self) -> None:
         if self._closed:
