@@ -103,3 +103,35 @@ def test_errors_from_isolate_are_edge_rnn_errors(model):
     a = model.open_stream()
     out = model.step_batch([(a, "not a number")], on_error="isolate")
     assert isinstance(out[0], EdgeRnnError) and a.steps == 0
+
+
+def test_content_numpy_cannot_hold_is_a_shape_error_also_in_isolate(model):
+    a, b = model.open_stream(), model.open_stream()
+    with pytest.raises(ShapeError, match="numpy cannot convert"):
+        model.step(a, [10**400] * 3)  # an int too large for float32
+    out = model.step_batch([(a, np.ones(3, np.float32)), (b, [10**400] * 3)], on_error="isolate")
+    assert isinstance(out[1], ShapeError) and "y" in out[0] and (a.steps, b.steps) == (1, 0)
+
+
+def test_misuse_of_step_and_step_batch_gives_clear_errors(model):
+    with pytest.raises(StreamError, match="expected a Stream"):
+        model.step("not a stream", np.zeros(3, np.float32))
+    a, b = model.open_stream(), model.open_stream()
+    out = model.step_batch(pair for pair in [(a, np.zeros(3, np.float32)), (b, np.ones(3, np.float32))])
+    assert len(out) == 2 and a.steps == b.steps == 1  # a generator of pairs works like a list
+
+
+def test_a_contract_that_does_not_fit_the_graph_is_refused_at_load():
+    from edge_rnn.contract import Contract, StateSpec, TensorSpec
+    from edge_rnn.errors import ModelFormatError
+
+    wrong_name = Contract(inputs=(TensorSpec("x", 0),), outputs=(TensorSpec("y", 0),),
+                          states=(StateSpec("state", "new_state", (None, 3), 0),))
+    with pytest.raises(ModelFormatError, match=r"names \['state', 'new_state'\], which the graph does not have"):
+        StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_name)
+    wrong_shape = Contract(inputs=(TensorSpec("x", 0),), outputs=(TensorSpec("y", 0),),
+                           states=(StateSpec("h0", "hn", (None, 6), 0),))
+    with pytest.raises(ModelFormatError, match=r"'h0' of shape \[None, 6\] float32 .* graph has \['batch', 3\]"):
+        StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape)
+    with pytest.raises(ValueError, match="not both"):
+        StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape, state_map={"h0": "hn"})

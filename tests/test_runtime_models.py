@@ -196,7 +196,7 @@ def test_onnxruntime_failure_is_an_edge_rnn_error_run_once_and_no_stream_advance
     calls = []
     real = model.session.run
     model.session.run = lambda *args: calls.append(1) or real(*args)  # counts the public path's calls
-    with pytest.raises(InferenceError, match="onnxruntime failed to run .* no stream advanced"):
+    with pytest.raises(InferenceError, match="onnxruntime failed to run .* no stream in this call advanced"):
         model.step_batch([(a, x), (b, x)])
     assert a.steps == b.steps == 0 and not np.any(a.state["h0"]) and calls == []  # run once, on the fast path
     out = model.step_batch([(a, x), (b, x)], on_error="isolate")  # one call each: both fine alone

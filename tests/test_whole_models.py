@@ -404,3 +404,15 @@ def test_whole_model_options_still_work_for_one_release_with_a_deprecation_warni
     with pytest.raises(UnsupportedError, match="not both"), pytest.warns(DeprecationWarning):
         edge_rnn.export(model, tmp_path / "b.onnx", example_input=torch.randn(20, 1, 40), io=StreamingIO(),
                         whole_model_options={"streaming": True})
+
+
+def test_whole_model_options_with_none_values_as_before(tmp_path):
+    with pytest.warns(DeprecationWarning):
+        report = edge_rnn.export(W.keyword_spotter().eval(), tmp_path / "k.onnx", example_input=torch.randn(1, 20, 40),
+                                 verify_parity=False, whole_model_options={"states": None, "input_axes": None,
+                                                                           "streaming": 1})
+    assert report.contract.streamable
+    from edge_rnn.exporters import ExportOptions
+
+    with pytest.raises(UnsupportedError, match="atol: expected a positive number, got True"):
+        ExportOptions(atol=True)

@@ -90,8 +90,11 @@ class ExportOptions:
                 raise UnsupportedError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if isinstance(self.long_steps, bool) or not isinstance(self.long_steps, int) or self.long_steps < 0:
             raise UnsupportedError(f"long_steps: expected an int >= 0, got {self.long_steps!r}")
-        if self.atol is not None and not (isinstance(self.atol, (int, float)) and self.atol > 0):
+        if self.atol is not None and (isinstance(self.atol, bool) or not isinstance(self.atol, (int, float))
+                                      or not self.atol > 0):
             raise UnsupportedError(f"atol: expected a positive number, got {self.atol!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UnsupportedError(f"seed: expected an int, got {self.seed!r}")
         object.__setattr__(self, "extra_source", dict(self.extra_source or {}))
 
 
@@ -110,4 +113,7 @@ def io_from_legacy(io: StreamingIO | None, whole_model_options: Mapping[str, Any
     if unknown:
         raise UnsupportedError(f"whole_model_options {unknown}: expected keys among {sorted(keys)}")
     legacy_atol = opts.pop("atol", None)
+    opts = {k: v for k, v in opts.items() if v is not None}  # the dict took None for "not given"
+    if "streaming" in opts:
+        opts["streaming"] = bool(opts["streaming"])
     return StreamingIO(**opts), atol if atol is not None else legacy_atol

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_rnn.errors import EdgeRnnError, NonFiniteError, StreamError
+from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime._stream import Stream
 
 __all__ = ["BatchStepping"]
@@ -61,6 +61,8 @@ class BatchStepping:
                 valid.append(i)
             except EdgeRnnError as e:
                 results[i] = e
+            except Exception as e:  # noqa: BLE001 - whatever the item's own content raised: its error alone
+                results[i] = ShapeError(f"item {i}: cannot be used ({type(e).__name__}: {e})")
         if valid and self._batchable:
             try:  # atomic on a batchable model: on failure no stream advanced, and each is stepped alone below
                 for i, out in zip(valid, self.step_batch([items[i] for i in valid])):
@@ -87,6 +89,15 @@ class BatchStepping:
                 s.check_usable(self)
         return [self.step(s, x) for s, x in items]
 
+    def _step_unbatched(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
+        """One item (the single-stream path has less to do), or a model whose batch is fixed at 1."""
+        for i, item in enumerate(items):
+            _check_item(i, item)
+        if len(items) == 1:
+            (stream, x), = items
+            return [self.step(stream, x)]
+        return self._step_each(items)
+
     def step_batch(self, items: Sequence[tuple[Stream, Any]], *, on_error: str = "raise"
                    ) -> list[Arrays | EdgeRnnError]:
         """Step many streams; chunks of equal length share one onnxruntime call.
@@ -107,17 +118,14 @@ class BatchStepping:
         of the result, and every other stream still advances, so one client's
         bad input cannot stop the others.
         """
+        if not isinstance(items, Sequence):
+            items = list(items)  # a generator of pairs
         if on_error == "isolate":
             return self._step_isolated(items)
         if on_error != "raise":
             raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
         if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path
-            for i, item in enumerate(items):
-                _check_item(i, item)
-            if len(items) == 1:  # nothing to batch: the single-stream path has less to do
-                (stream, x), = items
-                return [self.step(stream, x)]
-            return self._step_each(items)
+            return self._step_unbatched(items)
         chunks, steps, streams = self._collect(items)
         with self._locked(streams):
             streamable = self._io.streamable

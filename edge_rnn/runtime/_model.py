@@ -30,7 +30,7 @@ def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> 
     if type(a) is not np.ndarray:
         try:
             a = np.asarray(a, dtype=p.dtype)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
                              f"that numpy cannot convert ({e})") from None
     shape = a.shape
@@ -71,7 +71,9 @@ class StreamingModel(BatchStepping):
         # Every feed is validated here already, so the binding's run skips the public wrapper's second
         # check of names and ownership (~5 us a call); any error goes through the public run, which
         # reports it or falls back to another execution provider as onnxruntime does.
-        self._fast_run = getattr(getattr(session, "_sess", None), "run", None)
+        # Decided once here: whether the binding exists. It is looked up on each call, since onnxruntime
+        # replaces it when it falls back to another execution provider.
+        self._fast = callable(getattr(getattr(session, "_sess", None), "run", None))
         self._out_port_names = [p.name for p in io.outputs]
         self._out_drop = [(p.name, (slice(None),) * p.batch_axis + (0,)) for p in io.outputs]
         self._state_names = [s.input for s in io.states]
@@ -146,6 +148,9 @@ class StreamingModel(BatchStepping):
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None
         ins = {i.name: (tuple(i.shape), i.type) for i in session.get_inputs()}
         outs = {o.name: (tuple(o.shape), o.type) for o in session.get_outputs()}
+        if contract is not None and state_map is not None:
+            raise ValueError("give contract= or state_map=, not both: the contract already says which input feeds "
+                             "which output")
         metadata = session.get_modelmeta().custom_metadata_map if contract is None else contract.to_metadata()
         io = resolve_io(
             ins, outs, metadata, state_map=state_map, batch_axis=batch_axis,
@@ -248,20 +253,20 @@ class StreamingModel(BatchStepping):
             )
 
     def _run(self, feeds: Arrays) -> list[np.ndarray]:
-        """One onnxruntime call. Run once: only an execution-provider failure is retried, by onnxruntime's
-        own public path (it falls back to the next provider); any other failure raises InferenceError."""
+        """One onnxruntime call. Any failure raises InferenceError, except an execution-provider failure, which
+        goes to onnxruntime's own public run: it falls back to the next provider, as onnxruntime does."""
         feeds.update(self._io.constants)
         try:
-            if self._fast_run is not None:
+            if self._fast:
                 try:
-                    return self._fast_run(self._out_names, feeds, None)
+                    return self._session._sess.run(self._out_names, feeds, None)
                 except _EP_FAIL:
-                    pass  # the public run below retries on the fallback providers, as onnxruntime does
+                    pass
             return self._session.run(self._out_names, feeds)
         except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, InvalidArgument, RuntimeException, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise InferenceError(f"onnxruntime failed to run {self.source} ({type(e).__name__}: {first}); "
-                                 "no stream advanced") from None
+                                 "no stream in this call advanced") from e
 
     def step(self, stream: Stream, x: Any) -> Arrays:
         """Feed one chunk (array, or dict for several inputs; no batch axis) and advance the stream.
@@ -269,6 +274,8 @@ class StreamingModel(BatchStepping):
         Returns the outputs without the batch axis. On any error the stream's
         state is left exactly as it was.
         """
+        if type(stream) is not Stream:
+            raise StreamError(f"expected a Stream from this model's open_stream(), got {type(stream).__name__}")
         if type(x) is np.ndarray and self._single_input is not None and (x.shape, x.dtype) in self._valid_layouts:
             n = self._valid_layouts[x.shape, x.dtype]  # this layout passed every shape check before
             self._check_finite(self._single_input, x)

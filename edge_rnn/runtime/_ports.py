@@ -189,6 +189,24 @@ def _mapped_states(inputs: Mapping[str, tuple[tuple, str]], outputs: Mapping[str
     return states
 
 
+def _check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
+                         outputs: Mapping[str, tuple[tuple, str]]) -> None:
+    """Every name the contract gives is in the graph, and every state's rank, fixed sizes and dtype match it."""
+    missing = [n for n in [t.name for t in contract.inputs] + [s.input for s in contract.states] if n not in inputs]
+    missing += [n for n in [t.name for t in contract.outputs] + [s.output for s in contract.states] if n not in outputs]
+    if missing:
+        raise ModelFormatError(f"edge_rnn contract names {missing}, which the graph does not have: expected names "
+                               f"among inputs {sorted(inputs)} and outputs {sorted(outputs)}")
+    for s in contract.states:
+        for name, (shape, ort_type) in ((s.input, inputs[s.input]), (s.output, outputs[s.output])):
+            dims = _dims(shape)
+            fits = len(dims) == len(s.shape) and all(a is None or b is None or a == b for a, b in zip(dims, s.shape))
+            if not fits or np.dtype(numpy_dtype(ort_type)) != np.dtype(s.dtype):
+                raise ModelFormatError(
+                    f"edge_rnn contract: state {s.input!r} -> {s.output!r}: expected {name!r} of shape "
+                    f"{list(s.shape)} {s.dtype} as the contract says, but the graph has {list(shape)} {ort_type}")
+
+
 def resolve_io(
     inputs: Mapping[str, tuple[tuple, str]],
     outputs: Mapping[str, tuple[tuple, str]],
@@ -204,6 +222,7 @@ def resolve_io(
     consts = _constants(inputs, constants)
     contract = Contract.from_metadata(metadata)
     if contract is not None and state_map is None:
+        _check_contract_fits(contract, inputs, outputs)
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
         states = contract.states
         streamable = contract.streamable
