@@ -32,6 +32,7 @@ from typing import Any
 from edge_rnn.errors import ModelFormatError
 
 __all__ = [
+    "axes_problem",
     "METADATA_KEY",
     "FORMAT_VERSION",
     "TensorSpec",
@@ -56,6 +57,21 @@ def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ModelFormatError(f"edge_rnn contract: expected {what} to be a non-negative int, got {value!r}")
     return value
+
+
+def axes_problem(rank: int, batch_axis: int | None, time_axis: int | None) -> str | None:
+    """What is wrong with a (batch_axis, time_axis) pair for a tensor of ``rank``, or None: the one copy of the rule.
+
+    Both are ints in ``0..rank-1`` (``time_axis`` may be None: one step per call) and differ.
+    """
+    for what, ax in (("batch_axis", batch_axis), ("time_axis", time_axis)):
+        if ax is None and what == "time_axis":
+            continue
+        if isinstance(ax, bool) or not isinstance(ax, int) or not 0 <= ax < rank:
+            return f"expected {what} in 0..{rank - 1} (rank {rank}), got {ax!r}"
+    if batch_axis == time_axis:
+        return f"expected different batch and time axes, got {batch_axis} for both"
+    return None
 
 
 @dataclass(frozen=True)

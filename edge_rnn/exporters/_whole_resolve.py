@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_rnn.contract import Contract, StateSpec, TensorSpec
+from edge_rnn.contract import Contract, StateSpec, TensorSpec, axes_problem
 from edge_rnn.errors import NotStreamableError, ShapeError, UnsupportedError
 from edge_rnn.exporters._lift import LiftedState, Lifter
 
@@ -64,12 +64,9 @@ def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[
         except (TypeError, ValueError):
             raise ShapeError(
                 f"{what}_axes for {name!r}: expected (batch_axis, time_axis), got {given[name]!r}") from None
-        if b == tm:
-            raise ShapeError(f"{what}_axes for {name!r}: expected different batch and time axes, got {(b, tm)}")
-        for axis in (b, tm):
-            if axis is not None and not 0 <= axis < t.dim():
-                raise ShapeError(f"{what}_axes for {name!r}: expected axes < {t.dim()} (shape {tuple(t.shape)}), "
-                                 f"got {(b, tm)}")
+        problem = axes_problem(t.dim(), b, tm)
+        if problem:
+            raise ShapeError(f"{what}_axes for {name!r} of shape {tuple(t.shape)}: {problem}")
         out.append(TensorSpec(name, b, tm))
     return out
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_rnn.contract import Contract, StateSpec
+from edge_rnn.contract import Contract, StateSpec, axes_problem
 from edge_rnn.errors import ModelFormatError
 
 __all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype"]
@@ -239,11 +239,9 @@ def resolve_io(
     def port(name: str, shape: tuple, ort_type: str) -> Port:
         b, t = axes.get(name, (batch_axis, time_axis))
         dims = _dims(shape)
-        for what, ax in (("batch_axis", b), ("time_axis", t)):
-            if ax is not None and not 0 <= ax < len(dims):
-                raise ModelFormatError(f"{name!r} has rank {len(dims)}: expected {what} < {len(dims)}, got {ax}")
-        if b == t:
-            raise ModelFormatError(f"{name!r}: expected different batch and time axes, got {b} for both")
+        problem = axes_problem(len(dims), b, t)
+        if problem:
+            raise ModelFormatError(f"{name!r} of shape {list(shape)}: {problem}")
         return Port(name, dims, numpy_dtype(ort_type), b, t)
 
     data_in = tuple(port(k, *v) for k, v in inputs.items() if k not in state_in and k not in consts)
