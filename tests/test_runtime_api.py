@@ -135,3 +135,17 @@ def test_a_contract_that_does_not_fit_the_graph_is_refused_at_load():
         StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape)
     with pytest.raises(ValueError, match="not both"):
         StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape, state_map={"h0": "hn"})
+
+
+def test_load_options_come_in_two_groups_or_as_keywords_not_both():
+    from edge_rnn.runtime import ForeignModel, SessionConfig
+
+    path = DATA / "tiny_dynamic.onnx"
+    grouped = StreamingModel.load(path, session=SessionConfig(threads=1), foreign=ForeignModel(state_batch_axis=0))
+    flat = StreamingModel.load(path, threads=1, state_batch_axis=0)
+    x = np.full(3, 0.3, np.float32)
+    assert np.array_equal(grouped.step(grouped.open_stream(), x)["y"], flat.step(flat.open_stream(), x)["y"])
+    with pytest.raises(ValueError, match=r"give session=SessionConfig\(...\) or its fields \['threads'\]"):
+        StreamingModel.load(path, session=SessionConfig(), threads=1, state_batch_axis=0)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['thread'\]"):
+        StreamingModel.load(path, thread=1)

@@ -12,7 +12,19 @@ measures a model against one plain ``session.run`` per stream.
 from edge_rnn.runtime._model import OPT_LEVELS, StreamingModel
 from edge_rnn.runtime._ports import Port, detect_state_pairs
 from edge_rnn.runtime._sequence import run_sequence
+from edge_rnn.runtime._session import ForeignModel, SessionConfig
 from edge_rnn.runtime._stream import Stream
 from edge_rnn.runtime.bench import BenchRow, bench
 
-__all__ = ["StreamingModel", "OPT_LEVELS", "Stream", "Port", "detect_state_pairs", "run_sequence", "bench", "BenchRow"]
+__all__ = [
+    "StreamingModel",
+    "SessionConfig",
+    "ForeignModel",
+    "OPT_LEVELS",
+    "Stream",
+    "Port",
+    "detect_state_pairs",
+    "run_sequence",
+    "bench",
+    "BenchRow",
+]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from edge_rnn.contract import Contract, StateSpec
 from edge_rnn.errors import InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
-from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS
+from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS, ForeignModel, SessionConfig
 from edge_rnn.runtime._session import session_options as make_session_options
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
@@ -23,6 +24,22 @@ from edge_rnn.runtime._stream import Stream, state_from_user
 __all__ = ["StreamingModel", "OPT_LEVELS"]
 
 Arrays = dict[str, np.ndarray]
+
+
+def _grouped(session: SessionConfig | None, foreign: ForeignModel | None,
+             flat: dict[str, Any]) -> tuple[SessionConfig, ForeignModel]:
+    """load's flat keywords, each put in its group; a group given whole and in part is refused."""
+    groups = {"session": (SessionConfig, session), "foreign": (ForeignModel, foreign)}
+    out = {}
+    for name, (cls, given) in groups.items():
+        keys = {f.name for f in dataclasses.fields(cls)}
+        mine = {k: flat.pop(k) for k in list(flat) if k in keys}
+        if given is not None and mine:
+            raise ValueError(f"give {name}={cls.__name__}(...) or its fields {sorted(mine)} as keywords, not both")
+        out[name] = given if given is not None else cls(**mine)
+    if flat:
+        raise TypeError(f"load() got unexpected keyword arguments {sorted(flat)}")
+    return out["session"], out["foreign"]
 
 
 def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> np.ndarray:
@@ -103,36 +120,31 @@ class StreamingModel(BatchStepping):
         cls,
         model: str | Path | bytes,
         *,
-        providers: Sequence[str | tuple[str, dict]] | None = None,
-        threads: int | None = None,
-        optimization: str | None = None,
-        state_map: Mapping[str, str] | None = None,
-        batch_axis: int = 0,
-        time_axis: int | None = None,
-        state_batch_axis: int | None = None,
-        constants: Mapping[str, Any] | None = None,
-        allow_nonfinite: bool = False,
-        session_options: ort.SessionOptions | None = None,
+        session: SessionConfig | None = None,
+        foreign: ForeignModel | None = None,
         contract: Contract | None = None,
+        allow_nonfinite: bool = False,
+        **flat: Any,
     ) -> StreamingModel:
         """Load an ONNX model (a path or its bytes).
 
         A model edge-rnn exported describes its states in its ``edge_rnn``
-        metadata. For any other stateful model, ``state_map`` maps each state
-        input to the output that feeds it (common pairs such as ``h0``/``hn``,
-        ``X_in``/``X_out``, ``past_X``/``present_X`` and ``state``/``stateN``
-        are found without it); ``batch_axis`` and ``time_axis`` say where the
-        batch and time axes of the data inputs and outputs are (``time_axis``
-        None: one step per call), ``state_batch_axis`` the states' batch axis
-        when it is not the one dynamic dimension. ``constants`` are fed on
-        every call, e.g. ``{"sr": np.array(16000)}``. ``threads`` sets
-        onnxruntime's intra-op threads (None: its default); ``optimization``
-        its graph optimisation level (``"default"``: all).
-        ``session_options`` is used as given and never changed: set threads
-        and the optimisation level on it, not here as well.
-        ``contract`` describes the states when the file carries none (a
-        bundle's manifest holds it); it takes the place of the metadata.
+        metadata. The options come in two groups, each a frozen dataclass:
+
+        - ``session`` (:class:`SessionConfig`): ``providers``, ``threads``
+          (intra-op; None: onnxruntime's default), ``optimization`` (graph
+          level, ``"default"``: all) or your own ``session_options``, used as
+          given and never changed;
+        - ``foreign`` (:class:`ForeignModel`): how to read a model edge-rnn
+          did not write: ``state_map``, ``batch_axis``, ``time_axis``,
+          ``state_batch_axis``, ``constants``.
+
+        Each of those fields may also be given as a keyword of its own
+        (``load(path, threads=1)``), but not both ways. ``contract`` describes
+        the states when the file carries none (a bundle's manifest holds it);
+        it takes the place of the metadata and is checked against the graph.
         """
+        session, foreign = _grouped(session, foreign, flat)
         if isinstance(model, (bytes, bytearray)):
             data, source = bytes(model), "<bytes>"
         else:
@@ -140,24 +152,23 @@ class StreamingModel(BatchStepping):
             if not path.is_file():
                 raise ModelFormatError(f"{path}: no such file")
             data, source = path.read_bytes(), str(path)
-        so = make_session_options(session_options, threads, optimization)
+        so = make_session_options(session.session_options, session.threads, session.optimization)
         try:
-            session = ort.InferenceSession(data, so, providers=list(providers or ["CPUExecutionProvider"]))
+            ort_session = ort.InferenceSession(data, so, providers=list(session.providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None
-        ins = {i.name: (tuple(i.shape), i.type) for i in session.get_inputs()}
-        outs = {o.name: (tuple(o.shape), o.type) for o in session.get_outputs()}
-        if contract is not None and state_map is not None:
+        ins = {i.name: (tuple(i.shape), i.type) for i in ort_session.get_inputs()}
+        outs = {o.name: (tuple(o.shape), o.type) for o in ort_session.get_outputs()}
+        if contract is not None and foreign.state_map is not None:
             raise ValueError("give contract= or state_map=, not both: the contract already says which input feeds "
                              "which output")
-        metadata = session.get_modelmeta().custom_metadata_map if contract is None else contract.to_metadata()
-        io = resolve_io(
-            ins, outs, metadata, state_map=state_map, batch_axis=batch_axis,
-            time_axis=time_axis, state_batch_axis=state_batch_axis, constants=constants,
-        )
+        metadata = ort_session.get_modelmeta().custom_metadata_map if contract is None else contract.to_metadata()
+        io = resolve_io(ins, outs, metadata, state_map=foreign.state_map, batch_axis=foreign.batch_axis,
+                        time_axis=foreign.time_axis, state_batch_axis=foreign.state_batch_axis,
+                        constants=foreign.constants)
         fingerprint = hashlib.sha256(data).hexdigest()[:32]
-        return cls(session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
+        return cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
 
     # --------------------------------------------------------------- properties
     @property

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import onnxruntime as ort
 
-__all__ = ["OPT_LEVELS", "session_options"]
+__all__ = ["OPT_LEVELS", "session_options", "SessionConfig", "ForeignModel"]
 
 _EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
@@ -33,3 +37,35 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return so
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How onnxruntime runs the model: providers, threads, optimisation level, or your own SessionOptions.
+
+    ``session_options`` is used as given and never changed (onnxruntime's
+    cannot be copied): set threads and the level on it, not here as well.
+    """
+
+    providers: Sequence[str | tuple[str, dict]] | None = None
+    threads: int | None = None
+    optimization: str | None = None
+    session_options: Any = None
+
+
+@dataclass(frozen=True)
+class ForeignModel:
+    """How to read a stateful model edge-rnn did not write (no ``edge_rnn`` contract in its metadata).
+
+    ``state_map`` maps each state input to the output that feeds it (common
+    pairs are found without it); ``batch_axis``/``time_axis`` locate the data
+    inputs' and outputs' axes (``time_axis`` None: one step per call);
+    ``state_batch_axis`` the states' batch axis where it is not the one dynamic
+    dimension; ``constants`` are fed on every call, e.g. ``{"sr": np.array(16000)}``.
+    """
+
+    state_map: Mapping[str, str] | None = None
+    batch_axis: int = 0
+    time_axis: int | None = None
+    state_batch_axis: int | None = None
+    constants: Mapping[str, Any] | None = None
