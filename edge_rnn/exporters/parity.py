@@ -118,7 +118,7 @@ def _example_batch(spec: RecurrentSpec, example_input: Any) -> int:
                          f"{type(example_input).__name__}")
     if example_input.dim() != (2 if spec.cell else 3):  # unbatched: no batch size to differ from
         return 2
-    return int(example_input.shape[0 if (spec.cell or spec.batch_first) else 1])
+    return int(example_input.shape[spec.io_axes[0]])
 
 
 def _same_layer(spec: RecurrentSpec, contract: Contract, path: Path) -> None:
