@@ -38,52 +38,19 @@ def main() -> None:
     """Recurrent networks from PyTorch to streaming ONNX, and back to proof that they match."""
 
 
-def _load_state_dict(module: Any, weights: Path) -> None:
-    """Load a state_dict saved with torch.save, never unpickling arbitrary objects."""
-    import pickle
-
-    import torch
-
-    _existing(weights, "weights")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StateError(
-            f"{weights}: refused to unpickle it with weights_only=True ({first}); "
-            "save a plain state_dict instead: torch.save(module.state_dict(), path)"
-        ) from None
-    except Exception as e:  # a truncated or non-torch file
-        raise StateError(f"{weights}: expected a file written by torch.save, could not read it ({e})") from None
-    if not isinstance(state, dict):
-        raise StateError(f"{weights}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
-    mod_state = module.state_dict()
-    missing = sorted(set(mod_state) - set(state))
-    unexpected = sorted(set(state) - set(mod_state))
-    if missing or unexpected:
-        raise StateError(
-            f"{weights}: state_dict keys do not fit {type(module).__name__}: missing {missing}, unexpected {unexpected}"
-        )
-    bad = [
-        f"{k} expected {tuple(v.shape)}, got {tuple(getattr(state[k], 'shape', ()))}"
-        for k, v in mod_state.items()
-        if tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
-    ]
-    if bad:
-        raise StateError(f"{weights}: state_dict shapes do not fit: " + "; ".join(bad))
-    module.load_state_dict(state)
 
 
 def _build(spec: Any, weights: Path | None, seed: int | None) -> Any:
     import torch
 
     from edge_rnn.exporters import build_module
+    from edge_rnn.exporters._checkpoint import load_state_dict
 
     if seed is not None:
         torch.manual_seed(seed)
     module = build_module(spec)
     if weights is not None:
-        _load_state_dict(module, weights)
+        load_state_dict(module, weights)
     return module.eval()
 
 
@@ -177,31 +144,6 @@ def _print_report(report: Any, output: Path) -> None:
         sys.exit(1)
 
 
-def _load_factory(ref: str) -> Any:
-    import importlib
-    import os
-
-    import torch
-
-    mod_name, _, attr = ref.partition(":")
-    if not mod_name or not attr:
-        raise EdgeRnnError(f"{ref}: expected package.module:callable")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise EdgeRnnError(f"{ref}: cannot import {mod_name} ({e})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise EdgeRnnError(f"{ref}: {mod_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise EdgeRnnError(f"{ref}: expected a callable that returns a torch.nn.Module, got {type(obj).__name__}")
-    model = obj()
-    if not isinstance(model, torch.nn.Module):
-        raise EdgeRnnError(f"{ref}: expected it to return a torch.nn.Module, got {type(model).__name__}")
-    return model
 
 
 def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_axis: int, weights: Path | None,
@@ -210,14 +152,15 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
 
     from edge_rnn.exporters import StreamingIO
     from edge_rnn.exporters import export as export_module
+    from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
 
     if not example_shape:
         raise click.UsageError("FACTORY needs --example-shape, e.g. --example-shape 1,50,40")
     shape = _int_list(example_shape, "--example-shape")
     sequences = _read_data(data)
-    model = _load_factory(ref)
+    model = load_factory(ref)
     if weights is not None:
-        _load_state_dict(model, weights)
+        load_state_dict(model, weights)
     model.eval()
     rank = len(shape)
     axes = (batch_axis, time_axis if time_axis < rank else None)
@@ -264,6 +207,7 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
     """
     from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import verify as verify_model
+    from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
     from edge_rnn.harness import read_contract
 
     _existing(model, "model")
@@ -274,9 +218,9 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
             raise EdgeRnnError(
                 f"{model}: a whole model ({contract.source.get('module')}); pass the factory it was exported from: "
                 f"edge-rnn verify {model} package.module:factory [--weights state_dict.pt]")
-        module = _load_factory(factory)
+        module = load_factory(factory)
         if weights is not None:
-            _load_state_dict(module, weights)
+            load_state_dict(module, weights)
         module.eval()
     else:
         if factory is not None:
