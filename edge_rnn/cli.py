@@ -226,9 +226,12 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
         if factory is not None:
             raise click.UsageError("FACTORY is for whole models; a bare layer is rebuilt from the model's metadata")
         spec = RecurrentSpec.from_source(contract.source)
-        if weights is None and "seed" not in contract.source:
+        seed = contract.source.get("seed")
+        if weights is None and seed is None:
             raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
-        module = _build(spec, weights, None if weights else int(contract.source["seed"]))
+        if weights is None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ModelFormatError(f"{model}: expected the contract's seed to be an int in 0..2**63-1, got {seed!r}")
+        module = _build(spec, weights, None if weights else seed)
     report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False, data=sequences)
     _print_parity(report, every_row)
     if not report.ok:
@@ -280,13 +283,14 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
 
     m = _load_runtime_model(model, threads)
     _existing(input_path, "input")
-    try:
-        data = np.load(input_path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise EdgeRnnError(f"{input_path}: expected a .npy array, could not read it ({e})") from None
-    if not isinstance(data, np.ndarray) or data.ndim == 0:
-        raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got "
-                           f"{'an .npz archive' if not isinstance(data, np.ndarray) else 'a scalar'}")
+    from edge_rnn.harness import read_npy
+
+    with open(input_path, "rb") as f:
+        if f.read(2) == b"PK":
+            raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got an .npz archive")
+    data = read_npy(input_path)  # the declared size checked against the file's first; never unpickled
+    if data.ndim == 0:
+        raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got a scalar")
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")

@@ -42,6 +42,9 @@ __all__ = [
 
 METADATA_KEY = "edge_rnn"
 FORMAT_VERSION = 1
+# 2**28 elements (1 GiB of float32) per stream: far above any recurrent state, far below an allocation
+# that would take the machine down when a forged contract declares one.
+MAX_STATE_ELEMENTS = 2**28
 _DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -122,6 +125,14 @@ class StateSpec:
             raise ModelFormatError(
                 f"edge_rnn contract: state {self.input!r}: expected fixed non-negative sizes besides the "
                 f"batch axis, got {list(self.shape)}"
+            )
+        per_stream = 1
+        for d in others:
+            per_stream *= d
+        if per_stream > MAX_STATE_ELEMENTS:
+            raise ModelFormatError(
+                f"edge_rnn contract: state {self.input!r}: expected at most {MAX_STATE_ELEMENTS:,} elements per "
+                f"stream, got {list(self.shape)} ({per_stream:,}); refused rather than allocated"
             )
         if self.dtype not in _DTYPES:
             raise ModelFormatError(
@@ -232,6 +243,8 @@ class Contract:
             d = json.loads(text)
         except (json.JSONDecodeError, TypeError) as e:
             raise ModelFormatError(f"edge_rnn contract: expected JSON, got invalid text ({e})") from None
+        except RecursionError:  # "[" * 100000: nesting no contract has
+            raise ModelFormatError("edge_rnn contract: expected JSON, got nesting too deep to read") from None
         return cls.from_dict(d)
 
     @classmethod

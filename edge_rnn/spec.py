@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edge_rnn.contract import StateSpec
-from edge_rnn.errors import UnsupportedError
+from edge_rnn.errors import ModelFormatError, UnsupportedError
 
 __all__ = ["RecurrentSpec", "GATES_PER_KIND"]
 
@@ -109,4 +109,11 @@ class RecurrentSpec:
             raise UnsupportedError(
                 f"expected the contract's source to describe an RNN/LSTM/GRU export, got keys {sorted(source)}"
             )
-        return cls(**{k: v for k, v in source.items() if k in fields})
+        given = {k: v for k, v in source.items() if k in fields}
+        for name, value in given.items():
+            want = {"kind": str, "module": str, "nonlinearity": str, "bidirectional": bool, "batch_first": bool,
+                    "bias": bool, "cell": bool}.get(name, int)
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ModelFormatError(
+                    f"edge_rnn contract source: expected {name} to be {want.__name__}, got {value!r}")
+        return cls(**given)

@@ -251,3 +251,27 @@ def test_data_option_feeds_real_sequences_and_refuses_pickles(tmp_path):
                    "expected one sequence of shape (time, 4), got (10, 5)")
     one_line_error(run(*BASE, "--data", str(tmp_path / "nope.npy"), "-o", str(tmp_path / "n.onnx")), "no such file")
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_forged_sources_and_headers_give_one_line(tmp_path):
+    """Issue 9 bugs 8 and 9: a forged contract source, or a .npy header declaring terabytes."""
+    import io
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--long-steps", "0", "-o", str(out)).exit_code == 0
+    model = onnx.load(out)
+    meta = next(p for p in model.metadata_props if p.key == "edge_rnn")
+    for key, value, match in (("seed", "abc", "seed to be an int"), ("input_size", "4", "input_size to be int")):
+        d = json.loads(meta.value)
+        d["source"][key] = value
+        meta.value = json.dumps(d)
+        onnx.save(model, tmp_path / "forged.onnx")
+        one_line_error(run("verify", str(tmp_path / "forged.onnx"), "--long-steps", "0"), match)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+    (tmp_path / "huge.npy").write_bytes(buf.getvalue() + b"\0" * 64)
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "huge.npy"), "-o", str(tmp_path / "y.npy")),
+                   "declares shape (1000000000000, 4)")

@@ -171,8 +171,11 @@ def test_load_data_reads_npy_and_npz_and_refuses_pickles(tmp_path):
     with pytest.raises(DataError, match="expected a .npy or .npz file, got neither"):
         load_data(tmp_path / "junk.npy")
     (tmp_path / "trunc.npy").write_bytes((tmp_path / "one.npy").read_bytes()[:100])
-    with pytest.raises(DataError, match="could not read it"):
+    with pytest.raises(DataError, match="header is malformed"):
         load_data(tmp_path / "trunc.npy")
+    (tmp_path / "short.npy").write_bytes((tmp_path / "one.npy").read_bytes()[:-8])
+    with pytest.raises(DataError, match=r"declares shape \(5, 3\) float32 \(60 bytes\), but the file holds"):
+        load_data(tmp_path / "short.npy")
     with pytest.raises(DataError, match="no such file"):
         load_data(tmp_path / "missing.npy")
 
@@ -214,3 +217,20 @@ def test_data_written_as_nested_lists_is_one_sequence_and_an_empty_npz_is_refuse
     np.savez(tmp_path / "empty.npz")
     with pytest.raises(DataError, match="expected at least one sequence"):
         data_inputs([LAYER], load_data(tmp_path / "empty.npz"))
+
+
+def test_a_forged_npy_header_is_refused_before_anything_is_allocated(tmp_path):
+    """A header declaring (10**12, 4) float32 would ask numpy for 14.6 TiB."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+    (tmp_path / "huge.npy").write_bytes(buf.getvalue() + b"\0" * 64)
+    with pytest.raises(DataError, match=r"declares shape \(1000000000000, 4\)"):
+        load_data(tmp_path / "huge.npy")
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00" + (20).to_bytes(2, "little") + b"{'descr': (((" + b" " * 7)
+    with pytest.raises(DataError, match="header is malformed"):
+        load_data(tmp_path / "bad.npy")
+    f = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.save(tmp_path / "fortran.npy", f)
+    np.testing.assert_array_equal(load_data(tmp_path / "fortran.npy")[0], f)

@@ -18,7 +18,15 @@ Example (a candidate against another model, no torch)::
     ...                            reference_label="fp32 ONNX")                   # doctest: +SKIP
 """
 
-from edge_rnn.harness._data import InputLayout, InputSource, data_inputs, load_data, random_inputs, random_states
+from edge_rnn.harness._data import (
+    InputLayout,
+    InputSource,
+    data_inputs,
+    load_data,
+    random_inputs,
+    random_states,
+    read_npy,
+)
 from edge_rnn.harness._stream import (
     OPT_LEVELS,
     Cases,
@@ -53,6 +61,7 @@ __all__ = [
     "InputLayout",
     "InputSource",
     "load_data",
+    "read_npy",
     "random_inputs",
     "data_inputs",
     "random_states",

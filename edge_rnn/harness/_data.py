@@ -21,7 +21,7 @@ import numpy as np
 from edge_rnn.contract import Contract
 from edge_rnn.errors import DataError
 
-__all__ = ["InputLayout", "InputSource", "load_data", "random_inputs", "data_inputs", "random_states"]
+__all__ = ["InputLayout", "InputSource", "load_data", "read_npy", "random_inputs", "data_inputs", "random_states"]
 
 Arrays = dict[str, np.ndarray]
 # (rng, batch, steps, calls) -> feeds. calls=True: inputs without a time axis get a leading axis of `steps` calls.
@@ -92,7 +92,11 @@ def random_states(contract: Contract, scale: float = 0.5) -> Callable[[np.random
 
 
 def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
-    """Read ``.npy`` (one sequence) or ``.npz`` (several; or one per input, keyed by input name), never unpickling."""
+    """Read ``.npy`` (one sequence) or ``.npz`` (several; or one per input, keyed by input name), never unpickling.
+
+    Each array's declared shape is checked against the bytes the file holds before anything is allocated, so a
+    forged header cannot ask for terabytes.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data {path}: no such file")
@@ -103,20 +107,51 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
         raise DataError(f"data {path}: expected a .npy or .npz file, got neither (no numpy or zip header); "
                         "pickles are never loaded")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return [loaded]
-        with loaded:
-            return {k: loaded[k] for k in loaded.files}
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DataError(
-                f"data {path}: holds Python objects that only pickle can load; refused (unpickling runs code). "
-                "Save plain numeric arrays: np.save(path, np.asarray(x, np.float32))"
-            ) from None
-        raise DataError(f"data {path}: expected a .npy or .npz of numeric arrays, could not read it ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"data {path}: expected a .npy or .npz of numeric arrays, could not read it ({e})") from None
+        if magic.startswith(b"\x93NUMPY"):
+            return [read_npy(path)]
+        with zipfile.ZipFile(path) as z:
+            out = {}
+            for info in z.infolist():
+                with z.open(info) as f:
+                    name = info.filename.removesuffix(".npy")
+                    out[name] = _read_checked(f, info.file_size, f"{path}:{info.filename}")
+            return out
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors for a malformed file
+        raise DataError(f"data {path}: expected a .npy or .npz of numeric arrays, could not read it "
+                        f"({type(e).__name__}: {e})") from None
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """One ``.npy`` array, its declared size checked against the file's before it is read; never unpickled."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _read_checked(f, path.stat().st_size, str(path))
+
+
+def _read_checked(f: Any, size: int, what: str) -> np.ndarray:
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f, max_header_size=10_000)
+    except Exception as e:  # noqa: BLE001 - a malformed header: ValueError, SyntaxError, TokenError, ...
+        raise DataError(f"{what}: expected a .npy array, its header is malformed ({type(e).__name__})") from None
+    if dtype.hasobject:
+        raise DataError(f"{what}: holds Python objects that only pickle can load; refused (unpickling runs code). "
+                        "Save plain numeric arrays: np.save(path, np.asarray(x, np.float32))")
+    count = 1
+    for d in shape:
+        count *= d
+    remaining = size - f.tell()
+    if count * dtype.itemsize > remaining:
+        raise DataError(f"{what}: its header declares shape {shape} {dtype} ({count * dtype.itemsize:,} bytes), "
+                        f"but the file holds {remaining:,} bytes of data: truncated or forged")
+    data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise DataError(f"{what}: truncated, expected {count * dtype.itemsize:,} bytes of data")
+    a = np.frombuffer(data, dtype=dtype).copy()
+    return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
 
 
 def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arrays]:

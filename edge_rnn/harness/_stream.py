@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +28,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
-from edge_rnn.runtime import OPT_LEVELS
+from edge_rnn.runtime import OPT_LEVELS, check_contract_fits
 
 __all__ = ["OPT_LEVELS", "Cases", "open_sessions", "session_runner", "read_contract", "chunk_sizes",
            "stream_chunks", "stream_calls", "run_case", "compare_streaming"]
@@ -47,6 +48,18 @@ class Cases:
     chunk_max: int = 8
     long_chunk_max: int = 64
     long_batch: int = 1
+
+    def __post_init__(self) -> None:
+        """Refused here, before onnxruntime sees them: a batch of 0 aborts the process inside its GRU kernel."""
+        def bad(v: Any, least: int) -> bool:
+            return isinstance(v, bool) or not isinstance(v, int) or v < least
+
+        for name, least in (("batch", 1), ("chunked_len", 0), ("long_steps", 0), ("chunk_max", 1),
+                            ("long_chunk_max", 1), ("long_batch", 1)):
+            if bad(getattr(self, name), least):
+                raise UnsupportedError(f"{name}: expected an int >= {least}, got {getattr(self, name)!r}")
+        if any(bad(t, 1) for t in self.seq_lens):
+            raise UnsupportedError(f"seq_lens: expected ints >= 1, got {self.seq_lens!r}")
 
 
 def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "default")
@@ -81,6 +94,8 @@ def read_contract(path: str | Path) -> Contract:
     contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
     if contract is None:
         raise ModelFormatError(f"{path}: no edge_rnn contract in its metadata (expected a model edge-rnn exported)")
+    check_contract_fits(contract, {i.name: (tuple(i.shape), i.type) for i in sess.get_inputs()},
+                        {o.name: (tuple(o.shape), o.type) for o in sess.get_outputs()})
     return contract
 
 

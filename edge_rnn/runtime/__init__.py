@@ -10,7 +10,7 @@ measures a model against one plain ``session.run`` per stream.
 """
 
 from edge_rnn.runtime._model import OPT_LEVELS, StreamingModel
-from edge_rnn.runtime._ports import Port, detect_state_pairs
+from edge_rnn.runtime._ports import Port, check_contract_fits, detect_state_pairs
 from edge_rnn.runtime._sequence import run_sequence
 from edge_rnn.runtime._session import ForeignModel, SessionConfig
 from edge_rnn.runtime._stream import Stream
@@ -24,6 +24,7 @@ __all__ = [
     "Stream",
     "Port",
     "detect_state_pairs",
+    "check_contract_fits",
     "run_sequence",
     "bench",
     "BenchRow",

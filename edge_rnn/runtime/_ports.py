@@ -17,7 +17,7 @@ import numpy as np
 from edge_rnn.contract import Contract, StateSpec, axes_problem
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype"]
+__all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype", "check_contract_fits"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -189,7 +189,7 @@ def _mapped_states(inputs: Mapping[str, tuple[tuple, str]], outputs: Mapping[str
     return states
 
 
-def _check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
+def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
                          outputs: Mapping[str, tuple[tuple, str]]) -> None:
     """Every name the contract gives is in the graph, and every state's rank, fixed sizes and dtype match it."""
     missing = [n for n in [t.name for t in contract.inputs] + [s.input for s in contract.states] if n not in inputs]
@@ -222,7 +222,7 @@ def resolve_io(
     consts = _constants(inputs, constants)
     contract = Contract.from_metadata(metadata)
     if contract is not None and state_map is None:
-        _check_contract_fits(contract, inputs, outputs)
+        check_contract_fits(contract, inputs, outputs)
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
         states = contract.states
         streamable = contract.streamable

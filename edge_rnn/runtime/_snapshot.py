@@ -52,6 +52,8 @@ def decode_snapshot(
         header = json.loads(bytes(data[start : start + n]))
     except (struct.error, ValueError) as e:
         raise StateError(f"snapshot: corrupt header ({e})") from None
+    except RecursionError:
+        raise StateError("snapshot: corrupt header (nesting too deep to read)") from None
     if not isinstance(header, dict):
         raise StateError(f"snapshot: corrupt header, expected an object, got {type(header).__name__}")
     steps = header.get("steps", 0)

@@ -1,0 +1,59 @@
+"""Issue 9 (hardening), bugs fixed so far: each input gives a clear EdgeRnnError, never a wrong answer or a crash.
+
+Runs without torch: the models are the committed fixtures, rewritten where a test needs a forged contract.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO
+
+from edge_rnn.contract import METADATA_KEY, Contract
+from edge_rnn.errors import ModelFormatError, StateError, UnsupportedError
+from edge_rnn.harness import Cases
+from edge_rnn.runtime import StreamingModel
+
+DATA = REPO / "tests" / "data"
+LAYER = DATA / "lstm_layer.onnx"
+
+
+def contract_of(path) -> dict:
+    return StreamingModel.load(path).session.get_modelmeta().custom_metadata_map
+
+
+def test_bug2_a_contract_output_the_graph_lacks_is_refused_not_answered_wrongly():
+    d = json.loads(contract_of(LAYER)[METADATA_KEY])
+    d["outputs"][0]["name"] = "logits"  # was: loaded, and step returned one time step instead of all
+    with pytest.raises(ModelFormatError, match=r"names \['logits'\], which the graph does not have"):
+        StreamingModel.load(LAYER, contract=Contract.from_dict(d))
+
+
+def test_bug3_a_state_too_large_to_allocate_is_refused_while_reading_the_contract():
+    d = json.loads(contract_of(LAYER)[METADATA_KEY])
+    d["states"][0]["shape"] = [2, None, 10**12]  # was: open_stream tried to allocate 7.28 TiB
+    with pytest.raises(ModelFormatError, match="expected at most 268,435,456 elements per stream"):
+        Contract.from_dict(d)
+
+
+def test_bug5_deeply_nested_json_is_a_format_error_not_a_recursion_error():
+    with pytest.raises(ModelFormatError, match="nesting too deep"):
+        Contract.from_json("[" * 100_000)
+    model = StreamingModel.load(LAYER)
+    snap = bytearray(model.open_stream().snapshot())
+    head = b"[" * 100_000
+    forged = bytes(snap[:16]) + len(head).to_bytes(4, "little") + head
+    with pytest.raises(StateError, match="nesting too deep"):
+        model.restore(forged)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"batch": 0}, "batch: expected an int >= 1, got 0"),
+    ({"long_steps": -1}, "long_steps: expected an int >= 0"),
+    ({"seq_lens": (1, 0)}, "seq_lens: expected ints >= 1"),
+])
+def test_bug13_case_sizes_are_checked_before_onnxruntime_sees_them(kw, match):
+    """Was: verify(batch_size=0) aborted the whole Python process inside onnxruntime's GRU kernel."""
+    with pytest.raises(UnsupportedError, match=match):
+        Cases(**kw)
