@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -57,3 +58,27 @@ def test_bug13_case_sizes_are_checked_before_onnxruntime_sees_them(kw, match):
     """Was: verify(batch_size=0) aborted the whole Python process inside onnxruntime's GRU kernel."""
     with pytest.raises(UnsupportedError, match=match):
         Cases(**kw)
+
+
+def test_load_options_are_validated():
+    import onnxruntime as ort
+
+    with pytest.raises(UnsupportedError, match="optimization: expected one of"):
+        StreamingModel.load(LAYER, optimization="max")
+    with pytest.raises(UnsupportedError, match="threads: expected an int >= 1"):
+        StreamingModel.load(LAYER, threads=-1)
+    with pytest.raises(UnsupportedError, match="session_options: expected onnxruntime.SessionOptions, got str"):
+        StreamingModel.load(LAYER, session_options="x")
+    assert StreamingModel.load(LAYER, session_options=ort.SessionOptions()).states
+
+
+def test_initial_state_takes_what_step_takes_and_refuses_what_step_refuses():
+    from edge_rnn.errors import NonFiniteError
+
+    model = StreamingModel.load(DATA / "gru_cell.onnx")
+    s = model.open_stream({"h0": [0.5] * 6})  # a nested list, as step accepts
+    assert s.state["h0"].dtype == np.float32 and np.allclose(s.state["h0"], 0.5)
+    with pytest.raises(NonFiniteError, match="initial_state 'h0': expected finite values"):
+        model.open_stream({"h0": [float("nan")] * 6})
+    with pytest.raises(StateError, match="expected a mapping of state name -> array, got list"):
+        model.open_stream([np.zeros(6, np.float32)])

@@ -8,6 +8,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edge_rnn.errors import UnsupportedError
+
 __all__ = ["OPT_LEVELS", "session_options", "SessionConfig", "ForeignModel"]
 
 _EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
@@ -24,13 +26,17 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
                      optimization: str | None) -> ort.SessionOptions:
     """The caller's options untouched (onnxruntime's cannot be copied), or new ones with threads and level set."""
     if given is not None:
+        if not isinstance(given, ort.SessionOptions):
+            raise UnsupportedError(f"session_options: expected onnxruntime.SessionOptions, got {type(given).__name__}")
         if threads is not None or optimization is not None:
-            raise ValueError("session_options given: set threads and the optimisation level on it, not also as "
-                             "threads= or optimization= (edge-rnn never changes the caller's SessionOptions)")
+            raise UnsupportedError("session_options given: set threads and the optimisation level on it, not also "
+                                   "as threads= or optimization= (edge-rnn never changes the caller's SessionOptions)")
         return given
     optimization = "default" if optimization is None else optimization
     if optimization not in OPT_LEVELS:
-        raise ValueError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
+        raise UnsupportedError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UnsupportedError(f"threads: expected an int >= 1 (or None: onnxruntime's default), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     if threads is not None:

@@ -2,7 +2,8 @@
 
 Layout: the magic ``EDGERNN-SNAPSHOT``, a little-endian uint32 header length,
 a JSON header (version, model fingerprint, steps, per state its name, shape and
-dtype), then each state's bytes in the contract's order. Decoding refuses a
+dtype, and the CRC-32 of the state bytes), then each state's bytes in the
+contract's order. Decoding refuses a
 snapshot of another model (by state layout and by fingerprint), any other
 version, and corrupt or truncated data.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from edge_rnn.errors import StateError
 __all__ = ["encode_snapshot", "decode_snapshot", "stream_shape"]
 
 _MAGIC = b"EDGERNN-SNAPSHOT"
-_VERSION = 1
+_VERSION = 2  # 2 adds the CRC-32 of the state bytes; version 1 snapshots still restore
 
 
 def stream_shape(s: StateSpec) -> tuple[int, ...]:
@@ -35,15 +37,14 @@ def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict
         "steps": steps,
         "states": [{"input": s.input, "shape": list(state[s.input].shape), "dtype": s.dtype} for s in states],
     }
-    head = json.dumps(header).encode()
     body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
+    header["crc32"] = zlib.crc32(body)
+    head = json.dumps(header).encode()
     return _MAGIC + struct.pack("<I", len(head)) + head + body
 
 
-def decode_snapshot(
-    data: bytes, fingerprint: str, states: tuple[StateSpec, ...]
-) -> tuple[dict[str, np.ndarray], int]:
-    """The state arrays and step count in ``data``, refused unless they belong to this model."""
+def _header(data: bytes) -> tuple[dict, int]:
+    """The JSON header and where the state bytes start."""
     if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(_MAGIC)]) != _MAGIC:
         raise StateError("snapshot: expected bytes from Stream.snapshot(), got something else")
     try:
@@ -59,8 +60,16 @@ def decode_snapshot(
     steps = header.get("steps", 0)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
-    if header.get("version") != _VERSION:
-        raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
+    if header.get("version") not in (1, _VERSION):
+        raise StateError(f"snapshot: expected version 1 or {_VERSION}, got {header.get('version')!r}")
+    return header, start + n
+
+
+def decode_snapshot(
+    data: bytes, fingerprint: str, states: tuple[StateSpec, ...]
+) -> tuple[dict[str, np.ndarray], int]:
+    """The state arrays and step count in ``data``, refused unless they belong to this model, whole and intact."""
+    header, offset = _header(data)
     want = [{"input": s.input, "shape": list(stream_shape(s)), "dtype": s.dtype} for s in states]
     if header.get("states") != want:
         raise StateError(f"snapshot of another model: expected states {want}, got {header.get('states')}")
@@ -69,16 +78,14 @@ def decode_snapshot(
             f"snapshot of another model: expected fingerprint {fingerprint}, got {header.get('fingerprint')} "
             "(same state layout, different weights or graph)"
         )
-    offset = start + n
+    sizes = [int(np.prod(stream_shape(s))) * np.dtype(s.dtype).itemsize for s in states]
+    if offset + sum(sizes) != len(data):
+        raise StateError(f"snapshot: truncated or padded, expected {offset + sum(sizes)} bytes, got {len(data)}")
+    if header["version"] >= 2 and zlib.crc32(bytes(data[offset:])) != header.get("crc32"):
+        raise StateError("snapshot: the state bytes do not match their checksum (corrupted in storage or transit)")
     out = {}
-    for s in states:
-        dt = np.dtype(s.dtype)
-        shape = stream_shape(s)
-        size = int(np.prod(shape)) * dt.itemsize
-        if offset + size > len(data):
-            raise StateError("snapshot: truncated, expected more state bytes")
-        out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=dt).reshape(shape).copy()
+    for s, size in zip(states, sizes):
+        out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=np.dtype(s.dtype)).reshape(
+            stream_shape(s)).copy()
         offset += size
-    if offset != len(data):
-        raise StateError(f"snapshot: expected {offset} bytes, got {len(data)}")
-    return out, steps
+    return out, header["steps"] if "steps" in header else 0

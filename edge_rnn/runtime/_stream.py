@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_rnn.contract import StateSpec
-from edge_rnn.errors import ShapeError, StateError, StreamError
+from edge_rnn.errors import NonFiniteError, ShapeError, StateError, StreamError
 from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
 
 
@@ -151,6 +151,8 @@ class Stream:
 
 def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate a per-stream state (no batch axis) and copy it."""
+    if not isinstance(given, Mapping):
+        raise StateError(f"initial_state: expected a mapping of state name -> array, got {type(given).__name__}")
     names = {s.input for s in states}
     unknown = sorted(set(given) - names)
     if unknown:
@@ -160,10 +162,18 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
         want = stream_shape(s)
         if s.input not in given:
             raise StateError(f"initial_state: missing state {s.input!r} of shape {want}")
-        a = np.asarray(given[s.input])
+        a = given[s.input]
+        if type(a) is not np.ndarray:  # a nested list, as step takes one
+            try:
+                a = np.asarray(a, dtype=np.dtype(s.dtype))
+            except (ValueError, TypeError, OverflowError) as e:
+                raise ShapeError(f"initial_state {s.input!r}: expected an array of shape {want} {s.dtype}, got "
+                                 f"{type(given[s.input]).__name__} that numpy cannot convert ({e})") from None
         if a.shape != want or a.dtype != np.dtype(s.dtype):
             raise ShapeError(
                 f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}"
             )
+        if a.dtype.kind == "f" and not np.isfinite(a).all():  # step refuses them too
+            raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
         out[s.input] = a.copy()
     return out
