@@ -48,7 +48,12 @@ def _build(spec: Any, weights: Path | None, seed: int | None) -> Any:
 
     if seed is not None:
         torch.manual_seed(seed)
-    module = build_module(spec)
+    try:
+        module = build_module(spec)
+    except (RuntimeError, MemoryError) as e:  # torch's allocator: far too many parameters for this machine
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeRnnError(f"cannot build {spec.module}({spec.input_size}, {spec.hidden_size}, "
+                           f"num_layers={spec.num_layers}): {first}") from None
     if weights is not None:
         load_state_dict(module, weights)
     return module.eval()
@@ -83,9 +88,9 @@ _DATA_HELP = ("Real input sequences for the parity check, in place of random one
 @click.option("--time-axis", type=click.IntRange(min=0), default=1, show_default=True,
               help="With FACTORY: the input's and output's time axis.")
 @click.option("--arch", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent architecture.")
-@click.option("--input-size", type=click.IntRange(min=1))
-@click.option("--hidden-size", type=click.IntRange(min=1))
-@click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--input-size", type=click.IntRange(min=1, max=65_536))
+@click.option("--hidden-size", type=click.IntRange(min=1, max=16_384))
+@click.option("--num-layers", type=click.IntRange(min=1, max=64), default=1, show_default=True)
 @click.option("--bidirectional", is_flag=True)
 @click.option("--batch-first", is_flag=True, help="x is (batch, time, features) instead of (time, batch, features).")
 @click.option("--proj-size", type=click.IntRange(min=0), default=0, show_default=True, help="LSTM projection size.")
@@ -95,7 +100,8 @@ _DATA_HELP = ("Real input sequences for the parity check, in place of random one
 @click.option("--cell", is_flag=True, help="Export the single-step cell (RNNCell, LSTMCell, GRUCell).")
 @click.option("--decomposed", is_flag=True, help="MatMul/Sigmoid/Tanh graph in a Scan: no recurrent operators.")
 @click.option("--weights", type=click.Path(path_type=Path), help="A state_dict saved with torch.save.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Weights seed without --weights.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Weights seed without --weights.")
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Length of the long streaming check (0 skips it).")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)

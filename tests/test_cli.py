@@ -275,3 +275,33 @@ def test_forged_sources_and_headers_give_one_line(tmp_path):
     (tmp_path / "huge.npy").write_bytes(buf.getvalue() + b"\0" * 64)
     one_line_error(run("run", str(out), "--input", str(tmp_path / "huge.npy"), "-o", str(tmp_path / "y.npy")),
                    "declares shape (1000000000000, 4)")
+
+
+def test_absurd_sizes_and_failing_factories_give_one_line_or_a_usage_error(tmp_path):
+    """Issue 9 bugs 10 and 11."""
+    out = str(tmp_path / "m.onnx")
+    r = run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", str(10**12), "-o", out)
+    assert r.exit_code == 2 and "--hidden-size" in r.output
+    assert run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "4", "--seed", str(10**20),
+               "-o", out).exit_code == 2
+    assert run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "4", "--num-layers", str(10**12),
+               "-o", out).exit_code == 2
+    (tmp_path / "broken_models.py").write_text(
+        "import torch\n"
+        "def needs_arg(n):\n    return torch.nn.GRU(n, n)\n"
+        "def raises():\n    raise RuntimeError('weights not found')\n")
+    (tmp_path / "syntax_models.py").write_text("def f(:\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        one_line_error(run("export", "broken_models:needs_arg", "--example-shape", "1,5,4", "-o", out),
+                       "the factory failed: TypeError")
+        one_line_error(run("export", "broken_models:raises", "--example-shape", "1,5,4", "-o", out),
+                       "the factory failed: RuntimeError: weights not found")
+        one_line_error(run("export", "syntax_models:f", "--example-shape", "1,5,4", "-o", out),
+                       "importing syntax_models failed: SyntaxError")
+        one_line_error(run("export", "wholemodels:keyword_spotter", "--example-shape", "1,30,41", "-o", out),
+                       "the model fails on example_input of shape(s) [(1, 30, 41)]")
+    finally:
+        sys.path.remove(str(tmp_path))

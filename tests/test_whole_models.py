@@ -416,3 +416,29 @@ def test_whole_model_options_with_none_values_as_before(tmp_path):
 
     with pytest.raises(UnsupportedError, match="atol: expected a positive number, got True"):
         ExportOptions(atol=True)
+
+
+def test_packed_sequences_and_overridden_forwards_are_refused_with_what_to_do(tmp_path):
+    """Issue 9: bug 14, and the wart of a layer subclass whose forward would be silently ignored."""
+
+    class Packs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(4, 5, batch_first=True)
+
+        def forward(self, x):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([x.shape[1]] * x.shape[0]),
+                                                             batch_first=True)
+            y, _ = self.gru(packed)
+            return torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True)[0]
+
+    with pytest.raises(UnsupportedError, match="PackedSequence. A stream is one sequence fed chunk by chunk"):
+        edge_rnn.export(Packs().eval(), tmp_path / "p.onnx", example_input=torch.randn(1, 6, 4))
+
+    class Scaled(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            y, state = super().forward(x, hx)
+            return 2 * y, state
+
+    with pytest.raises(UnsupportedError, match="overrides forward: edge-rnn would export the plain layer"):
+        edge_rnn.export(Scaled(4, 5).eval(), tmp_path / "s.onnx")

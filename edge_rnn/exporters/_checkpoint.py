@@ -60,13 +60,23 @@ def load_factory(ref: str) -> Any:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
         raise EdgeRnnError(f"{ref}: cannot import {mod_name} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a syntax error or an exception raised while importing the user's module
+        raise EdgeRnnError(f"{ref}: importing {mod_name} failed: {_last_line(e)}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise EdgeRnnError(f"{ref}: {mod_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise EdgeRnnError(f"{ref}: expected a callable that returns a torch.nn.Module, got {type(obj).__name__}")
-    model = obj()
+    try:
+        model = obj()
+    except Exception as e:  # noqa: BLE001 - the user's factory: its own error, in one line
+        raise EdgeRnnError(f"{ref}: the factory failed: {_last_line(e)} (it is called with no arguments)") from None
     if not isinstance(model, torch.nn.Module):
         raise EdgeRnnError(f"{ref}: expected it to return a torch.nn.Module, got {type(model).__name__}")
     return model
+
+
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")

@@ -212,6 +212,10 @@ def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., 
             return _REGISTRY[key][0](input, hx, **kwargs)
         if kwargs:
             raise UnsupportedError(f"{path}: called with {sorted(kwargs)}; an exported model calls it as (input, hx)")
+        if isinstance(input, torch.nn.utils.rnn.PackedSequence):
+            raise UnsupportedError(
+                f"{path}: called with a PackedSequence. A stream is one sequence fed chunk by chunk and needs no "
+                "packing: export the path that calls the layer on the padded tensor (batch_first or time-major)")
         return run.recurrent(path, key, spec, input, hx)
 
     return forward

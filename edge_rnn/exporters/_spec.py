@@ -35,6 +35,11 @@ _PACKAGES = ("torch.nn", "edge_rnn.reference")
 def _class_key(module: torch.nn.Module) -> tuple[str, bool] | None:
     for klass in type(module).__mro__:
         if klass.__name__ in _CLASSES and klass.__module__.startswith(_PACKAGES):
+            if type(module).forward is not klass.forward:
+                raise UnsupportedError(
+                    f"{type(module).__qualname__} subclasses {klass.__module__}.{klass.__name__} and overrides "
+                    "forward: edge-rnn would export the plain layer and ignore that forward. Keep the layer as a "
+                    "submodule of your own module instead, and export that whole model")
             return _CLASSES[klass.__name__]
     return None
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from edge_rnn.contract import Contract, StateSpec
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._lift import Lifter
 from edge_rnn.exporters._references import check_against_torch, float32_module, input_source, tolerance_for
 from edge_rnn.exporters._whole_resolve import Resolved, examples_of, reference, resolve
@@ -77,6 +77,10 @@ def verify_model(
     with Lifter(model) as lifter:
         try:
             r = resolve(lifter, examples, **StreamingIO(**_merge(derived, opts)).as_kwargs())
+        except (ShapeError, UnsupportedError) as e:  # the module does not take what the file says it takes
+            raise ModelFormatError(
+                f"{path}: the module fails on inputs shaped as the file's ({e}); is it the module that was "
+                "exported? Pass example_input and io as given to export") from None
         except EdgeRnnError:
             raise
         except Exception as e:  # noqa: BLE001 - the module's own error on inputs shaped from the file
