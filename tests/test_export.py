@@ -224,3 +224,29 @@ def test_build_model_never_calls_torch_onnx(monkeypatch):
         model, spec = build_model(torch.nn.LSTM(80, 256, num_layers=2).eval())
     assert spec.hidden_size == 256
     assert sum(1 for n in model.graph.node if n.op_type == "LSTM") == 2
+
+
+def test_an_export_that_fails_parity_writes_nothing_and_keeps_an_earlier_file(tmp_path):
+    """Issue 9 wart: the .onnx of a failed export used to stay on disk, looking like a good one."""
+    import faults as F
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(IN, H).eval()
+    path = tmp_path / "g.onnx"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(ParityError, match=r"g\.onnx \(not written\)"):
+        _export_then_check_against(gru, F.bias_off(gru), path)
+    assert path.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*partial"))
+    report = edge_rnn.export(gru, path, long_steps=100)  # a passing export replaces it
+    assert report.parity.ok and path.read_bytes() != b"an earlier export"
+
+
+def _export_then_check_against(reference, exported, path):
+    """Export ``exported`` but judge it against ``reference``: a wrong export, as a real bug would write."""
+    from unittest import mock
+
+    from edge_rnn.exporters import _export
+
+    real = _export.verify
+    with mock.patch.object(_export, "verify", lambda module, p, **kw: real(reference, p, **kw)):
+        return edge_rnn.export(exported, path, long_steps=100)

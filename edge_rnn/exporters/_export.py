@@ -21,9 +21,10 @@ from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._references import input_source, layer_layouts
 from edge_rnn.exporters._spec import layer_weights, spec_from_module
-from edge_rnn.exporters._write import IR_VERSION, OPSET, ExportReport, check_and_write
+from edge_rnn.exporters._write import IR_VERSION, OPSET, ExportReport, check_and_write, staged
 from edge_rnn.exporters.options import ExportOptions
 from edge_rnn.exporters.parity import verify
+from edge_rnn.harness import raise_failures
 from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["export_layer", "build_model"]
@@ -106,12 +107,15 @@ def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Te
     contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
     if o.verify_parity and data is not None:  # bad data is refused before anything is written
         input_source(layer_layouts(contract, spec), data)
-    written = check_and_write(model, path, check=o.check)
-    seconds = time.perf_counter() - t0
     parity = None
-    if o.verify_parity:
-        parity = verify(module, path, long_steps=o.long_steps, seed=o.seed, example_input=example_input, data=data,
-                        atol=o.atol, raise_on_failure=o.raise_on_failure)
+    with staged(path) as tmp:
+        written = check_and_write(model, tmp, check=o.check)
+        seconds = time.perf_counter() - t0
+        if o.verify_parity:
+            parity = verify(module, tmp, long_steps=o.long_steps, seed=o.seed, example_input=example_input,
+                            data=data, atol=o.atol, raise_on_failure=False)
+            if o.raise_on_failure:
+                raise_failures(parity, f"{path} (not written)")
     return ExportReport(
         path=path,
         contract=contract,

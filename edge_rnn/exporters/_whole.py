@@ -26,7 +26,7 @@ from edge_rnn.exporters._references import input_source, tolerance_for
 from edge_rnn.exporters._spec import layer_weights
 from edge_rnn.exporters._whole_resolve import Arrays, Resolved, Top, examples_of, reference, resolve
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
-from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write
+from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write, staged
 from edge_rnn.exporters.options import ExportOptions, StreamingIO
 from edge_rnn.harness import chunk_sizes, raise_failures, stream_chunks
 
@@ -109,13 +109,14 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
         t0 = time.perf_counter()
         if o.extra_source:
             r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **o.extra_source})
-        proto, data_bytes = _trace(r, path, o.decomposed, o.check)
-        seconds = time.perf_counter() - t0
         parity = None
-        if o.verify_parity:
-            parity = verify_resolved(model, r, path, data=data, long_steps=o.long_steps, seed=o.seed, atol=o.atol)
-            if o.raise_on_failure:
-                raise_failures(parity, path)
+        with staged(path) as tmp:
+            proto, data_bytes = _trace(r, tmp, o.decomposed, o.check)
+            seconds = time.perf_counter() - t0
+            if o.verify_parity:
+                parity = verify_resolved(model, r, tmp, data=data, long_steps=o.long_steps, seed=o.seed, atol=o.atol)
+                if o.raise_on_failure:
+                    raise_failures(parity, f"{path} (not written)")
         return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if o.decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),
                             operators=dict(operator_counts(proto.graph)), parity=parity)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +14,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError
 from edge_rnn.harness import ParityReport
 
-__all__ = ["OPSET", "IR_VERSION", "ExportReport", "check_and_write"]
+__all__ = ["OPSET", "IR_VERSION", "ExportReport", "check_and_write", "staged"]
 
 OPSET = 17
 # IR 8 goes with opset 17 and loads in onnxruntime >= 1.13, mobile builds included.
@@ -46,3 +49,24 @@ def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -
     except OSError as e:
         raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
     return data
+
+
+@contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path``, moved into place only when the block succeeds (parity included).
+
+    An export that fails its check leaves nothing at ``path``: neither a new file nor a half-written one,
+    and an earlier file there is kept.
+    """
+    if path.is_dir():
+        raise EdgeRnnError(f"{path}: cannot write the model (it is a directory)")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise EdgeRnnError(f"{path}: cannot write the model ({e.strerror or e})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
