@@ -38,9 +38,15 @@ def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict
         "states": [{"input": s.input, "shape": list(state[s.input].shape), "dtype": s.dtype} for s in states],
     }
     body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
-    header["crc32"] = zlib.crc32(body)
+    header["crc32"] = _crc(header, body)
     head = json.dumps(header).encode()
     return _MAGIC + struct.pack("<I", len(head)) + head + body
+
+
+def _crc(header: dict, body: bytes) -> int:
+    """CRC-32 over the header's fields (as canonical JSON) and the state bytes: a flip anywhere is caught."""
+    fields = {k: header.get(k) for k in ("version", "fingerprint", "steps", "states")}
+    return zlib.crc32(json.dumps(fields, sort_keys=True).encode() + body)
 
 
 def _header(data: bytes) -> tuple[dict, int]:
@@ -81,8 +87,9 @@ def decode_snapshot(
     sizes = [int(np.prod(stream_shape(s))) * np.dtype(s.dtype).itemsize for s in states]
     if offset + sum(sizes) != len(data):
         raise StateError(f"snapshot: truncated or padded, expected {offset + sum(sizes)} bytes, got {len(data)}")
-    if header["version"] >= 2 and zlib.crc32(bytes(data[offset:])) != header.get("crc32"):
-        raise StateError("snapshot: the state bytes do not match their checksum (corrupted in storage or transit)")
+    if header["version"] >= 2 and _crc(header, bytes(data[offset:])) != header.get("crc32"):
+        raise StateError("snapshot: the header or state bytes do not match their checksum (corrupted in storage "
+                         "or transit)")
     out = {}
     for s, size in zip(states, sizes):
         out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=np.dtype(s.dtype)).reshape(
