@@ -82,3 +82,13 @@ def test_initial_state_takes_what_step_takes_and_refuses_what_step_refuses():
         model.open_stream({"h0": [float("nan")] * 6})
     with pytest.raises(StateError, match="expected a mapping of state name -> array, got list"):
         model.open_stream([np.zeros(6, np.float32)])
+
+
+def test_a_finite_value_beyond_float32_is_not_called_nan():
+    from edge_rnn.errors import ShapeError
+
+    model = StreamingModel.load(DATA / "gru_cell.onnx")
+    s = model.open_stream()
+    with pytest.raises(ShapeError, match="a finite value beyond it"):
+        model.step(s, [1e300, 0.0, 0.0, 0.0])
+    assert s.steps == 0

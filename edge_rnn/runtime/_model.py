@@ -46,7 +46,11 @@ def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> 
     """One input of one stream's chunk as an array of the port's dtype, rank and fixed sizes, not empty."""
     if type(a) is not np.ndarray:
         try:
-            a = np.asarray(a, dtype=p.dtype)
+            with np.errstate(over="raise"):  # 1e300 in a list is finite, just beyond float32: say so
+                a = np.asarray(a, dtype=p.dtype)
+        except FloatingPointError:
+            raise ShapeError(f"{p.name}: expected values within {p.dtype}'s range, got a finite value beyond it "
+                             "(it would become Inf)") from None
         except (ValueError, TypeError, OverflowError) as e:
             raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
                              f"that numpy cannot convert ({e})") from None
