@@ -68,7 +68,7 @@ def verify_model(
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     session = open_sessions(path, ("disabled",))["disabled"]
-    contract = read_contract(path)
+    contract = read_contract(path, session)
     if contract.source.get("kind") != "module":
         raise UnsupportedError(
             f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "

@@ -88,9 +88,10 @@ def session_runner(sess: ort.InferenceSession) -> Call:
     return lambda feeds: dict(zip(names, sess.run(names, feeds)))
 
 
-def read_contract(path: str | Path) -> Contract:
-    """The edge_rnn contract of an ONNX (or ORT-format) file, read through onnxruntime."""
-    sess = open_sessions(path, ("disabled",))["disabled"]
+def read_contract(path: str | Path, session: ort.InferenceSession | None = None) -> Contract:
+    """The edge_rnn contract of an ONNX (or ORT-format) file, read through onnxruntime (``session``: one already
+    open on that file), and checked against the graph."""
+    sess = session if session is not None else open_sessions(path, ("disabled",))["disabled"]
     contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
     if contract is None:
         raise ModelFormatError(f"{path}: no edge_rnn contract in its metadata (expected a model edge-rnn exported)")
