@@ -52,8 +52,7 @@ class BatchStepping:
         seen: set[int] = set()
         for i, item in enumerate(items):
             try:
-                if not isinstance(item, tuple) or len(item) != 2:
-                    raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
+                _check_item(i, item)
                 if id(item[0]) in seen:
                     raise StreamError("step_batch: expected each stream at most once per call, got one twice")
                 self.check(*item)
