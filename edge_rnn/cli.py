@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from edge_rnn._version import __version__
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError, message_line
 
 __all__ = ["main"]
 
@@ -51,7 +51,7 @@ def _build(spec: Any, weights: Path | None, seed: int | None) -> Any:
     try:
         module = build_module(spec)
     except (RuntimeError, MemoryError) as e:  # torch's allocator: far too many parameters for this machine
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = message_line(e) or type(e).__name__
         raise EdgeRnnError(f"cannot build {spec.module}({spec.input_size}, {spec.hidden_size}, "
                            f"num_layers={spec.num_layers}): {first}") from None
     if weights is not None:

@@ -19,6 +19,8 @@ __all__ = [
     "NotStreamableError",
     "DataError",
     "InferenceError",
+    "message_line",
+    "described",
 ]
 
 
@@ -75,3 +77,14 @@ class ParityError(EdgeRnnError):
         super().__init__(message)
         self.failures = failures
         self.rows = list(rows or [])
+
+
+def message_line(e: BaseException, *, last: bool = False) -> str:
+    """The first (``last``: the last) line of an exception's message, or "": for errors told in one line."""
+    lines = str(e).strip().splitlines()
+    return (lines[-1] if last else lines[0]) if lines else ""
+
+
+def described(e: BaseException, *, last: bool = False) -> str:
+    """``"TypeName: line"`` for an exception, ``"TypeName"`` when its message is empty."""
+    return f"{type(e).__name__}: {message_line(e, last=last)}".rstrip(": ")

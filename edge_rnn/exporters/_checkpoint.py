@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from edge_rnn.errors import EdgeRnnError, StateError
+from edge_rnn.errors import EdgeRnnError, StateError, described, message_line
 
 __all__ = ["load_state_dict", "load_factory"]
 
@@ -24,7 +24,7 @@ def load_state_dict(module: Any, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = message_line(e) or type(e).__name__
         raise StateError(
             f"{weights}: refused to unpickle it with weights_only=True ({first}); "
             "save a plain state_dict instead: torch.save(module.state_dict(), path)"
@@ -61,7 +61,7 @@ def load_factory(ref: str) -> Any:
     except ImportError as e:
         raise EdgeRnnError(f"{ref}: cannot import {mod_name} ({e})") from None
     except Exception as e:  # noqa: BLE001 - a syntax error or an exception raised while importing the user's module
-        raise EdgeRnnError(f"{ref}: importing {mod_name} failed: {_last_line(e)}") from None
+        raise EdgeRnnError(f"{ref}: importing {mod_name} failed: {described(e, last=True)}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise EdgeRnnError(f"{ref}: {mod_name} has no attribute {attr!r}")
@@ -71,12 +71,8 @@ def load_factory(ref: str) -> Any:
     try:
         model = obj()
     except Exception as e:  # noqa: BLE001 - the user's factory: its own error, in one line
-        raise EdgeRnnError(f"{ref}: the factory failed: {_last_line(e)} (it is called with no arguments)") from None
+        raise EdgeRnnError(
+            f"{ref}: the factory failed: {described(e, last=True)} (it is called with no arguments)") from None
     if not isinstance(model, torch.nn.Module):
         raise EdgeRnnError(f"{ref}: expected it to return a torch.nn.Module, got {type(model).__name__}")
     return model
-
-
-def _last_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")

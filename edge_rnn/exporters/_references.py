@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import EdgeRnnError
+from edge_rnn.errors import EdgeRnnError, described
 from edge_rnn.harness import (
     TOLERANCE,
     Cases,
@@ -46,11 +46,6 @@ Arrays = dict[str, np.ndarray]
 Call = Callable[[Arrays], Arrays]
 # What a module without a float64 kernel raises: torch's "not implemented for 'Double'" is a RuntimeError
 _NO_DOUBLE = (RuntimeError, TypeError, NotImplementedError, ValueError)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def float32_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -118,7 +113,7 @@ def _float64_reference(factory: Callable[[], Call], ref32: Call, contract: Contr
     try:
         ref = factory()
     except Exception as e:  # noqa: BLE001 - deepcopy or .double() of an arbitrary module
-        return None, f"cannot make a float64 copy of the module ({_first_line(e)})"
+        return None, f"cannot make a float64 copy of the module ({described(e)})"
     rng = np.random.default_rng(12345)
     probe = (inputs(rng, 1, 1, not contract.is_streaming), states(rng, 1))
     try:
@@ -127,9 +122,9 @@ def _float64_reference(factory: Callable[[], Call], ref32: Call, contract: Contr
         try:
             run_case(ref32, contract, *probe, [1])
         except Exception as e32:  # noqa: BLE001 - the module's own error, whatever it is
-            raise EdgeRnnError(f"the module fails on the verification inputs ({_first_line(e32)}); is it the "
+            raise EdgeRnnError(f"the module fails on the verification inputs ({described(e32)}); is it the "
                                "module that was exported, with the same options?") from None
-        return None, _first_line(e)
+        return None, described(e)
     lower = sorted(k for k, v in out.items() if np.asarray(v).dtype.kind == "f" and np.asarray(v).dtype != np.float64)
     if lower:
         return None, f"outputs {lower} come back in a lower precision (the module casts inside forward)"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edge_rnn.contract import Contract, StateSpec, TensorSpec, axes_problem
-from edge_rnn.errors import EdgeRnnError, NotStreamableError, ShapeError, UnsupportedError
+from edge_rnn.errors import EdgeRnnError, NotStreamableError, ShapeError, UnsupportedError, message_line
 from edge_rnn.exporters._lift import LiftedState, Lifter
 
 __all__ = ["Resolved", "resolve", "reference", "examples_of", "Top"]
@@ -111,9 +111,8 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: 
         raise
     except Exception as e:  # noqa: BLE001 - the model's own error on the example: one line, not a traceback
         shapes = [tuple(t.shape) for t in examples]
-        text = str(e).strip()
         raise ShapeError(f"the model fails on example_input of shape(s) {shapes}: {type(e).__name__}: "
-                         f"{text.splitlines()[-1] if text else ''}") from None
+                         f"{message_line(e, last=True)}") from None
     flat = _flatten(out)
     in_names = list(input_names or _param_names(model, len(examples)))
     out_names = list(output_names or (["y"] if len(flat) == 1 else [f"y{i}" for i in range(len(flat))]))

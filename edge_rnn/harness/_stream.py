@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, message_line
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
 from edge_rnn.runtime import OPT_LEVELS, check_contract_fits
@@ -78,7 +78,7 @@ def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "
         try:
             out[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = message_line(e) or type(e).__name__
             raise ModelFormatError(f"{path}: onnxruntime could not load it: {first}") from None
     return out
 
@@ -181,7 +181,7 @@ def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, st
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - PyTorch's or onnxruntime's own error types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = message_line(e)
         error = ModelFormatError if side.startswith("onnxruntime") else EdgeRnnError
         raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}); does the module fit the file?"
                     ) from None

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import Contract, StateSpec
-from edge_rnn.errors import InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.errors import InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError, message_line
 from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS, ForeignModel, SessionConfig
@@ -160,7 +160,7 @@ class StreamingModel(BatchStepping):
         try:
             ort_session = ort.InferenceSession(data, so, providers=list(session.providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = message_line(e) or type(e).__name__
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None
         ins = {i.name: (tuple(i.shape), i.type) for i in ort_session.get_inputs()}
         outs = {o.name: (tuple(o.shape), o.type) for o in ort_session.get_outputs()}
@@ -283,7 +283,7 @@ class StreamingModel(BatchStepping):
                     pass
             return self._session.run(self._out_names, feeds)
         except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, InvalidArgument, RuntimeException, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = message_line(e)
             raise InferenceError(f"onnxruntime failed to run {self.source} ({type(e).__name__}: {first}); "
                                  "no stream in this call advanced") from e
 
