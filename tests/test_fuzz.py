@@ -75,6 +75,12 @@ def test_contract_json_text(text):
 SNAP = LAYER.open_stream().snapshot()
 
 
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A directory for the files the properties write (module-scoped: hypothesis reruns each test many times)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
 @given(st.integers(0, len(SNAP)), st.binary(max_size=40), st.sampled_from(["cut", "flip", "insert"]))
 def test_snapshot_decoder_restores_exactly_or_raises(at, junk, how):
     data = {"cut": SNAP[:at], "flip": SNAP[:at] + bytes(b ^ 0x5A for b in SNAP[at:at + 1]) + SNAP[at + 1:],
@@ -88,8 +94,8 @@ def test_snapshot_decoder_restores_exactly_or_raises(at, junk, how):
 
 
 @given(st.binary(max_size=300), st.sampled_from([b"", b"\x93NUMPY\x01\x00", b"PK\x03\x04"]))
-def test_npy_reading_reads_or_raises(body, prefix):
-    path = DATA.parent / ".fuzz.npy"
+def test_npy_reading_reads_or_raises(scratch, body, prefix):
+    path = scratch / "fuzz.npy"
     try:
         path.write_bytes(prefix + body)
         try:
@@ -104,14 +110,14 @@ def test_npy_reading_reads_or_raises(body, prefix):
 @given(st.lists(st.integers(0, 6), min_size=1, max_size=3),
        st.sampled_from(["float32", "float64", "int32", "bool", "object"]),
        st.sampled_from([0.0, 1.0, np.nan, np.inf, 3e38, 1e300]))
-def test_npy_round_trip_of_odd_arrays(shape, dtype, fill):
+def test_npy_round_trip_of_odd_arrays(scratch, shape, dtype, fill):
     buf = io.BytesIO()
     if dtype == "object":
         np.save(buf, np.empty(shape, object), allow_pickle=True)
     else:
         with np.errstate(all="ignore"):
             np.save(buf, np.full(shape, fill).astype(dtype))
-    path = DATA.parent / ".fuzz2.npy"
+    path = scratch / "fuzz2.npy"
     try:
         path.write_bytes(buf.getvalue())
         try:

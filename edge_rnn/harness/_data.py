@@ -103,7 +103,7 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
     with open(path, "rb") as f:
         magic = f.read(6)
     if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK")):
-        # np.load would take anything else for a pickle
+        # refused before reading: numpy's own loader would try anything else as a pickle
         raise DataError(f"data {path}: expected a .npy or .npz file, got neither (no numpy or zip header); "
                         "pickles are never loaded")
     try:
