@@ -23,6 +23,7 @@ from edge_rnn.contract import Contract  # noqa: E402
 from edge_rnn.errors import EdgeRnnError  # noqa: E402
 from edge_rnn.harness import load_data  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
+from edge_rnn.runtime._external import external_locations  # noqa: E402
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -91,6 +92,27 @@ def test_snapshot_decoder_restores_exactly_or_raises(at, junk, how):
         return
     assert data == SNAP or how == "insert" and not junk  # only an intact snapshot restores
     assert restored.steps == 0 and all(not v.any() for v in restored.state.values())
+
+
+EXTERNAL = (DATA / "external" / "lstm_layer.onnx").read_bytes()  # weights in weights.bin beside it
+
+
+@given(st.integers(0, len(EXTERNAL)), st.binary(min_size=1, max_size=12), st.sampled_from(["cut", "flip", "insert"]))
+def test_model_loading_with_external_weights_loads_or_raises(scratch, at, junk, how):
+    """A damaged model file (its external-data locations included) loads, or is refused, never read elsewhere."""
+    data = {"cut": EXTERNAL[:at], "flip": EXTERNAL[:at] + bytes(b ^ junk[0] for b in EXTERNAL[at:at + 1])
+            + EXTERNAL[at + 1:], "insert": EXTERNAL[:at] + junk + EXTERNAL[at:]}[how]
+    locations = external_locations(data)
+    assert locations is None or all(isinstance(x, str) for x in locations)
+    folder = scratch / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "weights.bin").write_bytes((DATA / "external" / "weights.bin").read_bytes())
+    (folder / "model.onnx").write_bytes(data)
+    try:
+        StreamingModel.load(folder / "model.onnx")
+    except EdgeRnnError:
+        return
+    assert all(not x or (folder / x).resolve().parent == folder.resolve() for x in locations or [])
 
 
 @given(st.binary(max_size=300), st.sampled_from([b"", b"\x93NUMPY\x01\x00", b"PK\x03\x04"]))

@@ -13,8 +13,9 @@ from conftest import REPO
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.errors import ModelFormatError, StateError, UnsupportedError
-from edge_rnn.harness import Cases
+from edge_rnn.harness import Cases, open_sessions, read_contract
 from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime._external import external_locations
 
 DATA = REPO / "tests" / "data"
 LAYER = DATA / "lstm_layer.onnx"
@@ -92,3 +93,94 @@ def test_a_finite_value_beyond_float32_is_not_called_nan():
     with pytest.raises(ShapeError, match="a finite value beyond it"):
         model.step(s, [1e300, 0.0, 0.0, 0.0])
     assert s.steps == 0
+
+
+# ----------------------------------------------------------- bug 7: external weight files
+EXTERNAL = DATA / "external" / "lstm_layer.onnx"  # lstm_layer.onnx with its tensors in weights.bin beside it
+EXPECTED = dict(np.load(DATA / "expected.npz"))
+
+
+def _stream_all(model) -> np.ndarray:
+    return model.step(model.open_stream(), EXPECTED["lstm_layer.x"])["y"]
+
+
+def test_bug7_external_weights_come_from_the_models_folder_not_the_working_directory(tmp_path, monkeypatch):
+    decoy = np.frombuffer((EXTERNAL.parent / "weights.bin").read_bytes(), np.float32) * 0.5
+    (tmp_path / "weights.bin").write_bytes(decoy.tobytes())  # was: silently loaded, output off by 0.36
+    monkeypatch.chdir(tmp_path)
+    y = _stream_all(StreamingModel.load(EXTERNAL))
+    np.testing.assert_allclose(y, EXPECTED["lstm_layer.y"], atol=1e-5)
+
+
+def _forged(tmp_path, location: bytes):
+    """The external fixture copied into tmp_path/sub, its one location replaced (same length, so the protobuf
+    stays well formed)."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    data = EXTERNAL.read_bytes()
+    assert data.count(b"weights.bin") >= 1 and len(location) == len(b"weights.bin")
+    (sub / "model.onnx").write_bytes(data.replace(b"weights.bin", location))
+    return sub / "model.onnx"
+
+
+def test_bug7_a_weights_file_outside_the_models_folder_is_refused(tmp_path):
+    path = _forged(tmp_path, b"../outs.bin")
+    (tmp_path / "outs.bin").write_bytes((EXTERNAL.parent / "weights.bin").read_bytes())
+    with pytest.raises(ModelFormatError, match=r"the weights file '\.\./outs\.bin' lies outside the model's folder"):
+        StreamingModel.load(path)
+    with pytest.raises(ModelFormatError, match="lies outside the model's folder"):
+        open_sessions(path)  # the parity harness (verify) reads the same way
+
+
+def test_bug7_a_symlink_out_of_the_folder_and_a_missing_file_are_refused(tmp_path):
+    path = _forged(tmp_path, b"weights.bin")
+    with pytest.raises(ModelFormatError, match=r"the weights file 'weights\.bin' is missing \(looked in "):
+        StreamingModel.load(path)
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes((EXTERNAL.parent / "weights.bin").read_bytes())
+    (path.parent / "weights.bin").symlink_to(outside)
+    with pytest.raises(ModelFormatError, match="lies outside the model's folder"):
+        StreamingModel.load(path)
+
+
+def test_bug7_bytes_with_external_weights_are_refused_with_the_way_out():
+    with pytest.raises(ModelFormatError, match=r"keeps its weights in other files \('weights\.bin'\); load it from "
+                                               "its path"):
+        StreamingModel.load(EXTERNAL.read_bytes())
+
+
+def test_bug7_the_fingerprint_covers_the_weights_so_a_snapshot_does_not_cross_models(tmp_path):
+    path = _forged(tmp_path, b"weights.bin")
+    halved = np.frombuffer((EXTERNAL.parent / "weights.bin").read_bytes(), np.float32) * 0.5
+    (path.parent / "weights.bin").write_bytes(halved.tobytes())
+    ours, theirs = StreamingModel.load(EXTERNAL), StreamingModel.load(path)
+    assert not np.allclose(_stream_all(ours), _stream_all(theirs))
+    with pytest.raises(StateError, match="fingerprint|another model"):
+        theirs.restore(ours.open_stream().snapshot())
+
+
+def test_external_locations_finds_each_tensor_and_is_quiet_on_other_bytes():
+    assert external_locations(EXTERNAL.read_bytes()) == ["weights.bin"] * 6
+    assert external_locations(LAYER.read_bytes()) == []
+    assert external_locations(b"\xff" * 40) is None  # not protobuf: onnxruntime says what is wrong
+
+
+def test_fuzz_found_metadata_that_is_not_utf8_is_a_format_error(tmp_path):
+    """Found by the model-loading fuzz test: was a UnicodeDecodeError from onnxruntime's metadata accessor."""
+    data = bytearray(LAYER.read_bytes())
+    data[data.index(b'{"format"') + 1] = 0xFF  # inside the contract's JSON: the protobuf stays well formed
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="is not valid UTF-8"):
+        StreamingModel.load(path)
+    with pytest.raises(ModelFormatError, match="is not valid UTF-8"):
+        read_contract(path)
+
+
+def test_bug4_onnxruntime_warnings_do_not_reach_stderr(capfd):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(DATA / "tiny_dynamic.onnx")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    capfd.readouterr()
+    StreamingModel.load(model.SerializeToString())  # was: "[W:onnxruntime:...] Removing initializer 'unused'"
+    assert capfd.readouterr().err == ""

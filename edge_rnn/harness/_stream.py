@@ -28,7 +28,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, message_line
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
-from edge_rnn.runtime import OPT_LEVELS, check_contract_fits
+from edge_rnn.runtime import OPT_LEVELS, check_contract_fits, check_external_data, describe_session
 
 __all__ = ["OPT_LEVELS", "Cases", "open_sessions", "session_runner", "read_contract", "chunk_sizes",
            "stream_chunks", "stream_calls", "run_case", "compare_streaming"]
@@ -68,6 +68,10 @@ def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "
     unknown = [n for n in opt_levels if n not in OPT_LEVELS]
     if unknown or not opt_levels:
         raise UnsupportedError(f"opt_levels: expected one or more of {sorted(OPT_LEVELS)}, got {list(opt_levels)}")
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file")
+    check_external_data(path.read_bytes(), path)  # weight files from the model's own folder only
     out = {}
     for name in opt_levels:
         so = ort.SessionOptions()
@@ -92,11 +96,11 @@ def read_contract(path: str | Path, session: ort.InferenceSession | None = None)
     """The edge_rnn contract of an ONNX (or ORT-format) file, read through onnxruntime (``session``: one already
     open on that file), and checked against the graph."""
     sess = session if session is not None else open_sessions(path, ("disabled",))["disabled"]
-    contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    ins, outs, metadata = describe_session(sess, str(path))
+    contract = Contract.from_metadata(metadata)
     if contract is None:
         raise ModelFormatError(f"{path}: no edge_rnn contract in its metadata (expected a model edge-rnn exported)")
-    check_contract_fits(contract, {i.name: (tuple(i.shape), i.type) for i in sess.get_inputs()},
-                        {o.name: (tuple(o.shape), o.type) for o in sess.get_outputs()})
+    check_contract_fits(contract, ins, outs)
     return contract
 
 

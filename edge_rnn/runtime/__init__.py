@@ -9,10 +9,11 @@ contract (:mod:`edge_rnn.contract`), or, for other stateful ONNX models, from a
 measures a model against one plain ``session.run`` per stream.
 """
 
+from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._model import OPT_LEVELS, StreamingModel
 from edge_rnn.runtime._ports import Port, check_contract_fits, detect_state_pairs
 from edge_rnn.runtime._sequence import run_sequence
-from edge_rnn.runtime._session import ForeignModel, SessionConfig
+from edge_rnn.runtime._session import ForeignModel, SessionConfig, describe_session
 from edge_rnn.runtime._stream import Stream
 from edge_rnn.runtime.bench import BenchRow, bench
 
@@ -25,6 +26,8 @@ __all__ = [
     "Port",
     "detect_state_pairs",
     "check_contract_fits",
+    "check_external_data",
+    "describe_session",
     "run_sequence",
     "bench",
     "BenchRow",

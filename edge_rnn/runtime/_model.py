@@ -13,10 +13,19 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn.contract import Contract, StateSpec
-from edge_rnn.errors import InferenceError, ModelFormatError, NonFiniteError, ShapeError, StreamError, message_line
+from edge_rnn.errors import (
+    InferenceError,
+    ModelFormatError,
+    NonFiniteError,
+    ShapeError,
+    StreamError,
+    UnsupportedError,
+    message_line,
+)
 from edge_rnn.runtime._batching import BatchStepping
+from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
-from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS, ForeignModel, SessionConfig
+from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS, ForeignModel, SessionConfig, describe_session
 from edge_rnn.runtime._session import session_options as make_session_options
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
@@ -60,6 +69,16 @@ def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> 
     if a.size == 0:
         raise ShapeError(f"{p.name}: expected at least one time step, got an empty chunk of shape {shape}")
     return a
+
+
+def _fingerprint(data: bytes, weight_files: list[Path]) -> str:
+    """What identifies a model for its snapshots: the file's bytes and those of its external weight files."""
+    digest = hashlib.sha256(data)
+    for file in weight_files:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:32]
 
 
 def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
@@ -149,6 +168,7 @@ class StreamingModel(BatchStepping):
         it takes the place of the metadata and is checked against the graph.
         """
         session, foreign = _grouped(session, foreign, flat)
+        path = None
         if isinstance(model, (bytes, bytearray)):
             data, source = bytes(model), "<bytes>"
         else:
@@ -156,22 +176,24 @@ class StreamingModel(BatchStepping):
             if not path.is_file():
                 raise ModelFormatError(f"{path}: no such file")
             data, source = path.read_bytes(), str(path)
+        # External weight files are read from the model's folder only: onnxruntime gets the path, not the bytes.
+        external = check_external_data(data, path)
         so = make_session_options(session.session_options, session.threads, session.optimization)
         try:
-            ort_session = ort.InferenceSession(data, so, providers=list(session.providers or ["CPUExecutionProvider"]))
+            ort_session = ort.InferenceSession(str(path) if external else data, so,
+                                               providers=list(session.providers or ["CPUExecutionProvider"]))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = message_line(e) or type(e).__name__
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None
-        ins = {i.name: (tuple(i.shape), i.type) for i in ort_session.get_inputs()}
-        outs = {o.name: (tuple(o.shape), o.type) for o in ort_session.get_outputs()}
         if contract is not None and foreign.state_map is not None:
-            raise ValueError("give contract= or state_map=, not both: the contract already says which input feeds "
-                             "which output")
-        metadata = ort_session.get_modelmeta().custom_metadata_map if contract is None else contract.to_metadata()
+            raise UnsupportedError("give contract= or state_map=, not both: the contract already says which input "
+                                   "feeds which output")
+        ins, outs, metadata = describe_session(ort_session, source)
+        metadata = metadata if contract is None else contract.to_metadata()
         io = resolve_io(ins, outs, metadata, state_map=foreign.state_map, batch_axis=foreign.batch_axis,
                         time_axis=foreign.time_axis, state_batch_axis=foreign.state_batch_axis,
                         constants=foreign.constants)
-        fingerprint = hashlib.sha256(data).hexdigest()[:32]
+        fingerprint = _fingerprint(data, external)
         return cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
 
     # --------------------------------------------------------------- properties

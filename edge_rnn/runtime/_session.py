@@ -8,9 +8,9 @@ from typing import Any
 
 import onnxruntime as ort
 
-from edge_rnn.errors import UnsupportedError
+from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["OPT_LEVELS", "session_options", "SessionConfig", "ForeignModel"]
+__all__ = ["OPT_LEVELS", "session_options", "describe_session", "SessionConfig", "ForeignModel"]
 
 _EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
@@ -39,10 +39,30 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
         raise UnsupportedError(f"threads: expected an int >= 1 (or None: onnxruntime's default), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
+    so.log_severity_level = 3  # onnxruntime's warnings would go to stderr (a server's log); its errors still raise
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return so
+
+
+Shapes = dict[str, tuple[tuple, str]]
+
+
+def describe_session(sess: ort.InferenceSession, source: str) -> tuple[Shapes, Shapes, dict[str, str]]:
+    """The graph's inputs and outputs ``{name: (shape, type)}`` and its metadata, as onnxruntime reads them.
+
+    onnxruntime decodes the names and the metadata as UTF-8 when Python asks
+    for them, so a file with other bytes there fails only then.
+    """
+    try:
+        ins = {i.name: (tuple(i.shape), i.type) for i in sess.get_inputs()}
+        outs = {o.name: (tuple(o.shape), o.type) for o in sess.get_outputs()}
+        metadata = dict(sess.get_modelmeta().custom_metadata_map)
+    except UnicodeDecodeError as e:
+        raise ModelFormatError(f"{source}: a name or a metadata entry is not valid UTF-8 ({e.reason} at byte "
+                               f"{e.start})") from None
+    return ins, outs, metadata
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,14 @@ def tiny_rnn(path: Path, batch: str | int) -> None:
     onnx.save(model, path)
 
 
+def external_weights(src: Path, dst: Path) -> None:
+    """``src`` rewritten with its tensors in a weights file beside it (``dst``'s folder, ``weights.bin``)."""
+    model = onnx.load(src)
+    dst.parent.mkdir(exist_ok=True)
+    onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+              size_threshold=64)  # the weights; small index constants stay inline (shape inference reads them)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     expected: dict[str, np.ndarray] = {}
@@ -45,6 +53,7 @@ def main() -> None:
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(4, 6, num_layers=2).eval()  # time-major layer, native form
     edge_rnn.export(lstm, HERE / "lstm_layer.onnx", long_steps=1_000)
+    external_weights(HERE / "lstm_layer.onnx", HERE / "external" / "lstm_layer.onnx")  # same model, weights apart
     x = rng.standard_normal((23, 4)).astype(np.float32)
     with torch.no_grad():
         y, (h, c) = lstm(torch.from_numpy(x)[:, None])

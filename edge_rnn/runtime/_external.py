@@ -1,0 +1,152 @@
+"""External weight files: find the ones a model names, and keep them inside the model's folder.
+
+An ONNX file may keep its tensors in other files (``external_data``, with a
+``location`` relative to the model). onnxruntime reads them relative to the
+model's folder when given a path, but relative to the *working directory* when
+given bytes, and older releases follow ``..``, absolute paths and symlinks out
+of the folder. So the runtime reads the locations itself, with a small reader
+of the protobuf wire format (the runtime has no ``onnx`` package), refuses any
+that leave the folder, and always hands onnxruntime the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge_rnn.errors import ModelFormatError
+
+__all__ = ["external_locations", "check_external_data"]
+
+# Which length-delimited fields lead to tensors, by message (onnx.proto's field numbers).
+_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _ENTRY = range(8)
+_CHILDREN = {
+    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _FUNCTION: {7: _NODE},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _TENSOR: {13: _ENTRY},
+}
+_MAX_DEPTH = 64  # nested subgraphs (If/Loop/Scan bodies) deeper than this are refused
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes, pos: int, end: int):
+    """(field number, wire type, value or (start, stop)) for each field of one message."""
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos, end)
+            yield field, wire, value
+        elif wire == 2:
+            size, pos = _varint(data, pos, end)
+            if pos + size > end:
+                raise _Malformed
+            yield field, wire, (pos, pos + size)
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            if pos > end:
+                raise _Malformed
+        else:  # groups (3, 4) are not used by onnx.proto
+            raise _Malformed
+
+
+def _entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
+    key = value = b""
+    for field, wire, span in _fields(data, start, stop):
+        if wire == 2 and field in (1, 2):
+            text = data[span[0]:span[1]]
+            key, value = (text, value) if field == 1 else (key, text)
+    return key, value
+
+
+def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str]) -> None:
+    if depth > _MAX_DEPTH:
+        raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
+    children = _CHILDREN.get(kind, {})
+    location, external = None, False
+    for field, wire, value in _fields(data, start, stop):
+        if kind == _TENSOR and field == 14 and wire == 0:
+            external = value == _EXTERNAL
+        elif kind == _TENSOR and field == 13 and wire == 2:
+            key, text = _entry(data, *value)
+            if key == b"location":
+                location = text.decode("utf-8", "replace")
+        elif wire == 2 and field in children:
+            _walk(data, children[field], *value, depth + 1, found)
+    if external or location is not None:
+        found.append(location if location is not None else "")
+
+
+def external_locations(data: bytes) -> list[str] | None:
+    """The ``location`` of each tensor kept outside the model file, in file order.
+
+    None when the bytes are not a well-formed protobuf message: onnxruntime
+    then says what is wrong with them.
+    """
+    if data[4:8] == b"ORTM":  # an ORT-format (flatbuffer) model: its weights are inside it
+        return []
+    found: list[str] = []
+    try:
+        _walk(data, _MODEL, 0, len(data), 0, found)
+    except _Malformed:
+        return None
+    return found
+
+
+def check_external_data(data: bytes, path: Path | None) -> list[Path]:
+    """Refuse external weight files that are missing or lie outside the model's folder.
+
+    ``path`` is where ``data`` was read from (None: the caller gave bytes).
+    Returns the weight files, resolved, once each in file order (empty: none).
+    """
+    locations = external_locations(data)
+    if not locations:
+        return []
+    where = "<bytes>" if path is None else str(path)
+    if path is None:
+        raise ModelFormatError(
+            f"{where}: the model keeps its weights in other files ({_names(locations)}); load it from its path, so "
+            "they are read from the model's folder and not from the working directory")
+    folder, files = path.resolve().parent, []
+    for location in dict.fromkeys(locations):
+        if not location:
+            raise ModelFormatError(f"{where}: a tensor is marked external but names no file")
+        target = Path(location)
+        resolved = (folder / target).resolve()
+        if target.is_absolute() or not resolved.is_relative_to(folder):
+            raise ModelFormatError(
+                f"{where}: the weights file {location!r} lies outside the model's folder {folder}; edge-rnn only "
+                "reads weight files from the model's own folder")
+        if not resolved.is_file():
+            raise ModelFormatError(f"{where}: the weights file {location!r} is missing (looked in {folder})")
+        if not os.access(resolved, os.R_OK):
+            raise ModelFormatError(f"{where}: the weights file {location!r} cannot be read")
+        files.append(resolved)
+    return list(dict.fromkeys(files))
+
+
+def _names(locations: list[str]) -> str:
+    names = list(dict.fromkeys(locations))
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
