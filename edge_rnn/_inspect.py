@@ -62,7 +62,8 @@ def describe(model: onnx.ModelProto, contract: Contract | None, size_bytes: int)
             lines.append(f"  {s.input:<8} -> {s.output:<8} {s.dtype:<8} ({shape})")
         for t in contract.inputs:
             time = "none (one step per call)" if t.time_axis is None else t.time_axis
-            lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {time}")
+            within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"
+            lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {time}{within}")
         src = contract.source
         if src:
             lines.append("source:    " + ", ".join(f"{k}={v}" for k, v in src.items()))

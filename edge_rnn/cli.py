@@ -83,6 +83,9 @@ _DATA_HELP = ("Real input sequences for the parity check, in place of random one
 @main.command()
 @click.argument("factory", required=False)
 @click.option("--example-shape", help="With FACTORY: the example input's shape, e.g. 1,50,40.")
+@click.option("--example-dtype", type=click.Choice(["float32", "int64", "int32"]), default="float32",
+              show_default=True, help="With FACTORY: the example input's dtype; int64 for token ids (the example is "
+              "then zeros, a valid id for any embedding).")
 @click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
               help="With FACTORY: the input's and output's batch axis.")
 @click.option("--time-axis", type=click.IntRange(min=0), default=1, show_default=True,
@@ -106,10 +109,10 @@ _DATA_HELP = ("Real input sequences for the parity check, in place of random one
               help="Length of the long streaming check (0 skips it).")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
-def export(factory: str | None, example_shape: str | None, batch_axis: int, time_axis: int, arch: str | None,
-           input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool,
-           proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool, weights: Path | None,
-           seed: int, long_steps: int, data: Path | None, output: Path) -> None:
+def export(factory: str | None, example_shape: str | None, example_dtype: str, batch_axis: int, time_axis: int,
+           arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool,
+           batch_first: bool, proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool,
+           weights: Path | None, seed: int, long_steps: int, data: Path | None, output: Path) -> None:
     """Export to streaming ONNX, verify against PyTorch and print the parity table.
 
     Either build an RNN/LSTM/GRU from --arch, --input-size and --hidden-size, or give FACTORY as
@@ -122,8 +125,11 @@ def export(factory: str | None, example_shape: str | None, batch_axis: int, time
     if factory is not None:
         if arch or input_size or hidden_size:
             raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
-        _export_factory(factory, example_shape, batch_axis, time_axis, weights, decomposed, long_steps, data, output)
+        _export_factory(factory, (example_shape, example_dtype), batch_axis, time_axis, weights, decomposed,
+                        long_steps, data, output)
         return
+    if example_dtype != "float32" or example_shape:
+        raise click.UsageError("--example-shape and --example-dtype go with FACTORY; a built layer takes float32")
     missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give a FACTORY)")
@@ -152,14 +158,15 @@ def _print_report(report: Any, output: Path) -> None:
 
 
 
-def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_axis: int, weights: Path | None,
-                    decomposed: bool, long_steps: int, data: Path | None, output: Path) -> None:
+def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, time_axis: int,
+                    weights: Path | None, decomposed: bool, long_steps: int, data: Path | None, output: Path) -> None:
     import torch
 
     from edge_rnn.exporters import StreamingIO
     from edge_rnn.exporters import export as export_module
     from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
 
+    example_shape, example_dtype = example
     if not example_shape:
         raise click.UsageError("FACTORY needs --example-shape, e.g. --example-shape 1,50,40")
     shape = _int_list(example_shape, "--example-shape")
@@ -175,7 +182,9 @@ def _export_factory(ref: str, example_shape: str | None, batch_axis: int, time_a
                            f"rank-{rank} input")
     torch.manual_seed(0)
     io = StreamingIO(input_names=("x",), input_axes={"x": axes})  # outputs: their axes are probed
-    report = export_module(model, output, example_input=torch.randn(shape), decomposed=decomposed,
+    dtype = getattr(torch, example_dtype)
+    x = torch.randn(shape) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+    report = export_module(model, output, example_input=x, decomposed=decomposed,
                            long_steps=long_steps, raise_on_failure=False, io=io, data=sequences)
     _print_report(report, output)
 
@@ -303,8 +312,11 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
-    if data.dtype.kind == "f" and data.dtype != port.dtype:
+    if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
         data = data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+    elif data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
+        data = data.astype(port.dtype)  # int32 token ids for an int64 input: exact
+    # anything else (floats for token ids, ...) goes as it is: the runtime refuses it, never rounds it
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:

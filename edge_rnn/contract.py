@@ -4,15 +4,17 @@ Every model edge-rnn writes carries, in ``metadata_props``, the key
 ``edge_rnn`` whose value is JSON::
 
     {"format": 1,
-     "inputs":  [{"name": "x", "batch_axis": 1, "time_axis": 0}],
-     "outputs": [{"name": "y", "batch_axis": 1, "time_axis": 0}],
+     "inputs":  [{"name": "x", "batch_axis": 1, "time_axis": 0, "dtype": "float32"}],
+     "outputs": [{"name": "y", "batch_axis": 1, "time_axis": 0, "dtype": "float32"}],
      "states":  [{"input": "h0", "output": "hn", "shape": [2, null, 256],
                   "batch_axis": 1, "dtype": "float32"}],
      "source":  {"kind": "lstm", "hidden_size": 256, ...},
      "streamable": true}
 
 ``null`` in a state shape marks the batch dimension; ``time_axis`` is null
-for models that take one step per call (cells). A state input left at zeros
+for models that take one step per call (cells). An integer input (token ids)
+may add ``"values": [0, 9999]``, the range it must lie in (the rows of the
+embedding table it indexes); the runtime refuses values outside it. A state input left at zeros
 is PyTorch's default initial state; feeding each output state to its input on
 the next call continues the sequence exactly. ``docs/streaming-onnx.md`` is
 the human-readable version of this module.
@@ -79,21 +81,58 @@ def axes_problem(rank: int, batch_axis: int | None, time_axis: int | None) -> st
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: its name and which axes are batch and time."""
+    """A model input or output: its name, which axes are batch and time, and what values it takes.
+
+    ``dtype`` is the element type (None: as the graph says; files written
+    before it was recorded). ``values`` is the inclusive range ``(low, high)``
+    an integer input must lie in, e.g. token ids ``(0, vocab - 1)`` for the
+    embedding table they index; None where edge-rnn found no bound.
+    """
 
     name: str
     batch_axis: int
     time_axis: int | None = None
+    dtype: str | None = None
+    values: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise ModelFormatError(
+                f"edge_rnn contract: {self.name!r}: expected dtype in {list(_DTYPES)}, got {self.dtype!r}")
+        if self.values is not None:
+            v = self.values
+            if (not isinstance(v, tuple) or len(v) != 2 or any(isinstance(e, bool) or not isinstance(e, int) for e in v)
+                    or v[0] > v[1]):
+                raise ModelFormatError(
+                    f"edge_rnn contract: {self.name!r}: expected values [low, high] with integers low <= high, "
+                    f"got {list(v) if isinstance(v, tuple) else v!r}")
+            if self.dtype is None or self.dtype in ("float32", "float16", "float64", "bool"):
+                raise ModelFormatError(
+                    f"edge_rnn contract: {self.name!r}: a range of values is for integer inputs, got dtype "
+                    f"{self.dtype}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "batch_axis": self.batch_axis, "time_axis": self.time_axis}
+        if self.dtype is not None:
+            d["dtype"] = self.dtype
+        if self.values is not None:
+            d["values"] = list(self.values)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
         if not isinstance(d, Mapping) or "name" not in d:
             raise ModelFormatError(f"edge_rnn contract: expected a tensor entry with a 'name', got {d!r}")
         name = _name(d["name"], "a tensor name")
+        values = d.get("values")
+        if values is not None and not isinstance(values, list):
+            raise ModelFormatError(f"edge_rnn contract: {name!r}: expected values [low, high], got {values!r}")
         t = cls(
             name=name,
             batch_axis=_axis(d.get("batch_axis"), f"batch_axis of {name!r}", nullable=False),
             time_axis=_axis(d.get("time_axis"), f"time_axis of {name!r}", nullable=True),
+            dtype=None if d.get("dtype") is None else _name(d["dtype"], f"dtype of {name!r}"),
+            values=None if values is None else tuple(values),
         )
         if t.time_axis == t.batch_axis:
             raise ModelFormatError(f"edge_rnn contract: {name!r}: expected different batch and time axes, "
@@ -194,12 +233,11 @@ class Contract:
         return any(t.time_axis is not None for t in self.inputs)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
         out = {
             "format": self.format,
-            "inputs": list(d["inputs"]),
-            "outputs": list(d["outputs"]),
-            "states": [dict(s, shape=list(s["shape"])) for s in d["states"]],
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "states": [dict(asdict(s), shape=list(s.shape)) for s in self.states],
             "source": dict(self.source),
             "streamable": self.streamable,
         }

@@ -33,6 +33,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 DATA = REPO / "tests" / "data"
 LAYER = StreamingModel.load(DATA / "lstm_layer.onnx")
 CELL = StreamingModel.load(DATA / "gru_cell.onnx")
+TOKENS = StreamingModel.load(DATA / "token_gru.onnx")  # int64 ids in [0, 39]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -166,17 +167,19 @@ chunks = st.one_of(
               st.sampled_from([0.5, np.nan, np.inf, 1e39])),
     st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=6),
     st.lists(st.lists(st.integers(-2**70, 2**70), max_size=5), max_size=4),
+    st.lists(st.integers(-3, 45) | st.floats(-1, 41), max_size=6),  # token ids, in range or not, or not integers
     st.dictionaries(st.sampled_from(["x", "y", "h0"]), st.none() | st.just([0.0] * 4), max_size=2),
     st.none() | st.text(max_size=4),
 )
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(st.sampled_from(["layer", "cell"]), st.lists(chunks, min_size=1, max_size=4), st.booleans())
+@given(st.sampled_from(["layer", "cell", "tokens"]), st.lists(chunks, min_size=1, max_size=4), st.booleans())
 def test_step_and_step_batch_answer_or_raise_and_never_touch_state_on_error(which, xs, batched):
-    model = LAYER if which == "layer" else CELL
+    model = {"layer": LAYER, "cell": CELL, "tokens": TOKENS}[which]
     streams = [model.open_stream() for _ in xs]
-    good = np.full((2, 4), 0.25, np.float32) if which == "layer" else np.full(4, 0.25, np.float32)
+    good = {"layer": np.full((2, 4), 0.25, np.float32), "cell": np.full(4, 0.25, np.float32),
+            "tokens": np.array([3, 39])}[which]
     for s in streams:
         model.step(s, good)
     before = [(s.state, s.steps) for s in streams]

@@ -66,6 +66,25 @@ class AcousticModel(torch.nn.Module):
         return self.head(self.norm(y))
 
 
+class TokenModel(torch.nn.Module):
+    """Token ids -> Embedding -> GRU -> logits: a character-level language model, streamed id by id."""
+
+    def __init__(self, vocab: int = 40, dim: int = 16, hidden: int = 24):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.gru = torch.nn.GRU(dim, hidden, batch_first=True)
+        self.head = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        y, _ = self.gru(self.embed(ids))
+        return self.head(y)
+
+
+def token_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TokenModel()
+
+
 def keyword_spotter() -> torch.nn.Module:
     torch.manual_seed(0)
     return KeywordSpotter()

@@ -33,8 +33,8 @@ __all__ = ["export_layer", "build_model"]
 def _contract(spec: RecurrentSpec, extra_source: Mapping[str, Any] | None = None) -> Contract:
     io_batch, io_time = spec.io_axes
     return Contract(
-        inputs=(TensorSpec("x", io_batch, io_time),),
-        outputs=(TensorSpec("y", io_batch, io_time),),
+        inputs=(TensorSpec("x", io_batch, io_time, "float32"),),
+        outputs=(TensorSpec("y", io_batch, io_time, "float32"),),
         states=spec.state_specs(),
         source={**spec.to_source(), **(extra_source or {})},
         streamable=not spec.bidirectional,

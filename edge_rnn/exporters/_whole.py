@@ -6,7 +6,7 @@ import dataclasses
 import io
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from edge_rnn.exporters._whole_resolve import Arrays, Resolved, Top, examples_of
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
 from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write, staged
 from edge_rnn.exporters.options import ExportOptions, StreamingIO
-from edge_rnn.harness import chunk_sizes, raise_failures, stream_chunks
+from edge_rnn.harness import InputLayout, chunk_sizes, raise_failures, random_inputs, stream_chunks
 
 __all__ = ["export_model"]
 
@@ -104,8 +104,8 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
             input_source(layouts(r), data)
         if io.streaming:
             state_examples = {s.input: np.zeros(s.shape, np.float32) for s in r.lifted}
-            _check_streamable(reference(lifter, r, torch.float32), r.contract, r.feeds0, state_examples,
-                              r.explicit, tolerance_for(o.atol).atol, o.seed)
+            _check_streamable(reference(lifter, r, torch.float32), r.contract, layouts(r), r.feeds0, state_examples,
+                              tolerance_for(o.atol).atol, o.seed)
         t0 = time.perf_counter()
         if o.extra_source:
             r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **o.extra_source})
@@ -122,20 +122,16 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
                             operators=dict(operator_counts(proto.graph)), parity=parity)
 
 
-def _check_streamable(reference: Any, contract: Contract, feeds: Arrays, lifted_zeros: Arrays,
-                      explicit: Mapping[str, str], tol: float, seed: int) -> None:
+def _check_streamable(reference: Any, contract: Contract, inputs: list[InputLayout], feeds: Arrays,
+                      lifted_zeros: Arrays, tol: float, seed: int) -> None:
     """Chunked streaming in PyTorch itself must equal one pass, before anything is written."""
     if not contract.is_streaming:
         return
     rng = np.random.default_rng(seed + 17)
     t_ax = contract.inputs[0].time_axis
     steps = 37
-    ins = {}
-    for t in contract.inputs:
-        shape = list(feeds[t.name].shape)
-        if t.time_axis is not None:
-            shape[t.time_axis] = steps
-        ins[t.name] = rng.standard_normal(shape).astype(np.float32)
+    first = inputs[0]
+    ins = random_inputs(inputs)(rng, first.shape[first.batch_axis], steps, False)
     states = dict(lifted_zeros)
     for s in contract.states:
         if s.input not in states:

@@ -8,6 +8,7 @@ dtype, for the parity check.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class Top(torch.nn.Module):
 
 def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[str, tuple[int, int | None]] | None,
           what: str, default: tuple[int, int | None] = (0, 1)) -> list[TensorSpec]:
-    """Batch and time axes per tensor: as given, else ``default`` (time only for rank >= 3)."""
+    """Batch and time axes per tensor: as given, else ``default`` (time only for rank >= 3, or an integer
+    tensor of rank 2: token ids ``(batch, time)``)."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(names))
     if unknown:
@@ -60,7 +62,8 @@ def _axes(names: Sequence[str], tensors: Sequence[torch.Tensor], given: Mapping[
     out = []
     for name, t in zip(names, tensors):
         try:
-            b, tm = given.get(name, (default[0], default[1] if t.dim() >= 3 else None))
+            timed = t.dim() >= 3 or (t.dim() == 2 and not t.is_floating_point())  # (batch, time) token ids
+            b, tm = given.get(name, (default[0], default[1] if timed else None))
         except (TypeError, ValueError):
             raise ShapeError(
                 f"{what}_axes for {name!r}: expected (batch_axis, time_axis), got {given[name]!r}") from None
@@ -82,7 +85,55 @@ class Resolved:
     lifted: list[LiftedState]
     explicit: dict[str, str]
     examples: tuple[torch.Tensor, ...]
-    feeds0: Arrays  # the examples as float32 numpy, by input name
+    feeds0: Arrays  # the examples as numpy by input name: floats as float32, integers as they are
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    """The graph's element type for a tensor of the model: float32 for any float (the graph is float32)."""
+    return "float32" if t.is_floating_point() else str(t.dtype).removeprefix("torch.")
+
+
+def _numpy_example(t: torch.Tensor) -> np.ndarray:
+    a = t.detach().cpu().numpy()
+    return a.astype(np.float32) if t.is_floating_point() else a
+
+
+def _as_torch(a: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A feed as a torch tensor: floats in ``dtype`` (the reference's precision), integers and bools as they are."""
+    t = torch.from_numpy(np.asarray(a))
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+class _EmbeddingInputs:
+    """Which inputs index an ``nn.Embedding`` directly, and its number of rows: their range of valid values.
+
+    ONNX's Gather reads a negative index from the end of the table where PyTorch raises, and fails on one past
+    it only at run time, so the range goes into the contract and the runtime checks it before each call.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.calls, self.handles = model, [], []
+
+    def __enter__(self) -> _EmbeddingInputs:
+        for m in self.model.modules():
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                self.handles.append(m.register_forward_pre_hook(self._seen))
+        return self
+
+    def _seen(self, module: torch.nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], torch.Tensor):
+            self.calls.append((args[0], module.num_embeddings))
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def range_of(self, t: torch.Tensor) -> tuple[int, int] | None:
+        if t.is_floating_point() or t.dtype == torch.bool:
+            return None
+        rows = [n for idx, n in self.calls if idx is t or (idx.dtype == t.dtype and idx.shape == t.shape
+                                                            and idx.data_ptr() == t.data_ptr())]
+        return (0, min(rows) - 1) if rows else None
 
 
 def examples_of(example_input: Any) -> tuple[torch.Tensor, ...]:
@@ -106,7 +157,8 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: 
             "export it with streaming=False to run one whole sequence per call"
         )
     try:
-        out, lifted = lifter.discover(*examples)
+        with _EmbeddingInputs(model) as seen:
+            out, lifted = lifter.discover(*examples)
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - the model's own error on the example: one line, not a traceback
@@ -130,15 +182,18 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: 
         )
     data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
     data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
-    in_specs = _axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input")
+    in_specs = [dataclasses.replace(spec, dtype=_dtype_name(t), values=seen.range_of(t))
+                for spec, (_, t) in zip(_axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input"),
+                                        data_in)]
     batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
     explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
     probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
                                 [n for n, _ in data_out], output_axes)
     contract = Contract(
         inputs=tuple(in_specs),
-        outputs=tuple(_axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})},
-                            "output")),
+        outputs=tuple(dataclasses.replace(spec, dtype=_dtype_name(t)) for spec, (_, t) in zip(
+            _axes([n for n, _ in data_out], [t for _, t in data_out], {**probed, **(output_axes or {})}, "output"),
+            data_out)),
         states=tuple(explicit_specs)
         + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
         source={"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -146,7 +201,7 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: 
                 "graph_form": "decomposed" if decomposed else "native"},
         streamable=streaming,
     )
-    feeds0 = {n: t.detach().numpy().astype(np.float32) for n, t in zip(in_names, examples)}
+    feeds0 = {n: _numpy_example(t) for n, t in zip(in_names, examples)}
     return Resolved(lifter, contract, in_names, out_names, lifted, explicit, examples, feeds0)
 
 
@@ -157,8 +212,8 @@ def reference(lifter: Lifter, r: Resolved, dtype: torch.dtype) -> Callable[[Arra
     names = r.out_names + [s.output for s in r.lifted]
 
     def run(feeds: Arrays) -> Arrays:
-        ins = tuple(torch.from_numpy(np.asarray(feeds[n])).to(dtype) for n in r.in_names)
-        sts = [torch.from_numpy(np.asarray(feeds[s.input])).to(dtype) for s in r.lifted]
+        ins = tuple(_as_torch(feeds[n], dtype) for n in r.in_names)
+        sts = [_as_torch(feeds[s.input], dtype) for s in r.lifted]
         with torch.no_grad():
             res = top(*ins, *sts)
         return {n: t.numpy() for n, t in zip(names, res)}

@@ -21,7 +21,30 @@ __all__ = ["verify_model", "verify_resolved", "layouts"]
 
 
 def layouts(r: Resolved) -> list[InputLayout]:
-    return [InputLayout(t.name, r.feeds0[t.name].shape, t.batch_axis, t.time_axis) for t in r.contract.inputs]
+    """The data inputs for the checks; an integer input without a known range draws from its example's values."""
+    out = []
+    for t in r.contract.inputs:
+        ex = r.feeds0[t.name]
+        values = t.values
+        if values is None and ex.dtype.kind in "iu":
+            values = (int(ex.min()), int(ex.max())) if ex.size else (0, 0)
+        out.append(InputLayout(t.name, ex.shape, t.batch_axis, t.time_axis, str(ex.dtype), values))
+    return out
+
+
+def _integer_notes(r: Resolved, data: Any) -> list[str]:
+    notes = []
+    for t, lay in zip(r.contract.inputs, layouts(r)):
+        if lay.values is None:
+            continue
+        if t.values is not None:
+            notes.append(f"input {t.name!r}: {t.dtype} in [{t.values[0]}, {t.values[1]}], the rows of the embedding "
+                         "it indexes; the runtime refuses values outside that range")
+        elif data is None:
+            notes.append(f"input {t.name!r}: {t.dtype} with no embedding table to bound it: random values drawn from "
+                         f"the example's range [{lay.values[0]}, {lay.values[1]}]; pass data= with real values for a "
+                         "stronger check")
+    return notes
 
 
 def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: Any, long_steps: int, seed: int,
@@ -48,6 +71,7 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
                                      opt_levels=opt_levels)
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")
+    report.notes.extend(_integer_notes(r, data))
     if not streaming:
         report.notes.append("exported with streaming=False: checked whole sequences per call only")
     return report
@@ -135,7 +159,7 @@ def _options_from_file(contract: Contract, session: Any, example_input: Any
     for i in graph_inputs:
         state = next((s for s in explicit if s.input == i.name), None)
         if state is not None:
-            examples.append(torch.zeros(state.concrete_shape(1)))
+            examples.append(torch.zeros(state.concrete_shape(1), dtype=getattr(torch, state.dtype)))
             continue
         t = axes.get(i.name)
         shape = [d if isinstance(d, int) else 1 if t and k == t.batch_axis else 8 if t and k == t.time_axis else None
@@ -143,7 +167,7 @@ def _options_from_file(contract: Contract, session: Any, example_input: Any
         if t is None or None in shape:
             raise UnsupportedError(f"input {i.name!r} of shape {i.shape}: cannot build an example from the file; "
                                    "pass example_input as given to export")
-        examples.append(torch.zeros(shape))
+        examples.append(torch.zeros(shape, dtype=getattr(torch, t.dtype or "float32")))
     return derived, tuple(examples)
 
 

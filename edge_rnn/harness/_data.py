@@ -36,6 +36,8 @@ class InputLayout:
     shape: tuple[int, ...]
     batch_axis: int
     time_axis: int | None
+    dtype: str = "float32"
+    values: tuple[int, int] | None = None  # an integer input's inclusive range: what random inputs draw from
 
     @property
     def rest(self) -> tuple[int, ...]:
@@ -58,10 +60,20 @@ def random_inputs(layouts: Sequence[InputLayout]) -> InputSource:
     """Standard Gaussian inputs."""
 
     def make(rng: np.random.Generator, batch: int, steps: int, calls: bool) -> Arrays:
-        return {t.name: t.assemble(rng.standard_normal((batch, steps, *t.rest)).astype(np.float32), calls)
-                for t in layouts}
+        return {t.name: t.assemble(_draw(rng, t, (batch, steps, *t.rest)), calls) for t in layouts}
 
     return make
+
+
+def _draw(rng: np.random.Generator, t: InputLayout, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard Gaussian for a float input; integers spread over the input's range for an integer one."""
+    kind = np.dtype(t.dtype).kind
+    if kind == "f":
+        return rng.standard_normal(shape).astype(t.dtype)
+    if kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    low, high = t.values if t.values is not None else (0, 0)
+    return rng.integers(low, high, shape, endpoint=True).astype(t.dtype)
 
 
 def data_inputs(layouts: Sequence[InputLayout], data: Any, what: str = "data") -> InputSource:
@@ -155,7 +167,7 @@ def _read_checked(f: Any, size: int, what: str) -> np.ndarray:
 
 
 def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arrays]:
-    """Normalise ``data`` to a list of ``{input name: (time, *rest) float32}``, checked."""
+    """Normalise ``data`` to a list of ``{input name: (time, *rest)}`` in each input's dtype, checked."""
     names = [t.name for t in layouts]
     if isinstance(data, Mapping) and len(layouts) > 1 and set(data) == set(names):
         raw = [dict(data)]  # one sequence per input, keyed by name
@@ -180,6 +192,27 @@ def _nested_numbers(data: Sequence[Any]) -> bool:
         isinstance(e, (int, float, bool, list, tuple)) for v in data for e in v)
 
 
+def _as_input(t: InputLayout, a: np.ndarray, label: str) -> np.ndarray:
+    """A sequence in the input's dtype: floats finite in float32, integers integral and within the input's range."""
+    if np.dtype(t.dtype).kind == "f":
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
+            a = a.astype(t.dtype)
+        if not np.isfinite(a).all():
+            raise DataError(f"{label}: expected finite values, got NaN or Inf (or values beyond float32's range)")
+        return a
+    if np.dtype(t.dtype).kind == "b":
+        if a.dtype.kind != "b":
+            raise DataError(f"{label}: {t.name!r} takes bool values, got a {a.dtype} array")
+        return a
+    if a.dtype.kind not in "iu":
+        raise DataError(f"{label}: {t.name!r} takes {t.dtype} values (token ids), got a {a.dtype} array; save "
+                        f"the ids as integers: np.save(path, ids.astype(np.{t.dtype}))")
+    low, high = t.values if t.values is not None else (np.iinfo(t.dtype).min, np.iinfo(t.dtype).max)
+    if a.min() < low or a.max() > high:
+        raise DataError(f"{label}: expected values of {t.name!r} in [{low}, {high}], got {a.min()}..{a.max()}")
+    return a.astype(t.dtype)
+
+
 def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) -> Arrays:
     out = {}
     for t in layouts:
@@ -196,11 +229,7 @@ def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) ->
             raise DataError(f"{label}: expected one sequence of shape {t.describe()}, got {a.shape}{hint}")
         if not a.shape[0]:
             raise DataError(f"{label}: expected at least one step, got an empty sequence {a.shape}")
-        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
-            a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise DataError(f"{label}: expected finite values, got NaN or Inf (or values beyond float32's range)")
-        out[t.name] = a
+        out[t.name] = _as_input(t, a, label)
     lengths = {len(v) for v in out.values()}
     if len(lengths) > 1:
         raise DataError(f"{what}: expected the inputs' sequences to have one length, got {sorted(lengths)}")

@@ -196,10 +196,10 @@ class BatchStepping:
             add, parts = self._add_batch[p.name], chunks[p.name]
             feeds[p.name] = np.concatenate([parts[i][add] for i in idxs], axis=p.batch_axis)
             try:  # once over the stacked chunk; on failure, name the item
-                self._check_finite(p.name, feeds[p.name])
-            except NonFiniteError as e:
-                bad = next(i for i in idxs if not np.isfinite(parts[i]).all())
-                raise NonFiniteError(f"item {bad} of the batch: {e}") from None
+                self._check_values(p.name, feeds[p.name])
+            except (NonFiniteError, ShapeError) as e:
+                bad = next(i for i in idxs if not self._values_ok(p.name, parts[i]))
+                raise type(e)(f"item {bad} of the batch: {e}") from None
         feeds.update(self._group_states([streams[i] for i in idxs]))
         res = self._run(feeds)
         # per-stream views into the batched outputs (iterating the batch axis): no copies

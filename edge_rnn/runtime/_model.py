@@ -54,21 +54,39 @@ def _grouped(session: SessionConfig | None, foreign: ForeignModel | None,
 def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> np.ndarray:
     """One input of one stream's chunk as an array of the port's dtype, rank and fixed sizes, not empty."""
     if type(a) is not np.ndarray:
-        try:
-            with np.errstate(over="raise"):  # 1e300 in a list is finite, just beyond float32: say so
-                a = np.asarray(a, dtype=p.dtype)
-        except FloatingPointError:
-            raise ShapeError(f"{p.name}: expected values within {p.dtype}'s range, got a finite value beyond it "
-                             "(it would become Inf)") from None
-        except (ValueError, TypeError, OverflowError) as e:
-            raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
-                             f"that numpy cannot convert ({e})") from None
+        a = _from_values(p, a)
     shape = a.shape
     if a.dtype != p.dtype or len(shape) != rank or any(shape[i] != d for i, d in fixed):
-        raise ShapeError(f"{p.name}: expected shape {p.describe()}, got {shape} {a.dtype}")
+        hint = f" (cast it: .astype(np.{p.dtype}))" if a.dtype != p.dtype and a.dtype.kind == p.dtype.kind else ""
+        raise ShapeError(f"{p.name}: expected shape {p.describe()}, got {shape} {a.dtype}{hint}")
     if a.size == 0:
         raise ShapeError(f"{p.name}: expected at least one time step, got an empty chunk of shape {shape}")
     return a
+
+
+def _from_values(p: Port, a: Any) -> np.ndarray:
+    """Nested lists (or scalars, tuples, array-likes) as an array of the port's dtype; never a silent rounding."""
+    try:
+        if p.dtype.kind == "f":
+            with np.errstate(over="raise"):  # 1e300 in a list is finite, just beyond float32: say so
+                return np.asarray(a, dtype=p.dtype)
+        raw = np.asarray(a)  # integers stay integers: 1.5 for a token id is refused, not rounded to 1
+        if raw.dtype.kind not in ("b" if p.dtype.kind == "b" else "iu") and raw.size:
+            first = raw.reshape(-1)[:1].tolist()[0]
+            raise ShapeError(f"{p.name}: expected {p.dtype} values, got {raw.dtype} ({first!r}, ...)")
+        if raw.size and raw.dtype.kind in "iu":
+            info = np.iinfo(p.dtype)
+            if raw.min() < info.min or raw.max() > info.max:
+                raise ShapeError(f"{p.name}: expected values within {p.dtype}'s range, got {raw.min()}..{raw.max()}")
+        return raw.astype(p.dtype)
+    except ShapeError:
+        raise
+    except FloatingPointError:
+        raise ShapeError(f"{p.name}: expected values within {p.dtype}'s range, got a finite value beyond it "
+                         "(it would become Inf)") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
+                         f"that numpy cannot convert ({e})") from None
 
 
 def _fingerprint(data: bytes, weight_files: list[Path]) -> str:
@@ -119,6 +137,7 @@ class StreamingModel(BatchStepping):
         self._state_names = [s.input for s in io.states]
         self._single_input = io.inputs[0].name if len(io.inputs) == 1 else None
         self._input_names = {p.name for p in io.inputs}
+        self._ranges = {p.name: p.values for p in io.inputs if p.values is not None}
         self._valid_layouts: dict[tuple, int] = {}  # (shape, dtype) of chunks that passed _prepare -> steps
         # a third-party model may fix its batch size at 1: then streams cannot share a call
         self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs))
@@ -257,7 +276,7 @@ class StreamingModel(BatchStepping):
                 raise ShapeError(f"{p.name}: expected {steps} time steps like the other inputs, got {n}")
             steps = n
             if check_finite:
-                self._check_finite(p.name, a)
+                self._check_values(p.name, a)
             out[p.name] = a
         return out, steps or 1
 
@@ -275,12 +294,31 @@ class StreamingModel(BatchStepping):
             stream.check_usable(self)
         return n
 
+    def _check_values(self, name: str, a: np.ndarray) -> None:
+        """NaN or Inf in a float input (unless allow_nonfinite), or an integer input outside its range: refused."""
+        if a.dtype.kind == "f":
+            self._check_finite(name, a)
+        elif name in self._ranges:
+            low, high = self._ranges[name]
+            smallest, largest = int(a.min()), int(a.max())
+            if smallest < low or largest > high:
+                bad = smallest if smallest < low else largest
+                raise ShapeError(f"{name}: expected values in [{low}, {high}] (the rows of the table it indexes), "
+                                 f"got {bad}")
+
+    def _values_ok(self, name: str, a: np.ndarray) -> bool:
+        try:
+            self._check_values(name, a)
+        except (NonFiniteError, ShapeError):
+            return False
+        return True
+
     def _check_finite(self, name: str, a: np.ndarray) -> None:
         # One sum finds any NaN or Inf (both propagate into it); only a sum that overflowed from
         # finite values needs the element-wise look. Measured on the demo LSTM: a numpy reduction
         # right before onnxruntime's call slows that call by ~13 us, a Python sum over a small chunk
         # by ~4 us, so small chunks (one to a few steps) are summed in Python.
-        if self.allow_nonfinite or a.dtype.kind != "f":
+        if self.allow_nonfinite:
             return
         flat = a.reshape(-1)
         if flat.size <= 1024:
@@ -319,7 +357,7 @@ class StreamingModel(BatchStepping):
             raise StreamError(f"expected a Stream from this model's open_stream(), got {type(stream).__name__}")
         if type(x) is np.ndarray and self._single_input is not None and (x.shape, x.dtype) in self._valid_layouts:
             n = self._valid_layouts[x.shape, x.dtype]  # this layout passed every shape check before
-            self._check_finite(self._single_input, x)
+            self._check_values(self._single_input, x)
             feeds = {self._single_input: x[self._add_batch[self._single_input]]}
         else:
             xs, n = self._prepare(x)

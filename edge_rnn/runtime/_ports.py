@@ -57,6 +57,7 @@ class Port:
     dtype: np.dtype
     batch_axis: int
     time_axis: int | None
+    values: tuple[int, int] | None = None  # an integer input's inclusive range (token ids: the embedding's rows)
 
     @property
     def stream_shape(self) -> tuple[int | None, ...]:
@@ -73,7 +74,8 @@ class Port:
         dims = []
         for i, d in enumerate(self.stream_shape):
             dims.append("time" if i == self.stream_time_axis else "any" if d is None else str(d))
-        return f"({', '.join(dims)}{',' if len(dims) == 1 else ''}) {self.dtype}"
+        within = f" in [{self.values[0]}, {self.values[1]}]" if self.values is not None else ""
+        return f"({', '.join(dims)}{',' if len(dims) == 1 else ''}) {self.dtype}{within}"
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,18 @@ def _mapped_states(inputs: Mapping[str, tuple[tuple, str]], outputs: Mapping[str
 
 def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
                          outputs: Mapping[str, tuple[tuple, str]]) -> None:
-    """Every name the contract gives is in the graph, and every state's rank, fixed sizes and dtype match it."""
+    """Every name the contract gives is in the graph, every tensor's declared dtype and every state's rank,
+    fixed sizes and dtype match it."""
     missing = [n for n in [t.name for t in contract.inputs] + [s.input for s in contract.states] if n not in inputs]
     missing += [n for n in [t.name for t in contract.outputs] + [s.output for s in contract.states] if n not in outputs]
     if missing:
         raise ModelFormatError(f"edge_rnn contract names {missing}, which the graph does not have: expected names "
                                f"among inputs {sorted(inputs)} and outputs {sorted(outputs)}")
+    for t, (_, ort_type) in [(t, inputs[t.name]) for t in contract.inputs] + [
+            (t, outputs[t.name]) for t in contract.outputs]:
+        if t.dtype is not None and numpy_dtype(ort_type) != np.dtype(t.dtype):
+            raise ModelFormatError(f"edge_rnn contract: expected {t.name!r} to be {t.dtype} as the contract says, "
+                                   f"but the graph has {ort_type}")
     for s in contract.states:
         for name, (shape, ort_type) in ((s.input, inputs[s.input]), (s.output, outputs[s.output])):
             dims = _dims(shape)
@@ -224,6 +232,7 @@ def resolve_io(
     if contract is not None and state_map is None:
         check_contract_fits(contract, inputs, outputs)
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
+        ranges = {t.name: t.values for t in contract.inputs if t.values is not None}
         states = contract.states
         streamable = contract.streamable
     else:
@@ -231,7 +240,7 @@ def resolve_io(
             candidates = {k: v[0] for k, v in inputs.items() if k not in consts}
             state_map = detect_state_pairs(candidates, {k: v[0] for k, v in outputs.items()})
         states = _mapped_states(inputs, outputs, state_map, state_batch_axis)
-        axes = {}
+        axes, ranges = {}, {}
         streamable = True
     state_in = {s.input for s in states}
     state_out = {s.output for s in states}
@@ -242,7 +251,7 @@ def resolve_io(
         problem = axes_problem(len(dims), b, t)
         if problem:
             raise ModelFormatError(f"{name!r} of shape {list(shape)}: {problem}")
-        return Port(name, dims, numpy_dtype(ort_type), b, t)
+        return Port(name, dims, numpy_dtype(ort_type), b, t, ranges.get(name))
 
     data_in = tuple(port(k, *v) for k, v in inputs.items() if k not in state_in and k not in consts)
     data_out = tuple(port(k, *v) for k, v in outputs.items() if k not in state_out)

@@ -32,7 +32,12 @@ def random_chunk(model: StreamingModel, steps: int, rng: np.random.Generator) ->
     out = {}
     for p in model.inputs:
         shape = [steps if i == p.stream_time_axis else (d or 1) for i, d in enumerate(p.stream_shape)]
-        a = rng.standard_normal(shape) if p.dtype.kind == "f" else np.zeros(shape)
+        if p.dtype.kind == "f":
+            a = rng.standard_normal(shape)
+        elif p.values is not None:  # token ids: spread over the embedding's rows
+            a = rng.integers(p.values[0], p.values[1], shape, endpoint=True)
+        else:
+            a = np.zeros(shape)
         out[p.name] = a.astype(p.dtype)
     return out
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from wholemodels import VoiceActivity  # noqa: E402
+from wholemodels import VoiceActivity, token_model  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.exporters import StreamingIO  # noqa: E402
@@ -43,6 +43,17 @@ def external_weights(src: Path, dst: Path) -> None:
     dst.parent.mkdir(exist_ok=True)
     onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
               size_threshold=64)  # the weights; small index constants stay inline (shape inference reads them)
+
+
+def token_fixture(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Token ids (int64) -> Embedding(40) -> GRU -> logits: an integer input with a range in its contract."""
+    model = token_model().eval()
+    edge_rnn.export(model, HERE / "token_gru.onnx", example_input=torch.zeros(1, 5, dtype=torch.int64),
+                    io=StreamingIO(input_names=["ids"], output_names=["logits"]), long_steps=1_000)
+    ids = rng.integers(0, 40, 19)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids)[None])[0].numpy()
+    return {"token_gru.ids": ids, "token_gru.logits": logits}
 
 
 def main() -> None:
@@ -92,6 +103,7 @@ def main() -> None:
             probs.append(torch.sigmoid(vad.head(hn))[0].numpy())
     expected |= {"vad_state.x": x, "vad_state.prob": np.stack(probs), "vad_state.new_state": state[:, 0].numpy()}
 
+    expected |= token_fixture(rng)
     tiny_rnn(HERE / "tiny_dynamic.onnx", "batch")
     tiny_rnn(HERE / "tiny_fixed.onnx", 1)
     np.savez(HERE / "expected.npz", **expected)
