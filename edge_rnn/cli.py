@@ -273,11 +273,64 @@ def _int_list(value: str, name: str) -> list[int]:
     return out
 
 
-def _load_runtime_model(model: Path, threads: int | None) -> Any:
+def _foreign_options(f: Any) -> Any:
+    """The options of ``run`` and ``bench`` for a model edge-rnn did not write, and for NaN/Inf inputs."""
+    options = [
+        click.option("--allow-nonfinite", is_flag=True, help="Let NaN and Inf inputs through (refused by default)."),
+        click.option("--state-map", "state_map", multiple=True, metavar="INPUT=OUTPUT",
+                     help="A state pair of a model without an edge_rnn contract (repeat for each state)."),
+        click.option("--constant", "constants", multiple=True, metavar="NAME=VALUE",
+                     help="An input fed the same value on every call, e.g. sr=16000 or 'w=[1, 2]' (JSON)."),
+        click.option("--batch-axis", type=click.IntRange(min=0), default=None,
+                     help="Without a contract: the inputs' and outputs' batch axis [default: 0]."),
+        click.option("--time-axis", type=click.IntRange(min=0), default=None,
+                     help="Without a contract: their time axis [default: none, one step per call]."),
+        click.option("--state-batch-axis", type=click.IntRange(min=0), default=None,
+                     help="Without a contract: the states' batch axis, where it is not their one dynamic dimension."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _pairs(values: tuple[str, ...], flag: str, form: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise click.BadParameter(f"expected {form}, got {v!r}", param_hint=flag)
+        out.append((name.strip(), rest.strip()))
+    return out
+
+
+def _foreign(state_map: tuple[str, ...], constants: tuple[str, ...], batch_axis: int | None, time_axis: int | None,
+             state_batch_axis: int | None) -> dict[str, Any]:
+    """The keywords of StreamingModel.load for the options given (none given: none passed)."""
+    import json
+
+    kw: dict[str, Any] = {}
+    if state_map:
+        kw["state_map"] = dict(_pairs(state_map, "--state-map", "INPUT=OUTPUT"))
+    if constants:
+        parsed = {}
+        for name, text in _pairs(constants, "--constant", "NAME=VALUE"):
+            try:
+                parsed[name] = json.loads(text)
+            except (ValueError, RecursionError):
+                raise click.BadParameter(f"{name}: expected a JSON number or list, got {text!r}",
+                                         param_hint="--constant") from None
+        kw["constants"] = parsed
+    for key, value in (("batch_axis", batch_axis), ("time_axis", time_axis), ("state_batch_axis", state_batch_axis)):
+        if value is not None:
+            kw[key] = value
+    return kw
+
+
+def _load_runtime_model(model: Path, threads: int | None, allow_nonfinite: bool = False, **foreign: Any) -> Any:
     from edge_rnn.runtime import StreamingModel
 
     _existing(model, "model")
-    return StreamingModel.load(model, threads=threads)
+    return StreamingModel.load(model, threads=threads, allow_nonfinite=allow_nonfinite, **_foreign(**foreign))
 
 
 @main.command()
@@ -288,15 +341,20 @@ def _load_runtime_model(model: Path, threads: int | None) -> Any:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Where to write the outputs: .npy for one output, .npz for several.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
-def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None) -> None:
-    """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs."""
+@_foreign_options
+def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None, allow_nonfinite: bool,
+        **foreign: Any) -> None:
+    """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs.
+
+    A model edge-rnn did not write takes --state-map, --constant and the axis options.
+    """
     import time
 
     import numpy as np
 
     from edge_rnn.runtime import run_sequence
 
-    m = _load_runtime_model(model, threads)
+    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
     _existing(input_path, "input")
     from edge_rnn.harness import read_npy
 
@@ -365,14 +423,19 @@ class _nullbar:
               help="onnxruntime intra-op threads.")
 @click.option("--seconds", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
               help="Measuring time per table row.")
-def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float) -> None:
-    """Latency and throughput of step_batch over many streams, against one plain session.run per stream."""
+@_foreign_options
+def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, allow_nonfinite: bool,
+          **foreign: Any) -> None:
+    """Latency and throughput of step_batch over many streams, against one plain session.run per stream.
+
+    A model edge-rnn did not write takes --state-map, --constant and the axis options.
+    """
     from edge_rnn.runtime.bench import bench as run_bench
     from edge_rnn.runtime.bench import format_table
 
     n_streams = _int_list(streams, "--streams")
     n_chunks = _int_list(chunks, "--chunk")
-    m = _load_runtime_model(model, threads)
+    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
     click.echo(f"{model}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
     rows = run_bench(m, streams=n_streams, chunks=n_chunks, seconds=seconds)
     click.echo(format_table(rows))

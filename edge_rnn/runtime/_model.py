@@ -328,7 +328,8 @@ class StreamingModel(BatchStepping):
                 total = float(flat @ flat)
         if not math.isfinite(total) and not np.isfinite(a).all():
             raise NonFiniteError(
-                f"{name}: expected finite values, got NaN or Inf (load with allow_nonfinite=True to let them in)"
+                f"{name}: expected finite values, got NaN or Inf (load with allow_nonfinite=True, or "
+                "--allow-nonfinite on the command line, to let them in)"
             )
 
     def _run(self, feeds: Arrays) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_rnn.contract import Contract, StateSpec, axes_problem
-from edge_rnn.errors import ModelFormatError
+from edge_rnn.errors import ModelFormatError, UnsupportedError
 
 __all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype", "check_contract_fits"]
 
@@ -118,12 +118,12 @@ def detect_state_pairs(inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]
     if ambiguous:
         raise ModelFormatError(
             "could not tell the state pairs apart: candidates " + "; ".join(f"{k} -> {v}" for k, v in ambiguous.items())
-            + ". Pass state_map={input: output, ...}"
+            + ". Pass state_map={input: output, ...} (--state-map INPUT=OUTPUT on the command line)"
         )
     if not found:
         raise ModelFormatError(
             f"no edge_rnn contract and no state pairs detected among inputs {sorted(inputs)} and outputs "
-            f"{sorted(outputs)}; pass state_map={{input: output, ...}}"
+            f"{sorted(outputs)}; pass state_map={{input: output, ...}} (--state-map INPUT=OUTPUT on the command line)"
         )
     return {k: v[0] for k, v in found.items()}
 
@@ -135,7 +135,7 @@ def _state_spec(name: str, out: str, shape: tuple, dtype: np.dtype, batch_axis: 
         if len(dynamic) != 1:
             raise ModelFormatError(
                 f"state {name!r} has shape {list(shape)}: expected exactly one dynamic (batch) dimension, "
-                f"got {len(dynamic)}; pass state_batch_axis="
+                f"got {len(dynamic)}; pass state_batch_axis= (--state-batch-axis on the command line)"
             )
         batch_axis = dynamic[0]
     if not 0 <= batch_axis < len(dims):
@@ -229,7 +229,14 @@ def resolve_io(
     """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type)."""
     consts = _constants(inputs, constants)
     contract = Contract.from_metadata(metadata)
-    if contract is not None and state_map is None:
+    if contract is not None:
+        given = [k for k, v in (("state_map", state_map), ("batch_axis", batch_axis or None), ("time_axis", time_axis),
+                                ("state_batch_axis", state_batch_axis)) if v is not None]
+        if given:  # they would override the contract, or be ignored: neither is what the caller expects
+            raise UnsupportedError(
+                f"{', '.join(given)}: the model's edge_rnn contract already says its states and axes; these options "
+                "are for models without one")
+    if contract is not None:
         check_contract_fits(contract, inputs, outputs)
         axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
         ranges = {t.name: t.values for t in contract.inputs if t.values is not None}
@@ -250,7 +257,9 @@ def resolve_io(
         dims = _dims(shape)
         problem = axes_problem(len(dims), b, t)
         if problem:
-            raise ModelFormatError(f"{name!r} of shape {list(shape)}: {problem}")
+            hint = (f"; if it takes the same value on every call, pass constants={{{name!r}: value}} (--constant "
+                    f"{name}=VALUE on the command line)" if name in inputs and len(dims) <= b else "")
+            raise ModelFormatError(f"{name!r} of shape {list(shape)}: {problem}{hint}")
         return Port(name, dims, numpy_dtype(ort_type), b, t, ranges.get(name))
 
     data_in = tuple(port(k, *v) for k, v in inputs.items() if k not in state_in and k not in consts)
