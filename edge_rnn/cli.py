@@ -151,6 +151,8 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
 def _print_report(report: Any, output: Path) -> None:
     click.echo(f"wrote {output}: {report.graph_form} graph, opset {report.opset}, "
                f"{report.size_bytes / 1024:.1f} KiB, exported in {report.export_seconds * 1e3:.1f} ms")
+    for note in report.notes:
+        click.echo(f"note: {note}")
     _print_parity(report.parity)
     if not report.parity.ok:
         sys.exit(1)

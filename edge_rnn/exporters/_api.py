@@ -10,6 +10,7 @@ import torch
 
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.exporters._export import export_layer
+from edge_rnn.exporters._references import exportable
 from edge_rnn.exporters._spec import is_recurrent_module
 from edge_rnn.exporters._whole import export_model
 from edge_rnn.exporters._write import ExportReport
@@ -67,15 +68,19 @@ def export(
     io, atol = io_from_legacy(io, whole_model_options, atol)
     options = ExportOptions(decomposed=decomposed, check=check, verify_parity=verify_parity, long_steps=long_steps,
                             seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {})
+    module, example_input, notes = exportable(module, example_input)  # a float32 CPU copy where it is not
     if is_recurrent_module(module):
         if io is not None:
             raise UnsupportedError(
                 f"io={io!r:.120}: it applies to whole models, and {type(module).__name__} is a bare recurrent layer "
                 "(its names, axes and states are fixed)")
-        return export_layer(module, path, example_input=example_input, options=options, data=data)
-    if example_input is None:
+        report = export_layer(module, path, example_input=example_input, options=options, data=data)
+    elif example_input is None:
         raise UnsupportedError(
             f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "
             "needs example_input")
-    return export_model(module, path, example_input=example_input, io=io or StreamingIO(), options=options,
-                        data=data)
+    else:
+        report = export_model(module, path, example_input=example_input, io=io or StreamingIO(), options=options,
+                              data=data)
+    report.notes.extend(notes)
+    return report

@@ -101,7 +101,8 @@ class _Run:
         self.states = states  # None: discovering (zeros, recorded)
         self.new_states: dict[str, torch.Tensor] = {}
         self.found: list[LiftedState] = []
-        self.calls: dict[str, int] = {}
+        self.calls: dict[str, int] = {}  # calls without a state, per path
+        self.every_call: dict[str, int] = {}  # all calls, per path
 
     def _take(self, path: str, names: list[tuple[str, str]], zeros: list[torch.Tensor], batch_axis: int
               ) -> list[torch.Tensor]:
@@ -119,6 +120,7 @@ class _Run:
 
     def recurrent(self, path: str, key: int, spec: RecurrentSpec, x: torch.Tensor, hx: Any) -> Any:
         lstm = spec.kind == "lstm"
+        self.every_call[path] = self.every_call.get(path, 0) + 1
         if x.dim() != (2 if spec.cell else 3):
             raise UnsupportedError(f"{path}: expected batched input of rank {2 if spec.cell else 3}, got shape "
                                    f"{tuple(x.shape)} (unbatched input cannot be streamed)")
@@ -161,6 +163,7 @@ class Lifter:
         self.paths: dict[int, str] = {}
         self.recurrent: dict[str, RecurrentSpec] = {}
         self.keys: list[int] = []
+        self.calls_per_forward: dict[str, int] = {}  # of the last discover()
         skip: list[str] = []
         for path, sub in self.model.named_modules():
             if any(path.startswith(p + ".") for p in skip):
@@ -194,8 +197,11 @@ class Lifter:
 
     def discover(self, *inputs: torch.Tensor) -> tuple[Any, list[LiftedState]]:
         run = _Run(self, None)
-        with _active(run), torch.no_grad():
-            out = self.model(*inputs)
+        try:
+            with _active(run), torch.no_grad():
+                out = self.model(*inputs)
+        finally:
+            self.calls_per_forward = dict(run.every_call)  # how often each recurrent submodule ran
         return out, run.found
 
     def run(self, inputs: tuple[torch.Tensor, ...], states: dict[str, torch.Tensor]) -> tuple[Any, dict]:

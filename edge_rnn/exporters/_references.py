@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edge_rnn.contract import Contract
-from edge_rnn.errors import EdgeRnnError, described
+from edge_rnn.errors import EdgeRnnError, UnsupportedError, described
 from edge_rnn.harness import (
     TOLERANCE,
     Cases,
@@ -40,7 +40,7 @@ from edge_rnn.harness import (
 from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["torch_reference", "input_source", "layer_layouts", "check_against_torch", "tolerance_for",
-           "float32_module"]
+           "float32_module", "exportable"]
 
 Arrays = dict[str, np.ndarray]
 Call = Callable[[Arrays], Arrays]
@@ -58,6 +58,43 @@ def float32_module(module: torch.nn.Module) -> torch.nn.Module:
     if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
         return module
     return copy.deepcopy(module).float()
+
+
+def exportable(module: torch.nn.Module, example_input: Any) -> tuple[torch.nn.Module, Any, list[str]]:
+    """The module and example as the float32 CPU graph computes them, and notes on what was changed.
+
+    The graph is float32 on the CPU whatever the module's dtype or device: a
+    float16, bfloat16 or float64 module is exported (and checked) as a float32
+    copy of itself, a module on another device as a CPU copy. A module on the
+    ``meta`` device has no weights to export and is refused.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    meta = sorted({n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta})
+    if meta:
+        raise UnsupportedError(
+            f"{type(module).__name__}: {', '.join(meta[:3])}{' ...' if len(meta) > 3 else ''} on the meta device hold "
+            "no values to export; materialise the weights first (module.to_empty(device='cpu'), then "
+            "load_state_dict)")
+    notes = []
+    devices = sorted({str(t.device) for t in tensors if t.device.type != "cpu"})
+    if devices:
+        module = copy.deepcopy(module).cpu()
+        notes.append(f"the module is on {', '.join(devices)}: exported and checked as a CPU copy")
+    floats = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} - {"float32"})
+    if floats:
+        module = float32_module(module)
+        notes.append(f"the module is {'/'.join(floats)}: the graph computes in float32, so it was exported and checked "
+                     "as a float32 copy; the module's own outputs differ from it by its own rounding")
+
+    def convert(t: Any) -> Any:
+        if isinstance(t, torch.Tensor):
+            t = t.cpu()
+            return t.float() if t.is_floating_point() else t
+        if isinstance(t, (tuple, list)):
+            return type(t)(convert(e) for e in t)
+        return t
+
+    return module, convert(example_input), notes
 
 
 def torch_reference(module: torch.nn.Module, spec: RecurrentSpec) -> Call:

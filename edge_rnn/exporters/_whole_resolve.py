@@ -175,16 +175,17 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], *, input_names: 
     bad = {k: v for k, v in explicit.items() if k not in in_names or v not in out_names}
     if bad:
         raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
-    if not lifted and not explicit:
-        raise UnsupportedError(
-            f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
-            "and no states= declared: nothing to stream"
-        )
     data_in = [(n, t) for n, t in zip(in_names, examples) if n not in explicit]
     data_out = [(n, t) for n, t in zip(out_names, flat) if n not in explicit.values()]
     in_specs = [dataclasses.replace(spec, dtype=_dtype_name(t), values=seen.range_of(t))
                 for spec, (_, t) in zip(_axes([n for n, _ in data_in], [t for _, t in data_in], input_axes, "input"),
                                         data_in)]
+    _refuse_loops_over_time(lifter, in_specs, dict(data_in))
+    if not lifted and not explicit:
+        raise UnsupportedError(
+            f"{type(model).__name__}: found no recurrent layer, cell or ContextBuffer called without a state, "
+            "and no states= declared: nothing to stream"
+        )
     batch = int(data_in[0][1].shape[in_specs[0].batch_axis]) if data_in else 1
     explicit_specs = _explicit_specs(explicit, in_names, examples, batch, state_batch_axes)
     probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
@@ -219,6 +220,23 @@ def reference(lifter: Lifter, r: Resolved, dtype: torch.dtype) -> Callable[[Arra
         return {n: t.numpy() for n, t in zip(names, res)}
 
     return run
+
+
+def _refuse_loops_over_time(lifter: Lifter, in_specs: list[TensorSpec], examples: Mapping[str, torch.Tensor]) -> None:
+    """A cell called once per time step of the example is a Python loop over time: the trace would unroll it."""
+    steps = {int(examples[t.name].shape[t.time_axis]) for t in in_specs if t.time_axis is not None}
+    for path, n in lifter.calls_per_forward.items():
+        spec = lifter.recurrent[path]
+        if spec.cell and n > 1 and n in steps:
+            layer = spec.kind.upper()
+            cell = f"{layer}Cell"
+            raise UnsupportedError(
+                f"{path}: a {cell} called {n} times in one forward, once per time step of the example: a Python "
+                f"loop over time. The traced graph would repeat it exactly {n} times, whatever the chunk's length. "
+                f"Replace the loop with nn.{layer}({spec.input_size}, {spec.hidden_size}, batch_first=...), the same "
+                f"recurrence over a time axis (give it the cell's weights: weight_ih_l0 = cell.weight_ih, ...), or "
+                "call the cell once per forward on one step (batch, features): edge-rnn lifts its state and the "
+                "runtime steps it")
 
 
 def _probe_output_axes(lifter: Lifter, in_names: list[str], examples: tuple[torch.Tensor, ...],

@@ -33,6 +33,7 @@ class ExportReport:
     size_bytes: int
     operators: dict[str, int] = field(default_factory=dict)
     parity: ParityReport | None = None
+    notes: list[str] = field(default_factory=list)  # what the export changed to fit the graph (a float16 module...)
 
 
 def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -> bytes:

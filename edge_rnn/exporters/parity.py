@@ -19,6 +19,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._references import (
     check_against_torch,
+    exportable,
     float32_module,
     input_source,
     layer_layouts,
@@ -71,6 +72,19 @@ def verify(
         >>> print(report.table())                            # doctest: +SKIP
     """
     path = Path(path)
+    module, example_input, notes = exportable(module, example_input)  # as export checked it: float32, on the CPU
+    report = _verify(module, path, example_input=example_input, io=io, data=data,
+                     whole_model_options=whole_model_options, batch_size=batch_size, seq_lens=seq_lens,
+                     chunked_len=chunked_len, long_steps=long_steps,
+                     opt_levels=opt_levels, seed=seed, atol=atol, raise_on_failure=raise_on_failure)
+    report.notes[:0] = notes
+    return report
+
+
+def _verify(module: torch.nn.Module, path: Path, *, example_input: Any, io: StreamingIO | None, data: Any,
+            whole_model_options: Mapping[str, Any] | None, batch_size: int | None, seq_lens: tuple[int, ...],
+            chunked_len: int, long_steps: int, opt_levels: tuple[str, ...], seed: int, atol: float | None,
+            raise_on_failure: bool) -> ParityReport:
     try:
         spec = spec_from_module(module)
     except UnsupportedError:  # not a bare layer: a whole model
