@@ -17,13 +17,12 @@ from edge_rnn._inspect import operator_counts
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract, TensorSpec
 from edge_rnn.errors import ShapeError
-from edge_rnn.exporters._graph import GraphBuilder
-from edge_rnn.exporters._layers import emit_module, native_possible
 from edge_rnn.exporters._references import input_source, layer_layouts
 from edge_rnn.exporters._spec import layer_weights, spec_from_module
-from edge_rnn.exporters._write import IR_VERSION, OPSET, ExportReport, check_and_write, staged
+from edge_rnn.exporters._write import ExportReport, check_and_write, staged
 from edge_rnn.exporters.options import ExportOptions
 from edge_rnn.exporters.parity import verify
+from edge_rnn.graphs import IR_VERSION, OPSET, GraphBuilder, emit_module, native_possible
 from edge_rnn.harness import raise_failures
 from edge_rnn.spec import RecurrentSpec
 

@@ -19,15 +19,14 @@ from edge_rnn._inspect import operator_counts
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
 from edge_rnn.errors import NotStreamableError, ShapeError
-from edge_rnn.exporters._graph import GraphBuilder
-from edge_rnn.exporters._layers import emit_module
 from edge_rnn.exporters._lift import _REGISTRY, Lifter
 from edge_rnn.exporters._references import input_source, tolerance_for
 from edge_rnn.exporters._spec import layer_weights
 from edge_rnn.exporters._whole_resolve import Arrays, Resolved, Top, examples_of, reference, resolve
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
-from edge_rnn.exporters._write import OPSET, ExportReport, check_and_write, staged
+from edge_rnn.exporters._write import ExportReport, check_and_write, staged
 from edge_rnn.exporters.options import ExportOptions, StreamingIO
+from edge_rnn.graphs import OPSET, GraphBuilder, emit_module
 from edge_rnn.harness import InputLayout, chunk_sizes, raise_failures, random_inputs, stream_chunks
 
 __all__ = ["export_model"]

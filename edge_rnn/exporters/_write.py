@@ -1,4 +1,4 @@
-"""Writing an export: the report type both export paths return, the opset, and the one check-and-write."""
+"""Writing an export: the report type both export paths return, and the one check-and-write."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError
 from edge_rnn.harness import ParityReport
 
-__all__ = ["OPSET", "IR_VERSION", "ExportReport", "check_and_write", "staged"]
-
-OPSET = 17
-# IR 8 goes with opset 17 and loads in onnxruntime >= 1.13, mobile builds included.
-IR_VERSION = 8
+__all__ = ["ExportReport", "check_and_write", "staged"]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge_rnn.exporters._graph import GraphBuilder
 from edge_rnn.gates import TORCH_GATES, gate_blocks, join_gates, to_onnx_gate_order
+from edge_rnn.graphs._builder import GraphBuilder
 from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["emit_module", "emit_stack", "emit_input_projection", "emit_step", "native_possible"]
