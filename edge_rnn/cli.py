@@ -214,14 +214,27 @@ def _read_contract(model: Path) -> tuple[Any, Any]:
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed for the random test inputs.")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
 @click.option("--every-row", is_flag=True, help="Print every comparison, not the worst per case kind and tensor.")
+@click.option("--against", type=click.Path(path_type=Path),
+              help="Check MODEL, a variant (int8, fp16, ...), against this float32 model instead: no torch needed.")
+@click.option("--steps", type=click.IntRange(min=2_000, max=10_000_000), default=10_000, show_default=True,
+              help="With --against: the length of the stream.")
+@click.option("--threshold", type=float, default=None,
+              help="With --against: report decision agreement of the outputs at this threshold.")
 def verify(model: Path, factory: str | None, weights: Path | None, long_steps: int, seed: int, data: Path | None,
-           every_row: bool) -> None:
-    """Check MODEL again against PyTorch in float64.
+           every_row: bool, against: Path | None, steps: int, threshold: float | None) -> None:
+    """Check MODEL again against PyTorch in float64, or a variant of it against its float32 model (--against).
 
     A bare RNN/LSTM/GRU export is rebuilt from the model's metadata (and --weights if it was exported from a
     state_dict). A whole model needs FACTORY, the package.module:callable it was exported from; its names, axes
-    and states are read from MODEL.
+    and states are read from MODEL. With --against, both stream the same input (--data, else random) for --steps
+    steps in random chunks, each carrying its own state, and MODEL passes when every output and state stays within
+    the tolerance table's row for its precision and its error does not grow along the stream.
     """
+    if against is not None:
+        if factory is not None or weights is not None:
+            raise click.UsageError("--against compares two ONNX files; FACTORY and --weights are for PyTorch checks")
+        _verify_against(model, against, steps, seed, data, threshold)
+        return
     from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import verify as verify_model
     from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
@@ -253,6 +266,73 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
     _print_parity(report, every_row)
     if not report.ok:
         sys.exit(1)
+
+
+def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Path | None,
+                    threshold: float | None) -> None:
+    from edge_rnn.deploy import measure_against
+
+    _existing(model, "model")
+    _existing(against, "--against model")
+    err = measure_against(model, against, steps=steps, data=_read_data(data), seed=seed, threshold=threshold)
+    click.echo(f"{model} against {against}: {err.steps:,} steps in {err.chunks:,} chunks of {err.inputs} input, "
+               f"states carried")
+    click.echo(err.table())
+    t = err.tolerance
+    click.echo(f"pass when |variant - float32| <= {t.atol:.0e} + {t.rtol:.0e} x |float32| everywhere, and the error "
+               "of the last 1,000 steps is at most 2x that of the first")
+    click.echo(f"verdict: {'ok' if err.ok else 'FAIL'}")
+    if not err.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--int8", "int8", is_flag=True, help="Dynamic int8 quantisation (onnxruntime's quantize_dynamic).")
+@click.option("--fp16", "fp16", is_flag=True, help="Weights in float16, inputs, outputs and states float32.")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the variants [default: MODEL's folder].")
+@click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
+@click.option("--steps", type=click.IntRange(min=2_000, max=10_000_000), default=10_000, show_default=True,
+              help="Length of the stream each variant's error is measured on.")
+@click.option("--threshold", type=float, default=None, help="Report decision agreement at this threshold.")
+def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data: Path | None, steps: int,
+             threshold: float | None) -> None:
+    """Write smaller or faster variants of MODEL, each checked against MODEL on a long stream.
+
+    A variant whose error exceeds its bound, or grows along the stream, is not kept, and the exit code is 1.
+    """
+    import os
+
+    from edge_rnn.deploy import make_variant, measure_against
+
+    _existing(model, "model")
+    names = [n for n, on in (("int8", int8), ("fp16", fp16)) if on]
+    if not names:
+        raise click.UsageError("choose at least one variant: --int8, --fp16")
+    sequences = _read_data(data)
+    folder = output_dir or model.parent
+    failed = []
+    for name in names:
+        dst = folder / f"{model.stem}.{name}.onnx"
+        tmp = dst.with_name(f".{dst.name}.partial")
+        try:
+            variant = make_variant(name, model, tmp)
+            err = measure_against(tmp, model, steps=steps, data=sequences, threshold=threshold)
+            if err.ok:
+                os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        ratio = dst.stat().st_size / model.stat().st_size if err.ok else float("nan")
+        where = f"wrote {dst} ({ratio:.2f}x the size)" if err.ok else f"{name}: NOT written (fails its bound)"
+        click.echo(f"{where}; operators: {', '.join(f'{k} x{v}' for k, v in sorted(variant.operators.items()))}")
+        for note in variant.notes:
+            click.echo(f"  note: {note}")
+        click.echo("  " + err.table().replace("\n", "\n  "))
+        if not err.ok:
+            failed.append(name)
+    if failed:
+        raise EdgeRnnError(f"variant(s) {failed} exceed their error bound or drift along the stream; not written")
 
 
 @main.command()

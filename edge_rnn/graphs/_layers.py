@@ -22,7 +22,7 @@ from edge_rnn.gates import TORCH_GATES, gate_blocks, join_gates, to_onnx_gate_or
 from edge_rnn.graphs._builder import GraphBuilder
 from edge_rnn.spec import RecurrentSpec
 
-__all__ = ["emit_module", "emit_stack", "emit_input_projection", "emit_step", "native_possible"]
+__all__ = ["emit_module", "emit_stack", "emit_direction", "emit_input_projection", "emit_step", "native_possible"]
 
 Weights = dict[str, np.ndarray]
 WeightsFn = Callable[[int, bool], Weights]  # (layer, reverse) -> weights
@@ -87,7 +87,7 @@ def emit_step(
     return h_new, None
 
 
-def _scan_direction(
+def emit_direction(
     g: GraphBuilder, spec: RecurrentSpec, w: Weights, x: str, h0: str, c0: str | None, reverse: bool
 ) -> tuple[str, str, str | None]:
     """One layer-direction as a Scan over time; returns ``(y (T,B,H_out), h_T, c_T)``."""
@@ -126,7 +126,7 @@ def _decomposed_layer(
         idx = g.const(np.asarray(layer * spec.num_directions + d, np.int64), "state_index")
         h_init = g.op1("Gather", [h0, idx], axis=0, hint="h_init")
         c_init = g.op1("Gather", [c0, idx], axis=0, hint="c_init") if c0 else None
-        y, h, c = _scan_direction(g, spec, weights(layer, d == 1), x, h_init, c_init, reverse=d == 1)
+        y, h, c = emit_direction(g, spec, weights(layer, d == 1), x, h_init, c_init, reverse=d == 1)
         ys.append(y)
         hs.append(h)
         cs.append(c)

@@ -45,10 +45,16 @@ class Tolerance:
         return f"pass when |onnx - torch_fp32| <= {self.atol:.0e} + {self.rtol:.0e} x |torch_fp32| everywhere"
 
 
-# One table for the whole project. fp16 and int8 rows come with the deployment variants.
+# One table for the whole project.
 TOLERANCE: dict[str, Tolerance] = {
     # k: err_onnx / err_torch over 1,300 rows where k decides reached 8.7 (docs/parity.md)
     "float32": Tolerance(atol=1e-5, k=10.0, rtol=1e-4),
+    # Deployment variants against their float32 model, element by element over a 10,000-step stream with the
+    # state carried (edge_rnn.deploy; no float64 reference, so k is unused). Measured worst on the demo LSTM and
+    # GRU (80 -> 256 x 2), random input: float16 3.9e-4, int8 7.7e-3 (docs/performance.md); the bounds leave
+    # about 5x for other weights and data.
+    "float16": Tolerance(atol=2e-3, k=10.0, rtol=1e-2),
+    "int8": Tolerance(atol=5e-2, k=10.0, rtol=5e-2),
 }
 
 

@@ -1,0 +1,235 @@
+"""How far a variant drifts from the float32 model over a long stream, torch-free.
+
+Both models stream the same input, in the same random chunks, each carrying
+its own state (the variant's error feeds back into its state, as on a device).
+Per output and state: the largest and the mean absolute difference, and the
+growth of the error along the stream (the mean error of the last 1,000 steps
+over that of the first 1,000): recurrent error that builds up shows there
+first. An output that looks like a classifier (a Sigmoid or Softmax produces
+it, or a decision threshold is given) also gets its decision agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.errors import UnsupportedError
+from edge_rnn.harness import TOLERANCE, InputLayout, Tolerance, chunk_sizes, data_inputs, random_inputs
+from edge_rnn.runtime import StreamingModel
+
+__all__ = ["VariantError", "TensorError", "measure_against", "precision_of", "GROWTH_FLAG"]
+
+_INT8_OPS = {"DynamicQuantizeLSTM", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+             "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+
+GROWTH_FLAG = 2.0  # error in the last 1,000 steps over the first 1,000 above this: flagged as growing
+_WINDOW = 1_000
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """One output's or state's difference from the float32 model along the stream."""
+
+    name: str
+    kind: str  # "output" | "state"
+    max_abs: float
+    mean_abs: float
+    first_mean: float  # mean abs error over the first 1,000 steps
+    last_mean: float  # ... and over the last 1,000
+    agreement: float | None = None  # decisions that match the float32 model's (classifier outputs only)
+    worst_fraction: float = 0.0  # max |var - ref| / (atol + rtol * |ref|) over the elements: <= 1 passes
+
+    @property
+    def growth(self) -> float:
+        """last / first window; 1.0 when both are 0 (no error at all)."""
+        if self.first_mean == 0:
+            return 1.0 if self.last_mean == 0 else float("inf")
+        return self.last_mean / self.first_mean
+
+    @property
+    def grows(self) -> bool:
+        return self.growth > GROWTH_FLAG and self.last_mean > 1e-6
+
+    @property
+    def ok(self) -> bool:
+        return self.worst_fraction <= 1.0 and not self.grows
+
+
+@dataclass
+class VariantError:
+    """A variant against its float32 model over one long stream."""
+
+    steps: int
+    chunks: int
+    inputs: str  # "random" | "data"
+    tolerance: Tolerance
+    tensors: list[TensorError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tensors)
+
+    @property
+    def max_abs(self) -> float:
+        return max((t.max_abs for t in self.tensors), default=0.0)
+
+    @property
+    def grows(self) -> bool:
+        return any(t.grows for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "chunks": self.chunks, "inputs": self.inputs, "max_abs": self.max_abs,
+                "grows": self.grows, "ok": self.ok,
+                "bound": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol}, "tensors": {
+                    t.name: {"kind": t.kind, "max_abs": t.max_abs, "mean_abs": t.mean_abs, "growth": t.growth,
+                             "grows": t.grows, **({"agreement": t.agreement} if t.agreement is not None else {})}
+                    for t in self.tensors}}
+
+    def table(self) -> str:
+        rows = [f"{'tensor':<14} {'max abs':>9} {'mean abs':>9} {'growth':>7} {'agree':>7} {'of bound':>8}  verdict"]
+        for t in self.tensors:
+            agree = "" if t.agreement is None else f"{t.agreement:.2%}"
+            verdict = "GROWS" if t.grows else "ok" if t.ok else "FAIL"
+            rows.append(f"{t.name:<14} {t.max_abs:9.2e} {t.mean_abs:9.2e} {t.growth:7.2f} {agree:>7} "
+                        f"{t.worst_fraction:8.3f}  {verdict}")
+        return "\n".join(rows)
+
+
+def precision_of(path: str | Path, model: StreamingModel) -> str:
+    """The tolerance row a variant is judged by: what its contract says it is, else what its operators show."""
+    import onnx
+
+    from edge_rnn.contract import Contract
+
+    contract = Contract.from_metadata(model.session.get_modelmeta().custom_metadata_map)
+    variant = contract.source.get("variant") if contract is not None else None
+    if variant in ("int8", "static-int8"):
+        return "int8"
+    if variant == "fp16":
+        return "float16"
+    try:
+        g = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - an .ort file: onnx cannot read it, its contract said what it is
+        return "float32"
+    if {n.op_type for n in g.node} & _INT8_OPS:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer):
+        return "float16"
+    return "float32"
+
+
+def _layouts(model: StreamingModel) -> list[InputLayout]:
+    out = []
+    for p in model.inputs:
+        shape = tuple(1 if d is None else d for d in p.shape)
+        out.append(InputLayout(p.name, shape, p.batch_axis, p.time_axis, str(p.dtype), p.values))
+    return out
+
+
+def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:
+    """Outputs produced by a Sigmoid or Softmax (through shape-only ops), as {name: "sigmoid" | "softmax"}."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in g.node for o in n.output}
+    passthrough = {"Identity", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Slice", "Concat"}
+    found = {}
+    for out in g.output:
+        name = out.name
+        for _ in range(16):
+            node = producer.get(name)
+            if node is None:
+                break
+            if node.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
+                found[out.name] = "sigmoid" if node.op_type == "Sigmoid" else "softmax"
+                break
+            if node.op_type not in passthrough or not node.input:
+                break
+            name = node.input[0]
+    if threshold is not None:  # the user says the outputs are scores against this threshold
+        return {k: "sigmoid" for k in found} or {}
+    return found
+
+
+def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 10_000, data: Any = None,
+                    seed: int = 0, max_chunk: int = 32, threshold: float | None = None,
+                    tolerance: Tolerance | None = None) -> VariantError:
+    """Stream ``steps`` steps through the variant and the float32 ``reference``; see the module docstring.
+
+    ``tolerance`` defaults to the tolerance table's row for the variant's
+    precision (:func:`precision_of`).
+    """
+    if steps < 2 * _WINDOW:
+        raise UnsupportedError(f"steps: expected at least {2 * _WINDOW} (two windows of {_WINDOW}), got {steps}")
+    var, ref = StreamingModel.load(variant), StreamingModel.load(reference)
+    tolerance = tolerance or TOLERANCE[precision_of(variant, var)]
+    names = lambda m: ([p.name for p in m.inputs], [p.name for p in m.outputs], [s.input for s in m.states])  # noqa: E731
+    if names(var) != names(ref):
+        raise UnsupportedError(f"{variant}: expected the inputs, outputs and states of {reference} "
+                               f"{names(ref)}, got {names(var)}")
+    layouts = _layouts(ref)
+    source = random_inputs(layouts) if data is None else data_inputs(layouts, data)
+    rng = np.random.default_rng(seed)
+    timed = any(p.time_axis is not None for p in ref.inputs)
+    sizes = chunk_sizes(rng, steps, max_chunk) if timed else [1] * steps
+    whole = source(rng, 1, steps, not timed)
+    outs: dict[str, tuple[list, list]] = {p.name: ([], []) for p in ref.outputs}
+    states: dict[str, tuple[list, list]] = {s.input: ([], []) for s in ref.states}
+    s_ref, s_var = ref.open_stream(), var.open_stream()
+    start = 0
+    for n in sizes:
+        chunk = {p.name: _piece(p, whole[p.name], start, n, timed) for p in ref.inputs}
+        y_ref, y_var = ref.step(s_ref, chunk), var.step(s_var, chunk)
+        for name, (a, b) in outs.items():
+            a.append(y_ref[name])
+            b.append(y_var[name])
+        for name, (a, b) in states.items():
+            a.append(s_ref.state[name])
+            b.append(s_var.state[name])
+        start += n
+    classifier = _classifier_outputs(Path(reference), threshold)
+    ports = {p.name: p for p in ref.outputs}
+    tensors = []
+    for name, (a, b) in outs.items():
+        axis = ports[name].stream_time_axis
+        ya = np.concatenate(a, axis=axis) if axis is not None else np.stack(a)
+        yb = np.concatenate(b, axis=axis) if axis is not None else np.stack(b)
+        tensors.append(_error(name, "output", np.moveaxis(ya, axis or 0, 0), np.moveaxis(yb, axis or 0, 0),
+                              tolerance, classifier.get(name), threshold))
+    ends = np.cumsum(sizes)  # the step at which each carried state was taken
+    for name, (a, b) in states.items():
+        tensors.append(_error(name, "state", np.stack(a), np.stack(b), tolerance, None, None, ends))
+    return VariantError(steps=steps, chunks=len(sizes), inputs="random" if data is None else "data",
+                        tolerance=tolerance, tensors=tensors)
+
+
+def _piece(p: Any, a: np.ndarray, start: int, n: int, timed: bool) -> np.ndarray:
+    """Steps ``start .. start + n`` of one stream's input (batch of 1), without the batch axis, as step takes it."""
+    if not timed:
+        a = a[start]  # a leading axis of calls
+    elif p.time_axis is not None:
+        a = a[(slice(None),) * p.time_axis + (slice(start, start + n),)]
+    return a[(slice(None),) * p.batch_axis + (0,)]
+
+
+def _error(name: str, kind: str, ref: np.ndarray, var: np.ndarray, tolerance: Tolerance, decision: str | None,
+           threshold: float | None, at: np.ndarray | None = None) -> TensorError:
+    """Errors of a (time, ...) trajectory; ``at`` gives the step of each row where rows are not one step each."""
+    ref64 = ref.astype(np.float64)
+    diff = np.abs(var.astype(np.float64) - ref64).reshape(len(ref), -1)
+    worst = float(np.max(diff / (tolerance.atol + tolerance.rtol * np.abs(ref64).reshape(len(ref), -1))))
+    per_row = diff.mean(axis=1)
+    steps = np.arange(1, len(ref) + 1) if at is None else at
+    first, last = per_row[steps <= _WINDOW], per_row[steps > steps[-1] - _WINDOW]
+    agreement = None
+    if decision == "sigmoid":
+        t = 0.5 if threshold is None else threshold
+        agreement = float(np.mean((ref > t) == (var > t)))
+    elif decision == "softmax":
+        agreement = float(np.mean(np.argmax(ref, axis=-1) == np.argmax(var, axis=-1)))
+    return TensorError(name, kind, float(diff.max()), float(diff.mean()), float(first.mean()), float(last.mean()),
+                       agreement, worst)

@@ -1,0 +1,131 @@
+"""Deployment variants of an exported model, made with onnxruntime's own tools.
+
+- ``int8``: dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``).
+  An ``LSTM`` node becomes ``com.microsoft.DynamicQuantizeLSTM``; ``GRU`` and
+  ``RNN`` nodes, which onnxruntime has no quantiser for, are first rewritten
+  in the decomposed form (:mod:`edge_rnn.deploy._decompose`), whose MatMuls,
+  the one inside the ``Scan`` body included (``EnableSubgraph``), are quantised.
+- ``fp16``: ``onnxruntime.transformers.float16`` with ``keep_io_types``: the
+  inputs, outputs and states stay float32, the weights are stored in float16.
+
+Every variant keeps the ``edge_rnn`` contract, and is loaded back by the
+runtime before it is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edge_rnn.contract import METADATA_KEY, Contract
+from edge_rnn.deploy._decompose import decompose_recurrent
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described
+from edge_rnn.runtime import StreamingModel
+
+__all__ = ["Variant", "make_variant", "MADE_BY_TOOLS"]
+
+# The variants this module makes (the static forms come from edge_rnn.deploy._static).
+MADE_BY_TOOLS = ("int8", "fp16")
+
+
+@dataclass
+class Variant:
+    """A variant written to ``path``: what it is, the operators it uses, and what was done to make it."""
+
+    name: str
+    path: Path
+    operators: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _operators(model: onnx.ModelProto) -> dict[str, int]:
+    counts: Counter = Counter()
+
+    def walk(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            counts[n.op_type] += 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(model.graph)
+    return dict(counts)
+
+
+def _quiet(fn, *args, **kwargs):
+    """onnxruntime's tools log and print as they go; a CLI prints its own summary instead."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args, **kwargs)
+    finally:
+        logger.setLevel(level)
+
+
+def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    notes = []
+    ops = _operators(model)
+    if ops.get("GRU") or ops.get("RNN"):
+        model, n = decompose_recurrent(model, ("GRU", "RNN"))
+        notes.append(f"{n} GRU/RNN node(s) rewritten in the decomposed form (onnxruntime has no GRU or RNN "
+                     "quantiser); its MatMuls, inside the Scan too, are quantised")
+    if ops.get("LSTM"):
+        notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "fp32.onnx"
+        onnx.save(model, src)
+        _quiet(quantize_dynamic, src, dst, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
+    notes.append("weights int8 (per tensor), activations quantised per call (dynamic): no calibration data needed")
+    return notes
+
+
+def _fp16(model: onnx.ModelProto, dst: Path) -> list[str]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = _quiet(convert_float_to_float16, model, keep_io_types=True)
+    onnx.save(half, dst)
+    return ["weights stored in float16; inputs, outputs and states stay float32 (keep_io_types). onnxruntime's CPU "
+            "provider runs LSTM, GRU and MatMul in float32 behind Casts: half the file, not faster on a CPU; the "
+            "gain is on GPUs and NPUs that compute in float16"]
+
+
+def make_variant(name: str, model_path: Path, dst: Path) -> Variant:
+    """Write variant ``name`` of the model at ``model_path`` to ``dst``, check it loads and streams, and say how."""
+    if name not in MADE_BY_TOOLS:
+        raise UnsupportedError(f"variant {name!r}: expected one of {list(MADE_BY_TOOLS)}")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise ModelFormatError(f"{model_path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    if not any(p.key == METADATA_KEY for p in model.metadata_props):
+        raise ModelFormatError(f"{model_path}: no edge_rnn contract in its metadata; variants are made from models "
+                               "edge-rnn exported")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        notes = (_int8 if name == "int8" else _fp16)(model, dst)
+    except EdgeRnnError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime's tools raise whatever they raise
+        raise UnsupportedError(f"{name}: onnxruntime's tool failed on {model_path} ({described(e)})") from None
+    written = onnx.load(str(dst))
+    # the contract, as the tools left it or from the source, with the variant recorded in its source
+    metadata = {p.key: p.value for p in model.metadata_props}
+    contract = Contract.from_metadata(metadata)
+    contract = dataclasses.replace(contract, source={**contract.source, "variant": name})
+    props = {p.key: p.value for p in written.metadata_props if p.key != "onnx.infer"}
+    onnx.helper.set_model_props(written, {**props, **contract.to_metadata()})
+    onnx.save(written, dst)
+    StreamingModel.load(dst)  # the contract fits the new graph, and onnxruntime takes it
+    return Variant(name, dst, _operators(written), notes)
