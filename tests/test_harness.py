@@ -22,9 +22,11 @@ from edge_rnn.harness import (
 TOL = TOLERANCE["float32"]
 
 
-def test_one_tolerance_table_with_the_documented_float32_row():
-    assert set(TOLERANCE) == {"float32"}
+def test_one_tolerance_table_with_the_documented_rows():
+    assert set(TOLERANCE) == {"float32", "float16", "int8"}
     assert (TOL.atol, TOL.k, TOL.rtol) == (1e-5, 10.0, 1e-4)
+    assert (TOLERANCE["float16"].atol, TOLERANCE["float16"].rtol) == (2e-3, 1e-2)  # variants against float32
+    assert (TOLERANCE["int8"].atol, TOLERANCE["int8"].rtol) == (5e-2, 5e-2)
 
 
 def test_error_within_k_times_fp32_noise_passes_even_far_above_atol():
