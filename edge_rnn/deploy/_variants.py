@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import io
 import logging
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
 __all__ = ["Variant", "make_variant", "MADE_BY_TOOLS"]
@@ -91,14 +93,55 @@ def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
     return notes
 
 
-def _fp16(model: onnx.ModelProto, dst: Path) -> list[str]:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Order ``graph``'s nodes so each comes after the producers of its inputs (the float16 converter appends its
+    input Casts at the end; onnxruntime 1.32 crashes on such a graph instead of refusing it)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:  # a cycle, or an input nothing produces: left for the checker to name
+            ordered.extend(pending)
+            break
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
 
-    half = _quiet(convert_float_to_float16, model, keep_io_types=True)
+
+def _fp16(model: onnx.ModelProto, dst: Path) -> list[str]:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    # Transpose stays float32 (it holds no weights): a float16 Transpose next to the converter's Casts crashes
+    # onnxruntime 1.32's layout optimiser (level "default") on a model as plain as Embedding -> GRU.
+    blocked = [*DEFAULT_OP_BLOCK_LIST, "Transpose"]
+    half = _quiet(convert_float_to_float16, model, keep_io_types=True, op_block_list=blocked)
+    _toposort(half.graph)
     onnx.save(half, dst)
     return ["weights stored in float16; inputs, outputs and states stay float32 (keep_io_types). onnxruntime's CPU "
             "provider runs LSTM, GRU and MatMul in float32 behind Casts: half the file, not faster on a CPU; the "
             "gain is on GPUs and NPUs that compute in float16"]
+
+
+def _loads_apart(path: Path, name: str) -> None:
+    """onnxruntime loads ``path`` at every optimisation level, tried in a child process: a graph that crashes it
+    (a bug of onnxruntime's, not an exception) is refused here instead of taking this process, or a device, down."""
+    code = ("import sys, onnxruntime as ort\n"
+            "for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):\n"
+            "    so = ort.SessionOptions(); so.graph_optimization_level = level; so.log_severity_level = 3\n"
+            "    ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise UnsupportedError(f"{name}: onnxruntime took over 300 s to load the variant; not kept") from None
+    if r.returncode < 0:
+        raise UnsupportedError(f"{name}: onnxruntime crashed (signal {-r.returncode}) loading the variant it was "
+                               "made into: an onnxruntime bug that a device would hit too; not kept")
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise UnsupportedError(f"{name}: onnxruntime cannot load the variant ({last}); not kept")
 
 
 def make_variant(name: str, model_path: Path, dst: Path) -> Variant:
@@ -126,6 +169,12 @@ def make_variant(name: str, model_path: Path, dst: Path) -> Variant:
     contract = dataclasses.replace(contract, source={**contract.source, "variant": name})
     props = {p.key: p.value for p in written.metadata_props if p.key != "onnx.infer"}
     onnx.helper.set_model_props(written, {**props, **contract.to_metadata()})
+    try:  # before onnxruntime sees it: a malformed graph can crash onnxruntime rather than raise
+        onnx.checker.check_model(written, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise UnsupportedError(f"{name}: onnxruntime's tool wrote an invalid graph from {model_path} "
+                               f"({message_line(e)})") from None
     onnx.save(written, dst)
+    _loads_apart(dst, name)
     StreamingModel.load(dst)  # the contract fits the new graph, and onnxruntime takes it
     return Variant(name, dst, _operators(written), notes)
