@@ -296,23 +296,26 @@ def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Pat
 @click.option("--steps", type=click.IntRange(min=2_000, max=10_000_000), default=10_000, show_default=True,
               help="Length of the stream each variant's error is measured on.")
 @click.option("--threshold", type=float, default=None, help="Report decision agreement at this threshold.")
+@click.option("--ort", "ort_format", is_flag=True,
+              help="Also write MODEL and each variant in ORT format, with the required-operators config of a "
+                   "minimal onnxruntime build.")
 def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data: Path | None, steps: int,
-             threshold: float | None) -> None:
+             threshold: float | None, ort_format: bool) -> None:
     """Write smaller or faster variants of MODEL, each checked against MODEL on a long stream.
 
     A variant whose error exceeds its bound, or grows along the stream, is not kept, and the exit code is 1.
     """
     import os
 
-    from edge_rnn.deploy import make_variant, measure_against
+    from edge_rnn.deploy import make_variant, measure_against, to_ort
 
     _existing(model, "model")
     names = [n for n, on in (("int8", int8), ("fp16", fp16)) if on]
-    if not names:
-        raise click.UsageError("choose at least one variant: --int8, --fp16")
+    if not names and not ort_format:
+        raise click.UsageError("choose at least one variant: --int8, --fp16 (or --ort alone for MODEL itself)")
     sequences = _read_data(data)
     folder = output_dir or model.parent
-    failed = []
+    failed, kept = [], [model]
     for name in names:
         dst = folder / f"{model.stem}.{name}.onnx"
         tmp = dst.with_name(f".{dst.name}.partial")
@@ -321,6 +324,7 @@ def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data:
             err = measure_against(tmp, model, steps=steps, data=sequences, threshold=threshold)
             if err.ok:
                 os.replace(tmp, dst)
+                kept.append(dst)
         finally:
             tmp.unlink(missing_ok=True)
         ratio = dst.stat().st_size / model.stat().st_size if err.ok else float("nan")
@@ -331,6 +335,9 @@ def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data:
         click.echo("  " + err.table().replace("\n", "\n  "))
         if not err.ok:
             failed.append(name)
+    if ort_format:
+        written, config = to_ort(kept, folder)
+        click.echo(f"ORT format: {', '.join(str(p) for p in written)}; operators for a minimal build: {config}")
     if failed:
         raise EdgeRnnError(f"variant(s) {failed} exceed their error bound or drift along the stream; not written")
 
@@ -338,9 +345,15 @@ def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 def inspect(model: Path) -> None:
-    """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX file."""
-    from edge_rnn._inspect import describe
+    """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX or ORT-format file."""
+    from edge_rnn._inspect import describe, describe_ort
 
+    _existing(model, "model")
+    with open(model, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"ORTM":  # an ORT-format file (mobile builds): onnx cannot parse it, onnxruntime can
+        click.echo(describe_ort(model))
+        return
     proto, contract = _read_contract(model)
     click.echo(describe(proto, contract, model.stat().st_size))
 

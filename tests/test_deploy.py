@@ -157,3 +157,64 @@ def test_a_variant_that_crashes_onnxruntime_is_refused_not_loaded_in_this_proces
     else:
         pytest.skip("this onnxruntime no longer crashes on the converter's unblocked float16 graph")
     assert make_variant("fp16", DATA / "token_gru.onnx", tmp_path / "ok.onnx").operators["Transpose"] == 2
+
+
+@pytest.fixture(scope="module")
+def token_variants(tmp_path_factory):
+    """token_gru.onnx with its int8 and fp16 variants, each also in ORT format, as `edge-rnn optimize` writes them."""
+    from click.testing import CliRunner
+
+    from edge_rnn.cli import main
+
+    out = tmp_path_factory.mktemp("variants")
+    r = CliRunner().invoke(main, ["optimize", str(DATA / "token_gru.onnx"), "--int8", "--fp16", "--ort", "-o",
+                                  str(out), "--steps", "2000"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_ort_format_files_inspect_verify_and_carry_the_contract(token_variants):
+    from click.testing import CliRunner
+
+    from edge_rnn.cli import main
+
+    names = {p.name for p in token_variants.iterdir()}
+    assert {"token_gru.ort", "token_gru.int8.ort", "token_gru.fp16.ort", "required_operators.config"} <= names
+    config = (token_variants / "required_operators.config").read_text()
+    assert "MatMulInteger" in config and "GRU" in config  # the fp32 model keeps its GRU, int8 has none
+    r = CliRunner().invoke(main, ["inspect", str(token_variants / "token_gru.int8.ort")])
+    assert r.exit_code == 0 and "ORT format" in r.output and "values in [0, 39]" in r.output, r.output
+    assert "variant=int8" in r.output and "MatMulInteger" in r.output
+    r = CliRunner().invoke(main, ["verify", str(token_variants / "token_gru.int8.ort"), "--against",
+                                  str(token_variants / "token_gru.ort"), "--steps", "2000"])
+    assert r.exit_code == 0 and "verdict: ok" in r.output, r.output
+
+
+def test_every_variant_streams_in_a_process_where_torch_and_onnx_cannot_be_imported(token_variants):
+    import subprocess
+    import sys
+
+    files = sorted(str(p) for p in token_variants.iterdir() if p.suffix in (".onnx", ".ort")) + [
+        str(DATA / "token_gru.onnx")]
+    assert len(files) == 6  # fp32 (.onnx here, .ort there), int8 and fp16 in both forms
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(name + ' is blocked here')
+sys.meta_path.insert(0, Block())
+import numpy as np
+from edge_rnn.runtime import StreamingModel, run_sequence
+expected = np.load({str(DATA / 'expected.npz')!r})
+for path in {files!r}:
+    m = StreamingModel.load(path)
+    y = run_sequence(m, m.open_stream(), expected['token_gru.ids'], chunk=4)['logits']
+    err = float(np.abs(y - expected['token_gru.logits']).max())
+    assert err < 5e-2, (path, err)
+    print(path.rsplit('/', 1)[-1], f'{{err:.1e}}')
+assert not any(k.split('.')[0] in ('torch', 'onnx') for k in sys.modules)
+print('ok')
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

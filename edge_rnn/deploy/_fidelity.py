@@ -130,28 +130,52 @@ def _layouts(model: StreamingModel) -> list[InputLayout]:
     return out
 
 
-def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:
-    """Outputs produced by a Sigmoid or Softmax (through shape-only ops), as {name: "sigmoid" | "softmax"}."""
+def _producers(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """{tensor: (op type of its producer, that node's first input)} and the graph's outputs, for .onnx and .ort."""
+    data = path.read_bytes()
+    if data[4:8] == b"ORTM":
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+        g = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0).Model().Graph()
+        producers = {}
+        for i in range(g.NodesLength()):
+            n = g.Nodes(i)
+            first = n.Inputs(0).decode() if n.InputsLength() else ""
+            op = n.OpType().decode()
+            for k in range(n.AttributesLength()):  # FusedGemm/FusedConv carry the activation they absorbed
+                a = n.Attributes(k)
+                if a.Name() == b"activation" and a.S():
+                    op = a.S().decode()
+            for k in range(n.OutputsLength()):
+                producers[n.Outputs(k).decode()] = (op, first)
+        return producers, [g.Outputs(i).decode() for i in range(g.OutputsLength())]
     import onnx
 
-    g = onnx.load(str(path), load_external_data=False).graph
-    producer = {o: n for n in g.node for o in n.output}
-    passthrough = {"Identity", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Slice", "Concat"}
+    g = onnx.load_from_string(data).graph
+    producers = {o: (n.op_type, n.input[0] if n.input else "") for n in g.node for o in n.output}
+    return producers, [o.name for o in g.output]
+
+
+def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:
+    """Outputs produced by a Sigmoid or Softmax (through shape-only ops), as {name: "sigmoid" | "softmax"}.
+
+    With a ``threshold``, every output is taken as a score against it.
+    """
+    producers, outputs = _producers(path)
+    if threshold is not None:
+        return {name: "sigmoid" for name in outputs}
+    passthrough = {"Identity", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Slice", "Concat", "Cast"}
     found = {}
-    for out in g.output:
-        name = out.name
+    for out in outputs:
+        name = out
         for _ in range(16):
-            node = producer.get(name)
-            if node is None:
+            op, first = producers.get(name, ("", ""))
+            if op in ("Sigmoid", "Softmax", "LogSoftmax"):
+                found[out] = "sigmoid" if op == "Sigmoid" else "softmax"
                 break
-            if node.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
-                found[out.name] = "sigmoid" if node.op_type == "Sigmoid" else "softmax"
+            if op not in passthrough or not first:
                 break
-            if node.op_type not in passthrough or not node.input:
-                break
-            name = node.input[0]
-    if threshold is not None:  # the user says the outputs are scores against this threshold
-        return {k: "sigmoid" for k in found} or {}
+            name = first
     return found
 
 

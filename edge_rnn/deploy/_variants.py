@@ -64,14 +64,12 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
 
 def _quiet(fn, *args, **kwargs):
     """onnxruntime's tools log and print as they go; a CLI prints its own summary instead."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return fn(*args, **kwargs)
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
