@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from edge_rnn.contract import METADATA_KEY, Contract
-from edge_rnn.errors import ModelFormatError, StateError, UnsupportedError
+from edge_rnn.errors import InferenceError, ModelFormatError, StateError, UnsupportedError
 from edge_rnn.harness import Cases, open_sessions, read_contract
 from edge_rnn.runtime import StreamingModel
 from edge_rnn.runtime._external import external_locations
@@ -258,3 +258,80 @@ def test_cli_constant_feeds_an_input_on_every_call(tmp_path):
     assert r.exit_code == 0, r.output
     first = np.tanh(0.5)
     np.testing.assert_allclose(np.load(out)["y"], [[first] * 3, [np.tanh(0.5 + first)] * 3], atol=1e-6)
+
+
+# ----------------------------------------------------------- gaps the closing review found
+def _forged_contract(edit) -> Contract:
+    d = json.loads(contract_of(LAYER)[METADATA_KEY])
+    edit(d)
+    return Contract.from_dict(d)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d["inputs"][0].update(batch_axis=0, time_axis=1),
+     r"'x': expected its batch axis at 1, where the graph's dimension 'batch' is"),  # swapped: loaded before
+    (lambda d: d["states"][0].update(dtype="float16"), r"state 'h0' -> 'hn': expected 'h0' of shape .* float16"),
+    (lambda d: d["states"][0].update(shape=[None, 2, 6], batch_axis=0),
+     r"state 'h0': expected its batch axis at 1, where the graph's dimension 'batch' is"),
+])
+def test_bug3_swapped_axes_and_a_state_dtype_or_batch_axis_the_graph_lacks_are_refused_at_load(edit, match):
+    with pytest.raises(ModelFormatError, match=match):
+        StreamingModel.load(LAYER, contract=_forged_contract(edit))
+
+
+def test_bug4_a_failing_run_prints_nothing_of_onnxruntimes_own(capfd, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT  # a graph that only takes a batch of 1 (a Reshape to (1, 3)) although batch is dynamic
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "one_by_three"], ["x1"]), helper.make_node("Add", ["h0", "x1"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["hn"]), helper.make_node("Identity", ["hn"], ["y"])],
+        "reshape", [helper.make_tensor_value_info("x", f, ["b", 3]), helper.make_tensor_value_info("h0", f, ["b", 3])],
+        [helper.make_tensor_value_info("y", f, ["b", 3]), helper.make_tensor_value_info("hn", f, ["b", 3])],
+        [numpy_helper.from_array(np.array([1, 3], np.int64), "one_by_three")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
+    x = np.ones(3, np.float32)
+    capfd.readouterr()
+    with pytest.raises(InferenceError, match="onnxruntime failed to run"):
+        model.step_batch([(model.open_stream(), x), (model.open_stream(), x)])
+    assert capfd.readouterr().err == ""  # was: an "[E:onnxruntime:...]" line on stderr as well as the exception
+
+
+def test_load_refuses_an_execution_provider_this_onnxruntime_lacks(capfd):
+    with pytest.raises(UnsupportedError, match=r"providers: expected names among this onnxruntime's "
+                                               r"\['.*CPUExecutionProvider'\], got 'CUDAExecutionProvider'"):
+        StreamingModel.load(LAYER, providers=["CUDAExecutionProvider"])  # was: a fallback banner, then the CPU
+    with pytest.raises(UnsupportedError, match="expected a list of execution provider names"):
+        StreamingModel.load(LAYER, providers="CPUExecutionProvider")
+    assert StreamingModel.load(LAYER, providers=[("CPUExecutionProvider", {})]).session.get_providers() == [
+        "CPUExecutionProvider"]
+    assert "EP Error" not in capfd.readouterr().err
+
+
+def test_a_large_finite_chunk_raises_no_overflow_warning():
+    import warnings
+
+    model = StreamingModel.load(LAYER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was: "RuntimeWarning: overflow encountered" from the NaN check
+        model.step(model.open_stream(), np.full((3, 4), 3e38, np.float32))
+        model.step(model.open_stream(), np.full((600, 4), 3e38, np.float32))  # the numpy path of the check
+
+
+def test_snapshot_checksum_refuses_a_flipped_byte_and_version_1_is_no_longer_restored():
+    model = StreamingModel.load(LAYER)
+    stream = model.open_stream()
+    model.step(stream, np.ones((3, 4), np.float32))
+    snap = bytearray(stream.snapshot())
+    body = bytearray(snap)
+    body[-1] ^= 0x01  # one bit of the last state value
+    with pytest.raises(StateError, match="do not match their checksum"):
+        model.restore(bytes(body))
+    at = snap.index(b'"version": 2')
+    downgraded = bytearray(snap)
+    downgraded[at + len(b'"version": ')] = ord("1")  # was: a version-1 header turned the check off
+    with pytest.raises(StateError, match="version 1 has no checksum and is no longer restored"):
+        model.restore(bytes(downgraded))
+    assert model.restore(bytes(snap)).steps == 3

@@ -78,7 +78,7 @@ def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "
         so.graph_optimization_level = OPT_LEVELS[name]
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # onnxruntime's warnings go to stderr; its errors still raise
+        so.log_severity_level = 4  # onnxruntime's warnings and errors would go to stderr; its errors still raise
         try:
             out[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types

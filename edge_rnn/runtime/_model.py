@@ -25,7 +25,14 @@ from edge_rnn.errors import (
 from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
-from edge_rnn.runtime._session import _EP_FAIL, OPT_LEVELS, ForeignModel, SessionConfig, describe_session
+from edge_rnn.runtime._session import (
+    _EP_FAIL,
+    OPT_LEVELS,
+    ForeignModel,
+    SessionConfig,
+    check_providers,
+    describe_session,
+)
 from edge_rnn.runtime._session import session_options as make_session_options
 from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
 from edge_rnn.runtime._stream import Stream, state_from_user
@@ -197,10 +204,11 @@ class StreamingModel(BatchStepping):
             data, source = path.read_bytes(), str(path)
         # External weight files are read from the model's folder only: onnxruntime gets the path, not the bytes.
         external = check_external_data(data, path)
+        providers = check_providers(session.providers)
         so = make_session_options(session.session_options, session.threads, session.optimization)
         try:
             ort_session = ort.InferenceSession(str(path) if external else data, so,
-                                               providers=list(session.providers or ["CPUExecutionProvider"]))
+                                               providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = message_line(e) or type(e).__name__
             raise ModelFormatError(f"{source}: onnxruntime could not load it: {first}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -191,6 +192,20 @@ def _mapped_states(inputs: Mapping[str, tuple[tuple, str]], outputs: Mapping[str
     return states
 
 
+def _check_named_axes(t: Any, shape: tuple) -> None:
+    """Where the graph names its dynamic dimensions ("batch", "time", as edge-rnn's exports do), the contract's
+    axes must point at them: swapped axes in a contract load otherwise, and stream the wrong way."""
+    problem = axes_problem(len(shape), t.batch_axis, t.time_axis)
+    if problem:
+        raise ModelFormatError(f"edge_rnn contract: {t.name!r} of shape {list(shape)}: {problem}")
+    named = {d: i for i, d in enumerate(shape) if isinstance(d, str)}
+    for axis, name in ((t.batch_axis, "batch"), (t.time_axis, "time")):
+        if axis is not None and name in named and named[name] != axis:
+            raise ModelFormatError(
+                f"edge_rnn contract: {t.name!r}: expected its {name} axis at {named[name]}, where the graph's "
+                f"dimension {name!r} is (shape {list(shape)}), got {axis}")
+
+
 def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
                          outputs: Mapping[str, tuple[tuple, str]]) -> None:
     """Every name the contract gives is in the graph, every tensor's declared dtype and every state's rank,
@@ -200,11 +215,12 @@ def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, st
     if missing:
         raise ModelFormatError(f"edge_rnn contract names {missing}, which the graph does not have: expected names "
                                f"among inputs {sorted(inputs)} and outputs {sorted(outputs)}")
-    for t, (_, ort_type) in [(t, inputs[t.name]) for t in contract.inputs] + [
+    for t, (shape, ort_type) in [(t, inputs[t.name]) for t in contract.inputs] + [
             (t, outputs[t.name]) for t in contract.outputs]:
         if t.dtype is not None and numpy_dtype(ort_type) != np.dtype(t.dtype):
             raise ModelFormatError(f"edge_rnn contract: expected {t.name!r} to be {t.dtype} as the contract says, "
                                    f"but the graph has {ort_type}")
+        _check_named_axes(t, shape)
     for s in contract.states:
         for name, (shape, ort_type) in ((s.input, inputs[s.input]), (s.output, outputs[s.output])):
             dims = _dims(shape)
@@ -213,6 +229,10 @@ def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, st
                 raise ModelFormatError(
                     f"edge_rnn contract: state {s.input!r} -> {s.output!r}: expected {name!r} of shape "
                     f"{list(s.shape)} {s.dtype} as the contract says, but the graph has {list(shape)} {ort_type}")
+            if "batch" in shape and shape.index("batch") != s.batch_axis:
+                raise ModelFormatError(
+                    f"edge_rnn contract: state {s.input!r}: expected its batch axis at {shape.index('batch')}, "
+                    f"where the graph's dimension 'batch' is (shape {list(shape)}), got {s.batch_axis}")
 
 
 def resolve_io(

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["OPT_LEVELS", "session_options", "describe_session", "SessionConfig", "ForeignModel"]
+__all__ = ["OPT_LEVELS", "session_options", "check_providers", "describe_session", "SessionConfig", "ForeignModel"]
 
 _EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
@@ -39,11 +39,29 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
         raise UnsupportedError(f"threads: expected an int >= 1 (or None: onnxruntime's default), got {threads!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
-    so.log_severity_level = 3  # onnxruntime's warnings would go to stderr (a server's log); its errors still raise
+    # onnxruntime's own log lines (warnings, and errors that it also raises, which edge-rnn wraps and names) would go
+    # to stderr, a server's log: only fatal ones are printed
+    so.log_severity_level = 4
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return so
+
+
+def check_providers(providers: Any) -> list:
+    """The execution providers to ask for, each one this onnxruntime has: an unknown name is refused, not left to
+    onnxruntime's warning and silent fallback to the CPU."""
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence) or not providers:
+        raise UnsupportedError(f"providers: expected a list of execution provider names, got {providers!r}")
+    available = ort.get_available_providers()
+    for p in providers:
+        name = p[0] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], Mapping) else p
+        if not isinstance(name, str) or name not in available:
+            raise UnsupportedError(f"providers: expected names among this onnxruntime's {available}, got {name!r} "
+                                   "(a GPU or NPU provider needs its own onnxruntime package, e.g. onnxruntime-gpu)")
+    return list(providers)
 
 
 Shapes = dict[str, tuple[tuple, str]]

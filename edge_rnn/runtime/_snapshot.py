@@ -22,7 +22,9 @@ from edge_rnn.errors import StateError
 __all__ = ["encode_snapshot", "decode_snapshot", "stream_shape"]
 
 _MAGIC = b"EDGERNN-SNAPSHOT"
-_VERSION = 2  # 2 adds the CRC-32 of the state bytes; version 1 snapshots still restore
+# 2 adds a CRC-32 over the header's fields and the state bytes. Version 1 (no checksum) is refused: a flipped byte
+# in the version field would otherwise turn the check off.
+_VERSION = 2
 
 
 def stream_shape(s: StateSpec) -> tuple[int, ...]:
@@ -66,8 +68,11 @@ def _header(data: bytes) -> tuple[dict, int]:
     steps = header.get("steps", 0)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
-    if header.get("version") not in (1, _VERSION):
-        raise StateError(f"snapshot: expected version 1 or {_VERSION}, got {header.get('version')!r}")
+    if header.get("version") == 1:
+        raise StateError("snapshot: version 1 has no checksum and is no longer restored; take a new snapshot of the "
+                         "stream with this edge-rnn")
+    if header.get("version") != _VERSION:
+        raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
     return header, start + n
 
 
@@ -87,7 +92,7 @@ def decode_snapshot(
     sizes = [int(np.prod(stream_shape(s))) * np.dtype(s.dtype).itemsize for s in states]
     if offset + sum(sizes) != len(data):
         raise StateError(f"snapshot: truncated or padded, expected {offset + sum(sizes)} bytes, got {len(data)}")
-    if header["version"] >= 2 and _crc(header, bytes(data[offset:])) != header.get("crc32"):
+    if _crc(header, bytes(data[offset:])) != header.get("crc32"):
         raise StateError("snapshot: the header or state bytes do not match their checksum (corrupted in storage "
                          "or transit)")
     out = {}
