@@ -108,11 +108,14 @@ _DATA_HELP = ("Real input sequences for the parity check, in place of random one
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Length of the long streaming check (0 skips it).")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
+@click.option("--keep-failed", is_flag=True,
+              help="Keep a model that fails parity as NAME.failed.onnx for inspection (never as the output).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
 def export(factory: str | None, example_shape: str | None, example_dtype: str, batch_axis: int, time_axis: int,
            arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool,
            batch_first: bool, proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool,
-           weights: Path | None, seed: int, long_steps: int, data: Path | None, output: Path) -> None:
+           weights: Path | None, seed: int, long_steps: int, data: Path | None, keep_failed: bool,
+           output: Path) -> None:
     """Export to streaming ONNX, verify against PyTorch and print the parity table.
 
     Either build an RNN/LSTM/GRU from --arch, --input-size and --hidden-size, or give FACTORY as
@@ -126,7 +129,7 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
         if arch or input_size or hidden_size:
             raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
         _export_factory(factory, (example_shape, example_dtype), batch_axis, time_axis, weights, decomposed,
-                        long_steps, data, output)
+                        long_steps, data, output, keep_failed)
         return
     if example_dtype != "float32" or example_shape:
         raise click.UsageError("--example-shape and --example-dtype go with FACTORY; a built layer takes float32")
@@ -144,12 +147,14 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
     module = _build(spec, weights, None if weights else seed)
     extra = {} if weights else {"seed": seed}
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
-                           raise_on_failure=False, data=sequences)
+                           raise_on_failure=False, data=sequences, keep_failed=keep_failed)
     _print_report(report, output)
 
 
 def _print_report(report: Any, output: Path) -> None:
-    click.echo(f"wrote {output}: {report.graph_form} graph, opset {report.opset}, "
+    where = (f"wrote {output}" if report.written else
+             f"parity failed: {output} not written" + (f"; kept at {report.kept_at}" if report.kept_at else ""))
+    click.echo(f"{where}: {report.graph_form} graph, opset {report.opset}, "
                f"{report.size_bytes / 1024:.1f} KiB, exported in {report.export_seconds * 1e3:.1f} ms")
     for note in report.notes:
         click.echo(f"note: {note}")
@@ -161,7 +166,8 @@ def _print_report(report: Any, output: Path) -> None:
 
 
 def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, time_axis: int,
-                    weights: Path | None, decomposed: bool, long_steps: int, data: Path | None, output: Path) -> None:
+                    weights: Path | None, decomposed: bool, long_steps: int, data: Path | None, output: Path,
+                    keep_failed: bool) -> None:
     import torch
 
     from edge_rnn.exporters import StreamingIO
@@ -184,10 +190,17 @@ def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, 
                            f"rank-{rank} input")
     torch.manual_seed(0)
     io = StreamingIO(input_names=("x",), input_axes={"x": axes})  # outputs: their axes are probed
+    count = 1
+    for d in shape:
+        count *= d
+    if count > 2**28:  # an example is a few frames; 1 GiB of float32 is a typo, refused before allocating
+        raise EdgeRnnError(f"--example-shape {example_shape}: expected an example of at most {2**28:,} elements, "
+                           f"got {count:,}; a few frames are enough (e.g. 1,50,{shape[-1]})")
     dtype = getattr(torch, example_dtype)
     x = torch.randn(shape) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
     report = export_module(model, output, example_input=x, decomposed=decomposed,
-                           long_steps=long_steps, raise_on_failure=False, io=io, data=sequences)
+                           long_steps=long_steps, raise_on_failure=False, io=io, data=sequences,
+                           keep_failed=keep_failed)
     _print_report(report, output)
 
 

@@ -305,3 +305,50 @@ def test_absurd_sizes_and_failing_factories_give_one_line_or_a_usage_error(tmp_p
                        "the model fails on example_input of shape(s) [(1, 30, 41)]")
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_issue9_review_gaps_give_one_line_each(tmp_path):
+    """Cases of bugs 5, 8, 10, 11 and 13 that the first regression tests did not pin down."""
+    import json
+
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--long-steps", "0", "-o", str(out)).exit_code == 0
+    model = onnx.load(out)
+    meta = next(p for p in model.metadata_props if p.key == "edge_rnn")
+    original = meta.value
+    for edit, match in (
+        (lambda d: d["source"].update(hidden_size=7), "is it the module that was exported"),  # bug 8
+        (lambda d: d["outputs"][0].update(name="logits"), "names ['logits'], which the graph does not have"),
+    ):
+        d = json.loads(original)
+        edit(d)
+        meta.value = json.dumps(d)
+        onnx.save(model, tmp_path / "forged.onnx")
+        one_line_error(run("verify", str(tmp_path / "forged.onnx"), "--long-steps", "0"), match)
+    meta.value = "[" * 100_000  # bug 5: the CLI's one line, not a 44-line RecursionError traceback
+    onnx.save(model, tmp_path / "deep.onnx")
+    for cmd in ("inspect", "verify"):
+        one_line_error(run(cmd, str(tmp_path / "deep.onnx")), "nesting too deep")
+    for flag, value in (("--seed", 10**20), ("--num-layers", 10**12)):  # bug 10: click names the option
+        r = run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "4", flag, str(value),
+                "-o", str(out))
+        assert r.exit_code == 2 and flag in r.output and "Traceback" not in r.output
+    # bug 11: an example too large to allocate is the user's mistake, in one line
+    one_line_error(run("export", "wholemodels:keyword_spotter", "--example-shape", "100000,100000,40", "-o",
+                       str(tmp_path / "big.onnx")), "expected an example of at most 268,435,456 elements")
+
+
+def test_verify_refuses_batch_size_0_before_onnxruntime_sees_it(tmp_path):
+    """Bug 13 through the public verify (the test in test_hardening calls Cases directly)."""
+    import edge_rnn
+    from edge_rnn.errors import ModelFormatError, UnsupportedError
+
+    gru = torch.nn.GRU(3, 4).eval()
+    edge_rnn.export(gru, tmp_path / "g.onnx", long_steps=0)
+    with pytest.raises(UnsupportedError, match="batch: expected an int >= 1, got 0"):
+        edge_rnn.verify(gru, tmp_path / "g.onnx", batch_size=0)
+    with pytest.raises(ModelFormatError, match=r"holds another layer than the module: expected hidden_size 4 "
+                                               r"\(module: 5\)"):
+        edge_rnn.verify(torch.nn.GRU(3, 5).eval(), tmp_path / "g.onnx")  # bug 12: another hidden size
+    with pytest.raises(ModelFormatError, match=r"expected cell False \(module: True\)"):
+        edge_rnn.verify(torch.nn.GRUCell(3, 4).eval(), tmp_path / "g.onnx")  # bug 12: a cell against a layer

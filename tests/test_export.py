@@ -241,12 +241,28 @@ def test_an_export_that_fails_parity_writes_nothing_and_keeps_an_earlier_file(tm
     assert report.parity.ok and path.read_bytes() != b"an earlier export"
 
 
-def _export_then_check_against(reference, exported, path):
+def test_a_failed_export_is_kept_aside_only_when_asked_and_the_report_says_so(tmp_path):
+    """The rest of that wart: with raise_on_failure=False (what the CLI uses) the file was written; keep_failed
+    keeps it, under another name, and says where."""
+    import faults as F
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(IN, H).eval()
+    path = tmp_path / "g.onnx"
+    report = _export_then_check_against(gru, F.bias_off(gru), path, raise_on_failure=False)
+    assert not report.parity.ok and not report.written and report.kept_at is None and not path.exists()
+    report = _export_then_check_against(gru, F.bias_off(gru), path, raise_on_failure=False, keep_failed=True)
+    assert report.kept_at == tmp_path / "g.failed.onnx" and report.kept_at.is_file() and not path.exists()
+    with pytest.raises(ParityError, match=r"g\.onnx \(not written; kept at .*g\.failed\.onnx for inspection\)"):
+        _export_then_check_against(gru, F.bias_off(gru), path, keep_failed=True)
+
+
+def _export_then_check_against(reference, exported, path, **kw):
     """Export ``exported`` but judge it against ``reference``: a wrong export, as a real bug would write."""
     from unittest import mock
 
     from edge_rnn.exporters import _export
 
     real = _export.verify
-    with mock.patch.object(_export, "verify", lambda module, p, **kw: real(reference, p, **kw)):
-        return edge_rnn.export(exported, path, long_steps=100)
+    with mock.patch.object(_export, "verify", lambda module, p, **k: real(reference, p, **k)):
+        return edge_rnn.export(exported, path, long_steps=100, **kw)

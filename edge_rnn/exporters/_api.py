@@ -33,6 +33,7 @@ def export(
     seed: int = 0,
     atol: float | None = None,
     raise_on_failure: bool = True,
+    keep_failed: bool = False,
     extra_source: Mapping[str, Any] | None = None,
     whole_model_options: Mapping[str, Any] | None = None,
 ) -> ExportReport:
@@ -54,7 +55,9 @@ def export(
     :func:`edge_rnn.verify` runs on the result (``long_steps``, ``seed``,
     ``atol``, ``data``: see there) and raises
     :class:`~edge_rnn.errors.ParityError` if it differs, unless
-    ``raise_on_failure=False``.
+    ``raise_on_failure=False``. A model that fails parity is never written to
+    ``path``; ``keep_failed=True`` keeps it beside it as ``<name>.failed.onnx``
+    (``report.kept_at``) for inspection.
 
     Example::
 
@@ -67,7 +70,8 @@ def export(
     path = Path(path)
     io, atol = io_from_legacy(io, whole_model_options, atol)
     options = ExportOptions(decomposed=decomposed, check=check, verify_parity=verify_parity, long_steps=long_steps,
-                            seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {})
+                            seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {},
+                            keep_failed=keep_failed)
     module, example_input, notes = exportable(module, example_input)  # a float32 CPU copy where it is not
     if is_recurrent_module(module):
         if io is not None:

@@ -19,11 +19,10 @@ from edge_rnn.contract import Contract, TensorSpec
 from edge_rnn.errors import ShapeError
 from edge_rnn.exporters._references import input_source, layer_layouts
 from edge_rnn.exporters._spec import layer_weights, spec_from_module
-from edge_rnn.exporters._write import ExportReport, check_and_write, staged
+from edge_rnn.exporters._write import ExportReport, check_and_write, failed_parity, staged
 from edge_rnn.exporters.options import ExportOptions
 from edge_rnn.exporters.parity import verify
 from edge_rnn.graphs import IR_VERSION, OPSET, GraphBuilder, emit_module, native_possible
-from edge_rnn.harness import raise_failures
 from edge_rnn.spec import RecurrentSpec
 
 __all__ = ["export_layer", "build_model"]
@@ -106,15 +105,14 @@ def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Te
     contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
     if o.verify_parity and data is not None:  # bad data is refused before anything is written
         input_source(layer_layouts(contract, spec), data)
-    parity = None
+    parity = kept = None
     with staged(path) as tmp:
         written = check_and_write(model, tmp, check=o.check)
         seconds = time.perf_counter() - t0
         if o.verify_parity:
             parity = verify(module, tmp, long_steps=o.long_steps, seed=o.seed, example_input=example_input,
                             data=data, atol=o.atol, raise_on_failure=False)
-            if o.raise_on_failure:
-                raise_failures(parity, f"{path} (not written)")
+        kept = failed_parity(parity, tmp, path, keep_failed=o.keep_failed, raise_on_failure=o.raise_on_failure)
     return ExportReport(
         path=path,
         contract=contract,
@@ -124,4 +122,6 @@ def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Te
         size_bytes=len(written),
         operators=dict(operator_counts(model.graph)),
         parity=parity,
+        written=parity is None or parity.ok,
+        kept_at=kept,
     )

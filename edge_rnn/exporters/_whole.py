@@ -24,10 +24,10 @@ from edge_rnn.exporters._references import input_source, tolerance_for
 from edge_rnn.exporters._spec import layer_weights
 from edge_rnn.exporters._whole_resolve import Arrays, Resolved, Top, examples_of, reference, resolve
 from edge_rnn.exporters._whole_verify import layouts, verify_resolved
-from edge_rnn.exporters._write import ExportReport, check_and_write, staged
+from edge_rnn.exporters._write import ExportReport, check_and_write, failed_parity, staged
 from edge_rnn.exporters.options import ExportOptions, StreamingIO
 from edge_rnn.graphs import OPSET, GraphBuilder, emit_module
-from edge_rnn.harness import InputLayout, chunk_sizes, raise_failures, random_inputs, stream_chunks
+from edge_rnn.harness import InputLayout, chunk_sizes, random_inputs, stream_chunks
 
 __all__ = ["export_model"]
 
@@ -108,17 +108,17 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
         t0 = time.perf_counter()
         if o.extra_source:
             r.contract = dataclasses.replace(r.contract, source={**r.contract.source, **o.extra_source})
-        parity = None
+        parity = kept = None
         with staged(path) as tmp:
             proto, data_bytes = _trace(r, tmp, o.decomposed, o.check)
             seconds = time.perf_counter() - t0
             if o.verify_parity:
                 parity = verify_resolved(model, r, tmp, data=data, long_steps=o.long_steps, seed=o.seed, atol=o.atol)
-                if o.raise_on_failure:
-                    raise_failures(parity, f"{path} (not written)")
+            kept = failed_parity(parity, tmp, path, keep_failed=o.keep_failed, raise_on_failure=o.raise_on_failure)
         return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if o.decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),
-                            operators=dict(operator_counts(proto.graph)), parity=parity)
+                            operators=dict(operator_counts(proto.graph)), parity=parity,
+                            written=parity is None or parity.ok, kept_at=kept)
 
 
 def _check_streamable(reference: Any, contract: Contract, inputs: list[InputLayout], feeds: Arrays,

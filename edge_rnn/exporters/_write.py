@@ -12,9 +12,9 @@ import onnx
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError
-from edge_rnn.harness import ParityReport
+from edge_rnn.harness import ParityReport, raise_failures
 
-__all__ = ["ExportReport", "check_and_write", "staged"]
+__all__ = ["ExportReport", "check_and_write", "staged", "failed_parity"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class ExportReport:
     operators: dict[str, int] = field(default_factory=dict)
     parity: ParityReport | None = None
     notes: list[str] = field(default_factory=list)  # what the export changed to fit the graph (a float16 module...)
+    written: bool = True  # False when parity failed: nothing at ``path`` (see ``kept_at``)
+    kept_at: Path | None = None  # where a model that failed parity was kept, with keep_failed=True
 
 
 def check_and_write(model: onnx.ModelProto, path: Path, *, check: bool = True) -> bytes:
@@ -60,6 +62,8 @@ def staged(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.partial")
     try:
         yield tmp
+        if not tmp.exists():  # a failed check set it aside (or removed it): nothing goes to ``path``
+            return
         try:
             os.replace(tmp, path)
         except OSError as e:
@@ -67,3 +71,21 @@ def staged(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def failed_parity(parity: ParityReport | None, tmp: Path, path: Path, *, keep_failed: bool,
+                  raise_on_failure: bool) -> Path | None:
+    """After a failed parity check, inside :func:`staged`: remove the staged file, or keep it beside ``path`` as
+    ``<name>.failed.onnx`` when asked; raise unless ``raise_on_failure`` is false. Returns where it was kept."""
+    if parity is None or parity.ok:
+        return None
+    kept = None
+    if keep_failed:
+        kept = path.with_name(f"{path.stem}.failed{path.suffix or '.onnx'}")
+        os.replace(tmp, kept)
+    else:
+        tmp.unlink(missing_ok=True)
+    if raise_on_failure:
+        where = f"not written; kept at {kept} for inspection" if kept else "not written"
+        raise_failures(parity, f"{path} ({where})")
+    return kept

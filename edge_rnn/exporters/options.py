@@ -83,9 +83,10 @@ class ExportOptions:
     atol: float | None = None
     raise_on_failure: bool = True
     extra_source: Mapping[str, Any] = field(default_factory=dict)
+    keep_failed: bool = False  # a model that fails parity is kept as <name>.failed.onnx, not deleted
 
     def __post_init__(self) -> None:
-        for name in ("decomposed", "check", "verify_parity", "raise_on_failure"):
+        for name in ("decomposed", "check", "verify_parity", "raise_on_failure", "keep_failed"):
             if not isinstance(getattr(self, name), bool):
                 raise UnsupportedError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if isinstance(self.long_steps, bool) or not isinstance(self.long_steps, int) or self.long_steps < 0:
