@@ -218,6 +218,8 @@ class Contract:
     # False when chunked calls cannot equal one pass (a bidirectional layer needs
     # the future); the model then runs one whole sequence per call.
     streamable: bool = True
+    # The number of time steps every call takes, where the graph fixes it (a static form for NPUs); None: any.
+    fixed_chunk: int | None = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.inputs] + [s.input for s in self.states]
@@ -241,6 +243,8 @@ class Contract:
             "source": dict(self.source),
             "streamable": self.streamable,
         }
+        if self.fixed_chunk is not None:
+            out["fixed_chunk"] = self.fixed_chunk
         return out
 
     def to_json(self) -> str:
@@ -266,6 +270,9 @@ class Contract:
         source = d.get("source", {})
         if not isinstance(source, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected 'source' to be an object, got {source!r}")
+        fixed = d.get("fixed_chunk")
+        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
+            raise ModelFormatError(f"edge_rnn contract: expected 'fixed_chunk' to be an int >= 1, got {fixed!r}")
         return cls(
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
@@ -273,6 +280,7 @@ class Contract:
             source=dict(source),
             format=fmt,
             streamable=streamable,
+            fixed_chunk=fixed,
         )
 
     @classmethod

@@ -199,7 +199,15 @@ def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 
     source = random_inputs(layouts) if data is None else data_inputs(layouts, data)
     rng = np.random.default_rng(seed)
     timed = any(p.time_axis is not None for p in ref.inputs)
-    sizes = chunk_sizes(rng, steps, max_chunk) if timed else [1] * steps
+    fixed = {p.shape[p.time_axis] for m in (var, ref) for p in m.inputs if p.time_axis is not None} - {None}
+    if len(fixed) > 1:
+        raise UnsupportedError(f"{variant} and {reference} take different fixed chunks {sorted(fixed)}")
+    if fixed:  # a static form: every call takes exactly that many steps
+        k = fixed.pop()
+        sizes = [k] * (steps // k)
+        steps = k * len(sizes)
+    else:
+        sizes = chunk_sizes(rng, steps, max_chunk) if timed else [1] * steps
     whole = source(rng, 1, steps, not timed)
     outs: dict[str, tuple[list, list]] = {p.name: ([], []) for p in ref.outputs}
     states: dict[str, tuple[list, list]] = {s.input: ([], []) for s in ref.states}

@@ -64,6 +64,12 @@ def _checked_array(p: Port, a: Any, rank: int, fixed: list[tuple[int, int]]) -> 
         a = _from_values(p, a)
     shape = a.shape
     if a.dtype != p.dtype or len(shape) != rank or any(shape[i] != d for i, d in fixed):
+        t = p.stream_time_axis
+        steps = None if t is None else p.stream_shape[t]
+        if steps is not None and a.dtype == p.dtype and len(shape) == rank and shape[t] != steps and all(
+                shape[i] == d for i, d in fixed if i != t):
+            raise ShapeError(f"{p.name}: expected exactly {steps} time step(s) per call (this model has a fixed chunk, "
+                             f"a static form for NPUs), got {shape[t]}")
         hint = f" (cast it: .astype(np.{p.dtype}))" if a.dtype != p.dtype and a.dtype.kind == p.dtype.kind else ""
         raise ShapeError(f"{p.name}: expected shape {p.describe()}, got {shape} {a.dtype}{hint}")
     if a.size == 0:

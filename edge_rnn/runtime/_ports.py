@@ -221,6 +221,9 @@ def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, st
             raise ModelFormatError(f"edge_rnn contract: expected {t.name!r} to be {t.dtype} as the contract says, "
                                    f"but the graph has {ort_type}")
         _check_named_axes(t, shape)
+        if contract.fixed_chunk is not None and t.time_axis is not None and shape[t.time_axis] != contract.fixed_chunk:
+            raise ModelFormatError(f"edge_rnn contract: fixed_chunk {contract.fixed_chunk}, but {t.name!r} has "
+                                   f"{shape[t.time_axis]} steps along its time axis in the graph")
     for s in contract.states:
         for name, (shape, ort_type) in ((s.input, inputs[s.input]), (s.output, outputs[s.output])):
             dims = _dims(shape)

@@ -1,0 +1,246 @@
+"""The static form: loop-free, fixed shapes, for NPU execution providers (NNAPI, CoreML).
+
+NPU providers take neither ``LSTM``/``GRU`` nor ``Scan``, nor tensors whose
+shape is only known at run time. The static form takes one stream (batch 1)
+and a fixed chunk of K steps per call (K = 1 by default): each recurrent node
+is rewritten in the decomposed form (:mod:`edge_rnn.deploy._decompose`), every
+``Scan`` is unrolled K times, the shapes are fixed and folded by onnxruntime's
+basic optimiser, and what NPU providers refuse where a plain equivalent exists
+(``Gather`` of one index, ``Squeeze``/``Unsqueeze``, top-level ``Identity``)
+is rewritten as ``Slice`` and ``Reshape``. The contract records the fixed chunk
+(``fixed_chunk``); the runtime refuses a chunk of another length, saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edge_rnn.contract import Contract
+from edge_rnn.deploy._decompose import decompose_recurrent
+from edge_rnn.errors import UnsupportedError
+
+__all__ = ["static_form"]
+
+
+def _fix_shapes(g: onnx.GraphProto, contract: Contract, chunk: int) -> None:
+    axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
+    axes.update({s.input: (s.batch_axis, None) for s in contract.states})
+    axes.update({s.output: (s.batch_axis, None) for s in contract.states})
+    for vi in (*g.input, *g.output):
+        if vi.name not in axes:
+            continue
+        batch, time = axes[vi.name]
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if i == batch:
+                d.Clear()
+                d.dim_value = 1
+            elif i == time:
+                d.Clear()
+                d.dim_value = chunk
+            elif not d.HasField("dim_value"):
+                raise UnsupportedError(f"{vi.name!r}: dimension {i} ({d.dim_param or '?'}) is neither batch nor "
+                                       "time and is not fixed: a static form needs every size known")
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = {}
+    for vi in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = [d.dim_value for d in dims]
+    for t in inferred.graph.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+class _Rewriter:
+    """Appends nodes and constants to a graph under fresh names."""
+
+    def __init__(self, g: onnx.GraphProto, tag: str):
+        self.g, self.n, self.tag = g, 0, tag
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"static/{self.tag}/{hint}_{self.n}"
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        name = self.name(hint)
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> tuple[onnx.NodeProto, str]:
+        output = output or self.name(op.lower())
+        return helper.make_node(op, inputs, [output], name=self.name(op), **attrs), output
+
+
+def _unroll_scans(model: onnx.ModelProto, chunk: int) -> int:
+    """Replace each top-level Scan (over ``chunk`` steps) by ``chunk`` copies of its body; returns how many.
+
+    Steps are cut with Slice + Squeeze and stacked with Unsqueeze + Concat; :func:`_plain_ops` turns the
+    Squeeze/Unsqueeze into Reshape once shape inference knows every size.
+    """
+    g = model.graph
+    rw = _Rewriter(g, "unroll")
+    nodes, count = [], 0
+    for node in g.node:
+        if node.op_type == "Scan":
+            nodes += _unroll(node, chunk, rw)
+            count += 1
+        else:
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return count
+
+
+def _unroll(node: onnx.NodeProto, chunk: int, rw: _Rewriter) -> list[onnx.NodeProto]:
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    body, n_scan = a["body"], a["num_scan_inputs"]
+    if any(a.get("scan_input_directions", [0] * n_scan)) or any(a.get("scan_output_directions", [])):
+        raise UnsupportedError("a Scan that runs backwards (a bidirectional layer) has no static streaming form")
+    n_state = len(node.input) - n_scan
+    state = list(node.input[:n_state])
+    steps: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
+    axes0 = rw.const(np.array([0]), "axes")
+    nodes = []
+    for t in range(chunk):
+        mapping = dict(zip([i.name for i in body.input[:n_state]], state))
+        for j, x in enumerate(node.input[n_state:]):
+            piece = rw.node("Slice", [x, rw.const(np.array([t]), "start"), rw.const(np.array([t + 1]), "end"), axes0])
+            step = rw.node("Squeeze", [piece[1], axes0])
+            nodes += [piece[0], step[0]]
+            mapping[body.input[n_state + j].name] = step[1]
+        for b in body.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(b)
+            copy.name = rw.name(f"t{t}_{b.op_type}")
+            del copy.input[:]
+            copy.input.extend(mapping.get(i, i) for i in b.input)  # outer-scope names (the weights) stay
+            outs = [rw.name(f"t{t}_{o.rsplit('/', 1)[-1]}") for o in b.output]
+            mapping.update(zip(b.output, outs))
+            del copy.output[:]
+            copy.output.extend(outs)
+            nodes.append(copy)
+        state = [mapping[o.name] for o in body.output[:n_state]]
+        for j, o in enumerate(body.output[n_state:]):
+            steps[j].append(mapping[o.name])
+    nodes += [rw.node("Identity", [final], output=name)[0] for final, name in zip(state, node.output[:n_state])]
+    for j, name in enumerate(node.output[n_state:]):
+        stacked = [rw.node("Unsqueeze", [y, axes0]) for y in steps[j]]
+        nodes += [n for n, _ in stacked]
+        parts = [out for _, out in stacked]
+        nodes.append(rw.node("Concat", parts, output=name, axis=0)[0] if len(parts) > 1 else
+                     rw.node("Identity", parts, output=name)[0])
+    return nodes
+
+
+def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's basic optimiser over fixed shapes: constant folding, Shape arithmetic resolved."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, src)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        so.log_severity_level = 4
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        folded = onnx.load(str(dst))
+    return folded
+
+
+def _plain_ops(model: onnx.ModelProto) -> None:
+    """Gather of one constant index, Squeeze, Unsqueeze and Identity rewritten as Slice/Reshape, or removed."""
+    g = model.graph
+    shapes = _shapes(model)
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    rw = _Rewriter(g, "plain")
+    outputs = {o.name for o in g.output}
+    nodes = []
+    for n in g.node:
+        out = n.output[0] if n.output else ""
+        if n.op_type == "Gather" and n.input[1] in consts and consts[n.input[1]].ndim == 0 and out in shapes:
+            axis = next((x.i for x in n.attribute if x.name == "axis"), 0)
+            i = int(consts[n.input[1]])
+            piece = rw.node("Slice", [n.input[0], rw.const(np.array([i]), "start"), rw.const(np.array([i + 1]), "end"),
+                                      rw.const(np.array([axis]), "axes")])
+            nodes += [piece[0], rw.node("Reshape", [piece[1], rw.const(np.array(shapes[out], np.int64), "shape")],
+                                        output=out)[0]]
+        elif n.op_type in ("Squeeze", "Unsqueeze") and out in shapes:
+            nodes.append(rw.node("Reshape", [n.input[0], rw.const(np.array(shapes[out], np.int64), "shape")],
+                                 output=out)[0])
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    _drop_identities(g, outputs)
+
+
+def _drop_identities(g: onnx.GraphProto, outputs: set[str]) -> None:
+    """Remove top-level Identity nodes, renaming tensors so that the graph's outputs keep their names."""
+    produced = {o: n for n in g.node for o in n.output}
+    inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
+    rename: dict[str, str] = {}
+    keep = []
+    for n in g.node:
+        if n.op_type != "Identity":
+            keep.append(n)
+            continue
+        src, dst = n.input[0], n.output[0]
+        if dst in outputs and (src in inputs or src in outputs or src not in produced or src in rename):
+            keep.append(n)  # a second name for an input or another output: an Identity is the only way
+            continue
+        if dst in outputs:
+            rename[src] = dst  # the producer writes the output's name directly
+        else:
+            rename[dst] = src
+    g.ClearField("node")
+    for n in keep:
+        for lst in (n.input, n.output):
+            for k, name in enumerate(lst):
+                seen = set()
+                while name in rename and name not in seen:  # chains of identities
+                    seen.add(name)
+                    name = rename[name]
+                lst[k] = name
+    g.node.extend(keep)
+
+
+def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(keep)
+
+
+def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
+    """The loop-free, fixed-shape form of an edge-rnn model: batch 1, ``chunk`` steps per call."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 256:
+        raise UnsupportedError(f"static chunk: expected an int in 1..256, got {chunk!r}")
+    contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
+    if contract is None:
+        raise UnsupportedError("a static form is made from a model edge-rnn exported (it has no edge_rnn contract)")
+    if not contract.streamable:
+        raise UnsupportedError("the model is not streamable (a bidirectional layer): it has no static streaming form")
+    if not contract.is_streaming and chunk != 1:
+        raise UnsupportedError(f"static chunk {chunk}: the model takes one step per call (a cell); use 1")
+    m, _ = decompose_recurrent(model)
+    _fix_shapes(m.graph, contract, chunk)
+    _unroll_scans(m, chunk)
+    _drop_unused_initializers(m.graph)
+    m = _fold(m)
+    _plain_ops(m)
+    _drop_unused_initializers(m.graph)
+    source = {**contract.source, "variant": "static"}
+    fixed = chunk if contract.is_streaming else None
+    helper.set_model_props(m, dataclasses.replace(contract, source=source, fixed_chunk=fixed).to_metadata())
+    onnx.checker.check_model(m, full_check=True)
+    return m
