@@ -303,6 +303,13 @@ def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Pat
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--int8", "int8", is_flag=True, help="Dynamic int8 quantisation (onnxruntime's quantize_dynamic).")
 @click.option("--fp16", "fp16", is_flag=True, help="Weights in float16, inputs, outputs and states float32.")
+@click.option("--static", "static", is_flag=True,
+              help="Loop-free, fixed shapes (batch 1, --static-chunk steps per call), for NNAPI and CoreML.")
+@click.option("--static-int8", "static_int8", is_flag=True,
+              help="The static form with static QDQ int8 weights, calibrated on --calibration (else random input).")
+@click.option("--static-chunk", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Time steps per call of the static forms.")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Data to calibrate static-int8 on (as --data).")
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the variants [default: MODEL's folder].")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
@@ -312,7 +319,8 @@ def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Pat
 @click.option("--ort", "ort_format", is_flag=True,
               help="Also write MODEL and each variant in ORT format, with the required-operators config of a "
                    "minimal onnxruntime build.")
-def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data: Path | None, steps: int,
+def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: bool, static_chunk: int,
+             calibration: Path | None, output_dir: Path | None, data: Path | None, steps: int,
              threshold: float | None, ort_format: bool) -> None:
     """Write smaller or faster variants of MODEL, each checked against MODEL on a long stream.
 
@@ -320,20 +328,23 @@ def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data:
     """
     import os
 
-    from edge_rnn.deploy import make_variant, measure_against, to_ort
+    from edge_rnn.deploy import make_variant, measure_against, mobile_support, to_ort
 
     _existing(model, "model")
-    names = [n for n, on in (("int8", int8), ("fp16", fp16)) if on]
+    names = [n for n, on in (("int8", int8), ("fp16", fp16), ("static", static), ("static-int8", static_int8)) if on]
     if not names and not ort_format:
-        raise click.UsageError("choose at least one variant: --int8, --fp16 (or --ort alone for MODEL itself)")
+        raise click.UsageError("choose at least one variant: --int8, --fp16, --static, --static-int8 (or --ort alone "
+                               "for MODEL itself)")
     sequences = _read_data(data)
+    calibration_data = _read_data(calibration)
     folder = output_dir or model.parent
     failed, kept = [], [model]
     for name in names:
         dst = folder / f"{model.stem}.{name}.onnx"
         tmp = dst.with_name(f".{dst.name}.partial")
         try:
-            variant = make_variant(name, model, tmp)
+            variant = make_variant(name, model, tmp, chunk=static_chunk, calibration=calibration_data)
+            npu = mobile_support(tmp) if name.startswith("static") else []
             err = measure_against(tmp, model, steps=steps, data=sequences, threshold=threshold)
             if err.ok:
                 os.replace(tmp, dst)
@@ -345,6 +356,8 @@ def optimize(model: Path, int8: bool, fp16: bool, output_dir: Path | None, data:
         click.echo(f"{where}; operators: {', '.join(f'{k} x{v}' for k, v in sorted(variant.operators.items()))}")
         for note in variant.notes:
             click.echo(f"  note: {note}")
+        for support in npu:
+            click.echo(f"  {support.describe()}")
         click.echo("  " + err.table().replace("\n", "\n  "))
         if not err.ok:
             failed.append(name)

@@ -1,4 +1,4 @@
-"""Deployment variants (int8, fp16), their error against the float32 model on long streams: no torch.
+"""Deployment variants (int8, fp16, static, static-int8), their error on long streams, NPU support: no torch.
 
 :func:`make_variant` writes a variant with onnxruntime's own tools;
 :func:`measure_against` streams a variant and its float32 model side by side
@@ -8,8 +8,24 @@ for classifier outputs, decision agreement.
 
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.deploy._fidelity import GROWTH_FLAG, TensorError, VariantError, measure_against, precision_of
+from edge_rnn.deploy._mobile import PROVIDERS, ProviderSupport, mobile_support
 from edge_rnn.deploy._ort import to_ort
-from edge_rnn.deploy._variants import MADE_BY_TOOLS, Variant, make_variant
+from edge_rnn.deploy._static import static_form
+from edge_rnn.deploy._variants import VARIANTS, Variant, make_variant
 
-__all__ = ["make_variant", "Variant", "MADE_BY_TOOLS", "measure_against", "VariantError", "TensorError",
-           "precision_of", "GROWTH_FLAG", "decompose_recurrent", "to_ort"]
+__all__ = [
+    "make_variant",
+    "Variant",
+    "VARIANTS",
+    "static_form",
+    "mobile_support",
+    "ProviderSupport",
+    "PROVIDERS",
+    "measure_against",
+    "VariantError",
+    "TensorError",
+    "precision_of",
+    "GROWTH_FLAG",
+    "decompose_recurrent",
+    "to_ort",
+]

@@ -24,6 +24,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -32,10 +33,9 @@ from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
-__all__ = ["Variant", "make_variant", "MADE_BY_TOOLS"]
+__all__ = ["Variant", "make_variant", "VARIANTS"]
 
-# The variants this module makes (the static forms come from edge_rnn.deploy._static).
-MADE_BY_TOOLS = ("int8", "fp16")
+VARIANTS = ("int8", "fp16", "static", "static-int8")
 
 
 @dataclass
@@ -142,10 +142,31 @@ def _loads_apart(path: Path, name: str) -> None:
         raise UnsupportedError(f"{name}: onnxruntime cannot load the variant ({last}); not kept")
 
 
-def make_variant(name: str, model_path: Path, dst: Path) -> Variant:
-    """Write variant ``name`` of the model at ``model_path`` to ``dst``, check it loads and streams, and say how."""
-    if name not in MADE_BY_TOOLS:
-        raise UnsupportedError(f"variant {name!r}: expected one of {list(MADE_BY_TOOLS)}")
+def _static(model: onnx.ModelProto, dst: Path, chunk: int) -> list[str]:
+    from edge_rnn.deploy._static import static_form
+
+    onnx.save(static_form(model, chunk), dst)
+    return [f"loop-free, fixed shapes: batch 1, {chunk} step(s) per call; for NPU providers (NNAPI, CoreML)"]
+
+
+def _static_int8(model: onnx.ModelProto, dst: Path, chunk: int, calibration: Any) -> list[str]:
+    from edge_rnn.deploy._static import static_form, static_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "static.onnx"
+        onnx.save(static_form(model, chunk), src)
+        return [f"the static form (batch 1, {chunk} step(s) per call), then "
+                + static_int8(src, dst, calibration)[0].removeprefix("static ")]
+
+
+def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, calibration: Any = None) -> Variant:
+    """Write variant ``name`` of the model at ``model_path`` to ``dst``, check it loads and streams, and say how.
+
+    ``chunk`` is the static forms' fixed number of steps per call; ``calibration`` the data static-int8 is
+    calibrated on (random input without).
+    """
+    if name not in VARIANTS:
+        raise UnsupportedError(f"variant {name!r}: expected one of {list(VARIANTS)}")
     try:
         model = onnx.load(str(model_path))
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
@@ -155,14 +176,22 @@ def make_variant(name: str, model_path: Path, dst: Path) -> Variant:
                                "edge-rnn exported")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        notes = (_int8 if name == "int8" else _fp16)(model, dst)
+        if name == "int8":
+            notes = _int8(model, dst)
+        elif name == "fp16":
+            notes = _fp16(model, dst)
+        elif name == "static":
+            notes = _static(model, dst, chunk)
+        else:
+            notes = _static_int8(model, dst, chunk, calibration)
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime's tools raise whatever they raise
         raise UnsupportedError(f"{name}: onnxruntime's tool failed on {model_path} ({described(e)})") from None
     written = onnx.load(str(dst))
     # the contract, as the tools left it or from the source, with the variant recorded in its source
-    metadata = {p.key: p.value for p in model.metadata_props}
+    # the static forms' contract (fixed_chunk) is in the written file; the others keep the source model's
+    metadata = {p.key: p.value for p in (written if name.startswith("static") else model).metadata_props}
     contract = Contract.from_metadata(metadata)
     contract = dataclasses.replace(contract, source={**contract.source, "variant": name})
     props = {p.key: p.value for p in written.metadata_props if p.key != "onnx.infer"}
