@@ -370,10 +370,55 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The bundle's folder (new or empty).")
+@click.option("--variants", default="fp32,int8,fp16,static,static-int8", show_default=True,
+              help="Comma-separated variants to include.")
+@click.option("--ort", "ort_format", is_flag=True, help="Also each variant in ORT format, with the operators config.")
+@click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
+@click.option("--calibration", type=click.Path(path_type=Path), help="Data to calibrate static-int8 on.")
+@click.option("--steps", type=click.IntRange(min=2_000, max=10_000_000), default=10_000, show_default=True,
+              help="Length of the stream each variant's error is measured on.")
+@click.option("--static-chunk", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Time steps per call of the static forms.")
+@click.option("--threshold", type=float, default=None, help="Report decision agreement at this threshold.")
+def package(model: Path, output: Path, variants: str, ort_format: bool, data: Path | None, calibration: Path | None,
+            steps: int, static_chunk: int, threshold: float | None) -> None:
+    """Write a deployment bundle of MODEL: its variants and a manifest of each one's error and speed.
+
+    Load a variant with StreamingModel.load(BUNDLE, variant="int8") or the fastest within an error with
+    StreamingModel.load(BUNDLE, max_error=1e-3). A variant that fails its error bound is left out, and listed.
+    """
+    from edge_rnn.deploy import manifest_table
+    from edge_rnn.deploy import package as make_bundle
+
+    _existing(model, "model")
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    result = make_bundle(model, output, variants=names, ort_format=ort_format, data=_read_data(data),
+                         calibration=_read_data(calibration), steps=steps, chunk=static_chunk, threshold=threshold,
+                         log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {output}/manifest.json, measured on {result.manifest['machine']['processor']} "
+               f"({result.manifest['machine']['cpus']} CPUs, one thread)")
+    click.echo(manifest_table(result.manifest))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
 def inspect(model: Path) -> None:
     """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX or ORT-format file."""
     from edge_rnn._inspect import describe, describe_ort
 
+    if model.is_dir():  # a bundle: its manifest, as a table
+        from edge_rnn.runtime._bundle import read_manifest
+
+        manifest = read_manifest(model)
+        rows = [f"bundle {model}: {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
+        for name, e in manifest["variants"].items():
+            err, speed = e.get("error", {}), e.get("speed", {})
+            rows.append(f"  {name:<12} {e.get('file', '?'):<28} max err {err.get('max_abs', float('nan')):.2e}"
+                        f"{' GROWS' if err.get('grows') else ''}  step {speed.get('step_us', float('nan')):.1f} us")
+        click.echo("\n".join(rows))
+        return
     _existing(model, "model")
     with open(model, "rb") as f:
         head = f.read(8)

@@ -6,6 +6,7 @@ and reports each output's and state's error, its growth along the stream and,
 for classifier outputs, decision agreement.
 """
 
+from edge_rnn.deploy._bundle import PackageResult, manifest_table, package
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.deploy._fidelity import GROWTH_FLAG, TensorError, VariantError, measure_against, precision_of
 from edge_rnn.deploy._mobile import PROVIDERS, ProviderSupport, mobile_support
@@ -28,4 +29,7 @@ __all__ = [
     "GROWTH_FLAG",
     "decompose_recurrent",
     "to_ort",
+    "package",
+    "PackageResult",
+    "manifest_table",
 ]

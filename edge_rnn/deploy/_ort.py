@@ -24,7 +24,7 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
     """Convert ``models`` to ``out_dir/<stem>.ort``; returns those paths and the required-operators config."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from edge_rnn.deploy._variants import _quiet
+    from edge_rnn.deploy._tools import quiet
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,7 +35,7 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
             for sibling in m.parent.glob(f"{m.stem}*.bin"):  # no external weights in edge-rnn's files; kept if any
                 shutil.copy(sibling, src / sibling.name)
         try:
-            _quiet(convert_onnx_models_to_ort, src, dst, optimization_styles=[OptimizationStyle.Fixed])
+            quiet(convert_onnx_models_to_ort, src, dst, optimization_styles=[OptimizationStyle.Fixed])
         except Exception as e:  # noqa: BLE001 - the converter raises whatever onnxruntime raised
             raise UnsupportedError(f"onnxruntime's ORT-format converter failed ({described(e)})") from None
         written = []

@@ -263,7 +263,7 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from edge_rnn.deploy._variants import _quiet
+    from edge_rnn.deploy._tools import quiet
     from edge_rnn.harness import InputLayout, data_inputs, random_inputs
     from edge_rnn.runtime import StreamingModel
 
@@ -297,7 +297,7 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
-    _quiet(quantize_static, static_path, dst, Reader(), quant_format=QuantFormat.QDQ,
+    quiet(quantize_static, static_path, dst, Reader(), quant_format=QuantFormat.QDQ,
            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
            op_types_to_quantize=_QUANTIZED_OPS)
     return [f"static QDQ int8 (quantize_static) of the MatMul/Gemm weights, per channel, calibrated on {steps} calls "

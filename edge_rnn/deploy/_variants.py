@@ -14,10 +14,7 @@ runtime before it is kept.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,7 @@ import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
+from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
@@ -62,16 +60,6 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts)
 
 
-def _quiet(fn, *args, **kwargs):
-    """onnxruntime's tools log and print as they go; a CLI prints its own summary instead."""
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return fn(*args, **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -86,7 +74,7 @@ def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "fp32.onnx"
         onnx.save(model, src)
-        _quiet(quantize_dynamic, src, dst, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
+        quiet(quantize_dynamic, src, dst, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
     notes.append("weights int8 (per tensor), activations quantised per call (dynamic): no calibration data needed")
     return notes
 
@@ -115,7 +103,7 @@ def _fp16(model: onnx.ModelProto, dst: Path) -> list[str]:
     # Transpose stays float32 (it holds no weights): a float16 Transpose next to the converter's Casts crashes
     # onnxruntime 1.32's layout optimiser (level "default") on a model as plain as Embedding -> GRU.
     blocked = [*DEFAULT_OP_BLOCK_LIST, "Transpose"]
-    half = _quiet(convert_float_to_float16, model, keep_io_types=True, op_block_list=blocked)
+    half = quiet(convert_float_to_float16, model, keep_io_types=True, op_block_list=blocked)
     _toposort(half.graph)
     onnx.save(half, dst)
     return ["weights stored in float16; inputs, outputs and states stay float32 (keep_io_types). onnxruntime's CPU "

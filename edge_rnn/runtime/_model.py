@@ -23,6 +23,7 @@ from edge_rnn.errors import (
     message_line,
 )
 from edge_rnn.runtime._batching import BatchStepping
+from edge_rnn.runtime._bundle import pick_variant
 from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._session import (
@@ -137,6 +138,7 @@ class StreamingModel(BatchStepping):
         self.fingerprint = fingerprint
         self.allow_nonfinite = allow_nonfinite
         self.source = source
+        self.variant: str | None = None  # the bundle variant it was loaded as, if any
         self._out_names = [p.name for p in io.outputs] + [s.output for s in io.states]
         self._n_out = len(io.outputs)
         # Every feed is validated here already, so the binding's run skips the public wrapper's second
@@ -179,9 +181,19 @@ class StreamingModel(BatchStepping):
         foreign: ForeignModel | None = None,
         contract: Contract | None = None,
         allow_nonfinite: bool = False,
+        variant: str | None = None,
+        max_error: float | None = None,
+        form: str = "onnx",
         **flat: Any,
     ) -> StreamingModel:
-        """Load an ONNX model (a path or its bytes).
+        """Load an ONNX or ORT-format model (a path or its bytes), or a variant of a bundle (a folder).
+
+        A bundle folder (``edge-rnn package``) holds variants and a
+        ``manifest.json``: ``variant="int8"`` picks one by name,
+        ``max_error=1e-3`` the fastest whose measured error is within it (and
+        does not grow), neither the ``fp32`` one; ``form="ort"`` its ORT-format
+        file. The file's SHA-256 must match the manifest, whose contract is
+        used (and checked against the graph). ``model.variant`` says which.
 
         A model edge-rnn exported describes its states in its ``edge_rnn``
         metadata. The options come in two groups, each a frozen dataclass:
@@ -200,6 +212,15 @@ class StreamingModel(BatchStepping):
         it takes the place of the metadata and is checked against the graph.
         """
         session, foreign = _grouped(session, foreign, flat)
+        picked = None
+        if not isinstance(model, (bytes, bytearray)) and Path(model).is_dir():
+            if contract is not None:
+                raise UnsupportedError("contract=: a bundle's manifest already holds each variant's contract")
+            picked = pick_variant(Path(model), variant, max_error, form)
+            model, contract = picked.path, picked.contract
+        elif variant is not None or max_error is not None or form != "onnx":
+            raise UnsupportedError(f"variant=, max_error= and form= pick from a bundle folder; {model!r:.80} is a "
+                                   "model file")
         path = None
         if isinstance(model, (bytes, bytearray)):
             data, source = bytes(model), "<bytes>"
@@ -227,7 +248,9 @@ class StreamingModel(BatchStepping):
                         time_axis=foreign.time_axis, state_batch_axis=foreign.state_batch_axis,
                         constants=foreign.constants)
         fingerprint = _fingerprint(data, external)
-        return cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
+        loaded = cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
+        loaded.variant = picked.name if picked is not None else None
+        return loaded
 
     # --------------------------------------------------------------- properties
     @property

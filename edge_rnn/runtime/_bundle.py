@@ -1,0 +1,111 @@
+"""Reading a deployment bundle: a folder of variants and the ``manifest.json`` that describes them.
+
+``edge-rnn package`` writes the bundle (:mod:`edge_rnn.deploy`); this module,
+on the device side, only reads it: it picks a variant by name, or the fastest
+one whose measured error is within a bound, checks the file's SHA-256 against
+the manifest, and hands back the file and its contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_rnn.contract import Contract
+from edge_rnn.errors import ModelFormatError, UnsupportedError
+
+__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of"]
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = 1
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Picked:
+    name: str
+    path: Path
+    contract: Contract
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ModelFormatError(f"{folder}: a folder without {MANIFEST}; expected a bundle written by edge-rnn package")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise ModelFormatError(f"{path}: larger than {_MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelFormatError(f"{path}: expected JSON, could not read it ({type(e).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelFormatError(f"{path}: expected bundle format {BUNDLE_FORMAT}, got {got!r}")
+    variants = manifest.get("variants")
+    if not isinstance(variants, dict) or not variants or not all(isinstance(v, dict) for v in variants.values()):
+        raise ModelFormatError(f"{path}: expected 'variants' to map names to entries")
+    return manifest
+
+
+def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, str]:
+    spec = entry if form == "onnx" else entry.get("ort")
+    if not isinstance(spec, dict):
+        raise UnsupportedError(f"variant {name!r}: the bundle has no {form!r} form of it (package with --ort)")
+    file, digest = spec.get("file"), spec.get("sha256")
+    if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
+        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected a file name and its sha256")
+    return folder / file, digest
+
+
+def _fastest_within(variants: dict[str, dict], max_error: Any) -> str:
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not max_error >= 0:
+        raise UnsupportedError(f"max_error: expected a number >= 0, got {max_error!r}")
+    fits = []
+    for n, e in variants.items():
+        err = e.get("error", {}).get("max_abs")
+        speed = e.get("speed", {}).get("step_us")
+        if isinstance(err, (int, float)) and err <= max_error and not e.get("error", {}).get("grows", False):
+            fits.append((speed if isinstance(speed, (int, float)) else math.inf, n))
+    if not fits:
+        errors = {n: e.get("error", {}).get("max_abs") for n, e in variants.items()}
+        raise UnsupportedError(f"max_error {max_error:g}: no variant is within it; measured {errors}")
+    return min(fits)[1]
+
+
+def pick_variant(folder: Path, variant: str | None, max_error: float | None, form: str = "onnx") -> Picked:
+    """The variant asked for (by name, or the fastest within ``max_error``), its file checked against its hash."""
+    manifest = read_manifest(folder)
+    variants: dict[str, dict] = manifest["variants"]
+    if form not in ("onnx", "ort"):
+        raise UnsupportedError(f"form: expected 'onnx' or 'ort', got {form!r}")
+    if variant is not None and max_error is not None:
+        raise UnsupportedError("give variant= or max_error=, not both")
+    if variant is None and max_error is None:
+        variant = "fp32" if "fp32" in variants else next(iter(variants))
+    if variant is not None:
+        if variant not in variants:
+            raise UnsupportedError(f"variant {variant!r}: expected one of {sorted(variants)} (the bundle's manifest)")
+        name = variant
+    else:
+        name = _fastest_within(variants, max_error)
+    path, digest = _entry_file(folder, name, variants[name], form)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: listed in {MANIFEST} but missing")
+    if sha256_of(path) != digest:
+        raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the bundle was changed or corrupted")
+    contract = variants[name].get("contract")
+    if not isinstance(contract, dict):
+        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r} has no contract")
+    return Picked(name, path, Contract.from_dict(contract))
