@@ -2,7 +2,8 @@
 
     python benchmarks/variants.py [--rounds 15] [--steps 10000]
 
-For each architecture: fp32, int8 and fp16, made as `edge-rnn optimize` makes them. Speed is the median
+For each architecture: fp32, int8, fp16, static and static-int8, made as `edge-rnn optimize` makes them (static-int8
+calibrated on random input). Speed is the median
 single-stream, one-step `step` latency, measured side by side in alternating rounds (one thread), so the
 machine's noise hits every variant alike: read the ratios. Error is against fp32 over a random stream of
 --steps steps in random chunks with the states carried (edge_rnn.deploy.measure_against).
@@ -24,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.deploy import make_variant, measure_against  # noqa: E402
+from edge_rnn.deploy import make_variant, measure_against, mobile_support  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
 
 
@@ -50,15 +51,15 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"{platform.processor() or platform.machine()}, onnxruntime {__import__('onnxruntime').__version__}, "
           f"one thread; error over {args.steps:,} steps")
-    print(f"{'model':<6} {'variant':<7} {'size':>9} {'x fp32':>7} {'step us':>8} {'x faster':>8} "
-          f"{'max err y':>10} {'max err state':>13} {'growth':>7}")
+    print(f"{'model':<6} {'variant':<11} {'size':>9} {'x fp32':>7} {'step us':>8} {'x faster':>8} "
+          f"{'max err y':>10} {'max err state':>13} {'growth':>7}  NPU: nodes run by NNAPI / CoreML NN / MLProgram")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, cls in (("LSTM", torch.nn.LSTM), ("GRU", torch.nn.GRU)):
             torch.manual_seed(0)
             fp32 = Path(tmp) / f"{kind}.onnx"
             edge_rnn.export(cls(80, 256, num_layers=2).eval(), fp32, long_steps=0)
             paths = {"fp32": fp32}
-            for v in ("int8", "fp16"):
+            for v in ("int8", "fp16", "static", "static-int8"):
                 paths[v] = make_variant(v, fp32, Path(tmp) / f"{kind}.{v}.onnx").path
             times = step_times(paths, args.rounds)
             for v, p in paths.items():
@@ -70,8 +71,10 @@ def main() -> None:
                     err_y = f"{max(t.max_abs for t in e.tensors if t.kind == 'output'):.2e}"
                     err_s = f"{max(t.max_abs for t in e.tensors if t.kind == 'state'):.2e}"
                     growth = f"{max(t.growth for t in e.tensors):.2f}"
-                print(f"{kind:<6} {v:<7} {size / 1024:7.0f}Ki {size / fp32.stat().st_size:7.3f} "
-                      f"{times[v] * 1e6:8.1f} {times['fp32'] / times[v]:8.2f} {err_y:>10} {err_s:>13} {growth:>7}")
+                npu = " / ".join(f"{s.supported}/{s.nodes}" for s in mobile_support(p))
+                print(f"{kind:<6} {v:<11} {size / 1024:7.0f}Ki {size / fp32.stat().st_size:7.3f} "
+                      f"{times[v] * 1e6:8.1f} {times['fp32'] / times[v]:8.2f} {err_y:>10} {err_s:>13} {growth:>7}  "
+                      f"{npu}")
 
 
 if __name__ == "__main__":

@@ -412,7 +412,7 @@ def inspect(model: Path) -> None:
         from edge_rnn.runtime._bundle import read_manifest
 
         manifest = read_manifest(model)
-        rows = [f"bundle {model}: {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
+        rows = [f"{model}: a bundle of {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
         for name, e in manifest["variants"].items():
             err, speed = e.get("error", {}), e.get("speed", {})
             rows.append(f"  {name:<12} {e.get('file', '?'):<28} max err {err.get('max_abs', float('nan')):.2e}"
