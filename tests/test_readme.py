@@ -18,6 +18,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)  # the runtime example reads the model the README's first command writes
     edge_rnn.export(torch.nn.LSTM(80, 256, num_layers=2).eval(), "demo_lstm.onnx", verify_parity=False)
+    from pathlib import Path
+
+    from edge_rnn.deploy import package
+
+    package(Path("demo_lstm.onnx"), Path("bundle"), variants=("fp32", "int8"), steps=2_000)  # the deploy example's
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     assert len(blocks) >= 3
     for i, code in enumerate(blocks):
