@@ -382,3 +382,32 @@ def test_cli_package_prints_the_manifest_as_a_table(tmp_path):
     r = CliRunner().invoke(main, ["package", str(DATA / "gru_cell.onnx"), "-o", str(tmp_path / "c"), "--variants",
                                   "fp32,int4"])
     assert r.exit_code == 1 and "expected names among" in r.output
+
+
+def test_every_bundle_variant_streams_in_both_forms_where_torch_and_onnx_cannot_be_imported(bundle):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(name + ' is blocked here')
+sys.meta_path.insert(0, Block())
+import numpy as np
+from edge_rnn.runtime import StreamingModel, run_sequence
+expected = np.load({str(DATA / 'expected.npz')!r})
+done = []
+for name in ('fp32', 'int8', 'fp16', 'static', 'static-int8'):
+    for form in ('onnx', 'ort'):
+        m = StreamingModel.load({str(bundle)!r}, variant=name, form=form)
+        y = run_sequence(m, m.open_stream(), expected['lstm_layer.x'], chunk=1)['y']
+        err = float(np.abs(y - expected['lstm_layer.y']).max())
+        assert err < 5e-2, (name, form, err)
+        done.append(m.source.rsplit('/', 1)[-1])
+assert not any(k.split('.')[0] in ('torch', 'onnx') for k in sys.modules)
+print(len(done), 'ok')
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("10 ok"), r.stdout + r.stderr
