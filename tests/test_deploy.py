@@ -159,6 +159,26 @@ def test_a_variant_that_crashes_onnxruntime_is_refused_not_loaded_in_this_proces
     assert make_variant("fp16", DATA / "token_gru.onnx", tmp_path / "ok.onnx").operators["Transpose"] == 2
 
 
+_BLOCKED = f"""import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx'):
+            raise ImportError(name + ' is blocked here')
+sys.meta_path.insert(0, Block())
+import numpy as np
+from edge_rnn.runtime import StreamingModel, run_sequence
+expected = np.load({str(DATA / 'expected.npz')!r})
+"""
+
+
+def _run_where_torch_and_onnx_are_blocked(code: str):
+    """``code`` in a fresh interpreter that cannot import torch or onnx, with ``expected`` (the fixtures' npz)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _BLOCKED + code], capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def token_variants(tmp_path_factory):
     """token_gru.onnx with its int8 and fp16 variants, each also in ORT format, as `edge-rnn optimize` writes them."""
@@ -191,22 +211,11 @@ def test_ort_format_files_inspect_verify_and_carry_the_contract(token_variants):
 
 
 def test_every_variant_streams_in_a_process_where_torch_and_onnx_cannot_be_imported(token_variants):
-    import subprocess
-    import sys
 
     files = sorted(str(p) for p in token_variants.iterdir() if p.suffix in (".onnx", ".ort")) + [
         str(DATA / "token_gru.onnx")]
     assert len(files) == 6  # fp32 (.onnx here, .ort there), int8 and fp16 in both forms
     code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(name + ' is blocked here')
-sys.meta_path.insert(0, Block())
-import numpy as np
-from edge_rnn.runtime import StreamingModel, run_sequence
-expected = np.load({str(DATA / 'expected.npz')!r})
 for path in {files!r}:
     m = StreamingModel.load(path)
     y = run_sequence(m, m.open_stream(), expected['token_gru.ids'], chunk=4)['logits']
@@ -216,7 +225,7 @@ for path in {files!r}:
 assert not any(k.split('.')[0] in ('torch', 'onnx') for k in sys.modules)
 print('ok')
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = _run_where_torch_and_onnx_are_blocked(code)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 
@@ -385,19 +394,8 @@ def test_cli_package_prints_the_manifest_as_a_table(tmp_path):
 
 
 def test_every_bundle_variant_streams_in_both_forms_where_torch_and_onnx_cannot_be_imported(bundle):
-    import subprocess
-    import sys
 
     code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'onnx'):
-            raise ImportError(name + ' is blocked here')
-sys.meta_path.insert(0, Block())
-import numpy as np
-from edge_rnn.runtime import StreamingModel, run_sequence
-expected = np.load({str(DATA / 'expected.npz')!r})
 done = []
 for name in ('fp32', 'int8', 'fp16', 'static', 'static-int8'):
     for form in ('onnx', 'ort'):
@@ -409,7 +407,7 @@ for name in ('fp32', 'int8', 'fp16', 'static', 'static-int8'):
 assert not any(k.split('.')[0] in ('torch', 'onnx') for k in sys.modules)
 print(len(done), 'ok')
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = _run_where_torch_and_onnx_are_blocked(code)
     assert r.returncode == 0 and r.stdout.strip().endswith("10 ok"), r.stdout + r.stderr
 
 
