@@ -224,7 +224,8 @@ def _read_contract(model: Path) -> tuple[Any, Any]:
 @click.argument("factory", required=False)
 @click.option("--weights", type=click.Path(path_type=Path), help="The state_dict the model was exported from.")
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the random test inputs.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=1, show_default=True,
+              help="Seed for the random test inputs.")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
 @click.option("--every-row", is_flag=True, help="Print every comparison, not the worst per case kind and tensor.")
 @click.option("--against", type=click.Path(path_type=Path),
@@ -255,6 +256,9 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
 
     _existing(model, "model")
     contract = read_contract(model)  # through onnxruntime: .onnx and .ort alike
+    if contract.source.get("variant"):
+        raise EdgeRnnError(f"{model}: a {contract.source['variant']} variant of an exported model; check it "
+                           f"against the float32 model: edge-rnn verify {model} --against MODEL.onnx")
     sequences = _read_data(data)
     if contract.source.get("kind") == "module":
         if factory is None:
@@ -326,6 +330,7 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
 
     A variant whose error exceeds its bound, or grows along the stream, is not kept, and the exit code is 1.
     """
+    import contextlib
     import os
 
     from edge_rnn.deploy import make_variant, measure_against, mobile_support, to_ort
@@ -335,6 +340,10 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
     if not names and not ort_format:
         raise click.UsageError("choose at least one variant: --int8, --fp16, --static, --static-int8 (or --ort alone "
                                "for MODEL itself)")
+    if static_chunk != 1 and not (static or static_int8):
+        raise click.UsageError("--static-chunk goes with --static or --static-int8")
+    if calibration is not None and not static_int8:
+        raise click.UsageError("--calibration goes with --static-int8")
     sequences = _read_data(data)
     calibration_data = _read_data(calibration)
     folder = output_dir or model.parent
@@ -350,7 +359,8 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
                 os.replace(tmp, dst)
                 kept.append(dst)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         ratio = dst.stat().st_size / model.stat().st_size if err.ok else float("nan")
         where = f"wrote {dst} ({ratio:.2f}x the size)" if err.ok else f"{name}: NOT written (fails its bound)"
         click.echo(f"{where}; operators: {', '.join(f'{k} x{v}' for k, v in sorted(variant.operators.items()))}")
@@ -409,14 +419,16 @@ def inspect(model: Path) -> None:
     from edge_rnn._inspect import describe, describe_ort
 
     if model.is_dir():  # a bundle: its manifest, as a table
-        from edge_rnn.runtime._bundle import read_manifest
+        from edge_rnn.runtime._bundle import number, read_manifest
 
         manifest = read_manifest(model)
         rows = [f"{model}: a bundle of {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
         for name, e in manifest["variants"].items():
-            err, speed = e.get("error", {}), e.get("speed", {})
-            rows.append(f"  {name:<12} {e.get('file', '?'):<28} max err {err.get('max_abs', float('nan')):.2e}"
-                        f"{' GROWS' if err.get('grows') else ''}  step {speed.get('step_us', float('nan')):.1f} us")
+            err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")
+            grows = isinstance(e.get("error"), dict) and e["error"].get("grows") is True
+            rows.append(f"  {name:<12} {str(e.get('file', '?')):<28} max err "
+                        f"{'?' if err is None else f'{err:.2e}'}{' GROWS' if grows else ''}  step "
+                        f"{'?' if step is None else f'{step:.1f}'} us")
         click.echo("\n".join(rows))
         return
     _existing(model, "model")
@@ -603,6 +615,11 @@ def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, 
     n_chunks = _int_list(chunks, "--chunk")
     m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
     click.echo(f"{model}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
+    fixed = {p.shape[p.time_axis] for p in m.inputs if p.time_axis is not None} - {None}
+    if fixed and set(n_chunks) != fixed:  # a static form takes exactly its fixed chunk
+        click.echo(f"note: {model} takes exactly {min(fixed)} step(s) per call (a static form); chunks "
+                   f"{n_chunks} replaced by {sorted(fixed)}", err=True)
+        n_chunks = sorted(fixed)
     rows = run_bench(m, streams=n_streams, chunks=n_chunks, seconds=seconds)
     click.echo(format_table(rows))
     if any(c > 1 for c in n_chunks) and not any(p.time_axis is not None for p in m.inputs):

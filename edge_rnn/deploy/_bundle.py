@@ -30,7 +30,7 @@ from edge_rnn.deploy._mobile import mobile_support
 from edge_rnn.deploy._ort import to_ort
 from edge_rnn.deploy._variants import VARIANTS, make_variant
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
 from edge_rnn.runtime.bench import random_chunk
 
@@ -47,27 +47,38 @@ class PackageResult:
 
 
 def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
-    """Median single-stream one-step latency, and steps/s of step_batch over 64 streams (one thread)."""
+    """Median single-stream latency per step, and steps/s of step_batch over 64 streams (one thread).
+
+    A static form takes its fixed chunk per call (the latency is per step of it); a model that is not
+    streamable takes a fresh stream per call.
+    """
     model = StreamingModel.load(path, threads=1)
-    rng = np.random.default_rng(0)
-    chunk = random_chunk(model, 1, rng)
-    stream = model.open_stream()
+    k = next((p.shape[p.time_axis] for p in model.inputs if p.time_axis is not None
+              and p.shape[p.time_axis] is not None), 1)
+    chunk = random_chunk(model, k, np.random.default_rng(0))
+    fresh = not model.streamable
+
+    def stream():
+        return model.open_stream() if fresh else streams[0]
+
+    streams = [model.open_stream()]
     for _ in range(20):
-        model.step(stream, chunk)
+        model.step(stream(), chunk)
     times, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < 50:
+        s = stream()
         t = time.perf_counter()
-        model.step(stream, chunk)
+        model.step(s, chunk)
         times.append(time.perf_counter() - t)
     streams = [model.open_stream() for _ in range(64)]
-    items = [(s, chunk) for s in streams]
-    model.step_batch(items)
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or calls < 3:
-        model.step_batch(items)
+        if fresh:
+            streams = [model.open_stream() for _ in range(64)]
+        model.step_batch([(s, chunk) for s in streams])
         calls += 1
-    return {"step_us": float(np.median(times) * 1e6),
-            "batch64_steps_per_s": float(64 * calls / (time.perf_counter() - t0))}
+    return {"step_us": float(np.median(times) * 1e6 / k), "steps_per_call": k,
+            "batch64_steps_per_s": float(64 * k * calls / (time.perf_counter() - t0))}
 
 
 def _machine() -> dict[str, Any]:
@@ -103,15 +114,40 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
             data: Any = None, calibration: Any = None, steps: int = 10_000, chunk: int = 1,
             threshold: float | None = None, log: Any = None) -> PackageResult:
     """Write the bundle of ``model`` to ``folder``; see the module docstring."""
+    model, folder = Path(model), Path(folder)
     unknown = [v for v in variants if v not in ALL]
     if unknown or not variants:
         raise UnsupportedError(f"variants {unknown or '[]'}: expected names among {list(ALL)}")
     if not model.is_file():
         raise ModelFormatError(f"{model}: no such file")
-    if folder.exists() and any(folder.iterdir()):
-        raise EdgeRnnError(f"{folder}: not empty; a bundle is written to a new or empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda _msg: None)
+    if Contract.from_metadata(StreamingModel.load(model).session.get_modelmeta().custom_metadata_map) is None:
+        raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; bundles are made from models "
+                               "edge-rnn exported")
+    if check_external_data(model.read_bytes(), model):
+        raise UnsupportedError(f"{model}: keeps its weights in other files; a bundle holds single-file models "
+                               "(onnx.save(onnx.load(path), new_path) brings them in)")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise EdgeRnnError(f"{folder}: {'not a folder' if not folder.is_dir() else 'not empty'}; a bundle is "
+                           "written to a new or empty folder")
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        result = _package(model, staging, variants, ort_format, data, calibration, steps, chunk, threshold,
+                          log or (lambda _msg: None))
+        if folder.exists():
+            folder.rmdir()
+        staging.rename(folder)
+    except OSError as e:
+        raise EdgeRnnError(f"{folder}: cannot write the bundle ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind, whatever failed
+    result.folder = folder
+    return result
+
+
+def _package(model: Path, folder: Path, variants: tuple[str, ...], ort_format: bool, data: Any, calibration: Any,
+             steps: int, chunk: int, threshold: float | None, say: Any) -> PackageResult:
     stem = model.stem
     entries: dict[str, dict] = {}
     refused: dict[str, str] = {}

@@ -40,6 +40,8 @@ def _spec(node: onnx.NodeProto, w: np.ndarray) -> RecurrentSpec:
     problems = []
     if a.get("clip") is not None:
         problems.append("clip")
+    if kind == "lstm" and a.get("input_forget", 0) != 0:
+        problems.append("input_forget=1")
     if a.get("layout", 0) != 0:
         problems.append("layout=1")
     if kind == "gru" and a.get("linear_before_reset", 0) != 1:

@@ -170,7 +170,12 @@ def _plain_ops(model: onnx.ModelProto) -> None:
         out = n.output[0] if n.output else ""
         if n.op_type == "Gather" and n.input[1] in consts and consts[n.input[1]].ndim == 0 and out in shapes:
             axis = next((x.i for x in n.attribute if x.name == "axis"), 0)
+            size = shapes.get(n.input[0], [None] * (axis + 1))[axis]
             i = int(consts[n.input[1]])
+            if i < 0 and size is None:
+                nodes.append(n)  # a negative index into a size that is not known: left as the Gather it is
+                continue
+            i = i % size if size else i  # -1 is the last row: Slice(-1, 0) would be empty
             piece = rw.node("Slice", [n.input[0], rw.const(np.array([i]), "start"), rw.const(np.array([i + 1]), "end"),
                                       rw.const(np.array([axis]), "axes")])
             nodes += [piece[0], rw.node("Reshape", [piece[1], rw.const(np.array(shapes[out], np.int64), "shape")],
@@ -268,6 +273,10 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
     from edge_rnn.runtime import StreamingModel
 
     model = StreamingModel.load(static_path)
+    if isinstance(calibration, (str, Path)):
+        from edge_rnn.harness import load_data
+
+        calibration = load_data(calibration)
     layouts = [InputLayout(p.name, tuple(1 if d is None else d for d in p.shape), p.batch_axis, p.time_axis,
                            str(p.dtype), p.values) for p in model.inputs]
     source = random_inputs(layouts) if calibration is None else data_inputs(layouts, calibration, "calibration")

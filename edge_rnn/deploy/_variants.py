@@ -155,6 +155,7 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
     """
     if name not in VARIANTS:
         raise UnsupportedError(f"variant {name!r}: expected one of {list(VARIANTS)}")
+    model_path, dst = Path(model_path), Path(dst)
     try:
         model = onnx.load(str(model_path))
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
@@ -162,7 +163,10 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
     if not any(p.key == METADATA_KEY for p in model.metadata_props):
         raise ModelFormatError(f"{model_path}: no edge_rnn contract in its metadata; variants are made from models "
                                "edge-rnn exported")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeRnnError(f"{dst.parent}: cannot write the variant there ({e.strerror or e})") from None
     try:
         if name == "int8":
             notes = _int8(model, dst)

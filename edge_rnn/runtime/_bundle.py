@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of"]
+__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "number"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -50,7 +52,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFormatError(f"{path}: expected JSON, could not read it ({type(e).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or isinstance(fmt, bool) or not isinstance(fmt, int) or fmt != BUNDLE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ModelFormatError(f"{path}: expected bundle format {BUNDLE_FORMAT}, got {got!r}")
     variants = manifest.get("variants")
@@ -69,17 +72,26 @@ def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, 
     return folder / file, digest
 
 
+def number(entry: dict, group: str, key: str) -> float | None:
+    """``entry[group][key]`` when it is a finite number (not a bool), else None: a manifest is not trusted."""
+    sub = entry.get(group)
+    value = sub.get(key) if isinstance(sub, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _fastest_within(variants: dict[str, dict], max_error: Any) -> str:
-    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not max_error >= 0:
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float, np.floating)) or not max_error >= 0:
         raise UnsupportedError(f"max_error: expected a number >= 0, got {max_error!r}")
     fits = []
     for n, e in variants.items():
-        err = e.get("error", {}).get("max_abs")
-        speed = e.get("speed", {}).get("step_us")
-        if isinstance(err, (int, float)) and err <= max_error and not e.get("error", {}).get("grows", False):
-            fits.append((speed if isinstance(speed, (int, float)) else math.inf, n))
+        err, speed = number(e, "error", "max_abs"), number(e, "speed", "step_us")
+        grows = e.get("error", {}).get("grows", True) if isinstance(e.get("error"), dict) else True
+        if err is not None and err <= max_error and grows is False:
+            fits.append((speed if speed is not None else math.inf, n))
     if not fits:
-        errors = {n: e.get("error", {}).get("max_abs") for n, e in variants.items()}
+        errors = {n: number(e, "error", "max_abs") for n, e in variants.items()}
         raise UnsupportedError(f"max_error {max_error:g}: no variant is within it; measured {errors}")
     return min(fits)[1]
 
@@ -101,6 +113,8 @@ def pick_variant(folder: Path, variant: str | None, max_error: float | None, for
     else:
         name = _fastest_within(variants, max_error)
     path, digest = _entry_file(folder, name, variants[name], form)
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
     if not path.is_file():
         raise ModelFormatError(f"{path}: listed in {MANIFEST} but missing")
     if sha256_of(path) != digest:

@@ -217,7 +217,7 @@ class StreamingModel(BatchStepping):
             if contract is not None:
                 raise UnsupportedError("contract=: a bundle's manifest already holds each variant's contract")
             picked = pick_variant(Path(model), variant, max_error, form)
-            model, contract = picked.path, picked.contract
+            model = picked.path
         elif variant is not None or max_error is not None or form != "onnx":
             raise UnsupportedError(f"variant=, max_error= and form= pick from a bundle folder; {model!r:.80} is a "
                                    "model file")
@@ -243,6 +243,9 @@ class StreamingModel(BatchStepping):
             raise UnsupportedError("give contract= or state_map=, not both: the contract already says which input "
                                    "feeds which output")
         ins, outs, metadata = describe_session(ort_session, source)
+        if picked is not None and Contract.from_metadata(metadata) != picked.contract:
+            raise ModelFormatError(f"{source}: its edge_rnn contract differs from the one {picked.path.parent}/"
+                                   "manifest.json gives for it; the manifest was edited or belongs to other files")
         metadata = metadata if contract is None else contract.to_metadata()
         io = resolve_io(ins, outs, metadata, state_map=foreign.state_map, batch_axis=foreign.batch_axis,
                         time_axis=foreign.time_axis, state_batch_axis=foreign.state_batch_axis,
