@@ -550,3 +550,12 @@ def test_review_shapes_that_differ_and_conventions_the_rewrite_cannot_compute_ar
     v = make_variant("int8", bi, tmp_path / "bi8.onnx")
     err = measure_against(v.path, bi, steps=2_000)  # was: "not streamable ... call stream.reset()"
     assert err.ok and err.chunks == 1
+
+
+def test_review_a_model_with_external_weights_converts_to_ort(tmp_path):
+    from edge_rnn.deploy import to_ort
+
+    written, _ = to_ort([DATA / "external" / "lstm_layer.onnx"], tmp_path)  # was: the converter missed weights.bin
+    m = StreamingModel.load(written[0])
+    y = run_sequence(m, m.open_stream(), EXPECTED["lstm_layer.x"], chunk=5)["y"]
+    np.testing.assert_allclose(y, EXPECTED["lstm_layer.y"], atol=1e-5)

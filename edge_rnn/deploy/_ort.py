@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from edge_rnn.errors import UnsupportedError, described
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import StreamingModel, check_external_data
 
 __all__ = ["to_ort"]
 
@@ -32,8 +32,11 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
         src.mkdir()
         for m in models:
             shutil.copy(m, src / m.name)
-            for sibling in m.parent.glob(f"{m.stem}*.bin"):  # no external weights in edge-rnn's files; kept if any
-                shutil.copy(sibling, src / sibling.name)
+            folder = m.resolve().parent
+            for weights in check_external_data(m.read_bytes(), m):  # external weight files go along, where they were
+                target = src / weights.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(weights, target)
         try:
             quiet(convert_onnx_models_to_ort, src, dst, optimization_styles=[OptimizationStyle.Fixed])
         except Exception as e:  # noqa: BLE001 - the converter raises whatever onnxruntime raised
