@@ -1,0 +1,191 @@
+"""The batching consumer: steps of many streams, from many clients, in few onnxruntime calls.
+
+A request handler awaits :meth:`Batcher.step`; the consumer task awaits its
+queue (no polling), takes the first step, then gathers more for up to
+``max_wait_ms`` or until ``max_batch`` steps, and runs them as one
+``step_batch(..., on_error="isolate")`` in a worker thread, off the event
+loop. Two steps of one stream never share a batch, and each stream's steps are
+applied in the order they were submitted: a later step of a stream that is
+already in the batch waits for the next one, and so does every step behind it.
+The queue is bounded: when it is full, :class:`Overloaded` is raised at once,
+so latency cannot grow without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_rnn.errors import EdgeRnnError, UnsupportedError
+from edge_rnn.runtime import Stream, StreamingModel
+
+__all__ = ["Batcher", "Overloaded", "ShuttingDown", "BatchStats"]
+
+
+class Overloaded(EdgeRnnError):
+    """The step queue is full: try again later (HTTP 503 with Retry-After, WebSocket close 1013)."""
+
+
+class ShuttingDown(EdgeRnnError):
+    """The server is stopping and takes no new steps (HTTP 503, WebSocket close 1001)."""
+
+
+@dataclass
+class _Pending:
+    stream: Stream
+    chunk: Any
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """What the consumer has done, for metrics: called after each batch with its size and timings."""
+
+    batches: int = 0
+    steps: int = 0
+    errors: int = 0
+
+
+class Batcher:
+    """Batches the steps of many streams of one model; see the module docstring."""
+
+    def __init__(self, model: StreamingModel, *, max_batch: int = 64, max_wait_ms: float = 2.0,
+                 max_queue: int = 1024, on_batch: Callable[[int, list[float], float], None] | None = None):
+        for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UnsupportedError(f"{name}: expected an int >= {least}, got {value!r}")
+        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms <= 1e4:
+            raise UnsupportedError(f"max_wait_ms: expected a number in 0..10000, got {max_wait_ms!r}")
+        self.model = model
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
+        self._arrived = asyncio.Event()
+        self._held: deque[_Pending] = deque()  # taken from the queue, waiting for a later batch (stream order)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-rnn-batch")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.stats = BatchStats()
+        self._on_batch = on_batch  # (batch size, queue waits in s, step seconds) -> None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._consume(), name="edge-rnn-batcher")
+
+    async def stop(self) -> None:
+        """Take no new steps; finish every step already accepted (the batch in flight too); then stop."""
+        self._closing = True
+        self._arrived.set()  # wakes a consumer waiting on an empty queue, to see that it may end
+        if self._task is not None:
+            await self._task  # it ends once the queue and the held steps are empty
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() + len(self._held)
+
+    # ------------------------------------------------------------ submitting
+    async def step(self, stream: Stream, chunk: Any) -> dict:
+        """Step ``stream`` by ``chunk`` in the next batch it fits in; its outputs, or its EdgeRnnError."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down and takes no new steps")
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(stream, chunk, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"overloaded: {self._queue.maxsize} steps already queued; retry shortly") from None
+        self._arrived.set()
+        return await future
+
+    # ------------------------------------------------------------ the consumer
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        """The next queued step, waiting at most ``timeout`` (None: as long as it takes) for one to arrive.
+
+        Waits on an event rather than on ``queue.get()``: cancelling a timed-out ``get`` can lose the item it
+        was handed at that moment (asyncio before 3.12); cancelling an event wait loses nothing.
+        """
+        while self._queue.empty():
+            if self._closing:
+                return None
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        return self._queue.get_nowait()
+
+    async def _gather(self) -> list[_Pending]:
+        """One batch: held steps first (in order), then the queue, at most one step per stream."""
+        batch: list[_Pending] = []
+        taken: set[int] = set()
+        blocked: set[int] = set()  # streams with a step held back: their later steps wait behind it
+        held, self._held = self._held, deque()
+        for p in held:
+            key = id(p.stream)
+            if key in taken or key in blocked or len(batch) >= self.max_batch:
+                blocked.add(key)
+                self._held.append(p)
+            else:
+                taken.add(key)
+                batch.append(p)
+        deadline = None
+        while len(batch) < self.max_batch:
+            if not batch:
+                p = await self._next(None)
+                if p is None:  # closing, and nothing left
+                    break
+                deadline = time.perf_counter() + self.max_wait
+            else:
+                deadline = deadline or time.perf_counter() + self.max_wait
+                remaining = deadline - time.perf_counter()
+                p = await self._next(remaining) if remaining > 0 or not self._queue.empty() else None
+            if p is None:
+                break
+            key = id(p.stream)
+            if key in taken or key in blocked:
+                blocked.add(key)
+                self._held.append(p)
+            else:
+                taken.add(key)
+                batch.append(p)
+        return batch
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch and self._closing and self._queue.empty() and not self._held:
+                return
+            live = [p for p in batch if not p.future.cancelled()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            waits = [started - p.queued_at for p in live]
+            items = [(p.stream, p.chunk) for p in live]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, items)
+            except BaseException as e:  # noqa: BLE001 - never leave a client waiting for ever
+                results = [e] * len(live)
+            seconds = time.perf_counter() - started
+            self.stats.batches += 1
+            self.stats.steps += len(live)
+            for p, r in zip(live, results):
+                if p.future.cancelled():
+                    continue
+                if isinstance(r, BaseException):
+                    self.stats.errors += 1
+                    p.future.set_exception(r)
+                else:
+                    p.future.set_result(r)
+            if self._on_batch is not None:
+                self._on_batch(len(live), waits, seconds)
+
+    def _run(self, items: list[tuple[Stream, Any]]) -> list:
+        return self.model.step_batch(items, on_error="isolate")
