@@ -1,0 +1,342 @@
+"""The HTTP and WebSocket server over the batching engine (FastAPI on uvicorn; the ``serve`` extra).
+
+``create_app(model, ...)`` returns the ASGI app. One WebSocket connection is one
+stream; over HTTP a stream is created, stepped, snapshotted and deleted by id.
+Every step goes through the :class:`~edge_rnn.service.Batcher`, so steps of
+different streams share onnxruntime calls, and onnxruntime runs off the event
+loop. ``docs/service.md`` documents the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StateError
+from edge_rnn.runtime import Stream, StreamingModel
+from edge_rnn.service._batcher import Batcher, Overloaded, ShuttingDown
+
+__all__ = ["create_app", "ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_streams: int = 1000
+    idle_timeout: float = 300.0
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    max_message_bytes: int = 1 << 20
+    token: str | None = None
+
+
+@dataclass
+class _Entry:
+    stream: Stream
+    last_used: float = field(default_factory=time.monotonic)
+    next_step: int = 0
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.active = Gauge("edge_rnn_active_streams", "Open streams", registry=r)
+        self.steps = Counter("edge_rnn_steps", "Steps applied", registry=r)
+        self.batch = Histogram("edge_rnn_batch_size", "Steps per onnxruntime call", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.wait = Histogram("edge_rnn_queue_wait_seconds", "Time a step waited for its batch", registry=r,
+                              buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5))
+        self.latency = Histogram("edge_rnn_step_seconds", "onnxruntime time per batch", registry=r,
+                                 buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5))
+        self.rejected = Counter("edge_rnn_rejections", "Requests refused, by reason", ["reason"], registry=r)
+        self.expired = Counter("edge_rnn_expired_streams", "Streams closed for idling", registry=r)
+
+    def on_batch(self, size: int, waits: list[float], seconds: float) -> None:
+        self.batch.observe(size)
+        self.steps.inc(size)
+        self.latency.observe(seconds)
+        for w in waits:
+            self.wait.observe(w)
+
+
+class _Service:
+    """The state of one server: the model, its open streams, the batcher and the metrics."""
+
+    def __init__(self, model: StreamingModel, config: ServiceConfig):
+        self.model, self.config = model, config
+        self.streams: dict[str, _Entry] = {}
+        self.metrics = _Metrics()
+        self.batcher: Batcher | None = None
+        self.closing = False
+        port = model.inputs[0] if len(model.inputs) == 1 else None
+        self.port = port if port is not None and port.dtype == np.float32 else None
+        rest = [d for i, d in enumerate(port.stream_shape) if i != port.stream_time_axis] if port else []
+        self.frame = None if port is None or None in rest else rest  # the shape of one frame, for binary chunks
+
+    def open(self, snapshot: bytes | None = None) -> str:
+        if len(self.streams) >= self.config.max_streams:
+            self.metrics.rejected.labels("too_many_streams").inc()
+            raise _HttpError(429, "too_many_streams", f"{self.config.max_streams} streams are open; close one first")
+        stream = self.model.restore(snapshot) if snapshot else self.model.open_stream()
+        sid = secrets.token_urlsafe(24)  # 192 random bits
+        self.streams[sid] = _Entry(stream)
+        self.metrics.active.set(len(self.streams))
+        return sid
+
+    def get(self, sid: str) -> _Entry:
+        entry = self.streams.get(sid)
+        if entry is None:
+            raise _HttpError(404, "unknown_stream", "no such stream (never opened, closed, or expired)")
+        entry.last_used = time.monotonic()
+        return entry
+
+    def close(self, sid: str) -> None:
+        entry = self.streams.pop(sid, None)
+        if entry is not None:
+            entry.stream.close()
+        self.metrics.active.set(len(self.streams))
+
+    def decode(self, body: bytes) -> np.ndarray:
+        """A binary chunk: float32 little-endian, whole frames, row-major."""
+        if self.frame is None:
+            raise _HttpError(415, "unsupported", "binary chunks need a model with one float32 input of fixed frame "
+                                                 "size; send JSON {\"x\": ...}")
+        if len(body) > self.config.max_message_bytes:
+            raise _HttpError(413, "too_large", f"expected at most {self.config.max_message_bytes} bytes, got "
+                                               f"{len(body)}")
+        size = 4 * int(np.prod(self.frame))
+        if not body or len(body) % size:
+            raise _HttpError(400, "bad_chunk", f"expected a whole number of frames of {size} bytes (float32 x "
+                                               f"{self.frame}), got {len(body)} bytes")
+        x = np.frombuffer(body, dtype="<f4").reshape(-1, *self.frame)
+        return x if self.port.stream_time_axis is not None else x.reshape(self.frame) if len(x) == 1 else x
+
+    async def step(self, entry: _Entry, chunk: Any) -> dict:
+        try:
+            return await self.batcher.step(entry.stream, chunk)
+        except Overloaded as e:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise _HttpError(503, "overloaded", str(e), retry_after=1) from None
+        except ShuttingDown as e:
+            raise _HttpError(503, "shutting_down", str(e)) from None
+        except (ShapeError, NonFiniteError) as e:
+            self.metrics.rejected.labels("bad_chunk").inc()
+            raise _HttpError(400, "bad_chunk", str(e)) from None
+        except EdgeRnnError as e:
+            raise _HttpError(400, "error", str(e)) from None
+
+    async def reap(self) -> None:
+        """Close streams idle longer than the timeout; counted as expirations."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.idle_timeout / 4))
+            now = time.monotonic()
+            for sid in [s for s, e in self.streams.items() if now - e.last_used > self.config.idle_timeout]:
+                self.close(sid)
+                self.metrics.expired.inc()
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return JSONResponse({"type": "error", "code": self.code, "message": self.message}, self.status,
+                            headers=headers)
+
+
+_WS_CLOSE = {400: 1007, 413: 1009, 415: 1003, 429: 1013, 503: 1013, 401: 1008, 404: 1008}
+
+
+def create_app(model: StreamingModel, config: ServiceConfig | None = None, *, variant: str | None = None) -> FastAPI:
+    """The ASGI app serving ``model``; see the module docstring."""
+    config = config or ServiceConfig()
+    svc = _Service(model, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.batcher = Batcher(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                              max_queue=config.max_queue, on_batch=svc.metrics.on_batch)
+        svc.batcher.start()
+        reaper = asyncio.get_running_loop().create_task(svc.reap())
+        yield
+        svc.closing = True
+        await svc.batcher.stop()  # steps already accepted finish
+        reaper.cancel()
+
+    app = FastAPI(title="edge-rnn streaming inference", lifespan=lifespan)
+    app.state.service = svc
+    _guard(app, svc)
+    _stream_routes(app, svc)
+    _info_routes(app, svc, variant)
+    _socket_route(app, svc)
+    return app
+
+
+def _authorize(svc: _Service, headers: Any) -> None:
+    if svc.config.token is None:
+        return
+    given = headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {svc.config.token}".encode()):  # constant time
+        svc.metrics.rejected.labels("unauthorized").inc()
+        raise _HttpError(401, "unauthorized", "expected Authorization: Bearer <token>")
+
+
+def _guard(app: FastAPI, svc: _Service) -> None:
+    @app.exception_handler(_HttpError)
+    async def _error(request: Request, exc: _HttpError) -> JSONResponse:
+        return exc.response()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Response:
+        if request.url.path not in ("/healthz", "/readyz"):
+            try:
+                _authorize(svc, request.headers)
+            except _HttpError as e:
+                return e.response()
+        if svc.closing and request.method == "POST":
+            return _HttpError(503, "shutting_down", "the server is shutting down").response()
+        return await call_next(request)
+
+
+def _stream_routes(app: FastAPI, svc: _Service) -> None:
+    model = svc.model
+
+    @app.post("/v1/streams", status_code=201)
+    async def open_stream(request: Request) -> dict:
+        body = await request.body()
+        try:
+            return {"stream_id": svc.open(body or None)}
+        except StateError as e:
+            raise _HttpError(400, "bad_snapshot", str(e)) from None
+
+    @app.post("/v1/streams/{sid}/steps")
+    async def step(sid: str, request: Request) -> Response:
+        entry = svc.get(sid)
+        body = await request.body()
+        as_json = request.headers.get("content-type", "").startswith("application/json")
+        if as_json:
+            try:
+                chunk = json.loads(body)["x"]
+            except (ValueError, KeyError, TypeError):
+                raise _HttpError(400, "bad_chunk", "expected JSON {\"x\": [[...], ...]}") from None
+        else:
+            chunk = svc.decode(body)
+        number = request.headers.get("x-step")
+        if number is not None and number != str(entry.next_step):
+            raise _HttpError(409, "out_of_order", f"expected X-Step {entry.next_step}, got {number}")
+        out = await svc.step(entry, chunk)
+        entry.next_step += 1
+        if as_json:
+            return JSONResponse({"outputs": {k: v.tolist() for k, v in out.items()}})
+        primary = model.outputs[0].name
+        return Response(np.ascontiguousarray(out[primary], dtype="<f4").tobytes(),
+                        media_type="application/octet-stream")
+
+    @app.delete("/v1/streams/{sid}", status_code=204)
+    async def delete(sid: str) -> Response:
+        svc.get(sid)
+        svc.close(sid)
+        return Response(status_code=204)
+
+    @app.get("/v1/streams/{sid}/snapshot")
+    async def snapshot(sid: str) -> Response:
+        return Response(svc.get(sid).stream.snapshot(), media_type="application/octet-stream")
+
+
+def _info_routes(app: FastAPI, svc: _Service, variant: str | None) -> None:
+    model = svc.model
+
+    @app.get("/v1/model")
+    async def describe() -> dict:
+        c = model.session.get_modelmeta().custom_metadata_map.get("edge_rnn")
+        return {"contract": json.loads(c) if c else None, "variant": variant, "fingerprint": model.fingerprint}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = svc.batcher is not None and not svc.closing
+        return JSONResponse({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type="text/plain; version=0.0.4")
+
+
+def _socket_route(app: FastAPI, svc: _Service) -> None:
+    @app.websocket("/v1/streams/ws")
+    async def ws(socket: WebSocket) -> None:
+        try:
+            _authorize(svc, socket.headers)
+            if svc.closing:
+                raise _HttpError(503, "shutting_down", "the server is shutting down")
+            sid = svc.open()
+        except _HttpError as e:
+            await socket.close(code=1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011),
+                               reason=e.message[:120])
+            return
+        await socket.accept()
+        try:
+            await _serve_socket(socket, svc, sid)
+        finally:
+            svc.close(sid)
+
+
+async def _serve_socket(socket: WebSocket, svc: _Service, sid: str) -> None:
+    primary = svc.model.outputs[0].name
+    while True:
+        try:
+            message = await socket.receive()
+        except WebSocketDisconnect:
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        entry = svc.get(sid)
+        try:
+            if message.get("bytes") is not None:
+                out = await svc.step(entry, svc.decode(message["bytes"]))
+                await socket.send_bytes(np.ascontiguousarray(out[primary], dtype="<f4").tobytes())
+                continue
+            command = _command(message.get("text"))
+            if command == "end":
+                await socket.close(code=1000)
+                return
+            if command == "reset":
+                entry.stream.reset()
+                await socket.send_text(json.dumps({"type": "reset", "ok": True}))
+            else:  # snapshot
+                await socket.send_text(json.dumps({"type": "snapshot", "data": base64.b64encode(
+                    entry.stream.snapshot()).decode()}))
+        except _HttpError as e:
+            await socket.send_text(json.dumps({"type": "error", "code": e.code, "message": e.message}))
+            if e.status in (413, 415, 503):  # fatal for this connection
+                await socket.close(code=1001 if e.code == "shutting_down" else _WS_CLOSE[e.status])
+                return
+
+
+def _command(text: Any) -> str:
+    try:
+        kind = json.loads(text).get("type")
+    except (TypeError, ValueError, AttributeError):
+        kind = None
+    if kind not in ("reset", "snapshot", "end"):
+        raise _HttpError(400, "bad_message", "expected a binary chunk, or JSON {\"type\": \"reset\" | \"snapshot\" | "
+                                             "\"end\"}")
+    return kind

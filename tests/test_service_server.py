@@ -1,0 +1,178 @@
+"""Issue 11, the server: uvicorn on a free loopback port, real sockets, the committed fixtures, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+websockets = pytest.importorskip("websockets")
+from conftest import REPO  # noqa: E402
+
+from edge_rnn.runtime import StreamingModel  # noqa: E402
+from edge_rnn.service._app import ServiceConfig, create_app  # noqa: E402
+
+MODEL_PATH = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)
+
+
+class Server:
+    """uvicorn serving the fixture on 127.0.0.1 at a free port, in a thread; stopped by the test itself."""
+
+    def __init__(self, **config):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        app = create_app(StreamingModel.load(MODEL_PATH), ServiceConfig(**config))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    ws="websockets-sansio"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start in 20 s")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/streams/ws"
+
+
+def _chunks(rng, total=40):
+    x = rng.standard_normal((total, 4)).astype(np.float32)
+    edges = [0]
+    while edges[-1] < total:
+        edges.append(min(total, edges[-1] + int(rng.integers(1, 8))))
+    return [x[a:b] for a, b in zip(edges, edges[1:])]
+
+
+def _offline(chunks):
+    model = StreamingModel.load(MODEL_PATH)
+    s = model.open_stream()
+    return np.concatenate([model.step(s, c)["y"] for c in chunks])
+
+
+def test_fifty_websocket_streams_in_random_chunks_equal_offline_results_exactly_with_one_poisoner():
+    rng = np.random.default_rng(0)
+    work = [_chunks(rng) for _ in range(50)]
+
+    async def client(url, chunks):
+        async with websockets.connect(url) as ws:
+            ys = []
+            for c in chunks:
+                await ws.send(c.tobytes())
+                ys.append(np.frombuffer(await ws.recv(), "<f4").reshape(-1, 6))
+            await ws.send('{"type": "end"}')
+            return np.concatenate(ys)
+
+    async def poisoner(url):
+        async with websockets.connect(url) as ws:
+            errors = 0
+            for bad in (np.full((2, 4), np.nan, np.float32).tobytes(), b"\x00" * 7, b"not json"):
+                await ws.send(bad)
+                errors += '"type": "error"' in await ws.recv()
+            await ws.send(np.ones((2, 4), np.float32).tobytes())  # still usable: its state was never touched
+            first = np.frombuffer(await ws.recv(), "<f4")
+            return errors, first
+
+    async def main(server):
+        return await asyncio.gather(poisoner(server.ws), *(client(server.ws, c) for c in work))
+
+    with Server(max_batch=32) as server:
+        (errors, first), *outs = asyncio.run(main(server))
+    assert errors == 3
+    np.testing.assert_array_equal(first.reshape(-1, 6), _offline([np.ones((2, 4), np.float32)]))
+    assert all(np.array_equal(o, _offline(c)) for o, c in zip(outs, work))
+
+
+def test_http_streams_steps_errors_and_snapshot_resume_across_a_restart():
+    rng = np.random.default_rng(1)
+    chunks = _chunks(rng, 30)
+    with Server(max_streams=2) as server, httpx.Client(base_url=server.url) as http:
+        sid = http.post("/v1/streams").json()["stream_id"]
+        assert len(sid) >= 32 and http.get("/healthz").json() == {"status": "ok"}
+        ys = [np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes(),
+                                      headers={"X-Step": str(i)}).content, "<f4") for i, c in enumerate(chunks[:3])]
+        r = http.post(f"/v1/streams/{sid}/steps", content=chunks[3].tobytes(), headers={"X-Step": "7"})
+        assert r.status_code == 409 and r.json()["code"] == "out_of_order"
+        for bad, code in ((b"\x00" * 10, 400), (np.full((1, 4), np.inf, np.float32).tobytes(), 400)):
+            assert http.post(f"/v1/streams/{sid}/steps", content=bad).status_code == code
+        assert http.post("/v1/streams/nope/steps", content=chunks[0].tobytes()).status_code == 404
+        http.post("/v1/streams")
+        r = http.post("/v1/streams")
+        assert r.status_code == 429 and r.json()["code"] == "too_many_streams"
+        snap = http.get(f"/v1/streams/{sid}/snapshot").content
+        assert "edge_rnn_steps" in http.get("/metrics").text
+        assert http.get("/v1/model").json()["fingerprint"]
+    with Server() as server, httpx.Client(base_url=server.url) as http:  # a new server process state
+        sid = http.post("/v1/streams", content=snap).json()["stream_id"]
+        for c in chunks[3:]:
+            ys.append(np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes()).content, "<f4"))
+        assert http.post("/v1/streams", content=b"EDGERNN-SNAPSHOT garbage").status_code == 400
+    np.testing.assert_array_equal(np.concatenate(ys).reshape(-1, 6), _offline(chunks))
+
+
+def test_a_token_guards_every_route_but_health_and_idle_streams_expire():
+    with Server(token="s3cret", idle_timeout=0.3) as server, httpx.Client(base_url=server.url) as http:
+        assert http.post("/v1/streams").status_code == 401
+        assert http.post("/v1/streams", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/healthz").status_code == 200
+        auth = {"Authorization": "Bearer s3cret"}
+        sid = http.post("/v1/streams", headers=auth).json()["stream_id"]
+        time.sleep(1.5)
+        r = http.post(f"/v1/streams/{sid}/steps", content=np.ones((1, 4), np.float32).tobytes(), headers=auth)
+        assert r.status_code == 404
+        assert "edge_rnn_expired_streams_total 1.0" in http.get("/metrics", headers=auth).text
+
+        async def refused():
+            with pytest.raises(websockets.exceptions.InvalidStatus):
+                async with websockets.connect(server.ws):
+                    pass
+
+        asyncio.run(refused())
+
+
+def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "token").write_text("a-token-of-sixteen-chars\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_rnn.cli", "serve", str(MODEL_PATH), "--port", str(port),
+                             "--token-file", str(tmp_path / "token")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, ok = time.monotonic() + 30, False
+        while time.monotonic() < deadline and not ok:
+            try:
+                ok = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert ok, proc.stderr.read() if proc.poll() is not None else "no answer in 30 s"
+        auth = {"Authorization": "Bearer a-token-of-sixteen-chars"}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/streams", headers=auth).status_code == 201
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
