@@ -176,3 +176,36 @@ def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     assert proc.returncode == 0
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_the_accepted_steps_still_answer():
+    x = np.ones((2, 4), np.float32).tobytes()
+
+    async def main(server):
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(30)]
+            return await asyncio.gather(*(http.post(f"/v1/streams/{i}/steps", content=x) for i in ids))
+
+    with Server(max_batch=1, max_queue=1, max_wait_ms=0) as server:
+        replies = asyncio.run(main(server))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    assert all(r.headers.get("retry-after") == "1" and r.json()["code"] == "overloaded"
+               for r in replies if r.status_code == 503)
+
+
+def test_shutdown_with_steps_in_flight_answers_every_accepted_step():
+    x = np.ones((2, 4), np.float32).tobytes()
+
+    async def main(server):
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(8)]
+            steps = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=x)) for i in ids]
+            await asyncio.sleep(0.05)  # the steps are in the engine, waiting out the 300 ms batch window
+            server.server.should_exit = True
+            return await asyncio.gather(*steps)
+
+    with Server(max_batch=64, max_wait_ms=300) as server:
+        replies = asyncio.run(main(server))
+    assert [r.status_code for r in replies] == [200] * 8  # none lost, none left hanging
+    assert all(np.frombuffer(r.content, "<f4").shape == (12,) for r in replies)
