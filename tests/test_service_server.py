@@ -209,3 +209,41 @@ def test_shutdown_with_steps_in_flight_answers_every_accepted_step():
         replies = asyncio.run(main(server))
     assert [r.status_code for r in replies] == [200] * 8  # none lost, none left hanging
     assert all(np.frombuffer(r.content, "<f4").shape == (12,) for r in replies)
+
+
+def test_the_client_speaks_both_transports_sync_and_async_and_resumes_from_a_snapshot():
+    from edge_rnn.client import AsyncHttpStream, HttpStream, ServiceError, SyncWebSocketStream, WebSocketStream
+
+    rng = np.random.default_rng(3)
+    chunks = _chunks(rng, 30)
+    want = _offline(chunks)
+    with Server() as server:
+        with HttpStream(server.url, width=6) as s:
+            ys = [s.step(c) for c in chunks[:2]]
+            saved = s.snapshot()
+        with HttpStream(server.url, snapshot=saved, width=6) as s:  # resumed, on a new stream id
+            ys += [s.step(c) for c in chunks[2:]]
+        np.testing.assert_array_equal(np.concatenate(ys), want)
+        with SyncWebSocketStream(server.url, width=6) as s:
+            np.testing.assert_array_equal(np.concatenate([s.step(c) for c in chunks]), want)
+            with pytest.raises(ServiceError, match="bad_chunk"):
+                s.step(np.zeros((1, 5), np.float32))
+            np.testing.assert_array_equal(s.step(chunks[0]), _offline(chunks + [chunks[0]])[-len(chunks[0]):])
+
+        async def main():
+            async with await AsyncHttpStream.open(server.url, width=6) as a:
+                ya = np.concatenate([await a.step(c) for c in chunks])
+            async with await WebSocketStream.open(server.url, width=6) as w:
+                yw = np.concatenate([await w.step(c) for c in chunks])
+                await w.reset()
+                first = await w.step(chunks[0])
+            return ya, yw, first
+
+        ya, yw, first = asyncio.run(main())
+        np.testing.assert_array_equal(ya, want)
+        np.testing.assert_array_equal(yw, want)
+        np.testing.assert_array_equal(first, want[: len(chunks[0])])
+        with pytest.raises(ServiceError, match="404 unknown_stream"):
+            s = HttpStream(server.url)
+            s.id = "nope"
+            s.step(chunks[0])
