@@ -424,6 +424,29 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
 
 
 @main.command()
+@click.argument("url")
+@click.option("--streams", type=click.IntRange(min=1, max=100_000), default=10, show_default=True)
+@click.option("--chunk-ms", type=click.FloatRange(min=1), default=100.0, show_default=True)
+@click.option("--frame-ms", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
+@click.option("--token-file", type=click.Path(path_type=Path), default=None)
+def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration: float,
+             token_file: Path | None) -> None:
+    """Stream real-time-paced chunks to an edge-rnn server at URL and report latency (needs edge-rnn[client])."""
+    try:
+        import httpx  # noqa: F401 - the client extra, checked before any stream starts
+        import websockets  # noqa: F401
+
+        from edge_rnn.loadtest import loadtest as run_load
+    except ImportError as e:
+        raise EdgeRnnError(f"edge-rnn loadtest needs the client extra: pip install 'edge-rnn[client]' ({e.name} is "
+                           "missing)") from None
+    token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+    result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
+    click.echo(result.summary())
+
+
+@main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The bundle's folder (new or empty).")

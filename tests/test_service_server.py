@@ -247,3 +247,18 @@ def test_the_client_speaks_both_transports_sync_and_async_and_resumes_from_a_sna
             s = HttpStream(server.url)
             s.id = "nope"
             s.step(chunks[0])
+
+
+def test_loadtest_paces_real_time_streams_and_reports_latency():
+    from click.testing import CliRunner
+
+    from edge_rnn.cli import main
+    from edge_rnn.loadtest import loadtest
+
+    with Server() as server:
+        result = loadtest(server.url, streams=6, chunk_ms=50, frame_ms=10, duration=1.5)
+        r = CliRunner().invoke(main, ["loadtest", server.url, "--streams", "2", "--chunk-ms", "50", "--duration",
+                                      "1"])
+    assert result.kept_real_time == 6 and not result.errors and 0 < result.percentile(50) <= result.percentile(99)
+    assert 6 * 25 <= len(result.latencies_ms) <= 6 * 32  # 1.5 s of 50 ms chunks per stream
+    assert r.exit_code == 0 and "2/2 streams kept real time" in r.output, r.output

@@ -264,7 +264,14 @@ def _info_routes(app: FastAPI, svc: _Service, variant: str | None) -> None:
     @app.get("/v1/model")
     async def describe() -> dict:
         c = model.session.get_modelmeta().custom_metadata_map.get("edge_rnn")
-        return {"contract": json.loads(c) if c else None, "variant": variant, "fingerprint": model.fingerprint}
+
+        def ports(ps: Any) -> list[dict]:
+            return [{"name": p.name, "dtype": str(p.dtype), "shape": list(p.stream_shape),
+                     "time_axis": p.stream_time_axis} for p in ps]
+
+        return {"contract": json.loads(c) if c else None, "variant": variant, "fingerprint": model.fingerprint,
+                "inputs": ports(model.inputs), "outputs": ports(model.outputs),
+                "frame": svc.frame}  # one frame's shape for binary chunks (null: JSON chunks only)
 
     @app.get("/healthz")
     async def healthz() -> dict:
