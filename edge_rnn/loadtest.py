@@ -41,14 +41,15 @@ class LoadResult:
 
 
 async def _stream(url: str, token: str | None, frame: list[int], frames: int, chunk_s: float, until: float,
-                  result: LoadResult, seed: int) -> None:
+                  result: LoadResult, seed: int, phase: float) -> None:
     from edge_rnn.client import ServiceError, WebSocketStream
 
     rng = np.random.default_rng(seed)
     kept = True
     try:
         async with await WebSocketStream.open(url, token=token) as s:
-            due = time.perf_counter()
+            due = time.perf_counter() + chunk_s * phase  # streams start spread over one chunk, as real clients do
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
             while due < until:
                 x = rng.standard_normal((frames, *frame)).astype(np.float32)
                 sent = time.perf_counter()
@@ -86,7 +87,7 @@ def loadtest(url: str, *, streams: int = 10, chunk_ms: float = 100.0, frame_ms: 
 
     async def main() -> None:
         until = time.perf_counter() + duration
-        await asyncio.gather(*(_stream(url, token, frame, frames, chunk_ms / 1e3, until, result, i)
+        await asyncio.gather(*(_stream(url, token, frame, frames, chunk_ms / 1e3, until, result, i, i / streams)
                                for i in range(streams)))
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
