@@ -420,7 +420,7 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
                            token=token)
     click.echo(f"serving {m.source} on http://{host}:{port} (WebSocket /v1/streams/ws)", err=True)
     uvicorn.run(create_app(m, config, variant=m.variant), host=host, port=port, log_level="warning",
-                ws="websockets-sansio")
+                ws="websockets-sansio", ws_per_message_deflate=False)  # float frames barely compress
 
 
 @main.command()

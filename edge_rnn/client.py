@@ -163,7 +163,8 @@ class WebSocketStream:
         import websockets
 
         try:
-            socket = await websockets.connect(_ws_url(url), additional_headers=_headers(token), max_size=None)
+            socket = await websockets.connect(_ws_url(url), additional_headers=_headers(token), max_size=None,
+                                              compression=None)  # float32 frames barely compress: deflate is waste
         except websockets.exceptions.InvalidStatus as e:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
         return cls(socket, width)
@@ -200,7 +201,8 @@ class SyncWebSocketStream:
         from websockets.sync.client import connect
 
         # entered as the context manager it is (websockets 16+ warns otherwise); left in close()
-        self._ws = connect(_ws_url(url), additional_headers=_headers(token), max_size=None).__enter__()
+        self._ws = connect(_ws_url(url), additional_headers=_headers(token), max_size=None,
+                           compression=None).__enter__()
         self.width = width
 
     def step(self, x: Any) -> np.ndarray:

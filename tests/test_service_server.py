@@ -31,7 +31,7 @@ class Server:
             self.port = s.getsockname()[1]
         app = create_app(StreamingModel.load(MODEL_PATH), ServiceConfig(**config))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    ws="websockets-sansio"))
+                                                    ws="websockets-sansio", ws_per_message_deflate=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
