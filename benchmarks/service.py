@@ -1,0 +1,158 @@
+"""Capacity of the streaming service against the engine alone, in one run (issue 11's target).
+
+    python benchmarks/service.py [--duration 6] [--max-streams 800]
+
+The demo LSTM (80 -> 256 x 2) with 10 ms frames sent as 100 ms chunks (10 steps). The server is pinned
+to core 0 and the load generator (`edge-rnn loadtest`) to core 1 with `taskset`, so that the client does
+not take the server's CPU. Measured, in this order:
+
+1. the engine alone on core 0: `step_batch` over 64 streams at chunk 10, in steps/s, divided by
+   100 steps/s per real-time stream;
+2. `edge-rnn serve` (batching): the most real-time streams served with p99 latency under 100 ms (how many
+   of them never had a reply later than their next chunk is printed beside it);
+3. a naive server on the same core: one `step` (one `session.run`) per WebSocket message, no batching.
+
+The figure to read is (2) divided by (1); the issue's goal is at least 70%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NAIVE = '''
+import sys, numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from edge_rnn.runtime import StreamingModel
+model = StreamingModel.load(sys.argv[1], threads=1)
+app = FastAPI()
+@app.get("/v1/model")
+def describe():
+    return {"frame": [80]}
+@app.websocket("/v1/streams/ws")
+async def ws(socket: WebSocket):
+    await socket.accept()
+    stream = model.open_stream()
+    try:
+        while True:
+            msg = await socket.receive()
+            if msg["type"] == "websocket.disconnect" or msg.get("bytes") is None:
+                return
+            y = model.step(stream, np.frombuffer(msg["bytes"], "<f4").reshape(-1, 80))["y"]
+            await socket.send_bytes(np.ascontiguousarray(y, "<f4").tobytes())
+    except WebSocketDisconnect:
+        return
+import uvicorn
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error", ws="websockets-sansio",
+            ws_per_message_deflate=False)
+'''
+
+ENGINE = '''
+import sys, time, numpy as np
+from edge_rnn.runtime import StreamingModel
+m = StreamingModel.load(sys.argv[1], threads=1)
+streams = [m.open_stream() for _ in range(64)]
+x = np.random.default_rng(0).standard_normal((10, 80)).astype(np.float32)
+items = [(s, x) for s in streams]
+for _ in range(5):
+    m.step_batch(items)
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < 3:
+    m.step_batch(items); n += 1
+print(64 * 10 * n / (time.perf_counter() - t0))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(port: int, proc: subprocess.Popen) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not answer in 30 s")
+
+
+def load(port: int, streams: int, duration: float) -> tuple[int, float, float]:
+    out = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "edge_rnn.cli", "loadtest",
+                          f"http://127.0.0.1:{port}", "--streams", str(streams), "--duration", str(duration)],
+                         capture_output=True, text=True, timeout=duration + 120).stdout
+    m = re.search(r"(\d+)/\d+ streams kept real time.*p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
+    if not m:
+        raise RuntimeError(f"unexpected loadtest output: {out!r}")
+    return int(m.group(1)), float(m.group(2)), float(m.group(3))
+
+
+def capacity(cmd: list[str], port: int, duration: float, top: int, label: str) -> int:
+    """The most streams served with p99 latency under 100 ms (a doubling, then a bisection)."""
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_up(port, proc)
+        good, bad, n = 0, top + 1, 25
+        while good + 1 < bad:
+            kept, p50, p99 = load(port, n, duration)
+            ok = p99 < 100  # the issue's measure: streams served with p99 latency under 100 ms
+            print(f"  {label}: {n:4d} streams: {kept}/{n} kept real time, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+                  f"-> {'ok' if ok else 'over'}", flush=True)
+            good, bad = (n, bad) if ok else (good, n)
+            n = min(2 * n, top) if bad > top else (good + bad) // 2
+            if bad - good <= max(5, good // 20):
+                break
+        return good
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--max-streams", type=int, default=800)
+    args = ap.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs two cores: the server on one, the load generator on the other")
+    import torch
+
+    import edge_rnn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "demo_lstm.onnx"
+        torch.manual_seed(0)
+        edge_rnn.export(torch.nn.LSTM(80, 256, num_layers=2).eval(), model, long_steps=0)
+        engine = float(subprocess.run(["taskset", "-c", "0", sys.executable, "-c", ENGINE, str(model)],
+                                      capture_output=True, text=True, check=True).stdout)
+        engine_streams = engine / 100
+        print(f"engine alone on core 0: {engine:,.0f} steps/s at chunk 10 = {engine_streams:,.0f} real-time streams")
+        port = free_port()
+        served = capacity([sys.executable, "-m", "edge_rnn.cli", "serve", str(model), "--port", str(port),
+                           "--threads", "1", "--max-wait-ms", "5"], port, args.duration, args.max_streams,
+                          "edge-rnn serve")
+        naive_file = Path(tmp) / "naive.py"
+        naive_file.write_text(NAIVE)
+        port = free_port()
+        naive = capacity([sys.executable, str(naive_file), str(model), str(port)], port, args.duration,
+                         args.max_streams, "naive")
+    print(f"edge-rnn serve: {served} real-time streams with p99 < 100 ms = {served / engine_streams:.0%} of the "
+          f"engine; naive server: {naive} ({naive / engine_streams:.0%}); batching x{served / max(naive, 1):.1f}")
+
+
+if __name__ == "__main__":
+    main()
