@@ -1,0 +1,5 @@
+"""``python -m edge_rnn.cli``."""
+
+from edge_rnn.cli import main
+
+main()

@@ -1,0 +1,129 @@
+"""run and bench: the runtime from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_rnn.cli._common import _existing, _foreign_options, _int_list, _load_runtime_model, main
+from edge_rnn.errors import EdgeRnnError
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="A .npy array, time x features (for a model with one input).")
+@click.option("--chunk", type=click.IntRange(min=1), default=32, show_default=True, help="Time steps per call.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the outputs: .npy for one output, .npz for several.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@_foreign_options
+def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None, allow_nonfinite: bool,
+        **foreign: Any) -> None:
+    """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs.
+
+    A model edge-rnn did not write takes --state-map, --constant and the axis options.
+    """
+    import time
+
+    import numpy as np
+
+    from edge_rnn.runtime import run_sequence
+
+    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
+    _existing(input_path, "input")
+    from edge_rnn.harness import read_npy
+
+    with open(input_path, "rb") as f:
+        if f.read(2) == b"PK":
+            raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got an .npz archive")
+    data = read_npy(input_path)  # the declared size checked against the file's first; never unpickled
+    if data.ndim == 0:
+        raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got a scalar")
+    suffix = output.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
+    if len(m.inputs) != 1:
+        raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
+    port = m.inputs[0]
+    if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
+        data = data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+    elif data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
+        data = data.astype(port.dtype)  # int32 token ids for an int64 input: exact
+    # anything else (floats for token ids, ...) goes as it is: the runtime refuses it, never rounds it
+    if len(m.outputs) > 1 and suffix != ".npz":
+        raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
+    if port.stream_time_axis is None:
+        chunk = 1  # one step per call: rows are steps
+    total = len(data)
+    stream = m.open_stream()
+    t0 = time.perf_counter()
+    with click.progressbar(length=total, label="streaming", file=sys.stderr,
+                           show_pos=True) if total >= 200 * chunk else _nullbar() as bar:
+        result = run_sequence(m, stream, data, chunk=chunk, progress=bar.update)
+    seconds = time.perf_counter() - t0
+    calls = -(-total // chunk)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "wb") as f:  # a file object: numpy adds no suffix of its own
+            if suffix == ".npz":
+                np.savez(f, **result)
+            else:
+                np.save(f, next(iter(result.values())))
+    except OSError as e:
+        raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
+    n_steps = stream.steps
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
+    click.echo(f"streamed {n_steps} steps in {calls} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
+               f"({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
+
+
+class _nullbar:
+    """Stands in for click's progress bar on short inputs."""
+
+    def __enter__(self) -> _nullbar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--streams", default="1,8,64,256", show_default=True, help="Comma-separated stream counts.")
+@click.option("--chunk", "chunks", default="1,10,32", show_default=True, help="Comma-separated chunk lengths.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads.")
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="Measuring time per table row.")
+@_foreign_options
+def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, allow_nonfinite: bool,
+          **foreign: Any) -> None:
+    """Latency and throughput of step_batch over many streams, against one plain session.run per stream.
+
+    A model edge-rnn did not write takes --state-map, --constant and the axis options.
+    """
+    from edge_rnn.runtime.bench import bench as run_bench
+    from edge_rnn.runtime.bench import format_table
+
+    n_streams = _int_list(streams, "--streams")
+    n_chunks = _int_list(chunks, "--chunk")
+    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
+    click.echo(f"{model}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
+    fixed = {p.shape[p.time_axis] for p in m.inputs if p.time_axis is not None} - {None}
+    if fixed and set(n_chunks) != fixed:  # a static form takes exactly its fixed chunk
+        click.echo(f"note: {model} takes exactly {min(fixed)} step(s) per call (a static form); chunks "
+                   f"{n_chunks} replaced by {sorted(fixed)}", err=True)
+        n_chunks = sorted(fixed)
+    rows = run_bench(m, streams=n_streams, chunks=n_chunks, seconds=seconds)
+    click.echo(format_table(rows))
+    if any(c > 1 for c in n_chunks) and not any(p.time_axis is not None for p in m.inputs):
+        click.echo("note: one step per call for this model (a cell); chunks > 1 skipped")
+
+
