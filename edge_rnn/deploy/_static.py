@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.errors import UnsupportedError
+from edge_rnn.graphs import GraphBuilder
 
 __all__ = ["static_form", "static_int8"]
 
@@ -61,26 +62,6 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-class _Rewriter:
-    """Appends nodes and constants to a graph under fresh names."""
-
-    def __init__(self, g: onnx.GraphProto, tag: str):
-        self.g, self.n, self.tag = g, 0, tag
-
-    def name(self, hint: str) -> str:
-        self.n += 1
-        return f"static/{self.tag}/{hint}_{self.n}"
-
-    def const(self, value: np.ndarray, hint: str) -> str:
-        name = self.name(hint)
-        self.g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> tuple[onnx.NodeProto, str]:
-        output = output or self.name(op.lower())
-        return helper.make_node(op, inputs, [output], name=self.name(op), **attrs), output
-
-
 def _unroll_scans(model: onnx.ModelProto, chunk: int) -> int:
     """Replace each top-level Scan (over ``chunk`` steps) by ``chunk`` copies of its body; returns how many.
 
@@ -88,20 +69,21 @@ def _unroll_scans(model: onnx.ModelProto, chunk: int) -> int:
     Squeeze/Unsqueeze into Reshape once shape inference knows every size.
     """
     g = model.graph
-    rw = _Rewriter(g, "unroll")
-    nodes, count = [], 0
+    b = GraphBuilder("unroll", prefix="static/unroll/")
+    count = 0
     for node in g.node:
         if node.op_type == "Scan":
-            nodes += _unroll(node, chunk, rw)
+            _unroll(node, chunk, b)
             count += 1
         else:
-            nodes.append(node)
+            b.nodes.append(node)
     del g.node[:]
-    g.node.extend(nodes)
+    g.node.extend(b.nodes)
+    g.initializer.extend(b.initializers)
     return count
 
 
-def _unroll(node: onnx.NodeProto, chunk: int, rw: _Rewriter) -> list[onnx.NodeProto]:
+def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder) -> None:
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     body, n_scan = a["body"], a["num_scan_inputs"]
     if any(a.get("scan_input_directions", [0] * n_scan)) or any(a.get("scan_output_directions", [])):
@@ -109,37 +91,31 @@ def _unroll(node: onnx.NodeProto, chunk: int, rw: _Rewriter) -> list[onnx.NodePr
     n_state = len(node.input) - n_scan
     state = list(node.input[:n_state])
     steps: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
-    axes0 = rw.const(np.array([0]), "axes")
-    nodes = []
+    axes0 = b.ints([0], "axes")
     for t in range(chunk):
         mapping = dict(zip([i.name for i in body.input[:n_state]], state))
         for j, x in enumerate(node.input[n_state:]):
-            piece = rw.node("Slice", [x, rw.const(np.array([t]), "start"), rw.const(np.array([t + 1]), "end"), axes0])
-            step = rw.node("Squeeze", [piece[1], axes0])
-            nodes += [piece[0], step[0]]
-            mapping[body.input[n_state + j].name] = step[1]
-        for b in body.node:
+            piece = b.op1("Slice", [x, b.ints([t], "start"), b.ints([t + 1], "end"), axes0])
+            mapping[body.input[n_state + j].name] = b.op1("Squeeze", [piece, axes0])
+        for step_node in body.node:
             copy = onnx.NodeProto()
-            copy.CopyFrom(b)
-            copy.name = rw.name(f"t{t}_{b.op_type}")
+            copy.CopyFrom(step_node)
+            copy.name = b.fresh(f"t{t}_{step_node.op_type}")
             del copy.input[:]
-            copy.input.extend(mapping.get(i, i) for i in b.input)  # outer-scope names (the weights) stay
-            outs = [rw.name(f"t{t}_{o.rsplit('/', 1)[-1]}") for o in b.output]
-            mapping.update(zip(b.output, outs))
+            copy.input.extend(mapping.get(i, i) for i in step_node.input)  # outer-scope names (the weights) stay
+            outs = [b.fresh(f"t{t}_{o.rsplit('/', 1)[-1]}") for o in step_node.output]
+            mapping.update(zip(step_node.output, outs))
             del copy.output[:]
             copy.output.extend(outs)
-            nodes.append(copy)
+            b.nodes.append(copy)
         state = [mapping[o.name] for o in body.output[:n_state]]
         for j, o in enumerate(body.output[n_state:]):
             steps[j].append(mapping[o.name])
-    nodes += [rw.node("Identity", [final], output=name)[0] for final, name in zip(state, node.output[:n_state])]
+    for final, name in zip(state, node.output[:n_state]):
+        b.op1("Identity", [final], output=name)
     for j, name in enumerate(node.output[n_state:]):
-        stacked = [rw.node("Unsqueeze", [y, axes0]) for y in steps[j]]
-        nodes += [n for n, _ in stacked]
-        parts = [out for _, out in stacked]
-        nodes.append(rw.node("Concat", parts, output=name, axis=0)[0] if len(parts) > 1 else
-                     rw.node("Identity", parts, output=name)[0])
-    return nodes
+        parts = [b.op1("Unsqueeze", [y, axes0]) for y in steps[j]]
+        b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
 
 
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -163,9 +139,8 @@ def _plain_ops(model: onnx.ModelProto) -> None:
     g = model.graph
     shapes = _shapes(model)
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    rw = _Rewriter(g, "plain")
+    b = GraphBuilder("plain", prefix="static/plain/")
     outputs = {o.name for o in g.output}
-    nodes = []
     for n in g.node:
         out = n.output[0] if n.output else ""
         if n.op_type == "Gather" and n.input[1] in consts and consts[n.input[1]].ndim == 0 and out in shapes:
@@ -173,20 +148,18 @@ def _plain_ops(model: onnx.ModelProto) -> None:
             size = shapes.get(n.input[0], [None] * (axis + 1))[axis]
             i = int(consts[n.input[1]])
             if i < 0 and size is None:
-                nodes.append(n)  # a negative index into a size that is not known: left as the Gather it is
+                b.nodes.append(n)  # a negative index into a size that is not known: left as the Gather it is
                 continue
             i = i % size if size else i  # -1 is the last row: Slice(-1, 0) would be empty
-            piece = rw.node("Slice", [n.input[0], rw.const(np.array([i]), "start"), rw.const(np.array([i + 1]), "end"),
-                                      rw.const(np.array([axis]), "axes")])
-            nodes += [piece[0], rw.node("Reshape", [piece[1], rw.const(np.array(shapes[out], np.int64), "shape")],
-                                        output=out)[0]]
+            piece = b.op1("Slice", [n.input[0], b.ints([i], "start"), b.ints([i + 1], "end"), b.ints([axis], "axes")])
+            b.op1("Reshape", [piece, b.ints(shapes[out], "shape")], output=out)
         elif n.op_type in ("Squeeze", "Unsqueeze") and out in shapes:
-            nodes.append(rw.node("Reshape", [n.input[0], rw.const(np.array(shapes[out], np.int64), "shape")],
-                                 output=out)[0])
+            b.op1("Reshape", [n.input[0], b.ints(shapes[out], "shape")], output=out)
         else:
-            nodes.append(n)
+            b.nodes.append(n)
     del g.node[:]
-    g.node.extend(nodes)
+    g.node.extend(b.nodes)
+    g.initializer.extend(b.initializers)
     _drop_identities(g, outputs)
 
 
