@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edge_rnn._inspect import operator_counts
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._fidelity import measure_against
@@ -91,17 +92,7 @@ def _machine() -> dict[str, Any]:
 
 def _describe(path: Path) -> dict[str, Any]:
     m = onnx.load(str(path), load_external_data=False)
-    ops: dict[str, int] = {}
-
-    def walk(g: onnx.GraphProto) -> None:
-        for n in g.node:
-            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-            ops[key] = ops.get(key, 0) + 1
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-
-    walk(m.graph)
+    ops = operator_counts(m.graph)
     contract = Contract.from_metadata({p.key: p.value for p in m.metadata_props})
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"file": path.name, "sha256": sha256_of(path), "size": path.stat().st_size, "opset": opset,
@@ -152,8 +143,7 @@ def _package(model: Path, folder: Path, variants: tuple[str, ...], ort_format: b
     entries: dict[str, dict] = {}
     refused: dict[str, str] = {}
     fp32 = folder / f"{stem}.onnx"
-    shutil.copy(model, fp32)
-    StreamingModel.load(fp32)  # an edge-rnn model the runtime takes, before anything is measured
+    shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
     for name in variants:
         say(f"{name}: making and measuring")
         path = fp32 if name == "fp32" else folder / f"{stem}.{name}.onnx"

@@ -25,6 +25,7 @@ from typing import Any
 
 import onnx
 
+from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.deploy._tools import quiet
@@ -47,16 +48,10 @@ class Variant:
 
 
 def _operators(model: onnx.ModelProto) -> dict[str, int]:
+    """Operator counts by op type alone (``DynamicQuantizeLSTM``, not ``com.microsoft.DynamicQuantizeLSTM``)."""
     counts: Counter = Counter()
-
-    def walk(g: onnx.GraphProto) -> None:
-        for n in g.node:
-            counts[n.op_type] += 1
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-
-    walk(model.graph)
+    for key, n in operator_counts(model.graph).items():
+        counts[key.rsplit(".", 1)[-1]] += n
     return dict(counts)
 
 

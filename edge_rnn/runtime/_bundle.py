@@ -20,7 +20,7 @@ import numpy as np
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "number"]
+__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -34,12 +34,16 @@ class Picked:
     contract: Contract
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def hash_file(digest: Any, path: Path) -> Any:
+    """``digest`` updated with the bytes of ``path``, read in 1 MiB blocks; returned."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
+
+
+def sha256_of(path: Path) -> str:
+    return hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

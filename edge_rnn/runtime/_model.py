@@ -23,7 +23,7 @@ from edge_rnn.errors import (
     message_line,
 )
 from edge_rnn.runtime._batching import BatchStepping
-from edge_rnn.runtime._bundle import pick_variant
+from edge_rnn.runtime._bundle import hash_file, pick_variant
 from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._session import (
@@ -107,9 +107,7 @@ def _fingerprint(data: bytes, weight_files: list[Path]) -> str:
     """What identifies a model for its snapshots: the file's bytes and those of its external weight files."""
     digest = hashlib.sha256(data)
     for file in weight_files:
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(digest, file)
     return digest.hexdigest()[:32]
 
 
@@ -192,8 +190,8 @@ class StreamingModel(BatchStepping):
         ``manifest.json``: ``variant="int8"`` picks one by name,
         ``max_error=1e-3`` the fastest whose measured error is within it (and
         does not grow), neither the ``fp32`` one; ``form="ort"`` its ORT-format
-        file. The file's SHA-256 must match the manifest, whose contract is
-        used (and checked against the graph). ``model.variant`` says which.
+        file. The file's SHA-256 must match the manifest, and so must the
+        contract in the file. ``model.variant`` says which.
 
         A model edge-rnn exported describes its states in its ``edge_rnn``
         metadata. The options come in two groups, each a frozen dataclass:
