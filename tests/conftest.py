@@ -30,3 +30,21 @@ ARCHS = {
     "lstm_proj": ("lstm", {"proj_size": 3}),
     "gru": ("gru", {}),
 }
+
+
+def batch_of_one_model(path: Path) -> Path:
+    """h' = tanh(h + x) behind a Reshape to (1, 3): a graph whose batch axis is dynamic but that only runs a
+    batch of one, so onnxruntime itself fails on a batched call (needs onnx; written to ``path``)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "one_by_three"], ["x1"]), helper.make_node("Add", ["h0", "x1"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["hn"]), helper.make_node("Identity", ["hn"], ["y"])],
+        "reshape", [helper.make_tensor_value_info("x", f, ["b", 3]), helper.make_tensor_value_info("h0", f, ["b", 3])],
+        [helper.make_tensor_value_info("y", f, ["b", 3]), helper.make_tensor_value_info("hn", f, ["b", 3])],
+        [numpy_helper.from_array(np.array([1, 3], np.int64), "one_by_three")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

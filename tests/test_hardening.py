@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, batch_of_one_model
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.errors import InferenceError, ModelFormatError, StateError, UnsupportedError
@@ -280,17 +280,8 @@ def test_bug3_swapped_axes_and_a_state_dtype_or_batch_axis_the_graph_lacks_are_r
 
 
 def test_bug4_a_failing_run_prints_nothing_of_onnxruntimes_own(capfd, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    f = TensorProto.FLOAT  # a graph that only takes a batch of 1 (a Reshape to (1, 3)) although batch is dynamic
-    g = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "one_by_three"], ["x1"]), helper.make_node("Add", ["h0", "x1"], ["s"]),
-         helper.make_node("Tanh", ["s"], ["hn"]), helper.make_node("Identity", ["hn"], ["y"])],
-        "reshape", [helper.make_tensor_value_info("x", f, ["b", 3]), helper.make_tensor_value_info("h0", f, ["b", 3])],
-        [helper.make_tensor_value_info("y", f, ["b", 3]), helper.make_tensor_value_info("hn", f, ["b", 3])],
-        [numpy_helper.from_array(np.array([1, 3], np.int64), "one_by_three")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    pytest.importorskip("onnx")
+    batch_of_one_model(tmp_path / "r.onnx")
     model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
     x = np.ones(3, np.float32)
     capfd.readouterr()

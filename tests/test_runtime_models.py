@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import onnx
+from conftest import batch_of_one_model
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn.errors import ModelFormatError
@@ -183,13 +184,7 @@ def test_onnxruntime_failure_is_an_edge_rnn_error_run_once_and_no_stream_advance
     """A graph that only takes a batch of 1 (a Reshape to (1, 3)) although its batch axis is dynamic."""
     from edge_rnn.errors import InferenceError
 
-    g = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "one_by_three"], ["x1"]), helper.make_node("Add", ["h0", "x1"], ["s"]),
-         helper.make_node("Tanh", ["s"], ["hn"]), helper.make_node("Identity", ["hn"], ["y"])],
-        "reshape", [helper.make_tensor_value_info("x", F, ["b", 3]), helper.make_tensor_value_info("h0", F, ["b", 3])],
-        [helper.make_tensor_value_info("y", F, ["b", 3]), helper.make_tensor_value_info("hn", F, ["b", 3])],
-        [numpy_helper.from_array(np.array([1, 3], np.int64), "one_by_three")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    batch_of_one_model(tmp_path / "r.onnx")
     model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
     a, b = model.open_stream(), model.open_stream()
     x = np.ones(3, np.float32)
