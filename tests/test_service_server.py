@@ -262,3 +262,39 @@ def test_loadtest_paces_real_time_streams_and_reports_latency():
     assert result.kept_real_time == 6 and not result.errors and 0 < result.percentile(50) <= result.percentile(99)
     assert 6 * 25 <= len(result.latencies_ms) <= 6 * 32  # 1.5 s of 50 ms chunks per stream
     assert r.exit_code == 0 and "2/2 streams kept real time" in r.output, r.output
+
+
+def test_binary_chunks_are_time_major_whatever_axis_the_model_keeps_time_on(tmp_path):
+    """A model whose per-stream input is (features, time): the protocol's (time, features) bytes are moved there,
+    and the reply comes back time first (was: reshaped as (time, features) and refused, or sent in the model's
+    own order)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["h0"], ["hn"])], "ft",
+        [helper.make_tensor_value_info("x", f, ["b", 3, "t"]), helper.make_tensor_value_info("h0", f, ["b", 2])],
+        [helper.make_tensor_value_info("y", f, ["b", 3, "t"]), helper.make_tensor_value_info("hn", f, ["b", 2])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ft.onnx")
+    model = StreamingModel.load(tmp_path / "ft.onnx", time_axis=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="error",
+                                           ws="websockets-sansio", ws_per_message_deflate=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frames = np.arange(6, dtype=np.float32).reshape(2, 3)  # two frames of three features
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            sid = http.post("/v1/streams").json()["stream_id"]
+            reply = http.post(f"/v1/streams/{sid}/steps", content=frames.tobytes())
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_array_equal(np.frombuffer(reply.content, "<f4").reshape(2, 3), frames)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -83,8 +83,9 @@ class _Service:
         self.closing = False
         port = model.inputs[0] if len(model.inputs) == 1 else None
         self.port = port if port is not None and port.dtype == np.float32 else None
-        rest = [d for i, d in enumerate(port.stream_shape) if i != port.stream_time_axis] if port else []
-        self.frame = None if port is None or None in rest else rest  # the shape of one frame, for binary chunks
+        rest = [d for i, d in enumerate(self.port.stream_shape) if i != self.port.stream_time_axis] if self.port else []
+        self.frame = None if self.port is None or None in rest else rest  # one frame's shape, for binary chunks
+        self.primary = model.outputs[0]
 
     def open(self, snapshot: bytes | None = None) -> str:
         if len(self.streams) >= self.config.max_streams:
@@ -121,8 +122,16 @@ class _Service:
         if not body or len(body) % size:
             raise _HttpError(400, "bad_chunk", f"expected a whole number of frames of {size} bytes (float32 x "
                                                f"{self.frame}), got {len(body)} bytes")
-        x = np.frombuffer(body, dtype="<f4").reshape(-1, *self.frame)
-        return x if self.port.stream_time_axis is not None else x.reshape(self.frame) if len(x) == 1 else x
+        x = np.frombuffer(body, dtype="<f4").reshape(-1, *self.frame)  # (time, *frame), as the protocol sends it
+        t = self.port.stream_time_axis
+        if t is None:  # one step per call: exactly one frame
+            return x.reshape(self.frame) if len(x) == 1 else x
+        return np.moveaxis(x, 0, t)  # time where the model has it, e.g. (features, time)
+
+    def encode(self, out: dict) -> bytes:
+        """The primary output as float32 little-endian bytes, time first (time x features, row-major)."""
+        y, t = out[self.primary.name], self.primary.stream_time_axis
+        return np.ascontiguousarray(y if t is None else np.moveaxis(y, t, 0), dtype="<f4").tobytes()
 
     async def step(self, entry: _Entry, chunk: Any) -> dict:
         try:
@@ -214,8 +223,6 @@ def _guard(app: FastAPI, svc: _Service) -> None:
 
 
 def _stream_routes(app: FastAPI, svc: _Service) -> None:
-    model = svc.model
-
     @app.post("/v1/streams", status_code=201)
     async def open_stream(request: Request) -> dict:
         body = await request.body()
@@ -243,9 +250,7 @@ def _stream_routes(app: FastAPI, svc: _Service) -> None:
         entry.next_step += 1
         if as_json:
             return JSONResponse({"outputs": {k: v.tolist() for k, v in out.items()}})
-        primary = model.outputs[0].name
-        return Response(np.ascontiguousarray(out[primary], dtype="<f4").tobytes(),
-                        media_type="application/octet-stream")
+        return Response(svc.encode(out), media_type="application/octet-stream")
 
     @app.delete("/v1/streams/{sid}", status_code=204)
     async def delete(sid: str) -> Response:
@@ -307,7 +312,6 @@ def _socket_route(app: FastAPI, svc: _Service) -> None:
 
 
 async def _serve_socket(socket: WebSocket, svc: _Service, sid: str) -> None:
-    primary = svc.model.outputs[0].name
     while True:
         try:
             message = await socket.receive()
@@ -319,7 +323,7 @@ async def _serve_socket(socket: WebSocket, svc: _Service, sid: str) -> None:
         try:
             if message.get("bytes") is not None:
                 out = await svc.step(entry, svc.decode(message["bytes"]))
-                await socket.send_bytes(np.ascontiguousarray(out[primary], dtype="<f4").tobytes())
+                await socket.send_bytes(svc.encode(out))
                 continue
             command = _command(message.get("text"))
             if command == "end":
