@@ -124,12 +124,13 @@ def precision_of(path: str | Path, model: StreamingModel) -> str:
     return "float32"
 
 
-def _layouts(model: StreamingModel) -> list[InputLayout]:
-    out = []
-    for p in model.inputs:
-        shape = tuple(1 if d is None else d for d in p.shape)
-        out.append(InputLayout(p.name, shape, p.batch_axis, p.time_axis, str(p.dtype), p.values))
-    return out
+def input_source(model: StreamingModel, data: Any, what: str = "data") -> Any:
+    """Inputs for ``model``'s data inputs: ``data`` (an array, sequences, or a .npy/.npz path), else random."""
+    layouts = [InputLayout(p.name, tuple(1 if d is None else d for d in p.shape), p.batch_axis, p.time_axis,
+                           str(p.dtype), p.values) for p in model.inputs]
+    if isinstance(data, (str, Path)):
+        data = load_data(data)
+    return random_inputs(layouts) if data is None else data_inputs(layouts, data, what)
 
 
 def _producers(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
@@ -220,10 +221,7 @@ def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 
     var, ref = StreamingModel.load(variant), StreamingModel.load(reference)
     tolerance = tolerance or TOLERANCE[precision_of(variant, var)]
     _same_interface(var, ref, variant, reference)
-    layouts = _layouts(ref)
-    if isinstance(data, (str, Path)):
-        data = load_data(data)
-    source = random_inputs(layouts) if data is None else data_inputs(layouts, data)
+    source = input_source(ref, data)
     rng = np.random.default_rng(seed)
     timed = any(p.time_axis is not None for p in ref.inputs)
     fixed = {p.shape[p.time_axis] for m in (var, ref) for p in m.inputs if p.time_axis is not None} - {None}
@@ -263,7 +261,7 @@ def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: l
     s_ref, s_var = ref.open_stream(), var.open_stream()
     start = 0
     for n in sizes:
-        chunk = {p.name: _piece(p, whole[p.name], start, n, timed) for p in ref.inputs}
+        chunk = {p.name: piece(p, whole[p.name], start, n, timed) for p in ref.inputs}
         y_ref, y_var = ref.step(s_ref, chunk), var.step(s_var, chunk)
         for name, (a, b) in outs.items():
             a.append(y_ref[name])
@@ -275,7 +273,7 @@ def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: l
     return outs, states
 
 
-def _piece(p: Any, a: np.ndarray, start: int, n: int, timed: bool) -> np.ndarray:
+def piece(p: Any, a: np.ndarray, start: int, n: int, timed: bool) -> np.ndarray:
     """Steps ``start .. start + n`` of one stream's input (batch of 1), without the batch axis, as step takes it."""
     if not timed:
         a = a[start]  # a leading axis of calls

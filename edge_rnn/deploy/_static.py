@@ -241,18 +241,12 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from edge_rnn.deploy._fidelity import input_source, piece
     from edge_rnn.deploy._tools import quiet
-    from edge_rnn.harness import InputLayout, data_inputs, random_inputs
     from edge_rnn.runtime import StreamingModel
 
     model = StreamingModel.load(static_path)
-    if isinstance(calibration, (str, Path)):
-        from edge_rnn.harness import load_data
-
-        calibration = load_data(calibration)
-    layouts = [InputLayout(p.name, tuple(1 if d is None else d for d in p.shape), p.batch_axis, p.time_axis,
-                           str(p.dtype), p.values) for p in model.inputs]
-    source = random_inputs(layouts) if calibration is None else data_inputs(layouts, calibration, "calibration")
+    source = input_source(model, calibration, "calibration")
     k = next((p.shape[p.time_axis] for p in model.inputs if p.time_axis is not None), 1)
     rng = np.random.default_rng(seed)
     timed = any(p.time_axis is not None for p in model.inputs)
@@ -260,12 +254,7 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
     stream = model.open_stream()
     feeds = []
     for c in range(steps):
-        chunk = {}
-        for p in model.inputs:
-            a = whole[p.name]
-            a = a[(slice(None),) * p.time_axis + (slice(c * k, (c + 1) * k),)] if timed and p.time_axis is not None \
-                else a if timed else a[c]
-            chunk[p.name] = a[(slice(None),) * p.batch_axis + (0,)]
+        chunk = {p.name: piece(p, whole[p.name], c * k, k, timed) for p in model.inputs}
         state = {name: v[(slice(None),) * s.batch_axis + (None,)] for s in model.states
                  for name, v in [(s.input, stream.state[s.input])]}
         feeds.append({**{p.name: chunk[p.name][(slice(None),) * p.batch_axis + (None,)] for p in model.inputs},
