@@ -7,13 +7,17 @@ that batches; it relies on the model's own validation (``_prepare``,
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StreamError
 from edge_rnn.runtime._stream import Stream
 
 __all__ = ["BatchStepping"]
@@ -21,20 +25,13 @@ __all__ = ["BatchStepping"]
 Arrays = dict[str, np.ndarray]
 
 
-class _StateBatch:
-    """The state outputs of one step_batch call, with their batch axis, shared by its streams.
-
-    When the next call steps the same streams in the same order, these arrays
-    are fed as they are, instead of gathering each stream's state again; a
-    stream's own view is cut from ``batch_first`` only when something asks.
-    """
-
-    __slots__ = ("arrays", "batch_first", "size")
-
-    def __init__(self, arrays: Arrays, batch_first: Arrays, size: int):
-        self.arrays = arrays
-        self.batch_first = batch_first
-        self.size = size
+_LAYOUT = attrgetter("shape", "dtype")
+_SHAPE = attrgetter("shape")
+_MODEL = attrgetter("_model")
+_CLOSED = attrgetter("_closed")
+_ROW = attrgetter("_row")
+_LOCK = attrgetter("lock")
+_LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
 
 
 def _check_item(i: int, item: Any) -> None:
@@ -125,24 +122,64 @@ class BatchStepping:
             raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
         if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path
             return self._step_unbatched(items)
-        chunks, steps, streams = self._collect(items)
+        uniform = self._uniform(items)
+        if uniform is not None:  # the common case, checked in a few passes over the items at C speed
+            streams, stacked, n = uniform
+            chunks, steps = {self._single_input: stacked}, [n] * len(streams)
+        else:
+            chunks, steps, streams = self._collect(items)
         with self._locked(streams):
-            streamable = self._io.streamable
-            for s in streams:
-                if not s.usable_fast(self, streamable):
-                    s.check_usable(self)  # raises the right error
-            groups: dict[int, list[int]] = {}
-            for i, n in enumerate(steps):
-                groups.setdefault(n, []).append(i)
+            self._check_streams(streams)
+            rows = np.fromiter(map(_ROW, streams), np.intp, len(streams))
             results: list[Arrays] = [{}] * len(streams)
-            slots: list[tuple[_StateBatch, int]] = [None] * len(streams)  # type: ignore[list-item]
-            for idxs in groups.values():  # every call first; states are set only when all succeeded
-                batch = self._run_group(idxs, chunks, streams, results)
-                for j, i in enumerate(idxs):
-                    slots[i] = (batch, j)
-            for s, (batch, j), n in zip(streams, slots, steps):
-                s.advance_in_batch(batch, j, n)
+            if uniform is not None or steps.count(steps[0]) == len(steps):
+                groups: list[list[int] | None] = [None]  # one call for every item
+            else:
+                by_steps: dict[int, list[int]] = {}
+                for i, n in enumerate(steps):
+                    by_steps.setdefault(n, []).append(i)
+                groups = list(by_steps.values())
+            # every call first; states are set only when all succeeded
+            done = [self._run_group(idxs, chunks, rows, results) for idxs in groups]
+            for (group_rows, states), idxs in zip(done, groups):
+                self._slab.claim(group_rows, states, steps[0 if idxs is None else idxs[0]])
             return results
+
+    def _uniform(self, items: Sequence[tuple[Stream, Any]]) -> tuple[list[Stream], np.ndarray, int] | None:
+        """(streams, the chunks stacked on the batch axis, steps) when every item is a (Stream, array) pair, the
+        streams distinct and the chunks of one shape and dtype that passed the model's checks (values aside);
+        else None, and the general path finds what differs."""
+        if self._single_input is None or set(map(type, items)) != {tuple} or set(map(len, items)) != {2}:
+            return None
+        streams, xs = map(list, zip(*items))
+        if set(map(type, streams)) != {Stream} or set(map(type, xs)) != {np.ndarray} or \
+                len(set(map(id, streams))) != len(streams):
+            return None
+        first = xs[0]
+        n = self._valid_layouts.get((first.shape, first.dtype))
+        if n is None:
+            try:
+                n = self._prepare(first, check_finite=False)[1]
+            except EdgeRnnError:
+                return None
+            if len(self._valid_layouts) < 64:
+                self._valid_layouts[first.shape, first.dtype] = n
+        if not first.ndim or set(map(len, xs)) != {len(first)}:
+            return None
+        try:  # the same rank, trailing sizes (concatenate's rule), first size (above) and dtype (casting="no")
+            stacked = np.concatenate(xs, casting="no").reshape(len(xs), *first.shape)
+        except (ValueError, TypeError):
+            return None
+        b = self._in_batch_axis[self._single_input]
+        return streams, stacked if b == 0 else np.ascontiguousarray(np.moveaxis(stacked, 0, b)), n
+
+    def _check_streams(self, streams: list[Stream]) -> None:
+        """Every stream usable by this model now (its own, open, streamable or fresh); the first that is not
+        raises its error. The caller holds their locks."""
+        if (set(map(_MODEL, streams)) != {self} or any(map(_CLOSED, streams))
+                or (not self._io.streamable and self._slab.steps[np.fromiter(map(_ROW, streams), np.intp)].any())):
+            for s in streams:
+                s.check_usable(self)
 
     def _collect(self, items: Sequence[tuple[Stream, Any]]) -> tuple[dict[str, list[np.ndarray]], list[int],
                                                                       list[Stream]]:
@@ -177,50 +214,77 @@ class BatchStepping:
 
     @contextmanager
     def _locked(self, streams: list[Stream]) -> Iterator[None]:
-        """Hold every stream's lock, taken in one fixed order (no deadlock between concurrent batches)."""
-        locked: list[Stream] = []
+        """Hold every stream's lock. Each is tried without waiting; if one is busy, those taken are let go and
+        all are taken in one fixed order, waiting (no deadlock between concurrent batches)."""
+        locks = list(map(_LOCK, streams))
+        taken = list(map(_LOCK_TYPE.acquire, locks, repeat(False)))
+        if not all(taken):
+            for lock, got in zip(locks, taken):
+                if got:
+                    lock.release()
+            locks = sorted(locks, key=id)
+            for k, lock in enumerate(locks):
+                try:
+                    lock.acquire()
+                except BaseException:
+                    for held in locks[:k]:
+                        held.release()
+                    raise
         try:
-            for s in sorted(streams, key=id):
-                s.lock.acquire()
-                locked.append(s)
             yield
         finally:
-            for s in locked:
-                s.lock.release()
+            deque(map(_LOCK_TYPE.release, locks), 0)
 
-    def _run_group(self, idxs: list[int], chunks: dict[str, list[np.ndarray]], streams: list[Stream],
-                   results: list[Arrays]) -> _StateBatch:
-        """One onnxruntime call for the items ``idxs`` (chunks of one length); fills their results."""
+    def _stack(self, name: str, parts: list[np.ndarray], idxs: list[int] | None) -> np.ndarray:
+        """One input's chunks of a group stacked on the model's batch axis."""
+        if idxs is not None:
+            parts = [parts[i] for i in idxs]
+        b = self._in_batch_axis[name]
+        if parts[0].ndim and len(set(map(_SHAPE, parts))) == 1:  # one C-level copy, then the batch axis moved
+            stacked = np.concatenate(parts).reshape(len(parts), *parts[0].shape)
+            return stacked if b == 0 else np.ascontiguousarray(np.moveaxis(stacked, 0, b))
+        add = self._add_batch[name]
+        return np.concatenate([a[add] for a in parts], axis=b)
+
+    def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray,
+                   results: list[Arrays]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One onnxruntime call for the items ``idxs`` (chunks of one length; None: all); fills their results and
+        returns their rows with the new states (set by the caller once every call succeeded)."""
         feeds = {}
         for p in self.inputs:
-            add, parts = self._add_batch[p.name], chunks[p.name]
-            feeds[p.name] = np.concatenate([parts[i][add] for i in idxs], axis=p.batch_axis)
+            parts = chunks[p.name]
+            feeds[p.name] = x = parts if type(parts) is np.ndarray else self._stack(p.name, parts, idxs)
             try:  # once over the stacked chunk; on failure, name the item
-                self._check_values(p.name, feeds[p.name])
+                self._check_values(p.name, x)
             except (NonFiniteError, ShapeError) as e:
-                bad = next(i for i in idxs if not self._values_ok(p.name, parts[i]))
+                items = np.moveaxis(parts, p.batch_axis, 0) if type(parts) is np.ndarray else parts
+                bad = next(i for i in (range(len(items)) if idxs is None else idxs)
+                           if not self._values_ok(p.name, items[i]))
                 raise type(e)(f"item {bad} of the batch: {e}") from None
-        feeds.update(self._group_states([streams[i] for i in idxs]))
+        if idxs is not None:
+            rows = rows[idxs]
+        n = len(rows)
+        feeds.update(self._slab.gather(rows))
         res = self._run(feeds)
-        # per-stream views into the batched outputs (iterating the batch axis): no copies
-        outs = [res[k].transpose(perm) for k, perm in enumerate(self._out_batch_first)]
-        for i, *vals in zip(idxs, *outs):
-            results[i] = dict(zip(self._out_port_names, vals))
         n_out = self._n_out
-        return _StateBatch(
-            {name: res[n_out + k] for k, name in enumerate(self._state_names)},
-            {name: res[n_out + k].transpose(perm)
-             for k, (name, perm) in enumerate(zip(self._state_names, self._state_batch_first))},
-            len(idxs),
-        )
-
-    def _group_states(self, group: list[Stream]) -> Arrays:
-        """The group's states with their batch axis: the last call's outputs when it stepped the same streams in
-        the same order, else each stream's state stacked."""
-        last = group[0].batch_slot
-        if last is not None and last[0].size == len(group) and all(
-            (slot := s.batch_slot) is not None and slot[0] is last[0] and slot[1] == j for j, s in enumerate(group)
-        ):
-            return last[0].arrays
-        return {name: np.concatenate([s.arrays()[name][add] for s in group], axis=st.batch_axis)
-                for (name, add), st in zip(self._state_add_batch, self.states)}
+        states = res[n_out:]
+        wrong = self._slab.mismatch(states, n) or next(
+            (f"output {name!r} for {n} streams: got shape {o.shape}" for name, o, p in
+             zip(self._out_port_names, res, self.outputs) if o.ndim <= p.batch_axis or o.shape[p.batch_axis] != n),
+            None)
+        if wrong:
+            raise InferenceError(f"onnxruntime ran {self.source} but returned a {wrong}; no stream in this call "
+                                 "advanced")
+        # per-stream views into the batched outputs (iterating the batch axis): no copies
+        views = [list(res[k].transpose(perm)) for k, perm in enumerate(self._out_batch_first)]
+        if n_out == 1:
+            name = self._out_port_names[0]
+            mine = [{name: v} for v in views[0]]
+        else:
+            mine = [dict(zip(self._out_port_names, vs)) for vs in zip(*views)]
+        if idxs is None:
+            results[:] = mine
+        else:
+            for i, r in zip(idxs, mine):
+                results[i] = r
+        return rows, states

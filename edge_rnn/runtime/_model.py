@@ -26,6 +26,7 @@ from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._bundle import hash_file, pick_variant
 from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
+from edge_rnn.runtime._slab import StateSlab
 from edge_rnn.runtime._session import (
     _EP_FAIL,
     OPT_LEVELS,
@@ -35,7 +36,7 @@ from edge_rnn.runtime._session import (
     describe_session,
 )
 from edge_rnn.runtime._session import session_options as make_session_options
-from edge_rnn.runtime._snapshot import decode_snapshot, stream_shape
+from edge_rnn.runtime._snapshot import decode_snapshot
 from edge_rnn.runtime._stream import Stream, state_from_user
 
 __all__ = ["StreamingModel", "OPT_LEVELS"]
@@ -162,12 +163,11 @@ class StreamingModel(BatchStepping):
         ]
         # index tuples that add (x[add]) or drop (y[drop]) the batch axis as views, without copies
         self._add_batch = {p.name: (slice(None),) * p.batch_axis + (None,) for p in io.inputs}
+        self._in_batch_axis = {p.name: p.batch_axis for p in io.inputs}
         self._drop_batch = [(slice(None),) * p.batch_axis + (0,) for p in io.outputs]
         # transposes that bring the batch axis first, to split a batch into per-stream views
         self._out_batch_first = [_batch_first(len(p.shape), p.batch_axis) for p in io.outputs]
-        self._state_batch_first = [_batch_first(len(s.shape), s.batch_axis) for s in io.states]
-        self._state_add_batch = [(s.input, (slice(None),) * s.batch_axis + (None,)) for s in io.states]
-        self._state_drop_batch = [(s.input, (slice(None),) * s.batch_axis + (0,)) for s in io.states]
+        self._slab = StateSlab(io.states)  # every open stream's state, one row each
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -285,16 +285,13 @@ class StreamingModel(BatchStepping):
     # ------------------------------------------------------------------ streams
     def open_stream(self, initial_state: Mapping[str, np.ndarray] | None = None) -> Stream:
         """A new stream, from zeros (PyTorch's default) or from ``initial_state`` (per stream, no batch axis)."""
-        if initial_state is None:
-            state = {s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in self.states}
-        else:
-            state = state_from_user(self.states, initial_state)
-        return Stream(self, self.states, state)
+        state = None if initial_state is None else state_from_user(self.states, initial_state)
+        return Stream(self, self.states, self._slab, state)
 
     def restore(self, snapshot: bytes) -> Stream:
         """A stream resumed from :meth:`Stream.snapshot`; refused if the snapshot is of another model."""
         state, steps = decode_snapshot(snapshot, self.fingerprint, self.states)
-        return Stream(self, self.states, state, steps=steps)
+        return Stream(self, self.states, self._slab, state, steps=steps)
 
     # ------------------------------------------------------------------ stepping
     def _prepare(self, x: Any, *, check_finite: bool = True) -> tuple[Arrays, int]:
@@ -407,11 +404,14 @@ class StreamingModel(BatchStepping):
         with stream.lock:
             if not stream.usable_fast(self, self._io.streamable):
                 stream.check_usable(self)  # raises the right error
-            feeds.update(stream.single_feeds(self._state_add_batch))
+            row = stream._row
+            feeds.update(self._slab.feeds(row))
             res = self._run(feeds)
-            n_out = self._n_out
-            # kept as onnxruntime returned them, batch axis included: fed as they are next call
-            stream.advance_alone({name: res[n_out + i] for i, name in enumerate(self._state_names)},
-                                 self._state_drop_batch, n)
+            states = res[self._n_out:]
+            wrong = self._slab.mismatch(states, 1)
+            if wrong:
+                raise InferenceError(f"onnxruntime ran {self.source} but returned a {wrong}; the stream did not "
+                                     "advance")
+            self._slab.advance(row, states, n)
         return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 

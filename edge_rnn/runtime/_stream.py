@@ -10,6 +10,7 @@ import numpy as np
 
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import NonFiniteError, ShapeError, StateError, StreamError
+from edge_rnn.runtime._slab import StateSlab
 from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
 
 
@@ -29,57 +30,32 @@ class Stream:
     The state is held per stream, without the batch axis, like everything a
     stream passes or gets back. Steps on one stream are serialised by its lock.
 
-    The stream is the only owner of its state. For speed the state has three
-    forms, and whichever was set last is the truth: a per-stream dict (after
-    open, reset or restore), the state outputs onnxruntime returned for this
-    stream alone (after ``step``, batch axis of 1, fed back as they are), or a
-    slot in a batch's outputs (after ``step_batch``). The per-stream dict is
-    cut from the others only when something asks for it. The model changes
-    the state only through the methods below marked "for the model".
+    The stream is the only owner of its state, which lives in one row of its
+    model's :class:`~edge_rnn.runtime._slab.StateSlab` (so that a batch of
+    streams gathers and sets its states with one indexing operation). The
+    model changes the state only through the methods below marked "for the
+    model", holding the stream's lock.
     """
 
-    def __init__(self, model: StreamingModel, specs: tuple[StateSpec, ...], state: dict[str, np.ndarray], *,
-                 steps: int = 0):
+    def __init__(self, model: StreamingModel, specs: tuple[StateSpec, ...], slab: StateSlab,
+                 state: dict[str, np.ndarray] | None = None, *, steps: int = 0):
         self._model = model
         self._specs = specs
-        self._dict: dict[str, np.ndarray] | None = state  # name -> array without the batch axis
-        # (batch outputs, index) after step_batch, else None; read by the model, set only by the methods below
-        self.batch_slot: tuple[Any, int] | None = None
-        self._fed: dict[str, np.ndarray] | None = None  # after step: onnxruntime's outputs, batch axis of 1
-        self._drop: list = []  # (name, index) that drops the batch axis of _fed
+        self._slab = slab
+        self._row = slab.allocate(state, steps)  # -1 once closed
         self.lock = threading.Lock()  # held while a step on this stream runs
         self._closed = False
-        self.steps = steps  # time steps consumed since open/reset
+        self._steps_at_close = 0
+
+    def __del__(self) -> None:  # a stream dropped without close() gives its row back
+        row = getattr(self, "_row", -1)
+        if row >= 0:
+            self._slab.release(row)
 
     # ------------------------------------------------------------------ for the model
     def arrays(self) -> dict[str, np.ndarray]:
         """The current state, per stream (no batch axis), as views; the caller holds the lock."""
-        if self._dict is None:
-            if self._fed is not None:
-                self._dict = {name: self._fed[name][drop] for name, drop in self._drop}
-            else:
-                batch, j = self.batch_slot  # type: ignore[misc]
-                self._dict = {name: a[j] for name, a in batch.batch_first.items()}
-        return self._dict
-
-    def single_feeds(self, add_batch: list[tuple[str, tuple]]) -> dict[str, np.ndarray]:
-        """The state as feeds with a batch axis of 1: onnxruntime's own outputs when the last step was alone."""
-        if self._fed is not None:
-            return self._fed
-        state = self.arrays()
-        return {name: state[name][add] for name, add in add_batch}
-
-    def advance_alone(self, fed: dict[str, np.ndarray], drop: list, steps: int) -> None:
-        """After a step on this stream alone: its new state is onnxruntime's outputs ``fed``."""
-        self._fed, self._drop = fed, drop
-        self._dict = self.batch_slot = None
-        self.steps += steps
-
-    def advance_in_batch(self, batch: Any, index: int, steps: int) -> None:
-        """After a step_batch call: its new state is slot ``index`` of that call's outputs."""
-        self.batch_slot = (batch, index)
-        self._dict = self._fed = None
-        self.steps += steps
+        return self._slab.view(self._row)
 
     def check_usable(self, model: StreamingModel) -> None:
         """Raise unless ``model`` may step this stream now (its own model, open, streamable or fresh)."""
@@ -97,6 +73,12 @@ class Stream:
         return self._model is model and not self._closed and (streamable or not self.steps)
 
     # ------------------------------------------------------------------ for the user
+    @property
+    def steps(self) -> int:
+        """Time steps consumed since open or reset."""
+        row = self._row
+        return self._steps_at_close if row < 0 else int(self._slab.steps[row])
+
     @property
     def model(self) -> StreamingModel:
         return self._model
@@ -116,24 +98,22 @@ class Stream:
         """Back to the zero state, PyTorch's default initial state."""
         with self.lock:
             self._check_open()
-            self._set({s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in self._specs})
-            self.steps = 0
+            self._slab.write(self._row)  # zeros, no steps
 
     def close(self) -> None:
         """Release the state; any later step on this stream raises :class:`StreamError`."""
         with self.lock:
-            self._closed = True
-            self._set({})
+            if not self._closed:
+                self._closed = True
+                self._steps_at_close = self.steps
+                self._slab.release(self._row)
+                self._row = -1
 
     def snapshot(self) -> bytes:
         """The state as bytes; :meth:`StreamingModel.restore` resumes it bit for bit."""
         with self.lock:
             self._check_open()
             return encode_snapshot(self._model.fingerprint, self._specs, self.arrays(), self.steps)
-
-    def _set(self, state: dict[str, np.ndarray]) -> None:
-        self._dict = state
-        self.batch_slot = self._fed = None
 
     def _check_open(self) -> None:
         if self._closed:
