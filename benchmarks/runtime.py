@@ -117,18 +117,27 @@ def single_stream(paths: dict[str, Path], lstm: torch.nn.LSTM, rounds: int) -> d
     return interleaved(fns, rounds, 100)
 
 
-def overhead_same_batch(path: Path, streams: tuple[int, ...], rounds: int) -> list[tuple[int, float, float]]:
-    """step / step_batch against a bare session.run on feeds already stacked (the same batch)."""
+def overhead_same_batch(path: Path, streams: tuple[int, ...], rounds: int) -> list[tuple[int, float, float, float]]:
+    """step / step_batch against a bare session.run on feeds already stacked (the same batch): the same streams
+    in the same order each call, and in a new order each call (each state gathered from its row)."""
     model = StreamingModel.load(path, threads=1)
     rng = np.random.default_rng(1)
     out = []
     for n in streams:
         items = [(model.open_stream(), random_chunk(model, 1, rng)) for _ in range(n)]
+        orders = [[items[i] for i in rng.permutation(n)] for _ in range(8)]
+        turn = [0]
+
+        def shuffled(orders=orders, turn=turn) -> None:
+            turn[0] += 1
+            model.step_batch(orders[turn[0] % 8])
+
         feeds = {"x": np.concatenate([x["x"][:, None] for _, x in items], axis=1),
                  "h0": np.zeros((LAYERS, n, HID), np.float32), "c0": np.zeros((LAYERS, n, HID), np.float32)}
-        fns = {"bare": partial(model.session.run, None, feeds), "ours": partial(model.step_batch, items)}
+        fns = {"bare": partial(model.session.run, None, feeds), "ours": partial(model.step_batch, items),
+               "shuffled": shuffled}
         t = interleaved(fns, rounds, max(2, 200 // n))
-        out.append((n, float(np.median(t["bare"])) * 1e3, float(np.median(t["ours"])) * 1e3))
+        out.append((n, *(float(np.median(t[k])) * 1e3 for k in fns)))
     return out
 
 
@@ -136,6 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=0.6, help="per row of the throughput tables")
+    ap.add_argument("--only-overhead", action="store_true", help="only the overhead over a bare session.run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -149,6 +159,8 @@ def main() -> None:
           f"onnxruntime {ort.__version__}, numpy {np.__version__}; one thread everywhere")
     print(f"# demo LSTM: input {IN}, hidden {HID}, {LAYERS} layers, fp32\n")
 
+    if args.only_overhead:
+        return overhead(paths, args.rounds)
     print("## (a) single stream, one time step per call")
     t = single_stream(paths, lstm, args.rounds)
     floor = min(float(np.median(t[k])) for k in t if k.startswith("floor"))
@@ -171,11 +183,16 @@ def main() -> None:
         r256 = next(r for r in rows if r.streams == 256 and r.chunk == 1)
         print(f"256 streams, chunk 1: step_batch costs {1 / r256.speedup:.2f} of 256 naive calls (target <= 0.25)")
 
+    overhead(paths, args.rounds)
+
+
+def overhead(paths: dict[str, Path], rounds: int) -> None:
     for form, path in paths.items():
         print(f"\n## runtime overhead over a bare session.run on the same batch, chunk 1 ({form})")
-        print(f"{'streams':>7} {'bare ms':>9} {'edge-rnn ms':>12} {'overhead':>9}")
-        for n, bare, ours in overhead_same_batch(path, (1, 8, 64, 256), max(4, args.rounds // 2)):
-            print(f"{n:>7} {bare:>9.3f} {ours:>12.3f} {100 * (ours / bare - 1):>8.1f}%")
+        print(f"{'streams':>7} {'bare ms':>9} {'edge-rnn ms':>12} {'overhead':>9} {'new order ms':>13} {'overhead':>9}")
+        for n, bare, ours, shuffled in overhead_same_batch(path, (1, 8, 64, 256), max(4, rounds // 2)):
+            print(f"{n:>7} {bare:>9.3f} {ours:>12.3f} {100 * (ours / bare - 1):>8.1f}% {shuffled:>13.3f} "
+                  f"{100 * (shuffled / bare - 1):>8.1f}%")
 
 
 if __name__ == "__main__":

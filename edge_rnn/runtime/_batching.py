@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -152,8 +152,16 @@ class BatchStepping:
         if self._single_input is None or set(map(type, items)) != {tuple} or set(map(len, items)) != {2}:
             return None
         streams, xs = map(list, zip(*items))
-        if set(map(type, streams)) != {Stream} or set(map(type, xs)) != {np.ndarray} or \
-                len(set(map(id, streams))) != len(streams):
+        if set(map(type, streams)) != {Stream} or len(set(map(id, streams))) != len(streams):
+            return None
+        kinds = set(map(type, xs))
+        if kinds == {dict} and set(map(len, xs)) == {1}:  # {"x": array}, the input by name
+            try:
+                xs = list(map(itemgetter(self._single_input), xs))
+            except KeyError:
+                return None
+            kinds = set(map(type, xs))
+        if kinds != {np.ndarray}:
             return None
         first = xs[0]
         n = self._valid_layouts.get((first.shape, first.dtype))
@@ -170,8 +178,8 @@ class BatchStepping:
             stacked = np.concatenate(xs, casting="no").reshape(len(xs), *first.shape)
         except (ValueError, TypeError):
             return None
-        b = self._in_batch_axis[self._single_input]
-        return streams, stacked if b == 0 else np.ascontiguousarray(np.moveaxis(stacked, 0, b)), n
+        perm = self._in_from_batch_first[self._single_input]
+        return streams, stacked if perm is None else np.ascontiguousarray(stacked.transpose(perm)), n
 
     def _check_streams(self, streams: list[Stream]) -> None:
         """Every stream usable by this model now (its own, open, streamable or fresh); the first that is not
@@ -239,12 +247,11 @@ class BatchStepping:
         """One input's chunks of a group stacked on the model's batch axis."""
         if idxs is not None:
             parts = [parts[i] for i in idxs]
-        b = self._in_batch_axis[name]
         if parts[0].ndim and len(set(map(_SHAPE, parts))) == 1:  # one C-level copy, then the batch axis moved
             stacked = np.concatenate(parts).reshape(len(parts), *parts[0].shape)
-            return stacked if b == 0 else np.ascontiguousarray(np.moveaxis(stacked, 0, b))
-        add = self._add_batch[name]
-        return np.concatenate([a[add] for a in parts], axis=b)
+            perm = self._in_from_batch_first[name]
+            return stacked if perm is None else np.ascontiguousarray(stacked.transpose(perm))
+        return np.concatenate([a[self._add_batch[name]] for a in parts], axis=self._in_batch_axis[name])
 
     def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray,
                    results: list[Arrays]) -> tuple[np.ndarray, list[np.ndarray]]:

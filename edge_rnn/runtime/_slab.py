@@ -14,6 +14,10 @@ marks their rows. When the next batch is the same streams in the same order
 those arrays are fed as they are: no gather and no write at all. Any other use
 of a pending row writes it into the slab first (``settle``, ``flush``).
 
+A stream stepped alone keeps that call's state outputs as they are too
+(``lone``, by row): the next lone step feeds them back without a copy, and
+anything else writes them into the row first.
+
 Concurrency: a row is used only by whoever holds its stream's lock, and
 everything that reads or writes the arrays, ``owner`` or the pending batch
 takes the slab's lock (short: copies, never onnxruntime). Growing replaces the
@@ -58,6 +62,7 @@ class StateSlab:
         self.owner = np.zeros(0, np.int64)  # per row: the serial of the pending batch holding its state, or 0
         self.steps = np.zeros(0, np.int64)  # per row: time steps its stream consumed since open or reset
         self._pending: _Pending | None = None
+        self.lone: dict[int, list[np.ndarray]] = {}  # row -> the state outputs of its stream's last lone step
         self._want: dict[int, list[tuple[tuple[int, ...], np.dtype]]] = {}  # n -> each state output's shape, dtype
         self._serial = 0
         self._free: list[int] = []
@@ -88,7 +93,7 @@ class StateSlab:
             if not self._free:
                 self._grow(2 * self.capacity)
             row = self._free.pop()
-            self._drop(row)  # a pending batch's slot for the row's last owner
+            self._drop(row)  # a pending batch's slot, or the outputs of a lone step, of the row's last owner
             self.steps[row] = steps
             for a, pre, name in zip(self.arrays, self._pre, self._names):
                 a[(*pre, row)] = 0 if state is None else state[name]
@@ -101,12 +106,19 @@ class StateSlab:
     # ------------------------------------------------------------------ one row
     def _drop(self, row: int) -> None:
         """Caller holds the lock: the row's state, if pending, no longer is (it is about to be overwritten)."""
+        self.lone.pop(row, None)
         if self.owner[row]:
             self.owner[row] = 0
             self._pending.intact = False  # type: ignore[union-attr]
 
     def _settle(self, row: int) -> None:
-        """Caller holds the lock: the row's state moved from a pending batch into the slab, if it was there."""
+        """Caller holds the lock: the row's state moved from a pending batch or a lone step into the slab, if it
+        was there."""
+        fed = self.lone.pop(row, None)
+        if fed is not None:
+            for a, pre, v in zip(self.arrays, self._pre, fed):
+                a[(*pre, slice(row, row + 1))] = v
+            return
         serial = self.owner[row]
         if serial:
             p = self._pending
@@ -124,7 +136,11 @@ class StateSlab:
             return {name: a[(*pre, row)] for name, a, pre in zip(self._names, self.arrays, self._pre)}
 
     def feeds(self, row: int) -> Arrays:
-        """One stream's state with a batch axis of 1, as views: feeds for a step on that stream alone."""
+        """One stream's state with a batch axis of 1: feeds for a step on that stream alone (the outputs of its
+        last lone step as they are, else views of the row)."""
+        fed = self.lone.get(row)  # only the holder of the row's stream lock changes its entry
+        if fed is not None:
+            return dict(zip(self._names, fed))
         with self.lock:
             self._settle(row)
             return {name: a[(*pre, slice(row, row + 1))] for name, a, pre in zip(self._names, self.arrays, self._pre)}
@@ -139,12 +155,11 @@ class StateSlab:
 
     def advance(self, row: int, values: list[np.ndarray], steps: int) -> None:
         """One stream stepped alone by ``steps``: its new state is that call's state outputs (state order, batch
-        axis of 1)."""
+        axis of 1), kept as they are in ``lone``."""
         with self.lock:
             self._drop(row)
             self.steps[row] += steps
-            for a, pre, v in zip(self.arrays, self._pre, values):
-                a[(*pre, slice(row, row + 1))] = v
+            self.lone[row] = values
 
     def mismatch(self, values: list[np.ndarray], n: int) -> str | None:
         """What is wrong with a call's state outputs for ``n`` streams (state order), or None: a wrong shape or
@@ -180,6 +195,9 @@ class StateSlab:
         """The states of ``rows``, batch axis in the model's place, as feeds: the pending batch's own arrays when
         it is exactly these rows in this order, else fresh contiguous arrays taken from the slab."""
         with self.lock:
+            if self.lone:  # rows stepped alone last: their outputs into the slab first
+                for row in self.lone.keys() & set(rows.tolist()):
+                    self._settle(row)
             p = self._pending
             if p is not None and p.intact and p.key == rows.tobytes():
                 return dict(zip(self._names, p.arrays))
