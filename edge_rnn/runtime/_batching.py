@@ -44,6 +44,11 @@ class BatchStepping:
 
     def _step_isolated(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays | EdgeRnnError]:
         """step_batch(on_error="isolate"): each item's error in its own slot; the valid items still advance."""
+        if self._batchable and len(items) > 1:
+            try:  # the common case, every item good: the raise mode's checks at C speed, atomic on failure
+                return self.step_batch(items)  # type: ignore[return-value]
+            except Exception:  # noqa: BLE001 - no stream advanced; each item is looked at alone below
+                pass
         results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
         valid: list[int] = []
         seen: set[int] = set()

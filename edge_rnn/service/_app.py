@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -86,6 +86,13 @@ class _Service:
         rest = [d for i, d in enumerate(self.port.stream_shape) if i != self.port.stream_time_axis] if self.port else []
         self.frame = None if self.port is None or None in rest else rest  # one frame's shape, for binary chunks
         self.primary = model.outputs[0]
+        # decided once, not per message: a frame's bytes, and the transposes between time-first chunks and the
+        # model's layout (None: time is first already)
+        self._frame_bytes = 4 * int(np.prod(self.frame)) if self.frame is not None else 0
+        self._frames = (-1, *(self.frame or ()))
+        self._to_model = _time_to(self.port.stream_time_axis, len(self._frames)) if self.port else None
+        t_out = self.primary.stream_time_axis
+        self._from_model = None if not t_out else tuple(np.argsort(_time_to(t_out, len(self.primary.stream_shape))))
 
     def open(self, snapshot: bytes | None = None) -> str:
         if len(self.streams) >= self.config.max_streams:
@@ -118,20 +125,21 @@ class _Service:
         if len(body) > self.config.max_message_bytes:
             raise _HttpError(413, "too_large", f"expected at most {self.config.max_message_bytes} bytes, got "
                                                f"{len(body)}")
-        size = 4 * int(np.prod(self.frame))
+        size = self._frame_bytes
         if not body or len(body) % size:
             raise _HttpError(400, "bad_chunk", f"expected a whole number of frames of {size} bytes (float32 x "
                                                f"{self.frame}), got {len(body)} bytes")
-        x = np.frombuffer(body, dtype="<f4").reshape(-1, *self.frame)  # (time, *frame), as the protocol sends it
-        t = self.port.stream_time_axis
-        if t is None:  # one step per call: exactly one frame
+        x = np.frombuffer(body, dtype="<f4").reshape(self._frames)  # (time, *frame), as the protocol sends it
+        if self.port.stream_time_axis is None:  # one step per call: exactly one frame
             return x.reshape(self.frame) if len(x) == 1 else x
-        return np.moveaxis(x, 0, t)  # time where the model has it, e.g. (features, time)
+        return x if self._to_model is None else x.transpose(self._to_model)  # time where the model has it
 
     def encode(self, out: dict) -> bytes:
         """The primary output as float32 little-endian bytes, time first (time x features, row-major)."""
-        y, t = out[self.primary.name], self.primary.stream_time_axis
-        return np.ascontiguousarray(y if t is None else np.moveaxis(y, t, 0), dtype="<f4").tobytes()
+        y = out[self.primary.name]
+        if self._from_model is not None:
+            y = y.transpose(self._from_model)
+        return (y if y.dtype == _F4 else y.astype(_F4)).tobytes()  # tobytes: row-major, whatever the strides
 
     async def step(self, entry: _Entry, chunk: Any) -> dict:
         try:
@@ -155,6 +163,17 @@ class _Service:
             for sid in [s for s, e in self.streams.items() if now - e.last_used > self.config.idle_timeout]:
                 self.close(sid)
                 self.metrics.expired.inc()
+
+
+_F4 = np.dtype("<f4")
+
+
+def _time_to(t: int | None, rank: int) -> tuple[int, ...] | None:
+    """The transpose that takes axis 0 (time, as the protocol sends it) to axis ``t``; None when it is 0."""
+    if not t:
+        return None
+    rest = list(range(1, rank))
+    return tuple(rest[:t] + [0] + rest[t:])
 
 
 class _HttpError(Exception):
@@ -192,7 +211,7 @@ def create_app(model: StreamingModel, config: ServiceConfig | None = None, *, va
     _guard(app, svc)
     _stream_routes(app, svc)
     _info_routes(app, svc, variant)
-    _socket_route(app, svc)
+    app.add_middleware(_StreamSocket, service=svc)  # added last: outermost but for error pages
     return app
 
 
@@ -292,53 +311,88 @@ def _info_routes(app: FastAPI, svc: _Service, variant: str | None) -> None:
         return Response(generate_latest(svc.metrics.registry), media_type="text/plain; version=0.0.4")
 
 
-def _socket_route(app: FastAPI, svc: _Service) -> None:
-    @app.websocket("/v1/streams/ws")
-    async def ws(socket: WebSocket) -> None:
+class _StreamSocket:
+    """``/v1/streams/ws``, one connection one stream, as a plain ASGI middleware.
+
+    It sits outside FastAPI's router and exception layers, so each message
+    costs one ``receive`` and one ``send`` of uvicorn's protocol and nothing
+    in between (the measured per-message cost on the event loop is what bounds
+    the server's capacity, see docs/performance.md). Every other scope goes on
+    to FastAPI.
+    """
+
+    def __init__(self, app: Any, service: _Service):
+        self.app, self.svc = app, service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket" or scope["path"] != "/v1/streams/ws":
+            return await self.app(scope, receive, send)
+        svc = self.svc
+        if (await receive())["type"] != "websocket.connect":
+            return
         try:
-            _authorize(svc, socket.headers)
+            _authorize(svc, _Headers(scope))
             if svc.closing:
                 raise _HttpError(503, "shutting_down", "the server is shutting down")
             sid = svc.open()
-        except _HttpError as e:
-            await socket.close(code=1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011),
-                               reason=e.message[:120])
+        except _HttpError as e:  # refused before the handshake: the client sees an HTTP 403
+            await send({"type": "websocket.close", "reason": e.message[:120],
+                        "code": 1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011)})
             return
-        await socket.accept()
         try:
-            await _serve_socket(socket, svc, sid)
+            await send({"type": "websocket.accept"})
+            await _serve_socket(receive, send, svc, sid)
+        except OSError:  # uvicorn's ClientDisconnected: the client went away mid-send
+            pass
         finally:
             svc.close(sid)
 
 
-async def _serve_socket(socket: WebSocket, svc: _Service, sid: str) -> None:
+class _Headers:
+    """The lower-case header look-up _authorize needs, over an ASGI scope's raw headers."""
+
+    def __init__(self, scope: dict):
+        self._raw = scope.get("headers", ())
+
+    def get(self, name: str, default: str = "") -> str:
+        key = name.encode("latin-1")
+        return next((v.decode("latin-1") for k, v in self._raw if k.lower() == key), default)
+
+
+async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> None:
+    entry = svc.streams[sid]
     while True:
-        try:
-            message = await socket.receive()
-        except WebSocketDisconnect:
+        message = await receive()
+        if message["type"] != "websocket.receive":  # websocket.disconnect
             return
-        if message["type"] == "websocket.disconnect":
+        if svc.streams.get(sid) is not entry:  # expired while idle
+            await send({"type": "websocket.send", "text": json.dumps(
+                {"type": "error", "code": "unknown_stream", "message": "the stream expired after idling"})})
+            await send({"type": "websocket.close", "code": 1008})
             return
-        entry = svc.get(sid)
+        entry.last_used = time.monotonic()
         try:
-            if message.get("bytes") is not None:
-                out = await svc.step(entry, svc.decode(message["bytes"]))
-                await socket.send_bytes(svc.encode(out))
+            data = message.get("bytes")
+            if data is not None:
+                out = await svc.step(entry, svc.decode(data))
+                await send({"type": "websocket.send", "bytes": svc.encode(out)})
                 continue
             command = _command(message.get("text"))
             if command == "end":
-                await socket.close(code=1000)
+                await send({"type": "websocket.close", "code": 1000})
                 return
             if command == "reset":
                 entry.stream.reset()
-                await socket.send_text(json.dumps({"type": "reset", "ok": True}))
+                await send({"type": "websocket.send", "text": json.dumps({"type": "reset", "ok": True})})
             else:  # snapshot
-                await socket.send_text(json.dumps({"type": "snapshot", "data": base64.b64encode(
-                    entry.stream.snapshot()).decode()}))
+                await send({"type": "websocket.send", "text": json.dumps({"type": "snapshot", "data": base64.b64encode(
+                    entry.stream.snapshot()).decode()})})
         except _HttpError as e:
-            await socket.send_text(json.dumps({"type": "error", "code": e.code, "message": e.message}))
+            await send({"type": "websocket.send", "text": json.dumps(
+                {"type": "error", "code": e.code, "message": e.message})})
             if e.status in (413, 415, 503):  # fatal for this connection
-                await socket.close(code=1001 if e.code == "shutting_down" else _WS_CLOSE[e.status])
+                await send({"type": "websocket.close",
+                            "code": 1001 if e.code == "shutting_down" else _WS_CLOSE[e.status]})
                 return
 
 

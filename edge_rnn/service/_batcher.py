@@ -1,8 +1,10 @@
 """The batching consumer: steps of many streams, from many clients, in few onnxruntime calls.
 
 A request handler awaits :meth:`Batcher.step`; the consumer task awaits its
-queue (no polling), takes the first step, then gathers more for up to
-``max_wait_ms`` or until ``max_batch`` steps, and runs them as one
+queue (no polling: one future per wait, woken when enough steps are queued),
+takes what is queued, and waits for more until ``max_batch`` steps or until
+``max_wait_ms`` after the first step of the batch arrived (a step that queued
+while the last batch ran goes at once). It runs them as one
 ``step_batch(..., on_error="isolate")`` in a worker thread, off the event
 loop. Two steps of one stream never share a batch, and each stream's steps are
 applied in the order they were submitted: a later step of a stream that is
@@ -18,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edge_rnn.errors import EdgeRnnError, UnsupportedError
@@ -35,12 +37,11 @@ class ShuttingDown(EdgeRnnError):
     """The server is stopping and takes no new steps (HTTP 503, WebSocket close 1001)."""
 
 
-@dataclass
 class _Pending:
-    stream: Stream
-    chunk: Any
-    future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
+    __slots__ = ("stream", "chunk", "future", "queued_at")
+
+    def __init__(self, stream: Stream, chunk: Any, future: asyncio.Future):
+        self.stream, self.chunk, self.future, self.queued_at = stream, chunk, future, time.perf_counter()
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Batcher:
         self.model = model
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
-        self._arrived = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # the consumer's, while it waits for _want queued steps
+        self._want = 1
         self._held: deque[_Pending] = deque()  # taken from the queue, waiting for a later batch (stream order)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-rnn-batch")
         self._task: asyncio.Task | None = None
@@ -81,7 +83,7 @@ class Batcher:
     async def stop(self) -> None:
         """Take no new steps; finish every step already accepted (the batch in flight too); then stop."""
         self._closing = True
-        self._arrived.set()  # wakes a consumer waiting on an empty queue, to see that it may end
+        self._wake()  # a consumer waiting on an empty queue sees that it may end
         if self._task is not None:
             await self._task  # it ends once the queue and the held steps are empty
             self._task = None
@@ -101,28 +103,45 @@ class Batcher:
             self._queue.put_nowait(_Pending(stream, chunk, future))
         except asyncio.QueueFull:
             raise Overloaded(f"overloaded: {self._queue.maxsize} steps already queued; retry shortly") from None
-        self._arrived.set()
+        if self._waiter is not None and self._queue.qsize() >= self._want:
+            self._wake()
         return await future
 
     # ------------------------------------------------------------ the consumer
-    async def _next(self, timeout: float | None) -> _Pending | None:
-        """The next queued step, waiting at most ``timeout`` (None: as long as it takes) for one to arrive.
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
-        Waits on an event rather than on ``queue.get()``: cancelling a timed-out ``get`` can lose the item it
-        was handed at that moment (asyncio before 3.12); cancelling an event wait loses nothing.
-        """
-        while self._queue.empty():
-            if self._closing:
-                return None
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except asyncio.TimeoutError:
-                return None
-        return self._queue.get_nowait()
+    async def _wait(self, want: int, timeout: float | None) -> None:
+        """Until ``want`` steps are queued, the batcher is stopping, or ``timeout`` seconds passed (None: no
+        limit). One future and at most one timer per wait: woken once per batch, not once per step."""
+        loop = asyncio.get_running_loop()
+        self._want, self._waiter = want, loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, self._wake)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _take(self, batch: list[_Pending], taken: set[int], blocked: set[int]) -> None:
+        """Move queued steps into the batch, up to max_batch; a stream's step behind one of its own is held."""
+        queue = self._queue
+        while len(batch) < self.max_batch and not queue.empty():
+            p = queue.get_nowait()
+            key = id(p.stream)
+            if key in taken or key in blocked:
+                blocked.add(key)
+                self._held.append(p)
+            else:
+                taken.add(key)
+                batch.append(p)
 
     async def _gather(self) -> list[_Pending]:
-        """One batch: held steps first (in order), then the queue, at most one step per stream."""
+        """One batch: held steps first (in order), then the queue, at most one step per stream; up to max_batch
+        steps, or what came within max_wait of the first step's arrival."""
         batch: list[_Pending] = []
         taken: set[int] = set()
         blocked: set[int] = set()  # streams with a step held back: their later steps wait behind it
@@ -135,26 +154,19 @@ class Batcher:
             else:
                 taken.add(key)
                 batch.append(p)
-        deadline = None
+        while not batch:
+            if self._queue.empty():
+                if self._closing:
+                    return batch
+                await self._wait(1, None)
+            self._take(batch, taken, blocked)
+        first = min(p.queued_at for p in batch)  # a step that waited through the last batch goes at once
         while len(batch) < self.max_batch:
-            if not batch:
-                p = await self._next(None)
-                if p is None:  # closing, and nothing left
-                    break
-                deadline = time.perf_counter() + self.max_wait
-            else:
-                deadline = deadline or time.perf_counter() + self.max_wait
-                remaining = deadline - time.perf_counter()
-                p = await self._next(remaining) if remaining > 0 or not self._queue.empty() else None
-            if p is None:
+            self._take(batch, taken, blocked)
+            remaining = first + self.max_wait - time.perf_counter()
+            if len(batch) >= self.max_batch or remaining <= 0 or self._closing:
                 break
-            key = id(p.stream)
-            if key in taken or key in blocked:
-                blocked.add(key)
-                self._held.append(p)
-            else:
-                taken.add(key)
-                batch.append(p)
+            await self._wait(self.max_batch - len(batch), remaining)
         return batch
 
     async def _consume(self) -> None:
