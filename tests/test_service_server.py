@@ -17,7 +17,7 @@ websockets = pytest.importorskip("websockets")
 from conftest import REPO  # noqa: E402
 
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-from edge_rnn.service._app import ServiceConfig, create_app  # noqa: E402
+from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options  # noqa: E402
 
 MODEL_PATH = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)
 
@@ -25,13 +25,14 @@ MODEL_PATH = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (ti
 class Server:
     """uvicorn serving the fixture on 127.0.0.1 at a free port, in a thread; stopped by the test itself."""
 
-    def __init__(self, **config):
+    def __init__(self, model: StreamingModel | None = None, **config):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        app = create_app(StreamingModel.load(MODEL_PATH), ServiceConfig(**config))
+        config = ServiceConfig(**config)
+        app = create_app(model or StreamingModel.load(MODEL_PATH), config)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    ws="websockets-sansio", ws_per_message_deflate=False))
+                                                    **uvicorn_options(config)))  # what `edge-rnn serve` runs
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -278,23 +279,10 @@ def test_binary_chunks_are_time_major_whatever_axis_the_model_keeps_time_on(tmp_
         [helper.make_tensor_value_info("y", f, ["b", 3, "t"]), helper.make_tensor_value_info("hn", f, ["b", 2])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ft.onnx")
     model = StreamingModel.load(tmp_path / "ft.onnx", time_axis=2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="error",
-                                           ws="websockets-sansio", ws_per_message_deflate=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with Server(model) as server:
         frames = np.arange(6, dtype=np.float32).reshape(2, 3)  # two frames of three features
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+        with httpx.Client(base_url=server.url) as http:
             sid = http.post("/v1/streams").json()["stream_id"]
             reply = http.post(f"/v1/streams/{sid}/steps", content=frames.tobytes())
         assert reply.status_code == 200, reply.text
         np.testing.assert_array_equal(np.frombuffer(reply.content, "<f4").reshape(2, 3), frames)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)

@@ -34,7 +34,7 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
     try:
         import uvicorn
 
-        from edge_rnn.service._app import ServiceConfig, create_app
+        from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn serve needs the serve extra: pip install 'edge-rnn[serve]' ({e.name} is "
                            "missing)") from None
@@ -52,7 +52,7 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
                            token=token)
     click.echo(f"serving {m.source} on http://{host}:{port} (WebSocket /v1/streams/ws)", err=True)
     uvicorn.run(create_app(m, config, variant=m.variant), host=host, port=port, log_level="warning",
-                ws="websockets-sansio", ws_per_message_deflate=False)  # float frames barely compress
+                **uvicorn_options(config))
 
 
 @main.command()

@@ -49,21 +49,7 @@ class BatchStepping:
                 return self.step_batch(items)  # type: ignore[return-value]
             except Exception:  # noqa: BLE001 - no stream advanced; each item is looked at alone below
                 pass
-        results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
-        valid: list[int] = []
-        seen: set[int] = set()
-        for i, item in enumerate(items):
-            try:
-                _check_item(i, item)
-                if id(item[0]) in seen:
-                    raise StreamError("step_batch: expected each stream at most once per call, got one twice")
-                self.check(*item)
-                seen.add(id(item[0]))
-                valid.append(i)
-            except EdgeRnnError as e:
-                results[i] = e
-            except Exception as e:  # noqa: BLE001 - whatever the item's own content raised: its error alone
-                results[i] = ShapeError(f"item {i}: cannot be used ({type(e).__name__}: {e})")
+        results, valid = self._checked_items(items)
         if valid and self._batchable:
             try:  # atomic on a batchable model: on failure no stream advanced, and each is stepped alone below
                 for i, out in zip(valid, self.step_batch([items[i] for i in valid])):
@@ -79,6 +65,25 @@ class BatchStepping:
             except Exception as e:  # noqa: BLE001 - onnxruntime's own error types: this item's error
                 results[i] = EdgeRnnError(f"item {i}: onnxruntime failed ({type(e).__name__}: {e})")
         return results  # type: ignore[return-value]
+
+    def _checked_items(self, items: Sequence[tuple[Stream, Any]]) -> tuple[list, list[int]]:
+        """Each item checked alone: the error of each bad one in its slot, and the indices of the good ones."""
+        results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
+        valid: list[int] = []
+        seen: set[int] = set()
+        for i, item in enumerate(items):
+            try:
+                _check_item(i, item)
+                if id(item[0]) in seen:
+                    raise StreamError("step_batch: expected each stream at most once per call, got one twice")
+                self.check(*item)
+                seen.add(id(item[0]))
+                valid.append(i)
+            except EdgeRnnError as e:
+                results[i] = e
+            except Exception as e:  # noqa: BLE001 - whatever the item's own content raised: its error alone
+                results[i] = ShapeError(f"item {i}: cannot be used ({type(e).__name__}: {e})")
+        return results, valid
 
     def _step_each(self, items: Sequence[tuple[Stream, Any]]) -> list[Arrays]:
         """step_batch for a model whose batch size is fixed at 1: all chunks checked first, then one call each."""

@@ -26,7 +26,6 @@ from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._bundle import hash_file, pick_variant
 from edge_rnn.runtime._external import check_external_data
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
-from edge_rnn.runtime._slab import StateSlab
 from edge_rnn.runtime._session import (
     _EP_FAIL,
     OPT_LEVELS,
@@ -36,6 +35,7 @@ from edge_rnn.runtime._session import (
     describe_session,
 )
 from edge_rnn.runtime._session import session_options as make_session_options
+from edge_rnn.runtime._slab import StateSlab
 from edge_rnn.runtime._snapshot import decode_snapshot
 from edge_rnn.runtime._stream import Stream, state_from_user
 

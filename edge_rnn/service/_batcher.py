@@ -71,6 +71,8 @@ class Batcher:
         self._held: deque[_Pending] = deque()  # taken from the queue, waiting for a later batch (stream order)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-rnn-batch")
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, from start() (get_running_loop costs a
+        # getpid() system call on each use in Python 3.11)
         self._closing = False
         self.stats = BatchStats()
         self._on_batch = on_batch  # (batch size, queue waits in s, step seconds) -> None
@@ -78,7 +80,8 @@ class Batcher:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._consume(), name="edge-rnn-batcher")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._consume(), name="edge-rnn-batcher")
 
     async def stop(self) -> None:
         """Take no new steps; finish every step already accepted (the batch in flight too); then stop."""
@@ -98,7 +101,7 @@ class Batcher:
         """Step ``stream`` by ``chunk`` in the next batch it fits in; its outputs, or its EdgeRnnError."""
         if self._closing:
             raise ShuttingDown("the server is shutting down and takes no new steps")
-        future = asyncio.get_running_loop().create_future()
+        future = (self._loop or asyncio.get_running_loop()).create_future()
         try:
             self._queue.put_nowait(_Pending(stream, chunk, future))
         except asyncio.QueueFull:
@@ -116,7 +119,7 @@ class Batcher:
     async def _wait(self, want: int, timeout: float | None) -> None:
         """Until ``want`` steps are queued, the batcher is stopping, or ``timeout`` seconds passed (None: no
         limit). One future and at most one timer per wait: woken once per batch, not once per step."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         self._want, self._waiter = want, loop.create_future()
         timer = None if timeout is None else loop.call_later(timeout, self._wake)
         try:
@@ -170,7 +173,7 @@ class Batcher:
         return batch
 
     async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             if not batch and self._closing and self._queue.empty() and not self._held:
