@@ -15,6 +15,7 @@ shape ``(time, output features)``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -142,11 +143,27 @@ def _ws_url(url: str) -> str:
     return base if base.endswith("/v1/streams/ws") else base + "/v1/streams/ws"
 
 
-def _ws_reply(message: Any, width: int | None) -> np.ndarray:
-    if isinstance(message, bytes):
-        return _output(message, width)
+def _closed(e: Any) -> ServiceError:
+    """A ConnectionClosed from websockets as the ServiceError it stands for: the close code and its reason."""
+    frame = getattr(e, "rcvd", None)
+    code = frame.code if frame is not None else 1006
+    reason = frame.reason if frame is not None and frame.reason else "closed"
+    return ServiceError(code, reason, f"the server closed the connection ({code})")
+
+
+def _is_error(reply: Any) -> bool:
+    if not isinstance(reply, str):
+        return False
+    try:
+        return json.loads(reply).get("type") == "error"
+    except (ValueError, AttributeError):
+        return False
+
+
+def _ws_error(message: Any, close_code: int) -> ServiceError:
+    """The server's error message, and the close code that followed it."""
     body = json.loads(message)
-    raise ServiceError(400, body.get("code", "error"), body.get("message", ""))
+    return ServiceError(close_code, body.get("code", "error"), body.get("message", ""))
 
 
 class WebSocketStream:
@@ -169,21 +186,42 @@ class WebSocketStream:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
         return cls(socket, width)
 
+    async def _ask(self, message: Any) -> Any:
+        """Send, and the reply; an error reply (and the close after it) raises ServiceError."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._ws.send(message)
+            reply = await self._ws.recv()
+        except ConnectionClosed as e:
+            raise _closed(e) from None
+        if _is_error(reply):
+            try:
+                await asyncio.wait_for(self._ws.recv(), 10)
+                code = 1011  # an error not followed by a close: not what the server does
+            except ConnectionClosed as e:
+                code = _closed(e).status
+            except asyncio.TimeoutError:
+                code = 1011
+            raise _ws_error(reply, code)
+        return reply
+
     async def step(self, x: Any) -> np.ndarray:
-        await self._ws.send(_chunk(x))
-        return _ws_reply(await self._ws.recv(), self.width)
+        return _output(await self._ask(_chunk(x)), self.width)
 
     async def snapshot(self) -> bytes:
-        await self._ws.send(json.dumps({"type": "snapshot"}))
-        return base64.b64decode(json.loads(await self._ws.recv())["data"])
+        return base64.b64decode(json.loads(await self._ask(json.dumps({"type": "snapshot"})))["data"])
 
     async def reset(self) -> None:
-        await self._ws.send(json.dumps({"type": "reset"}))
-        await self._ws.recv()
+        await self._ask(json.dumps({"type": "reset"}))
 
     async def close(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             await self._ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # already closed by the server, after an error
         finally:
             await self._ws.close()
 
@@ -205,17 +243,41 @@ class SyncWebSocketStream:
                            compression=None).__enter__()
         self.width = width
 
+    def _ask(self, message: Any) -> Any:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(message)
+            reply = self._ws.recv()
+        except ConnectionClosed as e:
+            raise _closed(e) from None
+        if _is_error(reply):
+            try:
+                self._ws.recv(timeout=10)
+                code = 1011
+            except ConnectionClosed as e:
+                code = _closed(e).status
+            except TimeoutError:
+                code = 1011
+            raise _ws_error(reply, code)
+        return reply
+
     def step(self, x: Any) -> np.ndarray:
-        self._ws.send(_chunk(x))
-        return _ws_reply(self._ws.recv(), self.width)
+        return _output(self._ask(_chunk(x)), self.width)
 
     def snapshot(self) -> bytes:
-        self._ws.send(json.dumps({"type": "snapshot"}))
-        return base64.b64decode(json.loads(self._ws.recv())["data"])
+        return base64.b64decode(json.loads(self._ask(json.dumps({"type": "snapshot"})))["data"])
+
+    def reset(self) -> None:
+        self._ask(json.dumps({"type": "reset"}))
 
     def close(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             self._ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # already closed by the server, after an error
         finally:
             self._ws.__exit__(None, None, None)
 

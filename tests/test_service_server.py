@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import socket
 import threading
 import time
@@ -71,9 +73,21 @@ def _offline(chunks):
     return np.concatenate([model.step(s, c)["y"] for c in chunks])
 
 
+async def _refusal(ws) -> tuple[str, int]:
+    """After a refused message: the error's code (None if the server sent none) and the close code."""
+    try:
+        reply = await ws.recv()
+    except websockets.exceptions.ConnectionClosed as e:
+        return None, e.rcvd.code
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        await ws.recv()
+    return json.loads(reply)["code"], closed.value.rcvd.code
+
+
 def test_fifty_websocket_streams_in_random_chunks_equal_offline_results_exactly_with_one_poisoner():
     rng = np.random.default_rng(0)
     work = [_chunks(rng) for _ in range(50)]
+    good = np.ones((2, 4), np.float32)
 
     async def client(url, chunks):
         async with websockets.connect(url) as ws:
@@ -85,23 +99,91 @@ def test_fifty_websocket_streams_in_random_chunks_equal_offline_results_exactly_
             return np.concatenate(ys)
 
     async def poisoner(url):
-        async with websockets.connect(url) as ws:
-            errors = 0
-            for bad in (np.full((2, 4), np.nan, np.float32).tobytes(), b"\x00" * 7, b"not json"):
+        """A good step, then poison, on a new connection each time: each is refused with its close code."""
+        answers = []
+        for bad in (np.full((2, 4), np.nan, np.float32).tobytes(), np.ones((1, 5), np.float32).tobytes(),
+                    b"", "not json", '{"type": "explode"}', b"\x00" * 8192):
+            async with websockets.connect(url, max_size=None) as ws:
+                await ws.send(good.tobytes())
+                first = np.frombuffer(await ws.recv(), "<f4").reshape(-1, 6)
+                await asyncio.sleep(0.01)
                 await ws.send(bad)
-                errors += '"type": "error"' in await ws.recv()
-            await ws.send(np.ones((2, 4), np.float32).tobytes())  # still usable: its state was never touched
-            first = np.frombuffer(await ws.recv(), "<f4")
-            return errors, first
+                answers.append(await _refusal(ws))
+        return answers, first
 
     async def main(server):
         return await asyncio.gather(poisoner(server.ws), *(client(server.ws, c) for c in work))
 
-    with Server(max_batch=32) as server:
-        (errors, first), *outs = asyncio.run(main(server))
-    assert errors == 3
-    np.testing.assert_array_equal(first.reshape(-1, 6), _offline([np.ones((2, 4), np.float32)]))
-    assert all(np.array_equal(o, _offline(c)) for o, c in zip(outs, work))
+    with Server(max_batch=32, max_message_bytes=4096) as server:
+        (answers, first), *outs = asyncio.run(main(server))
+    assert answers == [("bad_chunk", 1007)] * 3 + [("bad_message", 1007)] * 2 + [(None, 1009)], answers
+    np.testing.assert_array_equal(first, _offline([good]))
+    assert all(np.array_equal(o, _offline(c)) for o, c in zip(outs, work))  # none of the 50 was touched
+
+
+def test_websocket_commands_and_each_refusal_with_its_close_code(tmp_path):
+    rng = np.random.default_rng(5)
+    chunks = _chunks(rng, 12)
+
+    async def commands(server):
+        async with websockets.connect(server.ws) as ws:
+            ys = []
+            for c in chunks[:2]:
+                await ws.send(c.tobytes())
+                ys.append(np.frombuffer(await ws.recv(), "<f4").reshape(-1, 6))
+            await ws.send('{"type": "snapshot"}')
+            snap = base64.b64decode(json.loads(await ws.recv())["data"])
+            await ws.send('{"type": "reset"}')
+            assert json.loads(await ws.recv()) == {"type": "reset", "ok": True}
+            await ws.send(chunks[0].tobytes())
+            again = np.frombuffer(await ws.recv(), "<f4").reshape(-1, 6)
+            await ws.send('{"type": "end"}')
+            with pytest.raises(websockets.exceptions.ConnectionClosedOK) as closed:
+                await ws.recv()
+            return np.concatenate(ys), snap, again, closed.value.rcvd.code
+
+    async def refused(url, **kw):
+        async with websockets.connect(url, **kw) as ws:
+            return await _refusal(ws)
+
+    with Server(max_streams=1) as server:
+        ys, snap, again, end_code = asyncio.run(commands(server))
+
+        async def two():  # the second connection is one stream too many
+            async with websockets.connect(server.ws) as ws:
+                await ws.send(chunks[0].tobytes())
+                await ws.recv()
+                return await refused(server.ws)
+
+        too_many = asyncio.run(two())
+    np.testing.assert_array_equal(ys, _offline(chunks[:2]))
+    np.testing.assert_array_equal(again, _offline(chunks[:1]))  # reset: from zeros again
+    resumed = StreamingModel.load(MODEL_PATH).restore(snap)  # the snapshot holds the state after two chunks
+    assert resumed.steps == len(chunks[0]) + len(chunks[1])
+    assert end_code == 1000 and too_many == ("too_many_streams", 1013)
+
+    with Server(token="a-token-of-sixteen-chars", idle_timeout=0.3) as server:
+        auth = {"Authorization": "Bearer a-token-of-sixteen-chars"}
+        assert asyncio.run(refused(server.ws)) == ("unauthorized", 1008)
+        assert asyncio.run(refused(server.ws, additional_headers={"Authorization": "Bearer wrong"})) == (
+            "unauthorized", 1008)
+
+        async def idle():
+            async with websockets.connect(server.ws, additional_headers=auth) as ws:
+                await asyncio.sleep(1.5)  # expires (checked every 75 ms)
+                await ws.send(chunks[0].tobytes())
+                return await _refusal(ws)
+
+        assert asyncio.run(idle()) == ("unknown_stream", 1008)
+
+    tokens = StreamingModel.load(REPO / "tests" / "data" / "token_gru.onnx")  # int64 ids: no binary chunks
+    with Server(tokens) as server:
+        async def binary():
+            async with websockets.connect(server.ws) as ws:
+                await ws.send(np.ones(3, np.float32).tobytes())
+                return await _refusal(ws)
+
+        assert asyncio.run(binary()) == ("unsupported", 1003)
 
 
 def test_http_streams_steps_errors_and_snapshot_resume_across_a_restart():
@@ -143,12 +225,6 @@ def test_a_token_guards_every_route_but_health_and_idle_streams_expire():
         assert r.status_code == 404
         assert "edge_rnn_expired_streams_total 1.0" in http.get("/metrics", headers=auth).text
 
-        async def refused():
-            with pytest.raises(websockets.exceptions.InvalidStatus):
-                async with websockets.connect(server.ws):
-                    pass
-
-        asyncio.run(refused())
 
 
 def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
@@ -227,9 +303,8 @@ def test_the_client_speaks_both_transports_sync_and_async_and_resumes_from_a_sna
         np.testing.assert_array_equal(np.concatenate(ys), want)
         with SyncWebSocketStream(server.url, width=6) as s:
             np.testing.assert_array_equal(np.concatenate([s.step(c) for c in chunks]), want)
-            with pytest.raises(ServiceError, match="bad_chunk"):
+            with pytest.raises(ServiceError, match="1007 bad_chunk"):  # refused, and the connection closed
                 s.step(np.zeros((1, 5), np.float32))
-            np.testing.assert_array_equal(s.step(chunks[0]), _offline(chunks + [chunks[0]])[-len(chunks[0]):])
 
         async def main():
             async with await AsyncHttpStream.open(server.url, width=6) as a:

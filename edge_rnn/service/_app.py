@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StateError
+from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StateError
 from edge_rnn.runtime import Stream, StreamingModel
 from edge_rnn.service._batcher import Batcher, Overloaded, ShuttingDown
 
@@ -152,6 +152,8 @@ class _Service:
         except (ShapeError, NonFiniteError) as e:
             self.metrics.rejected.labels("bad_chunk").inc()
             raise _HttpError(400, "bad_chunk", str(e)) from None
+        except InferenceError as e:  # the model failed, not the chunk
+            raise _HttpError(500, "inference_failed", str(e)) from None
         except EdgeRnnError as e:
             raise _HttpError(400, "error", str(e)) from None
 
@@ -187,7 +189,14 @@ class _HttpError(Exception):
                             headers=headers)
 
 
-_WS_CLOSE = {400: 1007, 413: 1009, 415: 1003, 429: 1013, 503: 1013, 401: 1008, 404: 1008}
+# an HTTP status's WebSocket close code: a bad chunk or message 1007, too large 1009, a model that takes no
+# binary chunks 1003, too many streams or overloaded 1013, no or a wrong token 1008, an expired stream 1008, the
+# model failing 1011; shutting down is 1001 (same 503 as overloaded, told apart by the error's code)
+_WS_CLOSE = {400: 1007, 413: 1009, 415: 1003, 429: 1013, 503: 1013, 401: 1008, 404: 1008, 500: 1011}
+
+
+def _close_code(e: _HttpError) -> int:
+    return 1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011)
 
 
 def create_app(model: StreamingModel, config: ServiceConfig | None = None, *, variant: str | None = None) -> FastAPI:
@@ -344,9 +353,9 @@ class _StreamSocket:
             if svc.closing:
                 raise _HttpError(503, "shutting_down", "the server is shutting down")
             sid = svc.open()
-        except _HttpError as e:  # refused before the handshake: the client sees an HTTP 403
-            await send({"type": "websocket.close", "reason": e.message[:120],
-                        "code": 1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011)})
+        except _HttpError as e:  # accepted, told why, and closed: a browser sees the code (not a bare 403)
+            await send({"type": "websocket.accept"})
+            await _refuse(send, e)
             return
         try:
             await send({"type": "websocket.accept"})
@@ -355,6 +364,12 @@ class _StreamSocket:
             pass
         finally:
             svc.close(sid)
+
+
+async def _refuse(send: Any, e: _HttpError) -> None:
+    """The error as a JSON message, then the close code that fits it."""
+    await send({"type": "websocket.send", "text": json.dumps({"type": "error", "code": e.code, "message": e.message})})
+    await send({"type": "websocket.close", "code": _close_code(e), "reason": e.code})
 
 
 class _Headers:
@@ -375,9 +390,7 @@ async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> Non
         if message["type"] != "websocket.receive":  # websocket.disconnect
             return
         if svc.streams.get(sid) is not entry:  # expired while idle
-            await send({"type": "websocket.send", "text": json.dumps(
-                {"type": "error", "code": "unknown_stream", "message": "the stream expired after idling"})})
-            await send({"type": "websocket.close", "code": 1008})
+            await _refuse(send, _HttpError(404, "unknown_stream", "the stream expired after idling"))
             return
         entry.last_used = time.monotonic()
         try:
@@ -396,13 +409,9 @@ async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> Non
             else:  # snapshot
                 await send({"type": "websocket.send", "text": json.dumps({"type": "snapshot", "data": base64.b64encode(
                     entry.stream.snapshot()).decode()})})
-        except _HttpError as e:
-            await send({"type": "websocket.send", "text": json.dumps(
-                {"type": "error", "code": e.code, "message": e.message})})
-            if e.status in (413, 415, 503):  # fatal for this connection
-                await send({"type": "websocket.close",
-                            "code": 1001 if e.code == "shutting_down" else _WS_CLOSE[e.status]})
-                return
+        except _HttpError as e:  # every error ends the connection, with its code; the state was not touched
+            await _refuse(send, e)
+            return
 
 
 def _command(text: Any) -> str:
