@@ -124,7 +124,7 @@ class BatchStepping:
         of the result, and every other stream still advances, so one client's
         bad input cannot stop the others.
         """
-        if not isinstance(items, Sequence):
+        if type(items) is not list and not isinstance(items, Sequence):
             items = list(items)  # a generator of pairs
         if on_error == "isolate":
             return self._step_isolated(items)
@@ -134,15 +134,13 @@ class BatchStepping:
             return self._step_unbatched(items)
         uniform = self._uniform(items)
         if uniform is not None:  # the common case, checked in a few passes over the items at C speed
-            streams, stacked, n = uniform
-            chunks, steps = {self._single_input: stacked}, [n] * len(streams)
-        else:
-            chunks, steps, streams = self._collect(items)
+            return self._step_uniform(*uniform)
+        chunks, steps, streams = self._collect(items)
         with self._locked(streams):
             self._check_streams(streams)
             rows = np.fromiter(map(_ROW, streams), np.intp, len(streams))
             results: list[Arrays] = [{}] * len(streams)
-            if uniform is not None or steps.count(steps[0]) == len(steps):
+            if steps.count(steps[0]) == len(steps):
                 groups: list[list[int] | None] = [None]  # one call for every item
             else:
                 by_steps: dict[int, list[int]] = {}
@@ -153,6 +151,16 @@ class BatchStepping:
             done = [self._run_group(idxs, chunks, rows, results) for idxs in groups]
             for (group_rows, states), idxs in zip(done, groups):
                 self._slab.claim(group_rows, states, steps[0 if idxs is None else idxs[0]])
+            return results
+
+    def _step_uniform(self, streams: list[Stream], stacked: np.ndarray, n: int) -> list[Arrays]:
+        """step_batch's common case in one piece: distinct streams, one chunk layout stacked already, one call."""
+        with self._locked(streams):
+            self._check_streams(streams)
+            rows = np.fromiter(map(_ROW, streams), np.intp, len(streams))
+            results: list[Arrays] = []
+            _, states = self._run_group(None, {self._single_input: stacked}, rows, results)
+            self._slab.claim(rows, states, n)
             return results
 
     def _uniform(self, items: Sequence[tuple[Stream, Any]]) -> tuple[list[Stream], np.ndarray, int] | None:
