@@ -141,21 +141,32 @@ class _Service:
             y = y.transpose(self._from_model)
         return (y if y.dtype == _F4 else y.astype(_F4)).tobytes()  # tobytes: row-major, whatever the strides
 
+    def submit(self, entry: _Entry, chunk: Any) -> asyncio.Future:
+        """The step queued; its future. A refusal at once (overloaded, shutting down) raises _HttpError."""
+        try:
+            return self.batcher.submit(entry.stream, chunk)
+        except EdgeRnnError as e:
+            raise self.refusal(e) from None
+
     async def step(self, entry: _Entry, chunk: Any) -> dict:
         try:
-            return await self.batcher.step(entry.stream, chunk)
-        except Overloaded as e:
-            self.metrics.rejected.labels("overloaded").inc()
-            raise _HttpError(503, "overloaded", str(e), retry_after=1) from None
-        except ShuttingDown as e:
-            raise _HttpError(503, "shutting_down", str(e)) from None
-        except (ShapeError, NonFiniteError) as e:
-            self.metrics.rejected.labels("bad_chunk").inc()
-            raise _HttpError(400, "bad_chunk", str(e)) from None
-        except InferenceError as e:  # the model failed, not the chunk
-            raise _HttpError(500, "inference_failed", str(e)) from None
+            return await self.submit(entry, chunk)
         except EdgeRnnError as e:
-            raise _HttpError(400, "error", str(e)) from None
+            raise self.refusal(e) from None
+
+    def refusal(self, e: EdgeRnnError) -> _HttpError:
+        """An engine error as the HTTP error it is answered with (counted where it is a rejection)."""
+        if isinstance(e, Overloaded):
+            self.metrics.rejected.labels("overloaded").inc()
+            return _HttpError(503, "overloaded", str(e), retry_after=1)
+        if isinstance(e, ShuttingDown):
+            return _HttpError(503, "shutting_down", str(e))
+        if isinstance(e, (ShapeError, NonFiniteError)):
+            self.metrics.rejected.labels("bad_chunk").inc()
+            return _HttpError(400, "bad_chunk", str(e))
+        if isinstance(e, InferenceError):  # the model failed, not the chunk
+            return _HttpError(500, "inference_failed", str(e))
+        return _HttpError(400, "error", str(e))
 
     async def reap(self) -> None:
         """Close streams idle longer than the timeout; counted as expirations."""
@@ -199,8 +210,10 @@ def _close_code(e: _HttpError) -> int:
     return 1001 if e.code == "shutting_down" else _WS_CLOSE.get(e.status, 1011)
 
 
-def create_app(model: StreamingModel, config: ServiceConfig | None = None, *, variant: str | None = None) -> FastAPI:
-    """The ASGI app serving ``model``; see the module docstring."""
+def create_app(model: StreamingModel, config: ServiceConfig | None = None, *,
+               variant: str | None = None) -> _StreamSocket:
+    """The ASGI app serving ``model``; see the module docstring. ``.api`` is the FastAPI app behind it (every
+    route but the stream socket, the OpenAPI, the lifespan)."""
     config = config or ServiceConfig()
     svc = _Service(model, config)
 
@@ -220,8 +233,7 @@ def create_app(model: StreamingModel, config: ServiceConfig | None = None, *, va
     _guard(app, svc)
     _stream_routes(app, svc)
     _info_routes(app, svc, variant)
-    app.add_middleware(_StreamSocket, service=svc)  # added last: outermost but for error pages
-    return app
+    return _StreamSocket(app, svc)
 
 
 def uvicorn_options(config: ServiceConfig) -> dict[str, Any]:
@@ -330,21 +342,22 @@ def _info_routes(app: FastAPI, svc: _Service, variant: str | None) -> None:
 
 
 class _StreamSocket:
-    """``/v1/streams/ws``, one connection one stream, as a plain ASGI middleware.
+    """The server's ASGI app: ``/v1/streams/ws`` (one connection one stream) handled here, every other scope
+    passed on to the FastAPI app ``api``.
 
-    It sits outside FastAPI's router and exception layers, so each message
-    costs one ``receive`` and one ``send`` of uvicorn's protocol and nothing
-    in between (the measured per-message cost on the event loop is what bounds
-    the server's capacity, see docs/performance.md). Every other scope goes on
-    to FastAPI.
+    The socket sits in front of FastAPI and its middleware, so each message
+    costs one ``receive`` and one ``send`` of uvicorn's protocol, and resuming
+    the handler's coroutine walks two frames, not a dozen (the per-message cost
+    on the event loop is what bounds the server's capacity; docs/performance.md).
     """
 
-    def __init__(self, app: Any, service: _Service):
-        self.app, self.svc = app, service
+    def __init__(self, api: FastAPI, service: _Service):
+        self.api, self.svc = api, service
+        self.state = api.state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket" or scope["path"] != "/v1/streams/ws":
-            return await self.app(scope, receive, send)
+            return await self.api(scope, receive, send)
         svc = self.svc
         if (await receive())["type"] != "websocket.connect":
             return
@@ -396,7 +409,11 @@ async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> Non
         try:
             data = message.get("bytes")
             if data is not None:
-                out = await svc.step(entry, svc.decode(data))
+                future = svc.submit(entry, svc.decode(data))  # awaited here: the fewest coroutine frames
+                try:
+                    out = await future
+                except EdgeRnnError as e:
+                    raise svc.refusal(e) from None
                 await send({"type": "websocket.send", "bytes": svc.encode(out)})
                 continue
             command = _command(message.get("text"))

@@ -97,8 +97,9 @@ class Batcher:
         return self._queue.qsize() + len(self._held)
 
     # ------------------------------------------------------------ submitting
-    async def step(self, stream: Stream, chunk: Any) -> dict:
-        """Step ``stream`` by ``chunk`` in the next batch it fits in; its outputs, or its EdgeRnnError."""
+    def submit(self, stream: Stream, chunk: Any) -> asyncio.Future:
+        """Queue a step of ``stream`` for the next batch it fits in; the future of its outputs (or of its
+        EdgeRnnError). Raises :class:`Overloaded` or :class:`ShuttingDown` at once."""
         if self._closing:
             raise ShuttingDown("the server is shutting down and takes no new steps")
         future = (self._loop or asyncio.get_running_loop()).create_future()
@@ -108,7 +109,11 @@ class Batcher:
             raise Overloaded(f"overloaded: {self._queue.maxsize} steps already queued; retry shortly") from None
         if self._waiter is not None and self._queue.qsize() >= self._want:
             self._wake()
-        return await future
+        return future
+
+    async def step(self, stream: Stream, chunk: Any) -> dict:
+        """Step ``stream`` by ``chunk`` in the next batch it fits in; its outputs, or its EdgeRnnError."""
+        return await self.submit(stream, chunk)
 
     # ------------------------------------------------------------ the consumer
     def _wake(self) -> None:
