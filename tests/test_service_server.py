@@ -20,6 +20,7 @@ from conftest import REPO  # noqa: E402
 
 from edge_rnn.runtime import StreamingModel  # noqa: E402
 from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options  # noqa: E402
+from edge_rnn.service._server import DrainingServer  # noqa: E402
 
 MODEL_PATH = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)
 
@@ -33,8 +34,8 @@ class Server:
             self.port = s.getsockname()[1]
         config = ServiceConfig(**config)
         app = create_app(model or StreamingModel.load(MODEL_PATH), config)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    **uvicorn_options(config)))  # what `edge-rnn serve` runs
+        self.server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    **uvicorn_options(config)), app.svc)  # as `edge-rnn serve`
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -237,22 +238,30 @@ def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
         port = s.getsockname()[1]
     (tmp_path / "token").write_text("a-token-of-sixteen-chars\n")
     proc = subprocess.Popen([sys.executable, "-m", "edge_rnn.cli", "serve", str(MODEL_PATH), "--port", str(port),
-                             "--token-file", str(tmp_path / "token")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--token-file", str(tmp_path / "token"), "--drain-timeout", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline, ok = time.monotonic() + 30, False
         while time.monotonic() < deadline and not ok:
             try:
-                ok = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                ok = httpx.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
                 time.sleep(0.1)
         assert ok, proc.stderr.read() if proc.poll() is not None else "no answer in 30 s"
         auth = {"Authorization": "Bearer a-token-of-sixteen-chars"}
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/streams", headers=auth).status_code == 201
+        sid = httpx.post(f"{url}/v1/streams", headers=auth).json()["stream_id"]
+        proc.send_signal(signal.SIGINT)  # drains: the open stream may still fetch its snapshot
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert httpx.get(f"{url}/v1/streams/{sid}/snapshot", headers=auth).content.startswith(b"EDGERNN-SNAPSHOT")
+        assert httpx.post(f"{url}/v1/streams", headers=auth).json()["code"] == "shutting_down"
+        proc.wait(timeout=20)  # the stream stays open: the server stops at the 2 s drain timeout
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
-    assert proc.returncode == 0
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
+    assert proc.returncode == 0, proc.stderr.read()
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_accepted_steps_still_answer():
@@ -286,6 +295,48 @@ def test_shutdown_with_steps_in_flight_answers_every_accepted_step():
         replies = asyncio.run(main(server))
     assert [r.status_code for r in replies] == [200] * 8  # none lost, none left hanging
     assert all(np.frombuffer(r.content, "<f4").shape == (12,) for r in replies)
+
+
+def test_a_stopping_server_drains_new_work_is_refused_and_open_streams_still_fetch_their_snapshots():
+    import signal
+
+    rng = np.random.default_rng(4)
+    chunks = _chunks(rng, 10)
+
+    async def main(server):
+        async with websockets.connect(server.ws) as ws, httpx.AsyncClient(base_url=server.url) as http:
+            sid = (await http.post("/v1/streams")).json()["stream_id"]
+            await http.post(f"/v1/streams/{sid}/steps", content=chunks[0].tobytes())
+            await ws.send(chunks[0].tobytes())
+            await ws.recv()
+            server.server.handle_exit(signal.SIGTERM, None)  # as the signal would, from another thread
+            await asyncio.sleep(0.3)
+            step = await http.post(f"/v1/streams/{sid}/steps", content=chunks[1].tobytes())
+            fresh = await http.post("/v1/streams")
+            ready = await http.get("/readyz")
+            http_snap = (await http.get(f"/v1/streams/{sid}/snapshot")).content
+            await ws.send(chunks[1].tobytes())
+            ws_step = json.loads(await ws.recv())  # refused, the connection stays open for the snapshot
+            await ws.send('{"type": "snapshot"}')
+            ws_snap = base64.b64decode(json.loads(await ws.recv())["data"])
+            async with websockets.connect(server.ws) as late:
+                late_answer = await _refusal(late)
+            assert (await http.delete(f"/v1/streams/{sid}")).status_code == 204
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:  # at the drain timeout
+                await ws.recv()
+            return step, fresh, ready, http_snap, ws_step, ws_snap, late_answer, closed.value.rcvd.code
+
+    with Server(drain_timeout=1.0) as server:
+        step, fresh, ready, http_snap, ws_step, ws_snap, late, code = asyncio.run(main(server))
+        server.thread.join(timeout=20)
+        assert not server.thread.is_alive()  # the drain ended the server by itself
+    assert step.status_code == 503 and step.json()["code"] == "shutting_down"
+    assert fresh.status_code == 503 and ready.status_code == 503
+    assert ws_step["code"] == "shutting_down" and late == ("shutting_down", 1001) and code == 1001
+    model = StreamingModel.load(MODEL_PATH)
+    for snap in (http_snap, ws_snap):  # each holds the state after the first chunk, and only that
+        s = model.restore(snap)
+        np.testing.assert_array_equal(model.step(s, chunks[1])["y"], _offline(chunks[:2])[len(chunks[0]):])
 
 
 def test_the_client_speaks_both_transports_sync_and_async_and_resumes_from_a_snapshot():

@@ -27,14 +27,18 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the bearer token every route but /healthz and /readyz then needs.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0, show_default=True,
+              help="On SIGINT/SIGTERM: seconds open streams may still fetch their snapshots before the server "
+                   "stops (a second signal stops at once).")
 def serve(model: Path, variant: str | None, host: str, port: int, max_streams: int, idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_message_bytes: int, threads: int | None,
-          token_file: Path | None) -> None:
+          token_file: Path | None, drain_timeout: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
     try:
         import uvicorn
 
         from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options
+        from edge_rnn.service._server import DrainingServer
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn serve needs the serve extra: pip install 'edge-rnn[serve]' ({e.name} is "
                            "missing)") from None
@@ -49,10 +53,11 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
     m = StreamingModel.load(model, threads=threads, **({"variant": variant} if variant else {}))
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_message_bytes=max_message_bytes,
-                           token=token)
+                           token=token, drain_timeout=drain_timeout)
     click.echo(f"serving {m.source} on http://{host}:{port} (WebSocket /v1/streams/ws)", err=True)
-    uvicorn.run(create_app(m, config, variant=m.variant), host=host, port=port, log_level="warning",
-                **uvicorn_options(config))
+    app = create_app(m, config, variant=m.variant)
+    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
+                   app.svc).run()
 
 
 @main.command()

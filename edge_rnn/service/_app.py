@@ -40,6 +40,7 @@ class ServiceConfig:
     max_queue: int = 1024
     max_message_bytes: int = 1 << 20
     token: str | None = None
+    drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots
 
 
 @dataclass
@@ -80,7 +81,8 @@ class _Service:
         self.streams: dict[str, _Entry] = {}
         self.metrics = _Metrics()
         self.batcher: Batcher | None = None
-        self.closing = False
+        self.closing = False  # draining or stopped: no new streams or steps; snapshots still answered
+        self.sockets: dict[str, Any] = {}  # stream id -> the ASGI send of its WebSocket, to close it at the end
         port = model.inputs[0] if len(model.inputs) == 1 else None
         self.port = port if port is not None and port.dtype == np.float32 else None
         rest = [d for i, d in enumerate(self.port.stream_shape) if i != self.port.stream_time_axis] if self.port else []
@@ -143,6 +145,9 @@ class _Service:
 
     def submit(self, entry: _Entry, chunk: Any) -> asyncio.Future:
         """The step queued; its future. A refusal at once (overloaded, shutting down) raises _HttpError."""
+        if self.closing:
+            raise _HttpError(503, "shutting_down", "the server is shutting down: no new steps; a snapshot of the "
+                                                   "stream can still be fetched")
         try:
             return self.batcher.submit(entry.stream, chunk)
         except EdgeRnnError as e:
@@ -167,6 +172,21 @@ class _Service:
         if isinstance(e, InferenceError):  # the model failed, not the chunk
             return _HttpError(500, "inference_failed", str(e))
         return _HttpError(400, "error", str(e))
+
+    def begin_drain(self) -> None:
+        """Stop taking new streams and steps; steps already accepted finish, snapshots are still answered."""
+        self.closing = True
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until every stream is closed, or ``timeout`` seconds; then close the sockets left with 1001."""
+        deadline = time.monotonic() + timeout
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for send in list(self.sockets.values()):
+            try:
+                await send({"type": "websocket.close", "code": 1001, "reason": "shutting_down"})
+            except (OSError, RuntimeError):  # already gone
+                pass
 
     async def reap(self) -> None:
         """Close streams idle longer than the timeout; counted as expirations."""
@@ -372,10 +392,12 @@ class _StreamSocket:
             return
         try:
             await send({"type": "websocket.accept"})
+            svc.sockets[sid] = send
             await _serve_socket(receive, send, svc, sid)
         except OSError:  # uvicorn's ClientDisconnected: the client went away mid-send
             pass
         finally:
+            svc.sockets.pop(sid, None)
             svc.close(sid)
 
 
@@ -427,6 +449,10 @@ async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> Non
                 await send({"type": "websocket.send", "text": json.dumps({"type": "snapshot", "data": base64.b64encode(
                     entry.stream.snapshot()).decode()})})
         except _HttpError as e:  # every error ends the connection, with its code; the state was not touched
+            if e.code == "shutting_down":  # but a draining server answers the snapshot command until it stops
+                await send({"type": "websocket.send", "text": json.dumps(
+                    {"type": "error", "code": e.code, "message": e.message})})
+                continue
             await _refuse(send, e)
             return
 

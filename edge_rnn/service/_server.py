@@ -1,0 +1,49 @@
+"""uvicorn's server with a drain: a stopping server first lets open streams fetch their snapshots.
+
+The first SIGINT or SIGTERM (or :meth:`DrainingServer.handle_exit` from any
+thread) does not stop uvicorn at once. The service stops taking new streams
+and steps (HTTP 503, a WebSocket error ``shutting_down``; new connections
+close with 1001), steps already accepted finish, and each open stream can
+still fetch its snapshot (``GET /v1/streams/{id}/snapshot``, or the socket's
+``{"type":"snapshot"}``). Once every stream is closed, or after the
+service's ``drain_timeout``, the sockets left are closed with 1001 and uvicorn
+shuts down as usual. A second signal stops at once, as uvicorn does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+
+__all__ = ["DrainingServer"]
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, service: Any):
+        super().__init__(config)
+        self.service = service
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
+        self.draining = False
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """A signal handler (main thread) or a call from any thread: the first drains, the next stop."""
+        if self.draining or self._loop is None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self.service.begin_drain()
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await self.service.drain(self.service.config.drain_timeout)
+        self.should_exit = True
