@@ -412,3 +412,25 @@ def test_binary_chunks_are_time_major_whatever_axis_the_model_keeps_time_on(tmp_
             reply = http.post(f"/v1/streams/{sid}/steps", content=frames.tobytes())
         assert reply.status_code == 200, reply.text
         np.testing.assert_array_equal(np.frombuffer(reply.content, "<f4").reshape(2, 3), frames)
+
+
+def _routes(spec: dict) -> dict:
+    """What the OpenAPI says of each route, without what a FastAPI release may word differently."""
+    out = {}
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            out[f"{method.upper()} {path}"] = (
+                op.get("summary"), sorted(p["name"] for p in op.get("parameters", [])),
+                sorted(op.get("requestBody", {}).get("content", {})),
+                {code: sorted(r.get("content", {})) for code, r in op.get("responses", {}).items()})
+    return out
+
+
+def test_the_committed_openapi_is_the_one_the_server_generates():
+    committed = json.loads((REPO / "docs" / "openapi.json").read_text())
+    app = create_app(StreamingModel.load(MODEL_PATH))
+    assert _routes(app.api.openapi()) == _routes(committed), (
+        "docs/openapi.json is stale: regenerate it with the command in docs/service.md")
+    steps = _routes(committed)["POST /v1/streams/{sid}/steps"]
+    assert steps[1] == ["X-Step", "sid"] and steps[2] == ["application/json", "application/octet-stream"]
+    assert {"200", "400", "404", "409", "413", "500", "503"} <= set(steps[3])

@@ -265,6 +265,30 @@ def uvicorn_options(config: ServiceConfig) -> dict[str, Any]:
     return {"ws": StreamProtocol, "ws_per_message_deflate": False, "ws_max_size": config.max_message_bytes}
 
 
+# What the routes read and write by hand (raw bytes or JSON), described for the generated OpenAPI
+_ERROR = {"description": "An error", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"type": {"const": "error"}, "code": {"type": "string"},
+                                     "message": {"type": "string"}}}}}}
+_BYTES = {"description": "Bytes", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}}
+_OPENAPI_OPEN = {"requestBody": {"required": False, "description": "empty, or a snapshot to resume",
+                                 "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}}
+_OPENAPI_STEP = {
+    "parameters": [{"name": "X-Step", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+                    "description": "The step's sequence number on this stream, from 0; out of order: 409"}],
+    "requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": "float32 little-endian, whole frames, time x features"},
+        "application/json": {"schema": {"type": "object", "required": ["x"],
+                                        "properties": {"x": {"description": "the chunk, nested lists"}}}}}}}
+_STEP_OUT = {"description": "The primary output (float32 bytes, time x features), or with a JSON request "
+                            "every output as JSON",
+             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                         "application/json": {"schema": {"type": "object", "properties": {
+                             "outputs": {"type": "object"}}}}}}
+
+
 def _authorize(svc: _Service, headers: Any) -> None:
     if svc.config.token is None:
         return
@@ -292,7 +316,8 @@ def _guard(app: FastAPI, svc: _Service) -> None:
 
 
 def _stream_routes(app: FastAPI, svc: _Service) -> None:
-    @app.post("/v1/streams", status_code=201)
+    @app.post("/v1/streams", status_code=201, summary="Open a stream, from zeros or from a snapshot",
+              openapi_extra=_OPENAPI_OPEN, responses={400: _ERROR, 429: _ERROR, 503: _ERROR})
     async def open_stream(request: Request) -> dict:
         body = await request.body()
         try:
@@ -300,7 +325,9 @@ def _stream_routes(app: FastAPI, svc: _Service) -> None:
         except StateError as e:
             raise _HttpError(400, "bad_snapshot", str(e)) from None
 
-    @app.post("/v1/streams/{sid}/steps")
+    @app.post("/v1/streams/{sid}/steps", summary="Step a stream by one chunk", openapi_extra=_OPENAPI_STEP,
+              responses={200: _STEP_OUT, 400: _ERROR, 404: _ERROR, 409: _ERROR, 413: _ERROR, 500: _ERROR,
+                         503: _ERROR})
     async def step(sid: str, request: Request) -> Response:
         entry = svc.get(sid)
         body = await request.body()
@@ -321,13 +348,14 @@ def _stream_routes(app: FastAPI, svc: _Service) -> None:
             return JSONResponse({"outputs": {k: v.tolist() for k, v in out.items()}})
         return Response(svc.encode(out), media_type="application/octet-stream")
 
-    @app.delete("/v1/streams/{sid}", status_code=204)
+    @app.delete("/v1/streams/{sid}", status_code=204, summary="Close a stream", responses={404: _ERROR})
     async def delete(sid: str) -> Response:
         svc.get(sid)
         svc.close(sid)
         return Response(status_code=204)
 
-    @app.get("/v1/streams/{sid}/snapshot")
+    @app.get("/v1/streams/{sid}/snapshot", summary="The stream's state as a snapshot",
+             responses={200: _BYTES, 404: _ERROR})
     async def snapshot(sid: str) -> Response:
         return Response(svc.get(sid).stream.snapshot(), media_type="application/octet-stream")
 
