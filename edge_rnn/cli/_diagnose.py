@@ -1,0 +1,117 @@
+"""diagnose: what a model's gates do and how far back it remembers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge_rnn.cli._common import _build, _existing, main
+from edge_rnn.errors import EdgeRnnError
+
+
+def _sequence(path: Path):
+    """--input: one sequence, time first, from a .npy file (never unpickled)."""
+    import numpy as np
+
+    _existing(path, "--input")
+    if path.suffix != ".npy":
+        raise EdgeRnnError(f"--input {path}: expected a .npy file of one sequence, (time, features...)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise EdgeRnnError(f"--input {path}: could not read it as a plain .npy array ({e})") from None
+    if x.ndim < 1 or x.dtype.kind not in "fiu":
+        raise EdgeRnnError(f"--input {path}: expected a numeric array (time, features...), got {x.dtype} {x.shape}")
+    return x.astype(np.float32) if x.dtype.kind == "f" else x
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.option("--arch", type=click.Choice(["rnn", "lstm", "gru"]), help="Build a layer (with its sizes) to look at.")
+@click.option("--input-size", type=click.IntRange(min=1))
+@click.option("--hidden-size", type=click.IntRange(min=1))
+@click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="The built layer's init, and the perturbations.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="A state_dict for the PyTorch model.")
+@click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With FACTORY: the batch axis of the model's input.")
+@click.option("--time-axis", type=click.IntRange(min=0), default=1, show_default=True,
+              help="With FACTORY: the time axis of the model's input.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="One input sequence, time first: a .npy (time, features), or (time,) token ids.")
+@click.option("--compare", multiple=True, type=click.Path(path_type=Path),
+              help="An ONNX file whose empirical memory curve is drawn beside (an export, an int8 variant...); "
+                   "repeat for more.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write the figure here (.png, .svg, .pdf); needs edge-rnn[diag].")
+@click.option("--max-lag", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
+@click.option("--starts", type=click.IntRange(min=1, max=1000), default=8, show_default=True,
+              help="Perturbation points averaged in the memory curve.")
+def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
+             seed: int, weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
+             compare: tuple[Path, ...], plot_path: Path | None, max_lag: int, starts: int) -> None:
+    """What a model's gates do and how far back it remembers.
+
+    SOURCE is a streaming ONNX file (its empirical memory curve, without torch), or a FACTORY
+    (package.module:callable, as for export); or build a layer with --arch, --input-size and --hidden-size.
+    A PyTorch model also gets its gate statistics, memory horizons, and gradient flow beside vanilla
+    RNN, LSTM and GRU baselines of its size.
+    """
+    from edge_rnn.diagnostics import diagnose_onnx, summary
+
+    if plot_path is not None:  # before any work: a missing extra is a clear error at once
+        from edge_rnn.diagnostics._plot import _pyplot
+
+        _pyplot()
+    for path in compare:
+        _existing(path, "--compare")
+    x = _sequence(input_path)
+    if source is not None and source.endswith(".onnx"):
+        if arch or weights:
+            raise click.UsageError("an ONNX file holds its weights: --arch and --weights go with a PyTorch model")
+        d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=compare,
+                          seed=seed)
+    else:
+        module, axes, ids = _torch_model(source, arch, input_size, hidden_size, num_layers, seed, weights,
+                                         (batch_axis, time_axis))
+        from edge_rnn.diagnostics import diagnose as run
+
+        d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=compare,
+                ids=ids, seed=seed, source=source or f"{arch} {input_size} -> {hidden_size} x {num_layers}")
+    click.echo("\n".join(summary(d)))
+    if plot_path is not None:
+        from edge_rnn.diagnostics._plot import plot
+
+        click.echo(f"wrote {plot(d, plot_path)}")
+
+
+def _torch_model(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None,
+                 num_layers: int, seed: int, weights: Path | None, axes: tuple[int, int]):
+    """The PyTorch model to diagnose, the batch and time axes of its input, and its input's id range (or None)."""
+    try:
+        import torch
+    except ImportError:
+        raise EdgeRnnError("diagnosing a PyTorch model needs torch: pip install 'edge-rnn[export]' (an ONNX file "
+                           "needs only the runtime)") from None
+    if source is not None:
+        if arch or input_size or hidden_size:
+            raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
+        from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
+
+        module = load_factory(source)
+        if not isinstance(module, torch.nn.Module):
+            raise EdgeRnnError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}")
+        if weights is not None:
+            load_state_dict(module, weights)
+        embedding = next((m for m in module.modules() if isinstance(m, torch.nn.Embedding)), None)
+        ids = (0, embedding.num_embeddings - 1) if embedding is not None else None
+        return module.eval(), axes, ids
+    missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give SOURCE: a .onnx file or a FACTORY)")
+    from edge_rnn.exporters import RecurrentSpec
+
+    spec = RecurrentSpec(kind=arch, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                         module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}")
+    return _build(spec, weights, None if weights else seed), (1, 0), None

@@ -1,0 +1,64 @@
+"""Everything ``edge-rnn diagnose`` reports, in one call: a PyTorch model, or an ONNX file alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_rnn.diagnostics._gates import gate_stats, gate_trace, horizons, recurrent_layers
+from edge_rnn.diagnostics._gradient import _captured_call, baselines, gradient_flow
+from edge_rnn.diagnostics._memory import memory_curve
+from edge_rnn.diagnostics._memory_torch import memory_curve_torch
+from edge_rnn.diagnostics._types import Diagnosis, GateHistogram
+from edge_rnn.errors import ShapeError
+
+__all__ = ["diagnose"]
+
+def _batched(x: np.ndarray, batch_axis: int, time_axis: int) -> torch.Tensor:
+    """One sequence ``(time, *frame)`` as the module takes it: a batch of one, axes where it wants them."""
+    t = torch.from_numpy(np.ascontiguousarray(x))[None]  # (1, time, *frame)
+    rest = iter(range(2, t.dim()))
+    return t.permute([0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(t.dim())])
+
+
+def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` receives when ``module`` runs on ``inputs``, as (time, batch, features)."""
+    x = inputs if layer is module else _captured_call(module, layer, inputs)[0]
+    if x.dim() == 2:  # unbatched (time, features)
+        return x[:, None]
+    return x.transpose(0, 1) if getattr(layer, "batch_first", False) else x
+
+
+def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
+             max_lag: int = 50, starts: int = 8, compare: Sequence[str | Path] = (), ids: tuple[int, int] | None = None,
+             seed: int = 0, source: str = "model") -> Diagnosis:
+    """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
+
+    ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
+    time at ``time_axis`` (a ``torch.nn.LSTM``: 1 and 0; ``batch_first``: 0 and 1). ``compare``: ONNX files
+    whose empirical memory curves are drawn beside the module's (its export, an int8 variant, ...).
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or len(x) <= max_lag + 1:
+        raise ShapeError(f"diagnose: expected a sequence of more than max_lag + 1 = {max_lag + 1} steps, time "
+                         f"first, got shape {x.shape}")
+    module = module.eval()
+    inputs = _batched(x, batch_axis, time_axis)
+    d = Diagnosis(source=source)
+    trace = gate_trace(module, inputs)
+    d.stats = gate_stats(trace)
+    d.horizons = horizons(trace)
+    d.histograms = [GateHistogram.of(layer, kind, gate, values) for layer, (kind, gates) in trace.items()
+                    for gate, values in gates.items()]
+    name, layer = recurrent_layers(module)[0]
+    lag = min(max_lag, len(x) - 1)
+    d.gradient = [gradient_flow(module, inputs, max_lag=lag, label=f"this model ({name or type(layer).__name__})")]
+    layer_x = _layer_input(module, layer, inputs)
+    d.gradient += baselines(layer.input_size, layer.hidden_size, layer.num_layers, layer_x, seed=seed, max_lag=lag)
+    d.memory = [memory_curve_torch(module, x, batch_axis=batch_axis, time_axis=time_axis, max_lag=max_lag,
+                                   starts=starts, seed=seed, ids=ids, label="PyTorch model")]
+    d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed) for path in compare]
+    return d

@@ -1,0 +1,185 @@
+"""The empirical memory curve of an exported model, from its ONNX file alone (numpy + onnxruntime, no torch).
+
+Perturb the input at one step, stream on, and record how far the primary
+output moves over the following steps; average over several perturbation
+points. Works for any streaming model the runtime loads, third-party files and
+int8/fp16 variants included, so comparing two files' curves shows whether a
+variant shortened what the model remembers.
+
+The procedure, one copy of it for every backend (:func:`curve_from`):
+
+1. the whole sequence, from the zero state, for the states at the starts;
+2. for each start ``t0``: from the state after ``x[:t0]``, the window
+   ``x[t0 : t0 + max_lag + 1]`` twice, as it is and with ``x[t0]`` perturbed,
+   in the same calls; the norm of the difference of the two outputs at each of
+   its steps (over the output's other axes);
+3. the mean over starts, per lag.
+
+Both windows go through the backend the same way, so whatever it does per
+call is the same on both sides: a dynamic int8 variant quantises each call's
+activations with a scale taken over that call, and comparing windows against
+a run cut into other calls would measure that, not memory.
+
+A float input gets ``scale x std(x)`` times a random unit vector (one per
+start, from ``seed``); an integer input (token ids) gets another id at that
+step, drawn from the contract's range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.diagnostics._types import MemoryCurve
+from edge_rnn.errors import ShapeError, UnsupportedError
+
+__all__ = ["memory_curve", "curve_from", "perturbations", "start_points"]
+
+# run_all(x) -> primary output of the whole sequence, time first (and the states at the starts, kept by the
+# backend); run_windows(t0s, windows) -> one output per window (time first), each from the state after x[:t0]
+RunAll = Callable[[np.ndarray], np.ndarray]
+RunWindows = Callable[[list[int], list[np.ndarray]], list[np.ndarray]]
+
+
+def start_points(steps: int, max_lag: int, starts: int, every: int = 1) -> list[int]:
+    """Up to ``starts`` perturbation steps spread evenly over the sequence, each with ``max_lag`` steps after it
+    (multiples of ``every``, for a model with a fixed chunk)."""
+    last = steps - max_lag - 1
+    if last < 0:
+        raise ShapeError(f"memory curve: expected a sequence of more than max_lag={max_lag} steps, got {steps}")
+    points = np.linspace(0, last, num=min(starts, last // every + 1)).astype(int) // every * every
+    return sorted(set(points.tolist()))
+
+
+def perturbations(x: np.ndarray, t0s: list[int], scale: float, seed: int,
+                  ids: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The perturbed value of ``x[t0]`` for each start: float inputs moved by ``scale x std(x)`` along a random
+    unit vector; integer inputs (ids in the inclusive range ``ids``) replaced by another id."""
+    rng = np.random.default_rng(seed)
+    out = []
+    if x.dtype.kind in "iu":
+        if ids is None:
+            raise UnsupportedError("memory curve: an integer input needs the range of its values (the contract's "
+                                   "`values`), to draw another id from")
+        low, high = ids
+        if high <= low:
+            raise UnsupportedError(f"memory curve: expected at least two ids to choose from, got [{low}, {high}]")
+        for t0 in t0s:
+            new = rng.integers(low, high, size=x[t0].shape, endpoint=True).astype(x.dtype)
+            same = new == x[t0]
+            new[same] = np.where(x[t0][same] < high, x[t0][same] + 1, low).astype(x.dtype)  # never the same id
+            out.append(new)
+        return out
+    if x.dtype.kind != "f":
+        raise UnsupportedError(f"memory curve: expected a float or integer input, got {x.dtype}")
+    size = float(scale) * float(np.std(x) or 1.0)
+    for t0 in t0s:
+        u = rng.standard_normal(x[t0].shape)
+        out.append((x[t0] + size * u / np.linalg.norm(u)).astype(x.dtype))
+    return out
+
+
+def curve_from(run_all: RunAll, run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: int,
+               scale: float, seed: int, label: str, ids: tuple[int, int] | None = None,
+               every: int = 1) -> MemoryCurve:
+    """The procedure of the module docstring over any backend (see :data:`RunAll`, :data:`RunWindows`)."""
+    if max_lag < 1 or starts < 1 or scale <= 0:
+        raise ShapeError(f"memory curve: expected max_lag >= 1, starts >= 1 and scale > 0, got {max_lag}, {starts}, "
+                         f"{scale}")
+    t0s = start_points(len(x), max_lag, starts, every)
+    run_all(x)  # the states at the starts (and, for a backend that keeps them, its snapshots)
+    windows, plain = [], []
+    for t0, value in zip(t0s, perturbations(x, t0s, scale, seed, ids)):
+        w = x[t0 : t0 + max_lag + 1].copy()
+        plain.append(w.copy())
+        w[0] = value
+        windows.append(w)
+    # each perturbed window against the same window unperturbed, run the same way in the same calls: what a
+    # backend does per call (a dynamic int8 scale over the batch, say) is the same on both sides
+    ys = run_windows(t0s + t0s, windows + plain)
+    diffs = []
+    for y, ref in zip(ys[: len(t0s)], ys[len(t0s):]):
+        d = (np.asarray(y, np.float64) - np.asarray(ref, np.float64)).reshape(max_lag + 1, -1)
+        diffs.append(np.sqrt((d * d).sum(axis=1)))
+    delta = float(np.mean([np.linalg.norm((np.asarray(w[0], np.float64) - x[t0]).ravel())
+                           for t0, w in zip(t0s, windows)]))
+    return MemoryCurve(label=label, lags=np.arange(max_lag + 1), response=np.mean(diffs, axis=0), starts=len(t0s),
+                       scale=delta)
+
+
+class _OnnxRunner:
+    """:data:`RunAll` and :data:`RunWindows` over a StreamingModel: snapshots at the starts, windows batched."""
+
+    def __init__(self, model: Any, points: list[int]):
+        self.model, self.points = model, set(points)
+        self.port, self.out = model.inputs[0], model.outputs[0]
+        self.t_in, self.t_out = self.port.stream_time_axis, self.out.stream_time_axis
+        self.fixed = self.port.stream_shape[self.t_in] if self.t_in is not None else None  # a static form's chunk
+        self.snapshots: dict[int, bytes] = {}
+
+    def chunks(self, seq: np.ndarray, cuts: set[int] = frozenset()) -> list[np.ndarray]:
+        """``seq`` (time first) as the model's calls: one row per call, or pieces in its layout, cut at ``cuts``
+        and at every fixed chunk."""
+        if self.t_in is None:
+            return list(seq)  # one step per call
+        edges = set(cuts) | set(range(0, len(seq), self.fixed or len(seq))) | {len(seq)}
+        edges = sorted(e for e in edges if 0 <= e <= len(seq))
+        return [np.moveaxis(seq[a:b], 0, self.t_in) for a, b in zip(edges, edges[1:])]
+
+    def time_first(self, ys: list[np.ndarray]) -> np.ndarray:
+        if self.t_out is None:
+            return np.stack(ys).astype(np.float64)
+        return np.moveaxis(np.concatenate(ys, axis=self.t_out), self.t_out, 0).astype(np.float64)
+
+    def run_all(self, seq: np.ndarray) -> np.ndarray:
+        model, stream, ys, done = self.model, self.model.open_stream(), [], 0
+        for c in self.chunks(seq, self.points):
+            if done in self.points:
+                self.snapshots[done] = stream.snapshot()
+            ys.append(model.step(stream, c)[self.out.name])
+            done += 1 if self.t_in is None else c.shape[self.t_in]
+        return self.time_first(ys)
+
+    def run_windows(self, t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
+        model = self.model
+        streams = [model.restore(self.snapshots[t0]) for t0 in t0s]
+        per = [self.chunks(w) for w in windows]
+        ys: list[list[np.ndarray]] = [[] for _ in t0s]
+        for k in range(len(per[0])):
+            for i, res in enumerate(model.step_batch([(s, p[k]) for s, p in zip(streams, per)])):
+                ys[i].append(res[self.out.name])
+        for s in streams:
+            s.close()
+        return [self.time_first(y) for y in ys]
+
+
+def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 8, scale: float = 0.5,
+                 seed: int = 0, label: str | None = None) -> MemoryCurve:
+    """The empirical memory curve of a streaming ONNX model (a path or a loaded ``StreamingModel``).
+
+    ``x`` is one sequence of the model's single input, time first: ``(time, *frame)``, as
+    :func:`~edge_rnn.runtime.run_sequence` takes it. The curve is of the model's primary (first) output.
+    """
+    from edge_rnn.runtime import StreamingModel
+
+    if isinstance(model, (str, Path)):
+        label = label or Path(model).name
+        model = StreamingModel.load(model)
+    if len(model.inputs) != 1:
+        raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
+    port = model.inputs[0]
+    x = np.asarray(x)
+    if x.dtype != port.dtype and x.dtype.kind == port.dtype.kind == "f":
+        x = x.astype(port.dtype)
+    t = port.stream_time_axis
+    every = (port.stream_shape[t] if t is not None else None) or 1
+    if (max_lag + 1) % every:
+        raise ShapeError(f"memory curve: this model takes exactly {every} steps per call; expected max_lag + 1 to be "
+                         f"a multiple of it, got max_lag={max_lag}")
+    x = x[: len(x) - len(x) % every]
+    runner = _OnnxRunner(model, start_points(len(x), max_lag, starts, every))  # the starts curve_from draws
+    return curve_from(runner.run_all, runner.run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,
+                      label=label or model.source, ids=port.values, every=every)

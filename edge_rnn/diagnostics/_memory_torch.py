@@ -1,0 +1,59 @@
+"""The empirical memory curve of a PyTorch module, by the same procedure as the ONNX one (torch).
+
+Each perturbed window is run as the whole prefix ``x[:t0 + max_lag + 1]`` from
+the zero state, which is the state after ``x[:t0]`` followed by the window:
+slower than restoring a state, and independent of any export, so it is what the
+ONNX curve is checked against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_rnn.diagnostics._memory import curve_from
+from edge_rnn.diagnostics._types import MemoryCurve
+from edge_rnn.errors import ShapeError
+
+__all__ = ["memory_curve_torch", "primary_output"]
+
+
+def primary_output(result: Any) -> torch.Tensor:
+    """The first tensor of a module's result: ``y`` of ``(y, h_n)`` or ``(y, (h_n, c_n))``, or the tensor itself."""
+    while isinstance(result, (tuple, list)):
+        result = result[0]
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"expected the module to return a tensor or a tuple starting with one, got "
+                        f"{type(result).__name__}")
+    return result
+
+
+def memory_curve_torch(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
+                       max_lag: int = 50, starts: int = 8, scale: float = 0.5, seed: int = 0,
+                       ids: tuple[int, int] | None = None, label: str = "pytorch") -> MemoryCurve:
+    """The curve of ``module``'s primary output on ``x`` (one sequence, ``(time, *frame)``), which the module
+    takes with a batch axis at ``batch_axis`` and time at ``time_axis`` (``torch.nn.LSTM``: 1 and 0)."""
+    module = module.eval()
+
+    def layout(rank: int) -> list[int]:
+        """The permutation from (batch, time, rest...) to the module's order."""
+        rest = iter(range(2, rank))
+        return [0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(rank)]
+
+    def run(seq: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(seq))[None]  # (1, time, *frame)
+        with torch.no_grad():
+            y = primary_output(module(t.permute(layout(t.dim()))))
+        if y.dim() < 2:
+            raise ShapeError(f"memory curve: expected an output per step (batch and time axes), got {tuple(y.shape)}")
+        order = layout(y.dim())  # the output keeps the input's batch and time axes
+        back = sorted(range(len(order)), key=order.__getitem__)
+        return y.permute(back)[0].double().numpy()
+
+    def run_windows(t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
+        return [run(np.concatenate([x[:t0], w]))[t0:] for t0, w in zip(t0s, windows)]
+
+    return curve_from(run, run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed, label=label,
+                      ids=ids)

@@ -1,0 +1,50 @@
+"""What an ONNX file alone shows, and the summary table of any diagnosis (numpy + onnxruntime, no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_rnn.diagnostics._memory import memory_curve
+from edge_rnn.diagnostics._types import Diagnosis
+
+__all__ = ["diagnose_onnx", "summary"]
+
+
+def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
+                  compare: Sequence[str | Path] = (), seed: int = 0) -> Diagnosis:
+    """What an ONNX file alone shows (torch is not needed for this part): its empirical memory curve, and those of
+    ``compare``. Gate statistics and gradient flow need the PyTorch model."""
+    d = Diagnosis(source=str(path))
+    d.memory = [memory_curve(p, x, max_lag=max_lag, starts=starts, seed=seed) for p in (path, *compare)]
+    d.notes.append("gate statistics, memory horizons and gradient flow need the PyTorch model (--arch or a "
+                   "FACTORY); an ONNX file shows its empirical memory curve")
+    return d
+
+
+def summary(d: Diagnosis) -> list[str]:
+    """The table ``edge-rnn diagnose`` prints, as lines."""
+    lines = [f"# {d.source}"]
+    if d.stats:
+        lines.append(f"{'layer':<22} {'gate':<5} {'mean':>6} {'near 0':>7} {'near 1':>7}   (fraction of unit-steps)")
+        for s in d.stats:
+            lines.append(f"{s.layer:<22} {s.gate:<5} {s.mean.mean():>6.3f} {s.near_zero.mean():>7.3f} "
+                         f"{s.near_one.mean():>7.3f}")
+    for h in d.horizons:
+        p10, p50, p90 = h.quantiles()
+        beyond = int((~np.isfinite(h.steps)).sum())
+        lines.append(f"memory horizon {h.layer} ({h.gate}): p10 {p10:g}, median {p50:g}, p90 {p90:g} steps over "
+                     f"{len(h.steps)} units" + (f"; {beyond} beyond the data" if beyond else ""))
+    for g in d.gradient:
+        rel = g.relative()
+        at = {k: rel[k] for k in (10, 25, 50) if k < len(rel)}
+        lines.append(f"gradient flow, {g.label}: " + ", ".join(f"lag {k}: {v:.2e}" for k, v in at.items()))
+    for m in d.memory:
+        rel = m.relative()
+        at = {k: rel[k] for k in (1, 10, 25, 50) if k < len(rel)}
+        lines.append(f"memory curve, {m.label}: 1/e after {m.horizon():g} steps; " +
+                     ", ".join(f"lag {k}: {v:.3f}" for k, v in at.items()) + f" (mean of {m.starts} starts)")
+    lines += [f"note: {n}" for n in d.notes]
+    return lines
