@@ -33,7 +33,8 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = ServiceConfig(**config)
-        app = create_app(model or StreamingModel.load(MODEL_PATH), config)
+        model = model or StreamingModel.load(MODEL_PATH)
+        app = create_app(model, config, variant=model.variant)  # as `edge-rnn serve` does
         self.server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
                                                     **uvicorn_options(config)), app.svc)  # as `edge-rnn serve`
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -434,3 +435,24 @@ def test_the_committed_openapi_is_the_one_the_server_generates():
     steps = _routes(committed)["POST /v1/streams/{sid}/steps"]
     assert steps[1] == ["X-Step", "sid"] and steps[2] == ["application/json", "application/octet-stream"]
     assert {"200", "400", "404", "409", "413", "500", "503"} <= set(steps[3])
+
+
+def test_a_bundles_int8_variant_is_served_and_says_which_it_is(tmp_path):
+    pytest.importorskip("onnx")
+    from edge_rnn.deploy import package
+
+    package(MODEL_PATH, tmp_path / "bundle", variants=("fp32", "int8"), steps=2000)
+    model = StreamingModel.load(tmp_path / "bundle", variant="int8")
+    chunks = _chunks(np.random.default_rng(6), 20)
+    with Server(model) as server, httpx.Client(base_url=server.url) as http:
+        described = http.get("/v1/model").json()
+        sid = http.post("/v1/streams").json()["stream_id"]
+        ys = [np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes()).content, "<f4")
+              for c in chunks]
+    assert described["variant"] == "int8" and described["fingerprint"] == model.fingerprint
+    assert described["fingerprint"] != StreamingModel.load(MODEL_PATH).fingerprint
+    served = np.concatenate(ys).reshape(-1, 6)
+    alone = StreamingModel.load(tmp_path / "bundle", variant="int8")
+    np.testing.assert_array_equal(served, alone.step(alone.open_stream(), np.concatenate(chunks))["y"])
+    fp32 = _offline(chunks)
+    assert 0 < np.max(np.abs(served - fp32)) < 5e-2 + 5e-2 * np.max(np.abs(fp32))  # int8, within its tolerance row

@@ -15,10 +15,11 @@ The procedure, one copy of it for every backend (:func:`curve_from`):
    its steps (over the output's other axes);
 3. the mean over starts, per lag.
 
-Both windows go through the backend the same way, so whatever it does per
-call is the same on both sides: a dynamic int8 variant quantises each call's
-activations with a scale taken over that call, and comparing windows against
-a run cut into other calls would measure that, not memory.
+Both windows go through the backend the same way, one step per call (a
+static form: its fixed chunk), so whatever it does per call is the same on
+both sides after the perturbed step: a dynamic int8 variant quantises each
+call's activations with a scale taken over that call, and comparing windows
+cut into other calls would measure that, not memory.
 
 A float input gets ``scale x std(x)`` times a random unit vector (one per
 start, from ``seed``); an integer input (token ids) gets another id at that
@@ -120,12 +121,13 @@ class _OnnxRunner:
         self.fixed = self.port.stream_shape[self.t_in] if self.t_in is not None else None  # a static form's chunk
         self.snapshots: dict[int, bytes] = {}
 
-    def chunks(self, seq: np.ndarray, cuts: set[int] = frozenset()) -> list[np.ndarray]:
-        """``seq`` (time first) as the model's calls: one row per call, or pieces in its layout, cut at ``cuts``
-        and at every fixed chunk."""
+    def chunks(self, seq: np.ndarray, cuts: set[int] = frozenset(), size: int | None = None) -> list[np.ndarray]:
+        """``seq`` (time first) as the model's calls: one row per call, or pieces in its layout of ``size`` steps
+        (None: as long as they can be), cut at ``cuts`` and at every fixed chunk."""
         if self.t_in is None:
             return list(seq)  # one step per call
-        edges = set(cuts) | set(range(0, len(seq), self.fixed or len(seq))) | {len(seq)}
+        step = self.fixed or size or len(seq)
+        edges = set(cuts) | set(range(0, len(seq), step)) | {len(seq)}
         edges = sorted(e for e in edges if 0 <= e <= len(seq))
         return [np.moveaxis(seq[a:b], 0, self.t_in) for a, b in zip(edges, edges[1:])]
 
@@ -146,7 +148,7 @@ class _OnnxRunner:
     def run_windows(self, t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
         model = self.model
         streams = [model.restore(self.snapshots[t0]) for t0 in t0s]
-        per = [self.chunks(w) for w in windows]
+        per = [self.chunks(w, size=1) for w in windows]  # step by step, as a stream runs in real time
         ys: list[list[np.ndarray]] = [[] for _ in t0s]
         for k in range(len(per[0])):
             for i, res in enumerate(model.step_batch([(s, p[k]) for s, p in zip(streams, per)])):

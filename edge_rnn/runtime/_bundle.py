@@ -32,6 +32,7 @@ class Picked:
     name: str
     path: Path
     contract: Contract
+    operators: frozenset[str] | None = None  # the variant's operator types, as the manifest lists them
 
 
 def hash_file(digest: Any, path: Path) -> Any:
@@ -126,4 +127,5 @@ def pick_variant(folder: Path, variant: str | None, max_error: float | None, for
     contract = variants[name].get("contract")
     if not isinstance(contract, dict):
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r} has no contract")
-    return Picked(name, path, Contract.from_dict(contract))
+    ops = variants[name].get("operators")
+    return Picked(name, path, Contract.from_dict(contract), frozenset(ops) if isinstance(ops, dict) else None)

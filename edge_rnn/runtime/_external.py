@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["external_locations", "check_external_data"]
+__all__ = ["external_locations", "check_external_data", "operator_types"]
 
 # Which length-delimited fields lead to tensors, by message (onnx.proto's field numbers).
 _MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _ENTRY = range(8)
@@ -110,6 +110,34 @@ def external_locations(data: bytes) -> list[str] | None:
     found: list[str] = []
     try:
         _walk(data, _MODEL, 0, len(data), 0, found)
+    except _Malformed:
+        return None
+    return found
+
+
+_OP_CHILDREN = {_MODEL: {7: _GRAPH, 25: _FUNCTION}, _FUNCTION: {7: _NODE}, _GRAPH: {1: _NODE},
+                _NODE: {5: _ATTRIBUTE}, _ATTRIBUTE: {6: _GRAPH, 11: _GRAPH}}
+
+
+def _ops(data: bytes, kind: int, start: int, stop: int, depth: int, found: set[str]) -> None:
+    if depth > _MAX_DEPTH:
+        raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
+    children = _OP_CHILDREN.get(kind, {})
+    for field, wire, value in _fields(data, start, stop):
+        if kind == _NODE and field == 4 and wire == 2:
+            found.add(data[value[0]:value[1]].decode("utf-8", "replace"))
+        elif wire == 2 and field in children:
+            _ops(data, children[field], *value, depth + 1, found)
+
+
+def operator_types(data: bytes) -> set[str] | None:
+    """Every node's ``op_type`` in the model, subgraphs and functions included; None for an ORT-format file
+    or bytes that are not a well-formed ONNX message."""
+    if data[4:8] == b"ORTM":
+        return None
+    found: set[str] = set()
+    try:
+        _ops(data, _MODEL, 0, len(data), 0, found)
     except _Malformed:
         return None
     return found

@@ -24,7 +24,7 @@ from edge_rnn.errors import (
 )
 from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._bundle import hash_file, pick_variant
-from edge_rnn.runtime._external import check_external_data
+from edge_rnn.runtime._external import check_external_data, operator_types
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._session import (
     _EP_FAIL,
@@ -112,6 +112,19 @@ def _fingerprint(data: bytes, weight_files: list[Path]) -> str:
     return digest.hexdigest()[:32]
 
 
+def _rows_coupled(data: bytes, picked: Any) -> bool:
+    """Whether one stream's values can change another's output when they share a call: a dynamic
+    quantisation operator (DynamicQuantizeLinear, DynamicQuantizeLSTM, ...: an int8 variant) scales a whole
+    call's activations at once, so a neighbour's large input coarsens everyone's. An ORT-format file's
+    operators are known only from a bundle's manifest; unknown counts as coupled (never silently wrong)."""
+    ops = operator_types(data)
+    if ops is None and picked is not None:
+        ops = picked.operators
+    if ops is None:
+        return data[4:8] == b"ORTM"
+    return any(op.rsplit(".", 1)[-1].startswith("DynamicQuantize") for op in ops)  # manifest: domain.op_type
+
+
 def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
     return (axis, *(i for i in range(rank) if i != axis))
 
@@ -131,7 +144,7 @@ class StreamingModel(BatchStepping):
     """
 
     def __init__(self, session: ort.InferenceSession, io: ModelIO, fingerprint: str, *,
-                 allow_nonfinite: bool = False, source: str = "<bytes>"):
+                 allow_nonfinite: bool = False, source: str = "<bytes>", rows_coupled: bool = False):
         self._session = session
         self._io = io
         self.fingerprint = fingerprint
@@ -153,8 +166,10 @@ class StreamingModel(BatchStepping):
         self._input_names = {p.name for p in io.inputs}
         self._ranges = {p.name: p.values for p in io.inputs if p.values is not None}
         self._valid_layouts: dict[tuple, int] = {}  # (shape, dtype) of chunks that passed _prepare -> steps
-        # a third-party model may fix its batch size at 1: then streams cannot share a call
-        self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs))
+        # a third-party model may fix its batch size at 1, and a dynamic int8 variant quantises each call's
+        # activations with one scale over the whole call (rows_coupled): then streams cannot share a call
+        self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs)) and not rows_coupled
+        self.rows_coupled = rows_coupled
         # per input: (port, per-stream shape, per-stream time axis); hot-path look-ups precomputed
         self._in_checks = [
             (p, len(p.stream_shape), [(i, d) for i, d in enumerate(p.stream_shape) if d is not None],
@@ -252,7 +267,8 @@ class StreamingModel(BatchStepping):
                         time_axis=foreign.time_axis, state_batch_axis=foreign.state_batch_axis,
                         constants=foreign.constants)
         fingerprint = _fingerprint(data, external)
-        loaded = cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source)
+        loaded = cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source,
+                     rows_coupled=_rows_coupled(data, picked))
         loaded.variant = picked.name if picked is not None else None
         return loaded
 
@@ -276,6 +292,13 @@ class StreamingModel(BatchStepping):
     @property
     def streamable(self) -> bool:
         return self._io.streamable
+
+    @property
+    def batches_streams(self) -> bool:
+        """Whether ``step_batch`` puts different streams in one onnxruntime call. False for a model whose batch
+        is fixed at 1, and for one whose streams would change each other's outputs in a shared call (a dynamic
+        int8 variant: ``rows_coupled``): those are stepped one call per stream, each exactly as alone."""
+        return self._batchable
 
     @property
     def constants(self) -> Mapping[str, np.ndarray]:
