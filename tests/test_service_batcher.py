@@ -142,3 +142,34 @@ def test_batcher_options_are_validated():
         Batcher(MODEL, max_batch=0)
     with pytest.raises(UnsupportedError, match="max_wait_ms: expected a number in 0..10000"):
         Batcher(MODEL, max_wait_ms=-1)
+
+
+def test_cancelling_the_consumer_mid_batch_ends_it_and_tells_the_waiting_clients():
+    """Was: the consumer caught the CancelledError meant for itself, handed it to the clients as their step's
+    error and went on waiting for ever."""
+    import threading
+
+    release = threading.Event()
+
+    class Slow(Batcher):
+        def _run(self, items):
+            release.wait(10)
+            return super()._run(items)
+
+    async def main():
+        batcher = Slow(MODEL, max_batch=4, max_wait_ms=0)
+        batcher.start()
+        step = asyncio.ensure_future(batcher.step(MODEL.open_stream(), np.ones((1, 4), np.float32)))
+        await asyncio.sleep(0.1)  # the batch is in the worker
+        batcher._task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(batcher._task), 2)
+        except asyncio.CancelledError:
+            pass
+        ended = batcher._task.done()
+        release.set()
+        with pytest.raises(ShuttingDown, match="stopped while this step ran"):
+            await step
+        return ended
+
+    assert asyncio.run(main())

@@ -215,6 +215,24 @@ def test_http_streams_steps_errors_and_snapshot_resume_across_a_restart():
     np.testing.assert_array_equal(np.concatenate(ys).reshape(-1, 6), _offline(chunks))
 
 
+def test_a_retried_x_step_sent_while_the_first_waits_is_refused_not_applied_twice():
+    """Was: the X-Step check passed for both, and both were applied (the stream advanced twice, 200 twice)."""
+    x = np.ones((3, 4), np.float32).tobytes()
+
+    async def main(server):
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            sid = (await http.post("/v1/streams")).json()["stream_id"]
+            first, retry = await asyncio.gather(*(http.post(f"/v1/streams/{sid}/steps", content=x,
+                                                            headers={"X-Step": "0"}) for _ in range(2)))
+            snap = (await http.get(f"/v1/streams/{sid}/snapshot")).content
+            return first, retry, snap
+
+    with Server(max_wait_ms=300) as server:  # the first waits in the batch window while the retry arrives
+        first, retry, snap = asyncio.run(main(server))
+    assert sorted([first.status_code, retry.status_code]) == [200, 409]
+    assert StreamingModel.load(MODEL_PATH).restore(snap).steps == 3  # applied once
+
+
 def test_a_token_guards_every_route_but_health_and_idle_streams_expire():
     with Server(token="s3cret", idle_timeout=0.3) as server, httpx.Client(base_url=server.url) as http:
         assert http.post("/v1/streams").status_code == 401

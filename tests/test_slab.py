@@ -152,3 +152,20 @@ def test_a_state_output_of_the_wrong_batch_size_raises_and_advances_nothing(tmp_
     assert a.steps == b.steps == 0 and not a.state["h0"].any()
     model.step(a, np.ones(3, np.float32))  # alone, the shapes agree
     assert a.steps == 1
+
+
+def test_an_empty_batch_a_scalar_chunk_and_a_copied_stream_are_answered_plainly():
+    import copy
+
+    from edge_rnn.errors import ShapeError, StreamError
+
+    model = StreamingModel.load(MODEL)
+    a, b = model.open_stream(), model.open_stream()
+    assert model.step_batch([]) == [] and model.step_batch((), on_error="isolate") == []
+    with pytest.raises(ShapeError, match=r"expected shape \(time, 4\) float32, got \(\) float32"):
+        model.step_batch([(a, np.ones((1, 4), np.float32)), (b, np.float32(1))])  # was a TypeError from len()
+    assert a.steps == b.steps == 0
+    with pytest.raises(StreamError, match="cannot be copied"):  # two streams would share one state row
+        copy.copy(a)
+    with pytest.raises(StreamError, match="cannot be copied"):
+        copy.deepcopy(a)

@@ -27,6 +27,7 @@ Arrays = dict[str, np.ndarray]
 
 _LAYOUT = attrgetter("shape", "dtype")
 _SHAPE = attrgetter("shape")
+_NDIM = attrgetter("ndim")
 _MODEL = attrgetter("_model")
 _CLOSED = attrgetter("_closed")
 _ROW = attrgetter("_row")
@@ -130,6 +131,8 @@ class BatchStepping:
             return self._step_isolated(items)
         if on_error != "raise":
             raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
+        if not items:
+            return []
         if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path
             return self._step_unbatched(items)
         uniform = self._uniform(items)
@@ -190,7 +193,7 @@ class BatchStepping:
                 return None
             if len(self._valid_layouts) < 64:
                 self._valid_layouts[first.shape, first.dtype] = n
-        if not first.ndim or set(map(len, xs)) != {len(first)}:
+        if not first.ndim or set(map(_NDIM, xs)) != {first.ndim} or set(map(len, xs)) != {len(first)}:
             return None
         try:  # the same rank, trailing sizes (concatenate's rule), first size (above) and dtype (casting="no")
             stacked = np.concatenate(xs, casting="no").reshape(len(xs), *first.shape)

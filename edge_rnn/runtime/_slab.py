@@ -88,8 +88,8 @@ class StateSlab:
         """A free row holding ``state`` (per stream, no batch axis), or zeros."""
         with self.lock:
             if not self._free and self._released:
-                self._free.extend(self._released)
-                self._released.clear()
+                released, self._released = self._released, []  # a release() racing this lands in one or the other
+                self._free.extend(released)
             if not self._free:
                 self._grow(2 * self.capacity)
             row = self._free.pop()

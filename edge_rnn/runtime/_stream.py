@@ -47,6 +47,13 @@ class Stream:
         self._closed = False
         self._steps_at_close = 0
 
+    def __copy__(self) -> Stream:
+        raise StreamError("a stream cannot be copied (two streams would share one state): snapshot() it and "
+                          "model.restore() the snapshot")
+
+    def __deepcopy__(self, memo: dict) -> Stream:
+        return self.__copy__()
+
     def __del__(self) -> None:  # a stream dropped without close() gives its row back
         row = getattr(self, "_row", -1)
         if row >= 0:

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StateError
+from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StateError, StreamError
 from edge_rnn.runtime import Stream, StreamingModel
 from edge_rnn.service._batcher import Batcher, Overloaded, ShuttingDown
 
@@ -48,6 +48,9 @@ class _Entry:
     stream: Stream
     last_used: float = field(default_factory=time.monotonic)
     next_step: int = 0
+    # HTTP steps of one stream run one at a time: X-Step is checked and counted around the whole step, so a
+    # retry sent while the first is still queued is refused (409), never applied twice
+    order: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class _Metrics:
@@ -169,6 +172,8 @@ class _Service:
         if isinstance(e, (ShapeError, NonFiniteError)):
             self.metrics.rejected.labels("bad_chunk").inc()
             return _HttpError(400, "bad_chunk", str(e))
+        if isinstance(e, StreamError):  # closed while its step waited: expired, or deleted
+            return _HttpError(404, "unknown_stream", str(e))
         if isinstance(e, InferenceError):  # the model failed, not the chunk
             return _HttpError(500, "inference_failed", str(e))
         return _HttpError(400, "error", str(e))
@@ -340,10 +345,11 @@ def _stream_routes(app: FastAPI, svc: _Service) -> None:
         else:
             chunk = svc.decode(body)
         number = request.headers.get("x-step")
-        if number is not None and number != str(entry.next_step):
-            raise _HttpError(409, "out_of_order", f"expected X-Step {entry.next_step}, got {number}")
-        out = await svc.step(entry, chunk)
-        entry.next_step += 1
+        async with entry.order:
+            if number is not None and number != str(entry.next_step):
+                raise _HttpError(409, "out_of_order", f"expected X-Step {entry.next_step}, got {number}")
+            out = await svc.step(entry, chunk)
+            entry.next_step += 1
         if as_json:
             return JSONResponse({"outputs": {k: v.tolist() for k, v in out.items()}})
         return Response(svc.encode(out), media_type="application/octet-stream")
@@ -424,6 +430,9 @@ class _StreamSocket:
             await _serve_socket(receive, send, svc, sid)
         except OSError:  # uvicorn's ClientDisconnected: the client went away mid-send
             pass
+        except RuntimeError:  # uvicorn refusing a send after the drain closed this socket from its own task
+            if not svc.closing:
+                raise
         finally:
             svc.sockets.pop(sid, None)
             svc.close(sid)

@@ -191,6 +191,12 @@ class Batcher:
             items = [(p.stream, p.chunk) for p in live]
             try:
                 results = await loop.run_in_executor(self._executor, self._run, items)
+            except asyncio.CancelledError:  # this task is cancelled (the loop is closing): end, and say why
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(ShuttingDown("the server stopped while this step ran; its "
+                                                            "stream may or may not have advanced"))
+                raise
             except BaseException as e:  # noqa: BLE001 - never leave a client waiting for ever
                 results = [e] * len(live)
             seconds = time.perf_counter() - started
