@@ -133,3 +133,20 @@ def test_the_figure_draws_only_the_panels_it_has_data_for(tmp_path):
     assert plot(Diagnosis("m", memory=[curve]), tmp_path / "m.svg").read_text().startswith("<?xml")
     with pytest.raises(Exception, match="nothing to plot"):
         plot(Diagnosis("empty"), tmp_path / "e.png")
+
+
+def test_the_cli_draws_the_curve_of_every_variant_of_a_bundle(tmp_path):
+    pytest.importorskip("onnx")
+    from edge_rnn.deploy import package
+
+    package(LSTM, tmp_path / "bundle", variants=("fp32", "int8"), steps=2000)
+    np.save(tmp_path / "x.npy", _x())
+    r = CliRunner().invoke(main, ["diagnose", str(tmp_path / "bundle"), "--input", str(tmp_path / "x.npy"),
+                                  "--max-lag", "20"])
+    assert r.exit_code == 0, r.output
+    fp32 = memory_curve(LSTM, _x(), max_lag=20)
+    assert f"memory curve, fp32: 1/e after {fp32.horizon():g} steps" in r.output
+    assert "memory curve, int8: 1/e after" in r.output
+    r = CliRunner().invoke(main, ["diagnose", str(tmp_path / "bundle"), "--input", str(tmp_path / "x.npy"),
+                                  "--compare", str(LSTM)])
+    assert r.exit_code == 2 and "a bundle holds its variants" in r.output

@@ -58,7 +58,7 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     A PyTorch model also gets its gate statistics, memory horizons, and gradient flow beside vanilla
     RNN, LSTM and GRU baselines of its size.
     """
-    from edge_rnn.diagnostics import diagnose_onnx, summary
+    from edge_rnn.diagnostics import diagnose_bundle, diagnose_onnx, summary
 
     if plot_path is not None:  # before any work: a missing extra is a clear error at once
         from edge_rnn.diagnostics._plot import _pyplot
@@ -67,7 +67,11 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     for path in compare:
         _existing(path, "--compare")
     x = _sequence(input_path)
-    if source is not None and source.endswith(".onnx"):
+    if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
+        if arch or weights or compare:
+            raise click.UsageError("a bundle holds its variants: --arch, --weights and --compare go without it")
+        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed)
+    elif source is not None and source.endswith(".onnx"):
         if arch or weights:
             raise click.UsageError("an ONNX file holds its weights: --arch and --weights go with a PyTorch model")
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=compare,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_rnn.diagnostics._memory import memory_curve
-from edge_rnn.diagnostics._report import diagnose_onnx, summary
+from edge_rnn.diagnostics._report import diagnose_bundle, diagnose_onnx, summary
 from edge_rnn.diagnostics._types import (
     Diagnosis,
     GateStats,
@@ -31,7 +31,7 @@ from edge_rnn.diagnostics._types import (
 
 __all__ = [
     "Diagnosis", "GateStats", "GradientFlow", "Horizon", "MemoryCurve", "horizon_of_constant", "memory_curve",
-    "diagnose_onnx", "summary",
+    "diagnose_onnx", "diagnose_bundle", "summary",
     "gate_trace", "gate_stats", "horizons", "gradient_flow", "baselines", "memory_curve_torch", "diagnose",
 ]
 

@@ -10,7 +10,7 @@ import numpy as np
 from edge_rnn.diagnostics._memory import memory_curve
 from edge_rnn.diagnostics._types import Diagnosis
 
-__all__ = ["diagnose_onnx", "summary"]
+__all__ = ["diagnose_onnx", "diagnose_bundle", "summary"]
 
 
 def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
@@ -21,6 +21,23 @@ def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts:
     d.memory = [memory_curve(p, x, max_lag=max_lag, starts=starts, seed=seed) for p in (path, *compare)]
     d.notes.append("gate statistics, memory horizons and gradient flow need the PyTorch model (--arch or a "
                    "FACTORY); an ONNX file shows its empirical memory curve")
+    return d
+
+
+def diagnose_bundle(folder: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
+                    seed: int = 0) -> Diagnosis:
+    """The memory curve of every variant of a bundle (``edge-rnn package``), each loaded and hash-checked
+    as ``StreamingModel.load(folder, variant=...)`` does: whether a variant shortened what the model remembers."""
+    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime._bundle import read_manifest
+
+    folder = Path(folder)
+    d = Diagnosis(source=str(folder))
+    for name in read_manifest(folder)["variants"]:
+        model = StreamingModel.load(folder, variant=name)
+        d.memory.append(memory_curve(model, x, max_lag=max_lag, starts=starts, seed=seed, label=name))
+    d.notes.append("a bundle holds ONNX files: gate statistics, memory horizons and gradient flow need the PyTorch "
+                   "model (--arch or a FACTORY)")
     return d
 
 
