@@ -1,5 +1,8 @@
 """External weight files: find the ones a model names, and keep them inside the model's folder.
 
+The same small reader also lists a model's operator types (:func:`operator_types`), which the runtime
+needs to know whether streams may share a call.
+
 An ONNX file may keep its tensors in other files (``external_data``, with a
 ``location`` relative to the model). onnxruntime reads them relative to the
 model's folder when given a path, but relative to the *working directory* when
@@ -81,7 +84,8 @@ def _entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
     return key, value
 
 
-def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str]) -> None:
+def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str], ops: set[str]) -> None:
+    """Collect external tensors' locations into ``found`` and nodes' ``op_type`` into ``ops``."""
     if depth > _MAX_DEPTH:
         raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
     children = _CHILDREN.get(kind, {})
@@ -93,10 +97,26 @@ def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list
             key, text = _entry(data, *value)
             if key == b"location":
                 location = text.decode("utf-8", "replace")
+        elif kind == _NODE and field == 4 and wire == 2:
+            ops.add(data[value[0]:value[1]].decode("utf-8", "replace"))
         elif wire == 2 and field in children:
-            _walk(data, children[field], *value, depth + 1, found)
+            _walk(data, children[field], *value, depth + 1, found, ops)
     if external or location is not None:
         found.append(location if location is not None else "")
+
+
+def _scan(data: bytes) -> tuple[list[str], set[str]] | None:
+    """(external locations in file order, op types) of an ONNX model; None when the bytes are not a well-formed
+    protobuf message. An ORT-format (flatbuffer) model keeps its weights inside it; its op types are unknown."""
+    if data[4:8] == b"ORTM":
+        return None
+    found: list[str] = []
+    ops: set[str] = set()
+    try:
+        _walk(data, _MODEL, 0, len(data), 0, found, ops)
+    except _Malformed:
+        return None
+    return found, ops
 
 
 def external_locations(data: bytes) -> list[str] | None:
@@ -107,40 +127,15 @@ def external_locations(data: bytes) -> list[str] | None:
     """
     if data[4:8] == b"ORTM":  # an ORT-format (flatbuffer) model: its weights are inside it
         return []
-    found: list[str] = []
-    try:
-        _walk(data, _MODEL, 0, len(data), 0, found)
-    except _Malformed:
-        return None
-    return found
-
-
-_OP_CHILDREN = {_MODEL: {7: _GRAPH, 25: _FUNCTION}, _FUNCTION: {7: _NODE}, _GRAPH: {1: _NODE},
-                _NODE: {5: _ATTRIBUTE}, _ATTRIBUTE: {6: _GRAPH, 11: _GRAPH}}
-
-
-def _ops(data: bytes, kind: int, start: int, stop: int, depth: int, found: set[str]) -> None:
-    if depth > _MAX_DEPTH:
-        raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
-    children = _OP_CHILDREN.get(kind, {})
-    for field, wire, value in _fields(data, start, stop):
-        if kind == _NODE and field == 4 and wire == 2:
-            found.add(data[value[0]:value[1]].decode("utf-8", "replace"))
-        elif wire == 2 and field in children:
-            _ops(data, children[field], *value, depth + 1, found)
+    scanned = _scan(data)
+    return None if scanned is None else scanned[0]
 
 
 def operator_types(data: bytes) -> set[str] | None:
     """Every node's ``op_type`` in the model, subgraphs and functions included; None for an ORT-format file
     or bytes that are not a well-formed ONNX message."""
-    if data[4:8] == b"ORTM":
-        return None
-    found: set[str] = set()
-    try:
-        _ops(data, _MODEL, 0, len(data), 0, found)
-    except _Malformed:
-        return None
-    return found
+    scanned = _scan(data)
+    return None if scanned is None else scanned[1]
 
 
 def check_external_data(data: bytes, path: Path | None) -> list[Path]:

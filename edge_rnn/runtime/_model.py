@@ -182,7 +182,6 @@ class StreamingModel(BatchStepping):
         # transposes that take chunks stacked batch first to the model's layout (None: already it)
         self._in_from_batch_first = {p.name: None if p.batch_axis == 0 else tuple(np.argsort(
             _batch_first(len(p.shape), p.batch_axis)).tolist()) for p in io.inputs}
-        self._drop_batch = [(slice(None),) * p.batch_axis + (0,) for p in io.outputs]
         # transposes that bring the batch axis first, to split a batch into per-stream views
         self._out_batch_first = [_batch_first(len(p.shape), p.batch_axis) for p in io.outputs]
         self._slab = StateSlab(io.states)  # every open stream's state, one row each
