@@ -196,11 +196,9 @@ class BatchStepping:
         if not first.ndim or set(map(_NDIM, xs)) != {first.ndim} or set(map(len, xs)) != {len(first)}:
             return None
         try:  # the same rank, trailing sizes (concatenate's rule), first size (above) and dtype (casting="no")
-            stacked = np.concatenate(xs, casting="no").reshape(len(xs), *first.shape)
+            return streams, self._stack_alike(self._single_input, xs, casting="no"), n
         except (ValueError, TypeError):
             return None
-        perm = self._in_from_batch_first[self._single_input]
-        return streams, stacked if perm is None else np.ascontiguousarray(stacked.transpose(perm)), n
 
     def _check_streams(self, streams: list[Stream]) -> None:
         """Every stream usable by this model now (its own, open, streamable or fresh); the first that is not
@@ -268,11 +266,15 @@ class BatchStepping:
         """One input's chunks of a group stacked on the model's batch axis."""
         if idxs is not None:
             parts = [parts[i] for i in idxs]
-        if parts[0].ndim and len(set(map(_SHAPE, parts))) == 1:  # one C-level copy, then the batch axis moved
-            stacked = np.concatenate(parts).reshape(len(parts), *parts[0].shape)
-            perm = self._in_from_batch_first[name]
-            return stacked if perm is None else np.ascontiguousarray(stacked.transpose(perm))
+        if parts[0].ndim and len(set(map(_SHAPE, parts))) == 1:
+            return self._stack_alike(name, parts)
         return np.concatenate([a[self._add_batch[name]] for a in parts], axis=self._in_batch_axis[name])
+
+    def _stack_alike(self, name: str, parts: list[np.ndarray], casting: str = "same_kind") -> np.ndarray:
+        """Chunks of one shape stacked on input ``name``'s batch axis: one C-level copy, then the axis moved."""
+        stacked = np.concatenate(parts, casting=casting).reshape(len(parts), *parts[0].shape)
+        perm = self._in_from_batch_first[name]
+        return stacked if perm is None else np.ascontiguousarray(stacked.transpose(perm))
 
     def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray,
                    results: list[Arrays]) -> tuple[np.ndarray, list[np.ndarray]]:
