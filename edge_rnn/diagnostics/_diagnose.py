@@ -11,18 +11,11 @@ import torch
 from edge_rnn.diagnostics._gates import gate_stats, gate_trace, horizons, recurrent_layers
 from edge_rnn.diagnostics._gradient import _captured_call, baselines, gradient_flow
 from edge_rnn.diagnostics._memory import memory_curve
-from edge_rnn.diagnostics._memory_torch import memory_curve_torch
+from edge_rnn.diagnostics._memory_torch import batch_of_one, memory_curve_torch
 from edge_rnn.diagnostics._types import Diagnosis, GateHistogram
 from edge_rnn.errors import ShapeError
 
 __all__ = ["diagnose"]
-
-def _batched(x: np.ndarray, batch_axis: int, time_axis: int) -> torch.Tensor:
-    """One sequence ``(time, *frame)`` as the module takes it: a batch of one, axes where it wants them."""
-    t = torch.from_numpy(np.ascontiguousarray(x))[None]  # (1, time, *frame)
-    rest = iter(range(2, t.dim()))
-    return t.permute([0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(t.dim())])
-
 
 def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """What ``layer`` receives when ``module`` runs on ``inputs``, as (time, batch, features)."""
@@ -46,7 +39,7 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, tim
         raise ShapeError(f"diagnose: expected a sequence of more than max_lag + 1 = {max_lag + 1} steps, time "
                          f"first, got shape {x.shape}")
     module = module.eval()
-    inputs = _batched(x, batch_axis, time_axis)
+    inputs = batch_of_one(x, batch_axis, time_axis)
     d = Diagnosis(source=source)
     trace = gate_trace(module, inputs)
     d.stats = gate_stats(trace)

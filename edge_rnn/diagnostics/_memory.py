@@ -8,12 +8,11 @@ variant shortened what the model remembers.
 
 The procedure, one copy of it for every backend (:func:`curve_from`):
 
-1. the whole sequence, from the zero state, for the states at the starts;
-2. for each start ``t0``: from the state after ``x[:t0]``, the window
+1. for each start ``t0``: from the state after ``x[:t0]``, the window
    ``x[t0 : t0 + max_lag + 1]`` twice, as it is and with ``x[t0]`` perturbed,
    in the same calls; the norm of the difference of the two outputs at each of
    its steps (over the output's other axes);
-3. the mean over starts, per lag.
+2. the mean over starts, per lag.
 
 Both windows go through the backend the same way, one step per call (a
 static form: its fixed chunk), so whatever it does per call is the same on
@@ -39,10 +38,9 @@ from edge_rnn.errors import ShapeError, UnsupportedError
 
 __all__ = ["memory_curve", "curve_from", "perturbations", "start_points"]
 
-# run_all(x) -> primary output of the whole sequence, time first (and the states at the starts, kept by the
-# backend); run_windows(t0s, windows) -> one output per window (time first), each from the state after x[:t0]
-RunAll = Callable[[np.ndarray], np.ndarray]
-RunWindows = Callable[[list[int], list[np.ndarray]], list[np.ndarray]]
+# run_windows(x, t0s, windows) -> the primary output of each window (time first), each run from the state after
+# x[:t0] (t0s repeat: each start has a perturbed and a plain window)
+RunWindows = Callable[[np.ndarray, list[int], list[np.ndarray]], list[np.ndarray]]
 
 
 def start_points(steps: int, max_lag: int, starts: int, every: int = 1) -> list[int]:
@@ -83,15 +81,13 @@ def perturbations(x: np.ndarray, t0s: list[int], scale: float, seed: int,
     return out
 
 
-def curve_from(run_all: RunAll, run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: int,
-               scale: float, seed: int, label: str, ids: tuple[int, int] | None = None,
-               every: int = 1) -> MemoryCurve:
-    """The procedure of the module docstring over any backend (see :data:`RunAll`, :data:`RunWindows`)."""
+def curve_from(run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: int, scale: float, seed: int,
+               label: str, ids: tuple[int, int] | None = None, every: int = 1) -> MemoryCurve:
+    """The procedure of the module docstring over any backend (see :data:`RunWindows`)."""
     if max_lag < 1 or starts < 1 or scale <= 0:
         raise ShapeError(f"memory curve: expected max_lag >= 1, starts >= 1 and scale > 0, got {max_lag}, {starts}, "
                          f"{scale}")
     t0s = start_points(len(x), max_lag, starts, every)
-    run_all(x)  # the states at the starts (and, for a backend that keeps them, its snapshots)
     windows, plain = [], []
     for t0, value in zip(t0s, perturbations(x, t0s, scale, seed, ids)):
         w = x[t0 : t0 + max_lag + 1].copy()
@@ -100,7 +96,7 @@ def curve_from(run_all: RunAll, run_windows: RunWindows, x: np.ndarray, *, max_l
         windows.append(w)
     # each perturbed window against the same window unperturbed, run the same way in the same calls: what a
     # backend does per call (a dynamic int8 scale over the batch, say) is the same on both sides
-    ys = run_windows(t0s + t0s, windows + plain)
+    ys = run_windows(x, t0s + t0s, windows + plain)
     diffs = []
     for y, ref in zip(ys[: len(t0s)], ys[len(t0s):]):
         d = (np.asarray(y, np.float64) - np.asarray(ref, np.float64)).reshape(max_lag + 1, -1)
@@ -112,21 +108,20 @@ def curve_from(run_all: RunAll, run_windows: RunWindows, x: np.ndarray, *, max_l
 
 
 class _OnnxRunner:
-    """:data:`RunAll` and :data:`RunWindows` over a StreamingModel: snapshots at the starts, windows batched."""
+    """:data:`RunWindows` over a StreamingModel: snapshots of one stream at the starts, the windows batched."""
 
-    def __init__(self, model: Any, points: list[int]):
-        self.model, self.points = model, set(points)
+    def __init__(self, model: Any):
+        self.model = model
         self.port, self.out = model.inputs[0], model.outputs[0]
         self.t_in, self.t_out = self.port.stream_time_axis, self.out.stream_time_axis
         self.fixed = self.port.stream_shape[self.t_in] if self.t_in is not None else None  # a static form's chunk
-        self.snapshots: dict[int, bytes] = {}
 
     def chunks(self, seq: np.ndarray, cuts: set[int] = frozenset(), size: int | None = None) -> list[np.ndarray]:
         """``seq`` (time first) as the model's calls: one row per call, or pieces in its layout of ``size`` steps
         (None: as long as they can be), cut at ``cuts`` and at every fixed chunk."""
         if self.t_in is None:
             return list(seq)  # one step per call
-        step = self.fixed or size or len(seq)
+        step = self.fixed or size or max(len(seq), 1)
         edges = set(cuts) | set(range(0, len(seq), step)) | {len(seq)}
         edges = sorted(e for e in edges if 0 <= e <= len(seq))
         return [np.moveaxis(seq[a:b], 0, self.t_in) for a, b in zip(edges, edges[1:])]
@@ -136,18 +131,22 @@ class _OnnxRunner:
             return np.stack(ys).astype(np.float64)
         return np.moveaxis(np.concatenate(ys, axis=self.t_out), self.t_out, 0).astype(np.float64)
 
-    def run_all(self, seq: np.ndarray) -> np.ndarray:
-        model, stream, ys, done = self.model, self.model.open_stream(), [], 0
-        for c in self.chunks(seq, self.points):
-            if done in self.points:
-                self.snapshots[done] = stream.snapshot()
-            ys.append(model.step(stream, c)[self.out.name])
+    def snapshots(self, seq: np.ndarray, points: set[int]) -> dict[int, bytes]:
+        """The state after ``seq[:t0]`` for each ``t0`` in ``points``, streamed from zeros up to the last."""
+        stream, done, out = self.model.open_stream(), 0, {}
+        for c in self.chunks(seq[: max(points)], points):
+            if done in points:
+                out[done] = stream.snapshot()
+            self.model.step(stream, c)
             done += 1 if self.t_in is None else c.shape[self.t_in]
-        return self.time_first(ys)
+        if done in points:
+            out[done] = stream.snapshot()
+        stream.close()
+        return out
 
-    def run_windows(self, t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
-        model = self.model
-        streams = [model.restore(self.snapshots[t0]) for t0 in t0s]
+    def run_windows(self, x: np.ndarray, t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
+        model, snaps = self.model, self.snapshots(x, set(t0s))
+        streams = [model.restore(snaps[t0]) for t0 in t0s]
         per = [self.chunks(w, size=1) for w in windows]  # step by step, as a stream runs in real time
         ys: list[list[np.ndarray]] = [[] for _ in t0s]
         for k in range(len(per[0])):
@@ -182,6 +181,5 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
         raise ShapeError(f"memory curve: this model takes exactly {every} steps per call; expected max_lag + 1 to be "
                          f"a multiple of it, got max_lag={max_lag}")
     x = x[: len(x) - len(x) % every]
-    runner = _OnnxRunner(model, start_points(len(x), max_lag, starts, every))  # the starts curve_from draws
-    return curve_from(runner.run_all, runner.run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,
+    return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,
                       label=label or model.source, ids=port.values, every=every)

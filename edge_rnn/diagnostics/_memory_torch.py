@@ -17,7 +17,7 @@ from edge_rnn.diagnostics._memory import curve_from
 from edge_rnn.diagnostics._types import MemoryCurve
 from edge_rnn.errors import ShapeError
 
-__all__ = ["memory_curve_torch", "primary_output"]
+__all__ = ["memory_curve_torch", "primary_output", "batch_of_one", "module_order"]
 
 
 def primary_output(result: Any) -> torch.Tensor:
@@ -30,6 +30,18 @@ def primary_output(result: Any) -> torch.Tensor:
     return result
 
 
+def module_order(rank: int, batch_axis: int, time_axis: int) -> list[int]:
+    """The permutation from (batch, time, rest...) to a module's order, with its batch and time axes there."""
+    rest = iter(range(2, rank))
+    return [0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(rank)]
+
+
+def batch_of_one(seq: np.ndarray, batch_axis: int, time_axis: int) -> torch.Tensor:
+    """One sequence ``(time, *frame)`` as the module takes it: a batch of one, axes where it wants them."""
+    t = torch.from_numpy(np.ascontiguousarray(seq))[None]  # (1, time, *frame)
+    return t.permute(module_order(t.dim(), batch_axis, time_axis))
+
+
 def memory_curve_torch(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
                        max_lag: int = 50, starts: int = 8, scale: float = 0.5, seed: int = 0,
                        ids: tuple[int, int] | None = None, label: str = "pytorch") -> MemoryCurve:
@@ -37,23 +49,17 @@ def memory_curve_torch(module: torch.nn.Module, x: np.ndarray, *, batch_axis: in
     takes with a batch axis at ``batch_axis`` and time at ``time_axis`` (``torch.nn.LSTM``: 1 and 0)."""
     module = module.eval()
 
-    def layout(rank: int) -> list[int]:
-        """The permutation from (batch, time, rest...) to the module's order."""
-        rest = iter(range(2, rank))
-        return [0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(rank)]
-
     def run(seq: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(seq))[None]  # (1, time, *frame)
         with torch.no_grad():
-            y = primary_output(module(t.permute(layout(t.dim()))))
+            y = primary_output(module(batch_of_one(seq, batch_axis, time_axis)))
         if y.dim() < 2:
             raise ShapeError(f"memory curve: expected an output per step (batch and time axes), got {tuple(y.shape)}")
-        order = layout(y.dim())  # the output keeps the input's batch and time axes
+        order = module_order(y.dim(), batch_axis, time_axis)  # the output keeps the input's batch and time axes
         back = sorted(range(len(order)), key=order.__getitem__)
         return y.permute(back)[0].double().numpy()
 
-    def run_windows(t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
+    def run_windows(x: np.ndarray, t0s: list[int], windows: list[np.ndarray]) -> list[np.ndarray]:
         return [run(np.concatenate([x[:t0], w]))[t0:] for t0, w in zip(t0s, windows)]
 
-    return curve_from(run, run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed, label=label,
+    return curve_from(run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed, label=label,
                       ids=ids)
