@@ -219,9 +219,13 @@ class _HttpError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
+    def body(self) -> dict[str, str]:
+        """The error as the JSON both transports answer with."""
+        return {"type": "error", "code": self.code, "message": self.message}
+
     def response(self) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
-        return JSONResponse({"type": "error", "code": self.code, "message": self.message}, self.status,
+        return JSONResponse(self.body(), self.status,
                             headers=headers)
 
 
@@ -407,7 +411,6 @@ class _StreamSocket:
 
     def __init__(self, api: FastAPI, service: _Service):
         self.api, self.svc = api, service
-        self.state = api.state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket" or scope["path"] != "/v1/streams/ws":
@@ -438,10 +441,11 @@ class _StreamSocket:
             svc.close(sid)
 
 
-async def _refuse(send: Any, e: _HttpError) -> None:
-    """The error as a JSON message, then the close code that fits it."""
-    await send({"type": "websocket.send", "text": json.dumps({"type": "error", "code": e.code, "message": e.message})})
-    await send({"type": "websocket.close", "code": _close_code(e), "reason": e.code})
+async def _refuse(send: Any, e: _HttpError, *, close: bool = True) -> None:
+    """The error as a JSON message, then (``close``) the close code that fits it."""
+    await send({"type": "websocket.send", "text": json.dumps(e.body())})
+    if close:
+        await send({"type": "websocket.close", "code": _close_code(e), "reason": e.code})
 
 
 class _Headers:
@@ -486,12 +490,10 @@ async def _serve_socket(receive: Any, send: Any, svc: _Service, sid: str) -> Non
                 await send({"type": "websocket.send", "text": json.dumps({"type": "snapshot", "data": base64.b64encode(
                     entry.stream.snapshot()).decode()})})
         except _HttpError as e:  # every error ends the connection, with its code; the state was not touched
-            if e.code == "shutting_down":  # but a draining server answers the snapshot command until it stops
-                await send({"type": "websocket.send", "text": json.dumps(
-                    {"type": "error", "code": e.code, "message": e.message})})
-                continue
-            await _refuse(send, e)
-            return
+            draining = e.code == "shutting_down"  # but a draining server answers the snapshot command until it stops
+            await _refuse(send, e, close=not draining)
+            if not draining:
+                return
 
 
 def _command(text: Any) -> str:
