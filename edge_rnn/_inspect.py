@@ -1,30 +1,23 @@
-"""A readable summary of any ONNX file, with its edge_rnn contract when it has one (needs onnx)."""
+"""A readable summary of any ONNX or ORT-format file, with its edge_rnn contract when it has one; a bundle's
+listing with each file checked against its hash. Needs neither onnx nor torch: an ONNX file is read with the
+runtime's protobuf wire-format reader, an ORT file through onnxruntime."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, described
+from edge_rnn.runtime._external import _entry, _fields, _Malformed, _varint
 
-__all__ = ["describe", "describe_ort", "operator_counts"]
+if TYPE_CHECKING:
+    import onnx
 
-
-def _dims(vi: onnx.ValueInfoProto) -> str:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return "?"
-    dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in t.shape.dim]
-    return f"({', '.join(dims)})"
-
-
-def _dtype(vi: onnx.ValueInfoProto) -> str:
-    return TensorProto.DataType.Name(vi.type.tensor_type.elem_type).lower()
+__all__ = ["describe", "describe_ort", "describe_bundle", "operator_counts"]
 
 
 def operator_counts(graph: onnx.GraphProto) -> Counter:
@@ -39,24 +32,186 @@ def operator_counts(graph: onnx.GraphProto) -> Counter:
     return ops
 
 
-def describe(model: onnx.ModelProto, contract: Contract | None, size_bytes: int) -> str:
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    params = sum(int(_numel(i)) for i in g.initializer)
-    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+# ---------------------------------------------------------------- an ONNX file, read from its wire format
+# onnx.proto's TensorProto.DataType, by number
+_DTYPES = ("undefined", "float", "uint8", "int8", "uint16", "int16", "int32", "int64", "string", "bool", "float16",
+           "double", "uint32", "uint64", "complex64", "complex128", "bfloat16", "float8e4m3fn", "float8e4m3fnuz",
+           "float8e5m2", "float8e5m2fnuz", "uint4", "int4", "float4e2m1", "float8e8m0", "uint2", "int2",
+           "float6e2m3", "float6e3m2")
+_MAX_DEPTH = 64  # subgraphs nested deeper are refused, as the runtime's reader does
+
+Span = tuple[int, int]
+
+
+class _Message:
+    """One protobuf message's fields: ``ints`` (varints) and ``spans`` (length-delimited), by field number."""
+
+    def __init__(self, data: bytes, span: Span):
+        self.data = data
+        self.ints: dict[int, list[int]] = {}
+        self.spans: dict[int, list[Span]] = {}
+        for field, wire, value in _fields(data, *span):
+            (self.ints if wire == 0 else self.spans).setdefault(field, []).append(value)
+
+    def number(self, field: int, default: int = 0) -> int:
+        return self.ints.get(field, [default])[-1]
+
+    def text(self, field: int) -> str:
+        spans = self.spans.get(field)
+        return self.data[spans[-1][0]:spans[-1][1]].decode("utf-8", "replace") if spans else ""
+
+    def has(self, field: int) -> bool:
+        return field in self.ints or field in self.spans
+
+    def children(self, field: int) -> list[_Message]:
+        return [_Message(self.data, s) for s in self.spans.get(field, [])]
+
+    def child(self, field: int) -> _Message:
+        spans = self.spans.get(field)
+        return _Message(self.data, spans[-1] if spans else (0, 0))
+
+    def numbers(self, field: int) -> list[int]:
+        """A repeated integer field, packed or not."""
+        out = list(self.ints.get(field, []))
+        for start, stop in self.spans.get(field, []):
+            while start < stop:
+                value, start = _varint(self.data, start, stop)
+                out.append(value)
+        return [v - (1 << 64) if v >= 1 << 63 else v for v in out]  # int64 as two's complement
+
+
+def _value_info(vi: _Message) -> str:
+    """``name dtype (dims)`` of a ValueInfoProto: type 2 -> TypeProto.tensor_type 1 -> elem_type 1, shape 2."""
+    tensor = vi.child(2).child(1)
+    code = tensor.number(1)
+    dtype = _DTYPES[code] if 0 <= code < len(_DTYPES) else str(code)
+    shape = "?"
+    if tensor.has(2):  # TensorShapeProto.dim 1 -> Dimension: dim_value 1, dim_param 2
+        dims = tensor.child(2).children(1)
+        shape = "(" + ", ".join(d.text(2) or (str(d.number(1)) if d.has(1) else "?") for d in dims) + ")"
+    return f"  {vi.text(1):<16} {dtype:<8} {shape}"
+
+
+def _wire_operators(graph: _Message, depth: int = 0) -> Counter:
+    """As :func:`operator_counts`: NodeProto op_type 4, domain 7, attribute 5 -> g 6, graphs 11."""
+    if depth > _MAX_DEPTH:
+        raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
+    ops: Counter = Counter()
+    for node in graph.children(1):
+        op, domain = node.text(4), node.text(7)
+        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
+        for attr in node.children(5):
+            for sub in attr.children(6) or attr.children(11):
+                ops.update(_wire_operators(sub, depth + 1))
+    return ops
+
+
+def describe(path: Path) -> str:
+    """The summary ``edge-rnn inspect`` prints for an ONNX file (or, by its header, an ORT-format file)."""
+    data = path.read_bytes()
+    if data[4:8] == b"ORTM":  # an ORT-format file (mobile builds): a flatbuffer, not a protobuf
+        return describe_ort(path)
+    try:
+        model = _Message(data, (0, len(data)))
+        g = model.child(7)  # ModelProto.graph
+        nodes, inputs = g.children(1), g.children(11)
+        metadata = dict(_entry(data, *span) for span in model.spans.get(14, []))
+        inits = g.children(5)  # TensorProto: dims 1, name 8
+        names = {i.text(8) for i in inits}
+        params = sum(int(np.prod(i.numbers(1), dtype=np.int64)) for i in inits)
+        opsets = ", ".join(f"{o.text(1) or 'ai.onnx'} {o.number(2)}" for o in model.children(8))
+        ins = [_value_info(vi) for vi in inputs if vi.text(1) not in names]
+        outs = [_value_info(vi) for vi in g.children(12)]
+        ops = _wire_operators(g)
+    except (_Malformed, IndexError, UnicodeDecodeError):
+        raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message)") from None
+    if not nodes and not inputs:
+        raise ModelFormatError(f"{path}: expected an ONNX model, got an empty or non-ONNX file")
+    contract = Contract.from_metadata({k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                                       for k, v in metadata.items()})
+    producer = f"{model.text(2) or '?'} {model.text(3)}".rstrip()
     lines = [
-        f"model:     {g.name or '?'} (producer {model.producer_name or '?'} {model.producer_version}".rstrip()
-        + f", IR {model.ir_version})",
+        f"model:     {g.text(2) or '?'} (producer {producer}, IR {model.number(1)})",
         f"opset:     {opsets}",
-        f"size:      {size_bytes / 1024:.1f} KiB, {params:,} parameters",
+        f"size:      {len(data) / 1024:.1f} KiB, {params:,} parameters",
         "inputs:",
+        *ins,
+        "outputs:",
+        *outs,
     ]
-    lines += [f"  {vi.name:<16} {_dtype(vi):<8} {_dims(vi)}" for vi in g.input if vi.name not in inits]
-    lines.append("outputs:")
-    lines += [f"  {vi.name:<16} {_dtype(vi):<8} {_dims(vi)}" for vi in g.output]
-    return "\n".join(lines + _contract_lines(contract) + [_operator_line(operator_counts(g))])
+    return "\n".join(lines + _contract_lines(contract) + [_operator_line(ops)])
 
 
+# ---------------------------------------------------------------- a bundle, each file checked against its hash
+def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
+    """The listing of a bundle's manifest with each file it lists checked against its SHA-256, as the runtime
+    checks a variant it loads; the files that fail (``"name: what is wrong"``); and how many were checked."""
+    from edge_rnn.runtime._bundle import number, read_manifest
+
+    manifest = read_manifest(folder)
+    rows = [f"{folder}: a bundle of {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
+    failed: list[str] = []
+    checked: list[Any] = []
+
+    def row(label: str, spec: Any, what: str) -> None:
+        checked.append(spec)
+        file, problem = _check_file(folder, spec)
+        if problem is not None:
+            failed.append(f"{file}: {problem}")
+        rows.append(f"  {label:<12} {file:<28} {what:<38} {problem or 'sha256 ok'}")
+
+    for name, e in manifest["variants"].items():
+        err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")
+        grows = isinstance(e.get("error"), dict) and e["error"].get("grows") is True
+        row(name, e, f"max err {'?' if err is None else f'{err:.2e}'}{' GROWS' if grows else ''}  step "
+                     f"{'?' if step is None else f'{step:.1f}'} us")
+        if "ort" in e:
+            row("", e["ort"], "the same in ORT format")
+    if "required_operators" in manifest:
+        row("operators", manifest["required_operators"], "a minimal onnxruntime build's config")
+    known = {id(spec) for spec in checked}
+    for where, spec in _listed_files(manifest):  # any other file the manifest names (a later format's)
+        if id(spec) not in known:
+            row("", spec, f"listed at {where}")
+    return "\n".join(rows), failed, len(checked)
+
+
+def _listed_files(tree: Any, where: str = "") -> list[tuple[str, dict]]:
+    """Every ``{"file": ..., "sha256": ...}`` entry in a manifest, with where it sits (``variants.fp32.ort``)."""
+    if isinstance(tree, dict):
+        found = [(where, tree)] if "file" in tree and "sha256" in tree else []
+        items = tree.items()
+    elif isinstance(tree, list):
+        found, items = [], enumerate(tree)
+    else:
+        return []
+    for key, value in items:
+        found += _listed_files(value, f"{where}.{key}" if where else str(key))
+    return found
+
+
+def _check_file(folder: Path, spec: Any) -> tuple[str, str | None]:
+    """A manifest entry's file name, and None when the file is in ``folder`` and matches its SHA-256, else what is
+    wrong with it (in capitals: it stands out in the listing)."""
+    from edge_rnn.runtime._bundle import sha256_of
+
+    file = spec.get("file") if isinstance(spec, dict) else None
+    digest = spec.get("sha256") if isinstance(spec, dict) else None
+    if not isinstance(file, str) or not file or file in (".", "..") or Path(file).name != file:
+        return repr(file) if file is not None else "?", "BAD ENTRY: not a file name in the bundle"
+    path = folder / file
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        return file, "A LINK OUT OF THE BUNDLE"
+    if not path.is_file():
+        return file, "MISSING"
+    if not isinstance(digest, str):
+        return file, "BAD ENTRY: no sha256 for it"
+    if sha256_of(path) != digest:
+        return file, "SHA-256 MISMATCH"
+    return file, None
+
+
+# ---------------------------------------------------------------- an ORT-format file
 def describe_ort(path: Path) -> str:
     """The same summary for an ORT-format file (mobile builds): read through onnxruntime and its flatbuffer
     schema, since onnx cannot parse it."""
@@ -124,10 +279,3 @@ def _contract_lines(contract: Contract | None) -> list[str]:
 
 def _operator_line(ops: Counter) -> str:
     return "operators: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _numel(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n

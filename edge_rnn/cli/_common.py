@@ -8,20 +8,56 @@ from typing import Any
 import click
 
 from edge_rnn._version import __version__
-from edge_rnn.errors import EdgeRnnError, ModelFormatError, message_line
+from edge_rnn.errors import EdgeRnnError, message_line
 
 __all__ = ["main"]
 
+# The extra that installs each optional module, and the commands that get it from another extra.
+_EXTRAS = {"torch": "export", "onnx": "export", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+           "httptools": "serve", "uvloop": "serve", "httpx": "client", "websockets": "client", "matplotlib": "diag"}
+_EXTRAS_BY_COMMAND = {("onnx", "optimize"): "deploy", ("onnx", "package"): "deploy", ("websockets", "serve"): "serve"}
+_META_EXTRAS = "edge_rnn.extras"  # ctx.meta: {module: extra} where this run of a command needs it for another reason
+
+
+def _prefer_extra(module: str, extra: str) -> None:
+    """Where ``module`` turns out missing in the rest of this command, name ``extra`` (e.g. verify --against:
+    onnx from the deploy extra, without torch)."""
+    click.get_current_context().meta.setdefault(_META_EXTRAS, {})[module] = extra
 
 
 class _Group(click.Group):
-    """Turns an EdgeRnnError (a user mistake or a parity failure) into one message and exit code 1."""
+    """Turns an EdgeRnnError (a user mistake or a parity failure) into one message and exit code 1, and so a
+    module of an extra that is not installed (a runtime-only install has no torch and no onnx)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except EdgeRnnError as e:
             raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            module = (e.name or "").partition(".")[0]
+            command = ctx.invoked_subcommand or "?"
+            extra = (ctx.meta.get(_META_EXTRAS, {}).get(module) or _EXTRAS_BY_COMMAND.get((module, command))
+                     or _EXTRAS.get(module))
+            if extra is None:  # not an optional dependency: a broken install, whose traceback says more
+                raise
+            raise click.ClickException(f"edge-rnn {command} needs the {extra} extra: pip install "
+                                       f"'edge-rnn[{extra}]' ({module} is missing)") from None
+
+
+def _model_path(path: Path, variant: str | None) -> Path:
+    """MODEL of the runtime commands: an ONNX or ORT file, or a bundle folder whose --variant is loaded."""
+    if path.is_dir():
+        return path
+    if variant is not None:
+        raise click.UsageError(f"--variant {variant}: picks a variant from a bundle folder; {path} is a model file")
+    return _existing(path, "model")
+
+
+def _variant_option(f: Any) -> Any:
+    return click.option("--variant", default=None, metavar="NAME",
+                        help="With a bundle folder (edge-rnn package): the variant to load, its file checked against "
+                             "the manifest's SHA-256 [default: fp32].")(f)
 
 
 def _existing(path: Path, what: str) -> Path:
@@ -79,21 +115,6 @@ def _read_data(data: Path | None) -> Any:
 _DATA_HELP = ("Real input sequences for the parity check, in place of random ones: a .npy (time, features) or an "
               ".npz of several; repeated where shorter than a case. Never unpickled.")
 
-
-
-def _read_contract(model: Path) -> tuple[Any, Any]:
-    import onnx
-
-    from edge_rnn.contract import Contract
-
-    _existing(model, "model")
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as e:
-        raise ModelFormatError(f"{model}: expected an ONNX model, could not parse it ({type(e).__name__})") from None
-    if not proto.graph.node and not proto.graph.input:
-        raise ModelFormatError(f"{model}: expected an ONNX model, got an empty or non-ONNX file")
-    return proto, Contract.from_metadata({p.key: p.value for p in proto.metadata_props})
 
 
 def _int_list(value: str, name: str) -> list[int]:
@@ -159,10 +180,13 @@ def _foreign(state_map: tuple[str, ...], constants: tuple[str, ...], batch_axis:
     return kw
 
 
-def _load_runtime_model(model: Path, threads: int | None, allow_nonfinite: bool = False, **foreign: Any) -> Any:
+def _load_runtime_model(model: Path, threads: int | None, allow_nonfinite: bool = False, variant: str | None = None,
+                        **foreign: Any) -> Any:
+    """MODEL as ``StreamingModel.load`` takes it: a file, or a bundle folder and its variant (None: fp32)."""
     from edge_rnn.runtime import StreamingModel
 
-    _existing(model, "model")
-    return StreamingModel.load(model, threads=threads, allow_nonfinite=allow_nonfinite, **_foreign(**foreign))
+    _model_path(model, variant)
+    return StreamingModel.load(model, threads=threads, allow_nonfinite=allow_nonfinite, variant=variant,
+                               **_foreign(**foreign))
 
 

@@ -40,9 +40,10 @@ def _sequence(path: Path):
               help="With FACTORY: the time axis of the model's input.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
               help="One input sequence, time first: a .npy (time, features), or (time,) token ids.")
-@click.option("--compare", multiple=True, type=click.Path(path_type=Path),
-              help="An ONNX file whose empirical memory curve is drawn beside (an export, an int8 variant...); "
-                   "repeat for more.")
+@click.option("--compare", multiple=True, metavar="FILE|FOLDER[:VARIANT]",
+              help="An ONNX file whose empirical memory curve is drawn beside (an export, an int8 variant...); a "
+                   "bundle folder: every variant's, as for a bundle SOURCE; FOLDER:VARIANT: that variant's. A "
+                   "bundle's files are checked against its manifest's SHA-256. Repeat for more.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write the figure here (.png, .svg, .pdf); needs edge-rnn[diag].")
 @click.option("--max-lag", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
@@ -50,11 +51,12 @@ def _sequence(path: Path):
               help="Perturbation points averaged in the memory curve.")
 def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
              seed: int, weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
-             compare: tuple[Path, ...], plot_path: Path | None, max_lag: int, starts: int) -> None:
+             compare: tuple[str, ...], plot_path: Path | None, max_lag: int, starts: int) -> None:
     """What a model's gates do and how far back it remembers.
 
-    SOURCE is a streaming ONNX file (its empirical memory curve, without torch), or a FACTORY
-    (package.module:callable, as for export); or build a layer with --arch, --input-size and --hidden-size.
+    SOURCE is a streaming ONNX file (its empirical memory curve, without torch), a bundle folder (edge-rnn
+    package: every variant's curve), or a FACTORY (package.module:callable, as for export); or build a layer with
+    --arch, --input-size and --hidden-size.
     A PyTorch model also gets its gate statistics, memory horizons, and gradient flow beside vanilla
     RNN, LSTM and GRU baselines of its size.
     """
@@ -64,8 +66,7 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
         from edge_rnn.diagnostics._plot import _pyplot
 
         _pyplot()
-    for path in compare:
-        _existing(path, "--compare")
+    others = _compared(compare)  # loaded (and hash-checked) before any work
     x = _sequence(input_path)
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
         if arch or weights or compare:
@@ -74,20 +75,38 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     elif source is not None and source.endswith(".onnx"):
         if arch or weights:
             raise click.UsageError("an ONNX file holds its weights: --arch and --weights go with a PyTorch model")
-        d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=compare,
+        d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
                           seed=seed)
     else:
         module, axes, ids = _torch_model(source, arch, input_size, hidden_size, num_layers, seed, weights,
                                          (batch_axis, time_axis))
         from edge_rnn.diagnostics import diagnose as run
 
-        d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=compare,
+        d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
                 ids=ids, seed=seed, source=source or f"{arch} {input_size} -> {hidden_size} x {num_layers}")
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot
 
         click.echo(f"wrote {plot(d, plot_path)}")
+
+
+def _compared(entries: tuple[str, ...]) -> list:
+    """--compare: a file (its path), a bundle folder (every variant, loaded) or FOLDER:VARIANT (that one)."""
+    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime._bundle import read_manifest
+
+    out: list = []
+    for entry in entries:
+        path = Path(entry)
+        folder, sep, name = entry.rpartition(":")
+        if path.is_dir():
+            out += [StreamingModel.load(path, variant=v) for v in read_manifest(path)["variants"]]
+        elif not path.exists() and sep and name and Path(folder).is_dir():
+            out.append(StreamingModel.load(Path(folder), variant=name))
+        else:
+            out.append(_existing(path, "--compare"))
+    return out
 
 
 def _torch_model(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None,

@@ -13,8 +13,8 @@ from edge_rnn.cli._common import (
     _build,
     _existing,
     _int_list,
+    _prefer_extra,
     _print_parity,
-    _read_contract,
     _read_data,
     main,
 )
@@ -213,6 +213,7 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
 
 def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Path | None,
                     threshold: float | None) -> None:
+    _prefer_extra("onnx", "deploy")  # comparing two ONNX files needs no torch: not the export extra
     from edge_rnn.deploy import measure_against
 
     _existing(model, "model")
@@ -232,29 +233,19 @@ def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Pat
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 def inspect(model: Path) -> None:
-    """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX or ORT-format file."""
-    from edge_rnn._inspect import describe, describe_ort
+    """Print MODEL's inputs, outputs, states, operators, opset and size. Works on any ONNX or ORT-format file,
+    without onnx or torch.
 
-    if model.is_dir():  # a bundle: its manifest, as a table
-        from edge_rnn.runtime._bundle import number, read_manifest
+    A bundle folder lists its variants, each file checked against the SHA-256 its manifest gives (as loading a
+    variant checks it); any file that is missing or changed is marked, and the exit code is 1.
+    """
+    from edge_rnn._inspect import describe, describe_bundle
 
-        manifest = read_manifest(model)
-        rows = [f"{model}: a bundle of {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
-        for name, e in manifest["variants"].items():
-            err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")
-            grows = isinstance(e.get("error"), dict) and e["error"].get("grows") is True
-            rows.append(f"  {name:<12} {str(e.get('file', '?')):<28} max err "
-                        f"{'?' if err is None else f'{err:.2e}'}{' GROWS' if grows else ''}  step "
-                        f"{'?' if step is None else f'{step:.1f}'} us")
-        click.echo("\n".join(rows))
+    if model.is_dir():
+        listing, failed, checked = describe_bundle(model)
+        click.echo(listing)
+        if failed:
+            raise EdgeRnnError(f"{model}: {len(failed)} of {checked} files fail their check against the manifest: "
+                               + "; ".join(failed))
         return
-    _existing(model, "model")
-    with open(model, "rb") as f:
-        head = f.read(8)
-    if head[4:8] == b"ORTM":  # an ORT-format file (mobile builds): onnx cannot parse it, onnxruntime can
-        click.echo(describe_ort(model))
-        return
-    proto, contract = _read_contract(model)
-    click.echo(describe(proto, contract, model.stat().st_size))
-
-
+    click.echo(describe(_existing(model, "model")))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_rnn.cli._common import _existing, _foreign_options, _int_list, _load_runtime_model, main
+from edge_rnn.cli._common import _existing, _foreign_options, _int_list, _load_runtime_model, _variant_option, main
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -20,10 +20,13 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Where to write the outputs: .npy for one output, .npz for several.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@_variant_option
 @_foreign_options
-def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None, allow_nonfinite: bool,
-        **foreign: Any) -> None:
+def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None, variant: str | None,
+        allow_nonfinite: bool, **foreign: Any) -> None:
     """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs.
+
+    MODEL is an ONNX or ORT file, or a bundle folder (edge-rnn package) whose --variant is streamed.
 
     A model edge-rnn did not write takes --state-map, --constant and the axis options.
     """
@@ -33,7 +36,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
 
     from edge_rnn.runtime import run_sequence
 
-    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
+    m = _load_runtime_model(model, threads, allow_nonfinite, variant, **foreign)
     _existing(input_path, "input")
     from edge_rnn.harness import read_npy
 
@@ -77,7 +80,8 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
         raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
     n_steps = stream.steps
     shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
-    click.echo(f"streamed {n_steps} steps in {calls} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
+    which = "" if m.variant is None else f"variant {m.variant}: "
+    click.echo(f"{which}streamed {n_steps} steps in {calls} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
                f"({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
@@ -102,10 +106,13 @@ class _nullbar:
               help="onnxruntime intra-op threads.")
 @click.option("--seconds", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
               help="Measuring time per table row.")
+@_variant_option
 @_foreign_options
-def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, allow_nonfinite: bool,
-          **foreign: Any) -> None:
+def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, variant: str | None,
+          allow_nonfinite: bool, **foreign: Any) -> None:
     """Latency and throughput of step_batch over many streams, against one plain session.run per stream.
+
+    MODEL is an ONNX or ORT file, or a bundle folder (edge-rnn package) whose --variant is measured.
 
     A model edge-rnn did not write takes --state-map, --constant and the axis options.
     """
@@ -114,8 +121,9 @@ def bench(model: Path, streams: str, chunks: str, threads: int, seconds: float, 
 
     n_streams = _int_list(streams, "--streams")
     n_chunks = _int_list(chunks, "--chunk")
-    m = _load_runtime_model(model, threads, allow_nonfinite, **foreign)
-    click.echo(f"{model}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
+    m = _load_runtime_model(model, threads, allow_nonfinite, variant, **foreign)
+    named = model if m.variant is None else f"{model} (variant {m.variant})"
+    click.echo(f"{named}: {threads} thread(s); naive = one session.run per stream with fresh numpy feeds", err=True)
     fixed = {p.shape[p.time_axis] for p in m.inputs if p.time_axis is not None} - {None}
     if fixed and set(n_chunks) != fixed:  # a static form takes exactly its fixed chunk
         click.echo(f"note: {model} takes exactly {min(fixed)} step(s) per call (a static form); chunks "

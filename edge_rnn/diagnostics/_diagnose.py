@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,13 +26,14 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
 
 
 def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
-             max_lag: int = 50, starts: int = 8, compare: Sequence[str | Path] = (), ids: tuple[int, int] | None = None,
+             max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
              seed: int = 0, source: str = "model") -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
     time at ``time_axis`` (a ``torch.nn.LSTM``: 1 and 0; ``batch_first``: 0 and 1). ``compare``: ONNX files
-    whose empirical memory curves are drawn beside the module's (its export, an int8 variant, ...).
+    (or loaded ``StreamingModel`` objects) whose empirical memory curves are drawn beside the module's (its export,
+    a bundle's int8 variant, ...).
     """
     x = np.asarray(x)
     if x.ndim < 1 or len(x) <= max_lag + 1:

@@ -163,12 +163,16 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
 
     ``x`` is one sequence of the model's single input, time first: ``(time, *frame)``, as
     :func:`~edge_rnn.runtime.run_sequence` takes it. The curve is of the model's primary (first) output.
+    Its ``label`` is by default the file's name; a bundle's variant adds ``(folder:variant)``.
     """
     from edge_rnn.runtime import StreamingModel
 
     if isinstance(model, (str, Path)):
         label = label or Path(model).name
         model = StreamingModel.load(model)
+    elif label is None and getattr(model, "variant", None) is not None:
+        source = Path(model.source)
+        label = f"{source.name} ({source.parent.name}:{model.variant})"
     if len(model.inputs) != 1:
         raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
     port = model.inputs[0]

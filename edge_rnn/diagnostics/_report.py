@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,9 +15,10 @@ __all__ = ["diagnose_onnx", "diagnose_bundle", "summary"]
 
 
 def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
-                  compare: Sequence[str | Path] = (), seed: int = 0) -> Diagnosis:
+                  compare: Sequence[Any] = (), seed: int = 0) -> Diagnosis:
     """What an ONNX file alone shows (torch is not needed for this part): its empirical memory curve, and those of
-    ``compare``. Gate statistics and gradient flow need the PyTorch model."""
+    ``compare`` (paths, or loaded ``StreamingModel`` objects such as a bundle's variants). Gate statistics and
+    gradient flow need the PyTorch model."""
     d = Diagnosis(source=str(path))
     d.memory = [memory_curve(p, x, max_lag=max_lag, starts=starts, seed=seed) for p in (path, *compare)]
     d.notes.append("gate statistics, memory horizons and gradient flow need the PyTorch model (--arch or a "
