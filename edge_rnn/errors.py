@@ -19,6 +19,7 @@ __all__ = [
     "NotStreamableError",
     "DataError",
     "InferenceError",
+    "SelfTestError",
     "message_line",
     "described",
 ]
@@ -58,6 +59,11 @@ class NotStreamableError(EdgeRnnError, ValueError):
 
 class InferenceError(EdgeRnnError, RuntimeError):
     """onnxruntime failed to run a call; the streams in it are left as they were."""
+
+
+class SelfTestError(EdgeRnnError, RuntimeError):
+    """A bundle's variant, replaying its golden stream on this CPU, is over its bound (its int8 kernels differ from
+    the packaging host's, or its files were changed)."""
 
 
 class DataError(EdgeRnnError, ValueError):

@@ -312,7 +312,10 @@ def test_the_manifest_describes_every_variant_with_its_measurements(bundle):
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["variants"]) == {"fp32", "int8", "fp16", "static", "static-int8"}
-    assert manifest["machine"]["cpus"] and manifest["machine"]["onnxruntime"]
+    host = manifest["host"]
+    assert host["cpus"] and host["onnxruntime"] and host["cpu"] and host["os"] and host["machine"]
+    assert set(host["features"]) == {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon",
+                                     "dotprod", "i8mm"} and all(isinstance(v, bool) for v in host["features"].values())
     for name, e in manifest["variants"].items():
         assert sha256_of(bundle / e["file"]) == e["sha256"] and e["size"] == (bundle / e["file"]).stat().st_size
         assert e["opset"] == 17 and e["operators"] and [st["input"] for st in e["states"]] == ["h0", "c0"]
@@ -371,7 +374,10 @@ def test_a_variant_that_fails_its_bound_is_left_out_with_its_numbers(tmp_path):
 
     result = package(DATA / "lstm_layer.onnx", tmp_path / "b", variants=("fp32", "static-int8"), steps=2_000,
                      calibration=EXPECTED["lstm_layer.x"] * 0.1)  # calibrated on data unlike the check's
-    assert set(result.refused) == {"static-int8"} and "max abs" in result.refused["static-int8"]
+    why = result.refused["static-int8"]
+    assert set(result.refused) == {"static-int8"} and why["reason"] == "over_bound" and "max abs" in why["message"]
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["refused"] == json.loads(json.dumps(
+        result.refused))  # structured JSON in the manifest, not a Python repr
     assert set(result.manifest["variants"]) == {"fp32"}
     assert not (tmp_path / "b" / "lstm_layer.static-int8.onnx").exists()
     with pytest.raises(EdgeRnnError, match="not empty"):

@@ -10,6 +10,35 @@ from edge_rnn.cli._common import _DATA_HELP, _existing, _read_data, main
 from edge_rnn.errors import EdgeRnnError
 
 
+def _int8_options(f):
+    """How int8 and static-int8 quantise: a target preset, and each setting on its own for who knows better."""
+    options = [
+        click.option("--int8-target", type=click.Choice(["portable", "vnni", "arm64"]), default="portable",
+                     show_default=True,
+                     help="portable: 7-bit weights, exact on every CPU (AVX2 without VNNI saturates 8-bit ones); "
+                          "vnni or arm64: the full 8-bit range, for a device known to have VNNI or to be ARM64."),
+        click.option("--int8-reduce-range/--int8-full-range", "int8_reduce_range", default=None,
+                     help="Override the target: 7-bit weights (exact everywhere) or 8-bit."),
+        click.option("--int8-per-channel/--int8-per-tensor", "int8_per_channel", default=None,
+                     help="One weight scale per output channel, or per tensor [default: per tensor]."),
+        click.option("--int8-weights", "int8_weight_type", type=click.Choice(["int8", "uint8"]), default=None,
+                     help="Weight type [default: int8]; uint8 runs u8 x u8 products, exact on x86 too, slower."),
+        click.option("--int8-keep-float", "int8_keep_float", multiple=True, metavar="NODE|OP",
+                     help="A node name or operator type (e.g. Gemm) to leave in float32; repeat for more."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _int8_settings(target: str, reduce_range: bool | None, per_channel: bool | None, weight_type: str | None,
+                   keep_float: tuple[str, ...]):
+    from edge_rnn.deploy import Int8Settings
+
+    return Int8Settings.for_target(target, reduce_range=reduce_range, per_channel=per_channel,
+                                   weight_type=weight_type, keep_float=keep_float or None)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--int8", "int8", is_flag=True, help="Dynamic int8 quantisation (onnxruntime's quantize_dynamic).")
@@ -30,9 +59,11 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--ort", "ort_format", is_flag=True,
               help="Also write MODEL and each variant in ORT format, with the required-operators config of a "
                    "minimal onnxruntime build.")
+@_int8_options
 def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: bool, static_chunk: int,
              calibration: Path | None, output_dir: Path | None, data: Path | None, steps: int,
-             threshold: float | None, ort_format: bool) -> None:
+             threshold: float | None, ort_format: bool, int8_target: str, int8_reduce_range: bool | None,
+             int8_per_channel: bool | None, int8_weight_type: str | None, int8_keep_float: tuple[str, ...]) -> None:
     """Write smaller or faster variants of MODEL, each checked against MODEL on a long stream.
 
     A variant whose error exceeds its bound, or grows along the stream, is not kept, and the exit code is 1.
@@ -51,6 +82,7 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
         raise click.UsageError("--static-chunk goes with --static or --static-int8")
     if calibration is not None and not static_int8:
         raise click.UsageError("--calibration goes with --static-int8")
+    settings = _int8_settings(int8_target, int8_reduce_range, int8_per_channel, int8_weight_type, int8_keep_float)
     sequences = _read_data(data)
     calibration_data = _read_data(calibration)
     folder = output_dir or model.parent
@@ -59,7 +91,7 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
         dst = folder / f"{model.stem}.{name}.onnx"
         tmp = dst.with_name(f".{dst.name}.partial")
         try:
-            variant = make_variant(name, model, tmp, chunk=static_chunk, calibration=calibration_data)
+            variant = make_variant(name, model, tmp, chunk=static_chunk, calibration=calibration_data, int8=settings)
             npu = mobile_support(tmp) if name.startswith("static") else []
             err = measure_against(tmp, model, steps=steps, data=sequences, threshold=threshold)
             if err.ok:
@@ -99,23 +131,90 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
 @click.option("--static-chunk", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Time steps per call of the static forms.")
 @click.option("--threshold", type=float, default=None, help="Report decision agreement at this threshold.")
+@click.option("--allow-refused", is_flag=True,
+              help="Exit 0 even when a variant asked for is refused (it is still left out and listed).")
+@_int8_options
 def package(model: Path, output: Path, variants: str, ort_format: bool, data: Path | None, calibration: Path | None,
-            steps: int, static_chunk: int, threshold: float | None) -> None:
-    """Write a deployment bundle of MODEL: its variants and a manifest of each one's error and speed.
+            steps: int, static_chunk: int, threshold: float | None, allow_refused: bool, int8_target: str,
+            int8_reduce_range: bool | None, int8_per_channel: bool | None, int8_weight_type: str | None,
+            int8_keep_float: tuple[str, ...]) -> None:
+    """Write a deployment bundle of MODEL: its variants, golden vectors, and a manifest of each one's error and speed.
 
-    Load a variant with StreamingModel.load(BUNDLE, variant="int8") or the fastest within an error with
-    StreamingModel.load(BUNDLE, max_error=1e-3). A variant that fails its error bound is left out, and listed.
+    Load a variant with StreamingModel.load(BUNDLE, variant="int8", self_test=True) or the fastest within an error
+    with StreamingModel.load(BUNDLE, max_error=1e-3); `edge-rnn check BUNDLE` tests every variant on the device. A
+    variant that fails its error bound is left out and listed, and the exit code is 1 (0 with --allow-refused).
     """
     from edge_rnn.deploy import manifest_table
     from edge_rnn.deploy import package as make_bundle
 
     _existing(model, "model")
+    from edge_rnn.runtime._host import describe_host
+
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    settings = _int8_settings(int8_target, int8_reduce_range, int8_per_channel, int8_weight_type, int8_keep_float)
     result = make_bundle(model, output, variants=names, ort_format=ort_format, data=_read_data(data),
                          calibration=_read_data(calibration), steps=steps, chunk=static_chunk, threshold=threshold,
-                         log=lambda m: click.echo(m, err=True))
-    click.echo(f"wrote {output}/manifest.json, measured on {result.manifest['machine']['processor']} "
-               f"({result.manifest['machine']['cpus']} CPUs, one thread)")
+                         int8=settings, log=lambda m: click.echo(m, err=True))
+    host = result.manifest["host"]
+    click.echo(f"wrote {output}/manifest.json, measured on {describe_host(host)}, one thread")
+    if "int8" in result.manifest:
+        click.echo(f"int8 settings: {settings.describe()}")
     click.echo(manifest_table(result.manifest))
+    if result.refused and not allow_refused:
+        raise EdgeRnnError(f"variant(s) {sorted(result.refused)} asked for and refused (above); the bundle holds "
+                           f"{sorted(result.manifest['variants']) or 'none'}. Pass --allow-refused to accept that")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--variant", "variants", multiple=True, help="The variant to test (repeat for more) [default: all].")
+@click.option("--form", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="Which file of each variant to test.")
+def check(bundle: Path, variants: tuple[str, ...], form: str) -> None:
+    """Replay BUNDLE's golden stream through each variant on this machine, against its bound and the packaging host.
+
+    Exits 1 when a variant is over its bound here (its int8 kernels differ from the packaging host's, or a file was
+    changed). Needs only the runtime (numpy, onnxruntime).
+    """
+    import time
+
+    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime._bundle import read_manifest
+    from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
+    from edge_rnn.runtime._selftest import golden_of, self_test
+
+    if not bundle.is_dir():
+        raise EdgeRnnError(f"{bundle}: expected a bundle folder (edge-rnn package -o FOLDER)")
+    manifest = read_manifest(bundle)
+    names = list(variants) or list(manifest["variants"])
+    unknown = [n for n in names if n not in manifest["variants"]]
+    if unknown:
+        raise EdgeRnnError(f"--variant {unknown}: expected some of {sorted(manifest['variants'])}")
+    golden = golden_of(bundle, manifest)
+    here = host_record()
+    click.echo(f"packaged on: {describe_host(manifest.get('host'))}")
+    click.echo(f"this machine: {describe_host(here)}; int8 kernel {int8_kernel(here['features'])}")
+    click.echo(f"golden stream: {golden.steps} steps in {len(golden.chunks)} chunks")
+    click.echo(f"{'variant':<12} {'bound':>15} {'packaging host':>15} {'this machine':>13} {'of bound':>9} "
+               f"{'ms':>7}  verdict")
+    failed = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            m = StreamingModel.load(bundle, variant=name, form=form)
+            r = self_test(m, bundle, manifest, name, golden)
+        except EdgeRnnError as e:
+            failed.append(name)
+            click.echo(f"{name:<12} REFUSED: {e}")
+            continue
+        ms = (time.perf_counter() - t0) * 1e3
+        host = "?" if r.host_max_abs is None else f"{r.host_max_abs:.3g}"
+        bound = f"{r.check.atol:g}+{r.check.rtol:g}|y|"
+        click.echo(f"{name:<12} {bound:>15} {host:>15} {r.check.max_abs:13.3g} {r.check.worst_fraction:9.3f} "
+                   f"{ms:7.1f}  {'ok' if r.ok else 'OVER ITS BOUND'}")
+        if not r.ok:
+            failed.append(name)
+    if failed:
+        raise EdgeRnnError(f"variant(s) {failed} fail on this machine; do not serve them here")
 
 

@@ -13,6 +13,9 @@ from edge_rnn.errors import EdgeRnnError
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--variant", default=None, help="With a bundle folder: the variant to serve [default: fp32].")
+@click.option("--self-test/--no-self-test", default=True, show_default=True,
+              help="With a bundle folder: replay the served variant's golden stream on this CPU before serving, "
+                   "and refuse to start when it is over its bound.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
 @click.option("--max-streams", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -30,7 +33,8 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0, show_default=True,
               help="On SIGINT/SIGTERM: seconds open streams may still fetch their snapshots before the server "
                    "stops (a second signal stops at once).")
-def serve(model: Path, variant: str | None, host: str, port: int, max_streams: int, idle_timeout: float,
+def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
+          idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_message_bytes: int, threads: int | None,
           token_file: Path | None, drain_timeout: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
@@ -50,7 +54,14 @@ def serve(model: Path, variant: str | None, host: str, port: int, max_streams: i
         token = token_file.read_text(encoding="utf-8").strip()
         if len(token) < 16:
             raise EdgeRnnError(f"--token-file {token_file}: expected a token of at least 16 characters")
-    m = StreamingModel.load(model, threads=threads, **({"variant": variant} if variant else {}))
+    bundle = model.is_dir()
+    if variant is not None and not bundle:
+        raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")
+    m = StreamingModel.load(model, threads=threads, **({"variant": variant} if variant else {}),
+                            **({"self_test": self_test} if bundle else {}))
+    if m.self_test is not None:
+        click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
+                   f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_message_bytes=max_message_bytes,
                            token=token, drain_timeout=drain_timeout)

@@ -9,6 +9,7 @@ for classifier outputs, decision agreement.
 from edge_rnn.deploy._bundle import PackageResult, manifest_table, package
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.deploy._fidelity import GROWTH_FLAG, TensorError, VariantError, measure_against, precision_of
+from edge_rnn.deploy._int8 import INT8_TARGETS, Int8Settings
 from edge_rnn.deploy._mobile import PROVIDERS, ProviderSupport, mobile_support
 from edge_rnn.deploy._ort import to_ort
 from edge_rnn.deploy._static import static_form
@@ -16,6 +17,8 @@ from edge_rnn.deploy._variants import VARIANTS, Variant, make_variant
 
 __all__ = [
     "make_variant",
+    "Int8Settings",
+    "INT8_TARGETS",
     "Variant",
     "VARIANTS",
     "static_form",

@@ -3,17 +3,19 @@
 Per variant the manifest gives the file, its SHA-256, size, opset, operators and
 contract; its error against fp32 on a long stream (:mod:`edge_rnn.deploy._fidelity`),
 flagged when it grows; its single-stream step latency and 64-stream batched
-throughput, measured while packaging on the machine it names; and which NPU
-providers run it whole (:mod:`edge_rnn.deploy._mobile`). A variant that fails
-its bound is left out, with its numbers, under ``refused``.
-``StreamingModel.load(folder, variant=... | max_error=...)`` reads it.
+throughput, measured while packaging on the host it records (CPU model, the
+ISA features int8 kernels choose between, onnxruntime, OS); which NPU
+providers run it whole (:mod:`edge_rnn.deploy._mobile`); and its golden
+vectors: the bound its replay of the bundle's golden stream
+(:mod:`edge_rnn.runtime._golden`) is held to on a device, and what the
+packaging host measured. A variant that fails its bound is left out, with a
+structured reason, under ``refused``.
+``StreamingModel.load(folder, variant=... | max_error=..., self_test=True)`` reads it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,25 +28,32 @@ import onnx
 from edge_rnn._inspect import operator_counts
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._fidelity import measure_against
+from edge_rnn.deploy._fidelity import input_source, measure_against
+from edge_rnn.deploy._int8 import Int8Settings
 from edge_rnn.deploy._mobile import mobile_support
 from edge_rnn.deploy._ort import to_ort
 from edge_rnn.deploy._variants import VARIANTS, make_variant
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
+from edge_rnn.harness import TOLERANCE
 from edge_rnn.runtime import StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
+from edge_rnn.runtime._golden import Golden, golden_chunks, record, replay, save_golden
+from edge_rnn.runtime._host import describe_host, host_record
 from edge_rnn.runtime.bench import random_chunk
 
-__all__ = ["package", "PackageResult", "manifest_table"]
+__all__ = ["package", "PackageResult", "manifest_table", "GOLDEN_FILE"]
 
 ALL = ("fp32", *VARIANTS)
+GOLDEN_FILE = "golden.npz"
+_GOLDEN_STEPS = 32  # the golden stream's length, shortened for a model whose steps are large
+_GOLDEN_BUDGET = 256 << 10  # bytes of golden vectors per bundle, at most (where one chunk's worth fits)
 
 
 @dataclass
 class PackageResult:
     folder: Path
     manifest: dict[str, Any]
-    refused: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"reason", "message", ...}
 
 
 def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
@@ -82,12 +91,35 @@ def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
             "batch64_steps_per_s": float(64 * k * calls / (time.perf_counter() - t0))}
 
 
-def _machine() -> dict[str, Any]:
-    import onnxruntime as ort
+def _per_stream(model: StreamingModel, whole: dict[str, np.ndarray], timed: bool) -> dict[str, np.ndarray]:
+    """The fidelity source's batch-of-one arrays as one stream's (no batch axis; calls first when untimed)."""
+    return {p.name: np.take(whole[p.name], 0, axis=p.batch_axis + (0 if timed else 1)) for p in model.inputs}
 
-    return {"processor": platform.processor() or platform.machine(), "machine": platform.machine(),
-            "system": f"{platform.system()} {platform.release()}", "cpus": os.cpu_count(), "threads": 1,
-            "onnxruntime": ort.__version__, "python": platform.python_version()}
+
+def _golden_stream(fp32: Path, data: Any, multiple: int) -> Golden:
+    """The bundle's golden stream through the float32 model, kept within the byte budget where it can be."""
+    model = StreamingModel.load(fp32, threads=1)
+    timed = any(p.time_axis is not None for p in model.inputs)
+    source = input_source(model, data)
+    steps = _GOLDEN_STEPS
+    while True:
+        rng = np.random.default_rng(1234)
+        chunks = golden_chunks(rng, steps, multiple) if timed else (1,) * steps
+        golden = record(model, _per_stream(model, source(rng, 1, sum(chunks), not timed), timed), chunks)
+        size = sum(a.nbytes for t in (golden.inputs, golden.outputs, golden.states) for a in t.values())
+        if size <= _GOLDEN_BUDGET or steps <= 2 * multiple:
+            return golden
+        steps //= 2
+
+
+def _golden_entry(path: Path, golden: Golden, tolerance: Any) -> dict[str, Any]:
+    """What a variant's golden replay here measured, and the bound a device holds it to."""
+    check = replay(StreamingModel.load(path, threads=1), golden, atol=tolerance.atol, rtol=tolerance.rtol)
+    return {"bound": {"atol": tolerance.atol, "rtol": tolerance.rtol}, "measured": check.to_dict()}
+
+
+def _refusal(reason: str, message: str, **more: Any) -> dict[str, Any]:
+    return {"reason": reason, "message": message, **more}
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -103,8 +135,13 @@ def _describe(path: Path) -> dict[str, Any]:
 
 def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_format: bool = False,
             data: Any = None, calibration: Any = None, steps: int = 10_000, chunk: int = 1,
-            threshold: float | None = None, log: Any = None) -> PackageResult:
-    """Write the bundle of ``model`` to ``folder``; see the module docstring."""
+            threshold: float | None = None, int8: Int8Settings | None = None, log: Any = None) -> PackageResult:
+    """Write the bundle of ``model`` to ``folder``; see the module docstring.
+
+    ``int8`` says how the int8 and static-int8 variants quantise (:class:`Int8Settings`; default: exact on every
+    CPU class). A variant that cannot be made, or fails its bound, is left out and listed under ``refused``
+    with a structured reason; the caller decides whether that is an error (the CLI: exit 1 unless told).
+    """
     model, folder = Path(model), Path(folder)
     unknown = [v for v in variants if v not in ALL]
     if unknown or not variants:
@@ -125,7 +162,7 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
     try:
         staging.mkdir(parents=True)
         result = _package(model, staging, variants, ort_format, data, calibration, steps, chunk, threshold,
-                          log or (lambda _msg: None))
+                          int8 or Int8Settings(), log or (lambda _msg: None))
         if folder.exists():
             folder.rmdir()
         staging.rename(folder)
@@ -138,43 +175,77 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
 
 
 def _package(model: Path, folder: Path, variants: tuple[str, ...], ort_format: bool, data: Any, calibration: Any,
-             steps: int, chunk: int, threshold: float | None, say: Any) -> PackageResult:
+             steps: int, chunk: int, threshold: float | None, int8: Int8Settings, say: Any) -> PackageResult:
     stem = model.stem
     entries: dict[str, dict] = {}
-    refused: dict[str, str] = {}
+    refused: dict[str, dict[str, Any]] = {}
     fp32 = folder / f"{stem}.onnx"
     shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
+    multiple = chunk if any(v.startswith("static") for v in variants) else 1
+    golden = _golden_stream(fp32, data, multiple)
+    save_golden(golden, folder / GOLDEN_FILE)
     for name in variants:
         say(f"{name}: making and measuring")
         path = fp32 if name == "fp32" else folder / f"{stem}.{name}.onnx"
         entry: dict[str, Any] = {"notes": []}
+        tolerance = TOLERANCE["float32"]
         if name != "fp32":
-            v = make_variant(name, model, path, chunk=chunk, calibration=calibration)
+            try:
+                v = make_variant(name, model, path, chunk=chunk, calibration=calibration, int8=int8)
+            except UnsupportedError as e:
+                refused[name] = _refusal("cannot_make", str(e))
+                path.unlink(missing_ok=True)
+                continue
             entry["notes"] = v.notes
             err = measure_against(path, fp32, steps=steps, data=data, threshold=threshold)
             entry["error"] = err.to_dict()
+            tolerance = err.tolerance
             if not err.ok:
-                refused[name] = f"fails its bound or grows: max abs {err.max_abs:.3g}; {err.to_dict()}"
+                worst = max(err.tensors, key=lambda t: t.worst_fraction)
+                refused[name] = _refusal("grows" if err.grows else "over_bound",
+                                         f"{name}: max abs error {err.max_abs:.3g} over {steps:,} steps, "
+                                         f"{worst.worst_fraction:.3g}x its bound on {worst.kind} {worst.name!r}"
+                                         f"{'; the error grows along the stream' if err.grows else ''} "
+                                         f"(measured on {describe_host(host_record())})", error=err.to_dict())
                 path.unlink()
                 continue
         else:
             entry["error"] = {"max_abs": 0.0, "grows": False, "ok": True, "note": "the reference"}
+        entry["golden"] = _golden_entry(path, golden, tolerance)
+        if not entry["golden"]["measured"]["ok"]:
+            refused[name] = _refusal("golden_over_bound", f"{name}: its golden replay is over its bound on the "
+                                     "packaging host itself", golden=entry["golden"])
+            if name != "fp32":
+                path.unlink()
+            continue
         entry.update(_describe(path))
         entry["speed"] = _speed(path)
         entry["providers"] = {s.provider: s.to_dict() for s in mobile_support(path)}
         entry["providers"]["XNNPACK"] = {"checked": False, "note": "onnxruntime has no usability checker for it"}
         entries[name] = entry
-    if "fp32" not in variants:  # the reference was only needed to measure the others
-        fp32.unlink()
+    if "fp32" not in entries:  # the reference was only needed to measure the others
+        fp32.unlink(missing_ok=True)
     config = None
     if ort_format and entries:
         written, config = to_ort([folder / e["file"] for e in entries.values()], folder)
         for entry, ort_path in zip(entries.values(), written):
-            entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size}
+            entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size,
+                            "speed": _speed(ort_path)}
+            if entry["contract"]["source"].get("variant") == "fp16":
+                entry["ort"]["note"] = ("weights kept in float16 (the file is saved unoptimised): on the CPU "
+                                        "provider their Casts to float32 run at every call; see speed")
+            elif ort_path.stat().st_size > 1.2 * (folder / entry["file"]).stat().st_size:
+                entry["ort"]["note"] = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the "
+                                        "constants onnxruntime's optimiser folded while converting")
+    golden_file = folder / GOLDEN_FILE
     manifest = {
         "format": BUNDLE_FORMAT, "created_by": f"edge-rnn {__version__}", "source_model": model.name,
-        "machine": _machine(), "error_measured_on": {"steps": steps, "inputs": "random" if data is None else "data"},
+        "host": {**host_record(), "threads": 1},
+        "error_measured_on": {"steps": steps, "inputs": "random" if data is None else "data"},
+        "golden": {"file": golden_file.name, "sha256": sha256_of(golden_file), "size": golden_file.stat().st_size,
+                   "steps": golden.steps, "chunks": list(golden.chunks)},
         "variants": entries, "refused": refused,
+        **({"int8": int8.to_dict()} if {"int8", "static-int8"} & set(variants) else {}),
         **({"required_operators": {"file": config.name, "sha256": sha256_of(config)}} if config else {}),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -191,5 +262,6 @@ def manifest_table(manifest: dict[str, Any]) -> str:
                     f"{'YES' if err.get('grows') else 'no':>5} {e['speed']['step_us']:8.1f} "
                     f"{e['speed']['batch64_steps_per_s']:13,.0f}  {', '.join(whole) or '-'}")
     for name, why in manifest.get("refused", {}).items():
-        rows.append(f"{name:<12} refused: {why[:100]}")
+        text = why.get("message", why) if isinstance(why, dict) else why
+        rows.append(f"{name:<12} refused: {text}")
     return "\n".join(rows)

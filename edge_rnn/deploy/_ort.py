@@ -6,6 +6,14 @@ the CPU provider when converted, so a minimal build needs no optimiser) and a
 (``build.sh --minimal_build --include_ops_by_config``) is made from. The
 ``edge_rnn`` metadata survives in the ``.ort`` file; the runtime, ``inspect``
 and ``verify`` read it through onnxruntime.
+
+A float16 model is the exception: the converter's optimiser folds each
+``Cast`` of a float16 weight into a float32 constant, which wrote an fp16
+``.ort`` file as large as the fp32 one (3,509,104 bytes against 1,748,378
+for the fp16 ``.onnx`` of the demo LSTM). It is saved unoptimised instead, its
+weights in half precision: half the size, and on the CPU provider the Casts
+then run at every call (the bundle's manifest gives its measured speed).
+``required_operators.config`` names the ``.ort`` files by their own names.
 """
 
 from __future__ import annotations
@@ -18,6 +26,39 @@ from edge_rnn.errors import UnsupportedError, described
 from edge_rnn.runtime import StreamingModel, check_external_data
 
 __all__ = ["to_ort"]
+
+
+def _has_float16_weights(path: Path) -> bool:
+    import onnx
+
+    return any(t.data_type == onnx.TensorProto.FLOAT16
+               for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
+def _save_unoptimised(model: Path, dst: Path) -> None:
+    """``model`` in ORT format as it is: no optimiser, so no Cast of a float16 weight is folded into float32."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def _operators_config(written: list[Path], config: Path) -> None:
+    """onnxruntime's required-operators config of the ``.ort`` files, naming them by file name (the converter names
+    the temporary paths it read them from, which mean nothing in a bundle)."""
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    from edge_rnn.deploy._tools import quiet
+
+    quiet(create_config_from_models, written, config, enable_type_reduction=False)
+    lines = config.read_text(encoding="utf-8").splitlines(keepends=True)
+    names = {str(p): p.name for p in written}
+    config.write_text("".join(f"# - {names.get(line[4:].strip(), Path(line[4:].strip()).name)}\n"
+                              if line.startswith("# - ") else line for line in lines), encoding="utf-8")
 
 
 def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
@@ -37,8 +78,15 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
                 target = src / weights.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(weights, target)
+        half = [m for m in models if _has_float16_weights(m)]
+        for m in half:
+            (src / m.name).unlink()
+        dst.mkdir()
         try:
-            quiet(convert_onnx_models_to_ort, src, dst, optimization_styles=[OptimizationStyle.Fixed])
+            if len(half) < len(models):
+                quiet(convert_onnx_models_to_ort, src, dst, optimization_styles=[OptimizationStyle.Fixed])
+            for m in half:
+                _save_unoptimised(m, dst / f"{m.stem}.ort")
         except Exception as e:  # noqa: BLE001 - the converter raises whatever onnxruntime raised
             raise UnsupportedError(f"onnxruntime's ORT-format converter failed ({described(e)})") from None
         written = []
@@ -49,7 +97,7 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
             shutil.copy(ort_file, out_dir / ort_file.name)
             written.append(out_dir / ort_file.name)
         config = out_dir / "required_operators.config"
-        shutil.copy(dst / "required_operators.config", config)
+        _operators_config(written, config)
     for path in written:
         StreamingModel.load(path)  # the contract survived, and onnxruntime takes the file
     return written, config

@@ -231,8 +231,8 @@ def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
 _QUANTIZED_OPS = ["MatMul", "Gemm"]
 
 
-def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps: int = 512, seed: int = 0
-                ) -> list[str]:
+def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps: int = 512, seed: int = 0,
+                settings: Any = None) -> list[str]:
     """Static QDQ int8 of a static form (NPUs take no dynamic quantisation), calibrated on a stream.
 
     The calibration feeds are the static model's own inputs and carried states over ``steps`` calls of
@@ -268,8 +268,15 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
+    from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
+
+    settings = settings or Int8Settings()
+    excluded = keep_float_nodes(onnx.load(str(static_path)), settings.keep_float)
+    weight_type = QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8
+    # per channel whatever settings.per_channel says: the static forms' setting, which NNAPI runs whole
     quiet(quantize_static, static_path, dst, Reader(), quant_format=QuantFormat.QDQ,
-           activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-           op_types_to_quantize=_QUANTIZED_OPS)
+           activation_type=QuantType.QUInt8, weight_type=weight_type, per_channel=True,
+           reduce_range=settings.reduce_range, nodes_to_exclude=excluded, op_types_to_quantize=_QUANTIZED_OPS)
     return [f"static QDQ int8 (quantize_static) of the MatMul/Gemm weights, per channel, calibrated on {steps} calls "
-            f"of {'random input' if calibration is None else 'the calibration data'} with the state carried"]
+            f"of {'random input' if calibration is None else 'the calibration data'} with the state carried; "
+            f"{'7-bit weights (reduce_range: exact on every CPU)' if settings.reduce_range else '8-bit weights'}"]

@@ -28,6 +28,7 @@ import onnx
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
+from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
 from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
@@ -55,7 +56,7 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts)
 
 
-def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
+def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     notes = []
@@ -66,11 +67,15 @@ def _int8(model: onnx.ModelProto, dst: Path) -> list[str]:
                      "quantiser); its MatMuls, inside the Scan too, are quantised")
     if ops.get("LSTM"):
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
+    excluded = keep_float_nodes(model, settings.keep_float)
+    weight_type = QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "fp32.onnx"
         onnx.save(model, src)
-        quiet(quantize_dynamic, src, dst, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
-    notes.append("weights int8 (per tensor), activations quantised per call (dynamic): no calibration data needed")
+        quiet(quantize_dynamic, src, dst, weight_type=weight_type, per_channel=settings.per_channel,
+              reduce_range=settings.reduce_range, nodes_to_exclude=excluded, extra_options={"EnableSubgraph": True})
+    notes.append(f"int8 settings: {settings.describe()}; activations uint8, quantised per call (dynamic): no "
+                 "calibration data needed")
     return notes
 
 
@@ -132,24 +137,31 @@ def _static(model: onnx.ModelProto, dst: Path, chunk: int) -> list[str]:
     return [f"loop-free, fixed shapes: batch 1, {chunk} step(s) per call; for NPU providers (NNAPI, CoreML)"]
 
 
-def _static_int8(model: onnx.ModelProto, dst: Path, chunk: int, calibration: Any) -> list[str]:
+def _static_int8(model: onnx.ModelProto, dst: Path, chunk: int, calibration: Any, settings: Int8Settings
+                 ) -> list[str]:
     from edge_rnn.deploy._static import static_form, static_int8
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "static.onnx"
         onnx.save(static_form(model, chunk), src)
         return [f"the static form (batch 1, {chunk} step(s) per call), then "
-                + static_int8(src, dst, calibration)[0].removeprefix("static ")]
+                + static_int8(src, dst, calibration, settings=settings)[0].removeprefix("static ")]
 
 
-def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, calibration: Any = None) -> Variant:
+def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, calibration: Any = None,
+                 int8: Int8Settings | None = None) -> Variant:
     """Write variant ``name`` of the model at ``model_path`` to ``dst``, check it loads and streams, and say how.
 
     ``chunk`` is the static forms' fixed number of steps per call; ``calibration`` the data static-int8 is
-    calibrated on (random input without).
+    calibrated on (random input without); ``int8`` how int8 and static-int8 quantise
+    (:class:`Int8Settings`; default: exact on every CPU class). The settings are recorded in the variant's
+    contract (``source.int8``).
     """
     if name not in VARIANTS:
         raise UnsupportedError(f"variant {name!r}: expected one of {list(VARIANTS)}")
+    int8 = int8 or Int8Settings()
+    if not isinstance(int8, Int8Settings):
+        raise UnsupportedError(f"int8: expected Int8Settings, got {type(int8).__name__}")
     model_path, dst = Path(model_path), Path(dst)
     try:
         model = onnx.load(str(model_path))
@@ -164,13 +176,13 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
         raise EdgeRnnError(f"{dst.parent}: cannot write the variant there ({e.strerror or e})") from None
     try:
         if name == "int8":
-            notes = _int8(model, dst)
+            notes = _int8(model, dst, int8)
         elif name == "fp16":
             notes = _fp16(model, dst)
         elif name == "static":
             notes = _static(model, dst, chunk)
         else:
-            notes = _static_int8(model, dst, chunk, calibration)
+            notes = _static_int8(model, dst, chunk, calibration, int8)
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime's tools raise whatever they raise
@@ -180,7 +192,8 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
     # the static forms' contract (fixed_chunk) is in the written file; the others keep the source model's
     metadata = {p.key: p.value for p in (written if name.startswith("static") else model).metadata_props}
     contract = Contract.from_metadata(metadata)
-    contract = dataclasses.replace(contract, source={**contract.source, "variant": name})
+    quantised = {"int8": int8.to_dict()} if name in ("int8", "static-int8") else {}
+    contract = dataclasses.replace(contract, source={**contract.source, "variant": name, **quantised})
     props = {p.key: p.value for p in written.metadata_props if p.key != "onnx.infer"}
     onnx.helper.set_model_props(written, {**props, **contract.to_metadata()})
     try:  # before onnxruntime sees it: a malformed graph can crash onnxruntime rather than raise

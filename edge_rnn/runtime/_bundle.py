@@ -23,7 +23,8 @@ from edge_rnn.errors import ModelFormatError, UnsupportedError
 __all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number"]
 
 MANIFEST = "manifest.json"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: golden vectors and the packaging host's record; 1 (no golden vectors) is still read
+_READABLE_FORMATS = (1, 2)
 _MAX_MANIFEST_BYTES = 16 << 20
 
 
@@ -58,7 +59,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFormatError(f"{path}: expected JSON, could not read it ({type(e).__name__})") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if not isinstance(manifest, dict) or isinstance(fmt, bool) or not isinstance(fmt, int) or fmt != BUNDLE_FORMAT:
+    if not isinstance(manifest, dict) or isinstance(fmt, bool) or not isinstance(fmt, int) or \
+            fmt not in _READABLE_FORMATS:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ModelFormatError(f"{path}: expected bundle format {BUNDLE_FORMAT}, got {got!r}")
     variants = manifest.get("variants")
@@ -86,19 +88,29 @@ def number(entry: dict, group: str, key: str) -> float | None:
     return float(value)
 
 
-def _fastest_within(variants: dict[str, dict], max_error: Any) -> str:
+def check_max_error(max_error: Any) -> None:
     if isinstance(max_error, bool) or not isinstance(max_error, (int, float, np.floating)) or not max_error >= 0:
         raise UnsupportedError(f"max_error: expected a number >= 0, got {max_error!r}")
-    fits = []
+
+
+def by_speed(variants: dict[str, dict]) -> list[str]:
+    """The variants whose error was measured and does not grow, fastest first (as the manifest measured them)."""
+    ranked = []
     for n, e in variants.items():
         err, speed = number(e, "error", "max_abs"), number(e, "speed", "step_us")
         grows = e.get("error", {}).get("grows", True) if isinstance(e.get("error"), dict) else True
-        if err is not None and err <= max_error and grows is False:
-            fits.append((speed if speed is not None else math.inf, n))
+        if err is not None and grows is False:
+            ranked.append((speed if speed is not None else math.inf, n))
+    return [n for _, n in sorted(ranked)]
+
+
+def _fastest_within(variants: dict[str, dict], max_error: Any) -> str:
+    check_max_error(max_error)
+    fits = [(0, n) for n in by_speed(variants) if number(variants[n], "error", "max_abs") <= max_error]
     if not fits:
         errors = {n: number(e, "error", "max_abs") for n, e in variants.items()}
         raise UnsupportedError(f"max_error {max_error:g}: no variant is within it; measured {errors}")
-    return min(fits)[1]
+    return fits[0][1]
 
 
 def pick_variant(folder: Path, variant: str | None, max_error: float | None, form: str = "onnx") -> Picked:

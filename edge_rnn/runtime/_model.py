@@ -23,9 +23,11 @@ from edge_rnn.errors import (
     message_line,
 )
 from edge_rnn.runtime._batching import BatchStepping
-from edge_rnn.runtime._bundle import hash_file, pick_variant
+from edge_rnn.runtime._bundle import by_speed, check_max_error, hash_file, number, pick_variant, read_manifest
 from edge_rnn.runtime._external import check_external_data, operator_types
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
+from edge_rnn.runtime._selftest import SelfTest, estimate_error, golden_of, raise_if_failed
+from edge_rnn.runtime._selftest import self_test as run_self_test
 from edge_rnn.runtime._session import (
     _EP_FAIL,
     OPT_LEVELS,
@@ -151,6 +153,7 @@ class StreamingModel(BatchStepping):
         self.allow_nonfinite = allow_nonfinite
         self.source = source
         self.variant: str | None = None  # the bundle variant it was loaded as, if any
+        self.self_test: SelfTest | None = None  # its golden replay on this CPU, when loaded with self_test=True
         self._out_names = [p.name for p in io.outputs] + [s.output for s in io.states]
         self._n_out = len(io.outputs)
         # Every feed is validated here already, so the binding's run skips the public wrapper's second
@@ -199,6 +202,7 @@ class StreamingModel(BatchStepping):
         variant: str | None = None,
         max_error: float | None = None,
         form: str = "onnx",
+        self_test: bool = False,
         **flat: Any,
     ) -> StreamingModel:
         """Load an ONNX or ORT-format model (a path or its bytes), or a variant of a bundle (a folder).
@@ -209,6 +213,16 @@ class StreamingModel(BatchStepping):
         does not grow), neither the ``fp32`` one; ``form="ort"`` its ORT-format
         file. The file's SHA-256 must match the manifest, and so must the
         contract in the file. ``model.variant`` says which.
+
+        ``self_test=True`` (a bundle only) replays the variant's golden stream
+        on this CPU before it is handed back, and raises
+        :class:`~edge_rnn.errors.SelfTestError` when it is over its bound,
+        naming the variant, this CPU's int8-relevant features, the error here
+        against the bound and the packaging host's figure; ``model.self_test``
+        holds the result. With ``max_error=`` it picks by what this CPU
+        measured: the fastest variant that passes here and whose long-stream
+        error, projected to this CPU (the manifest's figure scaled by the
+        golden error here over the packaging host's), is within ``max_error``.
 
         A model edge-rnn exported describes its states in its ``edge_rnn``
         metadata. The options come in two groups, each a frozen dataclass:
@@ -228,14 +242,19 @@ class StreamingModel(BatchStepping):
         """
         session, foreign = _grouped(session, foreign, flat)
         picked = None
+        if not isinstance(self_test, bool):
+            raise UnsupportedError(f"self_test: expected True or False, got {self_test!r}")
         if not isinstance(model, (bytes, bytearray)) and Path(model).is_dir():
             if contract is not None:
                 raise UnsupportedError("contract=: a bundle's manifest already holds each variant's contract")
+            if self_test and max_error is not None and variant is None:
+                return cls._tested_within(Path(model), max_error, form, session=session, foreign=foreign,
+                                          allow_nonfinite=allow_nonfinite)
             picked = pick_variant(Path(model), variant, max_error, form)
             model = picked.path
-        elif variant is not None or max_error is not None or form != "onnx":
-            raise UnsupportedError(f"variant=, max_error= and form= pick from a bundle folder; {model!r:.80} is a "
-                                   "model file")
+        elif variant is not None or max_error is not None or form != "onnx" or self_test:
+            raise UnsupportedError(f"variant=, max_error=, form= and self_test= pick from a bundle folder; "
+                                   f"{model!r:.80} is a model file")
         path = None
         if isinstance(model, (bytes, bytearray)):
             data, source = bytes(model), "<bytes>"
@@ -269,7 +288,33 @@ class StreamingModel(BatchStepping):
         loaded = cls(ort_session, io, fingerprint, allow_nonfinite=allow_nonfinite, source=source,
                      rows_coupled=_rows_coupled(data, picked))
         loaded.variant = picked.name if picked is not None else None
+        if self_test and picked is not None:
+            folder = picked.path.parent
+            result = run_self_test(loaded, folder, read_manifest(folder), picked.name)
+            raise_if_failed(result)
+            loaded.self_test = result
         return loaded
+
+    @classmethod
+    def _tested_within(cls, folder: Path, max_error: Any, form: str, **load: Any) -> StreamingModel:
+        """The fastest variant that passes its self-test here and whose projected error is within max_error."""
+        check_max_error(max_error)
+        manifest = read_manifest(folder)
+        golden = golden_of(folder, manifest)
+        projected: dict[str, float] = {}
+        for name in by_speed(manifest["variants"]):
+            if number(manifest["variants"][name], "error", "max_abs") > max_error:
+                projected[name] = number(manifest["variants"][name], "error", "max_abs")
+                continue  # over it already where it was packaged
+            m = cls.load(folder, variant=name, form=form, **load)
+            result = run_self_test(m, folder, manifest, name, golden)
+            projected[name] = estimate_error(result, manifest["variants"][name]) if result.ok else math.inf
+            if projected[name] <= max_error:
+                m.self_test = result
+                return m
+        shown = {k: (f"{v:.3g}" if math.isfinite(v) else "over its bound here") for k, v in projected.items()}
+        raise UnsupportedError(f"max_error {max_error:g}: no variant is within it on this CPU; projected here "
+                               f"{shown}")
 
     # --------------------------------------------------------------- properties
     @property

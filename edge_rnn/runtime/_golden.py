@@ -1,0 +1,247 @@
+"""Golden vectors: a short recorded stream that lets a bundle's variant prove itself on the CPU it runs on.
+
+``edge-rnn package`` records, on the packaging host, one stream through the
+float32 model: its inputs, cut into chunks of random lengths, the outputs of
+every step and the states after every chunk (:func:`record`). A variant
+replays the same chunks (a static form, its fixed chunk per call) on whatever
+CPU it lands on (:func:`replay`), and every output and state it produces is
+held against the float32 reference with the variant's bound, element by
+element: ``|variant - reference| <= atol + rtol * |reference|``. int8 kernels
+differ between CPUs (an AVX2 CPU without VNNI saturates where a VNNI or ARM64
+one does not), so the error measured where the bundle was made is a claim
+about that machine only; the replay checks it on this one.
+
+The file is a plain ``.npz`` (no pickles, read with ``allow_pickle=False``),
+its SHA-256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
+
+__all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_golden", "load_golden", "golden_chunks"]
+
+GOLDEN_FORMAT = 1
+_MAX_GOLDEN_BYTES = 64 << 20  # a golden file is a few hundred KiB; anything far larger is not one
+
+
+@dataclass(frozen=True)
+class Golden:
+    """One recorded stream. Arrays are one stream's, without the batch axis: an input or output has its time
+    steps along its own time axis (calls along axis 0 for a model without one); ``states[name]`` is
+    ``(len(chunks), *state)``, the state after each chunk. ``whole``: the model is not streamable, and the stream
+    was one call."""
+
+    chunks: tuple[int, ...]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    states: dict[str, np.ndarray]
+    whole: bool = False
+
+    @property
+    def steps(self) -> int:
+        return int(sum(self.chunks))
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    name: str
+    kind: str  # "output" | "state"
+    max_abs: float
+    worst_fraction: float  # max |got - ref| / (atol + rtol * |ref|): <= 1 passes
+
+    @property
+    def ok(self) -> bool:
+        return self.worst_fraction <= 1.0
+
+
+@dataclass
+class GoldenCheck:
+    """A variant's replay of the golden stream against the float32 reference."""
+
+    atol: float
+    rtol: float
+    calls: int
+    tensors: list[TensorCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tensors)
+
+    @property
+    def max_abs(self) -> float:
+        return max((t.max_abs for t in self.tensors), default=0.0)
+
+    @property
+    def worst(self) -> TensorCheck | None:
+        return max(self.tensors, key=lambda t: t.worst_fraction, default=None)
+
+    @property
+    def worst_fraction(self) -> float:
+        w = self.worst
+        return 0.0 if w is None else w.worst_fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_abs": self.max_abs, "worst_fraction": self.worst_fraction, "ok": self.ok, "calls": self.calls,
+                "tensors": {t.name: {"kind": t.kind, "max_abs": t.max_abs, "worst_fraction": t.worst_fraction}
+                            for t in self.tensors}}
+
+
+def _fixed_chunk(model: Any) -> int | None:
+    return next((p.shape[p.time_axis] for p in model.inputs
+                 if p.time_axis is not None and p.shape[p.time_axis] is not None), None)
+
+
+def _timed(model: Any) -> bool:
+    return any(p.stream_time_axis is not None for p in model.inputs)
+
+
+def golden_chunks(rng: np.random.Generator, steps: int, multiple: int = 1, longest: int = 8) -> tuple[int, ...]:
+    """Random chunk lengths, each a multiple of ``multiple`` (a static form's fixed chunk), adding up to at least
+    ``steps``: so every variant of a bundle, static forms included, replays the same chunk ends."""
+    out: list[int] = []
+    while sum(out) < steps:
+        out.append(multiple * int(rng.integers(1, longest + 1)))
+    return tuple(out)
+
+
+def _piece(port: Any, a: np.ndarray, start: int, n: int) -> np.ndarray:
+    t = port.stream_time_axis
+    if t is None:
+        return a[start]
+    return a[(slice(None),) * t + (slice(start, start + n),)]
+
+
+def _calls(model: Any, golden: Golden) -> list[int]:
+    """The lengths of the calls a model replays the golden stream in: the recorded chunks, a static form's fixed
+    chunk, or one call for a model that is not streamable."""
+    if golden.whole or not model.streamable:
+        if not golden.whole:
+            raise UnsupportedError("the golden stream was recorded in chunks; this model takes a whole sequence")
+        return [golden.steps]
+    k = _fixed_chunk(model)
+    if k is None:
+        return list(golden.chunks)
+    if any(c % k for c in golden.chunks):
+        raise UnsupportedError(f"the golden chunks {list(golden.chunks)} are not multiples of this model's fixed "
+                               f"chunk {k}")
+    return [k] * (golden.steps // k)
+
+
+def _run(model: Any, golden: Golden) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[int]]:
+    """The model over the golden inputs; its outputs (the golden layout) and its states after each recorded chunk."""
+    calls = _calls(model, golden)
+    ends = set(np.cumsum(golden.chunks).tolist())
+    stream = model.open_stream()
+    outs: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
+    states: dict[str, list[np.ndarray]] = {s.input: [] for s in model.states}
+    start = 0
+    for n in calls:
+        chunk = {p.name: _piece(p, golden.inputs[p.name], start, n) for p in model.inputs}
+        for name, y in model.step(stream, chunk).items():
+            outs[name].append(y)
+        start += n
+        if start in ends:
+            for name in states:
+                states[name].append(np.array(stream.state[name]))
+    joined = {}
+    for p in model.outputs:
+        t = p.stream_time_axis
+        joined[p.name] = np.stack(outs[p.name]) if t is None else np.concatenate(outs[p.name], axis=t)
+    return joined, {k: np.stack(v) for k, v in states.items()}, calls
+
+
+def record(model: Any, inputs: dict[str, np.ndarray], chunks: tuple[int, ...]) -> Golden:
+    """Stream ``inputs`` (one stream's, as :class:`Golden` holds them) through ``model`` in ``chunks``."""
+    whole = not model.streamable
+    if whole:
+        chunks = (int(sum(chunks)),)
+    golden = Golden(tuple(int(c) for c in chunks), dict(inputs), {}, {}, whole)
+    outs, states, _ = _run(model, golden)
+    return Golden(golden.chunks, golden.inputs, outs, states, whole)
+
+
+def _fraction(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tuple[float, float]:
+    if got.shape != ref.shape:
+        return math.inf, math.inf
+    if ref.dtype.kind != "f":  # ids, flags: exact
+        return (0.0, 0.0) if np.array_equal(got, ref) else (math.inf, math.inf)
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(g - r)
+    if not np.isfinite(diff).all():
+        return math.inf, math.inf
+    return float(diff.max(initial=0.0)), float((diff / (atol + rtol * np.abs(r))).max(initial=0.0))
+
+
+def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenCheck:
+    """Replay the golden stream through ``model`` (a variant) and hold everything against the reference."""
+    want_in = {p.name for p in model.inputs}
+    if set(golden.inputs) != want_in or set(golden.outputs) != {p.name for p in model.outputs} or \
+            set(golden.states) != {s.input for s in model.states}:
+        raise ModelFormatError(f"golden vectors of inputs {sorted(golden.inputs)}, outputs {sorted(golden.outputs)} "
+                               f"and states {sorted(golden.states)}: expected this model's {sorted(want_in)}, "
+                               f"{[p.name for p in model.outputs]} and {[s.input for s in model.states]}")
+    try:
+        outs, states, calls = _run(model, golden)
+    except ShapeError as e:
+        raise ModelFormatError(f"golden vectors do not fit this model: {e}") from None
+    check = GoldenCheck(atol, rtol, len(calls))
+    for name, ref in golden.outputs.items():
+        check.tensors.append(TensorCheck(name, "output", *_fraction(outs[name], ref, atol, rtol)))
+    for name, ref in golden.states.items():
+        check.tensors.append(TensorCheck(name, "state", *_fraction(states[name], ref, atol, rtol)))
+    return check
+
+
+def save_golden(golden: Golden, path: Path) -> None:
+    names = {"inputs": list(golden.inputs), "outputs": list(golden.outputs), "states": list(golden.states)}
+    meta = {"format": GOLDEN_FORMAT, "chunks": list(golden.chunks), "whole": golden.whole, "names": names}
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for group, table in (("inputs", golden.inputs), ("outputs", golden.outputs), ("states", golden.states)):
+        for i, a in enumerate(table.values()):
+            arrays[f"{group}{i}"] = np.ascontiguousarray(a)
+    with open(path, "wb") as f:  # a file object: numpy adds no suffix of its own
+        np.savez_compressed(f, **arrays)
+
+
+def load_golden(path: Path) -> Golden:
+    """Read a golden file, refusing anything that is not one (it is hashed, but never trusted further)."""
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: listed as the golden vectors but missing")
+    if path.stat().st_size > _MAX_GOLDEN_BYTES:
+        raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+    try:
+        with zipfile.ZipFile(path) as z:  # the unpacked size is bounded before numpy inflates anything
+            if sum(i.file_size for i in z.infolist()) > 4 * _MAX_GOLDEN_BYTES:
+                raise ModelFormatError(f"{path}: unpacks to over {4 * _MAX_GOLDEN_BYTES >> 20} MiB; not golden "
+                                       "vectors")
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+        meta = json.loads(files.pop("meta").tobytes().decode())
+        if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
+            raise ValueError(f"golden format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        chunks = tuple(int(c) for c in meta["chunks"])
+        if not chunks or min(chunks) < 1:
+            raise ValueError("no chunks")
+        tables = {}
+        for group in ("inputs", "outputs", "states"):
+            names = meta["names"][group]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"{group} names")
+            tables[group] = {n: files[f"{group}{i}"] for i, n in enumerate(names)}
+        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], bool(meta["whole"]))
+    except ModelFormatError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"{path}: expected golden vectors written by edge-rnn package, could not read them "
+                               f"({type(e).__name__}: {e})") from None

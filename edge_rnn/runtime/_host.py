@@ -1,0 +1,191 @@
+"""What CPU this is, as far as int8 kernels care: its model and the instruction sets they choose between.
+
+onnxruntime picks its int8 kernels from the CPU's own feature bits (``cpuid``
+on x86-64, the kernel's hardware capabilities on ARM64), not from what
+``/proc/cpuinfo`` prints. So the features are read the same way where that is
+possible: ``cpuid`` through a few bytes of machine code on x86-64 Linux and
+macOS, ``getauxval`` on ARM64 Linux, ``sysctl`` on ARM64 macOS; the text files
+are the fallback. An emulator (qemu) shows the CPU it emulates, as onnxruntime
+sees it. Nothing here needs more than the standard library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["host_record", "isa_features", "FEATURES", "describe_host"]
+
+# The features that decide which int8 kernel runs (docs/deployment.md).
+FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "dotprod", "i8mm")
+
+# cpuid(leaf, subleaf, out) for the System V x86-64 ABI: rdi=leaf, rsi=subleaf, rdx=out (four uint32).
+_CPUID = bytes([
+    0x53,                    # push rbx
+    0x89, 0xF8,              # mov eax, edi
+    0x89, 0xF1,              # mov ecx, esi
+    0x49, 0x89, 0xD0,        # mov r8, rdx
+    0x0F, 0xA2,              # cpuid
+    0x41, 0x89, 0x00,        # mov [r8], eax
+    0x41, 0x89, 0x58, 0x04,  # mov [r8+4], ebx
+    0x41, 0x89, 0x48, 0x08,  # mov [r8+8], ecx
+    0x41, 0x89, 0x50, 0x0C,  # mov [r8+12], edx
+    0x5B,                    # pop rbx
+    0xC3,                    # ret
+])
+# xgetbv(0): which register states the OS saves (AVX needs bits 1-2, AVX-512 bits 5-7); returns edx:eax.
+_XGETBV = bytes([0x31, 0xC9, 0x0F, 0x01, 0xD0, 0x48, 0xC1, 0xE2, 0x20, 0x48, 0x09, 0xD0, 0xC3])
+
+
+class _Code:
+    """Machine code in an executable page; kept alive as long as its function is used."""
+
+    def __init__(self, code: bytes, restype: Any, argtypes: list[Any]):
+        self.page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        self.page.write(code)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
+        self.fn = ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+
+def _x86_cpuid() -> dict[str, bool] | None:
+    if os.name != "posix" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        cpuid = _Code(_CPUID, None, [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p])
+        xgetbv = _Code(_XGETBV, ctypes.c_uint64, [])
+    except (OSError, ValueError, AttributeError, TypeError):  # no executable pages here (a hardened kernel)
+        return None
+
+    def leaf(n: int, sub: int = 0) -> tuple[int, int, int, int]:
+        out = (ctypes.c_uint32 * 4)()
+        cpuid.fn(n, sub, ctypes.addressof(out))
+        return out[0], out[1], out[2], out[3]
+
+    top = leaf(0)[0]
+    _, _, ecx1, _ = leaf(1)
+    osxsave = bool(ecx1 >> 27 & 1)
+    xcr0 = xgetbv.fn() if osxsave else 0
+    ymm = xcr0 & 0b110 == 0b110
+    zmm = ymm and xcr0 & 0b11100000 == 0b11100000
+    amx = xcr0 & (0b11 << 17) == (0b11 << 17)
+    b7 = c7 = d7 = a71 = 0
+    if top >= 7:
+        _, b7, c7, d7 = leaf(7)
+        a71 = leaf(7, 1)[0]
+    return {
+        "avx2": ymm and bool(b7 >> 5 & 1),
+        "avx512f": zmm and bool(b7 >> 16 & 1),
+        "avx512bw": zmm and bool(b7 >> 30 & 1),
+        "avx512_vnni": zmm and bool(c7 >> 11 & 1),
+        "avx_vnni": ymm and bool(a71 >> 4 & 1),
+        "amx_int8": amx and bool(d7 >> 25 & 1),
+    }
+
+
+def _linux_arm64_hwcaps() -> dict[str, bool] | None:
+    if platform.system() != "Linux" or platform.machine().lower() not in ("aarch64", "arm64"):
+        return None
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    hwcap, hwcap2 = getauxval(16), getauxval(26)  # AT_HWCAP, AT_HWCAP2
+    return {"neon": bool(hwcap >> 1 & 1), "dotprod": bool(hwcap >> 20 & 1), "i8mm": bool(hwcap2 >> 13 & 1)}
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        r = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def _mac_arm64() -> dict[str, bool] | None:
+    if platform.system() != "Darwin" or platform.machine() != "arm64":
+        return None
+    return {"neon": True, "dotprod": _sysctl("hw.optional.arm.FEAT_DotProd") == "1",
+            "i8mm": _sysctl("hw.optional.arm.FEAT_I8MM") == "1"}
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """The model name and the feature words of /proc/cpuinfo (the host's, under a user-mode emulator)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, set()
+    name, words = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and name is None and value.strip():
+            name = value.strip()
+        elif key in ("flags", "features") and not words:
+            words = set(value.split())
+    return name, words
+
+
+def _from_words(words: set[str]) -> dict[str, bool]:
+    return {"avx2": "avx2" in words, "avx512f": "avx512f" in words, "avx512bw": "avx512bw" in words,
+            "avx512_vnni": "avx512_vnni" in words, "avx_vnni": "avx_vnni" in words,
+            "amx_int8": "amx_int8" in words, "neon": bool({"asimd", "neon"} & words),
+            "dotprod": "asimddp" in words, "i8mm": "i8mm" in words}
+
+
+@functools.lru_cache(maxsize=1)
+def isa_features() -> dict[str, Any]:
+    """{feature: bool} for :data:`FEATURES`, and ``"read_from"``: how they were read."""
+    for how, read in (("cpuid", _x86_cpuid), ("getauxval", _linux_arm64_hwcaps), ("sysctl", _mac_arm64)):
+        found = read()
+        if found is not None:
+            return {**dict.fromkeys(FEATURES, False), **found, "read_from": how}
+    _, words = _cpuinfo()
+    return {**_from_words(words), "read_from": "/proc/cpuinfo" if words else "nothing (features unknown)"}
+
+
+def _cpu_model() -> str:
+    name, _ = _cpuinfo()
+    if name is None and platform.system() == "Darwin":
+        name = _sysctl("machdep.cpu.brand_string")
+    return name or platform.processor() or platform.machine() or "unknown"
+
+
+def int8_kernel(features: dict[str, Any]) -> str:
+    """The kind of u8 x s8 product onnxruntime's int8 kernels use on a CPU with ``features`` (module docstring of
+    :mod:`edge_rnn.deploy._int8`): whether full-range int8 weights saturate there."""
+    if features.get("amx_int8") or features.get("avx512_vnni") or features.get("avx_vnni"):
+        return "vnni (int32 accumulation: exact)"
+    if features.get("dotprod") or features.get("neon"):
+        return "arm64 (int32 accumulation: exact)"
+    if features.get("avx2") or features.get("avx512bw"):
+        return "avx2 (vpmaddubsw, int16 pairs: saturates unless reduce_range)"
+    return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def host_record() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU model, int8-relevant features, onnxruntime, OS, Python."""
+    import onnxruntime as ort
+
+    features = isa_features()
+    return {"cpu": _cpu_model(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "features": {k: features[k] for k in FEATURES}, "features_read_from": features["read_from"],
+            "int8_kernel": int8_kernel(features), "onnxruntime": ort.__version__,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+
+
+def describe_host(record: Any) -> str:
+    """One line for a host record (ours or a manifest's; a manifest is not trusted, so any shape is taken)."""
+    if not isinstance(record, dict):
+        return "an unrecorded machine"
+    feats = record.get("features")
+    on = [k for k, v in feats.items() if v is True] if isinstance(feats, dict) else []
+    return (f"{record.get('cpu', '?')} ({record.get('machine', '?')}; {', '.join(on) or 'no int8-relevant features'}"
+            f"; onnxruntime {record.get('onnxruntime', '?')}; {record.get('os', '?')})")

@@ -1,0 +1,113 @@
+"""A bundle's variant tested on this CPU: its golden stream replayed, against its bound and the packaging host's figure.
+
+``StreamingModel.load(bundle, variant=..., self_test=True)``, ``edge-rnn check``
+and ``edge-rnn serve BUNDLE`` use it. The manifest says, per variant, the
+bound its golden replay is held to and what the packaging host measured;
+the golden file's SHA-256 is in the manifest beside it, so an edited golden
+stream is refused like an edited model file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
+from edge_rnn.runtime._bundle import MANIFEST, number, sha256_of
+from edge_rnn.runtime._golden import Golden, GoldenCheck, load_golden, replay
+from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
+
+__all__ = ["SelfTest", "self_test", "golden_of", "estimate_error", "raise_if_failed"]
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """One variant's golden replay here, beside what the packaging host measured."""
+
+    variant: str
+    check: GoldenCheck
+    host_max_abs: float | None  # the packaging host's golden replay of this variant
+    host_worst_fraction: float | None
+    packaged_on: Any  # the manifest's host record (untrusted shape)
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok
+
+    def describe(self) -> str:
+        w = self.check.worst
+        where = f" on {w.kind} {w.name!r}" if w is not None else ""
+        host = ("not recorded" if self.host_max_abs is None
+                else f"{self.host_max_abs:.3g} ({self.host_worst_fraction or 0:.3g}x the bound)")
+        return (f"variant {self.variant!r}: max abs error {self.check.max_abs:.3g}{where}, "
+                f"{self.check.worst_fraction:.3g}x its bound {self.check.atol:g} + {self.check.rtol:g}*|y| here; "
+                f"the packaging host measured {host} on {describe_host(self.packaged_on)}")
+
+
+def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
+    """The bundle's golden stream, its file checked against the manifest's SHA-256."""
+    spec = manifest.get("golden")
+    if spec is None:
+        raise UnsupportedError(f"{folder}: the bundle has no golden vectors (packaged before edge-rnn recorded them);"
+                               " package it again, or load without the self-test")
+    file, digest = (spec.get("file"), spec.get("sha256")) if isinstance(spec, dict) else (None, None)
+    if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
+        raise ModelFormatError(f"{folder / MANIFEST}: expected 'golden' to give a file name and its sha256")
+    path = folder / file
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: listed in {MANIFEST} as the golden vectors but missing")
+    if sha256_of(path) != digest:
+        raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the golden vectors were changed or "
+                               "corrupted")
+    return load_golden(path)
+
+
+def _bound(folder: Path, name: str, entry: dict[str, Any]) -> tuple[float, float]:
+    golden = entry.get("golden")
+    bound = golden.get("bound") if isinstance(golden, dict) else None
+    atol = number({"b": bound}, "b", "atol") if isinstance(bound, dict) else None
+    rtol = number({"b": bound}, "b", "rtol") if isinstance(bound, dict) else None
+    if atol is None or rtol is None or atol < 0 or rtol < 0:
+        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol and rtol >= 0")
+    return atol, rtol
+
+
+def self_test(model: Any, folder: Path, manifest: dict[str, Any], name: str,
+              golden: Golden | None = None) -> SelfTest:
+    """Replay the golden stream through ``model`` (variant ``name`` of the bundle at ``folder``), here."""
+    entry = manifest["variants"][name]
+    atol, rtol = _bound(folder, name, entry)
+    golden = golden if golden is not None else golden_of(folder, manifest)
+    check = replay(model, golden, atol=atol, rtol=rtol)
+    measured = entry.get("golden", {}).get("measured")
+    host_abs = number({"m": measured}, "m", "max_abs") if isinstance(measured, dict) else None
+    host_frac = number({"m": measured}, "m", "worst_fraction") if isinstance(measured, dict) else None
+    return SelfTest(name, check, host_abs, host_frac, manifest.get("host"))
+
+
+def raise_if_failed(result: SelfTest) -> None:
+    if result.ok:
+        return
+    here = host_record()
+    raise SelfTestError(f"{result.describe()}. This CPU: {describe_host(here)}, int8 kernel "
+                        f"{int8_kernel(here['features'])}. The variant is over its bound on this machine: serve "
+                        "another variant, or package int8 with --int8-target portable (exact on every CPU)")
+
+
+def estimate_error(result: SelfTest, entry: dict[str, Any]) -> float:
+    """The variant's long-stream error projected to this CPU: the packaging host's figure (its long stream)
+    scaled by how much larger the golden replay's error is here than there, and never below the replay's own."""
+    long = number(entry, "error", "max_abs")
+    here = result.check.max_abs
+    if long is None:
+        return math.inf
+    host = result.host_max_abs
+    if host is None:
+        return math.inf
+    if host > 0:
+        return max(here, long * max(1.0, here / host))
+    return max(here, long) if here > 0 else long
