@@ -53,6 +53,9 @@ class _Code:
         self.fn = ctypes.CFUNCTYPE(restype, *argtypes)(address)
 
 
+_brand: list[str | None] = [None]  # the x86 brand string cpuid gave, once read
+
+
 def _x86_cpuid() -> dict[str, bool] | None:
     if os.name != "posix" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
@@ -78,6 +81,11 @@ def _x86_cpuid() -> dict[str, bool] | None:
     if top >= 7:
         _, b7, c7, d7 = leaf(7)
         a71 = leaf(7, 1)[0]
+    brand = b""
+    if leaf(0x80000000)[0] >= 0x80000004:
+        for n in (0x80000002, 0x80000003, 0x80000004):
+            brand += b"".join(r.to_bytes(4, "little") for r in leaf(n))
+    _brand[0] = brand.split(b"\0")[0].decode("ascii", "replace").strip() or None
     return {
         "avx2": ymm and bool(b7 >> 5 & 1),
         "avx512f": zmm and bool(b7 >> 16 & 1),
@@ -151,6 +159,9 @@ def isa_features() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    isa_features()  # on x86-64, reads the brand string the CPU itself reports (an emulator's, under qemu)
+    if _brand[0]:
+        return _brand[0]
     name, _ = _cpuinfo()
     if name is None and platform.system() == "Darwin":
         name = _sysctl("machdep.cpu.brand_string")

@@ -3,21 +3,41 @@
 The runtime, harness and (later) service tests load these files, so they run where torch is not
 installed. ``expected.npz`` holds, per fixture, an input sequence (one stream, time first) and
 PyTorch's outputs over it in one pass: ``<name>.x``, ``<name>.<output>``.
+
+``python tests/data/make_fixtures.py --bundle`` rewrites only ``bundle/``: lstm_layer.onnx packaged with every
+variant and its golden vectors (needs onnx, not torch). Its manifest records the machine that packaged it, so a
+test that replays it on another CPU is what a device does with a bundle made elsewhere.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))
 
+
+def bundle_fixture() -> None:
+    """tests/data/bundle: every variant of lstm_layer.onnx, as `edge-rnn package` writes it (portable int8)."""
+    from edge_rnn.deploy import package
+
+    shutil.rmtree(HERE / "bundle", ignore_errors=True)
+    result = package(HERE / "lstm_layer.onnx", HERE / "bundle", steps=2_000)
+    assert not result.refused, result.refused
+
+
+if __name__ == "__main__" and "--bundle" in sys.argv:
+    bundle_fixture()
+    sys.exit(0)
+
+import torch  # noqa: E402
 from wholemodels import VoiceActivity, token_model  # noqa: E402
 
 import edge_rnn  # noqa: E402
