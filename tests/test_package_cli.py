@@ -34,7 +34,8 @@ def _contract(path: Path) -> Contract:
 def test_int8_defaults_to_the_portable_settings_and_records_them(tmp_path):
     v = make_variant("int8", DATA / "token_gru.onnx", tmp_path / "t8.onnx")
     assert _contract(v.path).source["int8"] == Int8Settings().to_dict()
-    assert Int8Settings().reduce_range and Int8Settings().target == "portable"
+    assert Int8Settings().reduce_range and Int8Settings().target == "portable" and Int8Settings().weight_type == "uint8"
+    assert Int8Settings() == Int8Settings.for_target("portable")
     assert any("reduce_range: exact on every CPU" in n for n in v.notes)
 
 

@@ -15,14 +15,16 @@ def _int8_options(f):
     options = [
         click.option("--int8-target", type=click.Choice(["portable", "vnni", "arm64"]), default="portable",
                      show_default=True,
-                     help="portable: 7-bit weights, exact on every CPU (AVX2 without VNNI saturates 8-bit ones); "
-                          "vnni or arm64: the full 8-bit range, for a device known to have VNNI or to be ARM64."),
+                     help="portable: 7-bit uint8 weights, exact on every CPU class measured (AVX2 without VNNI "
+                          "saturates 8-bit int8 ones); vnni (int8) or arm64 (uint8): the full 8-bit range, for a "
+                          "device known to have VNNI or to be ARM64."),
         click.option("--int8-reduce-range/--int8-full-range", "int8_reduce_range", default=None,
                      help="Override the target: 7-bit weights (exact everywhere) or 8-bit."),
         click.option("--int8-per-channel/--int8-per-tensor", "int8_per_channel", default=None,
                      help="One weight scale per output channel, or per tensor [default: per tensor]."),
         click.option("--int8-weights", "int8_weight_type", type=click.Choice(["int8", "uint8"]), default=None,
-                     help="Weight type [default: int8]; uint8 runs u8 x u8 products, exact on x86 too, slower."),
+                     help="Override the target's weight type: uint8 (u8 x u8, exact everywhere) or int8 (u8 x s8, "
+                          "fastest on VNNI). An LSTM's weights are int8 either way."),
         click.option("--int8-keep-float", "int8_keep_float", multiple=True, metavar="NODE|OP",
                      help="A node name or operator type (e.g. Gemm) to leave in float32; repeat for more."),
     ]

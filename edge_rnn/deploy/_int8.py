@@ -1,24 +1,31 @@
 """The int8 settings: what onnxruntime's quantisers are told, and why the default is what it is.
 
-onnxruntime's dynamic int8 multiplies uint8 activations by int8 weights. How
+onnxruntime's dynamic int8 multiplies uint8 activations by 8-bit weights. How
 the CPU does that decides whether the result is exact:
 
-- x86-64 without VNNI (AVX2; AVX-512 without VNNI) uses ``vpmaddubsw``, which
-  adds each pair of u8 x s8 products in int16 and *saturates*: two products of
-  255 x 127 make 64,770, far past 32,767. The error that follows is not
-  rounding, and grows with the weights' range: on the demo LSTM and GRU it was
-  3 to 6 times the int8 bound.
-- AVX-512 VNNI and AVX-VNNI (``vpdpbusd``) and ARM64 (``sdot``/``udot``, or
-  widening multiplies) accumulate in int32 and never saturate.
+- x86-64 without VNNI (AVX2; AVX-512 without VNNI) multiplies u8 x s8 with
+  ``vpmaddubsw``, which adds each pair of products in int16 and *saturates*:
+  two products of 255 x 127 make 64,770, far past 32,767. The error that
+  follows is not rounding: on the demo LSTM, GRU and RNN and the token model
+  it was 4 to 6.5 times the int8 bound (``docs/deployment.md``).
+- AVX-512 VNNI and AVX-VNNI (``vpdpbusd``) and ARM64 NEON and dot-product
+  kernels accumulate in int32 and never saturate. u8 x u8 products are
+  widened to int16 before they are multiplied, on x86 too: exact everywhere.
 
-``reduce_range`` stores weights in 7 bits (-64..63): a pair is then at most
-2 x 255 x 64 = 32,640, so every CPU computes the exact integer product, and
-the variant's error is the same wherever it runs. That costs one bit of weight
-precision, which on the demo models stays far inside the bound
-(``docs/deployment.md`` has the figures per CPU). It is the default
-(``target="portable"``). A user who knows the device can take the full range:
-``target="vnni"`` or ``"arm64"``, a little more accurate there and wrong on an
-AVX2 CPU, which the bundle's self-test then refuses.
+``reduce_range`` stores weights in 7 bits: a pair is then at most
+2 x 255 x 64 = 32,640, so u8 x s8 is exact on AVX2 as well. ``DynamicQuantizeLSTM``
+keeps int8 weights whatever ``weight_type`` says, so for an LSTM that is
+what makes it exact. The other MatMuls take uint8 weights by default: under
+qemu's emulation of an ARM64 CPU with SVE, onnxruntime's u8 x s8 MatMul gave
+wrong results (every odd output column) with any setting, and u8 x u8 was
+exact; real SVE hardware was not at hand to tell qemu's fault from
+onnxruntime's. So the default, ``target="portable"``, is 7-bit uint8 weights:
+exact integer products on every CPU class measured, the same error on each
+(to the float rounding of the rest of the graph). A user who knows the device
+can take the full 8-bit range, a little more accurate there
+(``target="vnni"``: int8 weights, onnxruntime's fastest path; ``"arm64"``:
+uint8 weights) and wrong on an AVX2 CPU, which the bundle's self-test then
+refuses.
 """
 
 from __future__ import annotations
@@ -42,15 +49,15 @@ class Int8Settings:
 
     - ``reduce_range``: weights in 7 bits, exact on every CPU (see the module docstring);
     - ``per_channel``: one scale per output channel of each weight, instead of one per tensor;
-    - ``weight_type``: ``"int8"`` (u8 x s8 products, onnxruntime's fast path) or ``"uint8"`` (u8 x u8,
-      which x86 computes by widening to int16: exact too, and slower);
+    - ``weight_type``: ``"uint8"`` (u8 x u8 products, widened to int16: exact on every CPU) or ``"int8"``
+      (u8 x s8, onnxruntime's fastest path on VNNI; the LSTM operator always takes int8);
     - ``keep_float``: node names or operator types (``"Gemm"``, ``"MatMul"``) left in float32;
     - ``target``: the preset it came from, recorded for the reader.
     """
 
     reduce_range: bool = True
     per_channel: bool = False
-    weight_type: str = "int8"
+    weight_type: str = "uint8"
     keep_float: tuple[str, ...] = ()
     target: str = "portable"
 
@@ -85,19 +92,23 @@ class Int8Settings:
         return cls(**{**d, "keep_float": tuple(d.get("keep_float", ()))})
 
     def describe(self) -> str:
-        bits = "7-bit (reduce_range: exact on every CPU)" if self.reduce_range else \
-            "8-bit (full range: exact only with VNNI or on ARM64; saturates on AVX2)"
+        if self.reduce_range:
+            bits = "7-bit (reduce_range: exact on every CPU)"
+        elif self.weight_type == "uint8":
+            bits = "8-bit (full range: the MatMuls exact everywhere, an LSTM's int8 weights saturate on AVX2)"
+        else:
+            bits = "8-bit (full range: exact only with VNNI or on ARM64; saturates on AVX2)"
         scale = "per channel" if self.per_channel else "per tensor"
         kept = f", {', '.join(self.keep_float)} kept in float32" if self.keep_float else ""
         return f"target {self.target}: {self.weight_type} weights, {bits}, {scale}{kept}"
 
 
 INT8_TARGETS: dict[str, Int8Settings] = {
-    # exact integer products on every CPU class: what a bundle that may run anywhere needs
-    "portable": Int8Settings(reduce_range=True, target="portable"),
-    # the full 8-bit range, for a device known to accumulate u8 x s8 in int32
-    "vnni": Int8Settings(reduce_range=False, target="vnni"),
-    "arm64": Int8Settings(reduce_range=False, target="arm64"),
+    # exact integer products on every CPU class measured: what a bundle that may run anywhere needs
+    "portable": Int8Settings(reduce_range=True, weight_type="uint8", target="portable"),
+    # the full 8-bit range, for a device known to accumulate u8 x s8 in int32 (VNNI), or to be ARM64
+    "vnni": Int8Settings(reduce_range=False, weight_type="int8", target="vnni"),
+    "arm64": Int8Settings(reduce_range=False, weight_type="uint8", target="arm64"),
 }
 
 

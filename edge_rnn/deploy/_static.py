@@ -272,8 +272,8 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
 
     settings = settings or Int8Settings()
     excluded = keep_float_nodes(onnx.load(str(static_path)), settings.keep_float)
-    weight_type = QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8
-    # per channel whatever settings.per_channel says: the static forms' setting, which NNAPI runs whole
+    # int8 weights, per channel, whatever the settings say for dynamic int8: what NNAPI takes and runs whole
+    weight_type = QuantType.QInt8
     quiet(quantize_static, static_path, dst, Reader(), quant_format=QuantFormat.QDQ,
            activation_type=QuantType.QUInt8, weight_type=weight_type, per_channel=True,
            reduce_range=settings.reduce_range, nodes_to_exclude=excluded, op_types_to_quantize=_QUANTIZED_OPS)
