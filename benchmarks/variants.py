@@ -16,7 +16,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.deploy import make_variant, measure_against, mobile_support  # noqa: E402
+from edge_rnn.deploy import Int8Settings, make_variant, measure_against, mobile_support  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
 
 
@@ -49,8 +48,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"{platform.processor() or platform.machine()}, onnxruntime {__import__('onnxruntime').__version__}, "
-          f"one thread; error over {args.steps:,} steps")
+    from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
+
+    here = host_record()
+    print(f"{describe_host(here)}; int8 kernel {int8_kernel(here['features'])}; one thread; error over "
+          f"{args.steps:,} steps; int8 settings: {Int8Settings().describe()}")
     print(f"{'model':<6} {'variant':<11} {'size':>9} {'x fp32':>7} {'step us':>8} {'x faster':>8} "
           f"{'max err y':>10} {'max err state':>13} {'growth':>7}  NPU: nodes run by NNAPI / CoreML NN / MLProgram")
     with tempfile.TemporaryDirectory() as tmp:
