@@ -146,10 +146,11 @@ def describe(path: Path) -> str:
 def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
     """The listing of a bundle's manifest with each file it lists checked against its SHA-256, as the runtime
     checks a variant it loads; the files that fail (``"name: what is wrong"``); and how many were checked."""
-    from edge_rnn.runtime._bundle import number, read_manifest
+    from edge_rnn.runtime._bundle import number, printable, read_manifest
 
     manifest = read_manifest(folder)
-    rows = [f"{folder}: a bundle of {len(manifest['variants'])} variant(s) of {manifest.get('source_model', '?')}"]
+    rows = [f"{folder}: a bundle of {len(manifest['variants'])} variant(s) of "
+            f"{printable(manifest.get('source_model', '?'), 80)}"]
     failed: list[str] = []
     checked: list[Any] = []
 
@@ -158,7 +159,8 @@ def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
         file, problem = _check_file(folder, spec)
         if problem is not None:
             failed.append(f"{file}: {problem}")
-        rows.append(f"  {label:<12} {file:<28} {what:<38} {problem or 'sha256 ok'}")
+        rows.append(f"  {printable(label, 40):<12} {printable(file, 80):<28} {printable(what, 80):<38} "
+                    f"{printable(problem or 'sha256 ok', 200)}")
 
     for name, e in manifest["variants"].items():
         err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")

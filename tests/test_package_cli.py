@@ -196,3 +196,69 @@ def test_serve_refuses_a_variant_that_fails_its_self_test_and_serves_it_with_no_
                 proc.wait(timeout=20)
         assert proc.returncode == 0, err
         assert (said in err) if said else "self-test" not in err, err
+
+
+# --------------------------------------------------------------- the review's reproducers
+def test_a_variant_that_ignores_its_incoming_state_fails_the_self_test(tmp_path):
+    from onnx import helper, numpy_helper
+
+    from edge_rnn.errors import SelfTestError
+    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime._bundle import sha256_of
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DATA / "bundle", bundle)
+    path = bundle / "lstm_layer.onnx"
+    m = onnx.load(str(path))
+    zero = numpy_helper.from_array(__import__("numpy").zeros((), "float32"), "zero_state")
+    m.graph.initializer.append(zero)
+    for name in ("h0", "c0"):  # every use of the state input reads h0 * 0: the stream restarts at each call
+        for node in m.graph.node:
+            node.input[:] = [f"{name}_ignored" if i == name else i for i in node.input]
+        m.graph.node.insert(0, helper.make_node("Mul", [name, "zero_state"], [f"{name}_ignored"]))
+    onnx.save(m, str(path))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["fp32"]["sha256"] = sha256_of(path)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SelfTestError, match="variant 'fp32'"):
+        StreamingModel.load(bundle, variant="fp32", self_test=True)
+
+
+def test_package_with_every_variant_refused_exits_1_and_leaves_nothing_even_with_allow_refused(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "calib.npy", np.load(DATA / "expected.npz")["lstm_layer.x"] * 0.1)
+    r = CliRunner().invoke(main, ["package", str(DATA / "lstm_layer.onnx"), "-o", str(tmp_path / "none"),
+                                  "--variants", "static-int8", "--steps", "2000", "--calibration",
+                                  str(tmp_path / "calib.npy"), "--allow-refused"])
+    assert r.exit_code == 1 and "no variant left to bundle" in r.output, r.output
+    assert not (tmp_path / "none").exists() and not list(tmp_path.glob(".none*"))
+
+
+def test_keep_float_is_checked_against_the_model_before_any_work(tmp_path):
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, ["package", str(DATA / "lstm_layer.onnx"), "-o", str(tmp_path / "b"),
+                                  "--variants", "fp32,int8", "--int8-keep-float", "Nope"])
+    assert r.exit_code == 1 and "keep_float 'Nope': no node of that name" in r.output
+    assert not (tmp_path / "b").exists() and time.monotonic() - t0 < 10  # refused up front, nothing measured
+    r = CliRunner().invoke(main, ["package", str(DATA / "lstm_layer.onnx"), "-o", str(tmp_path / "c"),
+                                  "--variants", "fp32,int8,static-int8", "--int8-keep-float", "LSTM"])
+    assert r.exit_code == 1 and "static-int8's unrolled graph has nodes of its own" in r.output
+
+
+@pytest.mark.parametrize("source, keep", [("lstm_layer.onnx", "LSTM"), ("token_gru.onnx", "gru/GRU_7"),
+                                          ("token_gru.onnx", "GRU")])
+def test_keep_float_names_the_models_own_nodes_also_where_int8_rewrites_them(tmp_path, source, keep):
+    from edge_rnn._inspect import operator_counts
+
+    plain = make_variant("int8", DATA / source, tmp_path / "q.onnx")
+    kept = make_variant("int8", DATA / source, tmp_path / "k.onnx", int8=Int8Settings(keep_float=(keep,)))
+    def quantised(v) -> int:  # quantised operators, in the Scan bodies too
+        return sum(n for k, n in operator_counts(onnx.load(str(v.path)).graph).items()
+                   if "Quantize" in k or "Integer" in k)
+
+    assert quantised(plain) > quantised(kept)  # the kept recurrent node's operators stay float
+    if source == "token_gru.onnx":
+        assert quantised(kept) > 0  # the logits' MatMul is still quantised
+    else:
+        assert quantised(kept) == 0

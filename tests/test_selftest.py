@@ -104,7 +104,7 @@ def test_golden_outputs_shifted_beyond_the_bound_with_the_hash_fixed_up_fail_the
     on = [f for f, v in host_record()["features"].items() if v]
     assert all(f in msg for f in on)  # this CPU's relevant features are named
     r = CliRunner().invoke(main, ["check", str(copy)])
-    assert r.exit_code == 1 and "OVER ITS BOUND" in r.output and "fail on this machine" in r.output
+    assert r.exit_code == 1 and "OVER ITS BOUND" in r.output and "over their bound on this machine" in r.output
     assert StreamingModel.load(copy, variant="int8").self_test is None  # without the self-test it still loads
 
 
@@ -157,7 +157,7 @@ def test_a_manifest_with_a_forged_bound_is_refused(copy, bound):
     manifest = _manifest(copy)
     manifest["variants"]["int8"]["golden"]["bound"] = bound
     _write_manifest(copy, manifest)
-    with pytest.raises(ModelFormatError, match="expected golden.bound with atol and rtol"):
+    with pytest.raises(ModelFormatError, match="expected golden.bound with atol > 0 and rtol"):
         StreamingModel.load(copy, variant="int8", self_test=True)
 
 
@@ -192,7 +192,8 @@ def test_the_projected_error_scales_the_hosts_long_stream_figure_by_the_golden_e
     assert estimate_error(result(0.001, 0.002), entry) == pytest.approx(0.01)  # better here: never below the host's
     assert estimate_error(result(0.02, 0.02), entry) == pytest.approx(0.02)  # never below the replay's own
     assert estimate_error(result(1e-7, 0.0), {"error": {"max_abs": 0.0}}) == pytest.approx(1e-7)  # fp32
-    assert estimate_error(result(0.001, None), entry) == float("inf")  # nothing to compare with: never picked
+    assert estimate_error(result(0.001, None), entry) == pytest.approx(0.01)  # no host figure: the larger of the two
+    assert estimate_error(result(0.001, 0.001), {"error": {}}) == float("inf")  # no long-stream figure: never picked
 
 
 # --------------------------------------------------------------- the host record
@@ -218,3 +219,129 @@ def test_the_host_record_names_the_cpu_its_int8_features_onnxruntime_and_the_os(
 def test_which_int8_kernel_a_cpu_runs_follows_its_features(features, kernel):
     assert int8_kernel(features).startswith(kernel)
     assert ("saturates" in int8_kernel(features)) == (kernel == "avx2")
+
+
+# --------------------------------------------------------------- hostile bundles (the review's reproducers)
+def test_a_json_integer_too_large_for_a_float_is_no_number(copy):
+    manifest = _manifest(copy)
+    manifest["variants"]["int8"]["golden"]["bound"]["atol"] = 10**400
+    manifest["variants"]["fp16"]["error"]["max_abs"] = 10**400
+    manifest["variants"]["fp16"]["speed"]["step_us"] = 10**400
+    _write_manifest(copy, manifest)
+    with pytest.raises(ModelFormatError, match="expected golden.bound with atol > 0"):
+        StreamingModel.load(copy, variant="int8", self_test=True)
+    assert StreamingModel.load(copy, max_error=0.1).variant != "fp16"  # not a number: never picked, no crash
+    assert StreamingModel.load(copy, max_error=0.1, self_test=True).variant != "fp16"
+    r = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert "Traceback" not in r.output and r.exit_code == 0, r.output
+
+
+def _rewrite_golden(folder: Path, arrays: dict, meta: dict | None = None) -> None:
+    """golden.npz rewritten with some members replaced (or its meta), and the manifest's hash fixed up."""
+    import io
+    import zipfile
+
+    with np.load(folder / "golden.npz", allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    if meta is not None:
+        files["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    files.update(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v for k, v in files.items() if not isinstance(v, bytes)})
+    if any(isinstance(v, bytes) for v in files.values()):  # a raw member: an .npy header written by hand
+        with zipfile.ZipFile(buf, "a") as z:
+            for k, v in files.items():
+                if isinstance(v, bytes):
+                    z.writestr(k + ".npy", v)
+    (folder / "golden.npz").write_bytes(buf.getvalue())
+    manifest = _manifest(folder)
+    manifest["golden"]["sha256"] = sha256_of(folder / "golden.npz")
+    manifest["golden"].pop("steps"), manifest["golden"].pop("chunks")
+    _write_manifest(folder, manifest)
+
+
+def _meta(folder: Path) -> dict:
+    with np.load(folder / "golden.npz", allow_pickle=False) as z:
+        return json.loads(z["meta"].tobytes().decode())
+
+
+@pytest.mark.parametrize("case", ["short_inputs", "scalar_input", "huge_chunk", "float_chunk", "bool_format",
+                                  "huge_header", "extra_member", "state_rows", "zero_chunk"])
+def test_a_golden_file_that_does_not_fit_is_one_clean_error(copy, case):
+    g = load_golden(copy / "golden.npz")
+    meta = _meta(copy)
+    if case == "short_inputs":
+        _rewrite_golden(copy, {"inputs0": g.inputs["x"][:-3]})
+    elif case == "scalar_input":
+        _rewrite_golden(copy, {"inputs0": np.float32(1.0)})
+    elif case == "huge_chunk":
+        _rewrite_golden(copy, {}, {**meta, "chunks": [10**30]})
+    elif case == "float_chunk":
+        _rewrite_golden(copy, {}, {**meta, "chunks": [c + 0.5 for c in meta["chunks"]]})
+    elif case == "bool_format":
+        _rewrite_golden(copy, {}, {**meta, "format": True})
+    elif case == "zero_chunk":
+        _rewrite_golden(copy, {}, {**meta, "chunks": [0, *meta["chunks"]]})
+    elif case == "huge_header":  # a tiny member whose header claims 4 TiB
+        header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"
+        header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+        _rewrite_golden(copy, {"outputs0": b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header})
+    elif case == "extra_member":
+        _rewrite_golden(copy, {"inputs7": np.zeros(3, np.float32)})
+    else:
+        _rewrite_golden(copy, {"states0": g.states["h0"][:-1]})
+    with pytest.raises(ModelFormatError):
+        StreamingModel.load(copy, variant="int8", self_test=True)
+    r = CliRunner().invoke(main, ["check", str(copy), "--variant", "static"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+
+
+def test_the_manifests_golden_steps_must_be_the_files(copy):
+    manifest = _manifest(copy)
+    manifest["golden"]["chunks"] = [1]
+    _write_manifest(copy, manifest)
+    with pytest.raises(ModelFormatError, match="golden steps and chunks differ"):
+        StreamingModel.load(copy, variant="int8", self_test=True)
+
+
+def test_max_error_without_the_hosts_golden_figure_falls_back_to_what_was_measured(copy):
+    manifest = _manifest(copy)
+    for e in manifest["variants"].values():
+        del e["golden"]["measured"]
+    _write_manifest(copy, manifest)
+    assert StreamingModel.load(copy, max_error=1.0, self_test=True).self_test.ok
+
+
+def test_untrusted_manifest_text_is_printed_on_one_line(copy):
+    manifest = _manifest(copy)
+    manifest["host"]["cpu"] = "Totally Fine CPU\nError: \x1b[32mall variants ok"
+    manifest["variants"]["a\nb"] = manifest["variants"]["fp16"]
+    _write_manifest(copy, manifest)
+    _shift_golden(copy, 0.2)
+    with pytest.raises(SelfTestError) as e:
+        StreamingModel.load(copy, variant="int8", self_test=True)
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+    r = CliRunner().invoke(main, ["check", str(copy)])
+    assert r.exit_code == 1 and "\x1b" not in r.output
+    assert not any(line.startswith("Error: all variants ok") for line in r.output.splitlines())
+    assert "a\\x0ab" in r.output
+    r = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert "a\\x0ab" in r.output and "\x1b" not in r.output
+
+
+def test_a_manifest_linked_out_of_the_folder_is_refused(copy, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    (copy / "manifest.json").rename(outside)
+    (copy / "manifest.json").symlink_to(outside)
+    with pytest.raises(ModelFormatError, match="a link out of the bundle's folder"):
+        StreamingModel.load(copy)
+
+
+def test_a_golden_stream_always_crosses_several_chunk_ends():
+    from edge_rnn.runtime._golden import MIN_CHUNKS, golden_chunks
+
+    for multiple in (1, 4, 256):
+        for steps in (1, 32, 2048):
+            chunks = golden_chunks(np.random.default_rng(0), steps, multiple)
+            assert len(chunks) >= MIN_CHUNKS and sum(chunks) >= steps and all(c % multiple == 0 for c in chunks)
+    assert len(load_golden(BUNDLE / "golden.npz").chunks) >= MIN_CHUNKS

@@ -85,6 +85,9 @@ def optimize(model: Path, int8: bool, fp16: bool, static: bool, static_int8: boo
     if calibration is not None and not static_int8:
         raise click.UsageError("--calibration goes with --static-int8")
     settings = _int8_settings(int8_target, int8_reduce_range, int8_per_channel, int8_weight_type, int8_keep_float)
+    from edge_rnn.deploy._variants import check_int8_settings
+
+    check_int8_settings(model, settings, tuple(names))
     sequences = _read_data(data)
     calibration_data = _read_data(calibration)
     folder = output_dir or model.parent
@@ -181,7 +184,7 @@ def check(bundle: Path, variants: tuple[str, ...], form: str) -> None:
     import time
 
     from edge_rnn.runtime import StreamingModel
-    from edge_rnn.runtime._bundle import read_manifest
+    from edge_rnn.runtime._bundle import printable, read_manifest
     from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
     from edge_rnn.runtime._selftest import golden_of, self_test
 
@@ -191,32 +194,35 @@ def check(bundle: Path, variants: tuple[str, ...], form: str) -> None:
     names = list(variants) or list(manifest["variants"])
     unknown = [n for n in names if n not in manifest["variants"]]
     if unknown:
-        raise EdgeRnnError(f"--variant {unknown}: expected some of {sorted(manifest['variants'])}")
+        raise EdgeRnnError(f"--variant {unknown}: expected some of {[printable(n, 40) for n in manifest['variants']]}")
     golden = golden_of(bundle, manifest)
     here = host_record()
     click.echo(f"packaged on: {describe_host(manifest.get('host'))}")
     click.echo(f"this machine: {describe_host(here)}; int8 kernel {int8_kernel(here['features'])}")
     click.echo(f"golden stream: {golden.steps} steps in {len(golden.chunks)} chunks")
     click.echo(f"{'variant':<12} {'bound':>15} {'packaging host':>15} {'this machine':>13} {'of bound':>9} "
-               f"{'ms':>7}  verdict")
-    failed = []
+               f"{'ms':>7}  verdict  ({form} form)")
+    over, refused = [], []
     for name in names:
+        shown = printable(name, 40)
         t0 = time.perf_counter()
         try:
             m = StreamingModel.load(bundle, variant=name, form=form)
-            r = self_test(m, bundle, manifest, name, golden)
+            r = self_test(m, bundle, manifest, name, golden, form=form)
         except EdgeRnnError as e:
-            failed.append(name)
-            click.echo(f"{name:<12} REFUSED: {e}")
+            refused.append(shown)
+            click.echo(f"{shown:<12} REFUSED: {e}")
             continue
         ms = (time.perf_counter() - t0) * 1e3
         host = "?" if r.host_max_abs is None else f"{r.host_max_abs:.3g}"
         bound = f"{r.check.atol:g}+{r.check.rtol:g}|y|"
-        click.echo(f"{name:<12} {bound:>15} {host:>15} {r.check.max_abs:13.3g} {r.check.worst_fraction:9.3f} "
+        click.echo(f"{shown:<12} {bound:>15} {host:>15} {r.check.max_abs:13.3g} {r.check.worst_fraction:9.3f} "
                    f"{ms:7.1f}  {'ok' if r.ok else 'OVER ITS BOUND'}")
         if not r.ok:
-            failed.append(name)
-    if failed:
-        raise EdgeRnnError(f"variant(s) {failed} fail on this machine; do not serve them here")
+            over.append(shown)
+    problems = ([f"{over} over their bound on this machine (do not serve them here)"] if over else []) + \
+        ([f"{refused} could not be tested (above)"] if refused else [])
+    if problems:
+        raise EdgeRnnError("variant(s) " + "; ".join(problems))
 
 

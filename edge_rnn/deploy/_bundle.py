@@ -32,12 +32,12 @@ from edge_rnn.deploy._fidelity import input_source, measure_against
 from edge_rnn.deploy._int8 import Int8Settings
 from edge_rnn.deploy._mobile import mobile_support
 from edge_rnn.deploy._ort import to_ort
-from edge_rnn.deploy._variants import VARIANTS, make_variant
+from edge_rnn.deploy._variants import VARIANTS, check_int8_settings, make_variant
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness import TOLERANCE
 from edge_rnn.runtime import StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
-from edge_rnn.runtime._golden import Golden, golden_chunks, record, replay, save_golden
+from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden
 from edge_rnn.runtime._host import describe_host, host_record
 from edge_rnn.runtime.bench import random_chunk
 
@@ -101,21 +101,31 @@ def _golden_stream(fp32: Path, data: Any, multiple: int) -> Golden:
     model = StreamingModel.load(fp32, threads=1)
     timed = any(p.time_axis is not None for p in model.inputs)
     source = input_source(model, data)
-    steps = _GOLDEN_STEPS
+    steps, longest = _GOLDEN_STEPS, 8
     while True:
         rng = np.random.default_rng(1234)
-        chunks = golden_chunks(rng, steps, multiple) if timed else (1,) * steps
+        chunks = golden_chunks(rng, steps, multiple, longest) if timed else (1,) * steps
         golden = record(model, _per_stream(model, source(rng, 1, sum(chunks), not timed), timed), chunks)
         size = sum(a.nbytes for t in (golden.inputs, golden.outputs, golden.states) for a in t.values())
-        if size <= _GOLDEN_BUDGET or steps <= 2 * multiple:
-            return golden
-        steps //= 2
+        if size <= _GOLDEN_BUDGET or (longest == 1 and steps <= MIN_CHUNKS * multiple):
+            return golden  # the least a golden stream is: MIN_CHUNKS chunks of the fixed chunk, whatever its size
+        if steps > MIN_CHUNKS:
+            steps //= 2
+        else:
+            longest = 1
 
 
 def _golden_entry(path: Path, golden: Golden, tolerance: Any) -> dict[str, Any]:
     """What a variant's golden replay here measured, and the bound a device holds it to."""
     check = replay(StreamingModel.load(path, threads=1), golden, atol=tolerance.atol, rtol=tolerance.rtol)
     return {"bound": {"atol": tolerance.atol, "rtol": tolerance.rtol}, "measured": check.to_dict()}
+
+
+def _bound_of(entry: dict[str, Any]) -> Any:
+    from edge_rnn.harness import Tolerance
+
+    bound = entry["golden"]["bound"]
+    return Tolerance(atol=bound["atol"], k=0.0, rtol=bound["rtol"])
 
 
 def _refusal(reason: str, message: str, **more: Any) -> dict[str, Any]:
@@ -154,6 +164,7 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
     if check_external_data(model.read_bytes(), model):
         raise UnsupportedError(f"{model}: keeps its weights in other files; a bundle holds single-file models "
                                "(onnx.save(onnx.load(path), new_path) brings them in)")
+    check_int8_settings(model, int8 or Int8Settings(), variants)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EdgeRnnError(f"{folder}: {'not a folder' if not folder.is_dir() else 'not empty'}; a bundle is "
                            "written to a new or empty folder")
@@ -174,69 +185,103 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
     return result
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every variant of one bundle is made and measured with."""
+
+    model: Path
+    fp32: Path
+    golden: Golden
+    data: Any
+    calibration: Any
+    steps: int
+    chunk: int
+    threshold: float | None
+    int8: Int8Settings
+
+
+def _measured(job: _Job, name: str, path: Path) -> tuple[dict[str, Any], Any]:
+    """Make variant ``name`` at ``path`` and measure it: its manifest entry so far, and its bound, or raise
+    _Refused with the structured reason (nothing of it left on disk)."""
+    if name == "fp32":
+        return {"notes": [], "error": {"max_abs": 0.0, "grows": False, "ok": True, "note": "the reference"}}, \
+            TOLERANCE["float32"]
+    try:
+        v = make_variant(name, job.model, path, chunk=job.chunk, calibration=job.calibration, int8=job.int8)
+    except UnsupportedError as e:
+        path.unlink(missing_ok=True)
+        raise _Refused(_refusal("cannot_make", str(e))) from None
+    err = measure_against(path, job.fp32, steps=job.steps, data=job.data, threshold=job.threshold)
+    if not err.ok:
+        path.unlink()
+        worst = max(err.tensors, key=lambda t: t.worst_fraction)
+        raise _Refused(_refusal("grows" if err.grows else "over_bound",
+                                f"{name}: max abs error {err.max_abs:.3g} over {job.steps:,} steps, "
+                                f"{worst.worst_fraction:.3g}x its bound on {worst.kind} {worst.name!r}"
+                                f"{'; the error grows along the stream' if err.grows else ''} "
+                                f"(measured on {describe_host(host_record())})", error=err.to_dict()))
+    return {"notes": v.notes, "error": err.to_dict()}, err.tolerance
+
+
+class _Refused(Exception):
+    def __init__(self, why: dict[str, Any]):
+        super().__init__(why["message"])
+        self.why = why
+
+
+def _entry(job: _Job, name: str, path: Path) -> dict[str, Any]:
+    """Variant ``name``'s whole manifest entry, its golden replay here included, or raise _Refused."""
+    entry, tolerance = _measured(job, name, path)
+    entry["golden"] = _golden_entry(path, job.golden, tolerance)
+    if not entry["golden"]["measured"]["ok"]:
+        if name != "fp32":
+            path.unlink()
+        raise _Refused(_refusal("golden_over_bound", f"{name}: its golden replay is over its bound on the "
+                                "packaging host itself", golden=entry["golden"]))
+    entry.update(_describe(path))
+    entry["speed"] = _speed(path)
+    entry["providers"] = {s.provider: s.to_dict() for s in mobile_support(path)}
+    entry["providers"]["XNNPACK"] = {"checked": False, "note": "onnxruntime has no usability checker for it"}
+    return entry
+
+
+def _add_ort(folder: Path, entries: dict[str, dict], golden: Golden) -> Path:
+    """Each kept variant in ORT format too, with its own size, speed and golden replay; the operators config."""
+    written, config = to_ort([folder / e["file"] for e in entries.values()], folder)
+    for entry, ort_path in zip(entries.values(), written):
+        entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size,
+                        "speed": _speed(ort_path), "golden": _golden_entry(ort_path, golden, _bound_of(entry))}
+        if entry["contract"]["source"].get("variant") == "fp16":
+            entry["ort"]["note"] = ("weights kept in float16 (the file is saved unoptimised): on the CPU "
+                                    "provider their Casts to float32 run at every call; see speed")
+        elif ort_path.stat().st_size > 1.2 * (folder / entry["file"]).stat().st_size:
+            entry["ort"]["note"] = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the "
+                                    "constants onnxruntime's optimiser folded while converting")
+    return config
+
+
 def _package(model: Path, folder: Path, variants: tuple[str, ...], ort_format: bool, data: Any, calibration: Any,
              steps: int, chunk: int, threshold: float | None, int8: Int8Settings, say: Any) -> PackageResult:
-    stem = model.stem
     entries: dict[str, dict] = {}
     refused: dict[str, dict[str, Any]] = {}
-    fp32 = folder / f"{stem}.onnx"
+    fp32 = folder / f"{model.stem}.onnx"
     shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
     multiple = chunk if any(v.startswith("static") for v in variants) else 1
     golden = _golden_stream(fp32, data, multiple)
     save_golden(golden, folder / GOLDEN_FILE)
+    job = _Job(model, fp32, golden, data, calibration, steps, chunk, threshold, int8)
     for name in variants:
         say(f"{name}: making and measuring")
-        path = fp32 if name == "fp32" else folder / f"{stem}.{name}.onnx"
-        entry: dict[str, Any] = {"notes": []}
-        tolerance = TOLERANCE["float32"]
-        if name != "fp32":
-            try:
-                v = make_variant(name, model, path, chunk=chunk, calibration=calibration, int8=int8)
-            except UnsupportedError as e:
-                refused[name] = _refusal("cannot_make", str(e))
-                path.unlink(missing_ok=True)
-                continue
-            entry["notes"] = v.notes
-            err = measure_against(path, fp32, steps=steps, data=data, threshold=threshold)
-            entry["error"] = err.to_dict()
-            tolerance = err.tolerance
-            if not err.ok:
-                worst = max(err.tensors, key=lambda t: t.worst_fraction)
-                refused[name] = _refusal("grows" if err.grows else "over_bound",
-                                         f"{name}: max abs error {err.max_abs:.3g} over {steps:,} steps, "
-                                         f"{worst.worst_fraction:.3g}x its bound on {worst.kind} {worst.name!r}"
-                                         f"{'; the error grows along the stream' if err.grows else ''} "
-                                         f"(measured on {describe_host(host_record())})", error=err.to_dict())
-                path.unlink()
-                continue
-        else:
-            entry["error"] = {"max_abs": 0.0, "grows": False, "ok": True, "note": "the reference"}
-        entry["golden"] = _golden_entry(path, golden, tolerance)
-        if not entry["golden"]["measured"]["ok"]:
-            refused[name] = _refusal("golden_over_bound", f"{name}: its golden replay is over its bound on the "
-                                     "packaging host itself", golden=entry["golden"])
-            if name != "fp32":
-                path.unlink()
-            continue
-        entry.update(_describe(path))
-        entry["speed"] = _speed(path)
-        entry["providers"] = {s.provider: s.to_dict() for s in mobile_support(path)}
-        entry["providers"]["XNNPACK"] = {"checked": False, "note": "onnxruntime has no usability checker for it"}
-        entries[name] = entry
+        try:
+            entries[name] = _entry(job, name, fp32 if name == "fp32" else folder / f"{model.stem}.{name}.onnx")
+        except _Refused as r:
+            refused[name] = r.why
+    if not entries:
+        reasons = "; ".join(f"{n}: {why['message']}" for n, why in refused.items())
+        raise UnsupportedError(f"no variant left to bundle, every one asked for was refused ({reasons})")
     if "fp32" not in entries:  # the reference was only needed to measure the others
         fp32.unlink(missing_ok=True)
-    config = None
-    if ort_format and entries:
-        written, config = to_ort([folder / e["file"] for e in entries.values()], folder)
-        for entry, ort_path in zip(entries.values(), written):
-            entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size,
-                            "speed": _speed(ort_path)}
-            if entry["contract"]["source"].get("variant") == "fp16":
-                entry["ort"]["note"] = ("weights kept in float16 (the file is saved unoptimised): on the CPU "
-                                        "provider their Casts to float32 run at every call; see speed")
-            elif ort_path.stat().st_size > 1.2 * (folder / entry["file"]).stat().st_size:
-                entry["ort"]["note"] = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the "
-                                        "constants onnxruntime's optimiser folded while converting")
+    config = _add_ort(folder, entries, golden) if ort_format else None
     golden_file = folder / GOLDEN_FILE
     manifest = {
         "format": BUNDLE_FORMAT, "created_by": f"edge-rnn {__version__}", "source_model": model.name,

@@ -33,7 +33,7 @@ from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
-__all__ = ["Variant", "make_variant", "VARIANTS"]
+__all__ = ["Variant", "make_variant", "VARIANTS", "check_int8_settings"]
 
 VARIANTS = ("int8", "fp16", "static", "static-int8")
 
@@ -56,18 +56,47 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts)
 
 
-def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """The graph the int8 variant quantises (GRU and RNN nodes rewritten in the decomposed form), the names of the
+    nodes ``settings.keep_float`` leaves in float32, and notes. Raises for a keep_float entry that names
+    nothing: :func:`check_int8_settings` runs it before any work."""
     notes = []
     ops = _operators(model)
+    rewritten = {}
     if ops.get("GRU") or ops.get("RNN"):
+        index = 0
+        for node in model.graph.node:  # decompose_recurrent's prefixes: every node of a rewrite starts with one
+            if node.op_type in ("GRU", "RNN") and node.domain in ("", "ai.onnx"):
+                prefix = f"{node.name or node.op_type}_{index}/"
+                rewritten[node.name or prefix] = (node.op_type, prefix)
+                index += 1
         model, n = decompose_recurrent(model, ("GRU", "RNN"))
         notes.append(f"{n} GRU/RNN node(s) rewritten in the decomposed form (onnxruntime has no GRU or RNN "
                      "quantiser); its MatMuls, inside the Scan too, are quantised")
     if ops.get("LSTM"):
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
-    excluded = keep_float_nodes(model, settings.keep_float)
+    return model, keep_float_nodes(model, settings.keep_float, rewritten), notes
+
+
+def check_int8_settings(model_path: Path, settings: Int8Settings, variants: tuple[str, ...]) -> None:
+    """Refuse, before any variant is made, int8 settings that cannot apply: a keep_float entry that names no node of
+    the model, or one given with static-int8 (whose unrolled graph has nodes of its own)."""
+    if not settings.keep_float or not {"int8", "static-int8"} & set(variants):
+        return
+    if "static-int8" in variants:
+        raise UnsupportedError("int8 keep_float applies to the int8 variant; static-int8's unrolled graph has nodes "
+                               "of its own: make it without --int8-keep-float")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise ModelFormatError(f"{model_path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    int8_graph(model, settings)
+
+
+def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model, excluded, notes = int8_graph(model, settings)
     weight_type = QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "fp32.onnx"

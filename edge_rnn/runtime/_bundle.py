@@ -20,7 +20,8 @@ import numpy as np
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number"]
+__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number",
+           "printable"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 2  # 2: golden vectors and the packaging host's record; 1 (no golden vectors) is still read
@@ -50,6 +51,8 @@ def sha256_of(path: Path) -> str:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
     if not path.is_file():
         raise ModelFormatError(f"{folder}: a folder without {MANIFEST}; expected a bundle written by edge-rnn package")
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
@@ -81,11 +84,23 @@ def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, 
 
 def number(entry: dict, group: str, key: str) -> float | None:
     """``entry[group][key]`` when it is a finite number (not a bool), else None: a manifest is not trusted."""
-    sub = entry.get(group)
+    sub = entry.get(group) if isinstance(entry, dict) else None
     value = sub.get(key) if isinstance(sub, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        value = float(value)  # JSON integers have no size limit: 10**400 is not a float
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def printable(text: Any, limit: int = 200) -> str:
+    """An untrusted string (a manifest's) made safe to print in one line: control characters escaped, cut."""
+    text = text if isinstance(text, str) else repr(text)
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                  for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 def check_max_error(max_error: Any) -> None:

@@ -33,6 +33,7 @@ __all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_gol
 
 GOLDEN_FORMAT = 1
 _MAX_GOLDEN_BYTES = 64 << 20  # a golden file is a few hundred KiB; anything far larger is not one
+_MAX_STEPS = 1 << 20  # steps of a golden stream, at most (it is a short one)
 
 
 @dataclass(frozen=True)
@@ -106,19 +107,25 @@ def _timed(model: Any) -> bool:
     return any(p.stream_time_axis is not None for p in model.inputs)
 
 
+MIN_CHUNKS = 4  # a golden stream carries its state across at least three chunk ends
+
+
 def golden_chunks(rng: np.random.Generator, steps: int, multiple: int = 1, longest: int = 8) -> tuple[int, ...]:
     """Random chunk lengths, each a multiple of ``multiple`` (a static form's fixed chunk), adding up to at least
-    ``steps``: so every variant of a bundle, static forms included, replays the same chunk ends."""
+    ``steps``, and at least :data:`MIN_CHUNKS` of them: so every variant of a bundle, static forms included,
+    replays the same chunk ends, and a variant that mishandles its incoming state cannot pass."""
     out: list[int] = []
-    while sum(out) < steps:
+    while sum(out) < steps or len(out) < MIN_CHUNKS:
         out.append(multiple * int(rng.integers(1, longest + 1)))
     return tuple(out)
 
 
-def _piece(port: Any, a: np.ndarray, start: int, n: int) -> np.ndarray:
+def _piece(port: Any, a: np.ndarray, start: int, n: int, timed: bool) -> np.ndarray:
+    """One call's piece of a golden input: steps ``start .. start + n`` along its time axis; for a model with no
+    time axis, call ``start``'s row; an input without one in a model with one is the same on every call."""
     t = port.stream_time_axis
     if t is None:
-        return a[start]
+        return a if timed else a[start]
     return a[(slice(None),) * t + (slice(start, start + n),)]
 
 
@@ -141,13 +148,17 @@ def _calls(model: Any, golden: Golden) -> list[int]:
 def _run(model: Any, golden: Golden) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[int]]:
     """The model over the golden inputs; its outputs (the golden layout) and its states after each recorded chunk."""
     calls = _calls(model, golden)
+    timed = _timed(model)
+    if timed and calls != list(golden.chunks) and any(p.stream_time_axis is None for p in model.outputs):
+        raise UnsupportedError("an output without a time axis (one value per call) cannot be compared over calls "
+                               f"{calls[:4]}... other than the recorded chunks {list(golden.chunks)[:4]}...")
     ends = set(np.cumsum(golden.chunks).tolist())
     stream = model.open_stream()
     outs: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
     states: dict[str, list[np.ndarray]] = {s.input: [] for s in model.states}
     start = 0
     for n in calls:
-        chunk = {p.name: _piece(p, golden.inputs[p.name], start, n) for p in model.inputs}
+        chunk = {p.name: _piece(p, golden.inputs[p.name], start, n, timed) for p in model.inputs}
         for name, y in model.step(stream, chunk).items():
             outs[name].append(y)
         start += n
@@ -183,14 +194,40 @@ def _fraction(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> tup
     return float(diff.max(initial=0.0)), float((diff / (atol + rtol * np.abs(r))).max(initial=0.0))
 
 
-def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenCheck:
-    """Replay the golden stream through ``model`` (a variant) and hold everything against the reference."""
+def _check_fit(model: Any, golden: Golden) -> None:
+    """Every array of the golden stream has the shape this model's stream gives it: the inputs and outputs
+    ``steps`` long along their time axis (calls along axis 0 without one), the states one per chunk. A golden
+    file is hashed, but what it says is checked before anything is replayed."""
     want_in = {p.name for p in model.inputs}
     if set(golden.inputs) != want_in or set(golden.outputs) != {p.name for p in model.outputs} or \
             set(golden.states) != {s.input for s in model.states}:
         raise ModelFormatError(f"golden vectors of inputs {sorted(golden.inputs)}, outputs {sorted(golden.outputs)} "
                                f"and states {sorted(golden.states)}: expected this model's {sorted(want_in)}, "
                                f"{[p.name for p in model.outputs]} and {[s.input for s in model.states]}")
+    timed = _timed(model)
+    for kind, ports, table in (("input", model.inputs, golden.inputs), ("output", model.outputs, golden.outputs)):
+        for p in ports:
+            a, t = table[p.name], p.stream_time_axis
+            if t is not None:  # steps along its time axis
+                rank, axis, n = len(p.stream_shape), t, golden.steps
+            elif not timed or kind == "output":  # one row per call
+                rank, axis, n = len(p.stream_shape) + 1, 0, (golden.steps if not timed else len(golden.chunks))
+            else:  # fed whole on every call
+                rank, axis, n = len(p.stream_shape), None, None
+            if a.ndim != rank or (axis is not None and a.shape[axis] != n):
+                raise ModelFormatError(f"golden {kind} {p.name!r}: expected {rank} axes"
+                                       f"{'' if axis is None else f' with {n} along axis {axis}'}, got shape "
+                                       f"{a.shape}")
+    for s in model.states:
+        a = golden.states[s.input]
+        want = (len(golden.chunks), *[d for i, d in enumerate(s.shape) if i != s.batch_axis])
+        if a.shape != want:
+            raise ModelFormatError(f"golden state {s.input!r}: expected shape {want} (one per chunk), got {a.shape}")
+
+
+def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenCheck:
+    """Replay the golden stream through ``model`` (a variant) and hold everything against the reference."""
+    _check_fit(model, golden)
     try:
         outs, states, calls = _run(model, golden)
     except ShapeError as e:
@@ -214,34 +251,65 @@ def save_golden(golden: Golden, path: Path) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def load_golden(path: Path) -> Golden:
-    """Read a golden file, refusing anything that is not one (it is hashed, but never trusted further)."""
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: listed as the golden vectors but missing")
-    if path.stat().st_size > _MAX_GOLDEN_BYTES:
-        raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+def _members(data: bytes, path: Path) -> None:
+    """Every member of the archive is a plain .npy whose header declares a small, non-object array: checked
+    before numpy reads one (a header can claim terabytes of a tiny member)."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = z.infolist()
+        if sum(i.file_size for i in infos) > 4 * _MAX_GOLDEN_BYTES:
+            raise ModelFormatError(f"{path}: unpacks to over {4 * _MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+        for info in infos:
+            with z.open(info) as f:
+                version = npy.read_magic(f)
+                shape, _, dtype = (npy.read_array_header_1_0(f) if version == (1, 0)
+                                   else npy.read_array_header_2_0(f))
+            if dtype.hasobject or math.prod(shape) * dtype.itemsize > _MAX_GOLDEN_BYTES:
+                raise ModelFormatError(f"{path}: member {info.filename!r} declares {dtype} {shape}; not golden vectors")
+
+
+def _chunks(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or len(value) > _MAX_STEPS or not all(
+            type(c) is int and 1 <= c <= _MAX_STEPS for c in value) or sum(value) > _MAX_STEPS:
+        raise ValueError(f"chunks: expected a list of integers from 1 to {_MAX_STEPS}, got {str(value)[:80]}")
+    return tuple(value)
+
+
+def load_golden(path: Path, data: bytes | None = None) -> Golden:
+    """Read a golden file (or its ``data``, already read and hashed), refusing anything that is not one."""
+    if data is None:
+        if not path.is_file():
+            raise ModelFormatError(f"{path}: listed as the golden vectors but missing")
+        if path.stat().st_size > _MAX_GOLDEN_BYTES:
+            raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+        data = path.read_bytes()
     try:
-        with zipfile.ZipFile(path) as z:  # the unpacked size is bounded before numpy inflates anything
-            if sum(i.file_size for i in z.infolist()) > 4 * _MAX_GOLDEN_BYTES:
-                raise ModelFormatError(f"{path}: unpacks to over {4 * _MAX_GOLDEN_BYTES >> 20} MiB; not golden "
-                                       "vectors")
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+        _members(data, path)
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
         meta = json.loads(files.pop("meta").tobytes().decode())
-        if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
+        if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] != GOLDEN_FORMAT:
             raise ValueError(f"golden format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-        chunks = tuple(int(c) for c in meta["chunks"])
-        if not chunks or min(chunks) < 1:
-            raise ValueError("no chunks")
-        tables = {}
+        chunks = _chunks(meta["chunks"])
+        if type(meta.get("whole")) is not bool or (meta["whole"] and len(chunks) != 1):
+            raise ValueError("whole: expected true (with one chunk) or false")
+        tables, expected = {}, set()
         for group in ("inputs", "outputs", "states"):
             names = meta["names"][group]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+                    len(set(names)) != len(names):
                 raise ValueError(f"{group} names")
             tables[group] = {n: files[f"{group}{i}"] for i, n in enumerate(names)}
-        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], bool(meta["whole"]))
+            expected |= {f"{group}{i}" for i in range(len(names))}
+        if set(files) != expected:
+            raise ValueError(f"unexpected members {sorted(set(files) - expected)[:5]}")
+        if not tables["inputs"]:
+            raise ValueError("no inputs")
+        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], meta["whole"])
     except ModelFormatError:
         raise
-    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError,
+            MemoryError, EOFError) as e:
         raise ModelFormatError(f"{path}: expected golden vectors written by edge-rnn package, could not read them "
-                               f"({type(e).__name__}: {e})") from None
+                               f"({type(e).__name__}: {str(e)[:120]})") from None

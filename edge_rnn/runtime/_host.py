@@ -194,9 +194,15 @@ def host_record() -> dict[str, Any]:
 
 def describe_host(record: Any) -> str:
     """One line for a host record (ours or a manifest's; a manifest is not trusted, so any shape is taken)."""
+    from edge_rnn.runtime._bundle import printable
+
     if not isinstance(record, dict):
         return "an unrecorded machine"
     feats = record.get("features")
-    on = [k for k, v in feats.items() if v is True] if isinstance(feats, dict) else []
-    return (f"{record.get('cpu', '?')} ({record.get('machine', '?')}; {', '.join(on) or 'no int8-relevant features'}"
-            f"; onnxruntime {record.get('onnxruntime', '?')}; {record.get('os', '?')})")
+    on = [printable(k, 20) for k, v in feats.items() if v is True][:len(FEATURES)] if isinstance(feats, dict) else []
+
+    def field(key: str) -> str:
+        return printable(record.get(key, "?"), 80)
+
+    return (f"{field('cpu')} ({field('machine')}; {', '.join(on) or 'no int8-relevant features'}"
+            f"; onnxruntime {field('onnxruntime')}; {field('os')})")

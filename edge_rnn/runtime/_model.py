@@ -127,6 +127,11 @@ def _rows_coupled(data: bytes, picked: Any) -> bool:
     return any(op.rsplit(".", 1)[-1].startswith("DynamicQuantize") for op in ops)  # manifest: domain.op_type
 
 
+def _is_int8_variant(picked: Any) -> bool:
+    """Whether a bundle's variant is an int8 one, by its contract (what the self-test's advice depends on)."""
+    return picked.contract.source.get("variant") in ("int8", "static-int8")
+
+
 def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
     return (axis, *(i for i in range(rank) if i != axis))
 
@@ -290,8 +295,8 @@ class StreamingModel(BatchStepping):
         loaded.variant = picked.name if picked is not None else None
         if self_test and picked is not None:
             folder = picked.path.parent
-            result = run_self_test(loaded, folder, read_manifest(folder), picked.name)
-            raise_if_failed(result)
+            result = run_self_test(loaded, folder, read_manifest(folder), picked.name, form=form)
+            raise_if_failed(result, int8=_is_int8_variant(picked))
             loaded.self_test = result
         return loaded
 
@@ -307,7 +312,7 @@ class StreamingModel(BatchStepping):
                 projected[name] = number(manifest["variants"][name], "error", "max_abs")
                 continue  # over it already where it was packaged
             m = cls.load(folder, variant=name, form=form, **load)
-            result = run_self_test(m, folder, manifest, name, golden)
+            result = run_self_test(m, folder, manifest, name, golden, form=form)
             projected[name] = estimate_error(result, manifest["variants"][name]) if result.ok else math.inf
             if projected[name] <= max_error:
                 m.self_test = result

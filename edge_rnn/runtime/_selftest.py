@@ -9,17 +9,20 @@ stream is refused like an edited model file.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
-from edge_rnn.runtime._bundle import MANIFEST, number, sha256_of
+from edge_rnn.runtime._bundle import MANIFEST, number
 from edge_rnn.runtime._golden import Golden, GoldenCheck, load_golden, replay
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
 
 __all__ = ["SelfTest", "self_test", "golden_of", "estimate_error", "raise_if_failed"]
+
+_MAX_GOLDEN_FILE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,18 @@ def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
         raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
     if not path.is_file():
         raise ModelFormatError(f"{path}: listed in {MANIFEST} as the golden vectors but missing")
-    if sha256_of(path) != digest:
+    if path.stat().st_size > _MAX_GOLDEN_FILE:
+        raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_FILE >> 20} MiB; not golden vectors")
+    data = path.read_bytes()  # hashed and parsed from the same bytes: the file cannot change in between
+    if hashlib.sha256(data).hexdigest() != digest:
         raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the golden vectors were changed or "
                                "corrupted")
-    return load_golden(path)
+    golden = load_golden(path, data)
+    steps, chunks = spec.get("steps"), spec.get("chunks")
+    if (steps is not None and steps != golden.steps) or (chunks is not None and chunks != list(golden.chunks)):
+        raise ModelFormatError(f"{folder / MANIFEST}: its golden steps and chunks differ from {file}'s "
+                               f"({golden.steps} steps in {len(golden.chunks)} chunks)")
+    return golden
 
 
 def _bound(folder: Path, name: str, entry: dict[str, Any]) -> tuple[float, float]:
@@ -71,31 +82,38 @@ def _bound(folder: Path, name: str, entry: dict[str, Any]) -> tuple[float, float
     bound = golden.get("bound") if isinstance(golden, dict) else None
     atol = number({"b": bound}, "b", "atol") if isinstance(bound, dict) else None
     rtol = number({"b": bound}, "b", "rtol") if isinstance(bound, dict) else None
-    if atol is None or rtol is None or atol < 0 or rtol < 0:
-        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol and rtol >= 0")
+    if atol is None or rtol is None or not atol > 0 or rtol < 0:
+        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol > 0 and "
+                               "rtol >= 0")
     return atol, rtol
 
 
 def self_test(model: Any, folder: Path, manifest: dict[str, Any], name: str,
-              golden: Golden | None = None) -> SelfTest:
-    """Replay the golden stream through ``model`` (variant ``name`` of the bundle at ``folder``), here."""
+              golden: Golden | None = None, form: str = "onnx") -> SelfTest:
+    """Replay the golden stream through ``model`` (variant ``name`` of the bundle at ``folder``, in ``form``),
+    here; the packaging host's figure is that of the same form."""
     entry = manifest["variants"][name]
     atol, rtol = _bound(folder, name, entry)
     golden = golden if golden is not None else golden_of(folder, manifest)
     check = replay(model, golden, atol=atol, rtol=rtol)
-    measured = entry.get("golden", {}).get("measured")
+    holder = entry.get("ort") if form == "ort" else entry
+    golden_entry = holder.get("golden") if isinstance(holder, dict) else None
+    measured = golden_entry.get("measured") if isinstance(golden_entry, dict) else None
     host_abs = number({"m": measured}, "m", "max_abs") if isinstance(measured, dict) else None
     host_frac = number({"m": measured}, "m", "worst_fraction") if isinstance(measured, dict) else None
     return SelfTest(name, check, host_abs, host_frac, manifest.get("host"))
 
 
-def raise_if_failed(result: SelfTest) -> None:
+def raise_if_failed(result: SelfTest, int8: bool = False) -> None:
+    """Raise SelfTestError for a failed replay; ``int8``: the variant is an int8 one (the advice differs)."""
     if result.ok:
         return
     here = host_record()
+    advice = ("package int8 again with --int8-target portable (exact on every CPU class measured), or serve another "
+              "variant" if int8 else "its file or golden vectors differ from what was packaged, or this CPU computes "
+              "it otherwise: package it again, or serve another variant")
     raise SelfTestError(f"{result.describe()}. This CPU: {describe_host(here)}, int8 kernel "
-                        f"{int8_kernel(here['features'])}. The variant is over its bound on this machine: serve "
-                        "another variant, or package int8 with --int8-target portable (exact on every CPU)")
+                        f"{int8_kernel(here['features'])}. The variant is over its bound on this machine: {advice}")
 
 
 def estimate_error(result: SelfTest, entry: dict[str, Any]) -> float:
@@ -106,8 +124,8 @@ def estimate_error(result: SelfTest, entry: dict[str, Any]) -> float:
     if long is None:
         return math.inf
     host = result.host_max_abs
-    if host is None:
-        return math.inf
+    if host is None:  # nothing to scale by: the larger of the manifest's figure and what was measured here
+        return max(here, long)
     if host > 0:
         return max(here, long * max(1.0, here / host))
     return max(here, long) if here > 0 else long
