@@ -34,13 +34,13 @@ from edge_rnn.runtime._golden import golden_chunks, load_golden, record, replay,
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel  # noqa: E402
 
 INT8_BOUND = (5e-2, 5e-2)  # the tolerance table's int8 row (edge_rnn.harness.TOLERANCE)
-SETTINGS = {
+SETTINGS = {  # overrides of the default (portable: 7-bit uint8 weights)
     "portable": {},
-    "full-range": {"reduce_range": False},
-    "per-channel": {"per_channel": True},
-    "uint8": {"weight_type": "uint8"},
-    "full-range-per-channel": {"reduce_range": False, "per_channel": True},
-    "full-range-uint8": {"reduce_range": False, "weight_type": "uint8"},
+    "7-bit int8": {"weight_type": "int8"},
+    "full int8 (vnni)": {"reduce_range": False, "weight_type": "int8"},
+    "full uint8 (arm64)": {"reduce_range": False},
+    "portable per-channel": {"per_channel": True},
+    "full int8 per-channel": {"reduce_range": False, "weight_type": "int8", "per_channel": True},
 }
 
 
@@ -75,7 +75,7 @@ def prepare(folder: Path, steps: int) -> None:
         save_golden(record(model, inputs, chunks), folder / f"{name}.golden.npz")
         index[name] = {}
         for setting, fields in SETTINGS.items():
-            dst = folder / f"{name}.{setting}.onnx"
+            dst = folder / f"{name}.{setting.split(' (')[0].replace(' ', '-')}.onnx"
             make_variant("int8", path, dst, int8=Int8Settings(**fields))
             index[name][setting] = dst.name
         print(f"{name}: {total} steps in {len(chunks)} chunks, {len(SETTINGS)} int8 variants", flush=True)

@@ -67,10 +67,10 @@ def test_int8_of_a_native_lstm_uses_dynamic_quantize_lstm_and_keeps_the_contract
     assert {t.name for t in err.tensors} == {"y", "h0", "c0"} and all(t.kind for t in err.tensors)
 
 
-def test_int8_of_a_gru_goes_through_the_decomposed_form_and_keeps_integer_ids(tmp_path):
+def test_int8_of_a_gru_is_a_scan_of_quantised_products_and_keeps_integer_ids(tmp_path):
     v = make_variant("int8", DATA / "token_gru.onnx", tmp_path / "t8.onnx")
-    assert "GRU" not in ops(v.path) and "MatMulInteger" in ops(v.path)  # inside the Scan body too
-    assert any("rewritten in the decomposed form" in n for n in v.notes)
+    assert "GRU" not in ops(v.path) and "DynamicQuantizeMatMul" in ops(v.path)  # inside the Scan too
+    assert any("rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul" in n for n in v.notes)
     m = StreamingModel.load(v.path)
     assert (m.inputs[0].dtype, m.inputs[0].values) == (np.dtype(np.int64), (0, 39))
     err = measure_against(v.path, DATA / "token_gru.onnx", steps=2_000)
@@ -132,7 +132,7 @@ def test_cli_optimize_and_verify_against(tmp_path):
     r = run("optimize", DATA / "token_gru.onnx", "--int8", "--fp16", "-o", tmp_path, "--steps", "2000")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "token_gru.int8.onnx").is_file() and (tmp_path / "token_gru.fp16.onnx").is_file()
-    assert "rewritten in the decomposed form" in r.output and r.output.count("  ok") >= 4
+    assert "rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul" in r.output and r.output.count("  ok") >= 4
     r = run("verify", tmp_path / "token_gru.int8.onnx", "--against", DATA / "token_gru.onnx", "--steps", "2000")
     assert r.exit_code == 0 and "verdict: ok" in r.output, r.output
     r = run("verify", DATA / "lstm_layer.onnx", "--against", DATA / "gru_cell.onnx", "--steps", "2000")
@@ -202,10 +202,10 @@ def test_ort_format_files_inspect_verify_and_carry_the_contract(token_variants):
     names = {p.name for p in token_variants.iterdir()}
     assert {"token_gru.ort", "token_gru.int8.ort", "token_gru.fp16.ort", "required_operators.config"} <= names
     config = (token_variants / "required_operators.config").read_text()
-    assert "MatMulInteger" in config and "GRU" in config  # the fp32 model keeps its GRU, int8 has none
+    assert "DynamicQuantizeMatMul" in config and "GRU" in config  # the fp32 model keeps its GRU, int8 has none
     r = CliRunner().invoke(main, ["inspect", str(token_variants / "token_gru.int8.ort")])
     assert r.exit_code == 0 and "ORT format" in r.output and "values in [0, 39]" in r.output, r.output
-    assert "variant=int8" in r.output and "MatMulInteger" in r.output
+    assert "variant=int8" in r.output and "DynamicQuantizeMatMul" in r.output
     r = CliRunner().invoke(main, ["verify", str(token_variants / "token_gru.int8.ort"), "--against",
                                   str(token_variants / "token_gru.ort"), "--steps", "2000"])
     assert r.exit_code == 0 and "verdict: ok" in r.output, r.output
@@ -418,7 +418,7 @@ print(len(done), 'ok')
     assert r.returncode == 0 and r.stdout.strip().endswith("10 ok"), r.stdout + r.stderr
 
 
-def test_int8_of_a_vanilla_rnn_and_a_bidirectional_gru_goes_through_the_decomposed_form(tmp_path):
+def test_int8_of_a_vanilla_rnn_and_a_bidirectional_gru_is_a_scan_of_quantised_products(tmp_path):
     torch = pytest.importorskip("torch")
     import edge_rnn
 
@@ -427,7 +427,7 @@ def test_int8_of_a_vanilla_rnn_and_a_bidirectional_gru_goes_through_the_decompos
                          ("bigru", torch.nn.GRU(6, 16, num_layers=2, bidirectional=True))):
         edge_rnn.export(module.eval(), tmp_path / f"{name}.onnx", long_steps=0)
         v = make_variant("int8", tmp_path / f"{name}.onnx", tmp_path / f"{name}.int8.onnx")
-        assert not {"RNN", "GRU"} & set(v.operators) and "MatMulInteger" in ops(v.path)
+        assert not {"RNN", "GRU"} & set(v.operators) and "DynamicQuantizeMatMul" in ops(v.path)
         if name == "rnn":  # a bidirectional model is not streamable: one whole sequence per call, not measured here
             err = measure_against(v.path, tmp_path / f"{name}.onnx", steps=2_000)
             assert err.ok, err.table()

@@ -262,3 +262,27 @@ def test_keep_float_names_the_models_own_nodes_also_where_int8_rewrites_them(tmp
         assert quantised(kept) > 0  # the logits' MatMul is still quantised
     else:
         assert quantised(kept) == 0
+
+
+@pytest.mark.parametrize("weight_type", ["int8", "uint8"])
+@pytest.mark.parametrize("reduce_range", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantised_recurrent_weights_stay_in_the_range_that_is_exact_on_every_cpu(weight_type, reduce_range,
+                                                                                  per_channel):
+    import numpy as np
+
+    from edge_rnn.deploy._int8_recurrent import quantized_weight
+
+    w = np.random.default_rng(0).standard_normal((80, 768)).astype(np.float32) * 0.3
+    w[:, 5] = 0.0  # a column of zeros: its scale must stay finite
+    q, scale, zero = quantized_weight(w, Int8Settings(reduce_range=reduce_range, per_channel=per_channel,
+                                                      weight_type=weight_type))
+    assert q.dtype == np.dtype(weight_type) and np.isfinite(scale).all() and (scale > 0).all()
+    assert scale.shape == ((768,) if per_channel else ())
+    if weight_type == "int8":  # u8 x s8 pairs on AVX2 sum in int16: 2 x 255 x 63 = 32,130 <= 32,767 with 7 bits
+        assert zero is None and np.abs(q.astype(int)).max() <= (63 if reduce_range else 127)
+        back = q * scale
+    else:
+        assert q.max() <= (127 if reduce_range else 255) and zero.dtype == np.uint8
+        back = (q.astype(np.float32) - zero) * scale
+    assert np.abs(back - w).max() <= 0.51 * scale.max() + 1e-7  # round to nearest: half a step at most

@@ -16,13 +16,6 @@ __all__ = ["main"]
 _EXTRAS = {"torch": "export", "onnx": "export", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
            "httptools": "serve", "uvloop": "serve", "httpx": "client", "websockets": "client", "matplotlib": "diag"}
 _EXTRAS_BY_COMMAND = {("onnx", "optimize"): "deploy", ("onnx", "package"): "deploy", ("websockets", "serve"): "serve"}
-_META_EXTRAS = "edge_rnn.extras"  # ctx.meta: {module: extra} where this run of a command needs it for another reason
-
-
-def _prefer_extra(module: str, extra: str) -> None:
-    """Where ``module`` turns out missing in the rest of this command, name ``extra`` (e.g. verify --against:
-    onnx from the deploy extra, without torch)."""
-    click.get_current_context().meta.setdefault(_META_EXTRAS, {})[module] = extra
 
 
 class _Group(click.Group):
@@ -37,8 +30,7 @@ class _Group(click.Group):
         except ModuleNotFoundError as e:
             module = (e.name or "").partition(".")[0]
             command = ctx.invoked_subcommand or "?"
-            extra = (ctx.meta.get(_META_EXTRAS, {}).get(module) or _EXTRAS_BY_COMMAND.get((module, command))
-                     or _EXTRAS.get(module))
+            extra = _EXTRAS_BY_COMMAND.get((module, command)) or _EXTRAS.get(module)
             if extra is None:  # not an optional dependency: a broken install, whose traceback says more
                 raise
             raise click.ClickException(f"edge-rnn {command} needs the {extra} extra: pip install "

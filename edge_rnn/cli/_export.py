@@ -13,7 +13,6 @@ from edge_rnn.cli._common import (
     _build,
     _existing,
     _int_list,
-    _prefer_extra,
     _print_parity,
     _read_data,
     main,
@@ -213,7 +212,6 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
 
 def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Path | None,
                     threshold: float | None) -> None:
-    _prefer_extra("onnx", "deploy")  # comparing two ONNX files needs no torch: not the export extra
     from edge_rnn.deploy import measure_against
 
     _existing(model, "model")

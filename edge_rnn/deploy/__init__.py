@@ -4,35 +4,39 @@
 :func:`measure_against` streams a variant and its float32 model side by side
 and reports each output's and state's error, its growth along the stream and,
 for classifier outputs, decision agreement.
+
+Names are imported when first used: measuring a variant (``measure_against``,
+``edge-rnn verify --against``) needs only numpy and onnxruntime, making one
+needs onnx too.
 """
 
-from edge_rnn.deploy._bundle import PackageResult, manifest_table, package
-from edge_rnn.deploy._decompose import decompose_recurrent
-from edge_rnn.deploy._fidelity import GROWTH_FLAG, TensorError, VariantError, measure_against, precision_of
-from edge_rnn.deploy._int8 import INT8_TARGETS, Int8Settings
-from edge_rnn.deploy._mobile import PROVIDERS, ProviderSupport, mobile_support
-from edge_rnn.deploy._ort import to_ort
-from edge_rnn.deploy._static import static_form
-from edge_rnn.deploy._variants import VARIANTS, Variant, make_variant
+from __future__ import annotations
 
-__all__ = [
-    "make_variant",
-    "Int8Settings",
-    "INT8_TARGETS",
-    "Variant",
-    "VARIANTS",
-    "static_form",
-    "mobile_support",
-    "ProviderSupport",
-    "PROVIDERS",
-    "measure_against",
-    "VariantError",
-    "TensorError",
-    "precision_of",
-    "GROWTH_FLAG",
-    "decompose_recurrent",
-    "to_ort",
-    "package",
-    "PackageResult",
-    "manifest_table",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "make_variant": "_variants", "Variant": "_variants", "VARIANTS": "_variants",
+    "Int8Settings": "_int8", "INT8_TARGETS": "_int8",
+    "static_form": "_static",
+    "mobile_support": "_mobile", "ProviderSupport": "_mobile", "PROVIDERS": "_mobile",
+    "measure_against": "_fidelity", "VariantError": "_fidelity", "TensorError": "_fidelity",
+    "precision_of": "_fidelity", "GROWTH_FLAG": "_fidelity",
+    "decompose_recurrent": "_decompose",
+    "to_ort": "_ort",
+    "package": "_bundle", "PackageResult": "_bundle", "manifest_table": "_bundle",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -27,6 +27,7 @@ __all__ = ["VariantError", "TensorError", "measure_against", "precision_of", "GR
 _INT8_OPS = {"DynamicQuantizeLSTM", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
              "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
+_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 GROWTH_FLAG = 2.0  # error in the last 1,000 steps over the first 1,000 above this: flagged as growing
 _WINDOW = 1_000
 
@@ -101,11 +102,21 @@ class VariantError:
         return "\n".join(rows)
 
 
+def _graph(data: bytes) -> Any:
+    """An ONNX file's GraphProto (ModelProto field 7), read with the wire-format reader: no onnx needed."""
+    from edge_rnn._inspect import _Message
+
+    return _Message(data, (0, len(data))).child(7)
+
+
+def _strings(message: Any, field: int) -> list[str]:
+    return [message.data[a:b].decode("utf-8", "replace") for a, b in message.spans.get(field, [])]
+
+
 def precision_of(path: str | Path, model: StreamingModel) -> str:
     """The tolerance row a variant is judged by: what its contract says it is, else what its operators show."""
-    import onnx
-
     from edge_rnn.contract import Contract
+    from edge_rnn.runtime._external import operator_types
 
     contract = Contract.from_metadata(model.session.get_modelmeta().custom_metadata_map)
     variant = contract.source.get("variant") if contract is not None else None
@@ -113,13 +124,13 @@ def precision_of(path: str | Path, model: StreamingModel) -> str:
         return "int8"
     if variant == "fp16":
         return "float16"
-    try:
-        g = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - an .ort file: onnx cannot read it, its contract said what it is
+    data = Path(path).read_bytes()
+    ops = operator_types(data)
+    if ops is None:  # an .ort file: its contract said what it is
         return "float32"
-    if {n.op_type for n in g.node} & _INT8_OPS:
+    if {op.rsplit(".", 1)[-1] for op in ops} & _INT8_OPS:
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer):
+    if any(t.number(2) == _FLOAT16 for t in _graph(data).children(5)):  # GraphProto.initializer, data_type
         return "float16"
     return "float32"
 
@@ -152,11 +163,13 @@ def _producers(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
             for k in range(n.OutputsLength()):
                 producers[n.Outputs(k).decode()] = (op, first)
         return producers, [g.Outputs(i).decode() for i in range(g.OutputsLength())]
-    import onnx
-
-    g = onnx.load_from_string(data).graph
-    producers = {o: (n.op_type, n.input[0] if n.input else "") for n in g.node for o in n.output}
-    return producers, [o.name for o in g.output]
+    g = _graph(data)  # NodeProto: input 1, output 2, op_type 4; GraphProto: node 1, output 12 (ValueInfo name 1)
+    producers = {}
+    for n in g.children(1):
+        inputs = _strings(n, 1)
+        for o in _strings(n, 2):
+            producers[o] = (n.text(4), inputs[0] if inputs else "")
+    return producers, [vi.text(1) for vi in g.children(12)]
 
 
 def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:

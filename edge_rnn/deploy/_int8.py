@@ -123,25 +123,16 @@ def _nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                     yield from _nodes(sub)
 
 
-def keep_float_nodes(model: onnx.ModelProto, keep: tuple[str, ...],
-                     rewritten: dict[str, tuple[str, str]] | None = None) -> list[str]:
-    """The names of the nodes of ``model`` that ``keep`` names, for the quantiser's exclusion list.
-
-    An entry is a node name or an operator type. ``rewritten`` maps the name of each recurrent node of the
-    original model that the int8 variant rewrote in the decomposed form to ``(op_type, prefix)``: naming that
-    node, or its operator type (``GRU``, ``RNN``), keeps every node of its rewrite, which all start with the
-    prefix. An entry that matches nothing is refused, naming the graph's operators: a typo must not quietly
-    quantise the node the user meant to keep.
-    """
+def keep_float_nodes(model: onnx.ModelProto, keep: tuple[str, ...]) -> list[str]:
+    """The names of the nodes of ``model`` that ``keep`` names (by node name or operator type), for the quantiser's
+    exclusion list. An entry that matches nothing is refused, naming the graph's operators: a typo must not quietly
+    quantise the node the user meant to keep."""
     nodes = list(_nodes(model.graph))
-    rewritten = rewritten or {}
     out: list[str] = []
     for k in keep:
-        prefixes = [prefix for name, (op, prefix) in rewritten.items() if k in (name, op)]
-        hits = [n.name for n in nodes if n.name == k or n.op_type == k
-                or any(n.name.startswith(prefix) for prefix in prefixes)]
+        hits = [n.name for n in nodes if n.name == k or n.op_type == k]
         if not hits:
-            types = sorted({n.op_type for n in nodes} | {op for op, _ in rewritten.values()})
+            types = sorted({n.op_type for n in nodes})
             raise UnsupportedError(f"int8 keep_float {k!r}: no node of that name or operator type; the graph has "
                                    f"operators {types}")
         if any(not h for h in hits):

@@ -27,8 +27,8 @@ import onnx
 
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import METADATA_KEY, Contract
-from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
+from edge_rnn.deploy._int8_recurrent import _all_nodes, quantize_recurrent
 from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
@@ -57,25 +57,23 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, list[str], list[str]]:
-    """The graph the int8 variant quantises (GRU and RNN nodes rewritten in the decomposed form), the names of the
-    nodes ``settings.keep_float`` leaves in float32, and notes. Raises for a keep_float entry that names
-    nothing: :func:`check_int8_settings` runs it before any work."""
+    """The graph quantize_dynamic is given (GRU and RNN nodes already in the lean int8 form of
+    :mod:`edge_rnn.deploy._int8_recurrent`, but those ``settings.keep_float`` keeps), the names of the nodes it is
+    told to leave in float32, and notes. Raises for a keep_float entry that names nothing: :func:`check_int8_settings`
+    runs it before any work."""
     notes = []
     ops = _operators(model)
-    rewritten = {}
+    recurrent = [n for n in _all_nodes(model.graph) if n.op_type in ("GRU", "RNN")]
+    on_recurrent = {k for k in settings.keep_float for n in recurrent if k in (n.name, n.op_type)}
     if ops.get("GRU") or ops.get("RNN"):
-        index = 0
-        for node in model.graph.node:  # decompose_recurrent's prefixes: every node of a rewrite starts with one
-            if node.op_type in ("GRU", "RNN") and node.domain in ("", "ai.onnx"):
-                prefix = f"{node.name or node.op_type}_{index}/"
-                rewritten[node.name or prefix] = (node.op_type, prefix)
-                index += 1
-        model, n = decompose_recurrent(model, ("GRU", "RNN"))
-        notes.append(f"{n} GRU/RNN node(s) rewritten in the decomposed form (onnxruntime has no GRU or RNN "
-                     "quantiser); its MatMuls, inside the Scan too, are quantised")
+        model, n = quantize_recurrent(model, settings)
+        notes.append(f"{n} GRU/RNN node(s) rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul (onnxruntime "
+                     "has no GRU or RNN quantiser), the biases fused, the input projection split outside the loop"
+                     + (f"; {', '.join(sorted(on_recurrent))} kept in float32" if on_recurrent else ""))
     if ops.get("LSTM"):
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
-    return model, keep_float_nodes(model, settings.keep_float, rewritten), notes
+    rest = tuple(k for k in settings.keep_float if k not in on_recurrent)
+    return model, keep_float_nodes(model, rest), notes
 
 
 def check_int8_settings(model_path: Path, settings: Int8Settings, variants: tuple[str, ...]) -> None:
