@@ -246,8 +246,7 @@ def test_keep_float_is_checked_against_the_model_before_any_work(tmp_path):
     assert r.exit_code == 1 and "static-int8's unrolled graph has nodes of its own" in r.output
 
 
-@pytest.mark.parametrize("source, keep", [("lstm_layer.onnx", "LSTM"), ("token_gru.onnx", "gru/GRU_7"),
-                                          ("token_gru.onnx", "GRU")])
+@pytest.mark.parametrize("source, keep", [("token_gru.onnx", "gru/GRU_7"), ("token_gru.onnx", "GRU")])
 def test_keep_float_names_the_models_own_nodes_also_where_int8_rewrites_them(tmp_path, source, keep):
     from edge_rnn._inspect import operator_counts
 
@@ -257,11 +256,8 @@ def test_keep_float_names_the_models_own_nodes_also_where_int8_rewrites_them(tmp
         return sum(n for k, n in operator_counts(onnx.load(str(v.path)).graph).items()
                    if "Quantize" in k or "Integer" in k)
 
-    assert quantised(plain) > quantised(kept)  # the kept recurrent node's operators stay float
-    if source == "token_gru.onnx":
-        assert quantised(kept) > 0  # the logits' MatMul is still quantised
-    else:
-        assert quantised(kept) == 0
+    assert quantised(plain) > quantised(kept) > 0  # the GRU stays float, the logits' MatMul is still quantised
+    assert "GRU" in {n.op_type for n in onnx.load(str(kept.path)).graph.node}  # the native float32 operator
 
 
 @pytest.mark.parametrize("weight_type", ["int8", "uint8"])
@@ -286,3 +282,13 @@ def test_quantised_recurrent_weights_stay_in_the_range_that_is_exact_on_every_cp
         assert q.max() <= (127 if reduce_range else 255) and zero.dtype == np.uint8
         back = (q.astype(np.float32) - zero) * scale
     assert np.abs(back - w).max() <= 0.51 * scale.max() + 1e-7  # round to nearest: half a step at most
+
+
+def test_keep_float_names_only_what_the_model_has_and_never_keeps_everything(tmp_path):
+    """Operator types of the rewritten graph (Scan, DynamicQuantizeMatMul) are not the model's: refused, not
+    silently ignored; keeping every quantisable node leaves no int8 variant."""
+    for name in ("Scan", "DynamicQuantizeMatMul"):
+        with pytest.raises(UnsupportedError, match=rf"keep_float '{name}': no node .* operators \[.*'GRU'"):
+            make_variant("int8", DATA / "token_gru.onnx", tmp_path / "x.onnx", int8=Int8Settings(keep_float=(name,)))
+    with pytest.raises(UnsupportedError, match="nothing was quantised"):
+        make_variant("int8", DATA / "lstm_layer.onnx", tmp_path / "y.onnx", int8=Int8Settings(keep_float=("LSTM",)))

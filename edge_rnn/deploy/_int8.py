@@ -7,7 +7,7 @@ the CPU does that decides whether the result is exact:
   ``vpmaddubsw``, which adds each pair of products in int16 and *saturates*:
   two products of 255 x 127 make 64,770, far past 32,767. The error that
   follows is not rounding: on the demo LSTM, GRU and RNN and the token model
-  it was 4 to 6.5 times the int8 bound (``docs/deployment.md``).
+  it was 4 to 9 times the int8 bound (``docs/deployment.md``).
 - AVX-512 VNNI and AVX-VNNI (``vpdpbusd``) and ARM64 NEON and dot-product
   kernels accumulate in int32 and never saturate. u8 x u8 products are
   widened to int16 before they are multiplied, on x86 too: exact everywhere.
@@ -16,16 +16,16 @@ the CPU does that decides whether the result is exact:
 2 x 255 x 64 = 32,640, so u8 x s8 is exact on AVX2 as well. ``DynamicQuantizeLSTM``
 keeps int8 weights whatever ``weight_type`` says, so for an LSTM that is
 what makes it exact. The other MatMuls take uint8 weights by default: under
-qemu's emulation of an ARM64 CPU with SVE, onnxruntime's u8 x s8 MatMul gave
-wrong results (every odd output column) with any setting, and u8 x u8 was
-exact; real SVE hardware was not at hand to tell qemu's fault from
-onnxruntime's. So the default, ``target="portable"``, is 7-bit uint8 weights:
+qemu's emulation of an ARM64 CPU with SVE, onnxruntime's ``DynamicQuantizeMatMul``
+with int8 weights gave wrong results (every odd output column) with any
+setting, and with uint8 weights was exact; real SVE hardware was not at hand
+to tell qemu's fault from onnxruntime's. So the default, ``target="portable"``, is 7-bit uint8 weights:
 exact integer products on every CPU class measured, the same error on each
 (to the float rounding of the rest of the graph). A user who knows the device
 can take the full 8-bit range, a little more accurate there
 (``target="vnni"``: int8 weights, onnxruntime's fastest path; ``"arm64"``:
-uint8 weights) and wrong on an AVX2 CPU, which the bundle's self-test then
-refuses.
+uint8 weights, but an LSTM's stay int8) and wrong on an AVX2 CPU, which the
+bundle's self-test then refuses.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ from edge_rnn.runtime import StreamingModel
 __all__ = ["Variant", "make_variant", "VARIANTS", "check_int8_settings"]
 
 VARIANTS = ("int8", "fp16", "static", "static-int8")
+_QUANTISED = {"DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear",
+              "QLinearMatMul", "MatMulIntegerToFloat"}
 
 
 @dataclass
@@ -59,21 +61,32 @@ def _operators(model: onnx.ModelProto) -> dict[str, int]:
 def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, list[str], list[str]]:
     """The graph quantize_dynamic is given (GRU and RNN nodes already in the lean int8 form of
     :mod:`edge_rnn.deploy._int8_recurrent`, but those ``settings.keep_float`` keeps), the names of the nodes it is
-    told to leave in float32, and notes. Raises for a keep_float entry that names nothing: :func:`check_int8_settings`
-    runs it before any work."""
+    told to leave in float32, and notes.
+
+    keep_float names nodes of the model as it is (its node names and operator types, ``GRU`` and ``RNN``
+    included), never of the rewritten graph: an entry that names nothing there is refused
+    (:func:`check_int8_settings` runs this before any work)."""
     notes = []
     ops = _operators(model)
-    recurrent = [n for n in _all_nodes(model.graph) if n.op_type in ("GRU", "RNN")]
-    on_recurrent = {k for k in settings.keep_float for n in recurrent if k in (n.name, n.op_type)}
+    original = list(_all_nodes(model.graph))
+    keep_float_nodes(model, settings.keep_float)  # every entry names a node of the model as the user sees it
+    on_recurrent = {k for k in settings.keep_float for n in original
+                    if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
     if ops.get("GRU") or ops.get("RNN"):
         model, n = quantize_recurrent(model, settings)
-        notes.append(f"{n} GRU/RNN node(s) rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul (onnxruntime "
-                     "has no GRU or RNN quantiser), the biases fused, the input projection split outside the loop"
-                     + (f"; {', '.join(sorted(on_recurrent))} kept in float32" if on_recurrent else ""))
+        if n:
+            notes.append(f"{n} GRU/RNN node(s) rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul "
+                         "(onnxruntime has no GRU or RNN quantiser), the biases fused, the input projection split "
+                         "outside the loop")
+        if on_recurrent:
+            notes.append(f"{', '.join(sorted(on_recurrent))} kept in float32 (the native operator)")
     if ops.get("LSTM"):
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
-    rest = tuple(k for k in settings.keep_float if k not in on_recurrent)
-    return model, keep_float_nodes(model, rest), notes
+    names = {n.name for n in original if n.name}
+    rest = [k for k in settings.keep_float if k not in on_recurrent]
+    excluded = [n.name for n in _all_nodes(model.graph)
+                if n.name in names and any(k in (n.name, n.op_type) for k in rest)]
+    return model, excluded, notes
 
 
 def check_int8_settings(model_path: Path, settings: Int8Settings, variants: tuple[str, ...]) -> None:
@@ -101,6 +114,10 @@ def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str
         onnx.save(model, src)
         quiet(quantize_dynamic, src, dst, weight_type=weight_type, per_channel=settings.per_channel,
               reduce_range=settings.reduce_range, nodes_to_exclude=excluded, extra_options={"EnableSubgraph": True})
+    if not set(_operators(onnx.load(str(dst)))) & _QUANTISED:
+        kept = ", ".join(settings.keep_float) or "no quantisable operator"
+        raise UnsupportedError(f"int8: nothing was quantised ({kept} kept in float32); an int8 variant would be the "
+                               "float32 model")
     notes.append(f"int8 settings: {settings.describe()}; activations uint8, quantised per call (dynamic): no "
                  "calibration data needed")
     return notes
