@@ -11,6 +11,8 @@ need for the module it came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -20,7 +22,7 @@ from edge_rnn.gates import from_onnx_gate_order
 from edge_rnn.graphs import GraphBuilder, emit_direction
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["decompose_recurrent", "RECURRENT_OPS"]
+__all__ = ["decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node"]
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
 
@@ -72,7 +74,9 @@ def _weights(spec: RecurrentSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | 
             "b_ih": from_onnx_gate_order(spec.kind, b[d, :gh]), "b_hh": from_onnx_gate_order(spec.kind, b[d, gh:])}
 
 
-def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int) -> GraphBuilder:
+def read_node(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple:
+    """A native recurrent node's ``(x, h0, c0, W, R, B, spec)``: its input names, its weights from the
+    initializers, and the layer it computes; refused where it cannot be rewritten."""
     where = f"{node.op_type} node {node.name or node.output[0]!r}"
     names = list(node.input) + [""] * (8 - len(node.input))
     x, w_name, r_name, b_name, _, h0, c0 = names[:7]
@@ -83,7 +87,11 @@ def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: in
         raise UnsupportedError(f"{where}: has no initial state input; edge-rnn graphs always feed one")
     w, r = numpy_helper.to_array(inits[w_name]), numpy_helper.to_array(inits[r_name])
     b = numpy_helper.to_array(inits[b_name]) if b_name else None
-    spec = _spec(node, w)
+    return x, h0, c0, w, r, b, _spec(node, w)
+
+
+def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int) -> GraphBuilder:
+    x, h0, c0, w, r, b, spec = read_node(node, inits)
     g = GraphBuilder("rewrite", prefix=f"{node.name or node.op_type}_{index}/")
     outs = list(node.output) + [""] * (3 - len(node.output))
     ys, hs, cs = [], [], []
@@ -104,40 +112,54 @@ def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: in
     return g
 
 
-def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with each top-level node in ``ops`` rewritten as a Scan; returns it and the count.
-
-    The weights move from the node's ``W``/``R``/``B`` initializers into the
-    decomposed form's constants; initializers no longer used are dropped.
-    """
+def splice(model: onnx.ModelProto, rewrite: "Callable[[onnx.NodeProto, dict, int], GraphBuilder | None]"
+           ) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with each top-level node for which ``rewrite(node, initializers, index)`` builds a
+    replacement spliced in its place (None: kept); initializers no longer used are dropped. Returns it and how
+    many nodes were replaced."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}
     nodes, count = [], 0
     for node in g.node:
-        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+        built = rewrite(node, inits, count)
+        if built is None:
             nodes.append(node)
             continue
-        built = _rewrite(node, inits, count)
         count += 1
         nodes.extend(built.nodes)
         g.initializer.extend(built.initializers)
     del g.node[:]
     g.node.extend(nodes)
-    used = {i for n in _all_nodes(g) for i in n.input} | {o.name for o in g.output}
+    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
     return out, count
 
 
-def _all_nodes(g: onnx.GraphProto):
+def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with each top-level node in ``ops`` rewritten as a Scan; returns it and the count.
+
+    The weights move from the node's ``W``/``R``/``B`` initializers into the
+    decomposed form's constants; initializers no longer used are dropped.
+    """
+    def rewrite(node: onnx.NodeProto, inits: dict, index: int) -> GraphBuilder | None:
+        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+            return None
+        return _rewrite(node, inits, index)
+
+    return splice(model, rewrite)
+
+
+def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``g`` and of its subgraphs (Scan, Loop, If bodies), depth first."""
     for n in g.node:
         yield n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
+                yield from all_nodes(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
-                    yield from _all_nodes(sub)
+                    yield from all_nodes(sub)

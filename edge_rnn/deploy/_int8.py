@@ -30,7 +30,7 @@ bundle's self-test then refuses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -112,22 +112,13 @@ INT8_TARGETS: dict[str, Int8Settings] = {
 }
 
 
-def _nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for n in g.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _nodes(sub)
-
-
 def keep_float_nodes(model: onnx.ModelProto, keep: tuple[str, ...]) -> list[str]:
     """The names of the nodes of ``model`` that ``keep`` names (by node name or operator type), for the quantiser's
     exclusion list. An entry that matches nothing is refused, naming the graph's operators: a typo must not quietly
     quantise the node the user meant to keep."""
-    nodes = list(_nodes(model.graph))
+    from edge_rnn.deploy._decompose import all_nodes
+
+    nodes = list(all_nodes(model.graph))
     out: list[str] = []
     for k in keep:
         hits = [n.name for n in nodes if n.name == k or n.op_type == k]

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from edge_rnn.deploy._decompose import _spec, _weights
+from edge_rnn.deploy._decompose import _weights, read_node, splice
 from edge_rnn.deploy._int8 import Int8Settings
-from edge_rnn.errors import UnsupportedError
 from edge_rnn.gates import gate_blocks, join_gates
 from edge_rnn.graphs import GraphBuilder
 
@@ -118,17 +116,7 @@ def _rnn_direction(g: GraphBuilder, hidden: int, w: dict, x: str, h0: str, rever
 
 def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int,
              settings: Int8Settings) -> GraphBuilder:
-    where = f"{node.op_type} node {node.name or node.output[0]!r}"
-    names = list(node.input) + [""] * (8 - len(node.input))
-    x, w_name, r_name, b_name, _, h0 = names[:6]
-    missing = [n for n in (w_name, r_name, b_name) if n and n not in inits]
-    if missing:
-        raise UnsupportedError(f"{where}: its weights {missing} are computed, not initializers: cannot rewrite it")
-    if not h0:
-        raise UnsupportedError(f"{where}: has no initial state input; edge-rnn graphs always feed one")
-    w, r = numpy_helper.to_array(inits[w_name]), numpy_helper.to_array(inits[r_name])
-    b = numpy_helper.to_array(inits[b_name]) if b_name else None
-    spec = _spec(node, w)
+    x, h0, _, w, r, b, spec = read_node(node, inits)
     g = GraphBuilder("int8", prefix=f"{node.name or node.op_type}_{index}/")
     outs = list(node.output) + [""] * (2 - len(node.output))
     ys, hs = [], []
@@ -154,37 +142,13 @@ def quantize_recurrent(model: onnx.ModelProto, settings: Int8Settings) -> tuple[
     """A copy of ``model`` with each top-level GRU and RNN node in the lean int8 form, but those that
     ``settings.keep_float`` names (by node name or operator type), which stay float32; returns it and how many
     were rewritten."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    inits = {t.name: t for t in g.initializer}
-    nodes, index = [], 0
-    for node in g.node:
+    def rewrite(node: onnx.NodeProto, inits: dict, index: int) -> GraphBuilder | None:
         kept = node.op_type in settings.keep_float or (node.name and node.name in settings.keep_float)
         if node.op_type not in ("GRU", "RNN") or node.domain not in ("", "ai.onnx") or kept:
-            nodes.append(node)
-            continue
-        built = _rewrite(node, inits, index, settings)
-        index += 1
-        nodes.extend(built.nodes)
-        g.initializer.extend(built.initializers)
-    del g.node[:]
-    g.node.extend(nodes)
-    if index and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+            return None
+        return _rewrite(node, inits, index, settings)
+
+    out, count = splice(model, rewrite)
+    if count and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-    used = {i for n in _all_nodes(g) for i in n.input} | {o.name for o in g.output}
-    keep_inits = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep_inits)
-    return out, index
-
-
-def _all_nodes(g: onnx.GraphProto):
-    for n in g.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _all_nodes(sub)
+    return out, count

@@ -27,8 +27,9 @@ import onnx
 
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import METADATA_KEY, Contract
+from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
-from edge_rnn.deploy._int8_recurrent import _all_nodes, quantize_recurrent
+from edge_rnn.deploy._int8_recurrent import quantize_recurrent
 from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
@@ -68,7 +69,7 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
     (:func:`check_int8_settings` runs this before any work)."""
     notes = []
     ops = _operators(model)
-    original = list(_all_nodes(model.graph))
+    original = list(all_nodes(model.graph))
     keep_float_nodes(model, settings.keep_float)  # every entry names a node of the model as the user sees it
     on_recurrent = {k for k in settings.keep_float for n in original
                     if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
@@ -84,7 +85,7 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
     names = {n.name for n in original if n.name}
     rest = [k for k in settings.keep_float if k not in on_recurrent]
-    excluded = [n.name for n in _all_nodes(model.graph)
+    excluded = [n.name for n in all_nodes(model.graph)
                 if n.name in names and any(k in (n.name, n.op_type) for k in rest)]
     return model, excluded, notes
 

@@ -49,12 +49,19 @@ def sha256_of(path: Path) -> str:
     return hash_file(hashlib.sha256(), path).hexdigest()
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
+def bundle_file(folder: Path, name: str, missing: str) -> Path:
+    """``folder / name``, refused when it is a link out of the folder or not a file (``missing`` says why)."""
+    path = folder / name
     if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
         raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
     if not path.is_file():
-        raise ModelFormatError(f"{folder}: a folder without {MANIFEST}; expected a bundle written by edge-rnn package")
+        raise ModelFormatError(missing)
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = bundle_file(folder, MANIFEST, f"{folder}: a folder without {MANIFEST}; expected a bundle written by "
+                       "edge-rnn package")
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise ModelFormatError(f"{path}: larger than {_MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
     try:
@@ -145,10 +152,7 @@ def pick_variant(folder: Path, variant: str | None, max_error: float | None, for
     else:
         name = _fastest_within(variants, max_error)
     path, digest = _entry_file(folder, name, variants[name], form)
-    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: listed in {MANIFEST} but missing")
+    bundle_file(folder, path.name, f"{path}: listed in {MANIFEST} but missing")
     if sha256_of(path) != digest:
         raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the bundle was changed or corrupted")
     contract = variants[name].get("contract")

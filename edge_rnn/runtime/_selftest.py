@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
-from edge_rnn.runtime._bundle import MANIFEST, number
+from edge_rnn.runtime._bundle import MANIFEST, bundle_file, number
 from edge_rnn.runtime._golden import Golden, GoldenCheck, load_golden, replay
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
 
@@ -58,11 +58,7 @@ def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
     file, digest = (spec.get("file"), spec.get("sha256")) if isinstance(spec, dict) else (None, None)
     if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
         raise ModelFormatError(f"{folder / MANIFEST}: expected 'golden' to give a file name and its sha256")
-    path = folder / file
-    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        raise ModelFormatError(f"{path}: a link out of the bundle's folder; a bundle's files live in it")
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: listed in {MANIFEST} as the golden vectors but missing")
+    path = bundle_file(folder, file, f"{folder / file}: listed in {MANIFEST} as the golden vectors but missing")
     if path.stat().st_size > _MAX_GOLDEN_FILE:
         raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_FILE >> 20} MiB; not golden vectors")
     data = path.read_bytes()  # hashed and parsed from the same bytes: the file cannot change in between
