@@ -285,13 +285,28 @@ def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_accepted_steps_still_answer():
     x = np.ones((2, 4), np.float32).tobytes()
+    model = StreamingModel.load(MODEL_PATH)
+    gate, real = threading.Event(), model.step_batch
+
+    def held(items, **kw):  # the engine is busy until the test has seen the queue overflow: no race on speed
+        gate.wait(20)
+        return real(items, **kw)
+
+    model.step_batch = held
 
     async def main(server):
-        async with httpx.AsyncClient(base_url=server.url) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(30)]
-            return await asyncio.gather(*(http.post(f"/v1/streams/{i}/steps", content=x) for i in ids))
+            steps = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=x)) for i in ids]
+            try:
+                for done in asyncio.as_completed(steps, timeout=20):
+                    if (await done).status_code == 503:
+                        break
+            finally:
+                gate.set()
+            return await asyncio.gather(*steps)
 
-    with Server(max_batch=1, max_queue=1, max_wait_ms=0) as server:
+    with Server(model, max_batch=1, max_queue=1, max_wait_ms=0) as server:
         replies = asyncio.run(main(server))
     codes = [r.status_code for r in replies]
     assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
