@@ -94,9 +94,6 @@ class RecurrentSpec:
             out.append(StateSpec(f"{prefix}c0", f"{prefix}cn", c, axis))
         return tuple(out)
 
-    def layer_input_size(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.hidden_out * self.num_directions
-
     def to_source(self) -> dict[str, Any]:
         """The ``source`` entry of the contract."""
         return asdict(self)

@@ -19,7 +19,8 @@ websockets = pytest.importorskip("websockets")
 from conftest import REPO  # noqa: E402
 
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options  # noqa: E402
+from edge_rnn.service import ServiceConfig, create_app  # noqa: E402
+from edge_rnn.service._app import uvicorn_options  # noqa: E402
 from edge_rnn.service._server import DrainingServer  # noqa: E402
 
 MODEL_PATH = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)

@@ -169,7 +169,6 @@ class StreamingModel(BatchStepping):
         self._fast = callable(getattr(getattr(session, "_sess", None), "run", None))
         self._out_port_names = [p.name for p in io.outputs]
         self._out_drop = [(p.name, (slice(None),) * p.batch_axis + (0,)) for p in io.outputs]
-        self._state_names = [s.input for s in io.states]
         self._single_input = io.inputs[0].name if len(io.inputs) == 1 else None
         self._input_names = {p.name for p in io.inputs}
         self._ranges = {p.name: p.values for p in io.inputs if p.values is not None}

@@ -14,7 +14,7 @@ from edge_rnn.runtime._slab import StateSlab
 from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
 
 
-class StreamingModel(Protocol):
+class ModelOfStream(Protocol):
     """What a stream needs of its model (the real one is :class:`edge_rnn.runtime.StreamingModel`)."""
 
     fingerprint: str
@@ -22,7 +22,8 @@ class StreamingModel(Protocol):
     @property
     def streamable(self) -> bool: ...
 
-__all__ = ["Stream", "stream_shape", "state_from_user"]
+
+__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream"]
 
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
@@ -37,7 +38,7 @@ class Stream:
     model", holding the stream's lock.
     """
 
-    def __init__(self, model: StreamingModel, specs: tuple[StateSpec, ...], slab: StateSlab,
+    def __init__(self, model: ModelOfStream, specs: tuple[StateSpec, ...], slab: StateSlab,
                  state: dict[str, np.ndarray] | None = None, *, steps: int = 0):
         self._model = model
         self._specs = specs
@@ -64,7 +65,7 @@ class Stream:
         """The current state, per stream (no batch axis), as views; the caller holds the lock."""
         return self._slab.view(self._row)
 
-    def check_usable(self, model: StreamingModel) -> None:
+    def check_usable(self, model: ModelOfStream) -> None:
         """Raise unless ``model`` may step this stream now (its own model, open, streamable or fresh)."""
         if self._model is not model:
             raise StreamError("stream belongs to another model: expected a stream from this model's open_stream()")
@@ -75,7 +76,7 @@ class Stream:
                 "per sequence; call stream.reset() before the next sequence"
             )
 
-    def usable_fast(self, model: StreamingModel, streamable: bool) -> bool:
+    def usable_fast(self, model: ModelOfStream, streamable: bool) -> bool:
         """The common case of :meth:`check_usable` in one test, for the hot path (``streamable``: the model's)."""
         return self._model is model and not self._closed and (streamable or not self.steps)
 
@@ -87,7 +88,7 @@ class Stream:
         return self._steps_at_close if row < 0 else int(self._slab.steps[row])
 
     @property
-    def model(self) -> StreamingModel:
+    def model(self) -> ModelOfStream:
         return self._model
 
     @property

@@ -20,13 +20,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from edge_rnn.errors import EdgeRnnError, UnsupportedError
 from edge_rnn.runtime import Stream, StreamingModel
 
-__all__ = ["Batcher", "Overloaded", "ShuttingDown", "BatchStats"]
+__all__ = ["Batcher", "Overloaded", "ShuttingDown"]
 
 
 class Overloaded(EdgeRnnError):
@@ -42,15 +41,6 @@ class _Pending:
 
     def __init__(self, stream: Stream, chunk: Any, future: asyncio.Future):
         self.stream, self.chunk, self.future, self.queued_at = stream, chunk, future, time.perf_counter()
-
-
-@dataclass
-class BatchStats:
-    """What the consumer has done, for metrics: called after each batch with its size and timings."""
-
-    batches: int = 0
-    steps: int = 0
-    errors: int = 0
 
 
 class Batcher:
@@ -74,7 +64,6 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, from start() (get_running_loop costs a
         # getpid() system call on each use in Python 3.11)
         self._closing = False
-        self.stats = BatchStats()
         self._on_batch = on_batch  # (batch size, queue waits in s, step seconds) -> None
 
     # ------------------------------------------------------------ lifecycle
@@ -91,10 +80,6 @@ class Batcher:
             await self._task  # it ends once the queue and the held steps are empty
             self._task = None
         self._executor.shutdown(wait=True)
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize() + len(self._held)
 
     # ------------------------------------------------------------ submitting
     def submit(self, stream: Stream, chunk: Any) -> asyncio.Future:
@@ -200,13 +185,10 @@ class Batcher:
             except BaseException as e:  # noqa: BLE001 - never leave a client waiting for ever
                 results = [e] * len(live)
             seconds = time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.steps += len(live)
             for p, r in zip(live, results):
                 if p.future.cancelled():
                     continue
                 if isinstance(r, BaseException):
-                    self.stats.errors += 1
                     p.future.set_exception(r)
                 else:
                     p.future.set_result(r)
