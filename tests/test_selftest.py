@@ -170,15 +170,16 @@ def test_max_error_with_the_self_test_skips_a_variant_that_fails_here(copy):
     assert StreamingModel.load(copy, max_error=0.05).variant == "int8"  # the manifest alone picks it
     m = StreamingModel.load(copy, max_error=0.05, self_test=True)
     assert m.variant != "int8" and m.self_test.ok and m.self_test.variant == m.variant
-    assert StreamingModel.load(copy, max_error=1e-12, self_test=True).variant == "fp32"  # exact: the reference
-    del manifest["variants"]["fp32"]
+    # fp32 and static replay within float32 rounding on any CPU (1e-7 here, not 0 on another one): within 1e-5
+    assert StreamingModel.load(copy, max_error=1e-5, self_test=True).variant in {"fp32", "static"}
+    del manifest["variants"]["fp32"], manifest["variants"]["static"]
     _write_manifest(copy, manifest)
     with pytest.raises(UnsupportedError, match=r"no variant is within it on this CPU; projected here \{'int8'"):
-        StreamingModel.load(copy, max_error=1e-12, self_test=True)
+        StreamingModel.load(copy, max_error=1e-5, self_test=True)
     manifest["variants"]["int8"]["error"]["max_abs"] = 0.0  # within max_error by the manifest, over its bound here
     _write_manifest(copy, manifest)
     with pytest.raises(UnsupportedError, match="'int8': 'over its bound here'"):
-        StreamingModel.load(copy, max_error=1e-12, self_test=True)
+        StreamingModel.load(copy, max_error=1e-5, self_test=True)
 
 
 def test_the_projected_error_scales_the_hosts_long_stream_figure_by_the_golden_error_here():
