@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "EdgeRnnError",
+    "ArgumentError",
     "ShapeError",
     "StateError",
     "UnsupportedError",
@@ -27,6 +28,10 @@ __all__ = [
 
 class EdgeRnnError(Exception):
     """Base class of every error edge-rnn raises on purpose."""
+
+
+class ArgumentError(EdgeRnnError, TypeError):
+    """A function was called with arguments it does not take (an unknown keyword): a TypeError, as Python's own."""
 
 
 class ShapeError(EdgeRnnError, ValueError):

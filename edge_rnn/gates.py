@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_rnn.errors import ShapeError
+
 __all__ = ["TORCH_GATES", "ONNX_GATES", "to_onnx_gate_order", "from_onnx_gate_order", "gate_blocks", "join_gates"]
 
 TORCH_GATES: dict[str, tuple[str, ...]] = {"rnn": ("a",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -25,7 +27,7 @@ ONNX_GATES: dict[str, tuple[str, ...]] = {"rnn": ("a",), "lstm": ("i", "o", "f",
 def _permute(kind: str, w: np.ndarray, src: tuple[str, ...], dst: tuple[str, ...]) -> np.ndarray:
     n = len(src)
     if w.shape[0] % n:
-        raise ValueError(f"{kind}: expected a first axis divisible by {n} gates, got shape {w.shape}")
+        raise ShapeError(f"{kind}: expected a first axis divisible by {n} gates, got shape {w.shape}")
     blocks = dict(zip(src, np.split(w, n, axis=0)))
     return np.concatenate([blocks[g] for g in dst], axis=0)
 
@@ -48,7 +50,7 @@ def gate_blocks(kind: str, w: np.ndarray) -> dict[str, np.ndarray]:
     """The gate blocks of ``w`` (PyTorch's order, stacked on axis 0) by gate name: ``{"i": ..., "f": ...}``."""
     gates = TORCH_GATES[kind]
     if w.shape[0] % len(gates):
-        raise ValueError(f"{kind}: expected a first axis divisible by {len(gates)} gates, got shape {w.shape}")
+        raise ShapeError(f"{kind}: expected a first axis divisible by {len(gates)} gates, got shape {w.shape}")
     return dict(zip(gates, np.split(w, len(gates), axis=0)))
 
 

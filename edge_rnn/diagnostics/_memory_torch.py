@@ -15,7 +15,7 @@ import torch
 
 from edge_rnn.diagnostics._memory import curve_from
 from edge_rnn.diagnostics._types import MemoryCurve
-from edge_rnn.errors import ShapeError
+from edge_rnn.errors import ShapeError, UnsupportedError
 
 __all__ = ["memory_curve_torch", "primary_output", "batch_of_one", "module_order"]
 
@@ -25,8 +25,8 @@ def primary_output(result: Any) -> torch.Tensor:
     while isinstance(result, (tuple, list)):
         result = result[0]
     if not isinstance(result, torch.Tensor):
-        raise TypeError(f"expected the module to return a tensor or a tuple starting with one, got "
-                        f"{type(result).__name__}")
+        raise UnsupportedError(f"expected the module to return a tensor or a tuple starting with one, got "
+                               f"{type(result).__name__}")
     return result
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StreamError
+from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StreamError, UnsupportedError
 from edge_rnn.runtime._stream import Stream
 
 __all__ = ["BatchStepping"]
@@ -130,7 +130,7 @@ class BatchStepping:
         if on_error == "isolate":
             return self._step_isolated(items)
         if on_error != "raise":
-            raise ValueError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
+            raise UnsupportedError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
         if not items:
             return []
         if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path

@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from edge_rnn.contract import Contract, StateSpec
 from edge_rnn.errors import (
+    ArgumentError,
     InferenceError,
     ModelFormatError,
     NonFiniteError,
@@ -55,10 +56,11 @@ def _grouped(session: SessionConfig | None, foreign: ForeignModel | None,
         keys = {f.name for f in dataclasses.fields(cls)}
         mine = {k: flat.pop(k) for k in list(flat) if k in keys}
         if given is not None and mine:
-            raise ValueError(f"give {name}={cls.__name__}(...) or its fields {sorted(mine)} as keywords, not both")
+            raise UnsupportedError(f"give {name}={cls.__name__}(...) or its fields {sorted(mine)} as keywords, "
+                                   "not both")
         out[name] = given if given is not None else cls(**mine)
     if flat:
-        raise TypeError(f"load() got unexpected keyword arguments {sorted(flat)}")
+        raise ArgumentError(f"load() got unexpected keyword arguments {sorted(flat)}")
     return out["session"], out["foreign"]
 
 
