@@ -298,3 +298,26 @@ def test_keep_float_names_only_what_the_model_has_and_never_keeps_everything(tmp
             make_variant("int8", DATA / "token_gru.onnx", tmp_path / "x.onnx", int8=Int8Settings(keep_float=(name,)))
     with pytest.raises(UnsupportedError, match="nothing was quantised"):
         make_variant("int8", DATA / "lstm_layer.onnx", tmp_path / "y.onnx", int8=Int8Settings(keep_float=("LSTM",)))
+
+
+def test_a_golden_stream_over_the_budget_keeps_every_input_and_state_and_fewer_outputs(tmp_path, monkeypatch):
+    """A large fixed chunk needs a long golden stream; past the byte budget its outputs are kept at fewer steps
+    (every chunk's last among them), while the inputs and the states at every chunk end are all there."""
+    import numpy as np
+
+    import edge_rnn.deploy._bundle as bundle_module
+    from edge_rnn.deploy import package
+    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime._golden import MIN_CHUNKS, load_golden
+
+    monkeypatch.setattr(bundle_module, "_GOLDEN_BUDGET", 700)  # bytes: even two chunks of 8 steps are over it
+    package(DATA / "lstm_layer.onnx", tmp_path / "b", variants=("fp32", "int8", "static"), steps=2000, chunk=8)
+    g = load_golden(tmp_path / "b" / "golden.npz")
+    assert len(g.chunks) >= 2 and all(c % 8 == 0 for c in g.chunks)
+    assert g.output_steps is not None and len(g.output_steps) < g.steps and g.outputs["y"].shape[0] == len(
+        g.output_steps)
+    ends = set((np.cumsum(g.chunks) - 1).tolist())
+    assert ends <= set(g.output_steps) and g.inputs["x"].shape[0] == g.steps and len(g.states["c0"]) == len(g.chunks)
+    assert len(g.chunks) == 2 < MIN_CHUNKS  # four chunks of 8 steps did not fit either
+    for v in ("fp32", "int8", "static"):
+        assert StreamingModel.load(tmp_path / "b", variant=v, self_test=True).self_test.ok

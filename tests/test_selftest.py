@@ -267,7 +267,8 @@ def _meta(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", ["short_inputs", "scalar_input", "huge_chunk", "float_chunk", "bool_format",
-                                  "huge_header", "extra_member", "state_rows", "zero_chunk"])
+                                  "huge_header", "extra_member", "state_rows", "zero_chunk", "output_steps",
+                                  "thinned_outputs"])
 def test_a_golden_file_that_does_not_fit_is_one_clean_error(copy, case):
     g = load_golden(copy / "golden.npz")
     meta = _meta(copy)
@@ -283,6 +284,10 @@ def test_a_golden_file_that_does_not_fit_is_one_clean_error(copy, case):
         _rewrite_golden(copy, {}, {**meta, "format": True})
     elif case == "zero_chunk":
         _rewrite_golden(copy, {}, {**meta, "chunks": [0, *meta["chunks"]]})
+    elif case == "output_steps":  # not increasing
+        _rewrite_golden(copy, {}, {**meta, "output_steps": [5, 3]})
+    elif case == "thinned_outputs":  # says two steps are kept, holds every step's outputs
+        _rewrite_golden(copy, {}, {**meta, "output_steps": [0, 1]})
     elif case == "huge_header":  # a tiny member whose header claims 4 TiB
         header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"
         header += b" " * (63 - (len(header) + 10) % 64) + b"\n"

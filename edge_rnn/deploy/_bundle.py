@@ -37,7 +37,7 @@ from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness import TOLERANCE
 from edge_rnn.runtime import StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
-from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden
+from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden, thin_outputs
 from edge_rnn.runtime._host import describe_host, host_record
 from edge_rnn.runtime.bench import random_chunk
 
@@ -96,23 +96,38 @@ def _per_stream(model: StreamingModel, whole: dict[str, np.ndarray], timed: bool
     return {p.name: np.take(whole[p.name], 0, axis=p.batch_axis + (0 if timed else 1)) for p in model.inputs}
 
 
+def _golden_size(golden: Golden) -> int:
+    return sum(a.nbytes for t in (golden.inputs, golden.outputs, golden.states) for a in t.values())
+
+
 def _golden_stream(fp32: Path, data: Any, multiple: int) -> Golden:
-    """The bundle's golden stream through the float32 model, kept within the byte budget where it can be."""
+    """The bundle's golden stream through the float32 model, within the byte budget.
+
+    Shortened first (32 steps down to MIN_CHUNKS), then made of single fixed chunks; a large fixed chunk
+    (a static form's) still needs MIN_CHUNKS of them, then only two, and beyond that the outputs are kept at
+    fewer steps (every chunk's last among them): the inputs and every chunk end's state always are.
+    """
     model = StreamingModel.load(fp32, threads=1)
     timed = any(p.time_axis is not None for p in model.inputs)
     source = input_source(model, data)
-    steps, longest = _GOLDEN_STEPS, 8
-    while True:
+    for steps, longest, least in _golden_plans(multiple):
         rng = np.random.default_rng(1234)
-        chunks = golden_chunks(rng, steps, multiple, longest) if timed else (1,) * steps
+        chunks = golden_chunks(rng, steps, multiple, longest, least) if timed else (1,) * steps
         golden = record(model, _per_stream(model, source(rng, 1, sum(chunks), not timed), timed), chunks)
-        size = sum(a.nbytes for t in (golden.inputs, golden.outputs, golden.states) for a in t.values())
-        if size <= _GOLDEN_BUDGET or (longest == 1 and steps <= MIN_CHUNKS * multiple):
-            return golden  # the least a golden stream is: MIN_CHUNKS chunks of the fixed chunk, whatever its size
-        if steps > MIN_CHUNKS:
-            steps //= 2
-        else:
-            longest = 1
+        if _golden_size(golden) <= _GOLDEN_BUDGET:
+            return golden
+    per_step = max(1, sum(a.nbytes for a in golden.outputs.values()) // golden.steps)
+    room = _GOLDEN_BUDGET - (_golden_size(golden) - sum(a.nbytes for a in golden.outputs.values()))
+    return thin_outputs(model, golden, max(room // per_step, len(golden.chunks)))
+
+
+def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
+    """(steps, longest chunk in fixed chunks, least chunks) to try, from the fullest golden stream down."""
+    plans, steps = [], _GOLDEN_STEPS
+    while steps > MIN_CHUNKS:
+        plans.append((steps, 8, MIN_CHUNKS))
+        steps //= 2
+    return [*plans, (MIN_CHUNKS * multiple, 1, MIN_CHUNKS), (2 * multiple, 1, 2)]
 
 
 def _golden_entry(path: Path, golden: Golden, tolerance: Any) -> dict[str, Any]:

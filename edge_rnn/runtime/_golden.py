@@ -29,7 +29,8 @@ import numpy as np
 
 from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
 
-__all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_golden", "load_golden", "golden_chunks"]
+__all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_golden", "load_golden", "golden_chunks",
+           "thin_outputs"]
 
 GOLDEN_FORMAT = 1
 _MAX_GOLDEN_BYTES = 64 << 20  # a golden file is a few hundred KiB; anything far larger is not one
@@ -41,13 +42,15 @@ class Golden:
     """One recorded stream. Arrays are one stream's, without the batch axis: an input or output has its time
     steps along its own time axis (calls along axis 0 for a model without one); ``states[name]`` is
     ``(len(chunks), *state)``, the state after each chunk. ``whole``: the model is not streamable, and the stream
-    was one call."""
+    was one call. ``output_steps``: where the outputs are kept at some steps only (a long golden stream, made for
+    a large fixed chunk, thinned to stay small), those steps, in order; None: every step."""
 
     chunks: tuple[int, ...]
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     states: dict[str, np.ndarray]
     whole: bool = False
+    output_steps: tuple[int, ...] | None = None
 
     @property
     def steps(self) -> int:
@@ -110,12 +113,13 @@ def _timed(model: Any) -> bool:
 MIN_CHUNKS = 4  # a golden stream carries its state across at least three chunk ends
 
 
-def golden_chunks(rng: np.random.Generator, steps: int, multiple: int = 1, longest: int = 8) -> tuple[int, ...]:
+def golden_chunks(rng: np.random.Generator, steps: int, multiple: int = 1, longest: int = 8,
+                  least: int = MIN_CHUNKS) -> tuple[int, ...]:
     """Random chunk lengths, each a multiple of ``multiple`` (a static form's fixed chunk), adding up to at least
     ``steps``, and at least :data:`MIN_CHUNKS` of them: so every variant of a bundle, static forms included,
     replays the same chunk ends, and a variant that mishandles its incoming state cannot pass."""
     out: list[int] = []
-    while sum(out) < steps or len(out) < MIN_CHUNKS:
+    while sum(out) < steps or len(out) < least:
         out.append(multiple * int(rng.integers(1, longest + 1)))
     return tuple(out)
 
@@ -172,6 +176,30 @@ def _run(model: Any, golden: Golden) -> tuple[dict[str, np.ndarray], dict[str, n
     return joined, {k: np.stack(v) for k, v in states.items()}, calls
 
 
+def _thinned(model: Any, outs: dict[str, np.ndarray], steps: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+    """The outputs at ``steps`` only (along each one's time axis, or its rows for a model without one)."""
+    if steps is None:
+        return outs
+    timed = _timed(model)
+    index = np.asarray(steps, np.int64)
+    out = dict(outs)
+    for p in model.outputs:
+        t = p.stream_time_axis
+        if t is not None or not timed:
+            out[p.name] = np.take(outs[p.name], index, axis=0 if t is None else t)
+    return out
+
+
+def thin_outputs(model: Any, golden: Golden, steps: int) -> Golden:
+    """``golden`` with its outputs kept at ``steps`` steps only, evenly spread and always including the last
+    step of every chunk (where the state was just carried in)."""
+    ends = np.cumsum(golden.chunks) - 1
+    spread = np.linspace(0, golden.steps - 1, max(steps - len(ends), 0)).round().astype(np.int64)
+    keep = tuple(int(i) for i in np.unique(np.concatenate([spread, ends])))
+    return Golden(golden.chunks, golden.inputs, _thinned(model, golden.outputs, keep), golden.states, golden.whole,
+                  keep)
+
+
 def record(model: Any, inputs: dict[str, np.ndarray], chunks: tuple[int, ...]) -> Golden:
     """Stream ``inputs`` (one stream's, as :class:`Golden` holds them) through ``model`` in ``chunks``."""
     whole = not model.streamable
@@ -208,10 +236,12 @@ def _check_fit(model: Any, golden: Golden) -> None:
     for kind, ports, table in (("input", model.inputs, golden.inputs), ("output", model.outputs, golden.outputs)):
         for p in ports:
             a, t = table[p.name], p.stream_time_axis
+            thinned = kind == "output" and golden.output_steps is not None and (t is not None or not timed)
             if t is not None:  # steps along its time axis
-                rank, axis, n = len(p.stream_shape), t, golden.steps
+                rank, axis, n = len(p.stream_shape), t, len(golden.output_steps) if thinned else golden.steps
             elif not timed or kind == "output":  # one row per call
-                rank, axis, n = len(p.stream_shape) + 1, 0, (golden.steps if not timed else len(golden.chunks))
+                rank, axis, n = len(p.stream_shape) + 1, 0, (len(golden.output_steps) if thinned else golden.steps
+                                                             if not timed else len(golden.chunks))
             else:  # fed whole on every call
                 rank, axis, n = len(p.stream_shape), None, None
             if a.ndim != rank or (axis is not None and a.shape[axis] != n):
@@ -233,6 +263,7 @@ def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenChe
     except ShapeError as e:
         raise ModelFormatError(f"golden vectors do not fit this model: {e}") from None
     check = GoldenCheck(atol, rtol, len(calls))
+    outs = _thinned(model, outs, golden.output_steps)
     for name, ref in golden.outputs.items():
         check.tensors.append(TensorCheck(name, "output", *_fraction(outs[name], ref, atol, rtol)))
     for name, ref in golden.states.items():
@@ -242,7 +273,8 @@ def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenChe
 
 def save_golden(golden: Golden, path: Path) -> None:
     names = {"inputs": list(golden.inputs), "outputs": list(golden.outputs), "states": list(golden.states)}
-    meta = {"format": GOLDEN_FORMAT, "chunks": list(golden.chunks), "whole": golden.whole, "names": names}
+    meta = {"format": GOLDEN_FORMAT, "chunks": list(golden.chunks), "whole": golden.whole, "names": names,
+            "output_steps": None if golden.output_steps is None else list(golden.output_steps)}
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for group, table in (("inputs", golden.inputs), ("outputs", golden.outputs), ("states", golden.states)):
         for i, a in enumerate(table.values()):
@@ -276,6 +308,15 @@ def _chunks(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _output_steps(kept: Any, steps: int) -> tuple[int, ...] | None:
+    if kept is None:
+        return None
+    if not isinstance(kept, list) or not kept or not all(type(i) is int for i in kept) or \
+            kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= steps:
+        raise ValueError("output_steps: expected increasing step numbers within the stream")
+    return tuple(kept)
+
+
 def load_golden(path: Path, data: bytes | None = None) -> Golden:
     """Read a golden file (or its ``data``, already read and hashed), refusing anything that is not one."""
     if data is None:
@@ -306,7 +347,8 @@ def load_golden(path: Path, data: bytes | None = None) -> Golden:
             raise ValueError(f"unexpected members {sorted(set(files) - expected)[:5]}")
         if not tables["inputs"]:
             raise ValueError("no inputs")
-        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], meta["whole"])
+        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], meta["whole"],
+                      _output_steps(meta.get("output_steps"), sum(chunks)))
     except ModelFormatError:
         raise
     except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError,
