@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, described
-from edge_rnn.runtime._external import _entry, _fields, _Malformed, _varint
+from edge_rnn.runtime._external import MalformedProto, map_entry, read_varint, wire_fields
 
 if TYPE_CHECKING:
     import onnx
@@ -50,7 +50,7 @@ class _Message:
         self.data = data
         self.ints: dict[int, list[int]] = {}
         self.spans: dict[int, list[Span]] = {}
-        for field, wire, value in _fields(data, *span):
+        for field, wire, value in wire_fields(data, *span):
             (self.ints if wire == 0 else self.spans).setdefault(field, []).append(value)
 
     def number(self, field: int, default: int = 0) -> int:
@@ -75,7 +75,7 @@ class _Message:
         out = list(self.ints.get(field, []))
         for start, stop in self.spans.get(field, []):
             while start < stop:
-                value, start = _varint(self.data, start, stop)
+                value, start = read_varint(self.data, start, stop)
                 out.append(value)
         return [v - (1 << 64) if v >= 1 << 63 else v for v in out]  # int64 as two's complement
 
@@ -115,7 +115,7 @@ def describe(path: Path) -> str:
         model = _Message(data, (0, len(data)))
         g = model.child(7)  # ModelProto.graph
         nodes, inputs = g.children(1), g.children(11)
-        metadata = dict(_entry(data, *span) for span in model.spans.get(14, []))
+        metadata = dict(map_entry(data, *span) for span in model.spans.get(14, []))
         inits = g.children(5)  # TensorProto: dims 1, name 8
         names = {i.text(8) for i in inits}
         params = sum(int(np.prod(i.numbers(1), dtype=np.int64)) for i in inits)
@@ -123,7 +123,7 @@ def describe(path: Path) -> str:
         ins = [_value_info(vi) for vi in inputs if vi.text(1) not in names]
         outs = [_value_info(vi) for vi in g.children(12)]
         ops = _wire_operators(g)
-    except (_Malformed, IndexError, UnicodeDecodeError):
+    except (MalformedProto, IndexError, UnicodeDecodeError):
         raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message)") from None
     if not nodes and not inputs:
         raise ModelFormatError(f"{path}: expected an ONNX model, got an empty or non-ONNX file")

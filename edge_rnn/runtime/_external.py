@@ -19,7 +19,8 @@ from pathlib import Path
 
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["external_locations", "check_external_data", "operator_types"]
+__all__ = ["external_locations", "check_external_data", "operator_types", "wire_fields", "read_varint", "map_entry",
+           "MalformedProto"]
 
 # Which length-delimited fields lead to tensors, by message (onnx.proto's field numbers).
 _MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _ENTRY = range(8)
@@ -36,15 +37,15 @@ _MAX_DEPTH = 64  # nested subgraphs (If/Loop/Scan bodies) deeper than this are r
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
-class _Malformed(Exception):
+class MalformedProto(Exception):
     pass
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= end or shift > 63:
-            raise _Malformed
+            raise MalformedProto
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -53,31 +54,31 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, pos: int, end: int):
+def wire_fields(data: bytes, pos: int, end: int):
     """(field number, wire type, value or (start, stop)) for each field of one message."""
     while pos < end:
-        key, pos = _varint(data, pos, end)
+        key, pos = read_varint(data, pos, end)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _varint(data, pos, end)
+            value, pos = read_varint(data, pos, end)
             yield field, wire, value
         elif wire == 2:
-            size, pos = _varint(data, pos, end)
+            size, pos = read_varint(data, pos, end)
             if pos + size > end:
-                raise _Malformed
+                raise MalformedProto
             yield field, wire, (pos, pos + size)
             pos += size
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
             if pos > end:
-                raise _Malformed
+                raise MalformedProto
         else:  # groups (3, 4) are not used by onnx.proto
-            raise _Malformed
+            raise MalformedProto
 
 
-def _entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
+def map_entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
     key = value = b""
-    for field, wire, span in _fields(data, start, stop):
+    for field, wire, span in wire_fields(data, start, stop):
         if wire == 2 and field in (1, 2):
             text = data[span[0]:span[1]]
             key, value = (text, value) if field == 1 else (key, text)
@@ -90,11 +91,11 @@ def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list
         raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
     children = _CHILDREN.get(kind, {})
     location, external = None, False
-    for field, wire, value in _fields(data, start, stop):
+    for field, wire, value in wire_fields(data, start, stop):
         if kind == _TENSOR and field == 14 and wire == 0:
             external = value == _EXTERNAL
         elif kind == _TENSOR and field == 13 and wire == 2:
-            key, text = _entry(data, *value)
+            key, text = map_entry(data, *value)
             if key == b"location":
                 location = text.decode("utf-8", "replace")
         elif kind == _NODE and field == 4 and wire == 2:
@@ -114,7 +115,7 @@ def _scan(data: bytes) -> tuple[list[str], set[str]] | None:
     ops: set[str] = set()
     try:
         _walk(data, _MODEL, 0, len(data), 0, found, ops)
-    except _Malformed:
+    except MalformedProto:
         return None
     return found, ops
 
