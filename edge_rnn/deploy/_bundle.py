@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from edge_rnn.runtime import StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
 from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden, thin_outputs
 from edge_rnn.runtime._host import describe_host, host_record
-from edge_rnn.runtime.bench import random_chunk
+from edge_rnn.runtime.bench import random_chunk, timed_calls
 
 __all__ = ["package", "PackageResult", "manifest_table", "GOLDEN_FILE"]
 
@@ -74,21 +73,15 @@ def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
     streams = [model.open_stream()]
     for _ in range(20):
         model.step(stream(), chunk)
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 50:
-        s = stream()
-        t = time.perf_counter()
-        model.step(s, chunk)
-        times.append(time.perf_counter() - t)
+    times = timed_calls(lambda: model.step(stream(), chunk), seconds, min_iters=50)
     streams = [model.open_stream() for _ in range(64)]
-    calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or calls < 3:
-        if fresh:
-            streams = [model.open_stream() for _ in range(64)]
-        model.step_batch([(s, chunk) for s in streams])
-        calls += 1
+
+    def batch() -> None:
+        model.step_batch([(s, chunk) for s in ([model.open_stream() for _ in range(64)] if fresh else streams)])
+
+    calls = timed_calls(batch, seconds, min_iters=3)
     return {"step_us": float(np.median(times) * 1e6 / k), "steps_per_call": k,
-            "batch64_steps_per_s": float(64 * k * calls / (time.perf_counter() - t0))}
+            "batch64_steps_per_s": float(64 * k * len(calls) / calls.sum())}
 
 
 def _per_stream(model: StreamingModel, whole: dict[str, np.ndarray], timed: bool) -> dict[str, np.ndarray]:

@@ -39,11 +39,9 @@ def _save_unoptimised(model: Path, dst: Path) -> None:
     """``model`` in ORT format as it is: no optimiser, so no Cast of a float16 weight is folded into float32."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.optimized_model_filepath = str(dst)
-    so.add_session_config_entry("session.save_model_format", "ORT")
-    so.log_severity_level = 3
+    from edge_rnn.runtime._session import new_session_options
+
+    so = new_session_options("disabled", save_to=str(dst), ort_format=True)
     ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
 
 

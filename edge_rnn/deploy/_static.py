@@ -122,13 +122,12 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's basic optimiser over fixed shapes: constant folding, Shape arithmetic resolved."""
     import onnxruntime as ort
 
+    from edge_rnn.runtime._session import new_session_options
+
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(dst)
-        so.log_severity_level = 4
+        so = new_session_options("basic", save_to=str(dst))
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
         folded = onnx.load(str(dst))
     return folded

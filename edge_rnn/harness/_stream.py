@@ -29,6 +29,7 @@ from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, me
 from edge_rnn.harness._data import InputSource
 from edge_rnn.harness._verdict import TOLERANCE, ParityReport, Tolerance, judge
 from edge_rnn.runtime import OPT_LEVELS, check_contract_fits, check_external_data, describe_session
+from edge_rnn.runtime._session import new_session_options
 
 __all__ = ["OPT_LEVELS", "Cases", "open_sessions", "session_runner", "read_contract", "chunk_sizes",
            "stream_chunks", "stream_calls", "run_case", "compare_streaming"]
@@ -74,11 +75,7 @@ def open_sessions(path: str | Path, opt_levels: tuple[str, ...] = ("disabled", "
     check_external_data(path.read_bytes(), path)  # weight files from the model's own folder only
     out = {}
     for name in opt_levels:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = OPT_LEVELS[name]
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 4  # onnxruntime's warnings and errors would go to stderr; its errors still raise
+        so = new_session_options(name, threads=1)  # onnxruntime's own logging off; its errors still raise
         try:
             out[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -10,7 +10,8 @@ import onnxruntime as ort
 
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
-__all__ = ["OPT_LEVELS", "session_options", "check_providers", "describe_session", "SessionConfig", "ForeignModel"]
+__all__ = ["OPT_LEVELS", "session_options", "new_session_options", "check_providers", "describe_session",
+           "SessionConfig", "ForeignModel"]
 
 _EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
@@ -37,6 +38,14 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
         raise UnsupportedError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UnsupportedError(f"threads: expected an int >= 1 (or None: onnxruntime's default), got {threads!r}")
+    return new_session_options(optimization, threads=threads)
+
+
+def new_session_options(optimization: str = "default", *, threads: int | None = None,
+                        save_to: str | None = None, ort_format: bool = False) -> ort.SessionOptions:
+    """SessionOptions as edge-rnn makes them: an optimisation level by name, ``threads`` intra-op threads (and one
+    inter-op thread) when given, onnxruntime's own logging off, and, with ``save_to``, the optimised graph saved
+    there (in ORT format with ``ort_format``)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[optimization]
     # onnxruntime's own log lines (warnings, and errors that it also raises, which edge-rnn wraps and names) would go
@@ -45,6 +54,10 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if save_to is not None:
+        so.optimized_model_filepath = save_to
+        if ort_format:
+            so.add_session_config_entry("session.save_model_format", "ORT")
     return so
 
 

@@ -42,7 +42,8 @@ def random_chunk(model: StreamingModel, steps: int, rng: np.random.Generator) ->
     return out
 
 
-def _timed(fn: Callable[[], None], seconds: float, min_iters: int = 5) -> np.ndarray:
+def timed_calls(fn: Callable[[], None], seconds: float, min_iters: int = 5) -> np.ndarray:
+    """The seconds each call of ``fn`` took, called for ``seconds`` and at least ``min_iters`` times."""
     times = []
     end = time.perf_counter() + seconds
     while len(times) < min_iters or time.perf_counter() < end:
@@ -74,8 +75,8 @@ def _row(model: StreamingModel, n: int, c: int, seconds: float, rng: np.random.G
     batched(), naive()  # warm up
     tb, tn = [], []
     for _ in range(3):  # alternate rounds
-        tb.append(_timed(batched, seconds / 6))
-        tn.append(_timed(naive, seconds / 6))
+        tb.append(timed_calls(batched, seconds / 6))
+        tn.append(timed_calls(naive, seconds / 6))
     tb_all, tn_all = np.concatenate(tb), np.concatenate(tn)
     p50 = float(np.median(tb_all))
     return BenchRow(n, c, p50 * 1e3, float(np.percentile(tb_all, 99)) * 1e3, n * c / p50,
