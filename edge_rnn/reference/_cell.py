@@ -7,13 +7,12 @@ so ``state_dict``\\ s move between the two in either direction.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state
+from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state, reset_uniform
 
 Gates = dict[str, Tensor]
 
@@ -54,9 +53,7 @@ class CellBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``, like torch.nn."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        reset_uniform(self, self.hidden_size)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"

@@ -5,6 +5,7 @@ Every message reads "<Module>: expected X, got Y" and names the tensor.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,6 +14,13 @@ from torch import Tensor
 from edge_rnn.errors import ShapeError, UnsupportedError
 
 NONLINEARITIES = ("tanh", "relu")
+
+
+def reset_uniform(module: torch.nn.Module, hidden_size: int) -> None:
+    """Draw every parameter of ``module`` from ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``, like torch.nn."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    for weight in module.parameters():
+        torch.nn.init.uniform_(weight, -bound, bound)
 
 
 def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:

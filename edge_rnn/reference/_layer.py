@@ -9,7 +9,6 @@ direction, inter-layer dropout and the record of gate values.
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from typing import Any, ClassVar, NamedTuple
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from edge_rnn.errors import ShapeError, UnsupportedError
-from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state
+from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state, reset_uniform
 
 State = tuple[Tensor, ...]
 Gates = dict[str, Tensor]
@@ -124,9 +123,7 @@ class RecurrentBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``, like torch.nn."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        reset_uniform(self, self.hidden_size)
 
     def extra_repr(self) -> str:
         # torch.nn's format, nonlinearity omitted as torch.nn.RNN does; mode says it.
