@@ -21,7 +21,7 @@ from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
 __all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number",
-           "printable"]
+           "finite", "printable"]
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 2  # 2: golden vectors and the packaging host's record; 1 (no golden vectors) is still read
@@ -35,6 +35,7 @@ class Picked:
     path: Path
     contract: Contract
     operators: frozenset[str] | None = None  # the variant's operator types, as the manifest lists them
+    manifest: dict[str, Any] | None = None  # the bundle's manifest, as read to pick it
 
 
 def hash_file(digest: Any, path: Path) -> Any:
@@ -89,10 +90,8 @@ def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, 
     return folder / file, digest
 
 
-def number(entry: dict, group: str, key: str) -> float | None:
-    """``entry[group][key]`` when it is a finite number (not a bool), else None: a manifest is not trusted."""
-    sub = entry.get(group) if isinstance(entry, dict) else None
-    value = sub.get(key) if isinstance(sub, dict) else None
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None: a manifest is not trusted."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -100,6 +99,12 @@ def number(entry: dict, group: str, key: str) -> float | None:
     except OverflowError:
         return None
     return value if math.isfinite(value) else None
+
+
+def number(entry: Any, group: str, key: str) -> float | None:
+    """``entry[group][key]`` when it is a finite number (not a bool), else None."""
+    sub = entry.get(group) if isinstance(entry, dict) else None
+    return finite(sub.get(key)) if isinstance(sub, dict) else None
 
 
 def printable(text: Any, limit: int = 200) -> str:
@@ -159,4 +164,5 @@ def pick_variant(folder: Path, variant: str | None, max_error: float | None, for
     if not isinstance(contract, dict):
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r} has no contract")
     ops = variants[name].get("operators")
-    return Picked(name, path, Contract.from_dict(contract), frozenset(ops) if isinstance(ops, dict) else None)
+    return Picked(name, path, Contract.from_dict(contract), frozenset(ops) if isinstance(ops, dict) else None,
+                  manifest)

@@ -33,7 +33,7 @@ __all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_gol
            "thin_outputs"]
 
 GOLDEN_FORMAT = 1
-_MAX_GOLDEN_BYTES = 64 << 20  # a golden file is a few hundred KiB; anything far larger is not one
+MAX_GOLDEN_BYTES = 64 << 20  # a golden file is a few hundred KiB; anything far larger is not one
 _MAX_STEPS = 1 << 20  # steps of a golden stream, at most (it is a short one)
 
 
@@ -290,14 +290,14 @@ def _members(data: bytes, path: Path) -> None:
 
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         infos = z.infolist()
-        if sum(i.file_size for i in infos) > 4 * _MAX_GOLDEN_BYTES:
-            raise ModelFormatError(f"{path}: unpacks to over {4 * _MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+        if sum(i.file_size for i in infos) > 4 * MAX_GOLDEN_BYTES:
+            raise ModelFormatError(f"{path}: unpacks to over {4 * MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
         for info in infos:
             with z.open(info) as f:
                 version = npy.read_magic(f)
                 shape, _, dtype = (npy.read_array_header_1_0(f) if version == (1, 0)
                                    else npy.read_array_header_2_0(f))
-            if dtype.hasobject or math.prod(shape) * dtype.itemsize > _MAX_GOLDEN_BYTES:
+            if dtype.hasobject or math.prod(shape) * dtype.itemsize > MAX_GOLDEN_BYTES:
                 raise ModelFormatError(f"{path}: member {info.filename!r} declares {dtype} {shape}; not golden vectors")
 
 
@@ -317,14 +317,19 @@ def _output_steps(kept: Any, steps: int) -> tuple[int, ...] | None:
     return tuple(kept)
 
 
+def golden_bytes(path: Path) -> bytes:
+    """The bytes of a golden file, refused when missing or far larger than one."""
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: listed as the golden vectors but missing")
+    if path.stat().st_size > MAX_GOLDEN_BYTES:
+        raise ModelFormatError(f"{path}: larger than {MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
+    return path.read_bytes()
+
+
 def load_golden(path: Path, data: bytes | None = None) -> Golden:
     """Read a golden file (or its ``data``, already read and hashed), refusing anything that is not one."""
     if data is None:
-        if not path.is_file():
-            raise ModelFormatError(f"{path}: listed as the golden vectors but missing")
-        if path.stat().st_size > _MAX_GOLDEN_BYTES:
-            raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_BYTES >> 20} MiB; not golden vectors")
-        data = path.read_bytes()
+        data = golden_bytes(path)
     try:
         _members(data, path)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:

@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from edge_rnn.runtime._bundle import printable
+
 __all__ = ["host_record", "isa_features", "FEATURES", "describe_host"]
 
 # The features that decide which int8 kernel runs (docs/deployment.md).
@@ -53,10 +55,7 @@ class _Code:
         self.fn = ctypes.CFUNCTYPE(restype, *argtypes)(address)
 
 
-_brand: list[str | None] = [None]  # the x86 brand string cpuid gave, once read
-
-
-def _x86_cpuid() -> dict[str, bool] | None:
+def _x86_cpuid() -> dict[str, Any] | None:
     if os.name != "posix" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
@@ -85,8 +84,8 @@ def _x86_cpuid() -> dict[str, bool] | None:
     if leaf(0x80000000)[0] >= 0x80000004:
         for n in (0x80000002, 0x80000003, 0x80000004):
             brand += b"".join(r.to_bytes(4, "little") for r in leaf(n))
-    _brand[0] = brand.split(b"\0")[0].decode("ascii", "replace").strip() or None
     return {
+        "brand": brand.split(b"\0")[0].decode("ascii", "replace").strip() or None,
         "avx2": ymm and bool(b7 >> 5 & 1),
         "avx512f": zmm and bool(b7 >> 16 & 1),
         "avx512bw": zmm and bool(b7 >> 30 & 1),
@@ -149,7 +148,8 @@ def _from_words(words: set[str]) -> dict[str, bool]:
 
 @functools.lru_cache(maxsize=1)
 def isa_features() -> dict[str, Any]:
-    """{feature: bool} for :data:`FEATURES`, and ``"read_from"``: how they were read."""
+    """{feature: bool} for :data:`FEATURES`, ``"read_from"``: how they were read, and on x86-64 ``"brand"``: the
+    CPU's own name for itself."""
     for how, read in (("cpuid", _x86_cpuid), ("getauxval", _linux_arm64_hwcaps), ("sysctl", _mac_arm64)):
         found = read()
         if found is not None:
@@ -159,9 +159,9 @@ def isa_features() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    isa_features()  # on x86-64, reads the brand string the CPU itself reports (an emulator's, under qemu)
-    if _brand[0]:
-        return _brand[0]
+    brand = isa_features().get("brand")  # on x86-64, what the CPU itself reports (an emulator's, under qemu)
+    if brand:
+        return brand
     name, _ = _cpuinfo()
     if name is None and platform.system() == "Darwin":
         name = _sysctl("machdep.cpu.brand_string")
@@ -194,8 +194,6 @@ def host_record() -> dict[str, Any]:
 
 def describe_host(record: Any) -> str:
     """One line for a host record (ours or a manifest's; a manifest is not trusted, so any shape is taken)."""
-    from edge_rnn.runtime._bundle import printable
-
     if not isinstance(record, dict):
         return "an unrecorded machine"
     feats = record.get("features")

@@ -295,8 +295,7 @@ class StreamingModel(BatchStepping):
                      rows_coupled=_rows_coupled(data, picked))
         loaded.variant = picked.name if picked is not None else None
         if self_test and picked is not None:
-            folder = picked.path.parent
-            result = run_self_test(loaded, folder, read_manifest(folder), picked.name, form=form)
+            result = run_self_test(loaded, picked.path.parent, picked.manifest, picked.name, form=form)
             raise_if_failed(result, int8=_is_int8_variant(picked))
             loaded.self_test = result
         return loaded

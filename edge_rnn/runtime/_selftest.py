@@ -17,12 +17,10 @@ from typing import Any
 
 from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
 from edge_rnn.runtime._bundle import MANIFEST, bundle_file, number
-from edge_rnn.runtime._golden import Golden, GoldenCheck, load_golden, replay
+from edge_rnn.runtime._golden import Golden, GoldenCheck, golden_bytes, load_golden, replay
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
 
 __all__ = ["SelfTest", "self_test", "golden_of", "estimate_error", "raise_if_failed"]
-
-_MAX_GOLDEN_FILE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,7 @@ def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
     if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
         raise ModelFormatError(f"{folder / MANIFEST}: expected 'golden' to give a file name and its sha256")
     path = bundle_file(folder, file, f"{folder / file}: listed in {MANIFEST} as the golden vectors but missing")
-    if path.stat().st_size > _MAX_GOLDEN_FILE:
-        raise ModelFormatError(f"{path}: larger than {_MAX_GOLDEN_FILE >> 20} MiB; not golden vectors")
-    data = path.read_bytes()  # hashed and parsed from the same bytes: the file cannot change in between
+    data = golden_bytes(path)  # hashed and parsed from the same bytes: the file cannot change in between
     if hashlib.sha256(data).hexdigest() != digest:
         raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the golden vectors were changed or "
                                "corrupted")
@@ -74,10 +70,7 @@ def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
 
 
 def _bound(folder: Path, name: str, entry: dict[str, Any]) -> tuple[float, float]:
-    golden = entry.get("golden")
-    bound = golden.get("bound") if isinstance(golden, dict) else None
-    atol = number({"b": bound}, "b", "atol") if isinstance(bound, dict) else None
-    rtol = number({"b": bound}, "b", "rtol") if isinstance(bound, dict) else None
+    atol, rtol = number(entry.get("golden"), "bound", "atol"), number(entry.get("golden"), "bound", "rtol")
     if atol is None or rtol is None or not atol > 0 or rtol < 0:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol > 0 and "
                                "rtol >= 0")
@@ -94,10 +87,8 @@ def self_test(model: Any, folder: Path, manifest: dict[str, Any], name: str,
     check = replay(model, golden, atol=atol, rtol=rtol)
     holder = entry.get("ort") if form == "ort" else entry
     golden_entry = holder.get("golden") if isinstance(holder, dict) else None
-    measured = golden_entry.get("measured") if isinstance(golden_entry, dict) else None
-    host_abs = number({"m": measured}, "m", "max_abs") if isinstance(measured, dict) else None
-    host_frac = number({"m": measured}, "m", "worst_fraction") if isinstance(measured, dict) else None
-    return SelfTest(name, check, host_abs, host_frac, manifest.get("host"))
+    return SelfTest(name, check, number(golden_entry, "measured", "max_abs"),
+                    number(golden_entry, "measured", "worst_fraction"), manifest.get("host"))
 
 
 def raise_if_failed(result: SelfTest, int8: bool = False) -> None:
@@ -120,8 +111,6 @@ def estimate_error(result: SelfTest, entry: dict[str, Any]) -> float:
     if long is None:
         return math.inf
     host = result.host_max_abs
-    if host is None:  # nothing to scale by: the larger of the manifest's figure and what was measured here
+    if host is None or host == 0:  # nothing to scale by: the larger of the manifest's figure and the one here
         return max(here, long)
-    if host > 0:
-        return max(here, long * max(1.0, here / host))
-    return max(here, long) if here > 0 else long
+    return max(here, long * max(1.0, here / host))
