@@ -109,9 +109,9 @@ def _golden_stream(fp32: Path, data: Any, multiple: int) -> Golden:
         golden = record(model, _per_stream(model, source(rng, 1, sum(chunks), not timed), timed), chunks)
         if _golden_size(golden) <= _GOLDEN_BUDGET:
             return golden
-    per_step = max(1, sum(a.nbytes for a in golden.outputs.values()) // golden.steps)
-    room = _GOLDEN_BUDGET - (_golden_size(golden) - sum(a.nbytes for a in golden.outputs.values()))
-    return thin_outputs(model, golden, max(room // per_step, len(golden.chunks)))
+    outputs = sum(a.nbytes for a in golden.outputs.values())
+    room = _GOLDEN_BUDGET - (_golden_size(golden) - outputs)
+    return thin_outputs(model, golden, max(room // max(1, outputs // golden.steps), len(golden.chunks)))
 
 
 def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
@@ -123,17 +123,10 @@ def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
     return [*plans, (MIN_CHUNKS * multiple, 1, MIN_CHUNKS), (2 * multiple, 1, 2)]
 
 
-def _golden_entry(path: Path, golden: Golden, tolerance: Any) -> dict[str, Any]:
-    """What a variant's golden replay here measured, and the bound a device holds it to."""
-    check = replay(StreamingModel.load(path, threads=1), golden, atol=tolerance.atol, rtol=tolerance.rtol)
-    return {"bound": {"atol": tolerance.atol, "rtol": tolerance.rtol}, "measured": check.to_dict()}
-
-
-def _bound_of(entry: dict[str, Any]) -> Any:
-    from edge_rnn.harness import Tolerance
-
-    bound = entry["golden"]["bound"]
-    return Tolerance(atol=bound["atol"], k=0.0, rtol=bound["rtol"])
+def _golden_entry(path: Path, golden: Golden, bound: dict[str, float]) -> dict[str, Any]:
+    """What a variant's golden replay here measured, and the bound (``atol``, ``rtol``) a device holds it to."""
+    check = replay(StreamingModel.load(path, threads=1), golden, **bound)
+    return {"bound": bound, "measured": check.to_dict()}
 
 
 def _refusal(reason: str, message: str, **more: Any) -> dict[str, Any]:
@@ -240,7 +233,7 @@ class _Refused(Exception):
 def _entry(job: _Job, name: str, path: Path) -> dict[str, Any]:
     """Variant ``name``'s whole manifest entry, its golden replay here included, or raise _Refused."""
     entry, tolerance = _measured(job, name, path)
-    entry["golden"] = _golden_entry(path, job.golden, tolerance)
+    entry["golden"] = _golden_entry(path, job.golden, {"atol": tolerance.atol, "rtol": tolerance.rtol})
     if not entry["golden"]["measured"]["ok"]:
         if name != "fp32":
             path.unlink()
@@ -258,7 +251,7 @@ def _add_ort(folder: Path, entries: dict[str, dict], golden: Golden) -> Path:
     written, config = to_ort([folder / e["file"] for e in entries.values()], folder)
     for entry, ort_path in zip(entries.values(), written):
         entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size,
-                        "speed": _speed(ort_path), "golden": _golden_entry(ort_path, golden, _bound_of(entry))}
+                        "speed": _speed(ort_path), "golden": _golden_entry(ort_path, golden, entry["golden"]["bound"])}
         if entry["contract"]["source"].get("variant") == "fp16":
             entry["ort"]["note"] = ("weights kept in float16 (the file is saved unoptimised): on the CPU "
                                     "provider their Casts to float32 run at every call; see speed")

@@ -24,7 +24,8 @@ from edge_rnn.runtime import StreamingModel
 
 __all__ = ["VariantError", "TensorError", "measure_against", "precision_of", "GROWTH_FLAG"]
 
-_INT8_OPS = {"DynamicQuantizeLSTM", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+# operators only a quantised graph has: one of them makes a graph int8
+INT8_OPS = {"DynamicQuantizeLSTM", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
              "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
 _FLOAT16 = 10  # onnx.TensorProto.FLOAT16
@@ -113,6 +114,11 @@ def _strings(message: Any, field: int) -> list[str]:
     return [message.data[a:b].decode("utf-8", "replace") for a, b in message.spans.get(field, [])]
 
 
+def has_float16_weights(data: bytes) -> bool:
+    """Whether an ONNX file (its bytes) keeps an initializer in float16: GraphProto.initializer 5, data_type 2."""
+    return any(t.number(2) == _FLOAT16 for t in _graph(data).children(5))
+
+
 def precision_of(path: str | Path, model: StreamingModel) -> str:
     """The tolerance row a variant is judged by: what its contract says it is, else what its operators show."""
     from edge_rnn.contract import Contract
@@ -128,9 +134,9 @@ def precision_of(path: str | Path, model: StreamingModel) -> str:
     ops = operator_types(data)
     if ops is None:  # an .ort file: its contract said what it is
         return "float32"
-    if {op.rsplit(".", 1)[-1] for op in ops} & _INT8_OPS:
+    if {op.rsplit(".", 1)[-1] for op in ops} & INT8_OPS:
         return "int8"
-    if any(t.number(2) == _FLOAT16 for t in _graph(data).children(5)):  # GraphProto.initializer, data_type
+    if has_float16_weights(data):
         return "float16"
     return "float32"
 

@@ -31,7 +31,7 @@ bundle's self-test then refuses.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import onnx
@@ -85,7 +85,7 @@ class Int8Settings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Int8Settings:
-        known = {"reduce_range", "per_channel", "weight_type", "keep_float", "target"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UnsupportedError(f"int8 settings: unknown fields {unknown}; expected some of {sorted(known)}")

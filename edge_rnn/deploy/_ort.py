@@ -22,17 +22,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edge_rnn.deploy._fidelity import has_float16_weights
 from edge_rnn.errors import UnsupportedError, described
 from edge_rnn.runtime import StreamingModel, check_external_data
 
 __all__ = ["to_ort"]
-
-
-def _has_float16_weights(path: Path) -> bool:
-    import onnx
-
-    return any(t.data_type == onnx.TensorProto.FLOAT16
-               for t in onnx.load(str(path), load_external_data=False).graph.initializer)
 
 
 def _save_unoptimised(model: Path, dst: Path) -> None:
@@ -54,9 +48,8 @@ def _operators_config(written: list[Path], config: Path) -> None:
 
     quiet(create_config_from_models, written, config, enable_type_reduction=False)
     lines = config.read_text(encoding="utf-8").splitlines(keepends=True)
-    names = {str(p): p.name for p in written}
-    config.write_text("".join(f"# - {names.get(line[4:].strip(), Path(line[4:].strip()).name)}\n"
-                              if line.startswith("# - ") else line for line in lines), encoding="utf-8")
+    config.write_text("".join(f"# - {Path(line[4:].strip()).name}\n" if line.startswith("# - ") else line
+                              for line in lines), encoding="utf-8")
 
 
 def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
@@ -76,7 +69,7 @@ def to_ort(models: list[Path], out_dir: Path) -> tuple[list[Path], Path]:
                 target = src / weights.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(weights, target)
-        half = [m for m in models if _has_float16_weights(m)]
+        half = [m for m in models if has_float16_weights(m.read_bytes())]
         for m in half:
             (src / m.name).unlink()
         dst.mkdir()

@@ -269,14 +269,10 @@ def static_int8(static_path: Path, dst: Path, calibration: Any = None, *, steps:
 
     from edge_rnn.deploy._int8 import Int8Settings
 
-    settings = settings or Int8Settings()
-    if settings.keep_float:
-        raise UnsupportedError("int8 keep_float applies to the int8 variant; static-int8's unrolled graph has nodes "
-                               "of its own: make it without --int8-keep-float")
+    settings = settings or Int8Settings()  # keep_float is refused for static-int8 by check_int8_settings
     # int8 weights, per channel, whatever the settings say for dynamic int8: what NNAPI takes and runs whole
-    weight_type = QuantType.QInt8
     quiet(quantize_static, static_path, dst, Reader(), quant_format=QuantFormat.QDQ,
-           activation_type=QuantType.QUInt8, weight_type=weight_type, per_channel=True,
+           activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
            reduce_range=settings.reduce_range, op_types_to_quantize=_QUANTIZED_OPS)
     return [f"static QDQ int8 (quantize_static) of the MatMul/Gemm weights, per channel, calibrated on {steps} calls "
             f"of {'random input' if calibration is None else 'the calibration data'} with the state carried; "

@@ -28,6 +28,7 @@ import onnx
 from edge_rnn._inspect import operator_counts
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_nodes
+from edge_rnn.deploy._fidelity import INT8_OPS
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
 from edge_rnn.deploy._int8_recurrent import quantize_recurrent
 from edge_rnn.deploy._tools import quiet
@@ -37,8 +38,6 @@ from edge_rnn.runtime import StreamingModel
 __all__ = ["Variant", "make_variant", "VARIANTS", "check_int8_settings"]
 
 VARIANTS = ("int8", "fp16", "static", "static-int8")
-_QUANTISED = {"DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear",
-              "QLinearMatMul", "MatMulIntegerToFloat"}
 
 
 @dataclass
@@ -115,7 +114,7 @@ def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str
         onnx.save(model, src)
         quiet(quantize_dynamic, src, dst, weight_type=weight_type, per_channel=settings.per_channel,
               reduce_range=settings.reduce_range, nodes_to_exclude=excluded, extra_options={"EnableSubgraph": True})
-    if not set(_operators(onnx.load(str(dst)))) & _QUANTISED:
+    if not set(_operators(onnx.load(str(dst)))) & INT8_OPS:
         kept = ", ".join(settings.keep_float) or "no quantisable operator"
         raise UnsupportedError(f"int8: nothing was quantised ({kept} kept in float32); an int8 variant would be the "
                                "float32 model")
@@ -207,6 +206,7 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
     int8 = int8 or Int8Settings()
     if not isinstance(int8, Int8Settings):
         raise UnsupportedError(f"int8: expected Int8Settings, got {type(int8).__name__}")
+    check_int8_settings(model_path, int8, (name,))
     model_path, dst = Path(model_path), Path(dst)
     try:
         model = onnx.load(str(model_path))
