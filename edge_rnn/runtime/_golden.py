@@ -236,14 +236,16 @@ def _check_fit(model: Any, golden: Golden) -> None:
     for kind, ports, table in (("input", model.inputs, golden.inputs), ("output", model.outputs, golden.outputs)):
         for p in ports:
             a, t = table[p.name], p.stream_time_axis
-            thinned = kind == "output" and golden.output_steps is not None and (t is not None or not timed)
-            if t is not None:  # steps along its time axis
-                rank, axis, n = len(p.stream_shape), t, len(golden.output_steps) if thinned else golden.steps
+            per_step = t is not None or not timed  # along its time axis, or one row per call of one step
+            n = golden.steps if per_step else len(golden.chunks)
+            if kind == "output" and per_step and golden.output_steps is not None:
+                n = len(golden.output_steps)
+            if t is not None:
+                rank, axis = len(p.stream_shape), t
             elif not timed or kind == "output":  # one row per call
-                rank, axis, n = len(p.stream_shape) + 1, 0, (len(golden.output_steps) if thinned else golden.steps
-                                                             if not timed else len(golden.chunks))
-            else:  # fed whole on every call
-                rank, axis, n = len(p.stream_shape), None, None
+                rank, axis = len(p.stream_shape) + 1, 0
+            else:  # an input fed whole on every call
+                rank, axis = len(p.stream_shape), None
             if a.ndim != rank or (axis is not None and a.shape[axis] != n):
                 raise ModelFormatError(f"golden {kind} {p.name!r}: expected {rank} axes"
                                        f"{'' if axis is None else f' with {n} along axis {axis}'}, got shape "
