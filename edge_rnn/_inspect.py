@@ -12,7 +12,7 @@ import numpy as np
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, described
-from edge_rnn.runtime._external import MalformedProto, map_entry, read_varint, wire_fields
+from edge_rnn.runtime._external import MalformedProto, map_entry, operator_counts_of, read_varint, wire_fields
 
 if TYPE_CHECKING:
     import onnx
@@ -38,7 +38,6 @@ _DTYPES = ("undefined", "float", "uint8", "int8", "uint16", "int16", "int32", "i
            "double", "uint32", "uint64", "complex64", "complex128", "bfloat16", "float8e4m3fn", "float8e4m3fnuz",
            "float8e5m2", "float8e5m2fnuz", "uint4", "int4", "float4e2m1", "float8e8m0", "uint2", "int2",
            "float6e2m3", "float6e3m2")
-_MAX_DEPTH = 64  # subgraphs nested deeper are refused, as the runtime's reader does
 
 Span = tuple[int, int]
 
@@ -92,20 +91,6 @@ def _value_info(vi: _Message) -> str:
     return f"  {vi.text(1):<16} {dtype:<8} {shape}"
 
 
-def _wire_operators(graph: _Message, depth: int = 0) -> Counter:
-    """As :func:`operator_counts`: NodeProto op_type 4, domain 7, attribute 5 -> g 6, graphs 11."""
-    if depth > _MAX_DEPTH:
-        raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
-    ops: Counter = Counter()
-    for node in graph.children(1):
-        op, domain = node.text(4), node.text(7)
-        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
-        for attr in node.children(5):
-            for sub in attr.children(6) or attr.children(11):
-                ops.update(_wire_operators(sub, depth + 1))
-    return ops
-
-
 def describe(path: Path) -> str:
     """The summary ``edge-rnn inspect`` prints for an ONNX file (or, by its header, an ORT-format file)."""
     data = path.read_bytes()
@@ -122,7 +107,9 @@ def describe(path: Path) -> str:
         opsets = ", ".join(f"{o.text(1) or 'ai.onnx'} {o.number(2)}" for o in model.children(8))
         ins = [_value_info(vi) for vi in inputs if vi.text(1) not in names]
         outs = [_value_info(vi) for vi in g.children(12)]
-        ops = _wire_operators(g)
+        ops = operator_counts_of(data)
+        if ops is None:
+            raise MalformedProto
     except (MalformedProto, IndexError, UnicodeDecodeError):
         raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message)") from None
     if not nodes and not inputs:

@@ -15,12 +15,13 @@ that leave the folder, and always hands onnxruntime the path.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["external_locations", "check_external_data", "operator_types", "wire_fields", "read_varint", "map_entry",
-           "MalformedProto"]
+__all__ = ["external_locations", "check_external_data", "operator_types", "operator_counts_of", "wire_fields",
+           "read_varint", "map_entry", "MalformedProto"]
 
 # Which length-delimited fields lead to tensors, by message (onnx.proto's field numbers).
 _MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _ENTRY = range(8)
@@ -85,12 +86,13 @@ def map_entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
     return key, value
 
 
-def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str], ops: set[str]) -> None:
-    """Collect external tensors' locations into ``found`` and nodes' ``op_type`` into ``ops``."""
+def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str], ops: Counter) -> None:
+    """Collect external tensors' locations into ``found`` and count nodes by ``domain.op_type`` (``op_type`` alone
+    in the default domain) into ``ops``."""
     if depth > _MAX_DEPTH:
         raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
     children = _CHILDREN.get(kind, {})
-    location, external = None, False
+    location, external, op, domain = None, False, None, ""
     for field, wire, value in wire_fields(data, start, stop):
         if kind == _TENSOR and field == 14 and wire == 0:
             external = value == _EXTERNAL
@@ -98,21 +100,25 @@ def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list
             key, text = map_entry(data, *value)
             if key == b"location":
                 location = text.decode("utf-8", "replace")
-        elif kind == _NODE and field == 4 and wire == 2:
-            ops.add(data[value[0]:value[1]].decode("utf-8", "replace"))
+        elif kind == _NODE and field in (4, 7) and wire == 2:
+            text = data[value[0]:value[1]].decode("utf-8", "replace")
+            op, domain = (text, domain) if field == 4 else (op, text)
         elif wire == 2 and field in children:
             _walk(data, children[field], *value, depth + 1, found, ops)
     if external or location is not None:
         found.append(location if location is not None else "")
+    if op is not None:
+        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
 
 
-def _scan(data: bytes) -> tuple[list[str], set[str]] | None:
-    """(external locations in file order, op types) of an ONNX model; None when the bytes are not a well-formed
-    protobuf message. An ORT-format (flatbuffer) model keeps its weights inside it; its op types are unknown."""
+def _scan(data: bytes) -> tuple[list[str], Counter] | None:
+    """(external locations in file order, operator counts) of an ONNX model; None when the bytes are not a
+    well-formed protobuf message. An ORT-format (flatbuffer) model keeps its weights inside it; its operators are
+    unknown."""
     if data[4:8] == b"ORTM":
         return None
     found: list[str] = []
-    ops: set[str] = set()
+    ops: Counter = Counter()
     try:
         _walk(data, _MODEL, 0, len(data), 0, found, ops)
     except MalformedProto:
@@ -132,11 +138,18 @@ def external_locations(data: bytes) -> list[str] | None:
     return None if scanned is None else scanned[0]
 
 
-def operator_types(data: bytes) -> set[str] | None:
-    """Every node's ``op_type`` in the model, subgraphs and functions included; None for an ORT-format file
-    or bytes that are not a well-formed ONNX message."""
+def operator_counts_of(data: bytes) -> Counter | None:
+    """How many nodes of each operator the model has (``domain.op_type``, ``op_type`` alone in the default
+    domain), subgraphs and functions included; None for an ORT-format file or bytes that are not a well-formed ONNX
+    message."""
     scanned = _scan(data)
     return None if scanned is None else scanned[1]
+
+
+def operator_types(data: bytes) -> set[str] | None:
+    """The operators of :func:`operator_counts_of`, as a set."""
+    counts = operator_counts_of(data)
+    return None if counts is None else set(counts)
 
 
 def check_external_data(data: bytes, path: Path | None) -> list[Path]:
