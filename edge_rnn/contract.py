@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edge_rnn._numbers import is_int
 from edge_rnn.errors import ModelFormatError
 
 __all__ = [
@@ -59,7 +60,7 @@ def _name(value: Any, what: str) -> str:
 def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
     if value is None and nullable:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value, least=0):
         raise ModelFormatError(f"edge_rnn contract: expected {what} to be a non-negative int, got {value!r}")
     return value
 
@@ -72,7 +73,7 @@ def axes_problem(rank: int, batch_axis: int | None, time_axis: int | None) -> st
     for what, ax in (("batch_axis", batch_axis), ("time_axis", time_axis)):
         if ax is None and what == "time_axis":
             continue
-        if isinstance(ax, bool) or not isinstance(ax, int) or not 0 <= ax < rank:
+        if not is_int(ax, 0, rank - 1):
             return f"expected {what} in 0..{rank - 1} (rank {rank}), got {ax!r}"
     if batch_axis == time_axis:
         return f"expected different batch and time axes, got {batch_axis} for both"
@@ -101,7 +102,7 @@ class TensorSpec:
                 f"edge_rnn contract: {self.name!r}: expected dtype in {list(_DTYPES)}, got {self.dtype!r}")
         if self.values is not None:
             v = self.values
-            if (not isinstance(v, tuple) or len(v) != 2 or any(isinstance(e, bool) or not isinstance(e, int) for e in v)
+            if (not isinstance(v, tuple) or len(v) != 2 or not all(map(is_int, v))
                     or v[0] > v[1]):
                 raise ModelFormatError(
                     f"edge_rnn contract: {self.name!r}: expected values [low, high] with integers low <= high, "
@@ -160,7 +161,7 @@ class StateSpec:
                 f"at batch_axis {self.batch_axis}"
             )
         others = [d for i, d in enumerate(self.shape) if i != self.batch_axis]
-        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in others):
+        if not all(is_int(d, least=0) for d in others):
             raise ModelFormatError(
                 f"edge_rnn contract: state {self.input!r}: expected fixed non-negative sizes besides the "
                 f"batch axis, got {list(self.shape)}"
@@ -255,8 +256,8 @@ class Contract:
         if not isinstance(d, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected a JSON object, got {type(d).__name__}")
         fmt = d.get("format")
-        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt != FORMAT_VERSION:
-            newer = isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION
+        if not is_int(fmt) or fmt != FORMAT_VERSION:
+            newer = is_int(fmt, least=FORMAT_VERSION + 1)
             raise ModelFormatError(
                 f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r}"
                 + (" (a newer edge-rnn wrote this model)" if newer else "")
@@ -271,7 +272,7 @@ class Contract:
         if not isinstance(source, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected 'source' to be an object, got {source!r}")
         fixed = d.get("fixed_chunk")
-        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1):
+        if fixed is not None and not is_int(fixed, least=1):
             raise ModelFormatError(f"edge_rnn contract: expected 'fixed_chunk' to be an int >= 1, got {fixed!r}")
         return cls(
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edge_rnn._numbers import is_int
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
@@ -110,7 +111,7 @@ class RecurrentSpec:
         for name, value in given.items():
             want = {"kind": str, "module": str, "nonlinearity": str, "bidirectional": bool, "batch_first": bool,
                     "bias": bool, "cell": bool}.get(name, int)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            if not (is_int(value) if want is int else isinstance(value, want)):
                 raise ModelFormatError(
                     f"edge_rnn contract source: expected {name} to be {want.__name__}, got {value!r}")
         return cls(**given)

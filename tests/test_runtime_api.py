@@ -149,3 +149,15 @@ def test_load_options_come_in_two_groups_or_as_keywords_not_both():
         StreamingModel.load(path, session=SessionConfig(), threads=1, state_batch_axis=0)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['thread'\]"):
         StreamingModel.load(path, thread=1)
+
+
+def test_the_model_says_its_contract_and_none_for_a_model_read_without_one():
+    from edge_rnn.contract import Contract
+
+    layer = StreamingModel.load(DATA / "lstm_layer.onnx")
+    meta = layer.session.get_modelmeta().custom_metadata_map
+    assert isinstance(layer.contract, Contract) and layer.contract == Contract.from_metadata(meta)
+    assert [s.input for s in layer.contract.states] == [s.input for s in layer.states]
+    assert StreamingModel.load(DATA / "tiny_dynamic.onnx", state_batch_axis=0).contract is None
+    given = Contract.from_metadata(meta)
+    assert StreamingModel.load((DATA / "lstm_layer.onnx").read_bytes(), contract=given).contract == given

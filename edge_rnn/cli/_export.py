@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from edge_rnn._numbers import is_int
 from edge_rnn.cli._common import (
     _DATA_HELP,
     _build,
@@ -201,7 +202,7 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
         seed = contract.source.get("seed")
         if weights is None and seed is None:
             raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
-        if weights is None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        if weights is None and not is_int(seed, 0, 2**63 - 1):
             raise ModelFormatError(f"{model}: expected the contract's seed to be an int in 0..2**63-1, got {seed!r}")
         module = _build(spec, weights, None if weights else seed)
     report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False, data=sequences)

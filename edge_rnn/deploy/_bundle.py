@@ -159,7 +159,7 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
         raise UnsupportedError(f"variants {unknown or '[]'}: expected names among {list(ALL)}")
     if not model.is_file():
         raise ModelFormatError(f"{model}: no such file")
-    if Contract.from_metadata(StreamingModel.load(model).session.get_modelmeta().custom_metadata_map) is None:
+    if StreamingModel.load(model).contract is None:
         raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; bundles are made from models "
                                "edge-rnn exported")
     if check_external_data(model.read_bytes(), model):

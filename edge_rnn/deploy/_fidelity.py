@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_rnn._numbers import is_int, is_number
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.harness import TOLERANCE, InputLayout, Tolerance, chunk_sizes, data_inputs, load_data, random_inputs
 from edge_rnn.runtime import StreamingModel
@@ -121,10 +122,9 @@ def has_float16_weights(data: bytes) -> bool:
 
 def precision_of(path: str | Path, model: StreamingModel) -> str:
     """The tolerance row a variant is judged by: what its contract says it is, else what its operators show."""
-    from edge_rnn.contract import Contract
     from edge_rnn.runtime._external import operator_types
 
-    contract = Contract.from_metadata(model.session.get_modelmeta().custom_metadata_map)
+    contract = model.contract
     variant = contract.source.get("variant") if contract is not None else None
     if variant in ("int8", "static-int8"):
         return "int8"
@@ -203,11 +203,10 @@ def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:
 
 def _check_request(steps: Any, max_chunk: Any, seed: Any, threshold: Any) -> None:
     for name, value, least in (("steps", steps, 2 * _WINDOW), ("max_chunk", max_chunk, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if not is_int(value, least):
             extra = f" (two windows of {_WINDOW})" if name == "steps" else ""
             raise UnsupportedError(f"{name}: expected an int >= {least}{extra}, got {value!r}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
+    if threshold is not None and not (is_number(threshold) and math.isfinite(threshold)):
         raise UnsupportedError(f"threshold: expected a finite number, got {threshold!r}")
 
 

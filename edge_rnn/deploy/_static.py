@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._decompose import decompose_recurrent
 from edge_rnn.errors import UnsupportedError
@@ -201,7 +202,7 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
     """The loop-free, fixed-shape form of an edge-rnn model: batch 1, ``chunk`` steps per call."""
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 256:
+    if not is_int(chunk, 1, 256):
         raise UnsupportedError(f"static chunk: expected an int in 1..256, got {chunk!r}")
     contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
     if contract is None:

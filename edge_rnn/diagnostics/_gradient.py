@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_rnn._numbers import is_int
 from edge_rnn.diagnostics._gates import recurrent_layers
 from edge_rnn.diagnostics._types import GradientFlow
 from edge_rnn.errors import ShapeError, UnsupportedError
@@ -97,7 +98,7 @@ def layer_gradient_norms(layer: torch.nn.Module, x: torch.Tensor, hx: Any = None
 def _lags(steps: int, max_lag: int | None) -> int:
     if max_lag is None:
         return steps - 1
-    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 0 <= max_lag < steps:
+    if not is_int(max_lag, 0, steps - 1):
         raise ShapeError(f"gradient flow: expected max_lag an int in 0..{steps - 1} (the input has {steps} steps), "
                          f"got {max_lag!r}")
     return max_lag

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from edge_rnn._numbers import is_int, is_number
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["StreamingIO", "ExportOptions", "io_from_legacy"]
@@ -89,12 +90,11 @@ class ExportOptions:
         for name in ("decomposed", "check", "verify_parity", "raise_on_failure", "keep_failed"):
             if not isinstance(getattr(self, name), bool):
                 raise UnsupportedError(f"{name}: expected True or False, got {getattr(self, name)!r}")
-        if isinstance(self.long_steps, bool) or not isinstance(self.long_steps, int) or self.long_steps < 0:
+        if not is_int(self.long_steps, least=0):
             raise UnsupportedError(f"long_steps: expected an int >= 0, got {self.long_steps!r}")
-        if self.atol is not None and (isinstance(self.atol, bool) or not isinstance(self.atol, (int, float))
-                                      or not self.atol > 0):
+        if self.atol is not None and not (is_number(self.atol) and self.atol > 0):
             raise UnsupportedError(f"atol: expected a positive number, got {self.atol!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if not is_int(self.seed):
             raise UnsupportedError(f"seed: expected an int, got {self.seed!r}")
         object.__setattr__(self, "extra_source", dict(self.extra_source or {}))
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, message_line
 from edge_rnn.harness._data import InputSource
@@ -52,14 +52,11 @@ class Cases:
 
     def __post_init__(self) -> None:
         """Refused here, before onnxruntime sees them: a batch of 0 aborts the process inside its GRU kernel."""
-        def bad(v: Any, least: int) -> bool:
-            return isinstance(v, bool) or not isinstance(v, int) or v < least
-
         for name, least in (("batch", 1), ("chunked_len", 0), ("long_steps", 0), ("chunk_max", 1),
                             ("long_chunk_max", 1), ("long_batch", 1)):
-            if bad(getattr(self, name), least):
+            if not is_int(getattr(self, name), least):
                 raise UnsupportedError(f"{name}: expected an int >= {least}, got {getattr(self, name)!r}")
-        if any(bad(t, 1) for t in self.seq_lens):
+        if not all(is_int(t, least=1) for t in self.seq_lens):
             raise UnsupportedError(f"seq_lens: expected ints >= 1, got {self.seq_lens!r}")
 
 

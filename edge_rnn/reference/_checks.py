@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edge_rnn._numbers import is_int
 from edge_rnn.errors import ShapeError, UnsupportedError
 
 NONLINEARITIES = ("tanh", "relu")
@@ -25,7 +26,7 @@ def reset_uniform(module: torch.nn.Module, hidden_size: int) -> None:
 
 def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> int:
     """Return ``value`` if it is an ``int`` (not a ``bool``) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value, least=minimum):
         raise UnsupportedError(f"{owner}: expected {name} to be an int >= {minimum}, got {value!r}")
     return value
 

@@ -9,7 +9,6 @@ direction, inter-layer dropout and the record of gate values.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from edge_rnn._numbers import is_number
 from edge_rnn.errors import ShapeError, UnsupportedError
 from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state, reset_uniform
 
@@ -79,7 +79,7 @@ class RecurrentBase(nn.Module):
         self.proj_size = check_size(owner, "proj_size", proj_size, minimum=0)
         if proj_size >= hidden_size:
             raise UnsupportedError(f"{owner}: expected proj_size < hidden_size ({hidden_size}), got {proj_size}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        if not is_number(dropout, 0, 1):
             raise UnsupportedError(f"{owner}: expected dropout to be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(

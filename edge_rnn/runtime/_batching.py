@@ -306,7 +306,8 @@ class BatchStepping:
             raise InferenceError(f"onnxruntime ran {self.source} but returned a {wrong}; no stream in this call "
                                  "advanced")
         # per-stream views into the batched outputs (iterating the batch axis): no copies
-        views = [list(res[k].transpose(perm)) for k, perm in enumerate(self._out_batch_first)]
+        views = [list(res[k] if perm is None else res[k].transpose(perm))
+                 for k, perm in enumerate(self._out_batch_first)]
         if n_out == 1:
             name = self._out_port_names[0]
             mine = [{name: v} for v in views[0]]

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from edge_rnn._numbers import is_int, is_number
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
@@ -70,8 +69,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFormatError(f"{path}: expected JSON, could not read it ({type(e).__name__})") from None
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if not isinstance(manifest, dict) or isinstance(fmt, bool) or not isinstance(fmt, int) or \
-            fmt not in _READABLE_FORMATS:
+    if not isinstance(manifest, dict) or not is_int(fmt) or fmt not in _READABLE_FORMATS:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ModelFormatError(f"{path}: expected bundle format {BUNDLE_FORMAT}, got {got!r}")
     variants = manifest.get("variants")
@@ -92,7 +90,7 @@ def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, 
 
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number (not a bool), else None: a manifest is not trusted."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     try:
         value = float(value)  # JSON integers have no size limit: 10**400 is not a float
@@ -116,7 +114,7 @@ def printable(text: Any, limit: int = 200) -> str:
 
 
 def check_max_error(max_error: Any) -> None:
-    if isinstance(max_error, bool) or not isinstance(max_error, (int, float, np.floating)) or not max_error >= 0:
+    if not is_number(max_error, least=0):
         raise UnsupportedError(f"max_error: expected a number >= 0, got {max_error!r}")
 
 

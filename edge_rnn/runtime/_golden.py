@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_rnn._numbers import is_int
 from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
 
 __all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_golden", "load_golden", "golden_chunks",
@@ -305,7 +306,7 @@ def _members(data: bytes, path: Path) -> None:
 
 def _chunks(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not value or len(value) > _MAX_STEPS or not all(
-            type(c) is int and 1 <= c <= _MAX_STEPS for c in value) or sum(value) > _MAX_STEPS:
+            is_int(c, 1, _MAX_STEPS) for c in value) or sum(value) > _MAX_STEPS:
         raise ValueError(f"chunks: expected a list of integers from 1 to {_MAX_STEPS}, got {str(value)[:80]}")
     return tuple(value)
 
@@ -313,7 +314,7 @@ def _chunks(value: Any) -> tuple[int, ...]:
 def _output_steps(kept: Any, steps: int) -> tuple[int, ...] | None:
     if kept is None:
         return None
-    if not isinstance(kept, list) or not kept or not all(type(i) is int for i in kept) or \
+    if not isinstance(kept, list) or not kept or not all(map(is_int, kept)) or \
             kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= steps:
         raise ValueError("output_steps: expected increasing step numbers within the stream")
     return tuple(kept)
@@ -337,7 +338,7 @@ def load_golden(path: Path, data: bytes | None = None) -> Golden:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
         meta = json.loads(files.pop("meta").tobytes().decode())
-        if not isinstance(meta, dict) or type(meta.get("format")) is not int or meta["format"] != GOLDEN_FORMAT:
+        if not isinstance(meta, dict) or not is_int(meta.get("format")) or meta["format"] != GOLDEN_FORMAT:
             raise ValueError(f"golden format {meta.get('format') if isinstance(meta, dict) else meta!r}")
         chunks = _chunks(meta["chunks"])
         if type(meta.get("whole")) is not bool or (meta["whole"] and len(chunks) != 1):

@@ -26,6 +26,7 @@ from edge_rnn.errors import (
 from edge_rnn.runtime._batching import BatchStepping
 from edge_rnn.runtime._bundle import by_speed, check_max_error, hash_file, number, pick_variant, read_manifest
 from edge_rnn.runtime._external import check_external_data, operator_types
+from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import ModelIO, Port, resolve_io
 from edge_rnn.runtime._selftest import SelfTest, estimate_error, golden_of, raise_if_failed
 from edge_rnn.runtime._selftest import self_test as run_self_test
@@ -134,10 +135,6 @@ def _is_int8_variant(picked: Any) -> bool:
     return picked.contract.source.get("variant") in ("int8", "static-int8")
 
 
-def _batch_first(rank: int, axis: int) -> tuple[int, ...]:
-    return (axis, *(i for i in range(rank) if i != axis))
-
-
 class StreamingModel(BatchStepping):
     """A stateful ONNX model, loaded once and shared; each :class:`Stream` owns its state.
 
@@ -189,10 +186,9 @@ class StreamingModel(BatchStepping):
         self._add_batch = {p.name: (slice(None),) * p.batch_axis + (None,) for p in io.inputs}
         self._in_batch_axis = {p.name: p.batch_axis for p in io.inputs}
         # transposes that take chunks stacked batch first to the model's layout (None: already it)
-        self._in_from_batch_first = {p.name: None if p.batch_axis == 0 else tuple(np.argsort(
-            _batch_first(len(p.shape), p.batch_axis)).tolist()) for p in io.inputs}
-        # transposes that bring the batch axis first, to split a batch into per-stream views
-        self._out_batch_first = [_batch_first(len(p.shape), p.batch_axis) for p in io.outputs]
+        self._in_from_batch_first = {p.name: from_front(len(p.shape), p.batch_axis) for p in io.inputs}
+        # transposes that bring the batch axis first, to split a batch into per-stream views (None: first already)
+        self._out_batch_first = [to_front(len(p.shape), p.batch_axis) for p in io.outputs]
         self._slab = StateSlab(io.states)  # every open stream's state, one row each
 
     # ------------------------------------------------------------------ loading
@@ -348,6 +344,12 @@ class StreamingModel(BatchStepping):
         is fixed at 1, and for one whose streams would change each other's outputs in a shared call (a dynamic
         int8 variant: ``rows_coupled``): those are stepped one call per stream, each exactly as alone."""
         return self._batchable
+
+    @property
+    def contract(self) -> Contract | None:
+        """The ``edge_rnn`` contract the model streams by: its file's, or the one given to :meth:`load` (a bundle's
+        manifest); None for a model edge-rnn did not write, read through :class:`ForeignModel` options."""
+        return self._io.contract
 
     @property
     def constants(self) -> Mapping[str, np.ndarray]:

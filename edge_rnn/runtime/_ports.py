@@ -86,6 +86,7 @@ class ModelIO:
     states: tuple[StateSpec, ...]
     constants: Mapping[str, np.ndarray]
     streamable: bool = True
+    contract: Contract | None = None  # the edge_rnn contract the ports come from; None for a model read without one
 
 
 def _dims(shape: Sequence) -> tuple[int | None, ...]:
@@ -289,4 +290,4 @@ def resolve_io(
     data_out = tuple(port(k, *v) for k, v in outputs.items() if k not in state_out)
     if not data_in:
         raise ModelFormatError(f"expected at least one data input besides states and constants, got {sorted(inputs)}")
-    return ModelIO(data_in, data_out, tuple(states), consts, streamable)
+    return ModelIO(data_in, data_out, tuple(states), consts, streamable, contract)

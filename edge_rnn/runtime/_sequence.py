@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_rnn.errors import ShapeError
+from edge_rnn.runtime._layout import from_front, to_front
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -44,7 +45,8 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     else:
         if x.ndim != len(port.stream_shape):
             raise ShapeError(f"{port.name}: expected shape {port.describe()} with time first, got {x.shape}")
-        x = np.moveaxis(x, 0, t_axis)
+        to_model = from_front(x.ndim, t_axis)
+        x = x if to_model is None else x.transpose(to_model)
         steps = x.shape[t_axis]
         pieces = [np.take(x, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
     if not pieces:
@@ -59,5 +61,9 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     for p in model.outputs:
         ax = p.stream_time_axis
         parts = collected[p.name]
-        result[p.name] = np.stack(parts) if ax is None else np.moveaxis(np.concatenate(parts, axis=ax), ax, 0)
+        if ax is None:
+            result[p.name] = np.stack(parts)
+            continue
+        y, time_first = np.concatenate(parts, axis=ax), to_front(len(p.stream_shape), ax)
+        result[p.name] = y if time_first is None else y.transpose(time_first)
     return result

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from edge_rnn._numbers import is_int
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 
 __all__ = ["OPT_LEVELS", "session_options", "new_session_options", "check_providers", "describe_session",
@@ -36,7 +37,7 @@ def session_options(given: ort.SessionOptions | None, threads: int | None,
     optimization = "default" if optimization is None else optimization
     if optimization not in OPT_LEVELS:
         raise UnsupportedError(f"optimization: expected one of {sorted(OPT_LEVELS)}, got {optimization!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if threads is not None and not is_int(threads, least=1):
         raise UnsupportedError(f"threads: expected an int >= 1 (or None: onnxruntime's default), got {threads!r}")
     return new_session_options(optimization, threads=threads)
 

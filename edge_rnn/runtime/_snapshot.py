@@ -16,6 +16,7 @@ import zlib
 
 import numpy as np
 
+from edge_rnn._numbers import is_int
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import StateError
 
@@ -66,7 +67,7 @@ def _header(data: bytes) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise StateError(f"snapshot: corrupt header, expected an object, got {type(header).__name__}")
     steps = header.get("steps", 0)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    if not is_int(steps, least=0):
         raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
     if header.get("version") == 1:
         raise StateError("snapshot: version 1 has no checksum and is no longer restored; take a new snapshot of the "

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StateError, StreamError
 from edge_rnn.runtime import Stream, StreamingModel
+from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.service._batcher import Batcher, Overloaded, ShuttingDown
 
 __all__ = ["create_app", "ServiceConfig", "uvicorn_options"]
@@ -95,9 +96,9 @@ class _Service:
         # model's layout (None: time is first already)
         self._frame_bytes = 4 * int(np.prod(self.frame)) if self.frame is not None else 0
         self._frames = (-1, *(self.frame or ()))
-        self._to_model = _time_to(self.port.stream_time_axis, len(self._frames)) if self.port else None
-        t_out = self.primary.stream_time_axis
-        self._from_model = None if not t_out else tuple(np.argsort(_time_to(t_out, len(self.primary.stream_shape))))
+        t_in, t_out = (self.port.stream_time_axis if self.port else None), self.primary.stream_time_axis
+        self._to_model = None if t_in is None else from_front(len(self._frames), t_in)
+        self._from_model = None if t_out is None else to_front(len(self.primary.stream_shape), t_out)
 
     def open(self, snapshot: bytes | None = None) -> str:
         if len(self.streams) >= self.config.max_streams:
@@ -204,14 +205,6 @@ class _Service:
 
 
 _F4 = np.dtype("<f4")
-
-
-def _time_to(t: int | None, rank: int) -> tuple[int, ...] | None:
-    """The transpose that takes axis 0 (time, as the protocol sends it) to axis ``t``; None when it is 0."""
-    if not t:
-        return None
-    rest = list(range(1, rank))
-    return tuple(rest[:t] + [0] + rest[t:])
 
 
 class _HttpError(Exception):
@@ -375,13 +368,13 @@ def _info_routes(app: FastAPI, svc: _Service, variant: str | None) -> None:
 
     @app.get("/v1/model")
     async def describe() -> dict:
-        c = model.session.get_modelmeta().custom_metadata_map.get("edge_rnn")
 
         def ports(ps: Any) -> list[dict]:
             return [{"name": p.name, "dtype": str(p.dtype), "shape": list(p.stream_shape),
                      "time_axis": p.stream_time_axis} for p in ps]
 
-        return {"contract": json.loads(c) if c else None, "variant": variant, "fingerprint": model.fingerprint,
+        contract = None if model.contract is None else model.contract.to_dict()
+        return {"contract": contract, "variant": variant, "fingerprint": model.fingerprint,
                 "inputs": ports(model.inputs), "outputs": ports(model.outputs),
                 "frame": svc.frame}  # one frame's shape for binary chunks (null: JSON chunks only)
 

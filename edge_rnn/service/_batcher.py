@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from edge_rnn._numbers import is_int, is_number
 from edge_rnn.errors import EdgeRnnError, UnsupportedError
 from edge_rnn.runtime import Stream, StreamingModel
 
@@ -49,9 +50,9 @@ class Batcher:
     def __init__(self, model: StreamingModel, *, max_batch: int = 64, max_wait_ms: float = 2.0,
                  max_queue: int = 1024, on_batch: Callable[[int, list[float], float], None] | None = None):
         for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_int(value, least):
                 raise UnsupportedError(f"{name}: expected an int >= {least}, got {value!r}")
-        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms <= 1e4:
+        if not is_number(max_wait_ms, 0, 1e4):
             raise UnsupportedError(f"max_wait_ms: expected a number in 0..10000, got {max_wait_ms!r}")
         self.model = model
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
