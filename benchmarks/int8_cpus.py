@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from edge_rnn.runtime import StreamingModel  # noqa: E402
+from edge_rnn.runtime import SessionConfig, StreamingModel  # noqa: E402
 from edge_rnn.runtime._golden import golden_chunks, load_golden, record, replay, save_golden  # noqa: E402
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel  # noqa: E402
 
@@ -61,7 +61,7 @@ def prepare(folder: Path, steps: int) -> None:
     models["token"] = folder / "token.onnx"
     index = {}
     for name, path in models.items():
-        model = StreamingModel.load(path, threads=1)
+        model = StreamingModel.load(path, session=SessionConfig(threads=1))
         rng = np.random.default_rng(0)
         chunks = golden_chunks(rng, steps, 1, longest=32)
         total = sum(chunks)
@@ -92,8 +92,8 @@ def replay_all(folder: Path) -> None:
     for name, variants in index["models"].items():
         golden = load_golden(folder / f"{name}.golden.npz")
         for setting, file in variants.items():
-            check = replay(StreamingModel.load(folder / file, threads=1), golden, atol=INT8_BOUND[0],
-                           rtol=INT8_BOUND[1])
+            check = replay(StreamingModel.load(folder / file, session=SessionConfig(threads=1)), golden,
+                           atol=INT8_BOUND[0], rtol=INT8_BOUND[1])
             w = check.worst
             print(f"{name:<6} {setting:<22} {check.max_abs:9.3g} {check.worst_fraction:8.3f} {w.name:<14} "
                   f"{'ok' if check.ok else 'OVER'}", flush=True)

@@ -33,7 +33,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.runtime import StreamingModel  # noqa: E402
+from edge_rnn.runtime import SessionConfig, StreamingModel  # noqa: E402
 from edge_rnn.runtime.bench import bench, format_table, random_chunk  # noqa: E402
 
 IN, HID, LAYERS = 80, 256, 2
@@ -86,7 +86,7 @@ def single_stream(paths: dict[str, Path], lstm: torch.nn.LSTM, rounds: int) -> d
             state["h0"], state["c0"] = h, c
             k[0] += 1
 
-        model = StreamingModel.load(path, threads=1)
+        model = StreamingModel.load(path, session=SessionConfig(threads=1))
         stream = model.open_stream()
         j = [0]
 
@@ -120,7 +120,7 @@ def single_stream(paths: dict[str, Path], lstm: torch.nn.LSTM, rounds: int) -> d
 def overhead_same_batch(path: Path, streams: tuple[int, ...], rounds: int) -> list[tuple[int, float, float, float]]:
     """step / step_batch against a bare session.run on feeds already stacked (the same batch): the same streams
     in the same order each call, and in a new order each call (each state gathered from its row)."""
-    model = StreamingModel.load(path, threads=1)
+    model = StreamingModel.load(path, session=SessionConfig(threads=1))
     rng = np.random.default_rng(1)
     out = []
     for n in streams:
@@ -176,7 +176,7 @@ def main() -> None:
               f"{s / med[f'naive onnxruntime loop ({form})']:.2f}x")
 
     for form, path in paths.items():
-        model = StreamingModel.load(path, threads=1)
+        model = StreamingModel.load(path, session=SessionConfig(threads=1))
         print(f"\n## (b, c) step_batch vs one naive session.run per stream, chunks 1/10/32 ({form})")
         rows = bench(model, streams=(1, 8, 64, 256), chunks=(1, 10, 32), seconds=args.seconds)
         print(format_table(rows))

@@ -25,11 +25,11 @@ import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.deploy import Int8Settings, make_variant, measure_against, mobile_support  # noqa: E402
-from edge_rnn.runtime import StreamingModel  # noqa: E402
+from edge_rnn.runtime import SessionConfig, StreamingModel  # noqa: E402
 
 
 def step_times(paths: dict[str, Path], rounds: int, per_round: int = 300) -> dict[str, float]:
-    models = {k: StreamingModel.load(p, threads=1) for k, p in paths.items()}
+    models = {k: StreamingModel.load(p, session=SessionConfig(threads=1)) for k, p in paths.items()}
     streams = {k: m.open_stream() for k, m in models.items()}
     x = np.random.default_rng(0).standard_normal((1, 80)).astype(np.float32)
     samples: dict[str, list[float]] = {k: [] for k in models}

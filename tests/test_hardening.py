@@ -14,7 +14,7 @@ from conftest import REPO, batch_of_one_model
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.errors import InferenceError, ModelFormatError, StateError, UnsupportedError
 from edge_rnn.harness import Cases, open_sessions, read_contract
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import ForeignModel, SessionConfig, StreamingModel
 from edge_rnn.runtime._external import external_locations
 
 DATA = REPO / "tests" / "data"
@@ -65,12 +65,12 @@ def test_load_options_are_validated():
     import onnxruntime as ort
 
     with pytest.raises(UnsupportedError, match="optimization: expected one of"):
-        StreamingModel.load(LAYER, optimization="max")
+        StreamingModel.load(LAYER, session=SessionConfig(optimization="max"))
     with pytest.raises(UnsupportedError, match="threads: expected an int >= 1"):
-        StreamingModel.load(LAYER, threads=-1)
+        StreamingModel.load(LAYER, session=SessionConfig(threads=-1))
     with pytest.raises(UnsupportedError, match="session_options: expected onnxruntime.SessionOptions, got str"):
-        StreamingModel.load(LAYER, session_options="x")
-    assert StreamingModel.load(LAYER, session_options=ort.SessionOptions()).states
+        StreamingModel.load(LAYER, session=SessionConfig(session_options="x"))
+    assert StreamingModel.load(LAYER, session=SessionConfig(session_options=ort.SessionOptions())).states
 
 
 def test_initial_state_takes_what_step_takes_and_refuses_what_step_refuses():
@@ -282,7 +282,7 @@ def test_bug3_swapped_axes_and_a_state_dtype_or_batch_axis_the_graph_lacks_are_r
 def test_bug4_a_failing_run_prints_nothing_of_onnxruntimes_own(capfd, tmp_path):
     pytest.importorskip("onnx")
     batch_of_one_model(tmp_path / "r.onnx")
-    model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
+    model = StreamingModel.load(tmp_path / "r.onnx", foreign=ForeignModel(state_batch_axis=0))
     x = np.ones(3, np.float32)
     capfd.readouterr()
     with pytest.raises(InferenceError, match="onnxruntime failed to run"):
@@ -293,11 +293,12 @@ def test_bug4_a_failing_run_prints_nothing_of_onnxruntimes_own(capfd, tmp_path):
 def test_load_refuses_an_execution_provider_this_onnxruntime_lacks(capfd):
     with pytest.raises(UnsupportedError, match=r"providers: expected names among this onnxruntime's "
                                                r"\['.*CPUExecutionProvider'\], got 'CUDAExecutionProvider'"):
-        StreamingModel.load(LAYER, providers=["CUDAExecutionProvider"])  # was: a fallback banner, then the CPU
+        # was: a fallback banner, then the CPU
+        StreamingModel.load(LAYER, session=SessionConfig(providers=["CUDAExecutionProvider"]))
     with pytest.raises(UnsupportedError, match="expected a list of execution provider names"):
-        StreamingModel.load(LAYER, providers="CPUExecutionProvider")
-    assert StreamingModel.load(LAYER, providers=[("CPUExecutionProvider", {})]).session.get_providers() == [
-        "CPUExecutionProvider"]
+        StreamingModel.load(LAYER, session=SessionConfig(providers="CPUExecutionProvider"))
+    cpu = StreamingModel.load(LAYER, session=SessionConfig(providers=[("CPUExecutionProvider", {})]))
+    assert cpu.session.get_providers() == ["CPUExecutionProvider"]
     assert "EP Error" not in capfd.readouterr().err
 
 

@@ -16,7 +16,7 @@ import torch
 import edge_rnn
 from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StateError, StreamError
 from edge_rnn.harness import TOLERANCE
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import SessionConfig, StreamingModel
 
 ATOL = TOLERANCE["float32"].atol  # the one tolerance table: ONNX against PyTorch fp32
 IN, H = 5, 7
@@ -79,7 +79,7 @@ STREAMABLE = [k for k in MODULES if k != "gru_bi"]
 @pytest.mark.parametrize("form", ["native", "decomposed"])
 def test_random_chunks_equal_one_pass_and_torch(models, name, form):
     module, path = models[name, form]
-    model = StreamingModel.load(path, threads=1)
+    model = StreamingModel.load(path, session=SessionConfig(threads=1))
     x = chunk(60, seed=1)
     cell = name.endswith("cell")
     stream = model.open_stream()
@@ -110,7 +110,7 @@ def _profiled(path, tmp_path) -> StreamingModel:
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp_path / "profile")
     so.intra_op_num_threads = 1
-    return StreamingModel.load(path, session_options=so)
+    return StreamingModel.load(path, session=SessionConfig(session_options=so))
 
 
 def _batch_sizes(model: StreamingModel) -> tuple[int, list[int]]:
@@ -129,7 +129,7 @@ def _batch_sizes(model: StreamingModel) -> tuple[int, list[int]]:
 def test_step_batch_equals_stepping_alone(models, name, tmp_path):
     _, path = models[name, "native"]
     model = _profiled(path, tmp_path)  # steps the batches; `alone` steps each stream on its own model
-    alone_model = StreamingModel.load(path, threads=1)
+    alone_model = StreamingModel.load(path, session=SessionConfig(threads=1))
     cell = name.endswith("cell")
     lengths = [1] * 6 if cell else [4, 4, 4, 1, 7, 4]
     a = [model.open_stream() for _ in lengths]
@@ -289,7 +289,7 @@ def test_non_streamable_model_takes_one_whole_sequence_per_call(models):
 
 def test_threads_on_different_streams_and_on_one_stream(models):
     _, path = models["lstm2", "native"]
-    model = StreamingModel.load(path, threads=1)
+    model = StreamingModel.load(path, session=SessionConfig(threads=1))
     xs = [chunk(3, seed=i) for i in range(20)]
     want = []
     for _ in range(8):

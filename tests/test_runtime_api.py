@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from edge_rnn.errors import EdgeRnnError, NonFiniteError, ShapeError, StreamError
-from edge_rnn.runtime import BenchRow, StreamingModel, bench, run_sequence
+from edge_rnn.runtime import BenchRow, ForeignModel, StreamingModel, bench, run_sequence
 
 DATA = REPO / "tests" / "data"
 
@@ -17,7 +17,7 @@ DATA = REPO / "tests" / "data"
 @pytest.fixture(params=["tiny_dynamic", "tiny_fixed"], ids=["batchable", "fixed-batch-1"])
 def model(request):
     """h' = tanh(x + h), x and h (batch, 3), written by hand (tests/data/make_fixtures.py): batch dynamic or 1."""
-    return StreamingModel.load(DATA / f"{request.param}.onnx", state_batch_axis=0)
+    return StreamingModel.load(DATA / f"{request.param}.onnx", foreign=ForeignModel(state_batch_axis=0))
 
 
 def ref(xs: list[np.ndarray]) -> np.ndarray:
@@ -93,7 +93,7 @@ def test_run_sequence_streams_a_whole_array_and_reports_progress(model):
 
 
 def test_bench_is_public():
-    model = StreamingModel.load(DATA / "tiny_dynamic.onnx", state_batch_axis=0)
+    model = StreamingModel.load(DATA / "tiny_dynamic.onnx", foreign=ForeignModel(state_batch_axis=0))
     rows = bench(model, streams=[1, 4], chunks=[1], seconds=0.02)
     assert [(r.streams, r.chunk) for r in rows] == [(1, 1), (4, 1)] and isinstance(rows[0], BenchRow)
     assert all(r.steps_per_s > 0 and r.naive_steps_per_s > 0 for r in rows)
@@ -134,15 +134,21 @@ def test_a_contract_that_does_not_fit_the_graph_is_refused_at_load():
     with pytest.raises(ModelFormatError, match=r"'h0' of shape \[None, 6\] float32 .* graph has \['batch', 3\]"):
         StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape)
     with pytest.raises(ValueError, match="not both"):
-        StreamingModel.load(DATA / "tiny_dynamic.onnx", contract=wrong_shape, state_map={"h0": "hn"})
+        StreamingModel.load(DATA / "tiny_dynamic.onnx", foreign=ForeignModel(state_map={"h0": "hn"}),
+                            contract=wrong_shape)
 
 
-def test_load_options_come_in_two_groups_or_as_keywords_not_both():
-    from edge_rnn.runtime import ForeignModel, SessionConfig
+def test_load_options_come_in_two_groups_the_old_keywords_warn_and_never_both():
+    from edge_rnn.runtime import SessionConfig
 
     path = DATA / "tiny_dynamic.onnx"
     grouped = StreamingModel.load(path, session=SessionConfig(threads=1), foreign=ForeignModel(state_batch_axis=0))
-    flat = StreamingModel.load(path, threads=1, state_batch_axis=0)
+    with pytest.warns(DeprecationWarning, match=r"load\(\w+=\) is deprecated: pass ") as caught:
+        flat = StreamingModel.load(path, threads=1, state_batch_axis=0)
+    assert sorted(str(w.message) for w in caught) == [
+        "load(state_batch_axis=) is deprecated: pass foreign=ForeignModel(state_batch_axis=...)",
+        "load(threads=) is deprecated: pass session=SessionConfig(threads=...)"]
+    assert all(w.filename == __file__ for w in caught)  # the warning points at the caller, not at edge_rnn
     x = np.full(3, 0.3, np.float32)
     assert np.array_equal(grouped.step(grouped.open_stream(), x)["y"], flat.step(flat.open_stream(), x)["y"])
     with pytest.raises(ValueError, match=r"give session=SessionConfig\(...\) or its fields \['threads'\]"):
@@ -158,6 +164,7 @@ def test_the_model_says_its_contract_and_none_for_a_model_read_without_one():
     meta = layer.session.get_modelmeta().custom_metadata_map
     assert isinstance(layer.contract, Contract) and layer.contract == Contract.from_metadata(meta)
     assert [s.input for s in layer.contract.states] == [s.input for s in layer.states]
-    assert StreamingModel.load(DATA / "tiny_dynamic.onnx", state_batch_axis=0).contract is None
+    foreign = StreamingModel.load(DATA / "tiny_dynamic.onnx", foreign=ForeignModel(state_batch_axis=0))
+    assert foreign.contract is None
     given = Contract.from_metadata(meta)
     assert StreamingModel.load((DATA / "lstm_layer.onnx").read_bytes(), contract=given).contract == given

@@ -15,7 +15,7 @@ from conftest import batch_of_one_model
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn.errors import ModelFormatError
-from edge_rnn.runtime import StreamingModel, detect_state_pairs
+from edge_rnn.runtime import ForeignModel, SessionConfig, StreamingModel, detect_state_pairs
 
 F = TensorProto.FLOAT
 
@@ -68,7 +68,7 @@ def reference(xs, sr=16000):
 @pytest.mark.parametrize("pair", [("state", "stateN"), ("h0", "hn"), ("rnn_in", "rnn_out"), ("past_h", "present_h")])
 def test_common_pairs_are_detected_and_constants_fed(tmp_path, pair):
     path = vad_like(tmp_path, *pair)
-    model = StreamingModel.load(path, constants={"sr": np.array(16000)})
+    model = StreamingModel.load(path, foreign=ForeignModel(constants={"sr": np.array(16000)}))
     assert [(s.input, s.output, s.shape, s.batch_axis) for s in model.states] == [(pair[0], pair[1], (2, None, 3), 1)]
     assert [p.name for p in model.inputs] == ["input"] and [p.name for p in model.outputs] == ["output"]
     xs = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
@@ -86,8 +86,9 @@ def test_common_pairs_are_detected_and_constants_fed(tmp_path, pair):
 def test_explicit_state_map_and_ambiguity(tmp_path):
     path = vad_like(tmp_path, "state", "stateN", extra_outputs=("state_out",))
     with pytest.raises(ModelFormatError, match=r"state -> \['stateN', 'state_out'\].*state_map"):
-        StreamingModel.load(path, constants={"sr": np.array(8000)})
-    model = StreamingModel.load(path, state_map={"state": "stateN"}, constants={"sr": np.array(8000)})
+        StreamingModel.load(path, foreign=ForeignModel(constants={"sr": np.array(8000)}))
+    model = StreamingModel.load(path, foreign=ForeignModel(state_map={"state": "stateN"},
+                                                           constants={"sr": np.array(8000)}))
     assert [p.name for p in model.outputs] == ["output", "state_out"]
     xs = np.ones((3, 4), np.float32)
     s = model.open_stream()
@@ -98,13 +99,14 @@ def test_explicit_state_map_and_ambiguity(tmp_path):
 def test_missing_pairs_constants_and_axes_are_clear_errors(tmp_path):
     path = vad_like(tmp_path, "memory", "memory_next")
     with pytest.raises(ModelFormatError, match=r"no state pairs detected among inputs \['input', 'memory'\]"):
-        StreamingModel.load(path, constants={"sr": np.array(16000)})
+        StreamingModel.load(path, foreign=ForeignModel(constants={"sr": np.array(16000)}))
     with pytest.raises(ModelFormatError, match=r"constants \['rate'\]: expected names of model inputs"):
-        StreamingModel.load(path, constants={"rate": 1})
+        StreamingModel.load(path, foreign=ForeignModel(constants={"rate": 1}))
     with pytest.raises(ModelFormatError, match=r"state_map \{'memory': 'nope'\}"):
-        StreamingModel.load(path, state_map={"memory": "nope"}, constants={"sr": np.array(16000)})
+        StreamingModel.load(path, foreign=ForeignModel(state_map={"memory": "nope"}, constants={"sr": np.array(16000)}))
     with pytest.raises(ModelFormatError, match=r"expected time_axis in 0..1 \(rank 2\), got 5"):
-        StreamingModel.load(path, state_map={"memory": "memory_next"}, constants={"sr": 1}, time_axis=5)
+        StreamingModel.load(path, foreign=ForeignModel(state_map={"memory": "memory_next"}, constants={"sr": 1},
+                                                       time_axis=5))
     (tmp_path / "junk.onnx").write_bytes(b"\x00\x01garbage")
     with pytest.raises(ModelFormatError, match="onnxruntime could not load it"):
         StreamingModel.load(tmp_path / "junk.onnx")
@@ -130,8 +132,8 @@ class _Block:
             raise ImportError(name + ' is blocked')
 sys.meta_path.insert(0, _Block())
 import numpy as np
-from edge_rnn.runtime import StreamingModel
-m = StreamingModel.load(sys.argv[1], threads=1)
+from edge_rnn.runtime import SessionConfig, StreamingModel
+m = StreamingModel.load(sys.argv[1], session=SessionConfig(threads=1))
 x = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
 s = m.open_stream()
 a = np.concatenate([m.step(s, x[:5])['y'], m.step(s, x[5:])['y']])
@@ -159,9 +161,9 @@ def test_runtime_runs_with_torch_and_onnx_unimportable(tmp_path):
 def test_constants_are_checked_at_load(tmp_path):
     path = vad_like(tmp_path)
     with pytest.raises(ModelFormatError, match=r"constant 'sr': expected shape \[\], got \(2,\)"):
-        StreamingModel.load(path, constants={"sr": np.array([1, 2])})
+        StreamingModel.load(path, foreign=ForeignModel(constants={"sr": np.array([1, 2])}))
     with pytest.raises(ModelFormatError, match="constant 'sr': expected a tensor\\(int64\\) value"):
-        StreamingModel.load(path, constants={"sr": "abc"})
+        StreamingModel.load(path, foreign=ForeignModel(constants={"sr": "abc"}))
 
 
 def test_model_with_batch_fixed_at_one_steps_streams_one_call_each(tmp_path):
@@ -171,7 +173,7 @@ def test_model_with_batch_fixed_at_one_steps_streams_one_call_each(tmp_path):
         "fixed", [helper.make_tensor_value_info("x", F, [1, 3]), helper.make_tensor_value_info("h0", F, [1, 3])],
         [helper.make_tensor_value_info("y", F, [1, 3]), helper.make_tensor_value_info("hn", F, [1, 3])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fixed.onnx")
-    model = StreamingModel.load(tmp_path / "fixed.onnx", state_batch_axis=0)
+    model = StreamingModel.load(tmp_path / "fixed.onnx", foreign=ForeignModel(state_batch_axis=0))
     a, b, c = model.open_stream(), model.open_stream(), model.open_stream()
     xa, xb = np.full(3, 0.5, np.float32), np.full(3, -1.0, np.float32)
     got = model.step_batch([(a, xa), (b, xb)])
@@ -184,7 +186,7 @@ def test_onnxruntime_failure_is_an_edge_rnn_error_run_once_and_no_stream_advance
     from edge_rnn.errors import InferenceError
 
     batch_of_one_model(tmp_path / "r.onnx")
-    model = StreamingModel.load(tmp_path / "r.onnx", state_batch_axis=0)
+    model = StreamingModel.load(tmp_path / "r.onnx", foreign=ForeignModel(state_batch_axis=0))
     a, b = model.open_stream(), model.open_stream()
     x = np.ones(3, np.float32)
     calls = []
@@ -206,10 +208,11 @@ def test_load_never_changes_the_callers_session_options_and_takes_a_contract(tmp
     so = ort.SessionOptions()
     so.intra_op_num_threads = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    StreamingModel.load(path, session_options=so, constants={"sr": np.array(16000)})
+    StreamingModel.load(path, session=SessionConfig(session_options=so),
+                        foreign=ForeignModel(constants={"sr": np.array(16000)}))
     assert so.intra_op_num_threads == 3 and so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with pytest.raises(ValueError, match="set threads and the optimisation level on it"):
-        StreamingModel.load(path, session_options=so, threads=1)
+        StreamingModel.load(path, session=SessionConfig(session_options=so, threads=1))
     g = helper.make_graph(
         [helper.make_node("Add", ["mem", "x"], ["s"]), helper.make_node("Tanh", ["s"], ["mem_next"]),
          helper.make_node("Identity", ["mem_next"], ["out"])],

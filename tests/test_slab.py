@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from edge_rnn.errors import InferenceError
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import ForeignModel, StreamingModel
 
 MODEL = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6), states h0/c0
 
@@ -145,7 +145,7 @@ def test_a_state_output_of_the_wrong_batch_size_raises_and_advances_nothing(tmp_
         "mean", [helper.make_tensor_value_info("x", f, ["b", 3]), helper.make_tensor_value_info("h0", f, ["b", 3])],
         [helper.make_tensor_value_info("y", f, ["b", 3]), helper.make_tensor_value_info("hn", f, ["b", 3])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    model = StreamingModel.load(tmp_path / "m.onnx", state_batch_axis=0)
+    model = StreamingModel.load(tmp_path / "m.onnx", foreign=ForeignModel(state_batch_axis=0))
     a, b = model.open_stream(), model.open_stream()
     with pytest.raises(InferenceError, match="state output for 'h0': expected \\(2, 3\\) float32, got \\(1, 3\\)"):
         model.step_batch([(a, np.ones(3, np.float32)), (b, np.ones(3, np.float32))])

@@ -151,7 +151,7 @@ def _pairs(values: tuple[str, ...], flag: str, form: str) -> list[tuple[str, str
 
 def _foreign(state_map: tuple[str, ...], constants: tuple[str, ...], batch_axis: int | None, time_axis: int | None,
              state_batch_axis: int | None) -> dict[str, Any]:
-    """The keywords of StreamingModel.load for the options given (none given: none passed)."""
+    """The fields of a ForeignModel for the options given (none given: none set)."""
     import json
 
     kw: dict[str, Any] = {}
@@ -175,10 +175,9 @@ def _foreign(state_map: tuple[str, ...], constants: tuple[str, ...], batch_axis:
 def _load_runtime_model(model: Path, threads: int | None, allow_nonfinite: bool = False, variant: str | None = None,
                         **foreign: Any) -> Any:
     """MODEL as ``StreamingModel.load`` takes it: a file, or a bundle folder and its variant (None: fp32)."""
-    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime import ForeignModel, SessionConfig, StreamingModel
 
     _model_path(model, variant)
-    return StreamingModel.load(model, threads=threads, allow_nonfinite=allow_nonfinite, variant=variant,
-                               **_foreign(**foreign))
-
-
+    return StreamingModel.load(model, session=SessionConfig(threads=threads),
+                               foreign=ForeignModel(**_foreign(**foreign)), allow_nonfinite=allow_nonfinite,
+                               variant=variant)

@@ -34,7 +34,7 @@ from edge_rnn.deploy._ort import to_ort
 from edge_rnn.deploy._variants import VARIANTS, check_int8_settings, make_variant
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness import TOLERANCE
-from edge_rnn.runtime import StreamingModel, check_external_data
+from edge_rnn.runtime import SessionConfig, StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
 from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden, thin_outputs
 from edge_rnn.runtime._host import describe_host, host_record
@@ -61,7 +61,7 @@ def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
     A static form takes its fixed chunk per call (the latency is per step of it); a model that is not
     streamable takes a fresh stream per call.
     """
-    model = StreamingModel.load(path, threads=1)
+    model = StreamingModel.load(path, session=SessionConfig(threads=1))
     k = next((p.shape[p.time_axis] for p in model.inputs if p.time_axis is not None
               and p.shape[p.time_axis] is not None), 1)
     chunk = random_chunk(model, k, np.random.default_rng(0))
@@ -100,7 +100,7 @@ def _golden_stream(fp32: Path, data: Any, multiple: int) -> Golden:
     (a static form's) still needs MIN_CHUNKS of them, then only two, and beyond that the outputs are kept at
     fewer steps (every chunk's last among them): the inputs and every chunk end's state always are.
     """
-    model = StreamingModel.load(fp32, threads=1)
+    model = StreamingModel.load(fp32, session=SessionConfig(threads=1))
     timed = any(p.time_axis is not None for p in model.inputs)
     source = input_source(model, data)
     for steps, longest, least in _golden_plans(multiple):
@@ -125,7 +125,7 @@ def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
 
 def _golden_entry(path: Path, golden: Golden, bound: dict[str, float]) -> dict[str, Any]:
     """What a variant's golden replay here measured, and the bound (``atol``, ``rtol``) a device holds it to."""
-    check = replay(StreamingModel.load(path, threads=1), golden, **bound)
+    check = replay(StreamingModel.load(path, session=SessionConfig(threads=1)), golden, **bound)
     return {"bound": bound, "measured": check.to_dict()}
 
 

@@ -23,8 +23,9 @@ from edge_rnn.errors import ModelFormatError
 __all__ = ["external_locations", "check_external_data", "operator_types", "operator_counts_of", "wire_fields",
            "read_varint", "map_entry", "MalformedProto"]
 
-# Which length-delimited fields lead to tensors, by message (onnx.proto's field numbers).
-_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _ENTRY = range(8)
+# Which length-delimited fields lead to tensors and nodes, by message (onnx.proto's field numbers); a tensor's own
+# fields are read by _tensor.
+_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE = range(7)
 _CHILDREN = {
     _MODEL: {7: _GRAPH, 25: _FUNCTION},
     _FUNCTION: {7: _NODE},
@@ -32,7 +33,6 @@ _CHILDREN = {
     _NODE: {5: _ATTRIBUTE},
     _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
-    _TENSOR: {13: _ENTRY},
 }
 _MAX_DEPTH = 64  # nested subgraphs (If/Loop/Scan bodies) deeper than this are refused
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
@@ -86,28 +86,39 @@ def map_entry(data: bytes, start: int, stop: int) -> tuple[bytes, bytes]:
     return key, value
 
 
+def _tensor(data: bytes, start: int, stop: int, found: list[str]) -> None:
+    """A tensor kept outside the file adds its ``location`` to ``found`` ("" when it names none)."""
+    location, external = None, False
+    for field, wire, value in wire_fields(data, start, stop):
+        if field == 14 and wire == 0:
+            external = value == _EXTERNAL
+        elif field == 13 and wire == 2:
+            key, text = map_entry(data, *value)
+            if key == b"location":
+                location = text.decode("utf-8", "replace")
+    if external or location is not None:
+        found.append(location if location is not None else "")
+
+
 def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[str], ops: Counter) -> None:
     """Collect external tensors' locations into ``found`` and count nodes by ``domain.op_type`` (``op_type`` alone
     in the default domain) into ``ops``."""
     if depth > _MAX_DEPTH:
         raise ModelFormatError(f"the model nests subgraphs more than {_MAX_DEPTH} deep")
+    if kind == _TENSOR:
+        _tensor(data, start, stop, found)
+        return
     children = _CHILDREN.get(kind, {})
-    location, external, op, domain = None, False, None, ""
+    names: dict[int, str] = {}  # a node's op_type (4) and domain (7)
     for field, wire, value in wire_fields(data, start, stop):
-        if kind == _TENSOR and field == 14 and wire == 0:
-            external = value == _EXTERNAL
-        elif kind == _TENSOR and field == 13 and wire == 2:
-            key, text = map_entry(data, *value)
-            if key == b"location":
-                location = text.decode("utf-8", "replace")
-        elif kind == _NODE and field in (4, 7) and wire == 2:
-            text = data[value[0]:value[1]].decode("utf-8", "replace")
-            op, domain = (text, domain) if field == 4 else (op, text)
-        elif wire == 2 and field in children:
+        if wire != 2:
+            continue
+        if kind == _NODE and field in (4, 7):
+            names[field] = data[value[0]:value[1]].decode("utf-8", "replace")
+        elif field in children:
             _walk(data, children[field], *value, depth + 1, found, ops)
-    if external or location is not None:
-        found.append(location if location is not None else "")
-    if op is not None:
+    if 4 in names:
+        op, domain = names[4], names.get(7, "")
         ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
 
 

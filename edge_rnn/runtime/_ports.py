@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_rnn.contract import Contract, StateSpec, axes_problem
+from edge_rnn.contract import Contract, StateSpec, TensorSpec, axes_problem
 from edge_rnn.errors import ModelFormatError, UnsupportedError
+from edge_rnn.runtime._session import ForeignModel
 
 __all__ = ["Port", "ModelIO", "resolve_io", "detect_state_pairs", "numpy_dtype", "check_contract_fits"]
 
@@ -93,6 +94,31 @@ def _dims(shape: Sequence) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
 
 
+def _candidates(inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> dict[str, list[str]]:
+    """Per input, the outputs a naming rule pairs it with (same rank, another name), in rule order."""
+    found: dict[str, list[str]] = {}
+    for name, shape in inputs.items():
+        cands: list[str] = []
+        for pattern, template in _PAIR_RULES:
+            out = re.sub(pattern, template, name) if re.match(pattern, name) else None
+            if out in outputs and out != name and len(outputs[out]) == len(shape) and out not in cands:
+                cands.append(out)
+        if cands:
+            found[name] = cands
+    return found
+
+
+def _ambiguous(found: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The inputs with several candidate outputs, and the outputs claimed by several inputs."""
+    ambiguous = {k: v for k, v in found.items() if len(v) > 1}
+    taken: dict[str, list[str]] = {}
+    for k, v in found.items():
+        for o in v:
+            taken.setdefault(o, []).append(k)
+    ambiguous.update({f"(output) {o}": ins for o, ins in taken.items() if len(ins) > 1})
+    return ambiguous
+
+
 def detect_state_pairs(inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]) -> dict[str, str]:
     """State input -> output pairs found by name (``h0``/``hn``, ``X_in``/``X_out``, ``past_X``/``present_X``,
     ``state``/``stateN``) where each is unambiguous and the shapes agree.
@@ -101,22 +127,8 @@ def detect_state_pairs(inputs: Mapping[str, tuple], outputs: Mapping[str, tuple]
     :class:`ModelFormatError` listing the candidates when a name matches
     several outputs or none is found.
     """
-    found: dict[str, list[str]] = {}
-    for name, shape in inputs.items():
-        cands = []
-        for pattern, template in _PAIR_RULES:
-            if re.match(pattern, name):
-                out = re.sub(pattern, template, name)
-                if out in outputs and out != name and len(outputs[out]) == len(shape) and out not in cands:
-                    cands.append(out)
-        if cands:
-            found[name] = cands
-    ambiguous = {k: v for k, v in found.items() if len(v) > 1}
-    taken: dict[str, list[str]] = {}
-    for k, v in found.items():
-        for o in v:
-            taken.setdefault(o, []).append(k)
-    ambiguous.update({f"(output) {o}": ins for o, ins in taken.items() if len(ins) > 1})
+    found = _candidates(inputs, outputs)
+    ambiguous = _ambiguous(found)
     if ambiguous:
         raise ModelFormatError(
             "could not tell the state pairs apart: candidates " + "; ".join(f"{k} -> {v}" for k, v in ambiguous.items())
@@ -207,87 +219,122 @@ def _check_named_axes(t: Any, shape: tuple) -> None:
                 f"dimension {name!r} is (shape {list(shape)}), got {axis}")
 
 
+def _missing_names(contract: Contract, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    named_in = [t.name for t in contract.inputs] + [s.input for s in contract.states]
+    named_out = [t.name for t in contract.outputs] + [s.output for s in contract.states]
+    missing = [n for n in named_in if n not in inputs] + [n for n in named_out if n not in outputs]
+    if missing:
+        raise ModelFormatError(f"edge_rnn contract names {missing}, which the graph does not have: expected names "
+                               f"among inputs {sorted(inputs)} and outputs {sorted(outputs)}")
+
+
+def _check_tensor_fits(t: TensorSpec, shape: tuple, ort_type: str, fixed_chunk: int | None) -> None:
+    """One data input or output: the declared dtype, the axes the graph names, the fixed chunk."""
+    if t.dtype is not None and numpy_dtype(ort_type) != np.dtype(t.dtype):
+        raise ModelFormatError(f"edge_rnn contract: expected {t.name!r} to be {t.dtype} as the contract says, "
+                               f"but the graph has {ort_type}")
+    _check_named_axes(t, shape)
+    if fixed_chunk is not None and t.time_axis is not None and shape[t.time_axis] != fixed_chunk:
+        raise ModelFormatError(f"edge_rnn contract: fixed_chunk {fixed_chunk}, but {t.name!r} has "
+                               f"{shape[t.time_axis]} steps along its time axis in the graph")
+
+
+def _check_state_fits(s: StateSpec, name: str, shape: tuple, ort_type: str) -> None:
+    """One side (``name``: the state's input or output) of a state pair: rank, fixed sizes, dtype, batch axis."""
+    dims = _dims(shape)
+    fits = len(dims) == len(s.shape) and all(a is None or b is None or a == b for a, b in zip(dims, s.shape))
+    if not fits or numpy_dtype(ort_type) != np.dtype(s.dtype):
+        raise ModelFormatError(
+            f"edge_rnn contract: state {s.input!r} -> {s.output!r}: expected {name!r} of shape "
+            f"{list(s.shape)} {s.dtype} as the contract says, but the graph has {list(shape)} {ort_type}")
+    if "batch" in shape and shape.index("batch") != s.batch_axis:
+        raise ModelFormatError(
+            f"edge_rnn contract: state {s.input!r}: expected its batch axis at {shape.index('batch')}, "
+            f"where the graph's dimension 'batch' is (shape {list(shape)}), got {s.batch_axis}")
+
+
 def check_contract_fits(contract: Contract, inputs: Mapping[str, tuple[tuple, str]],
                          outputs: Mapping[str, tuple[tuple, str]]) -> None:
     """Every name the contract gives is in the graph, every tensor's declared dtype and every state's rank,
     fixed sizes and dtype match it."""
-    missing = [n for n in [t.name for t in contract.inputs] + [s.input for s in contract.states] if n not in inputs]
-    missing += [n for n in [t.name for t in contract.outputs] + [s.output for s in contract.states] if n not in outputs]
-    if missing:
-        raise ModelFormatError(f"edge_rnn contract names {missing}, which the graph does not have: expected names "
-                               f"among inputs {sorted(inputs)} and outputs {sorted(outputs)}")
-    for t, (shape, ort_type) in [(t, inputs[t.name]) for t in contract.inputs] + [
-            (t, outputs[t.name]) for t in contract.outputs]:
-        if t.dtype is not None and numpy_dtype(ort_type) != np.dtype(t.dtype):
-            raise ModelFormatError(f"edge_rnn contract: expected {t.name!r} to be {t.dtype} as the contract says, "
-                                   f"but the graph has {ort_type}")
-        _check_named_axes(t, shape)
-        if contract.fixed_chunk is not None and t.time_axis is not None and shape[t.time_axis] != contract.fixed_chunk:
-            raise ModelFormatError(f"edge_rnn contract: fixed_chunk {contract.fixed_chunk}, but {t.name!r} has "
-                                   f"{shape[t.time_axis]} steps along its time axis in the graph")
+    _missing_names(contract, inputs, outputs)
+    for t in contract.inputs:
+        _check_tensor_fits(t, *inputs[t.name], contract.fixed_chunk)
+    for t in contract.outputs:
+        _check_tensor_fits(t, *outputs[t.name], contract.fixed_chunk)
     for s in contract.states:
-        for name, (shape, ort_type) in ((s.input, inputs[s.input]), (s.output, outputs[s.output])):
-            dims = _dims(shape)
-            fits = len(dims) == len(s.shape) and all(a is None or b is None or a == b for a, b in zip(dims, s.shape))
-            if not fits or np.dtype(numpy_dtype(ort_type)) != np.dtype(s.dtype):
-                raise ModelFormatError(
-                    f"edge_rnn contract: state {s.input!r} -> {s.output!r}: expected {name!r} of shape "
-                    f"{list(s.shape)} {s.dtype} as the contract says, but the graph has {list(shape)} {ort_type}")
-            if "batch" in shape and shape.index("batch") != s.batch_axis:
-                raise ModelFormatError(
-                    f"edge_rnn contract: state {s.input!r}: expected its batch axis at {shape.index('batch')}, "
-                    f"where the graph's dimension 'batch' is (shape {list(shape)}), got {s.batch_axis}")
+        _check_state_fits(s, s.input, *inputs[s.input])
+        _check_state_fits(s, s.output, *outputs[s.output])
 
 
-def resolve_io(
-    inputs: Mapping[str, tuple[tuple, str]],
-    outputs: Mapping[str, tuple[tuple, str]],
-    metadata: Mapping[str, str],
-    *,
-    state_map: Mapping[str, str] | None = None,
-    batch_axis: int = 0,
-    time_axis: int | None = None,
-    state_batch_axis: int | None = None,
-    constants: Mapping[str, object] | None = None,
-) -> ModelIO:
-    """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type)."""
-    consts = _constants(inputs, constants)
-    contract = Contract.from_metadata(metadata)
-    if contract is not None:
-        given = [k for k, v in (("state_map", state_map), ("batch_axis", batch_axis or None), ("time_axis", time_axis),
-                                ("state_batch_axis", state_batch_axis)) if v is not None]
-        if given:  # they would override the contract, or be ignored: neither is what the caller expects
-            raise UnsupportedError(
-                f"{', '.join(given)}: the model's edge_rnn contract already says its states and axes; these options "
-                "are for models without one")
-    if contract is not None:
-        check_contract_fits(contract, inputs, outputs)
-        axes = {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs, *contract.outputs)}
-        ranges = {t.name: t.values for t in contract.inputs if t.values is not None}
-        states = contract.states
-        streamable = contract.streamable
-    else:
+def _refuse_foreign_options(foreign: ForeignModel) -> None:
+    """A model with a contract takes no options for models without one: they would override the contract, or be
+    ignored, and neither is what the caller expects."""
+    given = [k for k, v in (("state_map", foreign.state_map), ("batch_axis", foreign.batch_axis or None),
+                            ("time_axis", foreign.time_axis), ("state_batch_axis", foreign.state_batch_axis))
+             if v is not None]
+    if given:
+        raise UnsupportedError(
+            f"{', '.join(given)}: the model's edge_rnn contract already says its states and axes; these options "
+            "are for models without one")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the ports' batch and time axes are, and what each state is: from the contract, or from the options
+    and the graph for a model without one."""
+
+    states: tuple[StateSpec, ...]
+    axes: Mapping[str, tuple[int, int | None]]  # by name; a name not there takes the default below
+    default: tuple[int, int | None]
+    ranges: Mapping[str, tuple[int, int]]
+    streamable: bool
+
+    @classmethod
+    def of(cls, contract: Contract | None, inputs: Shapes, outputs: Shapes, consts: Mapping[str, Any],
+           foreign: ForeignModel) -> _Layout:
+        default = (foreign.batch_axis, foreign.time_axis)
+        if contract is not None:
+            _refuse_foreign_options(foreign)
+            check_contract_fits(contract, inputs, outputs)
+            return cls(contract.states, {t.name: (t.batch_axis, t.time_axis) for t in (*contract.inputs,
+                                                                                        *contract.outputs)},
+                       default, {t.name: t.values for t in contract.inputs if t.values is not None},
+                       contract.streamable)
+        state_map = foreign.state_map
         if state_map is None:
             candidates = {k: v[0] for k, v in inputs.items() if k not in consts}
             state_map = detect_state_pairs(candidates, {k: v[0] for k, v in outputs.items()})
-        states = _mapped_states(inputs, outputs, state_map, state_batch_axis)
-        axes, ranges = {}, {}
-        streamable = True
-    state_in = {s.input for s in states}
-    state_out = {s.output for s in states}
+        return cls(_mapped_states(inputs, outputs, state_map, foreign.state_batch_axis), {}, default, {}, True)
 
-    def port(name: str, shape: tuple, ort_type: str) -> Port:
-        b, t = axes.get(name, (batch_axis, time_axis))
+    def port(self, name: str, shape: tuple, ort_type: str, is_input: bool) -> Port:
+        b, t = self.axes.get(name, self.default)
         dims = _dims(shape)
         problem = axes_problem(len(dims), b, t)
         if problem:
             hint = (f"; if it takes the same value on every call, pass constants={{{name!r}: value}} (--constant "
-                    f"{name}=VALUE on the command line)" if name in inputs and len(dims) <= b else "")
+                    f"{name}=VALUE on the command line)" if is_input and len(dims) <= b else "")
             raise ModelFormatError(f"{name!r} of shape {list(shape)}: {problem}{hint}")
-        return Port(name, dims, numpy_dtype(ort_type), b, t, ranges.get(name))
+        return Port(name, dims, numpy_dtype(ort_type), b, t, self.ranges.get(name))
 
-    data_in = tuple(port(k, *v) for k, v in inputs.items() if k not in state_in and k not in consts)
-    data_out = tuple(port(k, *v) for k, v in outputs.items() if k not in state_out)
+
+Shapes = Mapping[str, tuple[tuple, str]]
+
+
+def resolve_io(inputs: Shapes, outputs: Shapes, contract: Contract | None,
+               foreign: ForeignModel | None = None) -> ModelIO:
+    """Ports, states and constants of a model; ``inputs``/``outputs`` map names to (shape, ort type).
+
+    With a ``contract`` (the file's, or one given in its place) every name, axis and state comes from it, checked
+    against the graph; without one, from ``foreign`` (:class:`~edge_rnn.runtime.ForeignModel`) and the graph.
+    """
+    foreign = foreign or ForeignModel()
+    consts = _constants(inputs, foreign.constants)
+    layout = _Layout.of(contract, inputs, outputs, consts, foreign)
+    state_in = {s.input for s in layout.states}
+    state_out = {s.output for s in layout.states}
+    data_in = tuple(layout.port(k, *v, True) for k, v in inputs.items() if k not in state_in and k not in consts)
+    data_out = tuple(layout.port(k, *v, False) for k, v in outputs.items() if k not in state_out)
     if not data_in:
         raise ModelFormatError(f"expected at least one data input besides states and constants, got {sorted(inputs)}")
-    return ModelIO(data_in, data_out, tuple(states), consts, streamable, contract)
+    return ModelIO(data_in, data_out, tuple(layout.states), consts, layout.streamable, contract)

@@ -14,7 +14,8 @@ from edge_rnn.errors import ModelFormatError, UnsupportedError
 __all__ = ["OPT_LEVELS", "session_options", "new_session_options", "check_providers", "describe_session",
            "SessionConfig", "ForeignModel"]
 
-_EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
+# onnxruntime's execution-provider failure: the one error its own run answers by falling back to another provider
+EP_FAIL = getattr(getattr(ort.capi, "onnxruntime_pybind11_state", None), "EPFail", ())
 # The one map of onnxruntime's optimisation levels by name (the parity harness uses it too).
 OPT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -23,7 +24,7 @@ class ModelOfStream(Protocol):
     def streamable(self) -> bool: ...
 
 
-__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream"]
+__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream", "rows_of", "check_all_usable", "locks_of"]
 
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
@@ -76,9 +77,12 @@ class Stream:
                 "per sequence; call stream.reset() before the next sequence"
             )
 
-    def usable_fast(self, model: ModelOfStream, streamable: bool) -> bool:
-        """The common case of :meth:`check_usable` in one test, for the hot path (``streamable``: the model's)."""
-        return self._model is model and not self._closed and (streamable or not self.steps)
+    def row_for(self, model: ModelOfStream, streamable: bool) -> int:
+        """This stream's row of the slab, for ``model`` to step it (``streamable``: the model's); raises what
+        :meth:`check_usable` raises when it may not. The caller holds the lock."""
+        if self._model is not model or self._closed or (not streamable and self.steps):
+            self.check_usable(model)  # raises the right error
+        return self._row
 
     # ------------------------------------------------------------------ for the user
     @property
@@ -165,3 +169,29 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
             raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
         out[s.input] = a.copy()
     return out
+
+
+# A batch of streams read at C speed (map over attribute getters): the stepper's view of many streams at once,
+# kept here beside the attributes it reads.
+_ROW = attrgetter("_row")
+_MODEL = attrgetter("_model")
+_CLOSED = attrgetter("_closed")
+_LOCK = attrgetter("lock")
+
+
+def rows_of(streams: list[Stream]) -> np.ndarray:
+    """The slab rows of ``streams``, in order (the caller holds their locks)."""
+    return np.fromiter(map(_ROW, streams), np.intp, len(streams))
+
+
+def locks_of(streams: list[Stream]) -> list[threading.Lock]:
+    return list(map(_LOCK, streams))
+
+
+def check_all_usable(streams: list[Stream], model: ModelOfStream) -> None:
+    """Every stream usable by ``model`` now (its own, open, streamable or fresh); the first that is not raises
+    its error, as :meth:`Stream.check_usable` does. The caller holds their locks."""
+    if (set(map(_MODEL, streams)) != {model} or any(map(_CLOSED, streams))
+            or (not model.streamable and any(s.steps for s in streams))):
+        for s in streams:
+            s.check_usable(model)
