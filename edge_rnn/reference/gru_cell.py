@@ -110,16 +110,6 @@ class GRUCell(CellBase):
 
     gate_count = 3
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-
     def forward(
         self, input: Tensor, hx: Tensor | None = None, *, return_gates: bool = False
     ) -> Tensor | tuple[Tensor, Gates]:

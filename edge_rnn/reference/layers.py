@@ -35,8 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edge_rnn.errors import ShapeError
-from edge_rnn.reference._checks import check_nonlinearity
+from edge_rnn.reference._checks import check_nonlinearity, split_pair
 from edge_rnn.reference._layer import Gates, LayerWeights, RecurrentBase, State
 from edge_rnn.reference.gru_cell import gru_step
 from edge_rnn.reference.lstm_cell import lstm_step
@@ -227,16 +226,7 @@ class LSTM(RecurrentBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            "LSTM",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device,
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
             dtype,
         )
 
@@ -244,9 +234,7 @@ class LSTM(RecurrentBase):
         return (("h_0", self.proj_size or self.hidden_size), ("c_0", self.hidden_size))
 
     def _split_hx(self, hx: Any) -> tuple[Any, ...]:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ShapeError(f"LSTM: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
-        return tuple(hx)
+        return split_pair("LSTM", hx)
 
     def _join_states(self, states: State) -> tuple[Tensor, Tensor]:
         return states[0], states[1]

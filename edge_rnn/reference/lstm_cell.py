@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edge_rnn.errors import ShapeError
 from edge_rnn.reference._cell import CellBase, Gates, unbatch
+from edge_rnn.reference._checks import split_pair
 
 __all__ = ["lstm_step", "LSTMCell"]
 
@@ -121,16 +121,6 @@ class LSTMCell(CellBase):
 
     gate_count = 4
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-
     def forward(
         self,
         input: Tensor,
@@ -138,12 +128,7 @@ class LSTMCell(CellBase):
         *,
         return_gates: bool = False,
     ) -> tuple[Tensor, Tensor] | tuple[tuple[Tensor, Tensor], Gates]:
-        if hx is None:
-            h0 = c0 = None
-        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
-            h0, c0 = hx
-        else:
-            raise ShapeError(f"LSTMCell: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
+        h0, c0 = (None, None) if hx is None else split_pair("LSTMCell", hx)
         x, (h, c), batched = self._batch(input, {"h_0": h0, "c_0": c0})
         h_new, c_new, gates = lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         state, gates = unbatch(batched, (h_new, c_new), gates)
