@@ -56,15 +56,12 @@ def gru_step(
 
 
 class GRUCell(CellBase):
-    r"""A gated recurrent unit (GRU) cell, written from the equations.
+    r"""A gated recurrent unit (GRU) cell: one :func:`gru_step` per call (its docstring has the gates' equations).
 
     .. math::
-        \begin{array}{ll}
-        r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}) \\
-        z = \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}) \\
-        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})) \\
         h' = (1 - z) \odot n + z \odot h
-        \end{array}
+
+    with reset gate ``r``, update gate ``z`` and candidate ``n``.
 
     Same constructor, parameters and call convention as :class:`torch.nn.GRUCell`.
 
@@ -100,12 +97,9 @@ class GRUCell(CellBase):
         >>> import torch
         >>> from edge_rnn.reference import GRUCell
         >>> cell = GRUCell(10, 20)
-        >>> x = torch.randn(6, 3, 10)
-        >>> hx = torch.randn(3, 20)
-        >>> for t in range(6):
-        ...     hx = cell(x[t], hx)
-        >>> hx.shape
-        torch.Size([3, 20])
+        >>> hx, gates = cell(torch.randn(3, 10), return_gates=True)
+        >>> sorted(gates), gates["z"].shape, hx.shape
+        (['n', 'r', 'z'], torch.Size([3, 20]), torch.Size([3, 20]))
     """
 
     gate_count = 3

@@ -62,17 +62,12 @@ def lstm_step(
 
 
 class LSTMCell(CellBase):
-    r"""A long short-term memory (LSTM) cell, written from the equations.
+    r"""A long short-term memory (LSTM) cell: one :func:`lstm_step` per call (its docstring has the gates' equations).
 
     .. math::
-        \begin{array}{ll}
-        i = \sigma(W_{ii} x + b_{ii} + W_{hi} h + b_{hi}) \\
-        f = \sigma(W_{if} x + b_{if} + W_{hf} h + b_{hf}) \\
-        g = \tanh(W_{ig} x + b_{ig} + W_{hg} h + b_{hg}) \\
-        o = \sigma(W_{io} x + b_{io} + W_{ho} h + b_{ho}) \\
-        c' = f \odot c + i \odot g \\
-        h' = o \odot \tanh(c')
-        \end{array}
+        c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+
+    with input gate ``i``, forget gate ``f``, candidate ``g`` and output gate ``o``.
 
     Same constructor, parameters and call convention as :class:`torch.nn.LSTMCell`.
 
