@@ -1,8 +1,16 @@
-"""PyTorch reference RNN/LSTM/GRU cells and layers, written from the textbook equations.
+r"""PyTorch reference RNN/LSTM/GRU cells and layers, written from the textbook equations.
 
 Each module is a drop-in for its torch.nn namesake (constructor, attributes,
 parameter names and shapes, ``state_dict`` keys in the same order, call
 convention) and can also return its gate values (``return_gates=True``).
+
+All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
+:math:`k = 1/\text{hidden\_size}`, as torch.nn does. An input or state of the
+wrong rank, size or dtype, or an LSTM's ``hx`` that is not a pair, raises
+:class:`~edge_rnn.errors.ShapeError` ("LSTMCell: expected input of size 5, got 6");
+a constructor argument out of range, or a PackedSequence given to a layer,
+:class:`~edge_rnn.errors.UnsupportedError`.
+
 The maths of each cell is one pure step function (:func:`rnn_step`,
 :func:`lstm_step`, :func:`gru_step`), shared by the cell and the layer.
 :data:`KINDS` says which architecture each class implements, for code that

@@ -92,14 +92,6 @@ class LSTMCell(CellBase):
         bias_ih: ``(4*hidden_size)``.
         bias_hh: ``(4*hidden_size)``.
 
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input``, ``h_0`` or ``c_0`` has the wrong rank, size or dtype,
-            or ``hx`` is not a pair.
-        UnsupportedError: a constructor argument is out of range.
-
     Examples::
 
         >>> import torch
