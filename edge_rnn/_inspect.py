@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -91,12 +91,22 @@ def _value_info(vi: _Message) -> str:
     return f"  {vi.text(1):<16} {dtype:<8} {shape}"
 
 
-def describe(path: Path) -> str:
-    """The summary ``edge-rnn inspect`` prints for an ONNX file (or, by its header, an ORT-format file)."""
-    data = path.read_bytes()
-    if data[4:8] == b"ORTM":  # an ORT-format file (mobile builds): a flatbuffer, not a protobuf
-        return describe_ort(path)
-    try:
+class _OnnxFile(NamedTuple):
+    """What the summary of an ONNX file shows, read from its wire format."""
+
+    model: _Message  # ModelProto
+    graph: _Message  # GraphProto
+    empty: bool  # neither nodes nor inputs: not an ONNX model
+    metadata: dict[str, str]
+    params: int
+    opsets: str
+    inputs: list[str]  # _value_info lines, initializers left out
+    outputs: list[str]
+    ops: Counter
+
+    @classmethod
+    def read(cls, data: bytes) -> _OnnxFile:
+        """Raises MalformedProto, IndexError or UnicodeDecodeError where ``data`` is no ONNX protobuf."""
         model = _Message(data, (0, len(data)))
         g = model.child(7)  # ModelProto.graph
         nodes, inputs = g.children(1), g.children(11)
@@ -110,23 +120,33 @@ def describe(path: Path) -> str:
         ops = operator_counts_of(data)
         if ops is None:
             raise MalformedProto
+        text = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in metadata.items()}
+        return cls(model, g, not nodes and not inputs, text, params, opsets, ins, outs, ops)
+
+
+def describe(path: Path) -> str:
+    """The summary ``edge-rnn inspect`` prints for an ONNX file (or, by its header, an ORT-format file)."""
+    data = path.read_bytes()
+    if data[4:8] == b"ORTM":  # an ORT-format file (mobile builds): a flatbuffer, not a protobuf
+        return describe_ort(path)
+    try:
+        f = _OnnxFile.read(data)
     except (MalformedProto, IndexError, UnicodeDecodeError):
         raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message)") from None
-    if not nodes and not inputs:
+    if f.empty:
         raise ModelFormatError(f"{path}: expected an ONNX model, got an empty or non-ONNX file")
-    contract = Contract.from_metadata({k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-                                       for k, v in metadata.items()})
-    producer = f"{model.text(2) or '?'} {model.text(3)}".rstrip()
+    contract = Contract.from_metadata(f.metadata)
+    producer = f"{f.model.text(2) or '?'} {f.model.text(3)}".rstrip()
     lines = [
-        f"model:     {g.text(2) or '?'} (producer {producer}, IR {model.number(1)})",
-        f"opset:     {opsets}",
-        f"size:      {len(data) / 1024:.1f} KiB, {params:,} parameters",
+        f"model:     {f.graph.text(2) or '?'} (producer {producer}, IR {f.model.number(1)})",
+        f"opset:     {f.opsets}",
+        f"size:      {len(data) / 1024:.1f} KiB, {f.params:,} parameters",
         "inputs:",
-        *ins,
+        *f.inputs,
         "outputs:",
-        *outs,
+        *f.outputs,
     ]
-    return "\n".join(lines + _contract_lines(contract) + [_operator_line(ops)])
+    return "\n".join(lines + _contract_lines(contract) + [_operator_line(f.ops)])
 
 
 # ---------------------------------------------------------------- a bundle, each file checked against its hash
@@ -182,22 +202,26 @@ def _listed_files(tree: Any, where: str = "") -> list[tuple[str, dict]]:
 def _check_file(folder: Path, spec: Any) -> tuple[str, str | None]:
     """A manifest entry's file name, and None when the file is in ``folder`` and matches its SHA-256, else what is
     wrong with it (in capitals: it stands out in the listing)."""
-    from edge_rnn.runtime._bundle import sha256_of
-
     file = spec.get("file") if isinstance(spec, dict) else None
-    digest = spec.get("sha256") if isinstance(spec, dict) else None
     if not isinstance(file, str) or not file or file in (".", "..") or Path(file).name != file:
         return repr(file) if file is not None else "?", "BAD ENTRY: not a file name in the bundle"
+    return file, _file_problem(folder, file, spec.get("sha256"))
+
+
+def _file_problem(folder: Path, file: str, digest: Any) -> str | None:
+    """What is wrong with ``folder / file`` against its manifest's ``digest``; None when nothing is."""
+    from edge_rnn.runtime._bundle import sha256_of
+
     path = folder / file
     if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        return file, "A LINK OUT OF THE BUNDLE"
+        return "A LINK OUT OF THE BUNDLE"
     if not path.is_file():
-        return file, "MISSING"
+        return "MISSING"
     if not isinstance(digest, str):
-        return file, "BAD ENTRY: no sha256 for it"
+        return "BAD ENTRY: no sha256 for it"
     if sha256_of(path) != digest:
-        return file, "SHA-256 MISMATCH"
-    return file, None
+        return "SHA-256 MISMATCH"
+    return None
 
 
 # ---------------------------------------------------------------- an ORT-format file
@@ -227,12 +251,17 @@ def describe_ort(path: Path) -> str:
         f"opset:     ai.onnx {onnx_opset}",
         f"size:      {len(data) / 1024:.1f} KiB, {params:,} parameters",
         "inputs:",
+        *map(_ort_value_line, sess.get_inputs()),
+        "outputs:",
+        *map(_ort_value_line, sess.get_outputs()),
     ]
-    shape = lambda a: "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in a.shape) + ")"  # noqa: E731
-    lines += [f"  {a.name:<16} {a.type.removeprefix('tensor(').rstrip(')'):<8} {shape(a)}" for a in sess.get_inputs()]
-    lines.append("outputs:")
-    lines += [f"  {a.name:<16} {a.type.removeprefix('tensor(').rstrip(')'):<8} {shape(a)}" for a in sess.get_outputs()]
     return "\n".join(lines + _contract_lines(contract) + [_operator_line(ops)])
+
+
+def _ort_value_line(a: Any) -> str:
+    """``name dtype (dims)`` of an onnxruntime NodeArg, as :func:`_value_info` writes a graph's."""
+    shape = "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in a.shape) + ")"
+    return f"  {a.name:<16} {a.type.removeprefix('tensor(').rstrip(')'):<8} {shape}"
 
 
 def _ort_operators(graph) -> Counter:  # noqa: ANN001 - a flatbuffer Graph

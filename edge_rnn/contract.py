@@ -27,7 +27,7 @@ works on the plain ``{key: value}`` metadata map that both ``onnx`` and
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +62,25 @@ def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
         return None
     if not is_int(value, least=0):
         raise ModelFormatError(f"edge_rnn contract: expected {what} to be a non-negative int, got {value!r}")
+    return value
+
+
+def _format_version(fmt: Any) -> int:
+    """``fmt`` if it is the format this edge-rnn reads; the refusal says when a newer edge-rnn wrote it."""
+    if is_int(fmt) and fmt == FORMAT_VERSION:
+        return fmt
+    newer = is_int(fmt, least=FORMAT_VERSION + 1)
+    raise ModelFormatError(
+        f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r}"
+        + (" (a newer edge-rnn wrote this model)" if newer else "")
+    )
+
+
+def _entry(d: Mapping[str, Any], key: str, default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
+    """``d[key]`` (``default`` when absent) if ``ok`` says it is ``expected``."""
+    value = d.get(key, default)
+    if not ok(value):
+        raise ModelFormatError(f"edge_rnn contract: expected {key!r} to be {expected}, got {value!r}")
     return value
 
 
@@ -101,16 +120,19 @@ class TensorSpec:
             raise ModelFormatError(
                 f"edge_rnn contract: {self.name!r}: expected dtype in {list(_DTYPES)}, got {self.dtype!r}")
         if self.values is not None:
-            v = self.values
-            if (not isinstance(v, tuple) or len(v) != 2 or not all(map(is_int, v))
-                    or v[0] > v[1]):
-                raise ModelFormatError(
-                    f"edge_rnn contract: {self.name!r}: expected values [low, high] with integers low <= high, "
-                    f"got {list(v) if isinstance(v, tuple) else v!r}")
-            if self.dtype is None or self.dtype in ("float32", "float16", "float64", "bool"):
-                raise ModelFormatError(
-                    f"edge_rnn contract: {self.name!r}: a range of values is for integer inputs, got dtype "
-                    f"{self.dtype}")
+            self._check_values()
+
+    def _check_values(self) -> None:
+        """``values`` is a pair of integers ``low <= high``, on an input of an integer dtype."""
+        v = self.values
+        if not isinstance(v, tuple) or len(v) != 2 or not all(map(is_int, v)) or v[0] > v[1]:
+            raise ModelFormatError(
+                f"edge_rnn contract: {self.name!r}: expected values [low, high] with integers low <= high, "
+                f"got {list(v) if isinstance(v, tuple) else v!r}")
+        if self.dtype is None or self.dtype in ("float32", "float16", "float64", "bool"):
+            raise ModelFormatError(
+                f"edge_rnn contract: {self.name!r}: a range of values is for integer inputs, got dtype "
+                f"{self.dtype}")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "batch_axis": self.batch_axis, "time_axis": self.time_axis}
@@ -255,29 +277,17 @@ class Contract:
     def from_dict(cls, d: Mapping[str, Any]) -> "Contract":
         if not isinstance(d, Mapping):
             raise ModelFormatError(f"edge_rnn contract: expected a JSON object, got {type(d).__name__}")
-        fmt = d.get("format")
-        if not is_int(fmt) or fmt != FORMAT_VERSION:
-            newer = is_int(fmt, least=FORMAT_VERSION + 1)
-            raise ModelFormatError(
-                f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r}"
-                + (" (a newer edge-rnn wrote this model)" if newer else "")
-            )
-        for key in ("inputs", "outputs", "states"):
-            if not isinstance(d.get(key), list):
-                raise ModelFormatError(f"edge_rnn contract: expected {key!r} to be a list, got {d.get(key)!r}")
-        streamable = d.get("streamable", True)
-        if not isinstance(streamable, bool):
-            raise ModelFormatError(f"edge_rnn contract: expected 'streamable' to be true or false, got {streamable!r}")
-        source = d.get("source", {})
-        if not isinstance(source, Mapping):
-            raise ModelFormatError(f"edge_rnn contract: expected 'source' to be an object, got {source!r}")
-        fixed = d.get("fixed_chunk")
-        if fixed is not None and not is_int(fixed, least=1):
-            raise ModelFormatError(f"edge_rnn contract: expected 'fixed_chunk' to be an int >= 1, got {fixed!r}")
+        fmt = _format_version(d.get("format"))
+        inputs = _entry(d, "inputs", None, lambda v: isinstance(v, list), "a list")
+        outputs = _entry(d, "outputs", None, lambda v: isinstance(v, list), "a list")
+        states = _entry(d, "states", None, lambda v: isinstance(v, list), "a list")
+        streamable = _entry(d, "streamable", True, lambda v: isinstance(v, bool), "true or false")
+        source = _entry(d, "source", {}, lambda v: isinstance(v, Mapping), "an object")
+        fixed = _entry(d, "fixed_chunk", None, lambda v: v is None or is_int(v, least=1), "an int >= 1")
         return cls(
-            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-            states=tuple(StateSpec.from_dict(s) for s in d["states"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in inputs),
+            outputs=tuple(TensorSpec.from_dict(t) for t in outputs),
+            states=tuple(StateSpec.from_dict(s) for s in states),
             source=dict(source),
             format=fmt,
             streamable=streamable,

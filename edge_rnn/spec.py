@@ -20,6 +20,7 @@ __all__ = ["RecurrentSpec", "GATES_PER_KIND"]
 
 GATES_PER_KIND = {"rnn": 1, "lstm": 4, "gru": 3}
 
+
 @dataclass(frozen=True)
 class RecurrentSpec:
     """Hyper-parameters of one recurrent layer stack or cell.
@@ -41,21 +42,36 @@ class RecurrentSpec:
     module: str = ""  # the class exported, e.g. "torch.nn.LSTM"
 
     def __post_init__(self) -> None:
+        self._check_kind()
+        self._check_sizes()
+        self._check_projection()
+        self._check_cell()
+
+    def _check_kind(self) -> None:
+        """A known kind, and a nonlinearity it takes: tanh, or relu for a vanilla RNN."""
         if self.kind not in GATES_PER_KIND:
             raise UnsupportedError(f"expected arch in {sorted(GATES_PER_KIND)}, got {self.kind!r}")
-        if self.nonlinearity not in ("tanh", "relu") or (self.kind != "rnn" and self.nonlinearity != "tanh"):
+        allowed = ("tanh", "relu") if self.kind == "rnn" else ("tanh",)
+        if self.nonlinearity not in allowed:
             raise UnsupportedError(
                 f"{self.kind}: expected nonlinearity 'tanh'{' or relu' if self.kind == 'rnn' else ''}, "
                 f"got {self.nonlinearity!r}"
             )
+
+    def _check_sizes(self) -> None:
         for name in ("input_size", "hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise UnsupportedError(f"expected {name} >= 1, got {getattr(self, name)}")
+
+    def _check_projection(self) -> None:
+        """``proj_size`` (0: none) only on an LSTM, and smaller than ``hidden_size``."""
         if self.proj_size and (self.kind != "lstm" or not 0 < self.proj_size < self.hidden_size):
             raise UnsupportedError(
                 f"expected proj_size only on an LSTM and 0 < proj_size < hidden_size ({self.hidden_size}), "
                 f"got proj_size={self.proj_size} on {self.kind}"
             )
+
+    def _check_cell(self) -> None:
         if self.cell and (self.num_layers != 1 or self.bidirectional or self.batch_first or self.proj_size):
             raise UnsupportedError("a cell has one layer, one direction, no batch_first and no proj_size")
 

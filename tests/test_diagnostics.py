@@ -1,4 +1,4 @@
-"""Issue 12, the torch-free part: the empirical memory curve of an ONNX file, the summary, the figure, the CLI."""
+"""Diagnostics without torch: the empirical memory curve of an ONNX file, the summary, the figure, the CLI."""
 
 from __future__ import annotations
 

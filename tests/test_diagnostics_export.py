@@ -1,4 +1,4 @@
-"""Issue 12: the empirical memory curve of an ONNX export matches the one computed in PyTorch, same model and data."""
+"""The empirical memory curve of an ONNX export matches the one computed in PyTorch, same model and data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (issue 9): random input gives a right answer or an EdgeRnnError, never anything else.
+"""Property-based fuzzing: random input gives a right answer or an EdgeRnnError, never anything else.
 
 Covers the contract parser, the snapshot decoder, .npy reading and the chunk validation of step and
 step_batch; after every error, every stream's state and step count are unchanged. The budget is small

@@ -244,6 +244,12 @@ def test_reference_does_not_call_torch_recurrent_kernels(monkeypatch: pytest.Mon
         module(torch.randn(2, IN) if arch in CELL_ARCHS else torch.randn(STEPS, 2, IN))
 
 
+def test_kinds_names_every_public_class() -> None:
+    assert set(ref.KINDS) == {a.ours for a in LAYER_ARCHS + CELL_ARCHS}
+    for cls, (kind, cell) in ref.KINDS.items():
+        assert (kind, cell) == (cls.__name__.removesuffix("Cell").lower(), cls.__name__.endswith("Cell"))
+
+
 @pytest.mark.parametrize("module", [rnn_cell, lstm_cell, gru_cell, layers], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: Any) -> None:
     failed, attempted = doctest.testmod(module)

@@ -69,12 +69,10 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     others = _compared(compare)  # loaded (and hash-checked) before any work
     x = _sequence(input_path)
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
-        if arch or weights or compare:
-            raise click.UsageError("a bundle holds its variants: --arch, --weights and --compare go without it")
+        _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare)
         d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed)
     elif source is not None and source.endswith(".onnx"):
-        if arch or weights:
-            raise click.UsageError("an ONNX file holds its weights: --arch and --weights go with a PyTorch model")
+        _refuse("an ONNX file holds its weights: --arch and --weights go with a PyTorch model", arch, weights)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
                           seed=seed)
     else:
@@ -109,27 +107,24 @@ def _compared(entries: tuple[str, ...]) -> list:
     return out
 
 
+def _refuse(message: str, *given: object) -> None:
+    """A usage error when any of the options ``given`` is set: they do not go with the SOURCE given."""
+    if any(given):
+        raise click.UsageError(message)
+
+
 def _torch_model(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None,
                  num_layers: int, seed: int, weights: Path | None, axes: tuple[int, int]):
     """The PyTorch model to diagnose, the batch and time axes of its input, and its input's id range (or None)."""
     try:
-        import torch
+        import torch  # noqa: F401 - only to say at once that it is missing
     except ImportError:
         raise EdgeRnnError("diagnosing a PyTorch model needs torch: pip install 'edge-rnn[export]' (an ONNX file "
                            "needs only the runtime)") from None
     if source is not None:
-        if arch or input_size or hidden_size:
-            raise click.UsageError("give either FACTORY or --arch/--input-size/--hidden-size, not both")
-        from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
-
-        module = load_factory(source)
-        if not isinstance(module, torch.nn.Module):
-            raise EdgeRnnError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}")
-        if weights is not None:
-            load_state_dict(module, weights)
-        embedding = next((m for m in module.modules() if isinstance(m, torch.nn.Embedding)), None)
-        ids = (0, embedding.num_embeddings - 1) if embedding is not None else None
-        return module.eval(), axes, ids
+        _refuse("give either FACTORY or --arch/--input-size/--hidden-size, not both", arch, input_size, hidden_size)
+        module, ids = _factory_model(source, weights)
+        return module, axes, ids
     missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give SOURCE: a .onnx file or a FACTORY)")
@@ -138,3 +133,20 @@ def _torch_model(source: str | None, arch: str | None, input_size: int | None, h
     spec = RecurrentSpec(kind=arch, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
                          module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}")
     return _build(spec, weights, None if weights else seed), (1, 0), None
+
+
+def _factory_model(source: str, weights: Path | None):
+    """The module FACTORY ``source`` makes, with ``weights`` loaded, in eval mode; and its input's id range when it
+    starts from an embedding (else None)."""
+    import torch
+
+    from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
+
+    module = load_factory(source)
+    if not isinstance(module, torch.nn.Module):
+        raise EdgeRnnError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}")
+    if weights is not None:
+        load_state_dict(module, weights)
+    embedding = next((m for m in module.modules() if isinstance(m, torch.nn.Embedding)), None)
+    ids = (0, embedding.num_embeddings - 1) if embedding is not None else None
+    return module.eval(), ids

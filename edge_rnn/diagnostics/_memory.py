@@ -165,25 +165,38 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
     :func:`~edge_rnn.runtime.run_sequence` takes it. The curve is of the model's primary (first) output.
     Its ``label`` is by default the file's name; a bundle's variant adds ``(folder:variant)``.
     """
-    from edge_rnn.runtime import StreamingModel
-
-    if isinstance(model, (str, Path)):
-        label = label or Path(model).name
-        model = StreamingModel.load(model)
-    elif label is None and getattr(model, "variant", None) is not None:
-        source = Path(model.source)
-        label = f"{source.name} ({source.parent.name}:{model.variant})"
+    model, label = _loaded(model, label)
     if len(model.inputs) != 1:
         raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
     port = model.inputs[0]
     x = np.asarray(x)
     if x.dtype != port.dtype and x.dtype.kind == port.dtype.kind == "f":
         x = x.astype(port.dtype)
+    every = _steps_per_call(port, max_lag)
+    x = x[: len(x) - len(x) % every]
+    return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,
+                      label=label or model.source, ids=port.values, every=every)
+
+
+def _loaded(model: Any, label: str | None) -> tuple[Any, str | None]:
+    """``model`` loaded (a path) or as given, and its label: the one given, else the file's name or, for a bundle's
+    variant, ``name (folder:variant)``; None leaves it to the model's source."""
+    from edge_rnn.runtime import StreamingModel
+
+    if isinstance(model, (str, Path)):
+        return StreamingModel.load(model), label or Path(model).name
+    if label is None and getattr(model, "variant", None) is not None:
+        source = Path(model.source)
+        label = f"{source.name} ({source.parent.name}:{model.variant})"
+    return model, label
+
+
+def _steps_per_call(port: Any, max_lag: int) -> int:
+    """The steps every call of the input ``port`` takes (1 unless the graph fixes a chunk); the window of
+    ``max_lag + 1`` steps must be a whole number of calls."""
     t = port.stream_time_axis
     every = (port.stream_shape[t] if t is not None else None) or 1
     if (max_lag + 1) % every:
         raise ShapeError(f"memory curve: this model takes exactly {every} steps per call; expected max_lag + 1 to be "
                          f"a multiple of it, got max_lag={max_lag}")
-    x = x[: len(x) - len(x) % every]
-    return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,
-                      label=label or model.source, ids=port.values, every=every)
+    return every

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edge_rnn.diagnostics._memory import memory_curve
-from edge_rnn.diagnostics._types import Diagnosis
+from edge_rnn.diagnostics._types import Diagnosis, GateStats, GradientFlow, Horizon, MemoryCurve
 
 __all__ = ["diagnose_onnx", "diagnose_bundle", "summary"]
 
@@ -45,25 +45,40 @@ def diagnose_bundle(folder: str | Path, x: np.ndarray, *, max_lag: int = 50, sta
 
 def summary(d: Diagnosis) -> list[str]:
     """The table ``edge-rnn diagnose`` prints, as lines."""
-    lines = [f"# {d.source}"]
-    if d.stats:
-        lines.append(f"{'layer':<22} {'gate':<5} {'mean':>6} {'near 0':>7} {'near 1':>7}   (fraction of unit-steps)")
-        for s in d.stats:
-            lines.append(f"{s.layer:<22} {s.gate:<5} {s.mean.mean():>6.3f} {s.near_zero.mean():>7.3f} "
-                         f"{s.near_one.mean():>7.3f}")
-    for h in d.horizons:
-        p10, p50, p90 = h.quantiles()
-        beyond = int((~np.isfinite(h.steps)).sum())
-        lines.append(f"memory horizon {h.layer} ({h.gate}): p10 {p10:g}, median {p50:g}, p90 {p90:g} steps over "
-                     f"{len(h.steps)} units" + (f"; {beyond} beyond the data" if beyond else ""))
-    for g in d.gradient:
-        rel = g.relative()
-        at = {k: rel[k] for k in (10, 25, 50) if k < len(rel)}
-        lines.append(f"gradient flow, {g.label}: " + ", ".join(f"lag {k}: {v:.2e}" for k, v in at.items()))
-    for m in d.memory:
-        rel = m.relative()
-        at = {k: rel[k] for k in (1, 10, 25, 50) if k < len(rel)}
-        lines.append(f"memory curve, {m.label}: 1/e after {m.horizon():g} steps; " +
-                     ", ".join(f"lag {k}: {v:.3f}" for k, v in at.items()) + f" (mean of {m.starts} starts)")
-    lines += [f"note: {n}" for n in d.notes]
-    return lines
+    return [
+        f"# {d.source}",
+        *_gate_lines(d.stats),
+        *map(_horizon_line, d.horizons),
+        *map(_gradient_line, d.gradient),
+        *map(_memory_line, d.memory),
+        *(f"note: {n}" for n in d.notes),
+    ]
+
+
+def _gate_lines(stats: Sequence[GateStats]) -> list[str]:
+    """A header and one row per gate of each layer; nothing when there are no gate statistics."""
+    if not stats:
+        return []
+    rows = [f"{s.layer:<22} {s.gate:<5} {s.mean.mean():>6.3f} {s.near_zero.mean():>7.3f} {s.near_one.mean():>7.3f}"
+            for s in stats]
+    return [f"{'layer':<22} {'gate':<5} {'mean':>6} {'near 0':>7} {'near 1':>7}   (fraction of unit-steps)", *rows]
+
+
+def _horizon_line(h: Horizon) -> str:
+    p10, p50, p90 = h.quantiles()
+    beyond = int((~np.isfinite(h.steps)).sum())
+    return (f"memory horizon {h.layer} ({h.gate}): p10 {p10:g}, median {p50:g}, p90 {p90:g} steps over "
+            f"{len(h.steps)} units" + (f"; {beyond} beyond the data" if beyond else ""))
+
+
+def _gradient_line(g: GradientFlow) -> str:
+    rel = g.relative()
+    at = {k: rel[k] for k in (10, 25, 50) if k < len(rel)}
+    return f"gradient flow, {g.label}: " + ", ".join(f"lag {k}: {v:.2e}" for k, v in at.items())
+
+
+def _memory_line(m: MemoryCurve) -> str:
+    rel = m.relative()
+    at = {k: rel[k] for k in (1, 10, 25, 50) if k < len(rel)}
+    return (f"memory curve, {m.label}: 1/e after {m.horizon():g} steps; " +
+            ", ".join(f"lag {k}: {v:.3f}" for k, v in at.items()) + f" (mean of {m.starts} starts)")

@@ -140,34 +140,42 @@ def _native_layer(
     g: GraphBuilder, spec: RecurrentSpec, weights: WeightsFn, layer: int, x: str, h0: str, c0: str | None
 ) -> tuple[str, str, str | None]:
     d = spec.num_directions
-    ws = [weights(layer, r == 1) for r in range(d)]
-    kind = spec.kind
-    w = np.stack([to_onnx_gate_order(kind, wd["w_ih"]) for wd in ws])
-    r = np.stack([to_onnx_gate_order(kind, wd["w_hh"]) for wd in ws])
-    inputs = [x, g.const(w, "W"), g.const(r, "R")]
-    if spec.bias:
-        b = np.stack([np.concatenate([to_onnx_gate_order(kind, wd["b_ih"]), to_onnx_gate_order(kind, wd["b_hh"])])
-                      for wd in ws])
-        inputs.append(g.const(b, "B"))
-    else:
-        inputs.append("")
-    if spec.num_layers > 1:
+    wrb = _native_weights(g, spec, [weights(layer, r == 1) for r in range(d)])
+    if spec.num_layers > 1:  # this layer's slice of the stacked states
         span = [g.ints([layer * d], "start"), g.ints([layer * d + d], "end"), g.ints([0], "axes")]
         h0 = g.op1("Slice", [h0, *span], hint="h_init")
         c0 = g.op1("Slice", [c0, *span], hint="c_init") if c0 else None
-    inputs += ["", h0] + ([c0] if c0 else [])
-    attrs: dict = {"hidden_size": spec.hidden_size, "direction": "bidirectional" if d == 2 else "forward"}
-    if kind == "rnn":
-        attrs["activations"] = ["Tanh" if spec.nonlinearity == "tanh" else "Relu"] * d
-    if kind == "gru":
-        attrs["linear_before_reset"] = 1
-    outs = g.op(kind.upper(), inputs, outputs=3 if c0 else 2, hint=kind, **attrs)
+    inputs = [x, *wrb, "", h0] + ([c0] if c0 else [])
+    outs = g.op(spec.kind.upper(), inputs, outputs=3 if c0 else 2, hint=spec.kind, **_native_attributes(spec))
     y4 = outs[0]  # (T, D, B, H)
     if d == 1:
         y = g.op1("Squeeze", [y4, g.ints([1], "axes")], hint="y")
     else:
         y = g.op1("Reshape", [g.op1("Transpose", [y4], perm=[0, 2, 1, 3]), g.ints([0, 0, -1], "shape")], hint="y")
     return y, outs[1], outs[2] if c0 else None
+
+
+def _native_weights(g: GraphBuilder, spec: RecurrentSpec, ws: list[Weights]) -> list[str]:
+    """The operator's ``W``, ``R`` and ``B`` inputs (``""`` for no bias): each direction's, in ONNX gate order."""
+    kind = spec.kind
+    w = np.stack([to_onnx_gate_order(kind, wd["w_ih"]) for wd in ws])
+    r = np.stack([to_onnx_gate_order(kind, wd["w_hh"]) for wd in ws])
+    if not spec.bias:
+        return [g.const(w, "W"), g.const(r, "R"), ""]
+    b = np.stack([np.concatenate([to_onnx_gate_order(kind, wd["b_ih"]), to_onnx_gate_order(kind, wd["b_hh"])])
+                  for wd in ws])
+    return [g.const(w, "W"), g.const(r, "R"), g.const(b, "B")]
+
+
+def _native_attributes(spec: RecurrentSpec) -> dict:
+    """The recurrent operator's attributes for ``spec``."""
+    d = spec.num_directions
+    attrs: dict = {"hidden_size": spec.hidden_size, "direction": "bidirectional" if d == 2 else "forward"}
+    if spec.kind == "rnn":
+        attrs["activations"] = ["Tanh" if spec.nonlinearity == "tanh" else "Relu"] * d
+    if spec.kind == "gru":
+        attrs["linear_before_reset"] = 1
+    return attrs
 
 
 def _concat(g: GraphBuilder, names: list[str], axis: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from edge_rnn.reference._checks import check_flag, check_input, check_size, check_state, reset_uniform
+from edge_rnn.reference._checks import check_flag, check_input, check_size, reset_uniform, states_with_batch
 
 Gates = dict[str, Tensor]
 
@@ -64,7 +64,7 @@ class CellBase(nn.Module):
             text += f", nonlinearity={nonlinearity}"
         return text
 
-    def _batch(self, input: Tensor, states: dict[str, Tensor | None]) -> tuple[Tensor, list[Tensor], bool]:
+    def _batch(self, input: Tensor, states: dict[str, Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...], bool]:
         """Check ``input`` and the named ``states``; return them with a batch axis, zeros for ``None``.
 
         Unbatched input is ``(I,)`` with states ``(H,)``; batched input is ``(B, I)``
@@ -74,16 +74,8 @@ class CellBase(nn.Module):
         check_input(owner, input, ranks=(1, 2), size=self.input_size, dtype=self.weight_ih.dtype)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        shape = (x.size(0), self.hidden_size) if batched else (self.hidden_size,)
-        batched_states = []
-        for name, state in states.items():
-            if state is None:
-                batched_states.append(x.new_zeros(x.size(0), self.hidden_size))
-                continue
-            check_state(owner, name, state, shape=shape, dtype=x.dtype)
-            batched_states.append(state if batched else state.unsqueeze(0))
-        return x, batched_states, batched
-
+        named = [(name, self.hidden_size, state) for name, state in states.items()]
+        return x, states_with_batch(owner, named, like=x, batch=x.size(0), batched=batched), batched
 
 def unbatch(batched: bool, tensors: tuple[Tensor, ...], gates: Gates) -> tuple[tuple[Tensor, ...], Gates]:
     """Drop the batch axis added by :meth:`CellBase._batch` when the input had none."""

@@ -6,6 +6,7 @@ Every message reads "<Module>: expected X, got Y" and names the tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -67,3 +68,37 @@ def check_state(owner: str, name: str, state: Any, *, shape: tuple[int, ...], dt
         raise ShapeError(f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}")
     if state.dtype != dtype:
         raise ShapeError(f"{owner}: expected {name} of dtype {dtype} (the input's), got {state.dtype}")
+
+
+def split_pair(owner: str, hx: Any) -> tuple[Any, Any]:
+    """An LSTM's ``hx`` as ``(h_0, c_0)``: it must be a tuple or list of two."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise ShapeError(f"{owner}: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
+    return hx[0], hx[1]
+
+
+def states_with_batch(
+    owner: str,
+    states: Iterable[tuple[str, int, Any]],
+    *,
+    like: Tensor,
+    batch: int,
+    leading: tuple[int, ...] = (),
+    batched: bool,
+) -> tuple[Tensor, ...]:
+    """Each ``(name, size, state)`` checked and given a batch axis; zeros (like ``like``) where ``state`` is None.
+
+    A state is ``(*leading, batch, size)`` when the input is batched and
+    ``(*leading, size)`` when it is not; either way it comes back with the batch
+    axis, at index ``len(leading)``. A cell has no leading axes; a layer's is
+    ``num_layers * num_directions``.
+    """
+    out = []
+    for name, size, state in states:
+        if state is None:
+            out.append(like.new_zeros(*leading, batch, size))
+            continue
+        shape = (*leading, batch, size) if batched else (*leading, size)
+        check_state(owner, name, state, shape=shape, dtype=like.dtype)
+        out.append(state if batched else state.unsqueeze(len(leading)))
+    return tuple(out)

@@ -56,15 +56,12 @@ def gru_step(
 
 
 class GRUCell(CellBase):
-    r"""A gated recurrent unit (GRU) cell, written from the equations.
+    r"""A gated recurrent unit (GRU) cell: one :func:`gru_step` per call (its docstring has the gates' equations).
 
     .. math::
-        \begin{array}{ll}
-        r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}) \\
-        z = \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}) \\
-        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})) \\
         h' = (1 - z) \odot n + z \odot h
-        \end{array}
+
+    with reset gate ``r``, update gate ``z`` and candidate ``n``.
 
     Same constructor, parameters and call convention as :class:`torch.nn.GRUCell`.
 
@@ -88,37 +85,17 @@ class GRUCell(CellBase):
         bias_ih: ``(3*hidden_size)``.
         bias_hh: ``(3*hidden_size)``.
 
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input`` or ``hidden`` has the wrong rank, size or dtype.
-        UnsupportedError: a constructor argument is out of range.
-
     Examples::
 
         >>> import torch
         >>> from edge_rnn.reference import GRUCell
         >>> cell = GRUCell(10, 20)
-        >>> x = torch.randn(6, 3, 10)
-        >>> hx = torch.randn(3, 20)
-        >>> for t in range(6):
-        ...     hx = cell(x[t], hx)
-        >>> hx.shape
-        torch.Size([3, 20])
+        >>> hx, gates = cell(torch.randn(3, 10), return_gates=True)
+        >>> sorted(gates), gates["z"].shape, hx.shape
+        (['n', 'r', 'z'], torch.Size([3, 20]), torch.Size([3, 20]))
     """
 
     gate_count = 3
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def forward(
         self, input: Tensor, hx: Tensor | None = None, *, return_gates: bool = False

@@ -3,7 +3,25 @@
 Drop-in equivalents of the torch.nn layers (same signatures, attributes,
 parameter names, shapes and registration order), with the recurrence written
 out in Python over :func:`rnn_step`, :func:`lstm_step` and :func:`gru_step`.
-The shared machinery is in :mod:`edge_rnn.reference._layer`.
+The shared machinery is in :mod:`edge_rnn.reference._layer`. What the three
+have in common is written here once; each class gives its equations, its own
+arguments, its states, its gates and its parameters' shapes.
+
+Arguments every layer takes, with torch.nn's defaults:
+
+- **input_size**: the number of expected features in the input ``x``.
+- **hidden_size**: the number of features in the hidden state ``h`` (an LSTM's cell state ``c``).
+- **num_layers**: the number of stacked recurrent layers; layer ``k > 0`` reads the previous
+  layer's output, with dropout in training mode if ``dropout > 0``. Default: 1.
+- **bias**: if ``False``, the layers use no ``b_ih`` / ``b_hh``. Default: ``True``.
+- **batch_first**: if ``True``, input and output are ``(batch, seq, feature)``;
+  ``h_0`` / ``h_n`` are not affected. Default: ``False``.
+- **dropout**: dropout probability on the outputs of every layer but the last,
+  in training mode only. Default: 0.
+- **bidirectional**: if ``True``, a second direction reads the sequence from its end. Default: ``False``.
+- **device**, **dtype**: where the parameters are created, and their dtype.
+
+Parameters are initialised, and errors raised, as the :mod:`edge_rnn.reference` docstring says.
 
 Common call convention (``D = 2`` if bidirectional else ``1``, ``L = num_layers``,
 ``H_out = proj_size`` if it is set, else ``hidden_size``):
@@ -26,6 +44,8 @@ batch_first, ``(T, H)`` unbatched; index ``t`` holds the gates that produced
 the output at time ``t`` in both directions. Gate names: RNN ``{"a"}`` (the
 pre-activation), LSTM ``{"i", "f", "g", "o"}``, GRU ``{"r", "z", "n"}``, all
 after their activations except ``"a"``.
+
+The parameters of layer ``k`` end in ``_l{k}``, its reverse direction's in ``_l{k}_reverse``.
 """
 
 from __future__ import annotations
@@ -35,8 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edge_rnn.errors import ShapeError
-from edge_rnn.reference._checks import check_nonlinearity
+from edge_rnn.reference._checks import check_nonlinearity, split_pair
 from edge_rnn.reference._layer import Gates, LayerWeights, RecurrentBase, State
 from edge_rnn.reference.gru_cell import gru_step
 from edge_rnn.reference.lstm_cell import lstm_step
@@ -54,48 +73,23 @@ class RNN(RecurrentBase):
         h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})
 
     where :math:`x_t` is the input at time ``t`` (for layer ``k > 0``, the previous
-    layer's output, with dropout in training mode if ``dropout > 0``). With
-    ``nonlinearity='relu'``, ReLU replaces tanh.
+    layer's output). With ``nonlinearity='relu'``, ReLU replaces tanh.
+
+    The arguments every layer takes are in the module docstring; an RNN adds
 
     Args:
-        input_size: The number of expected features in the input ``x``.
-        hidden_size: The number of features in the hidden state ``h``.
-        num_layers: Number of stacked recurrent layers. Default: 1.
         nonlinearity: ``'tanh'`` or ``'relu'``. Default: ``'tanh'``.
-        bias: If ``False``, the layers use no ``b_ih`` / ``b_hh``. Default: ``True``.
-        batch_first: If ``True``, input and output are ``(batch, seq, feature)``;
-            ``h_0`` / ``h_n`` are not affected. Default: ``False``.
-        dropout: Dropout probability on the outputs of every layer but the last,
-            in training mode only. Default: 0.
-        bidirectional: If ``True``, a bidirectional RNN. Default: ``False``.
 
-    Inputs: input, h_0
-        - **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` with batch_first, or ``(L, H_in)``.
-        - **h_0**: ``(D * num_layers, N, H_out)`` or ``(D * num_layers, H_out)``; zeros if ``None``.
-
-    Outputs: output, h_n
-        - **output**: ``(L, N, D * H_out)`` (``(N, L, ...)`` with batch_first, ``(L, ...)`` unbatched).
-        - **h_n**: ``(D * num_layers, N, H_out)`` or ``(D * num_layers, H_out)``.
-        - With ``return_gates=True``: ``((output, h_n), gates)``, gates
-          ``{"l0": {"a": pre_activation}, ...}`` (see the module docstring).
-
-    Here ``L`` is the sequence length, ``N`` the batch size, ``D`` 2 if bidirectional
-    else 1, ``H_out = hidden_size``.
+    Call: ``rnn(input, h_0=None)`` gives ``(output, h_n)``, shaped as the module
+    docstring says with ``H_out = hidden_size``; with ``return_gates=True``,
+    ``((output, h_n), gates)``, gates ``{"l0": {"a": pre_activation}, ...}``.
 
     Attributes:
         weight_ih_l[k]: ``(hidden_size, input_size)`` for ``k = 0``, else
             ``(hidden_size, D * hidden_size)``.
         weight_hh_l[k]: ``(hidden_size, hidden_size)``.
         bias_ih_l[k], bias_hh_l[k]: ``(hidden_size)``.
-        The reverse direction's parameters end in ``_reverse``.
         mode: ``"RNN_TANH"`` or ``"RNN_RELU"``.
-
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input`` or ``h_0`` has the wrong rank, size or dtype.
-        UnsupportedError: a constructor argument is out of range, or the input is a PackedSequence.
 
     Examples::
 
@@ -152,33 +146,19 @@ class LSTM(RecurrentBase):
 
     With ``proj_size > 0``, :math:`h_t = W_{hr}(o_t \odot \tanh(c_t))`, so ``h`` is
     ``proj_size`` wide while ``c`` keeps ``hidden_size``. Layer ``k > 0`` reads the
-    previous layer's output (with dropout in training mode if ``dropout > 0``).
+    previous layer's output.
+
+    The arguments every layer takes are in the module docstring (``hidden_size`` is the
+    width of ``c``); an LSTM adds
 
     Args:
-        input_size: The number of expected features in the input ``x``.
-        hidden_size: The number of features in the cell state ``c``.
-        num_layers: Number of stacked recurrent layers. Default: 1.
-        bias: If ``False``, the layers use no ``b_ih`` / ``b_hh``. Default: ``True``.
-        batch_first: If ``True``, input and output are ``(batch, seq, feature)``. Default: ``False``.
-        dropout: Dropout probability on the outputs of every layer but the last,
-            in training mode only. Default: 0.
-        bidirectional: If ``True``, a bidirectional LSTM. Default: ``False``.
         proj_size: If ``> 0``, an LSTM with projections of that size. Default: 0.
 
-    Inputs: input, (h_0, c_0)
-        - **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` with batch_first, or ``(L, H_in)``.
-        - **h_0**: ``(D * num_layers, N, H_out)`` or ``(D * num_layers, H_out)``.
-        - **c_0**: ``(D * num_layers, N, H_cell)`` or ``(D * num_layers, H_cell)``.
-          Both zeros if the tuple is ``None``.
-
-    Outputs: output, (h_n, c_n)
-        - **output**: ``(L, N, D * H_out)`` (``(N, L, ...)`` with batch_first, ``(L, ...)`` unbatched).
-        - **h_n**: ``(D * num_layers, N, H_out)``; **c_n**: ``(D * num_layers, N, H_cell)``
-          (no ``N`` axis when unbatched).
-        - With ``return_gates=True``: ``((output, (h_n, c_n)), gates)``, gates
-          ``{"l0": {"i", "f", "g", "o"}, ...}``, each ``H_cell`` wide (see the module docstring).
-
-    Here ``H_cell = hidden_size`` and ``H_out = proj_size`` if ``proj_size > 0`` else ``hidden_size``.
+    Call: ``lstm(input, (h_0, c_0))`` (both zeros if the pair is ``None``) gives
+    ``(output, (h_n, c_n))``, shaped as the module docstring says: ``h`` is ``H_out``
+    wide, ``c`` ``hidden_size``. With ``return_gates=True``,
+    ``((output, (h_n, c_n)), gates)``, gates ``{"l0": {"i", "f", "g", "o"}, ...}``,
+    each ``hidden_size`` wide.
 
     Attributes:
         weight_ih_l[k]: ``(4*hidden_size, input_size)`` for ``k = 0``, else
@@ -186,15 +166,6 @@ class LSTM(RecurrentBase):
         weight_hh_l[k]: ``(4*hidden_size, H_out)``.
         bias_ih_l[k], bias_hh_l[k]: ``(4*hidden_size)``.
         weight_hr_l[k]: ``(proj_size, hidden_size)``, only if ``proj_size > 0``.
-        The reverse direction's parameters end in ``_reverse``.
-
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input``, ``h_0`` or ``c_0`` has the wrong rank, size or dtype,
-            or ``hx`` is not a pair.
-        UnsupportedError: a constructor argument is out of range, or the input is a PackedSequence.
 
     Examples::
 
@@ -227,16 +198,7 @@ class LSTM(RecurrentBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            "LSTM",
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device,
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
             dtype,
         )
 
@@ -244,9 +206,7 @@ class LSTM(RecurrentBase):
         return (("h_0", self.proj_size or self.hidden_size), ("c_0", self.hidden_size))
 
     def _split_hx(self, hx: Any) -> tuple[Any, ...]:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ShapeError(f"LSTM: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
-        return tuple(hx)
+        return split_pair("LSTM", hx)
 
     def _join_states(self, states: State) -> tuple[Tensor, Tensor]:
         return states[0], states[1]
@@ -269,42 +229,18 @@ class GRU(RecurrentBase):
         h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
         \end{array}
 
-    Layer ``k > 0`` reads the previous layer's output (with dropout in training
-    mode if ``dropout > 0``).
+    Layer ``k > 0`` reads the previous layer's output. The arguments are those every
+    layer takes (the module docstring).
 
-    Args:
-        input_size: The number of expected features in the input ``x``.
-        hidden_size: The number of features in the hidden state ``h``.
-        num_layers: Number of stacked recurrent layers. Default: 1.
-        bias: If ``False``, the layers use no ``b_ih`` / ``b_hh``. Default: ``True``.
-        batch_first: If ``True``, input and output are ``(batch, seq, feature)``. Default: ``False``.
-        dropout: Dropout probability on the outputs of every layer but the last,
-            in training mode only. Default: 0.
-        bidirectional: If ``True``, a bidirectional GRU. Default: ``False``.
-
-    Inputs: input, h_0
-        - **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` with batch_first, or ``(L, H_in)``.
-        - **h_0**: ``(D * num_layers, N, H_out)`` or ``(D * num_layers, H_out)``; zeros if ``None``.
-
-    Outputs: output, h_n
-        - **output**: ``(L, N, D * H_out)`` (``(N, L, ...)`` with batch_first, ``(L, ...)`` unbatched).
-        - **h_n**: ``(D * num_layers, N, H_out)`` or ``(D * num_layers, H_out)``.
-        - With ``return_gates=True``: ``((output, h_n), gates)``, gates
-          ``{"l0": {"r", "z", "n"}, ...}`` (see the module docstring).
+    Call: ``gru(input, h_0=None)`` gives ``(output, h_n)``, shaped as the module
+    docstring says with ``H_out = hidden_size``; with ``return_gates=True``,
+    ``((output, h_n), gates)``, gates ``{"l0": {"r", "z", "n"}, ...}``.
 
     Attributes:
         weight_ih_l[k]: ``(3*hidden_size, input_size)`` for ``k = 0``, else
             ``(3*hidden_size, D * hidden_size)``; gates ``W_ir|W_iz|W_in``.
         weight_hh_l[k]: ``(3*hidden_size, hidden_size)``; gates ``W_hr|W_hz|W_hn``.
         bias_ih_l[k], bias_hh_l[k]: ``(3*hidden_size)``.
-        The reverse direction's parameters end in ``_reverse``.
-
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input`` or ``h_0`` has the wrong rank, size or dtype.
-        UnsupportedError: a constructor argument is out of range, or the input is a PackedSequence.
 
     Examples::
 

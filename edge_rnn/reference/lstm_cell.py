@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edge_rnn.errors import ShapeError
 from edge_rnn.reference._cell import CellBase, Gates, unbatch
+from edge_rnn.reference._checks import split_pair
 
 __all__ = ["lstm_step", "LSTMCell"]
 
@@ -62,17 +62,12 @@ def lstm_step(
 
 
 class LSTMCell(CellBase):
-    r"""A long short-term memory (LSTM) cell, written from the equations.
+    r"""A long short-term memory (LSTM) cell: one :func:`lstm_step` per call (its docstring has the gates' equations).
 
     .. math::
-        \begin{array}{ll}
-        i = \sigma(W_{ii} x + b_{ii} + W_{hi} h + b_{hi}) \\
-        f = \sigma(W_{if} x + b_{if} + W_{hf} h + b_{hf}) \\
-        g = \tanh(W_{ig} x + b_{ig} + W_{hg} h + b_{hg}) \\
-        o = \sigma(W_{io} x + b_{io} + W_{ho} h + b_{ho}) \\
-        c' = f \odot c + i \odot g \\
-        h' = o \odot \tanh(c')
-        \end{array}
+        c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+
+    with input gate ``i``, forget gate ``f``, candidate ``g`` and output gate ``o``.
 
     Same constructor, parameters and call convention as :class:`torch.nn.LSTMCell`.
 
@@ -97,14 +92,6 @@ class LSTMCell(CellBase):
         bias_ih: ``(4*hidden_size)``.
         bias_hh: ``(4*hidden_size)``.
 
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input``, ``h_0`` or ``c_0`` has the wrong rank, size or dtype,
-            or ``hx`` is not a pair.
-        UnsupportedError: a constructor argument is out of range.
-
     Examples::
 
         >>> import torch
@@ -121,16 +108,6 @@ class LSTMCell(CellBase):
 
     gate_count = 4
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-
     def forward(
         self,
         input: Tensor,
@@ -138,12 +115,7 @@ class LSTMCell(CellBase):
         *,
         return_gates: bool = False,
     ) -> tuple[Tensor, Tensor] | tuple[tuple[Tensor, Tensor], Gates]:
-        if hx is None:
-            h0 = c0 = None
-        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
-            h0, c0 = hx
-        else:
-            raise ShapeError(f"LSTMCell: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
+        h0, c0 = (None, None) if hx is None else split_pair("LSTMCell", hx)
         x, (h, c), batched = self._batch(input, {"h_0": h0, "c_0": c0})
         h_new, c_new, gates = lstm_step(x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         state, gates = unbatch(batched, (h_new, c_new), gates)

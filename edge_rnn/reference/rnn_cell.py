@@ -81,13 +81,6 @@ class RNNCell(CellBase):
         bias_ih: ``(hidden_size)``.
         bias_hh: ``(hidden_size)``.
 
-    All parameters are initialised from :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`,
-    :math:`k = 1/\text{hidden\_size}`.
-
-    Raises:
-        ShapeError: ``input`` or ``hidden`` has the wrong rank, size or dtype.
-        UnsupportedError: a constructor argument is out of range.
-
     Examples::
 
         >>> import torch
