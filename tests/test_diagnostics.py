@@ -13,7 +13,7 @@ from edge_rnn.cli import main
 from edge_rnn.diagnostics import Diagnosis, MemoryCurve, diagnose_onnx, memory_curve, summary
 from edge_rnn.diagnostics._memory import perturbations, start_points
 from edge_rnn.errors import ShapeError
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import ForeignModel, StreamingModel
 
 DATA = REPO / "tests" / "data"
 LSTM = DATA / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)
@@ -62,7 +62,8 @@ def test_a_linear_recurrence_has_the_memory_its_coefficient_says(tmp_path):
         [helper.make_tensor_value_info("x", f, ["t", "b", 3]), helper.make_tensor_value_info("h0", f, ["b", 3])],
         [helper.make_tensor_value_info("y", f, ["t", "b", 3]), helper.make_tensor_value_info("hn", f, ["b", 3])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "linear.onnx")
-    model = StreamingModel.load(tmp_path / "linear.onnx", batch_axis=1, time_axis=0, state_batch_axis=0)
+    model = StreamingModel.load(tmp_path / "linear.onnx",
+                                foreign=ForeignModel(batch_axis=1, time_axis=0, state_batch_axis=0))
     curve = memory_curve(model, _x(200, 3), max_lag=30, starts=6)
     np.testing.assert_allclose(curve.relative(), a ** np.arange(31), rtol=1e-4)
     np.testing.assert_allclose(curve.response[0], curve.scale, rtol=1e-5)  # lag 0: the perturbation itself
