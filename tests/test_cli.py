@@ -254,7 +254,7 @@ def test_data_option_feeds_real_sequences_and_refuses_pickles(tmp_path):
 
 
 def test_forged_sources_and_headers_give_one_line(tmp_path):
-    """Issue 9 bugs 8 and 9: a forged contract source, or a .npy header declaring terabytes."""
+    """A forged contract source, or a .npy header declaring terabytes."""
     import io
     import json
 
@@ -278,7 +278,7 @@ def test_forged_sources_and_headers_give_one_line(tmp_path):
 
 
 def test_absurd_sizes_and_failing_factories_give_one_line_or_a_usage_error(tmp_path):
-    """Issue 9 bugs 10 and 11."""
+    """Sizes too large to allocate are usage errors naming the option; a factory that fails is one line."""
     out = str(tmp_path / "m.onnx")
     r = run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", str(10**12), "-o", out)
     assert r.exit_code == 2 and "--hidden-size" in r.output
@@ -307,8 +307,9 @@ def test_absurd_sizes_and_failing_factories_give_one_line_or_a_usage_error(tmp_p
         sys.path.remove(str(tmp_path))
 
 
-def test_issue9_review_gaps_give_one_line_each(tmp_path):
-    """Cases of bugs 5, 8, 10, 11 and 13 that the first regression tests did not pin down."""
+def test_forged_contracts_deep_json_and_huge_sizes_give_one_line_each(tmp_path):
+    """A contract whose source or outputs differ from the graph, JSON nested too deep, absurd option values and an
+    example too large to allocate: each one line (or click's usage error naming the option), never a traceback."""
     import json
 
     out = tmp_path / "m.onnx"
@@ -317,7 +318,7 @@ def test_issue9_review_gaps_give_one_line_each(tmp_path):
     meta = next(p for p in model.metadata_props if p.key == "edge_rnn")
     original = meta.value
     for edit, match in (
-        (lambda d: d["source"].update(hidden_size=7), "is it the module that was exported"),  # bug 8
+        (lambda d: d["source"].update(hidden_size=7), "is it the module that was exported"),
         (lambda d: d["outputs"][0].update(name="logits"), "names ['logits'], which the graph does not have"),
     ):
         d = json.loads(original)
@@ -325,21 +326,22 @@ def test_issue9_review_gaps_give_one_line_each(tmp_path):
         meta.value = json.dumps(d)
         onnx.save(model, tmp_path / "forged.onnx")
         one_line_error(run("verify", str(tmp_path / "forged.onnx"), "--long-steps", "0"), match)
-    meta.value = "[" * 100_000  # bug 5: the CLI's one line, not a 44-line RecursionError traceback
+    meta.value = "[" * 100_000  # the CLI's one line, not a 44-line RecursionError traceback
     onnx.save(model, tmp_path / "deep.onnx")
     for cmd in ("inspect", "verify"):
         one_line_error(run(cmd, str(tmp_path / "deep.onnx")), "nesting too deep")
-    for flag, value in (("--seed", 10**20), ("--num-layers", 10**12)):  # bug 10: click names the option
+    for flag, value in (("--seed", 10**20), ("--num-layers", 10**12)):  # click names the option
         r = run("export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "4", flag, str(value),
                 "-o", str(out))
         assert r.exit_code == 2 and flag in r.output and "Traceback" not in r.output
-    # bug 11: an example too large to allocate is the user's mistake, in one line
+    # an example too large to allocate is the user's mistake, in one line
     one_line_error(run("export", "wholemodels:keyword_spotter", "--example-shape", "100000,100000,40", "-o",
                        str(tmp_path / "big.onnx")), "expected an example of at most 268,435,456 elements")
 
 
 def test_verify_refuses_batch_size_0_before_onnxruntime_sees_it(tmp_path):
-    """Bug 13 through the public verify (the test in test_hardening calls Cases directly)."""
+    """A batch of 0 through the public verify (test_load_refusals calls Cases directly): it would abort the process
+    inside onnxruntime's GRU kernel; and a module that is another layer than the file holds."""
     import edge_rnn
     from edge_rnn.errors import ModelFormatError, UnsupportedError
 
@@ -349,6 +351,6 @@ def test_verify_refuses_batch_size_0_before_onnxruntime_sees_it(tmp_path):
         edge_rnn.verify(gru, tmp_path / "g.onnx", batch_size=0)
     with pytest.raises(ModelFormatError, match=r"holds another layer than the module: expected hidden_size 4 "
                                                r"\(module: 5\)"):
-        edge_rnn.verify(torch.nn.GRU(3, 5).eval(), tmp_path / "g.onnx")  # bug 12: another hidden size
+        edge_rnn.verify(torch.nn.GRU(3, 5).eval(), tmp_path / "g.onnx")  # another hidden size
     with pytest.raises(ModelFormatError, match=r"expected cell False \(module: True\)"):
-        edge_rnn.verify(torch.nn.GRUCell(3, 4).eval(), tmp_path / "g.onnx")  # bug 12: a cell against a layer
+        edge_rnn.verify(torch.nn.GRUCell(3, 4).eval(), tmp_path / "g.onnx")  # a cell against a layer
