@@ -32,31 +32,17 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     """
     import time
 
-    import numpy as np
-
     from edge_rnn.runtime import run_sequence
 
     m = _load_runtime_model(model, threads, allow_nonfinite, variant, **foreign)
-    _existing(input_path, "input")
-    from edge_rnn.harness import read_npy
-
-    with open(input_path, "rb") as f:
-        if f.read(2) == b"PK":
-            raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got an .npz archive")
-    data = read_npy(input_path)  # the declared size checked against the file's first; never unpickled
-    if data.ndim == 0:
-        raise EdgeRnnError(f"{input_path}: expected one .npy array of shape (time, ...), got a scalar")
+    data = _read_input(input_path)
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
-    if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
-        data = data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
-    elif data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
-        data = data.astype(port.dtype)  # int32 token ids for an int64 input: exact
-    # anything else (floats for token ids, ...) goes as it is: the runtime refuses it, never rounds it
+    data = _as_port_dtype(data, port)
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:
@@ -68,21 +54,53 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
                            show_pos=True) if total >= 200 * chunk else _nullbar() as bar:
         result = run_sequence(m, stream, data, chunk=chunk, progress=bar.update)
     seconds = time.perf_counter() - t0
-    calls = -(-total // chunk)
+    _save(output, result)
+    n_steps = stream.steps
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
+    which = "" if m.variant is None else f"variant {m.variant}: "
+    click.echo(f"{which}streamed {n_steps} steps in {-(-total // chunk)} calls of up to {chunk}: "
+               f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
+
+
+def _read_input(path: Path) -> Any:
+    """The one .npy array to stream: its declared size checked against the file's first, never unpickled."""
+    from edge_rnn.harness import read_npy
+
+    _existing(path, "input")
+    with open(path, "rb") as f:
+        if f.read(2) == b"PK":
+            raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got an .npz archive")
+    data = read_npy(path)
+    if data.ndim == 0:
+        raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got a scalar")
+    return data
+
+
+def _as_port_dtype(data: Any, port: Any) -> Any:
+    """The input in the port's dtype where that is exact or expected; anything else (floats for token ids, ...)
+    goes as it is: the runtime refuses it, never rounds it."""
+    import numpy as np
+
+    if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
+        return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+    if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
+        return data.astype(port.dtype)  # int32 token ids for an int64 input: exact
+    return data
+
+
+def _save(output: Path, result: dict[str, Any]) -> None:
+    """The outputs: one array as .npy, several as .npz (the suffix was checked before streaming)."""
+    import numpy as np
+
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "wb") as f:  # a file object: numpy adds no suffix of its own
-            if suffix == ".npz":
+            if output.suffix.lower() == ".npz":
                 np.savez(f, **result)
             else:
                 np.save(f, next(iter(result.values())))
     except OSError as e:
         raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
-    n_steps = stream.steps
-    shapes = ", ".join(f"{k} {v.shape}" for k, v in result.items())
-    which = "" if m.variant is None else f"variant {m.variant}: "
-    click.echo(f"{which}streamed {n_steps} steps in {calls} calls of up to {chunk}: {seconds * 1e3:.1f} ms "
-               f"({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
 class _nullbar:
