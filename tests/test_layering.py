@@ -1,4 +1,9 @@
-"""Dependencies point one way: the runtime side imports neither torch nor onnx."""
+"""Dependencies point one way: the runtime side imports neither torch nor onnx, when it is really imported.
+
+import-linter (``lint-imports``, configured in pyproject.toml) holds the table of what may import what; these
+tests check what no static reading can: the modules imported for real with torch and onnx made unimportable,
+so an import hidden in a string (importlib) or made by a third-party package is caught too.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
 def test_runtime_contract_and_cli_import_without_torch_or_onnx():
     r = run_blocked(
         "import edge_rnn, edge_rnn.runtime, edge_rnn.harness, edge_rnn.contract, edge_rnn.errors, edge_rnn.cli\n"
-        "import edge_rnn.spec, edge_rnn.gates\n"
+        "import edge_rnn.spec, edge_rnn.gates, edge_rnn.diagnostics, edge_rnn.client, edge_rnn.loadtest\n"
+        "from edge_rnn.diagnostics import memory_curve, summary, diagnose_onnx\n"
         "assert not any(m.split('.')[0] in ('torch', 'onnx') for m in sys.modules), sorted(sys.modules)\n"
         "import onnxruntime, numpy\n"
         "print('ok')"
