@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_rnn.errors import ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
+from edge_rnn.runtime._ports import Port
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -38,7 +39,19 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     if chunk < 1:
         raise ShapeError(f"run_sequence: expected chunk >= 1, got {chunk}")
     port = model.inputs[0]
-    x = np.asarray(x)
+    pieces = _pieces(port, np.asarray(x), chunk)
+    collected: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
+    for piece in pieces:
+        for name, y in model.step(stream, piece).items():
+            collected[name].append(y)
+        if progress is not None:
+            progress(1 if port.stream_time_axis is None else piece.shape[port.stream_time_axis])
+    return {p.name: _joined(p, collected[p.name]) for p in model.outputs}
+
+
+def _pieces(port: Port, x: np.ndarray, chunk: int) -> list[np.ndarray]:
+    """``x`` (time first) cut into chunks of ``chunk`` steps in the port's own layout; one row per call for a
+    port without a time axis."""
     t_axis = port.stream_time_axis
     if t_axis is None:  # one step per call: rows are steps
         pieces = list(x)
@@ -51,19 +64,13 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
         pieces = [np.take(x, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
     if not pieces:
         raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {x.shape}")
-    collected: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
-    for piece in pieces:
-        for name, y in model.step(stream, piece).items():
-            collected[name].append(y)
-        if progress is not None:
-            progress(1 if t_axis is None else piece.shape[t_axis])
-    result = {}
-    for p in model.outputs:
-        ax = p.stream_time_axis
-        parts = collected[p.name]
-        if ax is None:
-            result[p.name] = np.stack(parts)
-            continue
-        y, time_first = np.concatenate(parts, axis=ax), to_front(len(p.stream_shape), ax)
-        result[p.name] = y if time_first is None else y.transpose(time_first)
-    return result
+    return pieces
+
+
+def _joined(port: Port, parts: list[np.ndarray]) -> np.ndarray:
+    """One output's chunks joined along time, time first (stacked, for a port without a time axis)."""
+    ax = port.stream_time_axis
+    if ax is None:
+        return np.stack(parts)
+    y, time_first = np.concatenate(parts, axis=ax), to_front(len(port.stream_shape), ax)
+    return y if time_first is None else y.transpose(time_first)
