@@ -94,3 +94,20 @@ print('ok')
     from edge_rnn.nn import ContextBuffer
 
     assert Old is ContextBuffer
+
+
+def test_every_module_of_the_package_sits_in_a_layer():
+    """import-linter checks only the modules its layers name: a new module outside them would be unchecked."""
+    from conftest import REPO
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["type"] == "layers")["layers"]
+    named = {name.strip() for layer in layers for name in layer.split("|")}
+    package = REPO / "edge_rnn"
+    modules = {".".join(("edge_rnn", *p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
+               for p in package.rglob("*.py")}
+    outside = sorted(m for m in modules - {"edge_rnn"}
+                     if not any(m == n or m.startswith(n + ".") for n in named))
+    assert not outside, f"modules in no import-linter layer: {outside}"
