@@ -11,7 +11,7 @@ import torch
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.exporters._export import export_layer
 from edge_rnn.exporters._references import exportable
-from edge_rnn.exporters._spec import is_recurrent_module
+from edge_rnn.exporters._spec import recurrent_spec
 from edge_rnn.exporters._whole import export_model
 from edge_rnn.exporters._write import ExportReport
 from edge_rnn.exporters.options import ExportOptions, StreamingIO, io_from_legacy
@@ -73,7 +73,7 @@ def export(
                             seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {},
                             keep_failed=keep_failed)
     module, example_input, notes = exportable(module, example_input)  # a float32 CPU copy where it is not
-    if is_recurrent_module(module):
+    if recurrent_spec(module) is not None:
         if io is not None:
             raise UnsupportedError(
                 f"io={io!r:.120}: it applies to whole models, and {type(module).__name__} is a bare recurrent layer "

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from edge_rnn.errors import UnsupportedError
-from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.exporters._spec import RecurrentSpec, recurrent_spec
 from edge_rnn.nn import ContextBuffer
 
 __all__ = ["LiftedState", "Lifter", "current_lift"]
@@ -172,9 +172,8 @@ class Lifter:
                 self.paths[id(sub)] = path
                 sub.forward = types.MethodType(_patched_context(sub.forward), sub)
                 continue
-            try:
-                spec = spec_from_module(sub)
-            except UnsupportedError:
+            spec = _liftable(sub)
+            if spec is None:
                 continue
             skip.append(path)
             key = id(sub)
@@ -209,6 +208,17 @@ class Lifter:
         with _active(r):
             out = self.model(*inputs)
         return out, r.new_states
+
+
+def _liftable(sub: torch.nn.Module) -> RecurrentSpec | None:
+    """The spec of a recurrent submodule whose state can be lifted; None for anything else.
+
+    A layer subclass that overrides ``forward`` is not lifted: its own forward is traced as it stands.
+    """
+    try:
+        return recurrent_spec(sub)
+    except UnsupportedError:
+        return None
 
 
 def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., Any]:

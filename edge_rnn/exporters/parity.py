@@ -26,7 +26,7 @@ from edge_rnn.exporters._references import (
     tolerance_for,
     torch_reference,
 )
-from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.exporters._spec import RecurrentSpec, recurrent_spec
 from edge_rnn.exporters._whole_verify import verify_model
 from edge_rnn.exporters.options import StreamingIO, io_from_legacy
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, ParityRow, raise_failures, read_contract
@@ -85,10 +85,7 @@ def _verify(module: torch.nn.Module, path: Path, *, example_input: Any, io: Stre
             whole_model_options: Mapping[str, Any] | None, batch_size: int | None, seq_lens: tuple[int, ...],
             chunked_len: int, long_steps: int, opt_levels: tuple[str, ...], seed: int, atol: float | None,
             raise_on_failure: bool) -> ParityReport:
-    try:
-        spec = spec_from_module(module)
-    except UnsupportedError:  # not a bare layer: a whole model
-        spec = None
+    spec = recurrent_spec(module)  # None: a whole model
     io, atol = io_from_legacy(io, whole_model_options, atol)
     if spec is None:
         return verify_model(module, path, example_input=example_input, data=data, io=io, long_steps=long_steps,
