@@ -119,31 +119,29 @@ class _Run:
         return [self.states[i] for i, _ in names]
 
     def recurrent(self, path: str, key: int, spec: RecurrentSpec, x: torch.Tensor, hx: Any) -> Any:
+        """One call of the recurrent submodule at ``path``: its state lifted when called without one."""
         lstm = spec.kind == "lstm"
         self.every_call[path] = self.every_call.get(path, 0) + 1
         if x.dim() != (2 if spec.cell else 3):
             raise UnsupportedError(f"{path}: expected batched input of rank {2 if spec.cell else 3}, got shape "
                                    f"{tuple(x.shape)} (unbatched input cannot be streamed)")
-        if hx is None:
-            batch = x.shape[spec.io_axes[0]]
-            specs = spec.state_specs(f"{path}.")
-            names = [(s.input, s.output) for s in specs]
-            zeros = [x.new_zeros(s.concrete_shape(batch)) for s in specs]
-            states = self._take(path, names, zeros, specs[0].batch_axis)
-            lifted = True
-        else:
-            states = list(hx) if lstm else [hx]
-            lifted = False
+        lifted = hx is None
+        states = self._lifted_states(path, spec, x) if lifted else (list(hx) if lstm else [hx])
         h0 = states[0]
         c0 = states[1] if lstm else h0
         y, h, c = torch.ops.edge_rnn.recurrent(x, h0, c0, key)
-        if lifted:
-            self.new_states[f"{path}.hn"] = h
-            if lstm:
-                self.new_states[f"{path}.cn"] = c
-        if spec.cell:
-            return (h, c) if lstm else h
-        return y, ((h, c) if lstm else h)
+        if lifted:  # hn (and cn): the lifted state's outputs
+            self.new_states.update(zip((s.output for s in spec.state_specs(f"{path}.")), (h, c)))
+        state = (h, c) if lstm else h
+        return state if spec.cell else (y, state)  # as torch's module returns it
+
+    def _lifted_states(self, path: str, spec: RecurrentSpec, x: torch.Tensor) -> list[torch.Tensor]:
+        """The state of a call without one: zeros while discovering (and recorded), else the fed state."""
+        batch = x.shape[spec.io_axes[0]]
+        specs = spec.state_specs(f"{path}.")
+        names = [(s.input, s.output) for s in specs]
+        zeros = [x.new_zeros(s.concrete_shape(batch)) for s in specs]
+        return self._take(path, names, zeros, specs[0].batch_axis)
 
     def context(self, buf: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         path = self.lifter.paths[id(buf)]

@@ -171,12 +171,12 @@ def resolve(lifter: Lifter, examples: tuple[torch.Tensor, ...], io: StreamingIO,
     explicit_specs = _explicit_specs(explicit, in_names, examples, batch, io.state_batch_axes)
     probed = _probe_output_axes(lifter, in_names, examples, in_specs, explicit_specs, out_names,
                                 [n for n, _ in data_out], io.output_axes)
+    out_specs = [dataclasses.replace(spec, dtype=_dtype_name(t))
+                 for spec, (_, t) in zip(_axes(data_out, {**probed, **io.output_axes}, "output"), data_out)]
     contract = Contract(
         inputs=tuple(in_specs),
-        outputs=tuple(dataclasses.replace(spec, dtype=_dtype_name(t))
-                      for spec, (_, t) in zip(_axes(data_out, {**probed, **io.output_axes}, "output"), data_out)),
-        states=tuple(explicit_specs)
-        + tuple(StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted),
+        outputs=tuple(out_specs),
+        states=(*explicit_specs, *_lifted_specs(lifted)),
         source=_source(lifter, lifted, decomposed),
         streamable=io.streaming,
     )
@@ -225,6 +225,11 @@ def _declared_states(states: Mapping[str, str], in_names: list[str], out_names: 
     if bad:
         raise UnsupportedError(f"states {bad}: expected input -> output names among {in_names} -> {out_names}")
     return explicit
+
+
+def _lifted_specs(lifted: list[LiftedState]) -> list[StateSpec]:
+    """The lifted states as contract states: their example shape, with None at the batch axis."""
+    return [StateSpec(s.input, s.output, _none_at(s.shape, s.batch_axis), s.batch_axis) for s in lifted]
 
 
 def _source(lifter: Lifter, lifted: list[LiftedState], decomposed: bool) -> dict[str, Any]:
