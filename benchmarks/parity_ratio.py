@@ -31,16 +31,14 @@ import faults as F  # noqa: E402
 import wholemodels as W  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.exporters import (
-    StreamingIO,  # noqa: E402
-    spec_from_module,  # noqa: E402
-)
+from edge_rnn.exporters import StreamingIO  # noqa: E402
 from edge_rnn.exporters._references import (  # noqa: E402
     check_against_torch,
     input_source,
     layer_layouts,
     torch_reference,
 )
+from edge_rnn.exporters._spec import recurrent_spec  # noqa: E402
 from edge_rnn.harness import TOLERANCE, Cases, read_contract  # noqa: E402
 
 LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -94,9 +92,8 @@ class NoFloat64(torch.nn.Module):
 
 def fallback_margin(module: torch.nn.Module, path: Path, long_steps: int, kw: dict | None = None) -> float:
     """The largest share of its bound any row uses when judged by the fallback (no float64): above 1 fails."""
-    try:
-        spec = spec_from_module(module)
-    except edge_rnn.EdgeRnnError:  # a whole model: export it wrapped so that float64 fails
+    spec = recurrent_spec(module)
+    if spec is None:  # a whole model: export it wrapped so that float64 fails
         kw = {k: v for k, v in (kw or {}).items() if k != "long_steps"}
         report = edge_rnn.export(NoFloat64(module), path.with_suffix(".fallback.onnx"), long_steps=long_steps,
                                  raise_on_failure=False, **kw)

@@ -1,8 +1,8 @@
-"""Issue 9, bug 15: integer inputs (token ids -> Embedding -> GRU) keep their dtype end to end.
+"""Integer inputs (token ids -> Embedding -> GRU) keep their dtype end to end.
 
-Was: every input was cast to float32 during export, and the error then blamed input_axes. Now the dtype goes
-through the export, the contract (with the embedding's range of valid ids), the runtime's checks, the parity
-check and the CLI. The runtime tests use the committed fixture and run without torch.
+They are not cast to float32 during export (the cast's error blamed input_axes): the dtype goes through the
+export, the contract (with the embedding's range of valid ids), the runtime's checks, the parity check and the
+CLI. The runtime tests use the committed fixture and run without torch.
 """
 
 from __future__ import annotations

@@ -419,7 +419,8 @@ def test_whole_model_options_with_none_values_as_before(tmp_path):
 
 
 def test_packed_sequences_and_overridden_forwards_are_refused_with_what_to_do(tmp_path):
-    """Issue 9: bug 14, and the wart of a layer subclass whose forward would be silently ignored."""
+    """A layer called with a PackedSequence, and a layer subclass whose own forward the export would silently
+    ignore, are refused with what to do instead."""
 
     class Packs(torch.nn.Module):
         def __init__(self):

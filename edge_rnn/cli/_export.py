@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,12 @@ from edge_rnn.cli._common import (
     main,
 )
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it, when they run
+    import torch
+
+    from edge_rnn.contract import Contract
+    from edge_rnn.spec import RecurrentSpec
 
 
 @main.command()
@@ -63,7 +69,6 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
     package.module:callable (like module:app), a function or class that returns the model; its state is
     lifted automatically. The current directory is importable.
     """
-    from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import export as export_module
 
     if factory is not None:
@@ -74,22 +79,31 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
         return
     if example_dtype != "float32" or example_shape:
         raise click.UsageError("--example-shape and --example-dtype go with FACTORY; a built layer takes float32")
-    missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
-    if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or give a FACTORY)")
-    if nonlinearity != "tanh" and arch != "rnn":
-        raise EdgeRnnError(f"--nonlinearity {nonlinearity}: only the vanilla RNN (--arch rnn) takes it")
-    spec = RecurrentSpec(
-        kind=arch, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-        batch_first=batch_first, bias=not no_bias, proj_size=proj_size, nonlinearity=nonlinearity, cell=cell,
-        module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}{'Cell' if cell else ''}",
-    )
+    spec = _layer_spec(arch, input_size, hidden_size, nonlinearity, num_layers=num_layers,
+                       bidirectional=bidirectional, batch_first=batch_first, bias=not no_bias, proj_size=proj_size,
+                       cell=cell)
     sequences = _read_data(data)
     module = _build(spec, weights, None if weights else seed)
     extra = {} if weights else {"seed": seed}
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
                            raise_on_failure=False, data=sequences, keep_failed=keep_failed)
     _print_report(report, output)
+
+
+def _layer_spec(arch: str | None, input_size: int | None, hidden_size: int | None, nonlinearity: str,
+                **shape: Any) -> RecurrentSpec:
+    """The RecurrentSpec of the layer --arch, --input-size, --hidden-size and the shape options describe."""
+    from edge_rnn.exporters import RecurrentSpec
+
+    missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give a FACTORY)")
+    if nonlinearity != "tanh" and arch != "rnn":
+        raise EdgeRnnError(f"--nonlinearity {nonlinearity}: only the vanilla RNN (--arch rnn) takes it")
+    return RecurrentSpec(
+        kind=arch, input_size=input_size, hidden_size=hidden_size, nonlinearity=nonlinearity, **shape,
+        module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}{'Cell' if shape['cell'] else ''}",
+    )
 
 
 def _print_report(report: Any, output: Path) -> None:
@@ -102,8 +116,6 @@ def _print_report(report: Any, output: Path) -> None:
     _print_parity(report.parity)
     if not report.parity.ok:
         sys.exit(1)
-
-
 
 
 def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, time_axis: int,
@@ -175,9 +187,7 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
             raise click.UsageError("--against compares two ONNX files; FACTORY and --weights are for PyTorch checks")
         _verify_against(model, against, steps, seed, data, threshold)
         return
-    from edge_rnn.exporters import RecurrentSpec
     from edge_rnn.exporters import verify as verify_model
-    from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
     from edge_rnn.harness import read_contract
 
     _existing(model, "model")
@@ -187,28 +197,46 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
                            f"against the float32 model: edge-rnn verify {model} --against MODEL.onnx")
     sequences = _read_data(data)
     if contract.source.get("kind") == "module":
-        if factory is None:
-            raise EdgeRnnError(
-                f"{model}: a whole model ({contract.source.get('module')}); pass the factory it was exported from: "
-                f"edge-rnn verify {model} package.module:factory [--weights state_dict.pt]")
-        module = load_factory(factory)
-        if weights is not None:
-            load_state_dict(module, weights)
-        module.eval()
+        module = _whole_model_from(model, contract, factory, weights)
     else:
-        if factory is not None:
-            raise click.UsageError("FACTORY is for whole models; a bare layer is rebuilt from the model's metadata")
-        spec = RecurrentSpec.from_source(contract.source)
-        seed = contract.source.get("seed")
-        if weights is None and seed is None:
-            raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
-        if weights is None and not is_int(seed, 0, 2**63 - 1):
-            raise ModelFormatError(f"{model}: expected the contract's seed to be an int in 0..2**63-1, got {seed!r}")
-        module = _build(spec, weights, None if weights else seed)
+        module, seed = _layer_from(model, contract, factory, weights)
     report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False, data=sequences)
     _print_parity(report, every_row)
     if not report.ok:
         sys.exit(1)
+
+
+def _whole_model_from(model: Path, contract: Contract, factory: str | None, weights: Path | None
+                      ) -> torch.nn.Module:
+    """The whole model to check ``model`` against: FACTORY's, with --weights loaded, in eval mode."""
+    from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
+
+    if factory is None:
+        raise EdgeRnnError(
+            f"{model}: a whole model ({contract.source.get('module')}); pass the factory it was exported from: "
+            f"edge-rnn verify {model} package.module:factory [--weights state_dict.pt]")
+    module = load_factory(factory)
+    if weights is not None:
+        load_state_dict(module, weights)
+    module.eval()
+    return module
+
+
+def _layer_from(model: Path, contract: Contract, factory: str | None, weights: Path | None
+                ) -> tuple[torch.nn.Module, Any]:
+    """The bare layer to check ``model`` against, rebuilt from its contract with --weights or the weights' seed
+    it records; and that seed, which the check then uses (None with --weights)."""
+    from edge_rnn.exporters import RecurrentSpec
+
+    if factory is not None:
+        raise click.UsageError("FACTORY is for whole models; a bare layer is rebuilt from the model's metadata")
+    spec = RecurrentSpec.from_source(contract.source)
+    seed = contract.source.get("seed")
+    if weights is None and seed is None:
+        raise StateError(f"{model}: was exported from a state_dict; pass it with --weights")
+    if weights is None and not is_int(seed, 0, 2**63 - 1):
+        raise ModelFormatError(f"{model}: expected the contract's seed to be an int in 0..2**63-1, got {seed!r}")
+    return _build(spec, weights, None if weights else seed), seed
 
 
 def _verify_against(model: Path, against: Path, steps: int, seed: int, data: Path | None,

@@ -11,7 +11,7 @@ import torch
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.exporters._export import export_layer
 from edge_rnn.exporters._references import exportable
-from edge_rnn.exporters._spec import is_recurrent_module
+from edge_rnn.exporters._spec import recurrent_spec
 from edge_rnn.exporters._whole import export_model
 from edge_rnn.exporters._write import ExportReport
 from edge_rnn.exporters.options import ExportOptions, StreamingIO, io_from_legacy
@@ -73,12 +73,13 @@ def export(
                             seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {},
                             keep_failed=keep_failed)
     module, example_input, notes = exportable(module, example_input)  # a float32 CPU copy where it is not
-    if is_recurrent_module(module):
+    spec = recurrent_spec(module)
+    if spec is not None:
         if io is not None:
             raise UnsupportedError(
                 f"io={io!r:.120}: it applies to whole models, and {type(module).__name__} is a bare recurrent layer "
                 "(its names, axes and states are fixed)")
-        report = export_layer(module, path, example_input=example_input, options=options, data=data)
+        report = export_layer(module, spec, path, example_input=example_input, options=options, data=data)
     elif example_input is None:
         raise UnsupportedError(
             f"{type(module).__name__} is not a bare RNN/LSTM/GRU layer or cell: exporting it as a whole model "

@@ -21,7 +21,7 @@ from edge_rnn.exporters._references import input_source, layer_layouts
 from edge_rnn.exporters._spec import layer_weights, spec_from_module
 from edge_rnn.exporters._write import ExportReport, check_and_write, failed_parity, staged
 from edge_rnn.exporters.options import ExportOptions
-from edge_rnn.exporters.parity import verify
+from edge_rnn.exporters.parity import check_layer
 from edge_rnn.graphs import IR_VERSION, OPSET, GraphBuilder, emit_module, native_possible
 from edge_rnn.spec import RecurrentSpec
 
@@ -48,7 +48,11 @@ def build_model(
 ) -> tuple[onnx.ModelProto, RecurrentSpec]:
     """The streaming ONNX model of ``module`` (not checked, not saved)."""
     spec = spec_from_module(module)
-    contract = _contract(spec, extra_source)
+    return _graph(module, spec, _contract(spec, extra_source), decomposed), spec
+
+
+def _graph(module: torch.nn.Module, spec: RecurrentSpec, contract: Contract, decomposed: bool) -> onnx.ModelProto:
+    """The model of the layer ``spec`` describes, its weights from ``module``, ``contract`` in its metadata."""
 
     def weights(layer: int, reverse: bool) -> dict:
         return layer_weights(module, spec, layer, reverse)
@@ -75,7 +79,7 @@ def build_model(
     )
     model.ir_version = IR_VERSION
     helper.set_model_props(model, contract.to_metadata())
-    return model, spec
+    return model
 
 
 def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> None:
@@ -88,9 +92,13 @@ def _check_example(spec: RecurrentSpec, example_input: torch.Tensor | None) -> N
         raise ShapeError(f"example_input: expected shape ({layout}{spec.input_size}), got {shape}")
 
 
-def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Tensor | None,
+def export_layer(module: torch.nn.Module, spec: RecurrentSpec, path: Path, *, example_input: torch.Tensor | None,
                  options: ExportOptions, data: Any) -> ExportReport:
-    """:func:`edge_rnn.export` for a bare layer or cell."""
+    """:func:`edge_rnn.export` for a bare layer or cell (``spec``: :func:`recurrent_spec` of ``module``).
+
+    The contract is built once: written into the model's metadata, checked against by the parity check
+    and returned in the report.
+    """
     if module.training:
         warnings.warn(
             f"{type(module).__name__} is in training mode; exporting and verifying its eval-mode behaviour "
@@ -100,9 +108,9 @@ def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Te
         module = copy.deepcopy(module).eval()
     t0 = time.perf_counter()
     o = options
-    model, spec = build_model(module, decomposed=o.decomposed, extra_source=o.extra_source)
+    contract = _contract(spec, o.extra_source)
+    model = _graph(module, spec, contract, o.decomposed)
     _check_example(spec, example_input)
-    contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
     if o.verify_parity and data is not None:  # bad data is refused before anything is written
         input_source(layer_layouts(contract, spec), data)
     parity = kept = None
@@ -110,8 +118,8 @@ def export_layer(module: torch.nn.Module, path: Path, *, example_input: torch.Te
         written = check_and_write(model, tmp, check=o.check)
         seconds = time.perf_counter() - t0
         if o.verify_parity:
-            parity = verify(module, tmp, long_steps=o.long_steps, seed=o.seed, example_input=example_input,
-                            data=data, atol=o.atol, raise_on_failure=False)
+            parity = check_layer(module, spec, contract, tmp, example_input=example_input, data=data,
+                                 checks=o.parity)
         kept = failed_parity(parity, tmp, path, keep_failed=o.keep_failed, raise_on_failure=o.raise_on_failure)
     return ExportReport(
         path=path,

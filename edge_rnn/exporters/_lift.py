@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from edge_rnn.errors import UnsupportedError
-from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.exporters._spec import RecurrentSpec, recurrent_spec
 from edge_rnn.nn import ContextBuffer
 
 __all__ = ["LiftedState", "Lifter", "current_lift"]
@@ -119,31 +119,29 @@ class _Run:
         return [self.states[i] for i, _ in names]
 
     def recurrent(self, path: str, key: int, spec: RecurrentSpec, x: torch.Tensor, hx: Any) -> Any:
+        """One call of the recurrent submodule at ``path``: its state lifted when called without one."""
         lstm = spec.kind == "lstm"
         self.every_call[path] = self.every_call.get(path, 0) + 1
         if x.dim() != (2 if spec.cell else 3):
             raise UnsupportedError(f"{path}: expected batched input of rank {2 if spec.cell else 3}, got shape "
                                    f"{tuple(x.shape)} (unbatched input cannot be streamed)")
-        if hx is None:
-            batch = x.shape[spec.io_axes[0]]
-            specs = spec.state_specs(f"{path}.")
-            names = [(s.input, s.output) for s in specs]
-            zeros = [x.new_zeros(s.concrete_shape(batch)) for s in specs]
-            states = self._take(path, names, zeros, specs[0].batch_axis)
-            lifted = True
-        else:
-            states = list(hx) if lstm else [hx]
-            lifted = False
+        lifted = hx is None
+        states = self._lifted_states(path, spec, x) if lifted else (list(hx) if lstm else [hx])
         h0 = states[0]
         c0 = states[1] if lstm else h0
         y, h, c = torch.ops.edge_rnn.recurrent(x, h0, c0, key)
-        if lifted:
-            self.new_states[f"{path}.hn"] = h
-            if lstm:
-                self.new_states[f"{path}.cn"] = c
-        if spec.cell:
-            return (h, c) if lstm else h
-        return y, ((h, c) if lstm else h)
+        if lifted:  # hn (and cn): the lifted state's outputs
+            self.new_states.update(zip((s.output for s in spec.state_specs(f"{path}.")), (h, c)))
+        state = (h, c) if lstm else h
+        return state if spec.cell else (y, state)  # as torch's module returns it
+
+    def _lifted_states(self, path: str, spec: RecurrentSpec, x: torch.Tensor) -> list[torch.Tensor]:
+        """The state of a call without one: zeros while discovering (and recorded), else the fed state."""
+        batch = x.shape[spec.io_axes[0]]
+        specs = spec.state_specs(f"{path}.")
+        names = [(s.input, s.output) for s in specs]
+        zeros = [x.new_zeros(s.concrete_shape(batch)) for s in specs]
+        return self._take(path, names, zeros, specs[0].batch_axis)
 
     def context(self, buf: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         path = self.lifter.paths[id(buf)]
@@ -172,9 +170,8 @@ class Lifter:
                 self.paths[id(sub)] = path
                 sub.forward = types.MethodType(_patched_context(sub.forward), sub)
                 continue
-            try:
-                spec = spec_from_module(sub)
-            except UnsupportedError:
+            spec = _liftable(sub)
+            if spec is None:
                 continue
             skip.append(path)
             key = id(sub)
@@ -209,6 +206,17 @@ class Lifter:
         with _active(r):
             out = self.model(*inputs)
         return out, r.new_states
+
+
+def _liftable(sub: torch.nn.Module) -> RecurrentSpec | None:
+    """The spec of a recurrent submodule whose state can be lifted; None for anything else.
+
+    A layer subclass that overrides ``forward`` is not lifted: its own forward is traced as it stands.
+    """
+    try:
+        return recurrent_spec(sub)
+    except UnsupportedError:
+        return None
 
 
 def _patched_forward(path: str, key: int, spec: RecurrentSpec) -> Callable[..., Any]:

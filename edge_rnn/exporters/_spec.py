@@ -1,88 +1,95 @@
 """The torch side of :class:`edge_rnn.spec.RecurrentSpec`: read it off a module, and back.
 
-:func:`spec_from_module` reads the spec of a ``torch.nn`` (or
-``edge_rnn.reference``) RNN/LSTM/GRU layer or cell, and :func:`layer_weights` pulls one layer's weights out as numpy, in
-PyTorch's gate order. :func:`build_module` goes the other way, from the
+:func:`recurrent_spec` reads the spec of a ``torch.nn`` (or
+``edge_rnn.reference``) RNN/LSTM/GRU layer or cell, None for anything else; :func:`layer_weights` pulls one
+layer's weights out as numpy, in PyTorch's gate order. :func:`build_module` goes the other way, from the
 ``source`` entry of a model's contract back to a torch module.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from edge_rnn import reference
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["RecurrentSpec", "is_recurrent_module", "spec_from_module", "layer_weights", "build_module",
-           "GATES_PER_KIND"]
+__all__ = ["RecurrentSpec", "recurrent_spec", "spec_from_module", "layer_weights", "build_module", "GATES_PER_KIND"]
 
 
-# class name -> (kind, is_cell). torch.nn and edge_rnn.reference share names.
-_CLASSES = {
-    "RNN": ("rnn", False),
-    "LSTM": ("lstm", False),
-    "GRU": ("gru", False),
-    "RNNCell": ("rnn", True),
-    "LSTMCell": ("lstm", True),
-    "GRUCell": ("gru", True),
+class _Exportable(NamedTuple):
+    """One exportable class: its kind, whether it is a single-step cell, and the name the contract records."""
+
+    kind: str
+    cell: bool
+    package: str  # "torch.nn" or "edge_rnn.reference": the ``module`` entry is ``{package}.{class name}``
+
+
+_TORCH, _REFERENCE = "torch.nn", "edge_rnn.reference"
+# The classes a bare layer or cell export starts from; a subclass counts as its base (unless it overrides forward).
+_CLASSES: dict[type, _Exportable] = {
+    torch.nn.RNN: _Exportable("rnn", False, _TORCH),
+    torch.nn.LSTM: _Exportable("lstm", False, _TORCH),
+    torch.nn.GRU: _Exportable("gru", False, _TORCH),
+    torch.nn.RNNCell: _Exportable("rnn", True, _TORCH),
+    torch.nn.LSTMCell: _Exportable("lstm", True, _TORCH),
+    torch.nn.GRUCell: _Exportable("gru", True, _TORCH),
+    reference.RNN: _Exportable("rnn", False, _REFERENCE),
+    reference.LSTM: _Exportable("lstm", False, _REFERENCE),
+    reference.GRU: _Exportable("gru", False, _REFERENCE),
+    reference.RNNCell: _Exportable("rnn", True, _REFERENCE),
+    reference.LSTMCell: _Exportable("lstm", True, _REFERENCE),
+    reference.GRUCell: _Exportable("gru", True, _REFERENCE),
 }
-_PACKAGES = ("torch.nn", "edge_rnn.reference")
 
 
-def _class_key(module: torch.nn.Module) -> tuple[str, bool] | None:
+def _exportable_class(module: torch.nn.Module) -> _Exportable | None:
+    """The row of ``module``'s class (or the class it derives from) in :data:`_CLASSES`; None if it has none."""
     for klass in type(module).__mro__:
-        if klass.__name__ in _CLASSES and klass.__module__.startswith(_PACKAGES):
-            if type(module).forward is not klass.forward:
-                raise UnsupportedError(
-                    f"{type(module).__qualname__} subclasses {klass.__module__}.{klass.__name__} and overrides "
-                    "forward: edge-rnn would export the plain layer and ignore that forward. Keep the layer as a "
-                    "submodule of your own module instead, and export that whole model")
-            return _CLASSES[klass.__name__]
+        row = _CLASSES.get(klass)
+        if row is None:
+            continue
+        if type(module).forward is not klass.forward:
+            raise UnsupportedError(
+                f"{type(module).__qualname__} subclasses {klass.__module__}.{klass.__name__} and overrides "
+                "forward: edge-rnn would export the plain layer and ignore that forward. Keep the layer as a "
+                "submodule of your own module instead, and export that whole model")
+        return row
     return None
 
 
-def is_recurrent_module(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is a bare torch.nn or edge_rnn.reference RNN/LSTM/GRU layer or cell."""
-    return _class_key(module) is not None
+def recurrent_spec(module: torch.nn.Module) -> RecurrentSpec | None:
+    """The spec of a bare torch.nn or edge_rnn.reference RNN/LSTM/GRU layer or cell; None for anything else.
+
+    This is the one answer to "bare layer or whole model?": :func:`edge_rnn.export` and
+    :func:`edge_rnn.verify` take the bare-layer path exactly when it is not None. A layer subclass that
+    overrides ``forward`` is neither, and raises :class:`~edge_rnn.errors.UnsupportedError`.
+    """
+    row = _exportable_class(module)
+    if row is None:
+        return None
+    name = f"{row.package}.{type(module).__name__}"
+    nonlinearity = getattr(module, "nonlinearity", "tanh")
+    common = dict(kind=row.kind, input_size=module.input_size, hidden_size=module.hidden_size,
+                  bias=bool(module.bias), nonlinearity=nonlinearity, module=name)
+    if row.cell:
+        return RecurrentSpec(**common, cell=True)
+    return RecurrentSpec(**common, num_layers=module.num_layers, bidirectional=bool(module.bidirectional),
+                         batch_first=bool(module.batch_first), proj_size=int(getattr(module, "proj_size", 0) or 0))
 
 
 def spec_from_module(module: torch.nn.Module) -> RecurrentSpec:
     """Read the spec of a torch.nn or edge_rnn.reference RNN/LSTM/GRU layer or cell."""
-    key = _class_key(module)
-    if key is None:
+    spec = recurrent_spec(module)
+    if spec is None:
         raise UnsupportedError(
             f"expected a torch.nn or edge_rnn.reference RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
             f"got {type(module).__module__}.{type(module).__qualname__}"
         )
-    kind, cell = key
-    nonlinearity = getattr(module, "nonlinearity", "tanh")
-    where = type(module).__module__.split(".")[0]
-    qual = "torch.nn" if where == "torch" else "edge_rnn.reference"
-    if cell:
-        return RecurrentSpec(
-            kind=kind,
-            input_size=module.input_size,
-            hidden_size=module.hidden_size,
-            bias=bool(module.bias),
-            nonlinearity=nonlinearity,
-            cell=True,
-            module=f"{qual}.{type(module).__name__}",
-        )
-    return RecurrentSpec(
-        kind=kind,
-        input_size=module.input_size,
-        hidden_size=module.hidden_size,
-        num_layers=module.num_layers,
-        bidirectional=bool(module.bidirectional),
-        batch_first=bool(module.batch_first),
-        bias=bool(module.bias),
-        proj_size=int(getattr(module, "proj_size", 0) or 0),
-        nonlinearity=nonlinearity,
-        module=f"{qual}.{type(module).__name__}",
-    )
+    return spec
 
 
 def layer_weights(module: torch.nn.Module, spec: RecurrentSpec, layer: int, reverse: bool) -> dict[str, np.ndarray]:

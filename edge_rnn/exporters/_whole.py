@@ -32,7 +32,6 @@ from edge_rnn.harness import InputLayout, chunk_sizes, random_inputs, stream_chu
 __all__ = ["export_model"]
 
 
-
 def _splice(model: onnx.ModelProto, lifter: Lifter, decomposed: bool) -> None:
     """Replace every edge_rnn::Recurrent placeholder with edge-rnn's own recurrent graph."""
     g = model.graph
@@ -98,7 +97,7 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
     o = options
     examples = examples_of(example_input)
     with Lifter(model) as lifter:
-        r = resolve(lifter, examples, decomposed=o.decomposed, **io.as_kwargs())
+        r = resolve(lifter, examples, io, decomposed=o.decomposed)
         if o.verify_parity and data is not None:  # bad data is refused before anything is written
             input_source(layouts(r), data)
         if io.streaming:
@@ -113,7 +112,7 @@ def export_model(model: torch.nn.Module, path: str | Path, *, example_input: tor
             proto, data_bytes = _trace(r, tmp, o.decomposed, o.check)
             seconds = time.perf_counter() - t0
             if o.verify_parity:
-                parity = verify_resolved(model, r, tmp, data=data, long_steps=o.long_steps, seed=o.seed, atol=o.atol)
+                parity = verify_resolved(model, r, tmp, data=data, checks=o.parity)
             kept = failed_parity(parity, tmp, path, keep_failed=o.keep_failed, raise_on_failure=o.raise_on_failure)
         return ExportReport(path=path, contract=r.contract, graph_form="decomposed" if o.decomposed else "native",
                             opset=OPSET, export_seconds=seconds, size_bytes=len(data_bytes),

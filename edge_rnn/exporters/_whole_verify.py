@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import copy
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edge_rnn.contract import Contract, StateSpec
+from edge_rnn.contract import Contract, StateSpec, TensorSpec
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._lift import Lifter
 from edge_rnn.exporters._references import check_against_torch, float32_module, input_source, tolerance_for
 from edge_rnn.exporters._whole_resolve import Resolved, examples_of, reference, resolve
-from edge_rnn.exporters.options import StreamingIO
-from edge_rnn.harness import Cases, InputLayout, ParityReport, open_sessions, raise_failures, read_contract
+from edge_rnn.exporters.options import ParityOptions, StreamingIO
+from edge_rnn.harness import Cases, InputLayout, ParityReport, open_sessions, read_contract
 
 __all__ = ["verify_model", "verify_resolved", "layouts"]
 
@@ -47,17 +48,15 @@ def _integer_notes(r: Resolved, data: Any) -> list[str]:
     return notes
 
 
-def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: Any, long_steps: int, seed: int,
-                     atol: float | None, opt_levels: tuple[str, ...] = ("disabled", "default")) -> ParityReport:
-    """The written file against the model in float64 (the reference) and float32 (the noise)."""
+def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: Any, checks: ParityOptions
+                    ) -> ParityReport:
+    """The written file against the model in float64 (the reference) and float32 (the noise); never raised.
+
+    The cases follow the example (one more stream, other lengths than its own); ``checks`` gives the long
+    stream's length, the seed, the tolerance floor and the onnxruntime levels.
+    """
     contract = r.contract
-    first = contract.inputs[0]
-    ex = r.feeds0[first.name]
-    ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
-    streaming = contract.streamable
-    cases = Cases(batch=int(ex.shape[first.batch_axis]) + 1,
-                  seq_lens=tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,),
-                  chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
+    cases = _model_cases(r, checks.long_steps)
     inputs = input_source(layouts(r), data)
     with ExitStack() as stack:
         def twin(module: torch.nn.Module) -> Lifter:
@@ -67,28 +66,36 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
         ref32 = reference(r.lifter if model32 is model else twin(model32), r, torch.float32)
         report = check_against_torch(path, contract, ref32,
                                      lambda: reference(twin(copy.deepcopy(model).double()), r, torch.float64),
-                                     inputs, cases=cases, seed=seed, tolerance=tolerance_for(atol),
-                                     opt_levels=opt_levels)
+                                     inputs, cases=cases, seed=checks.seed,
+                                     tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels)
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")
     report.notes.extend(_integer_notes(r, data))
-    if not streaming:
+    if not contract.streamable:
         report.notes.append("exported with streaming=False: checked whole sequences per call only")
     return report
 
 
-def verify_model(
-    model: torch.nn.Module, path: str | Path, *, example_input: Any = None, data: Any = None,
-    io: StreamingIO | None = None, long_steps: int = 10_000, seed: int = 0, atol: float | None = None,
-    raise_on_failure: bool = True, opt_levels: tuple[str, ...] = ("disabled", "default"),
-) -> ParityReport:
-    """:func:`edge_rnn.verify` for a whole model: what export checked, again, on the file at ``path``.
+def _model_cases(r: Resolved, long_steps: int) -> Cases:
+    """A whole model's cases: one more stream than its example, and lengths other than the example's."""
+    contract = r.contract
+    first = contract.inputs[0]
+    ex = r.feeds0[first.name]
+    ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
+    streaming = contract.streamable
+    return Cases(batch=int(ex.shape[first.batch_axis]) + 1,
+                 seq_lens=tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,),
+                 chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
+
+
+def verify_model(model: torch.nn.Module, path: str | Path, *, example_input: Any, io: StreamingIO | None, data: Any,
+                 checks: ParityOptions) -> ParityReport:
+    """:func:`edge_rnn.verify` for a whole model: what export checked, again, on the file at ``path``; not raised.
 
     Names, axes and states default to those in the file's contract, so the
     ``io`` given to export is needed only where the file cannot tell.
     """
     path = Path(path)
-    opts = (io or StreamingIO()).given()
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     session = open_sessions(path, ("disabled",))["disabled"]
@@ -97,38 +104,39 @@ def verify_model(
         raise UnsupportedError(
             f"{path}: holds a bare {contract.source.get('module', 'recurrent layer')}, not a whole model; verify it "
             f"against that layer, not against {type(model).__name__}")
-    derived, examples = _options_from_file(contract, session, example_input)
+    examples = examples_of(example_input) if example_input is not None else _examples_from_file(contract, session)
     with Lifter(model) as lifter:
-        try:
-            r = resolve(lifter, examples, **StreamingIO(**_merge(derived, opts)).as_kwargs())
-        except (ShapeError, UnsupportedError) as e:  # the module does not take what the file says it takes
-            raise ModelFormatError(
-                f"{path}: the module fails on inputs shaped as the file's ({e}); is it the module that was "
-                "exported? Pass example_input and io as given to export") from None
-        except EdgeRnnError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the module's own error on inputs shaped from the file
-            raise ModelFormatError(
-                f"{path}: the module fails on inputs shaped as the file's ({type(e).__name__}: {e}); is it the "
-                "module that was exported? Pass example_input and io as given to export") from None
+        r = _resolve_as_file(lifter, examples, _merged(_io_from_file(contract, session), io or StreamingIO()), path)
         _same_interface(r.contract, contract, path)
-        report = verify_resolved(model, r, path, data=data, long_steps=long_steps, seed=seed, atol=atol,
-                                  opt_levels=opt_levels)
-    if raise_on_failure:
-        raise_failures(report, path)
-    return report
+        return verify_resolved(model, r, path, data=data, checks=checks)
 
 
-def _merge(derived: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+def _resolve_as_file(lifter: Lifter, examples: tuple[torch.Tensor, ...], io: StreamingIO, path: Path) -> Resolved:
+    """:func:`resolve` on inputs shaped from the file: the module's own failure there says it is not the one."""
+    try:
+        return resolve(lifter, examples, io)
+    except (ShapeError, UnsupportedError) as e:  # the module does not take what the file says it takes
+        raise ModelFormatError(
+            f"{path}: the module fails on inputs shaped as the file's ({e}); is it the module that was "
+            "exported? Pass example_input and io as given to export") from None
+    except EdgeRnnError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the module's own error on inputs shaped from the file
+        raise ModelFormatError(
+            f"{path}: the module fails on inputs shaped as the file's ({type(e).__name__}: {e}); is it the "
+            "module that was exported? Pass example_input and io as given to export") from None
+
+
+def _merged(from_file: StreamingIO, given: StreamingIO) -> StreamingIO:
     """The options read from the file, overridden by those given; file entries about names no longer there dropped."""
-    out = {**derived, **given}
-    ins, outs = set(out["input_names"]), set(out["output_names"])
-    for key, names in (("input_axes", ins), ("output_axes", outs), ("state_batch_axes", ins)):
-        if key not in given:
-            out[key] = {k: v for k, v in out[key].items() if k in names}
-    if "states" not in given:
-        out["states"] = {k: v for k, v in out["states"].items() if k in ins and v in outs}
-    return out
+    out = given.over(from_file)
+    ins, outs, keys = set(out.input_names), set(out.output_names), given.given()
+    kept = {key: {k: v for k, v in getattr(out, key).items() if k in names}
+            for key, names in (("input_axes", ins), ("output_axes", outs), ("state_batch_axes", ins))
+            if key not in keys}
+    if "states" not in keys:
+        kept["states"] = {k: v for k, v in out.states.items() if k in ins and v in outs}
+    return replace(out, **kept)
 
 
 def _is_lifted(state: StateSpec, contract: Contract) -> bool:
@@ -136,39 +144,58 @@ def _is_lifted(state: StateSpec, contract: Contract) -> bool:
     return path in contract.source.get("lifted", []) and leaf in ("h0", "c0", "ctx0")
 
 
-def _options_from_file(contract: Contract, session: Any, example_input: Any
-                       ) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
-    """The whole-model options the file's contract implies, and example inputs (zeros) shaped from the graph."""
-    lifted_in = {s.input for s in contract.states if _is_lifted(s, contract)}
-    lifted_out = {s.output for s in contract.states if _is_lifted(s, contract)}
-    explicit = [s for s in contract.states if s.input not in lifted_in]
-    graph_inputs = [i for i in session.get_inputs() if i.name not in lifted_in]
-    derived: dict[str, Any] = {
-        "input_names": [i.name for i in graph_inputs],
-        "output_names": [o.name for o in session.get_outputs() if o.name not in lifted_out],
-        "input_axes": {t.name: (t.batch_axis, t.time_axis) for t in contract.inputs},
-        "output_axes": {t.name: (t.batch_axis, t.time_axis) for t in contract.outputs},
-        "states": {s.input: s.output for s in explicit},
-        "state_batch_axes": {s.input: s.batch_axis for s in explicit},
-        "streaming": contract.streamable,
-    }
-    if example_input is not None:
-        return derived, examples_of(example_input)
+def _declared_states(contract: Contract) -> list[StateSpec]:
+    """The states the model declares itself (``states=``), not those lifted out of its recurrent submodules."""
+    return [s for s in contract.states if not _is_lifted(s, contract)]
+
+
+def _io_from_file(contract: Contract, session: Any) -> StreamingIO:
+    """The whole-model options the file's contract implies."""
+    lifted = [s for s in contract.states if _is_lifted(s, contract)]
+    lifted_in, lifted_out = {s.input for s in lifted}, {s.output for s in lifted}
+    declared = _declared_states(contract)
+    return StreamingIO(
+        input_names=tuple(i.name for i in session.get_inputs() if i.name not in lifted_in),
+        output_names=tuple(o.name for o in session.get_outputs() if o.name not in lifted_out),
+        input_axes={t.name: (t.batch_axis, t.time_axis) for t in contract.inputs},
+        output_axes={t.name: (t.batch_axis, t.time_axis) for t in contract.outputs},
+        states={s.input: s.output for s in declared},
+        state_batch_axes={s.input: s.batch_axis for s in declared},
+        streaming=contract.streamable,
+    )
+
+
+def _examples_from_file(contract: Contract, session: Any) -> tuple[torch.Tensor, ...]:
+    """Example inputs (zeros) shaped from the graph: one stream, 8 frames, declared states at their shapes."""
+    declared = {s.input: s for s in _declared_states(contract)}
+    lifted_in = {s.input for s in contract.states if s.input not in declared}
     axes = {t.name: t for t in contract.inputs}
     examples = []
-    for i in graph_inputs:
-        state = next((s for s in explicit if s.input == i.name), None)
+    for i in session.get_inputs():
+        if i.name in lifted_in:
+            continue
+        state = declared.get(i.name)
         if state is not None:
             examples.append(torch.zeros(state.concrete_shape(1), dtype=getattr(torch, state.dtype)))
-            continue
-        t = axes.get(i.name)
-        shape = [d if isinstance(d, int) else 1 if t and k == t.batch_axis else 8 if t and k == t.time_axis else None
-                 for k, d in enumerate(i.shape)]
-        if t is None or None in shape:
-            raise UnsupportedError(f"input {i.name!r} of shape {i.shape}: cannot build an example from the file; "
-                                   "pass example_input as given to export")
-        examples.append(torch.zeros(shape, dtype=getattr(torch, t.dtype or "float32")))
-    return derived, tuple(examples)
+        else:
+            examples.append(_example_of_input(i, axes.get(i.name)))
+    return tuple(examples)
+
+
+def _example_of_input(i: Any, t: TensorSpec | None) -> torch.Tensor:
+    """Zeros in the shape of graph input ``i``: one stream along its batch axis, 8 frames along its time axis."""
+    def size(k: int, d: Any) -> int | None:
+        if isinstance(d, int):
+            return d
+        if t is not None and k == t.batch_axis:
+            return 1
+        return 8 if t is not None and k == t.time_axis else None
+
+    shape = [size(k, d) for k, d in enumerate(i.shape)]
+    if t is None or None in shape:
+        raise UnsupportedError(f"input {i.name!r} of shape {i.shape}: cannot build an example from the file; "
+                               "pass example_input as given to export")
+    return torch.zeros(shape, dtype=getattr(torch, t.dtype or "float32"))
 
 
 def _same_interface(ours: Contract, theirs: Contract, path: Path) -> None:

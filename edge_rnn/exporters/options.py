@@ -1,4 +1,5 @@
-"""The typed options of export and verify: how a whole model streams (:class:`StreamingIO`), and how to export.
+"""The typed options of export and verify: how a whole model streams (:class:`StreamingIO`), how to export
+(:class:`ExportOptions`) and what the parity check runs (:class:`ParityOptions`).
 
 ``StreamingIO`` replaces the ``whole_model_options`` dict, which is still
 accepted for one release with a ``DeprecationWarning``. An option that does
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from edge_rnn._numbers import is_int, is_number
 from edge_rnn.errors import UnsupportedError
 
-__all__ = ["StreamingIO", "ExportOptions", "io_from_legacy"]
+__all__ = ["StreamingIO", "ExportOptions", "ParityOptions", "io_from_legacy"]
 
 Axes = Mapping[str, tuple[int, int | None]]
 
@@ -68,8 +69,28 @@ class StreamingIO:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if getattr(self, f.name) != getattr(default, f.name)}
 
-    def as_kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def over(self, base: StreamingIO) -> StreamingIO:
+        """``base`` with the fields given here (those not at their default) put over it."""
+        return replace(base, **self.given())
+
+
+@dataclass(frozen=True)
+class ParityOptions:
+    """What a parity check runs: the keywords of :func:`edge_rnn.verify` that shape its cases and verdict.
+
+    ``batch_size``, ``seq_lens`` and ``chunked_len`` apply to a bare layer's
+    cases; a whole model's cases follow its example (``docs/parity.md``).
+    Checked where they are used (:class:`edge_rnn.harness.Cases`,
+    :func:`edge_rnn.harness.open_sessions`), as :func:`edge_rnn.verify` always did.
+    """
+
+    batch_size: int | None = None
+    seq_lens: tuple[int, ...] = (1, 6, 19)
+    chunked_len: int = 41
+    long_steps: int = 10_000
+    opt_levels: tuple[str, ...] = ("disabled", "default")
+    seed: int = 0
+    atol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,11 @@ class ExportOptions:
         if not is_int(self.seed):
             raise UnsupportedError(f"seed: expected an int, got {self.seed!r}")
         object.__setattr__(self, "extra_source", dict(self.extra_source or {}))
+
+    @property
+    def parity(self) -> ParityOptions:
+        """The check an export runs on what it wrote: verify's defaults, with this export's steps, seed and atol."""
+        return ParityOptions(long_steps=self.long_steps, seed=self.seed, atol=self.atol)
 
 
 def io_from_legacy(io: StreamingIO | None, whole_model_options: Mapping[str, Any] | None,

@@ -26,12 +26,12 @@ from edge_rnn.exporters._references import (
     tolerance_for,
     torch_reference,
 )
-from edge_rnn.exporters._spec import RecurrentSpec, spec_from_module
+from edge_rnn.exporters._spec import RecurrentSpec, recurrent_spec
 from edge_rnn.exporters._whole_verify import verify_model
-from edge_rnn.exporters.options import StreamingIO, io_from_legacy
+from edge_rnn.exporters.options import ParityOptions, StreamingIO, io_from_legacy
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, ParityRow, raise_failures, read_contract
 
-__all__ = ["verify", "ParityReport", "ParityRow", "TOLERANCE"]
+__all__ = ["verify", "check_layer", "ParityReport", "ParityRow", "TOLERANCE"]
 
 
 def verify(
@@ -40,8 +40,8 @@ def verify(
     *,
     example_input: Any = None,
     io: StreamingIO | None = None,
-    data: Any = None,
     whole_model_options: Mapping[str, Any] | None = None,
+    data: Any = None,
     batch_size: int | None = None,
     seq_lens: tuple[int, ...] = (1, 6, 19),
     chunked_len: int = 41,
@@ -73,43 +73,49 @@ def verify(
     """
     path = Path(path)
     module, example_input, notes = exportable(module, example_input)  # as export checked it: float32, on the CPU
-    report = _verify(module, path, example_input=example_input, io=io, data=data,
-                     whole_model_options=whole_model_options, batch_size=batch_size, seq_lens=seq_lens,
-                     chunked_len=chunked_len, long_steps=long_steps,
-                     opt_levels=opt_levels, seed=seed, atol=atol, raise_on_failure=raise_on_failure)
+    spec = recurrent_spec(module)
+    io, atol = io_from_legacy(io, whole_model_options, atol)
+    checks = ParityOptions(batch_size=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps,
+                           opt_levels=opt_levels, seed=seed, atol=atol)
+    if spec is None:
+        report = verify_model(module, path, example_input=example_input, io=io, data=data, checks=checks)
+    else:
+        report = _verify_layer_file(module, spec, path, example_input=example_input, io=io, data=data,
+                                    checks=checks)
+    if raise_on_failure:
+        raise_failures(report, path)
     report.notes[:0] = notes
     return report
 
 
-def _verify(module: torch.nn.Module, path: Path, *, example_input: Any, io: StreamingIO | None, data: Any,
-            whole_model_options: Mapping[str, Any] | None, batch_size: int | None, seq_lens: tuple[int, ...],
-            chunked_len: int, long_steps: int, opt_levels: tuple[str, ...], seed: int, atol: float | None,
-            raise_on_failure: bool) -> ParityReport:
-    try:
-        spec = spec_from_module(module)
-    except UnsupportedError:  # not a bare layer: a whole model
-        spec = None
-    io, atol = io_from_legacy(io, whole_model_options, atol)
-    if spec is None:
-        return verify_model(module, path, example_input=example_input, data=data, io=io, long_steps=long_steps,
-                            seed=seed, atol=atol, raise_on_failure=raise_on_failure, opt_levels=opt_levels)
+def _verify_layer_file(module: torch.nn.Module, spec: RecurrentSpec, path: Path, *, example_input: Any,
+                       io: StreamingIO | None, data: Any, checks: ParityOptions) -> ParityReport:
+    """:func:`verify` for a bare layer: the file must hold that layer, then :func:`check_layer` compares them."""
     if io is not None:
         raise UnsupportedError(f"io={io!r:.120}: it applies to whole models, and {type(module).__name__} is a bare "
                                "recurrent layer")
     contract = _read(path)
     _same_layer(spec, contract, path)
+    return check_layer(module, spec, contract, path, example_input=example_input, data=data, checks=checks)
+
+
+def check_layer(module: torch.nn.Module, spec: RecurrentSpec, contract: Contract, path: Path, *, example_input: Any,
+                data: Any, checks: ParityOptions) -> ParityReport:
+    """The bare layer's graph at ``path`` (written with ``contract``) against ``module``; the report, never raised.
+
+    ``module`` is the float32 CPU module :func:`exportable` returned; ``spec`` is its spec.
+    """
     if module.training:  # dropout would make PyTorch's side random
         module = copy.deepcopy(module).eval()
+    batch_size = checks.batch_size
     if batch_size is None:
         batch_size = _example_batch(spec, example_input) + 1
     inputs = input_source(layer_layouts(contract, spec), data)
-    if not contract.streamable:
-        chunked_len = long_steps = 0
-    cases = Cases(batch=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps)
     report = check_against_torch(
         path, contract, torch_reference(float32_module(module), spec),
         lambda: torch_reference(copy.deepcopy(module).double(), spec),
-        inputs, cases=cases, seed=seed, tolerance=tolerance_for(atol), opt_levels=opt_levels,
+        inputs, cases=_layer_cases(contract, checks, batch_size), seed=checks.seed,
+        tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels,
     )
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")
@@ -118,9 +124,15 @@ def _verify(module: torch.nn.Module, path: Path, *, example_input: Any, io: Stre
             "not streamable (a bidirectional layer reads the whole sequence): checked full passes only; "
             "run it one whole sequence per call"
         )
-    if raise_on_failure:
-        raise_failures(report, path)
     return report
+
+
+def _layer_cases(contract: Contract, checks: ParityOptions, batch_size: int) -> Cases:
+    """The cases of a bare layer: full passes only where it is not streamable (a bidirectional layer)."""
+    if not contract.streamable:
+        return Cases(batch=batch_size, seq_lens=checks.seq_lens, chunked_len=0, long_steps=0)
+    return Cases(batch=batch_size, seq_lens=checks.seq_lens, chunked_len=checks.chunked_len,
+                 long_steps=checks.long_steps)
 
 
 def _example_batch(spec: RecurrentSpec, example_input: Any) -> int:

@@ -169,21 +169,28 @@ def _read_checked(f: Any, size: int, what: str) -> np.ndarray:
 def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arrays]:
     """Normalise ``data`` to a list of ``{input name: (time, *rest)}`` in each input's dtype, checked."""
     names = [t.name for t in layouts]
-    if isinstance(data, Mapping) and len(layouts) > 1 and set(data) == set(names):
-        raw = [dict(data)]  # one sequence per input, keyed by name
-    elif len(layouts) != 1:
-        raise DataError(
-            f"{what}: the model has {len(layouts)} data inputs {names}: expected a mapping (or an .npz) with one "
-            "array per input, keyed by those names")
-    elif isinstance(data, Mapping):
-        raw = [{names[0]: v} for v in data.values()]
-    elif isinstance(data, np.ndarray) or not isinstance(data, Sequence) or _nested_numbers(data):
-        raw = [{names[0]: data}]  # one array, or one sequence written as nested lists of numbers
-    else:
-        raw = [{names[0]: v} for v in data]
+    raw = _of_one_input(names[0], data) if len(layouts) == 1 else _keyed_by_input(names, data, what)
     if not raw:
         raise DataError(f"{what}: expected at least one sequence, got none")
     return [_check(layouts, seq, f"{what}[{i}]" if len(raw) > 1 else what) for i, seq in enumerate(raw)]
+
+
+def _keyed_by_input(names: list[str], data: Any, what: str) -> list[dict[str, Any]]:
+    """A model with several data inputs takes one sequence, given as a mapping with one array per input."""
+    if isinstance(data, Mapping) and len(names) > 1 and set(data) == set(names):
+        return [dict(data)]
+    raise DataError(
+        f"{what}: the model has {len(names)} data inputs {names}: expected a mapping (or an .npz) with one "
+        "array per input, keyed by those names")
+
+
+def _of_one_input(name: str, data: Any) -> list[dict[str, Any]]:
+    """The sequences of a model with one data input: one array (or nested lists of numbers), or several."""
+    if isinstance(data, Mapping):
+        return [{name: v} for v in data.values()]
+    if isinstance(data, np.ndarray) or not isinstance(data, Sequence) or _nested_numbers(data):
+        return [{name: data}]  # one array, or one sequence written as nested lists of numbers
+    return [{name: v} for v in data]
 
 
 def _nested_numbers(data: Sequence[Any]) -> bool:

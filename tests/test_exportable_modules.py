@@ -1,7 +1,8 @@
-"""Issue 9's warts on the export side: modules in other precisions or on the meta device, and cells looped over time.
+"""Which modules export, and how: other precisions and devices, the meta device, cells looped over time.
 
-Each was a misleading error (a bare ParityError, NotImplementedError, or a message that blamed convolutions);
-now the module is exported as the float32 CPU graph computes it, with a note, or refused with the reason.
+A module in float16, bfloat16 or float64 is exported (and checked) as the float32 CPU graph computes it, with
+a note saying so; one on the meta device, or a cell stepped over time by a Python loop, is refused with the
+reason and what to do (not a bare ParityError, a NotImplementedError, or a message that blames convolutions).
 """
 
 from __future__ import annotations
