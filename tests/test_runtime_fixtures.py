@@ -73,3 +73,20 @@ def test_harness_judges_a_fixture_against_itself_without_torch(name):
     report = compare_streaming(path, contract, reference, random_inputs(layouts), random_states(contract),
                                cases=Cases(batch=2, long_steps=300), reference_label="fp32 ONNX")
     assert report.ok and report.max_abs_error <= 1e-6 and len(report.rows) > 0
+
+
+def test_harness_refuses_to_compare_a_file_by_a_contract_its_graph_does_not_fit():
+    """A parity check follows the contract it is given: export hands it the one it built and wrote, without reading
+    it back, so the harness itself checks that the written graph fits it (or no comparison means anything)."""
+    import dataclasses
+
+    from edge_rnn.errors import ModelFormatError
+
+    path = DATA / "lstm_layer.onnx"
+    contract = read_contract(path)
+    renamed = dataclasses.replace(contract, outputs=(dataclasses.replace(contract.outputs[0], name="logits"),))
+    reference = session_runner(open_sessions(path, ("disabled",))["disabled"])
+    layouts = [InputLayout("x", (1, 1, 4), 1, 0)]
+    with pytest.raises(ModelFormatError, match=r"names \['logits'\], which the graph does not have"):
+        compare_streaming(path, renamed, reference, random_inputs(layouts), random_states(renamed),
+                          cases=Cases(batch=2, long_steps=0), reference_label="fp32 ONNX")

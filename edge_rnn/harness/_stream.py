@@ -201,6 +201,8 @@ def compare_streaming(
     """
     rng = np.random.default_rng(seed)
     sessions = open_sessions(path, opt_levels)
+    ins, outs, _ = describe_session(next(iter(sessions.values())), str(path))
+    check_contract_fits(contract, ins, outs)  # the graph streams by the contract the comparison follows
     report = ParityReport(tolerance=tolerance, exact_reference=noise is not None, reference=reference_label)
     todo = _case_list(contract, cases, rng)
     if not todo:
