@@ -248,6 +248,10 @@ def test_kinds_names_every_public_class() -> None:
     assert set(ref.KINDS) == {a.ours for a in LAYER_ARCHS + CELL_ARCHS}
     for cls, (kind, cell) in ref.KINDS.items():
         assert (kind, cell) == (cls.__name__.removesuffix("Cell").lower(), cls.__name__.endswith("Cell"))
+    assert set(ref.TWINS) == set(ref.KINDS)
+    for cls, twin in ref.TWINS.items():  # each stands in for its torch.nn namesake, parameter for parameter
+        assert twin.__module__.startswith("torch.nn") and twin.__name__ == cls.__name__
+        assert list(cls(3, 4).state_dict()) == list(twin(3, 4).state_dict())
 
 
 @pytest.mark.parametrize("module", [rnn_cell, lstm_cell, gru_cell, layers], ids=lambda m: m.__name__)

@@ -16,15 +16,16 @@ import torch
 
 from edge_rnn.diagnostics._types import KEEP_GATE, SATURATION, SIGMOID_GATES, GateStats, Horizon
 from edge_rnn.errors import ShapeError, UnsupportedError
-from edge_rnn.reference import GRU, LSTM, RNN
+from edge_rnn.reference import GRU, KINDS, LSTM, RNN, TWINS
 
 __all__ = ["gate_trace", "gate_stats", "horizons", "recurrent_layers", "reference_twin", "Trace"]
 
 # key -> (kind, {gate: (T, B, H) array})
 Trace = dict[str, tuple[str, dict[str, np.ndarray]]]
 
-_KINDS: tuple[tuple[type[torch.nn.Module], type[torch.nn.Module], str], ...] = (
-    (RNN, torch.nn.RNN, "rnn"), (LSTM, torch.nn.LSTM, "lstm"), (GRU, torch.nn.GRU, "gru"))
+# (reference layer, its torch.nn twin, kind), from the reference package's own table
+_KINDS: tuple[tuple[type[torch.nn.Module], type[torch.nn.Module], str], ...] = tuple(
+    (cls, TWINS[cls], kind) for cls, (kind, cell) in KINDS.items() if not cell)
 _LOOKED_FOR = "a torch.nn or edge_rnn.reference RNN, LSTM or GRU layer"
 
 

@@ -29,20 +29,12 @@ class _Exportable(NamedTuple):
 
 
 _TORCH, _REFERENCE = "torch.nn", "edge_rnn.reference"
-# The classes a bare layer or cell export starts from; a subclass counts as its base (unless it overrides forward).
+# The classes a bare layer or cell export starts from, each reference class and its torch.nn twin (reference.KINDS
+# and reference.TWINS: one table of which class is which); a subclass counts as its base (unless it overrides
+# forward).
 _CLASSES: dict[type, _Exportable] = {
-    torch.nn.RNN: _Exportable("rnn", False, _TORCH),
-    torch.nn.LSTM: _Exportable("lstm", False, _TORCH),
-    torch.nn.GRU: _Exportable("gru", False, _TORCH),
-    torch.nn.RNNCell: _Exportable("rnn", True, _TORCH),
-    torch.nn.LSTMCell: _Exportable("lstm", True, _TORCH),
-    torch.nn.GRUCell: _Exportable("gru", True, _TORCH),
-    reference.RNN: _Exportable("rnn", False, _REFERENCE),
-    reference.LSTM: _Exportable("lstm", False, _REFERENCE),
-    reference.GRU: _Exportable("gru", False, _REFERENCE),
-    reference.RNNCell: _Exportable("rnn", True, _REFERENCE),
-    reference.LSTMCell: _Exportable("lstm", True, _REFERENCE),
-    reference.GRUCell: _Exportable("gru", True, _REFERENCE),
+    **{reference.TWINS[cls]: _Exportable(kind, cell, _TORCH) for cls, (kind, cell) in reference.KINDS.items()},
+    **{cls: _Exportable(kind, cell, _REFERENCE) for cls, (kind, cell) in reference.KINDS.items()},
 }
 
 

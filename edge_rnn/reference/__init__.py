@@ -13,8 +13,9 @@ a constructor argument out of range, or a PackedSequence given to a layer,
 
 The maths of each cell is one pure step function (:func:`rnn_step`,
 :func:`lstm_step`, :func:`gru_step`), shared by the cell and the layer.
-:data:`KINDS` says which architecture each class implements, for code that
-recognises a reference module by its class.
+:data:`KINDS` says which architecture each class implements, and :data:`TWINS`
+which torch.nn class it stands in for, for code that recognises a recurrent
+module by its class (the exporters, the diagnostics).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ KINDS: Mapping[type[nn.Module], tuple[str, bool]] = MappingProxyType(
         GRUCell: ("gru", True),
     }
 )
+# class -> its torch.nn namesake, the layer or cell it is a drop-in for (same parameters, same layout).
+TWINS: Mapping[type[nn.Module], type[nn.Module]] = MappingProxyType(
+    {RNN: nn.RNN, LSTM: nn.LSTM, GRU: nn.GRU, RNNCell: nn.RNNCell, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell}
+)
 
 __all__ = [
     "RNNCell",
@@ -54,4 +59,5 @@ __all__ = [
     "lstm_step",
     "gru_step",
     "KINDS",
+    "TWINS",
 ]
