@@ -31,9 +31,8 @@ from edge_rnn.service._status import (
 
 __all__ = ["Refusal", "WS_CLOSE", "refusal"]
 
-# an HTTP status's WebSocket close code: a bad chunk or message 1007, too large 1009, a model that takes no
-# binary chunks 1003, too many streams or overloaded 1013, no or a wrong token 1008, an expired stream 1008, the
-# model failing 1011; shutting down is 1001 (same 503 as overloaded, told apart by the error's code)
+# an HTTP status's WebSocket close code (any other: 1011); shutting down, a 503 like overloaded, closes with 1001
+# instead: Refusal.close_code tells them apart by the error's code
 WS_CLOSE = {
     HTTP_400_BAD_REQUEST: WS_1007_INVALID_FRAME_PAYLOAD_DATA,
     HTTP_413_CONTENT_TOO_LARGE: WS_1009_MESSAGE_TOO_BIG,
