@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from edge_rnn.errors import EdgeRnnError
+from edge_rnn.runtime import Stream
 from edge_rnn.service._auth import ScopeHeaders, authorize
 from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._service import Service
@@ -118,7 +119,7 @@ def _command(text: Any) -> str:
     return kind
 
 
-def _answer(command: str, stream: Any) -> dict:
+def _answer(command: str, stream: Stream) -> dict:
     """What a reset or snapshot command does to ``stream``, and the JSON it answers with."""
     if command == "reset":
         stream.reset()
