@@ -13,6 +13,16 @@ not take the server's CPU. Measured, in this order:
 3. a naive server on the same core: one `step` (one `session.run`) per WebSocket message, no batching.
 
 The figure to read is (2) divided by (1); the issue's goal is at least 70%.
+
+    python benchmarks/service.py --socket [--baseline DIR] [--repeat 5]
+
+The stream socket's own cost, in process and without the network: binary steps of the small test
+fixture (x: 4 features, 10 frames a message) through the ASGI app with an in-memory receive and send,
+on core 0: one connection alone (microseconds per message), 64 at once (messages per second,
+batched), and one with the engine stubbed to answer at once (the socket's own path, receive to
+send). With ``--baseline DIR`` (another checkout, e.g. from ``git archive``), the same for DIR's
+``edge_rnn``, interleaved with this tree's runs, medians printed side by side. ``--baseline`` also
+applies to the capacity run: ``edge-rnn serve`` from DIR is measured beside this tree's.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import argparse
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +80,45 @@ while time.perf_counter() - t0 < 3:
 print(64 * 10 * n / (time.perf_counter() - t0))
 '''
 
+SOCKET = '''
+import asyncio, sys, time, numpy as np
+from edge_rnn.runtime import StreamingModel
+from edge_rnn.service import ServiceConfig, create_app
+app = create_app(StreamingModel.load(sys.argv[1], threads=1), ServiceConfig(max_wait_ms=0))
+n, conns, stub = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stub"
+chunk = {"type": "websocket.receive", "bytes": np.ones((10, 4), np.float32).tobytes()}
+out = {p.name: np.zeros((10, 6) if p.name == "y" else (1, 6), np.float32) for p in app.svc.model.outputs}
+
+async def connection():
+    inbox = iter([{"type": "websocket.connect"}, *[chunk] * n, {"type": "websocket.disconnect"}])
+    replies = 0
+    async def receive():
+        return next(inbox)
+    async def send(message):
+        nonlocal replies
+        replies += message.get("bytes") is not None
+    await app({"type": "websocket", "path": "/v1/streams/ws", "headers": []}, receive, send)
+    assert replies == n, replies
+
+async def main():
+    async with app.api.router.lifespan_context(app.api):
+        if stub:  # the engine answers at once: what is timed is the socket's own path, receive to send
+            loop = asyncio.get_running_loop()
+
+            def submit(stream, x):
+                future = loop.create_future()
+                future.set_result(out)
+                return future
+
+            app.svc.batcher.submit = submit
+        await asyncio.gather(*(connection() for _ in range(conns)))  # warm
+        t0 = time.perf_counter()
+        await asyncio.gather(*(connection() for _ in range(conns)))
+        print(n * conns / (time.perf_counter() - t0))
+
+asyncio.run(main())
+'''
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -101,9 +151,15 @@ def load(port: int, streams: int, duration: float) -> tuple[int, float, float]:
     return int(m.group(1)), float(m.group(2)), float(m.group(3))
 
 
-def capacity(cmd: list[str], port: int, duration: float, top: int, label: str) -> int:
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that imports ``edge_rnn`` from ``tree`` (None: this process's own)."""
+    return None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def capacity(cmd: list[str], port: int, duration: float, top: int, label: str, tree: Path | None = None) -> int:
     """The most streams served with p99 latency under 100 ms (a doubling, then a bisection)."""
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=tree_env(tree))
     try:
         wait_up(port, proc)
         good, bad, n = 0, top + 1, 25
@@ -122,11 +178,43 @@ def capacity(cmd: list[str], port: int, duration: float, top: int, label: str) -
         proc.wait(timeout=30)
 
 
+def socket_rate(tree: Path | None, messages: int, connections: int, engine: str) -> float:
+    """Messages per second through the stream socket in process (SOCKET), on core 0; ``engine`` "stub": the
+    engine answers each step at once."""
+    fixture = Path(__file__).resolve().parents[1] / "tests" / "data" / "lstm_layer.onnx"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", SOCKET, str(fixture), str(messages),
+                          str(connections), engine], capture_output=True, text=True, check=True, env=tree_env(tree))
+    return float(out.stdout)
+
+
+def socket_costs(baseline: Path | None, repeat: int) -> None:
+    """The socket's cost, this tree's beside the baseline's: runs interleaved, medians printed."""
+    trees = {"this tree": None, **({f"baseline {baseline}": baseline} if baseline is not None else {})}
+    for label, messages, connections, engine in (("1 connection", 2000, 1, "engine"),
+                                                 ("64 connections", 200, 64, "engine"),
+                                                 ("1 connection, engine stubbed", 20000, 1, "stub")):
+        rates: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(repeat):
+            for name, tree in trees.items():
+                rates[name].append(socket_rate(tree, messages, connections, engine))
+        for name, runs in rates.items():
+            median = statistics.median(runs)
+            print(f"{label}, {name}: {median:,.0f} messages/s = {1e6 / median:.1f} us a message (median of "
+                  f"{repeat}; runs {', '.join(f'{r:,.0f}' for r in runs)})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--max-streams", type=int, default=800)
+    ap.add_argument("--socket", action="store_true", help="measure the stream socket in process instead")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout whose edge_rnn is measured beside this tree's")
+    ap.add_argument("--repeat", type=int, default=5, help="with --socket: runs per tree")
     args = ap.parse_args()
+    if args.socket:
+        socket_costs(args.baseline, args.repeat)
+        return
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs two cores: the server on one, the load generator on the other")
     import torch
@@ -142,9 +230,12 @@ def main() -> None:
         engine_streams = engine / 100
         print(f"engine alone on core 0: {engine:,.0f} steps/s at chunk 10 = {engine_streams:,.0f} real-time streams")
         port = free_port()
-        served = capacity([sys.executable, "-m", "edge_rnn.cli", "serve", str(model), "--port", str(port),
-                           "--threads", "1", "--max-wait-ms", "5"], port, args.duration, args.max_streams,
-                          "edge-rnn serve")
+        serve = [sys.executable, "-m", "edge_rnn.cli", "serve", str(model), "--threads", "1", "--max-wait-ms", "5"]
+        served = capacity([*serve, "--port", str(port)], port, args.duration, args.max_streams, "edge-rnn serve")
+        if args.baseline is not None:
+            port = free_port()
+            base = capacity([*serve, "--port", str(port)], port, args.duration, args.max_streams,
+                            "edge-rnn serve (baseline)", args.baseline)
         naive_file = Path(tmp) / "naive.py"
         naive_file.write_text(NAIVE)
         port = free_port()
@@ -152,6 +243,9 @@ def main() -> None:
                          args.max_streams, "naive")
     print(f"edge-rnn serve: {served} real-time streams with p99 < 100 ms = {served / engine_streams:.0%} of the "
           f"engine; naive server: {naive} ({naive / engine_streams:.0%}); batching x{served / max(naive, 1):.1f}")
+    if args.baseline is not None:
+        print(f"edge-rnn serve from {args.baseline}: {base} real-time streams with p99 < 100 ms = "
+              f"{base / engine_streams:.0%} of the engine")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Issue 11, the engine: the batching consumer, on the committed fixtures, without torch or a web server."""
+"""The batching engine: its consumer, on the committed fixtures, without torch or a web server."""
 
 from __future__ import annotations
 
@@ -6,42 +6,29 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import REPO
+from service_streams import MODEL_PATH, chunks, offline
 
 from edge_rnn.errors import NonFiniteError, ShapeError, UnsupportedError
 from edge_rnn.runtime import StreamingModel
 from edge_rnn.service import Batcher, Overloaded, ShuttingDown
 
-MODEL = StreamingModel.load(REPO / "tests" / "data" / "lstm_layer.onnx")
-
-
-def _chunks(rng: np.random.Generator, total: int = 60) -> list[np.ndarray]:
-    x = rng.standard_normal((total, 4)).astype(np.float32)
-    edges = [0]
-    while edges[-1] < total:
-        edges.append(min(total, edges[-1] + int(rng.integers(1, 8))))
-    return [x[a:b] for a, b in zip(edges, edges[1:])]
-
-
-def _offline(chunks: list[np.ndarray]) -> np.ndarray:
-    stream = MODEL.open_stream()
-    return np.concatenate([MODEL.step(stream, c)["y"] for c in chunks])
+MODEL = StreamingModel.load(MODEL_PATH)
 
 
 def test_fifty_concurrent_streams_in_random_chunks_equal_offline_results_exactly():
     rng = np.random.default_rng(0)
-    work = [_chunks(rng) for _ in range(50)]
+    work = [chunks(rng, 60) for _ in range(50)]
     sizes: list[int] = []
 
     async def main():
         batcher = Batcher(MODEL, max_batch=16, max_wait_ms=1, on_batch=lambda n, waits, s: sizes.append(n))
         batcher.start()
 
-        async def client(chunks, seed):
+        async def client(parts, seed):
             pace = np.random.default_rng(seed)
             stream = MODEL.open_stream()
             ys = []
-            for c in chunks:
+            for c in parts:
                 ys.append((await batcher.step(stream, c))["y"])
                 await asyncio.sleep(float(pace.random()) * 0.002)
             return np.concatenate(ys)
@@ -51,21 +38,21 @@ def test_fifty_concurrent_streams_in_random_chunks_equal_offline_results_exactly
         return outs
 
     outs = asyncio.run(main())
-    assert all(np.array_equal(o, _offline(c)) for o, c in zip(outs, work))  # bit for bit
+    assert all(np.array_equal(o, offline(c)) for o, c in zip(outs, work))  # bit for bit
     assert sum(sizes) == sum(len(c) for c in work) and max(sizes) <= 16
     assert len(sizes) < sum(sizes) / 3  # steps of different streams shared calls
 
 
 def test_one_streams_pipelined_steps_apply_in_order_never_two_in_one_batch():
     rng = np.random.default_rng(1)
-    chunks = _chunks(rng, 40)
-    others = [_chunks(rng, 40) for _ in range(5)]
+    parts = chunks(rng, 40)
+    others = [chunks(rng, 40) for _ in range(5)]
 
     async def main():
         batcher = Batcher(MODEL, max_batch=8, max_wait_ms=2)
         batcher.start()
         stream = MODEL.open_stream()
-        mine = asyncio.gather(*(batcher.step(stream, c) for c in chunks))  # all submitted at once
+        mine = asyncio.gather(*(batcher.step(stream, c) for c in parts))  # all submitted at once
 
         async def other(cs):
             s = MODEL.open_stream()
@@ -76,12 +63,12 @@ def test_one_streams_pipelined_steps_apply_in_order_never_two_in_one_batch():
         return np.concatenate([r["y"] for r in results]), stream.steps
 
     y, steps = asyncio.run(main())
-    assert steps == 40 and np.array_equal(y, _offline(chunks))
+    assert steps == 40 and np.array_equal(y, offline(parts))
 
 
 def test_a_poisoned_stream_gets_its_error_with_its_state_unchanged_and_the_others_are_untouched():
     rng = np.random.default_rng(2)
-    work = [_chunks(rng) for _ in range(20)]
+    work = [chunks(rng, 60) for _ in range(20)]
     bad = [np.full((3, 4), np.nan, np.float32), np.zeros((3, 5), np.float32), np.zeros((0, 4), np.float32)]
 
     async def main():
@@ -101,9 +88,9 @@ def test_a_poisoned_stream_gets_its_error_with_its_state_unchanged_and_the_other
                 await asyncio.sleep(0)
             return errors
 
-        async def client(chunks):
+        async def client(parts):
             s = MODEL.open_stream()
-            return np.concatenate([(await batcher.step(s, c))["y"] for c in chunks])
+            return np.concatenate([(await batcher.step(s, c))["y"] for c in parts])
 
         errors, *outs = await asyncio.gather(poison(), *(client(c) for c in work))
         await batcher.stop()
@@ -112,7 +99,7 @@ def test_a_poisoned_stream_gets_its_error_with_its_state_unchanged_and_the_other
     errors, outs, before, victim = asyncio.run(main())
     assert len(errors) == 30 and {"NonFiniteError", "ShapeError"} == set(errors)
     assert victim.steps == 2 and all(np.array_equal(before[k], v) for k, v in victim.state.items())
-    assert all(np.array_equal(o, _offline(c)) for o, c in zip(outs, work))
+    assert all(np.array_equal(o, offline(c)) for o, c in zip(outs, work))
 
 
 def test_a_full_queue_answers_overloaded_at_once_and_stopping_finishes_what_was_accepted():
@@ -149,10 +136,11 @@ def test_cancelling_the_consumer_mid_batch_ends_it_and_tells_the_waiting_clients
     error and went on waiting for ever."""
     import threading
 
-    release = threading.Event()
+    running, release = threading.Event(), threading.Event()
 
     class Slow(Batcher):
         def _run(self, items):
+            running.set()
             release.wait(10)
             return super()._run(items)
 
@@ -160,7 +148,7 @@ def test_cancelling_the_consumer_mid_batch_ends_it_and_tells_the_waiting_clients
         batcher = Slow(MODEL, max_batch=4, max_wait_ms=0)
         batcher.start()
         step = asyncio.ensure_future(batcher.step(MODEL.open_stream(), np.ones((1, 4), np.float32)))
-        await asyncio.sleep(0.1)  # the batch is in the worker
+        assert await asyncio.to_thread(running.wait, 10)  # the batch is in the worker
         batcher._task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(batcher._task), 2)

@@ -16,8 +16,12 @@ __all__ = ["Batcher", "Overloaded", "ShuttingDown", "create_app", "ServiceConfig
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_app", "ServiceConfig"):
-        from edge_rnn.service import _app
+    if name == "create_app":
+        from edge_rnn.service._app import create_app
 
-        return getattr(_app, name)
+        return create_app
+    if name == "ServiceConfig":  # needs no web framework
+        from edge_rnn.service._config import ServiceConfig
+
+        return ServiceConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

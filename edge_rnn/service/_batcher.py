@@ -173,28 +173,35 @@ class Batcher:
             if not live:
                 continue
             started = time.perf_counter()
-            waits = [started - p.queued_at for p in live]
-            items = [(p.stream, p.chunk) for p in live]
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, items)
+            try:  # awaited here, not in a helper coroutine: one frame to resume per batch
+                results = await loop.run_in_executor(self._executor, self._run, [(p.stream, p.chunk) for p in live])
             except asyncio.CancelledError:  # this task is cancelled (the loop is closing): end, and say why
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(ShuttingDown("the server stopped while this step ran; its "
-                                                            "stream may or may not have advanced"))
+                _abandon(live)
                 raise
             except BaseException as e:  # noqa: BLE001 - never leave a client waiting for ever
                 results = [e] * len(live)
-            seconds = time.perf_counter() - started
-            for p, r in zip(live, results):
-                if p.future.cancelled():
-                    continue
-                if isinstance(r, BaseException):
-                    p.future.set_exception(r)
-                else:
-                    p.future.set_result(r)
-            if self._on_batch is not None:
-                self._on_batch(len(live), waits, seconds)
+            self._settle(live, results, started)
+
+    def _settle(self, live: list[_Pending], results: list, started: float) -> None:
+        """Each step's outputs or error to its future (a client that gave up is skipped); the batch reported."""
+        seconds = time.perf_counter() - started
+        for p, r in zip(live, results):
+            if p.future.cancelled():
+                continue
+            if isinstance(r, BaseException):
+                p.future.set_exception(r)
+            else:
+                p.future.set_result(r)
+        if self._on_batch is not None:
+            self._on_batch(len(live), [started - p.queued_at for p in live], seconds)
 
     def _run(self, items: list[tuple[Stream, Any]]) -> list:
         return self.model.step_batch(items, on_error="isolate")
+
+
+def _abandon(live: list[_Pending]) -> None:
+    """The consumer is cancelled while ``live`` runs: each client still waiting is told."""
+    for p in live:
+        if not p.future.done():
+            p.future.set_exception(ShuttingDown("the server stopped while this step ran; its stream may or may not "
+                                                "have advanced"))

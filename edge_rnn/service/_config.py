@@ -1,0 +1,19 @@
+"""What one server is configured with (``edge-rnn serve``'s options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_streams: int = 1000
+    idle_timeout: float = 300.0
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    max_message_bytes: int = 1 << 20
+    token: str | None = None
+    drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots

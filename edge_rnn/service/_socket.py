@@ -1,0 +1,127 @@
+"""The stream socket, ``/v1/streams/ws``: one WebSocket connection is one stream, spoken in raw ASGI.
+
+The socket sits in front of the FastAPI app and its middleware, so each
+message costs one ``receive`` and one ``send`` of uvicorn's protocol, and
+resuming the handler's coroutine walks two frames, not a dozen (the
+per-message cost on the event loop is what bounds the server's capacity;
+docs/performance.md). No web framework here: every other scope goes to the
+ASGI app it wraps.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from edge_rnn.errors import EdgeRnnError
+from edge_rnn.runtime import Stream
+from edge_rnn.service._auth import ScopeHeaders, authorize
+from edge_rnn.service._errors import Refusal, refusal
+from edge_rnn.service._service import Service
+from edge_rnn.service._status import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_503_SERVICE_UNAVAILABLE,
+    WS_1000_NORMAL_CLOSURE,
+)
+
+__all__ = ["StreamSocket", "PATH"]
+
+PATH = "/v1/streams/ws"
+_COMMANDS = ("reset", "snapshot", "end")
+
+
+class StreamSocket:
+    """The server's ASGI app: :data:`PATH` handled here, every other scope passed on to the ASGI app ``api``."""
+
+    def __init__(self, api: Any, service: Service):
+        self.api, self.svc = api, service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket" or scope["path"] != PATH:
+            return await self.api(scope, receive, send)
+        svc = self.svc
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            authorize(svc.config.token, ScopeHeaders(scope), svc.metrics)
+            if svc.closing:
+                raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+            sid = svc.registry.open()
+        except Refusal as e:  # accepted, told why, and closed: a browser sees the code (not a bare 403)
+            await send({"type": "websocket.accept"})
+            await _refuse(send, e)
+            return
+        try:
+            await send({"type": "websocket.accept"})
+            svc.sockets[sid] = send
+            await _serve_socket(receive, send, svc, sid)
+        except OSError:  # uvicorn's ClientDisconnected: the client went away mid-send
+            pass
+        except RuntimeError:  # uvicorn refusing a send after the drain closed this socket from its own task
+            if not svc.closing:
+                raise
+        finally:
+            svc.sockets.pop(sid, None)
+            svc.registry.close(sid)
+
+
+async def _refuse(send: Any, e: Refusal, *, close: bool = True) -> None:
+    """The error as a JSON message, then (``close``) the close code that fits it."""
+    await send({"type": "websocket.send", "text": json.dumps(e.body())})
+    if close:
+        await send({"type": "websocket.close", "code": e.close_code, "reason": e.code})
+
+
+async def _serve_socket(receive: Any, send: Any, svc: Service, sid: str) -> None:
+    streams, decode, encode, submit = svc.registry.streams, svc.codec.decode, svc.codec.encode, svc.submit
+    entry = streams[sid]
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":  # websocket.disconnect
+            return
+        if streams.get(sid) is not entry:  # expired while idle
+            await _refuse(send, Refusal(HTTP_404_NOT_FOUND, "unknown_stream", "the stream expired after idling"))
+            return
+        entry.last_used = time.monotonic()
+        try:
+            data = message.get("bytes")
+            if data is not None:
+                future = submit(entry, decode(data))  # awaited here: the fewest coroutine frames
+                try:
+                    out = await future
+                except EdgeRnnError as e:
+                    raise refusal(e, svc.metrics) from None
+                await send({"type": "websocket.send", "bytes": encode(out)})
+                continue
+            command = _command(message.get("text"))
+            if command == "end":
+                await send({"type": "websocket.close", "code": WS_1000_NORMAL_CLOSURE})
+                return
+            await send({"type": "websocket.send", "text": json.dumps(_answer(command, entry.stream))})
+        except Refusal as e:  # every error ends the connection, with its code; the state was not touched
+            draining = e.code == "shutting_down"  # but a draining server answers the snapshot command until it stops
+            await _refuse(send, e, close=not draining)
+            if not draining:
+                return
+
+
+def _command(text: Any) -> str:
+    try:
+        kind = json.loads(text).get("type")
+    except (TypeError, ValueError, AttributeError):
+        kind = None
+    if kind not in _COMMANDS:
+        raise Refusal(HTTP_400_BAD_REQUEST, "bad_message", "expected a binary chunk, or JSON {\"type\": \"reset\" | "
+                      "\"snapshot\" | \"end\"}")
+    return kind
+
+
+def _answer(command: str, stream: Stream) -> dict:
+    """What a reset or snapshot command does to ``stream``, and the JSON it answers with."""
+    if command == "reset":
+        stream.reset()
+        return {"type": "reset", "ok": True}
+    return {"type": "snapshot", "data": base64.b64encode(stream.snapshot()).decode()}

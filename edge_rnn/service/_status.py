@@ -1,0 +1,30 @@
+"""The HTTP statuses and WebSocket close codes the service answers with, each named once.
+
+The names are starlette's (``starlette.status``), defined here again so that
+the modules a second server path reuses (registry, codec, auth, errors) need
+no web framework.
+"""
+
+from __future__ import annotations
+
+HTTP_200_OK = 200
+HTTP_201_CREATED = 201
+HTTP_204_NO_CONTENT = 204
+HTTP_400_BAD_REQUEST = 400
+HTTP_401_UNAUTHORIZED = 401
+HTTP_404_NOT_FOUND = 404
+HTTP_409_CONFLICT = 409
+HTTP_413_CONTENT_TOO_LARGE = 413
+HTTP_415_UNSUPPORTED_MEDIA_TYPE = 415
+HTTP_429_TOO_MANY_REQUESTS = 429
+HTTP_500_INTERNAL_SERVER_ERROR = 500
+HTTP_503_SERVICE_UNAVAILABLE = 503
+
+WS_1000_NORMAL_CLOSURE = 1000
+WS_1001_GOING_AWAY = 1001
+WS_1003_UNSUPPORTED_DATA = 1003
+WS_1007_INVALID_FRAME_PAYLOAD_DATA = 1007
+WS_1008_POLICY_VIOLATION = 1008
+WS_1009_MESSAGE_TOO_BIG = 1009
+WS_1011_INTERNAL_ERROR = 1011
+WS_1013_TRY_AGAIN_LATER = 1013
