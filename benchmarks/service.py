@@ -41,8 +41,8 @@ from pathlib import Path
 NAIVE = '''
 import sys, numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from edge_rnn.runtime import StreamingModel
-model = StreamingModel.load(sys.argv[1], threads=1)
+from edge_rnn.runtime import SessionConfig, StreamingModel
+model = StreamingModel.load(sys.argv[1], session=SessionConfig(threads=1))
 app = FastAPI()
 @app.get("/v1/model")
 def describe():
@@ -67,8 +67,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error", ws=
 
 ENGINE = '''
 import sys, time, numpy as np
-from edge_rnn.runtime import StreamingModel
-m = StreamingModel.load(sys.argv[1], threads=1)
+from edge_rnn.runtime import SessionConfig, StreamingModel
+m = StreamingModel.load(sys.argv[1], session=SessionConfig(threads=1))
 streams = [m.open_stream() for _ in range(64)]
 x = np.random.default_rng(0).standard_normal((10, 80)).astype(np.float32)
 items = [(s, x) for s in streams]
@@ -82,9 +82,9 @@ print(64 * 10 * n / (time.perf_counter() - t0))
 
 SOCKET = '''
 import asyncio, sys, time, numpy as np
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import SessionConfig, StreamingModel
 from edge_rnn.service import ServiceConfig, create_app
-app = create_app(StreamingModel.load(sys.argv[1], threads=1), ServiceConfig(max_wait_ms=0))
+app = create_app(StreamingModel.load(sys.argv[1], session=SessionConfig(threads=1)), ServiceConfig(max_wait_ms=0))
 n, conns, stub = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "stub"
 chunk = {"type": "websocket.receive", "bytes": np.ones((10, 4), np.float32).tobytes()}
 out = {p.name: np.zeros((10, 6) if p.name == "y" else (1, 6), np.float32) for p in app.svc.model.outputs}

@@ -20,7 +20,7 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
 from conftest import REPO
 from service_streams import MODEL_PATH, chunks, offline, until
 
-from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime import ForeignModel, StreamingModel
 from edge_rnn.service import ServiceConfig, create_app
 
 X = np.ones((2, 4), np.float32).tobytes()  # two frames
@@ -152,7 +152,7 @@ def test_binary_chunks_are_time_major_whatever_axis_the_model_keeps_time_on(tmp_
         [helper.make_tensor_value_info("x", f, ["b", 3, "t"]), helper.make_tensor_value_info("h0", f, ["b", 2])],
         [helper.make_tensor_value_info("y", f, ["b", 3, "t"]), helper.make_tensor_value_info("hn", f, ["b", 2])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ft.onnx")
-    model = StreamingModel.load(tmp_path / "ft.onnx", time_axis=2)
+    model = StreamingModel.load(tmp_path / "ft.onnx", foreign=ForeignModel(time_axis=2))
     frames = np.arange(6, dtype=np.float32).reshape(2, 3)  # two frames of three features
     with TestClient(_app(model)) as http:
         sid = http.post("/v1/streams").json()["stream_id"]

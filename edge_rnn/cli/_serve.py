@@ -46,7 +46,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn serve needs the serve extra: pip install 'edge-rnn[serve]' ({e.name} is "
                            "missing)") from None
-    from edge_rnn.runtime import StreamingModel
+    from edge_rnn.runtime import SessionConfig, StreamingModel
 
     token = None
     if token_file is not None:
@@ -57,8 +57,8 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     bundle = model.is_dir()
     if variant is not None and not bundle:
         raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")
-    m = StreamingModel.load(model, threads=threads, **({"variant": variant} if variant else {}),
-                            **({"self_test": self_test} if bundle else {}))
+    m = StreamingModel.load(model, session=SessionConfig(threads=threads), variant=variant,
+                            self_test=self_test and bundle)
     if m.self_test is not None:
         click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
                    f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
