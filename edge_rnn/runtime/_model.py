@@ -70,6 +70,8 @@ class StreamingModel:
         # the single stream's hot path, precomputed: the batch axis added to each input (x[add], a view) and
         # dropped from each output (y[drop])
         self._single = self._checker.single
+        self._layouts = self._checker.layouts  # the checker's own dict (filled in place), read on every step
+        self._check_values = self._checker.check_values
         self._add_batch = {p.name: (slice(None),) * p.batch_axis + (None,) for p in io.inputs}
         self._out_drop = [(p.name, (slice(None),) * p.batch_axis + (0,)) for p in io.outputs]
         self._n_out = len(io.outputs)
@@ -216,9 +218,11 @@ class StreamingModel:
     def _feeds(self, x: Any) -> tuple[Arrays, int]:
         """One stream's chunk validated, as feeds with a batch axis of 1, and its number of steps."""
         single = self._single
-        if type(x) is np.ndarray and single is not None and (x.shape, x.dtype) in self._checker.layouts:
-            self._checker.check_values(single, x)  # this layout passed every shape check before
-            return {single: x[self._add_batch[single]]}, self._checker.layouts[x.shape, x.dtype]
+        if type(x) is np.ndarray and single is not None:
+            n = self._layouts.get((x.shape, x.dtype))
+            if n is not None:  # this layout passed every shape check before
+                self._check_values(single, x)
+                return {single: x[self._add_batch[single]]}, n
         xs, n = self._checker.prepare(x)
         if single is not None:
             self._checker.remember(xs[single], n)
