@@ -4,9 +4,11 @@ A :class:`StreamingModel` is loaded once and shared; each :class:`Stream`
 owns one sequence's recurrent state. ``model.step(stream, chunk)`` feeds one
 chunk and advances the state; ``model.step_batch([...])`` does many streams in
 one onnxruntime call. The states a model has come from its ``edge_rnn``
-contract (:mod:`edge_rnn.contract`), or, for other stateful ONNX models, from a
-``state_map``. :func:`run_sequence` streams a whole array; :func:`bench`
-measures a model against one plain ``session.run`` per stream.
+contract (:mod:`edge_rnn.contract`, ``model.contract``), or, for other stateful
+ONNX models, from a :class:`ForeignModel` (its ``state_map``, axes, constants);
+how onnxruntime runs it from a :class:`SessionConfig`. :func:`run_sequence`
+streams a whole array; :func:`bench` measures a model against one plain
+``session.run`` per stream.
 """
 
 from edge_rnn.runtime._external import check_external_data
