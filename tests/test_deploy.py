@@ -375,10 +375,10 @@ def test_a_variant_that_fails_its_bound_is_left_out_with_its_numbers(tmp_path):
     result = package(DATA / "lstm_layer.onnx", tmp_path / "b", variants=("fp32", "static-int8"), steps=2_000,
                      calibration=EXPECTED["lstm_layer.x"] * 0.1)  # calibrated on data unlike the check's
     why = result.refused["static-int8"]
-    assert set(result.refused) == {"static-int8"} and why["reason"] == "over_bound" and "max abs" in why["message"]
+    assert set(result.refused) == {"static-int8"} and why.reason == "over_bound" and "max abs" in why.message
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["refused"] == json.loads(json.dumps(
-        result.refused))  # structured JSON in the manifest, not a Python repr
-    assert set(result.manifest["variants"]) == {"fp32"}
+        {n: r.to_json() for n, r in result.refused.items()}))  # structured JSON in the manifest, not a Python repr
+    assert set(result.manifest.variants) == {"fp32"}
     assert not (tmp_path / "b" / "lstm_layer.static-int8.onnx").exists()
     with pytest.raises(EdgeRnnError, match="not empty"):
         package(DATA / "lstm_layer.onnx", tmp_path / "b", variants=("fp32",), steps=2_000)
@@ -502,7 +502,7 @@ def test_review_static_forms_of_a_last_step_head_and_a_fixed_chunk_bundle(tmp_pa
     v = make_variant("static", tmp_path / "neg.onnx", tmp_path / "neg.s.onnx")  # was: Slice(-1, 0), empty
     assert measure_against(v.path, tmp_path / "neg.onnx", steps=2_000).ok
     result = package(DATA / "lstm_layer.onnx", tmp_path / "b4", variants=("fp32", "static"), steps=2_000, chunk=4)
-    assert result.manifest["variants"]["static"]["speed"]["steps_per_call"] == 4  # was: "expected exactly 4 steps"
+    assert result.manifest.variants["static"].speed.steps_per_call == 4  # was: "expected exactly 4 steps"
 
 
 def test_review_bad_requests_give_one_line_and_leave_nothing_behind(tmp_path):

@@ -21,6 +21,7 @@ from edge_rnn.runtime import StreamingModel
 from edge_rnn.runtime._bundle import sha256_of
 from edge_rnn.runtime._golden import Golden, load_golden, replay, save_golden
 from edge_rnn.runtime._host import FEATURES, host_record, int8_kernel
+from edge_rnn.runtime._manifest import VariantEntry
 from edge_rnn.runtime._selftest import SelfTest, estimate_error
 
 DATA = Path(__file__).parent / "data"
@@ -188,13 +189,16 @@ def test_the_projected_error_scales_the_hosts_long_stream_figure_by_the_golden_e
     def result(here: float, host: float | None) -> SelfTest:
         return SelfTest("int8", GoldenCheck(5e-2, 5e-2, 3, [TensorCheck("y", "output", here, 0.1)]), host, 0.1, {})
 
-    entry = {"error": {"max_abs": 0.01}}
+    def variant(error: dict) -> VariantEntry:  # a manifest's entry, as a device reads it
+        return VariantEntry.parse({"error": error})
+
+    entry = variant({"max_abs": 0.01})
     assert estimate_error(result(0.004, 0.001), entry) == pytest.approx(0.04)  # 4x worse here: 4x the long figure
     assert estimate_error(result(0.001, 0.002), entry) == pytest.approx(0.01)  # better here: never below the host's
     assert estimate_error(result(0.02, 0.02), entry) == pytest.approx(0.02)  # never below the replay's own
-    assert estimate_error(result(1e-7, 0.0), {"error": {"max_abs": 0.0}}) == pytest.approx(1e-7)  # fp32
+    assert estimate_error(result(1e-7, 0.0), variant({"max_abs": 0.0})) == pytest.approx(1e-7)  # fp32
     assert estimate_error(result(0.001, None), entry) == pytest.approx(0.01)  # no host figure: the larger of the two
-    assert estimate_error(result(0.001, 0.001), {"error": {}}) == float("inf")  # no long-stream figure: never picked
+    assert estimate_error(result(0.001, 0.001), variant({})) == float("inf")  # no long-stream figure: never picked
 
 
 # --------------------------------------------------------------- the host record
