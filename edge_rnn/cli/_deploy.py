@@ -237,7 +237,6 @@ def check(bundle: Path, variants: tuple[str, ...], form: str) -> None:
     changed). Needs only the runtime (numpy, onnxruntime).
     """
     from edge_rnn.runtime._bundle import load_manifest, printable
-    from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
     from edge_rnn.runtime._selftest import golden_of
 
     if not bundle.is_dir():
@@ -248,19 +247,30 @@ def check(bundle: Path, variants: tuple[str, ...], form: str) -> None:
     if unknown:
         raise EdgeRnnError(f"--variant {unknown}: expected some of {[printable(n, 40) for n in manifest.variants]}")
     golden = golden_of(bundle, manifest)
-    here = host_record()
-    click.echo(f"packaged on: {describe_host(manifest.host)}")
-    click.echo(f"this machine: {describe_host(here)}; int8 kernel {int8_kernel(here['features'])}")
-    click.echo(f"golden stream: {golden.steps} steps in {len(golden.chunks)} chunks")
-    click.echo(f"{'variant':<12} {'bound':>15} {'packaging host':>15} {'this machine':>13} {'of bound':>9} "
-               f"{'ms':>7}  verdict  ({form} form)")
-    verdicts = [(printable(name, 40), _checked(bundle, manifest, name, golden, form)) for name in names]
+    _check_header(manifest, golden, form)
+    _raise_problems([(printable(name, 40), _checked(bundle, manifest, name, golden, form)) for name in names])
+
+
+def _raise_problems(verdicts: list[tuple[str, bool | None]]) -> None:
+    """Exit 1 naming the variants over their bound here (False) and those that could not be tested (None)."""
     over = [n for n, ok in verdicts if ok is False]
     refused = [n for n, ok in verdicts if ok is None]
     problems = ([f"{over} over their bound on this machine (do not serve them here)"] if over else []) + \
         ([f"{refused} could not be tested (above)"] if refused else [])
     if problems:
         raise EdgeRnnError("variant(s) " + "; ".join(problems))
+
+
+def _check_header(manifest: Any, golden: Any, form: str) -> None:
+    """Where the bundle was packaged, this machine, the golden stream, and the table's head."""
+    from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
+
+    here = host_record()
+    click.echo(f"packaged on: {describe_host(manifest.host)}")
+    click.echo(f"this machine: {describe_host(here)}; int8 kernel {int8_kernel(here['features'])}")
+    click.echo(f"golden stream: {golden.steps} steps in {len(golden.chunks)} chunks")
+    click.echo(f"{'variant':<12} {'bound':>15} {'packaging host':>15} {'this machine':>13} {'of bound':>9} "
+               f"{'ms':>7}  verdict  ({form} form)")
 
 
 def _checked(bundle: Path, manifest: Any, name: str, golden: Any, form: str) -> bool | None:
