@@ -17,10 +17,10 @@ as the JSON it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edge_rnn._numbers import is_int, is_number
 from edge_rnn.errors import ModelFormatError
@@ -96,6 +96,19 @@ def _counts(value: Any) -> tuple[int, ...] | None:
     return tuple(-1 if c is None else _count(c) for c in value) if isinstance(value, list) else ()
 
 
+class _Flat:
+    """A record of plain values whose JSON keys are its field names, each read by its reader in ``_READ``."""
+
+    _READ: ClassVar[dict[str, Callable[[Any], Any]]]
+
+    @classmethod
+    def parse(cls, d: Json) -> Any:
+        return cls(**{key: read(d.get(key)) for key, read in cls._READ.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._READ}
+
+
 @dataclass(frozen=True)
 class FileRef:
     """A file of the bundle: ``file`` None where the manifest gives no plain file name (a path, or not a string),
@@ -116,18 +129,13 @@ class FileRef:
 
 
 @dataclass(frozen=True)
-class Bound:
+class Bound(_Flat):
     """``|variant - reference| <= atol + rtol * |reference|``; None where the manifest gives no finite number."""
 
     atol: float | None
     rtol: float | None
 
-    @classmethod
-    def parse(cls, d: Json) -> Bound:
-        return cls(finite(d.get("atol")), finite(d.get("rtol")))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol}
+    _READ = {"atol": finite, "rtol": finite}
 
 
 @dataclass(frozen=True)
@@ -194,20 +202,14 @@ class GoldenFigures:
 
 
 @dataclass(frozen=True)
-class Speed:
+class Speed(_Flat):
     """Median single-stream latency per step, the steps each call takes, and steps/s of 64 streams batched."""
 
     step_us: float | None
     steps_per_call: int | None = None
     batch64_steps_per_s: float | None = None
 
-    @classmethod
-    def parse(cls, d: Json) -> Speed:
-        return cls(finite(d.get("step_us")), _int(d.get("steps_per_call")), finite(d.get("batch64_steps_per_s")))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step_us": self.step_us, "steps_per_call": self.steps_per_call,
-                "batch64_steps_per_s": self.batch64_steps_per_s}
+    _READ = {"step_us": finite, "steps_per_call": _int, "batch64_steps_per_s": finite}
 
 
 @dataclass(frozen=True)
@@ -287,18 +289,14 @@ class GoldenSpec:
 
 
 @dataclass(frozen=True)
-class MeasuredOn:
-    """The stream every variant's error was measured on: its length, and ``"random"`` or ``"data"`` input."""
+class MeasuredOn(_Flat):
+    """The stream every variant's error was measured on (``package(steps=...)``): its length, and whether its
+    input was random or the data given (``"random"`` or ``"data"``)."""
 
     steps: int | None
     inputs: str | None
 
-    @classmethod
-    def parse(cls, d: Json) -> MeasuredOn:
-        return cls(_int(d.get("steps")), _text(d.get("inputs")))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "inputs": self.inputs}
+    _READ = {"steps": _int, "inputs": _text}
 
 
 @dataclass(frozen=True)
