@@ -1,4 +1,4 @@
-"""Issue 10: deployment variants made with onnxruntime's tools, and their error against float32 on long streams.
+"""Deployment variants made with onnxruntime's tools, their error against float32 on long streams, and bundles.
 
 Needs onnx (the deploy extra), not torch: the models are the committed fixtures.
 """
@@ -119,6 +119,23 @@ def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="variant 'int4'"):
         make_variant("int4", DATA / "lstm_layer.onnx", tmp_path / "x.onnx")
     assert METADATA_KEY == "edge_rnn"
+
+
+def test_every_variant_of_the_table_has_a_maker_a_flag_and_a_tolerance_row():
+    """One row per variant: the makers, the optimize flags and their help, package's default and the bounds are
+    read from the variant table, not kept beside it."""
+    from edge_rnn._variant_kinds import KINDS, REFERENCE, made_kinds
+    from edge_rnn.cli import main
+    from edge_rnn.deploy import VARIANTS
+    from edge_rnn.deploy._variants import MAKERS
+
+    assert set(MAKERS) == {k.name for k in made_kinds()} and VARIANTS == tuple(k.name for k in made_kinds())
+    assert REFERENCE == "fp32" and KINDS[REFERENCE].reference and all(k.precision in TOLERANCE for k in KINDS.values())
+    flags = {p.opts[0]: p for p in main.commands["optimize"].params if p.opts[0].startswith("--")}
+    for kind in made_kinds():
+        assert flags[kind.flag].is_flag and flags[kind.flag].help == kind.help
+    package_variants = next(p for p in main.commands["package"].params if p.name == "variants")
+    assert package_variants.default == ",".join(KINDS)
 
 
 def test_cli_optimize_and_verify_against(tmp_path):
@@ -327,6 +344,23 @@ def test_the_manifest_describes_every_variant_with_its_measurements(bundle):
     assert manifest["variants"]["static"]["providers"]["NNAPI"]["whole"]
     assert not manifest["variants"]["fp32"]["providers"]["NNAPI"]["whole"]  # LSTM: a native recurrent operator
     assert (bundle / manifest["required_operators"]["file"]).is_file()
+
+
+def test_the_manifest_written_reads_back_into_the_same_objects_and_the_same_bytes(bundle):
+    """package writes the schema's objects; a device reads the file once into them, and they write it again as it
+    is, ORT forms, refusals and the operators config included."""
+    from edge_rnn.runtime._bundle import load_manifest
+    from edge_rnn.runtime._manifest import Manifest
+
+    text = (bundle / "manifest.json").read_text()
+    manifest = load_manifest(bundle)
+    assert json.dumps(manifest.to_json(), indent=1) == text
+    assert Manifest.parse(manifest.to_json(), "again") == manifest
+    int8 = manifest.variants["int8"]
+    assert int8.ref.file == "lstm_layer.int8.onnx" and int8.ort.ref.file == "lstm_layer.int8.ort"
+    assert int8.error.bound.atol == TOLERANCE["int8"].atol and int8.golden.bound.rtol == TOLERANCE["int8"].rtol
+    assert int8.error.grows is False and int8.speed.step_us > 0 and "NNAPI" in manifest.variants["static"].whole_on
+    assert manifest.required_operators.file == "required_operators.config" and manifest.int8["target"] == "portable"
 
 
 def test_load_picks_a_variant_by_name_or_the_fastest_within_an_error(bundle):
