@@ -38,7 +38,16 @@ from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness import TOLERANCE, Tolerance
 from edge_rnn.runtime import SessionConfig, StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import MANIFEST, sha256_of
-from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden, thin_outputs
+from edge_rnn.runtime._golden import (
+    MIN_CHUNKS,
+    Golden,
+    GoldenCheck,
+    golden_chunks,
+    record,
+    replay,
+    save_golden,
+    thin_outputs,
+)
 from edge_rnn.runtime._host import describe_host, host_record
 from edge_rnn.runtime._manifest import (
     BUNDLE_FORMAT,
@@ -142,11 +151,10 @@ def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
     return [*plans, (MIN_CHUNKS * multiple, 1, MIN_CHUNKS), (2 * multiple, 1, 2)]
 
 
-def _golden_figures(path: Path, golden: Golden, bound: Bound) -> GoldenFigures:
-    """What a variant's golden replay here measured, and the bound (``atol``, ``rtol``) a device holds it to."""
-    check = replay(StreamingModel.load(path, session=SessionConfig(threads=1)), golden, atol=bound.atol,
-                   rtol=bound.rtol)
-    return GoldenFigures(bound, check.figures())
+def _replayed(path: Path, golden: Golden, bound: Bound) -> GoldenCheck:
+    """The variant at ``path``'s replay of the golden stream here, held to ``bound`` as a device holds it."""
+    return replay(StreamingModel.load(path, session=SessionConfig(threads=1)), golden, atol=bound.atol,
+                  rtol=bound.rtol)
 
 
 def _described(path: Path) -> dict[str, Any]:
@@ -268,8 +276,10 @@ def _measured(job: _Job, kind: VariantKind, path: Path) -> tuple[tuple[str, ...]
 def _entry(job: _Job, kind: VariantKind, path: Path) -> VariantEntry:
     """Variant ``kind``'s whole manifest entry, its golden replay here included, or raise _Refused."""
     notes, error, tolerance = _measured(job, kind, path)
-    golden = _golden_figures(path, job.golden, Bound(tolerance.atol, tolerance.rtol))
-    if not golden.measured.ok:  # type: ignore[union-attr]
+    bound = Bound(tolerance.atol, tolerance.rtol)
+    check = _replayed(path, job.golden, bound)
+    golden = GoldenFigures(bound, check.figures())
+    if not check.ok:
         if not kind.reference:
             path.unlink()
         raise _Refused(Refusal("golden_over_bound", f"{kind.name}: its golden replay is over its bound on the "
@@ -285,12 +295,13 @@ def _ort_form(folder: Path, kind: VariantKind, entry: VariantEntry, ort_path: Pa
     """A variant's ORT-format file with its own size, speed and golden replay."""
     ref = FileRef(ort_path.name, sha256_of(ort_path), ort_path.stat().st_size)
     speed = _speed(ort_path)
-    figures = _golden_figures(ort_path, golden, entry.golden.bound)  # type: ignore[union-attr]
+    bound = entry.golden.bound
+    figures = GoldenFigures(bound, _replayed(ort_path, golden, bound).figures())
     note = None
     if kind.precision == "float16":
         note = ("weights kept in float16 (the file is saved unoptimised): on the CPU provider their Casts to float32 "
                 "run at every call; see speed")
-    elif ort_path.stat().st_size > 1.2 * (folder / entry.ref.file).stat().st_size:  # type: ignore[operator]
+    elif ort_path.stat().st_size > 1.2 * entry.ref.size:
         note = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the constants onnxruntime's "
                 "optimiser folded while converting")
     return OrtForm(ref, speed, figures, note)
@@ -299,7 +310,7 @@ def _ort_form(folder: Path, kind: VariantKind, entry: VariantEntry, ort_path: Pa
 def _add_ort(folder: Path, entries: dict[str, VariantEntry], golden: Golden
              ) -> tuple[dict[str, VariantEntry], Path]:
     """Each kept variant in ORT format too, with its own size, speed and golden replay; the operators config."""
-    written, config = to_ort([folder / e.ref.file for e in entries.values()], folder)  # type: ignore[operator]
+    written, config = to_ort([folder / e.ref.file for e in entries.values()], folder)
     return {name: dataclasses.replace(e, ort=_ort_form(folder, KINDS[name], e, ort_path, golden))
             for (name, e), ort_path in zip(entries.items(), written)}, config
 
@@ -350,9 +361,9 @@ def manifest_table(manifest: Manifest) -> str:
             f"NPU whole"]
     for name, e in manifest.variants.items():
         err, speed = e.error, e.speed
-        rows.append(f"{name:<12} {(e.ref.size or 0) / 1024:7.0f}K {err.max_abs or 0:9.2e} "
-                    f"{'YES' if err.grows else 'no':>5} {speed.step_us:8.1f} "  # type: ignore[union-attr]
-                    f"{speed.batch64_steps_per_s:13,.0f}  {', '.join(e.whole_on) or '-'}")  # type: ignore[union-attr]
+        rows.append(f"{name:<12} {e.ref.size / 1024:7.0f}K {err.max_abs or 0:9.2e} "
+                    f"{'YES' if err.grows else 'no':>5} {speed.step_us:8.1f} "
+                    f"{speed.batch64_steps_per_s:13,.0f}  {', '.join(e.whole_on) or '-'}")
     for name, why in manifest.refused.items():
         rows.append(f"{name:<12} refused: {why.message}")
     return "\n".join(rows)

@@ -20,7 +20,7 @@ from edge_rnn._numbers import is_number
 from edge_rnn._variant_kinds import REFERENCE
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
-from edge_rnn.runtime._manifest import BUNDLE_FORMAT, FileRef, Manifest, VariantEntry, finite
+from edge_rnn.runtime._manifest import BUNDLE_FORMAT, Manifest, VariantEntry, finite
 
 __all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "load_manifest", "pick_variant", "pick_from", "Picked",
            "sha256_of", "hash_file", "number", "finite", "printable"]
@@ -86,9 +86,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _entry_file(folder: Path, name: str, entry: VariantEntry, form: str) -> tuple[Path, str]:
-    if form == "ort" and entry.ort is None:
+    if form == "onnx":
+        ref = entry.ref
+    elif entry.ort is not None:
+        ref = entry.ort.ref
+    else:
         raise UnsupportedError(f"variant {name!r}: the bundle has no {form!r} form of it (package with --ort)")
-    ref: FileRef = entry.ref if form == "onnx" else entry.ort.ref  # type: ignore[union-attr]
     if ref.file is None or ref.sha256 is None:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected a file name and its sha256")
     return folder / ref.file, ref.sha256
@@ -125,7 +128,7 @@ def by_speed(variants: Mapping[str, VariantEntry]) -> list[str]:
 
 def _fastest_within(variants: Mapping[str, VariantEntry], max_error: Any) -> str:
     check_max_error(max_error)
-    fits = [n for n in by_speed(variants) if variants[n].error.max_abs <= max_error]  # type: ignore[operator]
+    fits = [n for n in by_speed(variants) if variants[n].error.max_abs <= max_error]  # by_speed: measured ones only
     if not fits:
         errors = {n: e.error.max_abs for n, e in variants.items()}
         raise UnsupportedError(f"max_error {max_error:g}: no variant is within it; measured {errors}")
