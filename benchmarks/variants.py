@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
-from edge_rnn.deploy import Int8Settings, make_variant, measure_against, mobile_support  # noqa: E402
+from edge_rnn._variant_kinds import REFERENCE  # noqa: E402
+from edge_rnn.deploy import VARIANTS, Int8Settings, make_variant, measure_against, mobile_support  # noqa: E402
 from edge_rnn.runtime import SessionConfig, StreamingModel  # noqa: E402
 
 
@@ -60,13 +61,13 @@ def main() -> None:
             torch.manual_seed(0)
             fp32 = Path(tmp) / f"{kind}.onnx"
             edge_rnn.export(cls(80, 256, num_layers=2).eval(), fp32, long_steps=0)
-            paths = {"fp32": fp32}
-            for v in ("int8", "fp16", "static", "static-int8"):
+            paths = {REFERENCE: fp32}
+            for v in VARIANTS:  # every variant of the variant table
                 paths[v] = make_variant(v, fp32, Path(tmp) / f"{kind}.{v}.onnx").path
             times = step_times(paths, args.rounds)
             for v, p in paths.items():
                 size = p.stat().st_size
-                if v == "fp32":
+                if v == REFERENCE:
                     err_y = err_s = growth = "-"
                 else:
                     e = measure_against(p, fp32, steps=args.steps)
@@ -75,7 +76,7 @@ def main() -> None:
                     growth = f"{max(t.growth for t in e.tensors):.2f}"
                 npu = " / ".join(f"{s.supported}/{s.nodes}" for s in mobile_support(p))
                 print(f"{kind:<6} {v:<11} {size / 1024:7.0f}Ki {size / fp32.stat().st_size:7.3f} "
-                      f"{times[v] * 1e6:8.1f} {times['fp32'] / times[v]:8.2f} {err_y:>10} {err_s:>13} {growth:>7}  "
+                      f"{times[v] * 1e6:8.1f} {times[REFERENCE] / times[v]:8.2f} {err_y:>10} {err_s:>13} {growth:>7}  "
                       f"{npu}")
 
 

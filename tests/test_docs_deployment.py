@@ -23,3 +23,16 @@ def test_the_deployment_docs_device_side_runs_as_written(tmp_path, monkeypatch):
     assert "edge-rnn check bundle/" in text
     r = CliRunner().invoke(main, ["check", "bundle/"])
     assert r.exit_code == 0, r.output
+
+
+def test_the_deployment_docs_list_every_variant_with_its_bound():
+    """The docs' table of variants is the variant table's rows, in its order, each with its tolerance row's bound."""
+    from edge_rnn._variant_kinds import KINDS
+    from edge_rnn.harness import TOLERANCE
+
+    text = (REPO / "docs" / "deployment.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \| .*? \| `([0-9e.+-]+) \+ ([0-9e.+-]+) x", text, re.M)
+    assert [name for name, _, _ in rows] == list(KINDS)
+    for name, atol, rtol in rows:
+        bound = TOLERANCE[KINDS[name].precision]
+        assert (float(atol), float(rtol)) == (bound.atol, bound.rtol), name

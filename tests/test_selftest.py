@@ -8,6 +8,7 @@ package anew need onnx.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from edge_rnn.runtime import StreamingModel
 from edge_rnn.runtime._bundle import sha256_of
 from edge_rnn.runtime._golden import Golden, load_golden, replay, save_golden
 from edge_rnn.runtime._host import FEATURES, host_record, int8_kernel
+from edge_rnn.runtime._manifest import VariantEntry
 from edge_rnn.runtime._selftest import SelfTest, estimate_error
 
 DATA = Path(__file__).parent / "data"
@@ -161,6 +163,42 @@ def test_a_manifest_with_a_forged_bound_is_refused(copy, bound):
         StreamingModel.load(copy, variant="int8", self_test=True)
 
 
+def test_the_committed_manifest_reads_into_the_schema_and_writes_back_byte_for_byte():
+    """A bundle packaged on another machine with an earlier edge-rnn reads into the typed manifest, and nothing of
+    it is lost: written again, it is the same file."""
+    from edge_rnn.runtime._bundle import load_manifest
+
+    manifest = load_manifest(BUNDLE)
+    assert json.dumps(manifest.to_json(), indent=1) == (BUNDLE / "manifest.json").read_text()
+    assert manifest.format == 2 and list(manifest.variants) == VARIANTS and manifest.host["cpu"] == "AMD EPYC"
+    assert manifest.golden.ref.file == "golden.npz" and manifest.golden.steps == sum(manifest.golden.chunks)
+    assert manifest.variants["fp32"].error.note == "the reference" and manifest.variants["fp32"].error.max_abs == 0.0
+
+
+def test_a_manifest_field_that_is_not_what_it_should_be_reads_as_none_and_is_refused_where_it_is_used():
+    """Parsing refuses only what makes a file no manifest; a field of the wrong kind reads as None (or as counts
+    no golden stream has), so the check that uses it refuses it with its own message, and the rest still loads."""
+    from edge_rnn.runtime._manifest import GoldenSpec, Manifest, VariantEntry
+
+    entry = VariantEntry.parse({"file": "../outside.onnx", "sha256": 7, "error": "x", "speed": {"step_us": 10**400},
+                                "golden": {"bound": {"atol": True, "rtol": float("nan")}}, "ort": [1]})
+    assert (entry.ref.file, entry.ref.sha256, entry.error.max_abs, entry.error.grows) == (None, None, None, None)
+    assert entry.speed.step_us is None and (entry.golden.bound.atol, entry.golden.bound.rtol) == (None, None)
+    assert entry.ort is None and entry.contract is None and entry.operators is None
+    spec = GoldenSpec.parse({"file": "golden.npz", "sha256": "ab", "steps": 38.0, "chunks": [8, "8", None]})
+    assert spec.steps == 38 and spec.chunks == (8, -1, -1)  # 38.0 is 38, as JSON compares; "8" is no count
+    odd, absent = GoldenSpec.parse({"steps": "38", "chunks": {"a": 1}}), GoldenSpec.parse({})
+    assert (odd.steps, odd.chunks) == (-1, ()) and (absent.steps, absent.chunks) == (None, None)
+    one = {"format": 2, "variants": {"fp32": {}}}
+    assert Manifest.parse({**one, "golden": None}, "m.json").golden is None  # no golden vectors: self-test refused
+    assert Manifest.parse({**one, "golden": "x"}, "m.json").golden.ref.file is None  # a broken entry: refused as one
+    for data, match in ((["x"], "expected bundle format 2, got 'list'"), ({"format": True}, "got True"),
+                        ({"format": 3, "variants": {}}, "got 3"), ({"format": 2, "variants": {}}, "'variants'"),
+                        ({"format": 1, "variants": {"fp32": []}}, "'variants' to map names to entries")):
+        with pytest.raises(ModelFormatError, match=re.escape(match)):
+            Manifest.parse(data, "m.json")
+
+
 # --------------------------------------------------------------- max_error by what this CPU measured
 def test_max_error_with_the_self_test_skips_a_variant_that_fails_here(copy):
     manifest = _manifest(copy)
@@ -188,13 +226,16 @@ def test_the_projected_error_scales_the_hosts_long_stream_figure_by_the_golden_e
     def result(here: float, host: float | None) -> SelfTest:
         return SelfTest("int8", GoldenCheck(5e-2, 5e-2, 3, [TensorCheck("y", "output", here, 0.1)]), host, 0.1, {})
 
-    entry = {"error": {"max_abs": 0.01}}
+    def variant(error: dict) -> VariantEntry:  # a manifest's entry, as a device reads it
+        return VariantEntry.parse({"error": error})
+
+    entry = variant({"max_abs": 0.01})
     assert estimate_error(result(0.004, 0.001), entry) == pytest.approx(0.04)  # 4x worse here: 4x the long figure
     assert estimate_error(result(0.001, 0.002), entry) == pytest.approx(0.01)  # better here: never below the host's
     assert estimate_error(result(0.02, 0.02), entry) == pytest.approx(0.02)  # never below the replay's own
-    assert estimate_error(result(1e-7, 0.0), {"error": {"max_abs": 0.0}}) == pytest.approx(1e-7)  # fp32
+    assert estimate_error(result(1e-7, 0.0), variant({"max_abs": 0.0})) == pytest.approx(1e-7)  # fp32
     assert estimate_error(result(0.001, None), entry) == pytest.approx(0.01)  # no host figure: the larger of the two
-    assert estimate_error(result(0.001, 0.001), {"error": {}}) == float("inf")  # no long-stream figure: never picked
+    assert estimate_error(result(0.001, 0.001), variant({})) == float("inf")  # no long-stream figure: never picked
 
 
 # --------------------------------------------------------------- the host record

@@ -1,6 +1,7 @@
 """Deployment variants (int8, fp16, static, static-int8), their error on long streams, NPU support: no torch.
 
-:func:`make_variant` writes a variant with onnxruntime's own tools;
+:func:`make_variant` writes a variant with onnxruntime's own tools (its maker in
+:data:`MAKERS`, one per row of the variant table :data:`edge_rnn._variant_kinds.KINDS`);
 :func:`measure_against` streams a variant and its float32 model side by side
 and reports each output's and state's error, its growth along the stream and,
 for classifier outputs, decision agreement.
@@ -16,7 +17,8 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "make_variant": "_variants", "Variant": "_variants", "VARIANTS": "_variants",
+    "make_variant": "_variants", "Variant": "_variants", "VARIANTS": "_variants", "MAKERS": "_variants",
+    "MakeOptions": "_variants",
     "Int8Settings": "_int8", "INT8_TARGETS": "_int8",
     "static_form": "_static",
     "mobile_support": "_mobile", "ProviderSupport": "_mobile", "PROVIDERS": "_mobile",

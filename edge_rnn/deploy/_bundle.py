@@ -15,6 +15,7 @@ structured reason, under ``refused``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -25,37 +26,65 @@ import numpy as np
 import onnx
 
 from edge_rnn._inspect import operator_counts
+from edge_rnn._variant_kinds import KINDS, REFERENCE, VariantKind
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._fidelity import input_source, measure_against
+from edge_rnn.deploy._fidelity import VariantError, input_source, measure_against
 from edge_rnn.deploy._int8 import Int8Settings
 from edge_rnn.deploy._mobile import mobile_support
 from edge_rnn.deploy._ort import to_ort
-from edge_rnn.deploy._variants import VARIANTS, check_int8_settings, make_variant
+from edge_rnn.deploy._variants import check_int8_settings, make_variant
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
-from edge_rnn.harness import TOLERANCE
+from edge_rnn.harness import TOLERANCE, Tolerance
 from edge_rnn.runtime import SessionConfig, StreamingModel, check_external_data
-from edge_rnn.runtime._bundle import BUNDLE_FORMAT, MANIFEST, sha256_of
-from edge_rnn.runtime._golden import MIN_CHUNKS, Golden, golden_chunks, record, replay, save_golden, thin_outputs
+from edge_rnn.runtime._bundle import MANIFEST, sha256_of
+from edge_rnn.runtime._golden import (
+    MIN_CHUNKS,
+    Golden,
+    GoldenCheck,
+    golden_chunks,
+    record,
+    replay,
+    save_golden,
+    thin_outputs,
+)
 from edge_rnn.runtime._host import describe_host, host_record
+from edge_rnn.runtime._manifest import (
+    BUNDLE_FORMAT,
+    Bound,
+    ErrorFigures,
+    FileRef,
+    GoldenFigures,
+    GoldenSpec,
+    Manifest,
+    MeasuredOn,
+    OrtForm,
+    Refusal,
+    Speed,
+    VariantEntry,
+)
 from edge_rnn.runtime.bench import random_chunk, timed_calls
 
 __all__ = ["package", "PackageResult", "manifest_table", "GOLDEN_FILE"]
 
-ALL = ("fp32", *VARIANTS)
+ALL = tuple(KINDS)  # every variant a bundle may hold, the reference first
 GOLDEN_FILE = "golden.npz"
 _GOLDEN_STEPS = 32  # the golden stream's length, shortened for a model whose steps are large
 _GOLDEN_BUDGET = 256 << 10  # bytes of golden vectors per bundle, at most (where one chunk's worth fits)
+_REFERENCE_ERROR = ErrorFigures(max_abs=0.0, grows=False, ok=True, note="the reference")
+_XNNPACK = {"checked": False, "note": "onnxruntime has no usability checker for it"}
 
 
 @dataclass
 class PackageResult:
+    """The bundle written to ``folder``: its manifest, and the variants asked for and refused, with why."""
+
     folder: Path
-    manifest: dict[str, Any]
-    refused: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"reason", "message", ...}
+    manifest: Manifest
+    refused: dict[str, Refusal] = field(default_factory=dict)
 
 
-def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
+def _speed(path: Path, seconds: float = 0.3) -> Speed:
     """Median single-stream latency per step, and steps/s of step_batch over 64 streams (one thread).
 
     A static form takes its fixed chunk per call (the latency is per step of it); a model that is not
@@ -80,8 +109,7 @@ def _speed(path: Path, seconds: float = 0.3) -> dict[str, float]:
         model.step_batch([(s, chunk) for s in ([model.open_stream() for _ in range(64)] if fresh else streams)])
 
     calls = timed_calls(batch, seconds, min_iters=3)
-    return {"step_us": float(np.median(times) * 1e6 / k), "steps_per_call": k,
-            "batch64_steps_per_s": float(64 * k * len(calls) / calls.sum())}
+    return Speed(float(np.median(times) * 1e6 / k), k, float(64 * k * len(calls) / calls.sum()))
 
 
 def _per_stream(model: StreamingModel, whole: dict[str, np.ndarray], timed: bool) -> dict[str, np.ndarray]:
@@ -123,25 +151,22 @@ def _golden_plans(multiple: int) -> list[tuple[int, int, int]]:
     return [*plans, (MIN_CHUNKS * multiple, 1, MIN_CHUNKS), (2 * multiple, 1, 2)]
 
 
-def _golden_entry(path: Path, golden: Golden, bound: dict[str, float]) -> dict[str, Any]:
-    """What a variant's golden replay here measured, and the bound (``atol``, ``rtol``) a device holds it to."""
-    check = replay(StreamingModel.load(path, session=SessionConfig(threads=1)), golden, **bound)
-    return {"bound": bound, "measured": check.to_dict()}
+def _replayed(path: Path, golden: Golden, bound: Bound) -> GoldenCheck:
+    """The variant at ``path``'s replay of the golden stream here, held to ``bound`` as a device holds it."""
+    return replay(StreamingModel.load(path, session=SessionConfig(threads=1)), golden, atol=bound.atol,
+                  rtol=bound.rtol)
 
 
-def _refusal(reason: str, message: str, **more: Any) -> dict[str, Any]:
-    return {"reason": reason, "message": message, **more}
-
-
-def _describe(path: Path) -> dict[str, Any]:
+def _described(path: Path) -> dict[str, Any]:
+    """A variant's file as its manifest entry gives it: name, hash and size, opset, operators, contract, states."""
     m = onnx.load(str(path), load_external_data=False)
     ops = operator_counts(m.graph)
     contract = Contract.from_metadata({p.key: p.value for p in m.metadata_props})
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"file": path.name, "sha256": sha256_of(path), "size": path.stat().st_size, "opset": opset,
+    return {"ref": FileRef(path.name, sha256_of(path), path.stat().st_size), "opset": opset,
             "operators": dict(sorted(ops.items())), "contract": contract.to_dict(),
-            "states": [{"input": s.input, "output": s.output, "shape": list(s.shape), "dtype": s.dtype}
-                       for s in contract.states]}
+            "states": tuple({"input": s.input, "output": s.output, "shape": list(s.shape), "dtype": s.dtype}
+                            for s in contract.states)}
 
 
 def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_format: bool = False,
@@ -154,27 +179,13 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
     with a structured reason; the caller decides whether that is an error (the CLI: exit 1 unless told).
     """
     model, folder = Path(model), Path(folder)
-    unknown = [v for v in variants if v not in ALL]
-    if unknown or not variants:
-        raise UnsupportedError(f"variants {unknown or '[]'}: expected names among {list(ALL)}")
-    if not model.is_file():
-        raise ModelFormatError(f"{model}: no such file")
-    if StreamingModel.load(model).contract is None:
-        raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; bundles are made from models "
-                               "edge-rnn exported")
-    if check_external_data(model.read_bytes(), model):
-        raise UnsupportedError(f"{model}: keeps its weights in other files; a bundle holds single-file models "
-                               "(onnx.save(onnx.load(path), new_path) brings them in)")
-    check_int8_settings(model, int8 or Int8Settings(), variants)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise EdgeRnnError(f"{folder}: {'not a folder' if not folder.is_dir() else 'not empty'}; a bundle is "
-                           "written to a new or empty folder")
+    asked = _Request(tuple(variants), ort_format, data, calibration, steps, chunk, threshold, int8 or Int8Settings())
+    _check_request(model, folder, asked)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        result = _package(model, staging, variants, ort_format, data, calibration, steps, chunk, threshold,
-                          int8 or Int8Settings(), log or (lambda _msg: None))
+        result = _package(model, staging, asked, log or (lambda _msg: None))
         if folder.exists():
             folder.rmdir()
         staging.rename(folder)
@@ -187,12 +198,11 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
 
 
 @dataclass(frozen=True)
-class _Job:
-    """What every variant of one bundle is made and measured with."""
+class _Request:
+    """What :func:`package` was asked for."""
 
-    model: Path
-    fp32: Path
-    golden: Golden
+    variants: tuple[str, ...]
+    ort_format: bool
     data: Any
     calibration: Any
     steps: int
@@ -201,113 +211,159 @@ class _Job:
     int8: Int8Settings
 
 
-def _measured(job: _Job, name: str, path: Path) -> tuple[dict[str, Any], Any]:
-    """Make variant ``name`` at ``path`` and measure it: its manifest entry so far, and its bound, or raise
-    _Refused with the structured reason (nothing of it left on disk)."""
-    if name == "fp32":
-        return {"notes": [], "error": {"max_abs": 0.0, "grows": False, "ok": True, "note": "the reference"}}, \
-            TOLERANCE["float32"]
-    try:
-        v = make_variant(name, job.model, path, chunk=job.chunk, calibration=job.calibration, int8=job.int8)
-    except UnsupportedError as e:
-        path.unlink(missing_ok=True)
-        raise _Refused(_refusal("cannot_make", str(e))) from None
-    err = measure_against(path, job.fp32, steps=job.steps, data=job.data, threshold=job.threshold)
-    if not err.ok:
-        path.unlink()
-        worst = max(err.tensors, key=lambda t: t.worst_fraction)
-        raise _Refused(_refusal("grows" if err.grows else "over_bound",
-                                f"{name}: max abs error {err.max_abs:.3g} over {job.steps:,} steps, "
-                                f"{worst.worst_fraction:.3g}x its bound on {worst.kind} {worst.name!r}"
-                                f"{'; the error grows along the stream' if err.grows else ''} "
-                                f"(measured on {describe_host(host_record())})", error=err.to_dict()))
-    return {"notes": v.notes, "error": err.to_dict()}, err.tolerance
+def _check_request(model: Path, folder: Path, asked: _Request) -> None:
+    """Refuse, before any work, what cannot make a bundle: unknown variants, a model edge-rnn did not export or
+    that keeps its weights elsewhere, int8 settings that cannot apply, a folder that is not new or empty."""
+    unknown = [v for v in asked.variants if v not in KINDS]
+    if unknown or not asked.variants:
+        raise UnsupportedError(f"variants {unknown or '[]'}: expected names among {list(ALL)}")
+    if not model.is_file():
+        raise ModelFormatError(f"{model}: no such file")
+    if StreamingModel.load(model).contract is None:
+        raise ModelFormatError(f"{model}: no edge_rnn contract in its metadata; bundles are made from models "
+                               "edge-rnn exported")
+    if check_external_data(model.read_bytes(), model):
+        raise UnsupportedError(f"{model}: keeps its weights in other files; a bundle holds single-file models "
+                               "(onnx.save(onnx.load(path), new_path) brings them in)")
+    check_int8_settings(model, asked.int8, asked.variants)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise EdgeRnnError(f"{folder}: {'not a folder' if not folder.is_dir() else 'not empty'}; a bundle is "
+                           "written to a new or empty folder")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every variant of one bundle is made and measured with."""
+
+    model: Path
+    fp32: Path
+    golden: Golden
+    asked: _Request
 
 
 class _Refused(Exception):
-    def __init__(self, why: dict[str, Any]):
-        super().__init__(why["message"])
+    def __init__(self, why: Refusal):
+        super().__init__(why.message)
         self.why = why
 
 
-def _entry(job: _Job, name: str, path: Path) -> dict[str, Any]:
-    """Variant ``name``'s whole manifest entry, its golden replay here included, or raise _Refused."""
-    entry, tolerance = _measured(job, name, path)
-    entry["golden"] = _golden_entry(path, job.golden, {"atol": tolerance.atol, "rtol": tolerance.rtol})
-    if not entry["golden"]["measured"]["ok"]:
-        if name != "fp32":
+def _over_bound(name: str, err: VariantError, steps: int) -> Refusal:
+    worst = err.worst
+    return Refusal("grows" if err.grows else "over_bound",
+                   f"{name}: max abs error {err.max_abs:.3g} over {steps:,} steps, {worst.worst_fraction:.3g}x its "
+                   f"bound on {worst.kind} {worst.name!r}{'; the error grows along the stream' if err.grows else ''} "
+                   f"(measured on {describe_host(host_record())})", error=err.figures())
+
+
+def _measured(job: _Job, kind: VariantKind, path: Path) -> tuple[tuple[str, ...], ErrorFigures, Tolerance]:
+    """Make variant ``kind`` at ``path`` and measure it: its notes, its error and its bound, or raise _Refused with
+    the structured reason (nothing of it left on disk)."""
+    if kind.reference:
+        return (), _REFERENCE_ERROR, TOLERANCE[kind.precision]
+    asked = job.asked
+    try:
+        v = make_variant(kind.name, job.model, path, chunk=asked.chunk, calibration=asked.calibration, int8=asked.int8)
+    except UnsupportedError as e:
+        path.unlink(missing_ok=True)
+        raise _Refused(Refusal("cannot_make", str(e))) from None
+    err = measure_against(path, job.fp32, steps=asked.steps, data=asked.data, threshold=asked.threshold)
+    if not err.ok:
+        path.unlink()
+        raise _Refused(_over_bound(kind.name, err, asked.steps))
+    return tuple(v.notes), err.figures(), err.tolerance
+
+
+def _entry(job: _Job, kind: VariantKind, path: Path) -> VariantEntry:
+    """Variant ``kind``'s whole manifest entry, its golden replay here included, or raise _Refused."""
+    notes, error, tolerance = _measured(job, kind, path)
+    bound = Bound(tolerance.atol, tolerance.rtol)
+    check = _replayed(path, job.golden, bound)
+    golden = GoldenFigures(bound, check.figures())
+    if not check.ok:
+        if not kind.reference:
             path.unlink()
-        raise _Refused(_refusal("golden_over_bound", f"{name}: its golden replay is over its bound on the "
-                                "packaging host itself", golden=entry["golden"]))
-    entry.update(_describe(path))
-    entry["speed"] = _speed(path)
-    entry["providers"] = {s.provider: s.to_dict() for s in mobile_support(path)}
-    entry["providers"]["XNNPACK"] = {"checked": False, "note": "onnxruntime has no usability checker for it"}
-    return entry
+        raise _Refused(Refusal("golden_over_bound", f"{kind.name}: its golden replay is over its bound on the "
+                               "packaging host itself", golden=golden))
+    described = _described(path)
+    speed = _speed(path)
+    providers = {s.provider: s.to_dict() for s in mobile_support(path)}
+    return VariantEntry(error=error, golden=golden, notes=notes, speed=speed, providers={**providers,
+                        "XNNPACK": dict(_XNNPACK)}, **described)
 
 
-def _add_ort(folder: Path, entries: dict[str, dict], golden: Golden) -> Path:
+def _ort_form(folder: Path, kind: VariantKind, entry: VariantEntry, ort_path: Path, golden: Golden) -> OrtForm:
+    """A variant's ORT-format file with its own size, speed and golden replay."""
+    ref = FileRef(ort_path.name, sha256_of(ort_path), ort_path.stat().st_size)
+    speed = _speed(ort_path)
+    bound = entry.golden.bound
+    figures = GoldenFigures(bound, _replayed(ort_path, golden, bound).figures())
+    note = None
+    if kind.precision == "float16":
+        note = ("weights kept in float16 (the file is saved unoptimised): on the CPU provider their Casts to float32 "
+                "run at every call; see speed")
+    elif ort_path.stat().st_size > 1.2 * entry.ref.size:
+        note = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the constants onnxruntime's "
+                "optimiser folded while converting")
+    return OrtForm(ref, speed, figures, note)
+
+
+def _add_ort(folder: Path, entries: dict[str, VariantEntry], golden: Golden
+             ) -> tuple[dict[str, VariantEntry], Path]:
     """Each kept variant in ORT format too, with its own size, speed and golden replay; the operators config."""
-    written, config = to_ort([folder / e["file"] for e in entries.values()], folder)
-    for entry, ort_path in zip(entries.values(), written):
-        entry["ort"] = {"file": ort_path.name, "sha256": sha256_of(ort_path), "size": ort_path.stat().st_size,
-                        "speed": _speed(ort_path), "golden": _golden_entry(ort_path, golden, entry["golden"]["bound"])}
-        if entry["contract"]["source"].get("variant") == "fp16":
-            entry["ort"]["note"] = ("weights kept in float16 (the file is saved unoptimised): on the CPU "
-                                    "provider their Casts to float32 run at every call; see speed")
-        elif ort_path.stat().st_size > 1.2 * (folder / entry["file"]).stat().st_size:
-            entry["ort"]["note"] = ("larger than the .onnx form: the ORT format's flatbuffer layout, and the "
-                                    "constants onnxruntime's optimiser folded while converting")
-    return config
+    written, config = to_ort([folder / e.ref.file for e in entries.values()], folder)
+    return {name: dataclasses.replace(e, ort=_ort_form(folder, KINDS[name], e, ort_path, golden))
+            for (name, e), ort_path in zip(entries.items(), written)}, config
 
 
-def _package(model: Path, folder: Path, variants: tuple[str, ...], ort_format: bool, data: Any, calibration: Any,
-             steps: int, chunk: int, threshold: float | None, int8: Int8Settings, say: Any) -> PackageResult:
-    entries: dict[str, dict] = {}
-    refused: dict[str, dict[str, Any]] = {}
-    fp32 = folder / f"{model.stem}.onnx"
-    shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
-    multiple = chunk if any(v.startswith("static") for v in variants) else 1
-    golden = _golden_stream(fp32, data, multiple)
-    save_golden(golden, folder / GOLDEN_FILE)
-    job = _Job(model, fp32, golden, data, calibration, steps, chunk, threshold, int8)
-    for name in variants:
+def _made(job: _Job, folder: Path, say: Any) -> tuple[dict[str, VariantEntry], dict[str, Refusal]]:
+    """Every variant asked for, made and measured into ``folder``: the entries of those kept, and the refused."""
+    entries: dict[str, VariantEntry] = {}
+    refused: dict[str, Refusal] = {}
+    for name in job.asked.variants:
         say(f"{name}: making and measuring")
+        kind = KINDS[name]
         try:
-            entries[name] = _entry(job, name, fp32 if name == "fp32" else folder / f"{model.stem}.{name}.onnx")
+            entries[name] = _entry(job, kind, job.fp32 if kind.reference else folder / f"{job.model.stem}.{name}.onnx")
         except _Refused as r:
             refused[name] = r.why
     if not entries:
-        reasons = "; ".join(f"{n}: {why['message']}" for n, why in refused.items())
+        reasons = "; ".join(f"{n}: {why.message}" for n, why in refused.items())
         raise UnsupportedError(f"no variant left to bundle, every one asked for was refused ({reasons})")
-    if "fp32" not in entries:  # the reference was only needed to measure the others
+    return entries, refused
+
+
+def _package(model: Path, folder: Path, asked: _Request, say: Any) -> PackageResult:
+    fp32 = folder / f"{model.stem}.onnx"
+    shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
+    multiple = asked.chunk if any(KINDS[v].static for v in asked.variants) else 1
+    golden = _golden_stream(fp32, asked.data, multiple)
+    save_golden(golden, folder / GOLDEN_FILE)
+    entries, refused = _made(_Job(model, fp32, golden, asked), folder, say)
+    if REFERENCE not in entries:  # the reference was only needed to measure the others
         fp32.unlink(missing_ok=True)
-    config = _add_ort(folder, entries, golden) if ort_format else None
+    config = None
+    if asked.ort_format:
+        entries, config = _add_ort(folder, entries, golden)
     golden_file = folder / GOLDEN_FILE
-    manifest = {
-        "format": BUNDLE_FORMAT, "created_by": f"edge-rnn {__version__}", "source_model": model.name,
-        "host": {**host_record(), "threads": 1},
-        "error_measured_on": {"steps": steps, "inputs": "random" if data is None else "data"},
-        "golden": {"file": golden_file.name, "sha256": sha256_of(golden_file), "size": golden_file.stat().st_size,
-                   "steps": golden.steps, "chunks": list(golden.chunks)},
-        "variants": entries, "refused": refused,
-        **({"int8": int8.to_dict()} if {"int8", "static-int8"} & set(variants) else {}),
-        **({"required_operators": {"file": config.name, "sha256": sha256_of(config)}} if config else {}),
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    manifest = Manifest(
+        BUNDLE_FORMAT, entries, f"edge-rnn {__version__}", model.name, {**host_record(), "threads": 1},
+        MeasuredOn(asked.steps, "random" if asked.data is None else "data"),
+        GoldenSpec(FileRef(golden_file.name, sha256_of(golden_file), golden_file.stat().st_size), golden.steps,
+                   tuple(golden.chunks)),
+        refused, asked.int8.to_dict() if any(KINDS[v].int8 for v in asked.variants) else None,
+        None if config is None else FileRef(config.name, sha256_of(config)))
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1), encoding="utf-8")
     return PackageResult(folder, manifest, refused)
 
 
-def manifest_table(manifest: dict[str, Any]) -> str:
+def manifest_table(manifest: Manifest) -> str:
     rows = [f"{'variant':<12} {'size':>8} {'max err':>9} {'grows':>5} {'step us':>8} {'64 streams/s':>13}  "
             f"NPU whole"]
-    for name, e in manifest["variants"].items():
-        whole = [p for p, s in e.get("providers", {}).items() if s.get("whole")]
-        err = e.get("error", {})
-        rows.append(f"{name:<12} {e['size'] / 1024:7.0f}K {err.get('max_abs', 0):9.2e} "
-                    f"{'YES' if err.get('grows') else 'no':>5} {e['speed']['step_us']:8.1f} "
-                    f"{e['speed']['batch64_steps_per_s']:13,.0f}  {', '.join(whole) or '-'}")
-    for name, why in manifest.get("refused", {}).items():
-        text = why.get("message", why) if isinstance(why, dict) else why
-        rows.append(f"{name:<12} refused: {text}")
+    for name, e in manifest.variants.items():
+        err, speed = e.error, e.speed
+        rows.append(f"{name:<12} {e.ref.size / 1024:7.0f}K {err.max_abs or 0:9.2e} "
+                    f"{'YES' if err.grows else 'no':>5} {speed.step_us:8.1f} "
+                    f"{speed.batch64_steps_per_s:13,.0f}  {', '.join(e.whole_on) or '-'}")
+    for name, why in manifest.refused.items():
+        rows.append(f"{name:<12} refused: {why.message}")
     return "\n".join(rows)

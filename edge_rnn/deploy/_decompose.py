@@ -31,39 +31,47 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+_DEFAULT_ACTIVATIONS = {"rnn": ["Tanh"], "gru": ["Sigmoid", "Tanh"], "lstm": ["Sigmoid", "Tanh", "Tanh"]}
+
+
 def _spec(node: onnx.NodeProto, w: np.ndarray) -> RecurrentSpec:
     """The layer a native node computes, refused where PyTorch's cells could not have produced it."""
     kind = node.op_type.lower()
     a = _attrs(node)
     where = f"{node.op_type} node {node.name or node.output[0]!r}"
     acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
-    default = {"rnn": ["Tanh"], "gru": ["Sigmoid", "Tanh"], "lstm": ["Sigmoid", "Tanh", "Tanh"]}[kind]
-    directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
-    problems = []
-    if a.get("clip") is not None:
-        problems.append("clip")
-    if kind == "lstm" and a.get("input_forget", 0) != 0:
-        problems.append("input_forget=1")
-    if a.get("layout", 0) != 0:
-        problems.append("layout=1")
-    if kind == "gru" and a.get("linear_before_reset", 0) != 1:
-        problems.append("linear_before_reset=0 (PyTorch's GRU is linear_before_reset=1)")
-    nonlinearity = "tanh"
-    if kind == "rnn" and acts and set(acts) == {"Relu"}:
-        nonlinearity = "relu"
-    elif acts and acts[: len(default)] != default:
-        problems.append(f"activations {acts}")
-    if a.get("direction", b"forward") in (b"reverse", "reverse"):
-        problems.append("direction=reverse")
-    if len(node.input) > 4 and node.input[4]:
-        problems.append("sequence_lens")
-    if kind == "lstm" and len(node.input) > 7 and node.input[7]:
-        problems.append("peepholes")
+    relu = kind == "rnn" and bool(acts) and set(acts) == {"Relu"}
+    problems = _unsupported(node, kind, a, _activation_problems(kind, acts, relu))
     if problems:
         raise UnsupportedError(f"{where}: uses {', '.join(problems)}, which edge-rnn's decomposed form does not "
                                "compute; only graphs in PyTorch's conventions can be rewritten")
+    directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
     return RecurrentSpec(kind, input_size=int(w.shape[2]), hidden_size=int(a["hidden_size"]),
-                         bidirectional=directions == 2, nonlinearity=nonlinearity)
+                         bidirectional=directions == 2, nonlinearity="relu" if relu else "tanh")
+
+
+def _activation_problems(kind: str, acts: list[str], relu: bool) -> list[str]:
+    """Activations other than PyTorch's for ``kind`` (a vanilla RNN's may be ReLU throughout)."""
+    if relu or not acts or acts[: len(_DEFAULT_ACTIVATIONS[kind])] == _DEFAULT_ACTIVATIONS[kind]:
+        return []
+    return [f"activations {acts}"]
+
+
+def _unsupported(node: onnx.NodeProto, kind: str, a: dict, activations: list[str]) -> list[str]:
+    """What a native node uses that PyTorch's cells never do (its ``activations`` problems among them), in the
+    order a message names them."""
+    found = [
+        ("clip", a.get("clip") is not None),
+        ("input_forget=1", kind == "lstm" and a.get("input_forget", 0) != 0),
+        ("layout=1", a.get("layout", 0) != 0),
+        ("linear_before_reset=0 (PyTorch's GRU is linear_before_reset=1)",
+         kind == "gru" and a.get("linear_before_reset", 0) != 1),
+        *((problem, True) for problem in activations),
+        ("direction=reverse", a.get("direction", b"forward") in (b"reverse", "reverse")),
+        ("sequence_lens", len(node.input) > 4 and bool(node.input[4])),
+        ("peepholes", kind == "lstm" and len(node.input) > 7 and bool(node.input[7])),
+    ]
+    return [name for name, hit in found if hit]
 
 
 def _weights(spec: RecurrentSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | None, d: int) -> dict:

@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from edge_rnn._numbers import is_int, is_number
+from edge_rnn._variant_kinds import kind_of
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.harness import TOLERANCE, InputLayout, Tolerance, chunk_sizes, data_inputs, load_data, random_inputs
 from edge_rnn.runtime import StreamingModel
+from edge_rnn.runtime._manifest import Bound, ErrorFigures
+from edge_rnn.runtime._verdicts import TensorResults
 
 __all__ = ["VariantError", "TensorError", "measure_against", "precision_of", "GROWTH_FLAG"]
 
@@ -65,8 +68,9 @@ class TensorError:
 
 
 @dataclass
-class VariantError:
-    """A variant against its float32 model over one long stream."""
+class VariantError(TensorResults):
+    """A variant against its float32 model over one long stream: ``ok``, ``max_abs`` and ``worst`` over its
+    tensors (:class:`~edge_rnn.runtime._verdicts.TensorResults`), and whether any error ``grows``."""
 
     steps: int
     chunks: int
@@ -75,24 +79,20 @@ class VariantError:
     tensors: list[TensorError] = field(default_factory=list)
 
     @property
-    def ok(self) -> bool:
-        return all(t.ok for t in self.tensors)
-
-    @property
-    def max_abs(self) -> float:
-        return max((t.max_abs for t in self.tensors), default=0.0)
-
-    @property
     def grows(self) -> bool:
         return any(t.grows for t in self.tensors)
 
+    def figures(self) -> ErrorFigures:
+        """What a bundle's manifest records of it."""
+        return ErrorFigures(self.max_abs, self.grows, self.ok, self.steps, self.chunks, self.inputs,
+                            Bound(self.tolerance.atol, self.tolerance.rtol), {
+                                t.name: {"kind": t.kind, "max_abs": t.max_abs, "mean_abs": t.mean_abs,
+                                         "growth": t.growth, "grows": t.grows,
+                                         **({"agreement": t.agreement} if t.agreement is not None else {})}
+                                for t in self.tensors})
+
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "chunks": self.chunks, "inputs": self.inputs, "max_abs": self.max_abs,
-                "grows": self.grows, "ok": self.ok,
-                "bound": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol}, "tensors": {
-                    t.name: {"kind": t.kind, "max_abs": t.max_abs, "mean_abs": t.mean_abs, "growth": t.growth,
-                             "grows": t.grows, **({"agreement": t.agreement} if t.agreement is not None else {})}
-                    for t in self.tensors}}
+        return self.figures().to_json()
 
     def table(self) -> str:
         rows = [f"{'tensor':<14} {'max abs':>9} {'mean abs':>9} {'growth':>7} {'agree':>7} {'of bound':>8}  verdict"]
@@ -121,15 +121,15 @@ def has_float16_weights(data: bytes) -> bool:
 
 
 def precision_of(path: str | Path, model: StreamingModel) -> str:
-    """The tolerance row a variant is judged by: what its contract says it is, else what its operators show."""
+    """The tolerance row a variant is judged by: a reduced precision its contract names (its variant's row of the
+    variant table), else what its operators show (a float32 form, the static one included, may have been
+    quantised by other tools)."""
     from edge_rnn.runtime._external import operator_types
 
     contract = model.contract
-    variant = contract.source.get("variant") if contract is not None else None
-    if variant in ("int8", "static-int8"):
-        return "int8"
-    if variant == "fp16":
-        return "float16"
+    kind = kind_of(contract.source.get("variant")) if contract is not None else None
+    if kind is not None and kind.precision != "float32":
+        return kind.precision
     data = Path(path).read_bytes()
     ops = operator_types(data)
     if ops is None:  # an .ort file: its contract said what it is
@@ -154,21 +154,7 @@ def _producers(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """{tensor: (op type of its producer, that node's first input)} and the graph's outputs, for .onnx and .ort."""
     data = path.read_bytes()
     if data[4:8] == b"ORTM":
-        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
-
-        g = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0).Model().Graph()
-        producers = {}
-        for i in range(g.NodesLength()):
-            n = g.Nodes(i)
-            first = n.Inputs(0).decode() if n.InputsLength() else ""
-            op = n.OpType().decode()
-            for k in range(n.AttributesLength()):  # FusedGemm/FusedConv carry the activation they absorbed
-                a = n.Attributes(k)
-                if a.Name() == b"activation" and a.S():
-                    op = a.S().decode()
-            for k in range(n.OutputsLength()):
-                producers[n.Outputs(k).decode()] = (op, first)
-        return producers, [g.Outputs(i).decode() for i in range(g.OutputsLength())]
+        return _ort_producers(data)
     g = _graph(data)  # NodeProto: input 1, output 2, op_type 4; GraphProto: node 1, output 12 (ValueInfo name 1)
     producers = {}
     for n in g.children(1):
@@ -176,6 +162,25 @@ def _producers(path: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
         for o in _strings(n, 2):
             producers[o] = (n.text(4), inputs[0] if inputs else "")
     return producers, [vi.text(1) for vi in g.children(12)]
+
+
+def _ort_producers(data: bytes) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """:func:`_producers` of an ORT-format file, read with onnxruntime's flatbuffer schema."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+    g = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0).Model().Graph()
+    producers = {}
+    for i in range(g.NodesLength()):
+        n = g.Nodes(i)
+        first = n.Inputs(0).decode() if n.InputsLength() else ""
+        op = n.OpType().decode()
+        for k in range(n.AttributesLength()):  # FusedGemm/FusedConv carry the activation they absorbed
+            a = n.Attributes(k)
+            if a.Name() == b"activation" and a.S():
+                op = a.S().decode()
+        for k in range(n.OutputsLength()):
+            producers[n.Outputs(k).decode()] = (op, first)
+    return producers, [g.Outputs(i).decode() for i in range(g.OutputsLength())]
 
 
 def _classifier_outputs(path: Path, threshold: float | None) -> dict[str, str]:
@@ -242,33 +247,45 @@ def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 
     source = input_source(ref, data)
     rng = np.random.default_rng(seed)
     timed = any(p.time_axis is not None for p in ref.inputs)
-    fixed = {p.shape[p.time_axis] for m in (var, ref) for p in m.inputs if p.time_axis is not None} - {None}
-    if len(fixed) > 1:
-        raise UnsupportedError(f"{variant} and {reference} take different fixed chunks {sorted(fixed)}")
-    if fixed:  # a static form: every call takes exactly that many steps
-        k = fixed.pop()
-        sizes = [k] * (steps // k)
-        steps = k * len(sizes)
-    elif not (ref.streamable and var.streamable):
-        sizes = [steps]  # one whole sequence per call: measured over one long sequence
-    else:
-        sizes = chunk_sizes(rng, steps, max_chunk) if timed else [1] * steps
+    sizes = _call_sizes(var, ref, (variant, reference), steps, rng, max_chunk)
+    steps = sum(sizes)  # whole fixed chunks only
     whole = source(rng, 1, steps, not timed)
     outs, states = _stream_both(ref, var, whole, sizes, timed)
     classifier = _classifier_outputs(Path(reference), threshold)
     ports = {p.name: p for p in ref.outputs}
-    tensors = []
     ends = np.cumsum(sizes)  # the step at which each chunk ended
-    for name, (a, b) in outs.items():
-        axis = ports[name].stream_time_axis
-        ya = np.concatenate(a, axis=axis) if axis is not None else np.stack(a)
-        yb = np.concatenate(b, axis=axis) if axis is not None else np.stack(b)
-        tensors.append(_error(name, "output", np.moveaxis(ya, axis or 0, 0), np.moveaxis(yb, axis or 0, 0),
-                              tolerance, classifier.get(name), threshold, None if axis is not None else ends))
-    for name, (a, b) in states.items():
-        tensors.append(_error(name, "state", np.stack(a), np.stack(b), tolerance, None, None, ends))
+    tensors = [_output_error(name, ports[name], a, b, tolerance, classifier.get(name), threshold, ends)
+               for name, (a, b) in outs.items()]
+    tensors += [_error(name, "state", np.stack(a), np.stack(b), tolerance, None, None, ends)
+                for name, (a, b) in states.items()]
     return VariantError(steps=steps, chunks=len(sizes), inputs="random" if data is None else "data",
                         tolerance=tolerance, tensors=tensors)
+
+
+def _call_sizes(var: StreamingModel, ref: StreamingModel, names: tuple[Any, Any], steps: int,
+                rng: np.random.Generator, max_chunk: int) -> list[int]:
+    """The steps of each call both models are stepped with: a static form's fixed chunk (as many whole ones as
+    fit in ``steps``), one whole sequence for a model that is not streamable, else random chunks."""
+    fixed = {p.shape[p.time_axis] for m in (var, ref) for p in m.inputs if p.time_axis is not None} - {None}
+    if len(fixed) > 1:
+        raise UnsupportedError(f"{names[0]} and {names[1]} take different fixed chunks {sorted(fixed)}")
+    if fixed:  # a static form: every call takes exactly that many steps
+        k = fixed.pop()
+        return [k] * (steps // k)
+    if not (ref.streamable and var.streamable):
+        return [steps]  # one whole sequence per call: measured over one long sequence
+    timed = any(p.time_axis is not None for p in ref.inputs)
+    return chunk_sizes(rng, steps, max_chunk) if timed else [1] * steps
+
+
+def _output_error(name: str, port: Any, a: list[np.ndarray], b: list[np.ndarray], tolerance: Tolerance,
+                  decision: str | None, threshold: float | None, ends: np.ndarray) -> TensorError:
+    """An output's error, its chunks joined along its time axis (stacked by call without one)."""
+    axis = port.stream_time_axis
+    ya = np.concatenate(a, axis=axis) if axis is not None else np.stack(a)
+    yb = np.concatenate(b, axis=axis) if axis is not None else np.stack(b)
+    return _error(name, "output", np.moveaxis(ya, axis or 0, 0), np.moveaxis(yb, axis or 0, 0), tolerance, decision,
+                  threshold, None if axis is not None else ends)
 
 
 def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: list[int], timed: bool

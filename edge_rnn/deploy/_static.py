@@ -94,21 +94,8 @@ def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder) -> None:
     steps: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
     axes0 = b.ints([0], "axes")
     for t in range(chunk):
-        mapping = dict(zip([i.name for i in body.input[:n_state]], state))
-        for j, x in enumerate(node.input[n_state:]):
-            piece = b.op1("Slice", [x, b.ints([t], "start"), b.ints([t + 1], "end"), axes0])
-            mapping[body.input[n_state + j].name] = b.op1("Squeeze", [piece, axes0])
-        for step_node in body.node:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(step_node)
-            copy.name = b.fresh(f"t{t}_{step_node.op_type}")
-            del copy.input[:]
-            copy.input.extend(mapping.get(i, i) for i in step_node.input)  # outer-scope names (the weights) stay
-            outs = [b.fresh(f"t{t}_{o.rsplit('/', 1)[-1]}") for o in step_node.output]
-            mapping.update(zip(step_node.output, outs))
-            del copy.output[:]
-            copy.output.extend(outs)
-            b.nodes.append(copy)
+        mapping = _step_inputs(node, body, n_state, state, t, b, axes0)
+        _copy_body(body, t, mapping, b)
         state = [mapping[o.name] for o in body.output[:n_state]]
         for j, o in enumerate(body.output[n_state:]):
             steps[j].append(mapping[o.name])
@@ -117,6 +104,31 @@ def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder) -> None:
     for j, name in enumerate(node.output[n_state:]):
         parts = [b.op1("Unsqueeze", [y, axes0]) for y in steps[j]]
         b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
+
+
+def _step_inputs(node: onnx.NodeProto, body: onnx.GraphProto, n_state: int, state: list[str], t: int,
+                 b: GraphBuilder, axes0: str) -> dict[str, str]:
+    """Step ``t``'s tensors for the body's inputs: the state carried in, and row ``t`` of each scanned input."""
+    mapping = dict(zip([i.name for i in body.input[:n_state]], state))
+    for j, x in enumerate(node.input[n_state:]):
+        piece = b.op1("Slice", [x, b.ints([t], "start"), b.ints([t + 1], "end"), axes0])
+        mapping[body.input[n_state + j].name] = b.op1("Squeeze", [piece, axes0])
+    return mapping
+
+
+def _copy_body(body: onnx.GraphProto, t: int, mapping: dict[str, str], b: GraphBuilder) -> None:
+    """The body's nodes for step ``t``, renamed apart; ``mapping`` learns the names of their outputs."""
+    for step_node in body.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(step_node)
+        copy.name = b.fresh(f"t{t}_{step_node.op_type}")
+        del copy.input[:]
+        copy.input.extend(mapping.get(i, i) for i in step_node.input)  # outer-scope names (the weights) stay
+        outs = [b.fresh(f"t{t}_{o.rsplit('/', 1)[-1]}") for o in step_node.output]
+        mapping.update(zip(step_node.output, outs))
+        del copy.output[:]
+        copy.output.extend(outs)
+        b.nodes.append(copy)
 
 
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -144,15 +156,7 @@ def _plain_ops(model: onnx.ModelProto) -> None:
     for n in g.node:
         out = n.output[0] if n.output else ""
         if n.op_type == "Gather" and n.input[1] in consts and consts[n.input[1]].ndim == 0 and out in shapes:
-            axis = next((x.i for x in n.attribute if x.name == "axis"), 0)
-            size = shapes.get(n.input[0], [None] * (axis + 1))[axis]
-            i = int(consts[n.input[1]])
-            if i < 0 and size is None:
-                b.nodes.append(n)  # a negative index into a size that is not known: left as the Gather it is
-                continue
-            i = i % size if size else i  # -1 is the last row: Slice(-1, 0) would be empty
-            piece = b.op1("Slice", [n.input[0], b.ints([i], "start"), b.ints([i + 1], "end"), b.ints([axis], "axes")])
-            b.op1("Reshape", [piece, b.ints(shapes[out], "shape")], output=out)
+            _gather_as_slice(n, int(consts[n.input[1]]), shapes, b)
         elif n.op_type in ("Squeeze", "Unsqueeze") and out in shapes:
             b.op1("Reshape", [n.input[0], b.ints(shapes[out], "shape")], output=out)
         else:
@@ -163,8 +167,34 @@ def _plain_ops(model: onnx.ModelProto) -> None:
     _drop_identities(g, outputs)
 
 
+def _gather_as_slice(n: onnx.NodeProto, i: int, shapes: dict[str, list[int]], b: GraphBuilder) -> None:
+    """A Gather of the one constant index ``i`` as Slice + Reshape (kept as it is where ``i`` counts from the end
+    of a size that is not known)."""
+    out = n.output[0]
+    axis = next((x.i for x in n.attribute if x.name == "axis"), 0)
+    size = shapes.get(n.input[0], [None] * (axis + 1))[axis]
+    if i < 0 and size is None:
+        b.nodes.append(n)  # a negative index into a size that is not known: left as the Gather it is
+        return
+    i = i % size if size else i  # -1 is the last row: Slice(-1, 0) would be empty
+    piece = b.op1("Slice", [n.input[0], b.ints([i], "start"), b.ints([i + 1], "end"), b.ints([axis], "axes")])
+    b.op1("Reshape", [piece, b.ints(shapes[out], "shape")], output=out)
+
+
 def _drop_identities(g: onnx.GraphProto, outputs: set[str]) -> None:
     """Remove top-level Identity nodes, renaming tensors so that the graph's outputs keep their names."""
+    keep, rename = _identities_dropped(g, outputs)
+    g.ClearField("node")
+    for n in keep:
+        for lst in (n.input, n.output):
+            for k, name in enumerate(lst):
+                lst[k] = _renamed(name, rename)
+    g.node.extend(keep)
+
+
+def _identities_dropped(g: onnx.GraphProto, outputs: set[str]) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """The nodes kept (every Identity that is the only way to give an input or another output a second name),
+    and {old name: new name} for the tensors the dropped ones passed on."""
     produced = {o: n for n in g.node for o in n.output}
     inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
     rename: dict[str, str] = {}
@@ -181,16 +211,16 @@ def _drop_identities(g: onnx.GraphProto, outputs: set[str]) -> None:
             rename[src] = dst  # the producer writes the output's name directly
         else:
             rename[dst] = src
-    g.ClearField("node")
-    for n in keep:
-        for lst in (n.input, n.output):
-            for k, name in enumerate(lst):
-                seen = set()
-                while name in rename and name not in seen:  # chains of identities
-                    seen.add(name)
-                    name = rename[name]
-                lst[k] = name
-    g.node.extend(keep)
+    return keep, rename
+
+
+def _renamed(name: str, rename: dict[str, str]) -> str:
+    """``name`` through ``rename``, following chains of identities."""
+    seen = set()
+    while name in rename and name not in seen:
+        seen.add(name)
+        name = rename[name]
+    return name
 
 
 def _drop_unused_initializers(g: onnx.GraphProto) -> None:

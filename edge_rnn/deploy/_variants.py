@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import onnx
 
 from edge_rnn._inspect import operator_counts
+from edge_rnn._variant_kinds import KINDS, VariantKind, made_kinds
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._fidelity import INT8_OPS
@@ -35,9 +37,7 @@ from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
-__all__ = ["Variant", "make_variant", "VARIANTS", "check_int8_settings"]
-
-VARIANTS = ("int8", "fp16", "static", "static-int8")
+__all__ = ["Variant", "make_variant", "VARIANTS", "MAKERS", "MakeOptions", "check_int8_settings"]
 
 
 @dataclass
@@ -48,6 +48,16 @@ class Variant:
     path: Path
     operators: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MakeOptions:
+    """What a maker is told: the static forms' ``chunk`` (steps per call), the ``calibration`` data static-int8 is
+    calibrated on (None: random input), and how the int8 variants quantise."""
+
+    chunk: int = 1
+    calibration: Any = None
+    int8: Int8Settings = Int8Settings()
 
 
 def _operators(model: onnx.ModelProto) -> dict[str, int]:
@@ -73,40 +83,56 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
     on_recurrent = {k for k in settings.keep_float for n in original
                     if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
     if ops.get("GRU") or ops.get("RNN"):
-        model, n = quantize_recurrent(model, settings)
-        if n:
-            notes.append(f"{n} GRU/RNN node(s) rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul "
-                         "(onnxruntime has no GRU or RNN quantiser), the biases fused, the input projection split "
-                         "outside the loop")
-        if on_recurrent:
-            notes.append(f"{', '.join(sorted(on_recurrent))} kept in float32 (the native operator)")
+        model, rewritten = _quantized_recurrent(model, settings, on_recurrent)
+        notes += rewritten
     if ops.get("LSTM"):
         notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
-    names = {n.name for n in original if n.name}
     rest = [k for k in settings.keep_float if k not in on_recurrent]
-    excluded = [n.name for n in all_nodes(model.graph)
-                if n.name in names and any(k in (n.name, n.op_type) for k in rest)]
-    return model, excluded, notes
+    return model, _excluded(model, {n.name for n in original if n.name}, rest), notes
+
+
+def _excluded(model: onnx.ModelProto, names: set[str], keep: list[str]) -> list[str]:
+    """The nodes of ``model`` that the model as given had (by name) and ``keep`` names, by name or operator type."""
+    return [n.name for n in all_nodes(model.graph) if n.name in names and any(k in (n.name, n.op_type) for k in keep)]
+
+
+def _quantized_recurrent(model: onnx.ModelProto, settings: Int8Settings, kept: set[str]
+                         ) -> tuple[onnx.ModelProto, list[str]]:
+    """GRU and RNN nodes in the lean int8 form (but those ``kept`` in float32), and notes saying so."""
+    model, n = quantize_recurrent(model, settings)
+    notes = []
+    if n:
+        notes.append(f"{n} GRU/RNN node(s) rewritten as a Scan of com.microsoft.DynamicQuantizeMatMul "
+                     "(onnxruntime has no GRU or RNN quantiser), the biases fused, the input projection split "
+                     "outside the loop")
+    if kept:
+        notes.append(f"{', '.join(sorted(kept))} kept in float32 (the native operator)")
+    return model, notes
 
 
 def check_int8_settings(model_path: Path, settings: Int8Settings, variants: tuple[str, ...]) -> None:
     """Refuse, before any variant is made, int8 settings that cannot apply: a keep_float entry that names no node of
-    the model, or one given with static-int8 (whose unrolled graph has nodes of its own)."""
-    if not settings.keep_float or not {"int8", "static-int8"} & set(variants):
+    the model, or one given with a static int8 form (whose unrolled graph has nodes of its own)."""
+    kinds = [KINDS[v] for v in variants if v in KINDS]
+    if not settings.keep_float or not any(k.int8 for k in kinds):
         return
-    if "static-int8" in variants:
+    if any(k.int8 and k.static for k in kinds):
         raise UnsupportedError("int8 keep_float applies to the int8 variant; static-int8's unrolled graph has nodes "
                                "of its own: make it without --int8-keep-float")
+    int8_graph(_read(model_path), settings)
+
+
+def _read(model_path: Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(model_path))
+        return onnx.load(str(model_path))
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
         raise ModelFormatError(f"{model_path}: expected an ONNX model, could not parse it ({described(e)})") from None
-    int8_graph(model, settings)
 
 
-def _int8(model: onnx.ModelProto, dst: Path, settings: Int8Settings) -> list[str]:
+def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    settings = options.int8
     model, excluded, notes = int8_graph(model, settings)
     weight_type = QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +167,7 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def _fp16(model: onnx.ModelProto, dst: Path) -> list[str]:
+def _fp16(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # Transpose stays float32 (it holds no weights): a float16 Transpose next to the converter's Casts crashes
@@ -174,22 +200,32 @@ def _loads_apart(path: Path, name: str) -> None:
         raise UnsupportedError(f"{name}: onnxruntime cannot load the variant ({last}); not kept")
 
 
-def _static(model: onnx.ModelProto, dst: Path, chunk: int) -> list[str]:
+def _static(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
     from edge_rnn.deploy._static import static_form
 
-    onnx.save(static_form(model, chunk), dst)
-    return [f"loop-free, fixed shapes: batch 1, {chunk} step(s) per call; for NPU providers (NNAPI, CoreML)"]
+    onnx.save(static_form(model, options.chunk), dst)
+    return [f"loop-free, fixed shapes: batch 1, {options.chunk} step(s) per call; for NPU providers (NNAPI, CoreML)"]
 
 
-def _static_int8(model: onnx.ModelProto, dst: Path, chunk: int, calibration: Any, settings: Int8Settings
-                 ) -> list[str]:
+def _static_int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
     from edge_rnn.deploy._static import static_form, static_int8
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "static.onnx"
-        onnx.save(static_form(model, chunk), src)
-        return [f"the static form (batch 1, {chunk} step(s) per call), then "
-                + static_int8(src, dst, calibration, settings=settings)[0].removeprefix("static ")]
+        onnx.save(static_form(model, options.chunk), src)
+        return [f"the static form (batch 1, {options.chunk} step(s) per call), then "
+                + static_int8(src, dst, options.calibration, settings=options.int8)[0].removeprefix("static ")]
+
+
+# The function that writes each variant of the variant table (edge_rnn._variant_kinds.KINDS), as onnxruntime's
+# quantization/registry.py maps an operator type to its quantiser; the reference is not made.
+MAKERS: dict[str, Callable[[onnx.ModelProto, Path, MakeOptions], list[str]]] = {
+    "int8": _int8,
+    "fp16": _fp16,
+    "static": _static,
+    "static-int8": _static_int8,
+}
+VARIANTS = tuple(k.name for k in made_kinds())  # the variants a model is made into, in the table's order
 
 
 def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, calibration: Any = None,
@@ -201,52 +237,59 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
     (:class:`Int8Settings`; default: exact on every CPU class). The settings are recorded in the variant's
     contract (``source.int8``).
     """
-    if name not in VARIANTS:
+    if name not in MAKERS:
         raise UnsupportedError(f"variant {name!r}: expected one of {list(VARIANTS)}")
     int8 = int8 or Int8Settings()
     if not isinstance(int8, Int8Settings):
         raise UnsupportedError(f"int8: expected Int8Settings, got {type(int8).__name__}")
     check_int8_settings(model_path, int8, (name,))
     model_path, dst = Path(model_path), Path(dst)
-    try:
-        model = onnx.load(str(model_path))
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
-        raise ModelFormatError(f"{model_path}: expected an ONNX model, could not parse it ({described(e)})") from None
-    if not any(p.key == METADATA_KEY for p in model.metadata_props):
-        raise ModelFormatError(f"{model_path}: no edge_rnn contract in its metadata; variants are made from models "
-                               "edge-rnn exported")
+    model = _exported(model_path)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgeRnnError(f"{dst.parent}: cannot write the variant there ({e.strerror or e})") from None
+    notes = _run_maker(name, model, dst, MakeOptions(chunk, calibration, int8), model_path)
+    written = _stamped(KINDS[name], model, onnx.load(str(dst)), int8, model_path)
+    onnx.save(written, dst)
+    _loads_apart(dst, name)
+    StreamingModel.load(dst)  # the contract fits the new graph, and onnxruntime takes it
+    return Variant(name, dst, _operators(written), notes)
+
+
+def _exported(model_path: Path) -> onnx.ModelProto:
+    """The model at ``model_path``, refused unless edge-rnn exported it (its metadata holds the contract)."""
+    model = _read(model_path)
+    if not any(p.key == METADATA_KEY for p in model.metadata_props):
+        raise ModelFormatError(f"{model_path}: no edge_rnn contract in its metadata; variants are made from models "
+                               "edge-rnn exported")
+    return model
+
+
+def _run_maker(name: str, model: onnx.ModelProto, dst: Path, options: MakeOptions, model_path: Path) -> list[str]:
+    """Variant ``name``'s maker over ``model``, to ``dst``; what onnxruntime's tools raise, as UnsupportedError."""
     try:
-        if name == "int8":
-            notes = _int8(model, dst, int8)
-        elif name == "fp16":
-            notes = _fp16(model, dst)
-        elif name == "static":
-            notes = _static(model, dst, chunk)
-        else:
-            notes = _static_int8(model, dst, chunk, calibration, int8)
+        return MAKERS[name](model, dst, options)
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime's tools raise whatever they raise
         raise UnsupportedError(f"{name}: onnxruntime's tool failed on {model_path} ({described(e)})") from None
-    written = onnx.load(str(dst))
-    # the contract, as the tools left it or from the source, with the variant recorded in its source
+
+
+def _stamped(kind: VariantKind, model: onnx.ModelProto, written: onnx.ModelProto, int8: Int8Settings,
+             model_path: Path) -> onnx.ModelProto:
+    """``written`` (what the maker wrote) with the contract, as the tools left it or from the source ``model``,
+    the variant recorded in its source (and its int8 settings), checked by onnx before onnxruntime sees it."""
     # the static forms' contract (fixed_chunk) is in the written file; the others keep the source model's
-    metadata = {p.key: p.value for p in (written if name.startswith("static") else model).metadata_props}
+    metadata = {p.key: p.value for p in (written if kind.static else model).metadata_props}
     contract = Contract.from_metadata(metadata)
-    quantised = {"int8": int8.to_dict()} if name in ("int8", "static-int8") else {}
-    contract = dataclasses.replace(contract, source={**contract.source, "variant": name, **quantised})
+    quantised = {"int8": int8.to_dict()} if kind.int8 else {}
+    contract = dataclasses.replace(contract, source={**contract.source, "variant": kind.name, **quantised})
     props = {p.key: p.value for p in written.metadata_props if p.key != "onnx.infer"}
     onnx.helper.set_model_props(written, {**props, **contract.to_metadata()})
     try:  # before onnxruntime sees it: a malformed graph can crash onnxruntime rather than raise
         onnx.checker.check_model(written, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise UnsupportedError(f"{name}: onnxruntime's tool wrote an invalid graph from {model_path} "
+        raise UnsupportedError(f"{kind.name}: onnxruntime's tool wrote an invalid graph from {model_path} "
                                f"({message_line(e)})") from None
-    onnx.save(written, dst)
-    _loads_apart(dst, name)
-    StreamingModel.load(dst)  # the contract fits the new graph, and onnxruntime takes it
-    return Variant(name, dst, _operators(written), notes)
+    return written

@@ -11,20 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_rnn._numbers import is_int, is_number
+from edge_rnn._numbers import is_number
+from edge_rnn._variant_kinds import REFERENCE
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
+from edge_rnn.runtime._manifest import BUNDLE_FORMAT, Manifest, VariantEntry, finite
 
-__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "pick_variant", "Picked", "sha256_of", "hash_file", "number",
-           "finite", "printable"]
+__all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "load_manifest", "pick_variant", "pick_from", "Picked",
+           "sha256_of", "hash_file", "number", "finite", "printable"]
 
 MANIFEST = "manifest.json"
-BUNDLE_FORMAT = 2  # 2: golden vectors and the packaging host's record; 1 (no golden vectors) is still read
-_READABLE_FORMATS = (1, 2)
 _MAX_MANIFEST_BYTES = 16 << 20
 
 
@@ -34,7 +35,7 @@ class Picked:
     path: Path
     contract: Contract
     operators: frozenset[str] | None = None  # the variant's operator types, as the manifest lists them
-    manifest: dict[str, Any] | None = None  # the bundle's manifest, as read to pick it
+    manifest: Manifest | None = None  # the bundle's manifest, as read to pick it
 
 
 def hash_file(digest: Any, path: Path) -> Any:
@@ -59,48 +60,45 @@ def bundle_file(folder: Path, name: str, missing: str) -> Path:
     return path
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def _manifest_json(folder: Path) -> tuple[Any, Path]:
     path = bundle_file(folder, MANIFEST, f"{folder}: a folder without {MANIFEST}; expected a bundle written by "
                        "edge-rnn package")
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise ModelFormatError(f"{path}: larger than {_MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")), path
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFormatError(f"{path}: expected JSON, could not read it ({type(e).__name__})") from None
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if not isinstance(manifest, dict) or not is_int(fmt) or fmt not in _READABLE_FORMATS:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ModelFormatError(f"{path}: expected bundle format {BUNDLE_FORMAT}, got {got!r}")
-    variants = manifest.get("variants")
-    if not isinstance(variants, dict) or not variants or not all(isinstance(v, dict) for v in variants.values()):
-        raise ModelFormatError(f"{path}: expected 'variants' to map names to entries")
-    return manifest
 
 
-def _entry_file(folder: Path, name: str, entry: dict, form: str) -> tuple[Path, str]:
-    spec = entry if form == "onnx" else entry.get("ort")
-    if not isinstance(spec, dict):
+def load_manifest(folder: Path) -> Manifest:
+    """The bundle's manifest, read once into its typed form (:class:`~edge_rnn.runtime._manifest.Manifest`)."""
+    data, path = _manifest_json(folder)
+    return Manifest.parse(data, path)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest's JSON as read, with the checks of :func:`load_manifest`: for a tool that walks it whole
+    (``edge-rnn inspect`` checks every file it lists, a later format's too)."""
+    data, path = _manifest_json(folder)
+    Manifest.parse(data, path)
+    return data
+
+
+def _entry_file(folder: Path, name: str, entry: VariantEntry, form: str) -> tuple[Path, str]:
+    if form == "onnx":
+        ref = entry.ref
+    elif entry.ort is not None:
+        ref = entry.ort.ref
+    else:
         raise UnsupportedError(f"variant {name!r}: the bundle has no {form!r} form of it (package with --ort)")
-    file, digest = spec.get("file"), spec.get("sha256")
-    if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
+    if ref.file is None or ref.sha256 is None:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected a file name and its sha256")
-    return folder / file, digest
-
-
-def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else None: a manifest is not trusted."""
-    if not is_number(value):
-        return None
-    try:
-        value = float(value)  # JSON integers have no size limit: 10**400 is not a float
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
+    return folder / ref.file, ref.sha256
 
 
 def number(entry: Any, group: str, key: str) -> float | None:
-    """``entry[group][key]`` when it is a finite number (not a bool), else None."""
+    """``entry[group][key]`` of a manifest's JSON when it is a finite number (not a bool), else None."""
     sub = entry.get(group) if isinstance(entry, dict) else None
     return finite(sub.get(key)) if isinstance(sub, dict) else None
 
@@ -118,49 +116,56 @@ def check_max_error(max_error: Any) -> None:
         raise UnsupportedError(f"max_error: expected a number >= 0, got {max_error!r}")
 
 
-def by_speed(variants: dict[str, dict]) -> list[str]:
+def by_speed(variants: Mapping[str, VariantEntry]) -> list[str]:
     """The variants whose error was measured and does not grow, fastest first (as the manifest measured them)."""
     ranked = []
     for n, e in variants.items():
-        err, speed = number(e, "error", "max_abs"), number(e, "speed", "step_us")
-        grows = e.get("error", {}).get("grows", True) if isinstance(e.get("error"), dict) else True
-        if err is not None and grows is False:
-            ranked.append((speed if speed is not None else math.inf, n))
+        if e.error.max_abs is not None and e.error.grows is False:
+            step = e.speed.step_us if e.speed is not None else None
+            ranked.append((step if step is not None else math.inf, n))
     return [n for _, n in sorted(ranked)]
 
 
-def _fastest_within(variants: dict[str, dict], max_error: Any) -> str:
+def _fastest_within(variants: Mapping[str, VariantEntry], max_error: Any) -> str:
     check_max_error(max_error)
-    fits = [(0, n) for n in by_speed(variants) if number(variants[n], "error", "max_abs") <= max_error]
+    fits = [n for n in by_speed(variants) if variants[n].error.max_abs <= max_error]  # by_speed: measured ones only
     if not fits:
-        errors = {n: number(e, "error", "max_abs") for n, e in variants.items()}
+        errors = {n: e.error.max_abs for n, e in variants.items()}
         raise UnsupportedError(f"max_error {max_error:g}: no variant is within it; measured {errors}")
-    return fits[0][1]
+    return fits[0]
+
+
+def _chosen(variants: Mapping[str, VariantEntry], variant: str | None, max_error: float | None) -> str:
+    """The name asked for (the reference, else the first listed, when neither a name nor max_error is given), or
+    the fastest within ``max_error``."""
+    if variant is not None and max_error is not None:
+        raise UnsupportedError("give variant= or max_error=, not both")
+    if variant is None and max_error is None:
+        return REFERENCE if REFERENCE in variants else next(iter(variants))
+    if variant is None:
+        return _fastest_within(variants, max_error)
+    if variant not in variants:
+        raise UnsupportedError(f"variant {variant!r}: expected one of {sorted(variants)} (the bundle's manifest)")
+    return variant
 
 
 def pick_variant(folder: Path, variant: str | None, max_error: float | None, form: str = "onnx") -> Picked:
     """The variant asked for (by name, or the fastest within ``max_error``), its file checked against its hash."""
-    manifest = read_manifest(folder)
-    variants: dict[str, dict] = manifest["variants"]
+    return pick_from(folder, load_manifest(folder), variant, max_error, form)
+
+
+def pick_from(folder: Path, manifest: Manifest, variant: str | None, max_error: float | None,
+              form: str = "onnx") -> Picked:
+    """:func:`pick_variant` from a manifest already read."""
     if form not in ("onnx", "ort"):
         raise UnsupportedError(f"form: expected 'onnx' or 'ort', got {form!r}")
-    if variant is not None and max_error is not None:
-        raise UnsupportedError("give variant= or max_error=, not both")
-    if variant is None and max_error is None:
-        variant = "fp32" if "fp32" in variants else next(iter(variants))
-    if variant is not None:
-        if variant not in variants:
-            raise UnsupportedError(f"variant {variant!r}: expected one of {sorted(variants)} (the bundle's manifest)")
-        name = variant
-    else:
-        name = _fastest_within(variants, max_error)
-    path, digest = _entry_file(folder, name, variants[name], form)
+    name = _chosen(manifest.variants, variant, max_error)
+    entry = manifest.variants[name]
+    path, digest = _entry_file(folder, name, entry, form)
     bundle_file(folder, path.name, f"{path}: listed in {MANIFEST} but missing")
     if sha256_of(path) != digest:
         raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the bundle was changed or corrupted")
-    contract = variants[name].get("contract")
-    if not isinstance(contract, dict):
+    if entry.contract is None:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r} has no contract")
-    ops = variants[name].get("operators")
-    return Picked(name, path, Contract.from_dict(contract), frozenset(ops) if isinstance(ops, dict) else None,
-                  manifest)
+    ops = entry.operators
+    return Picked(name, path, Contract.from_dict(entry.contract), None if ops is None else frozenset(ops), manifest)

@@ -29,6 +29,8 @@ import numpy as np
 
 from edge_rnn._numbers import is_int
 from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
+from edge_rnn.runtime._manifest import GoldenReplay
+from edge_rnn.runtime._verdicts import TensorResults
 
 __all__ = ["Golden", "GoldenCheck", "TensorCheck", "record", "replay", "save_golden", "load_golden", "golden_chunks",
            "thin_outputs"]
@@ -71,35 +73,20 @@ class TensorCheck:
 
 
 @dataclass
-class GoldenCheck:
-    """A variant's replay of the golden stream against the float32 reference."""
+class GoldenCheck(TensorResults):
+    """A variant's replay of the golden stream against the float32 reference: ``ok``, ``max_abs``, ``worst`` and
+    ``worst_fraction`` over its tensors (:class:`~edge_rnn.runtime._verdicts.TensorResults`)."""
 
     atol: float
     rtol: float
     calls: int
     tensors: list[TensorCheck] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return all(t.ok for t in self.tensors)
-
-    @property
-    def max_abs(self) -> float:
-        return max((t.max_abs for t in self.tensors), default=0.0)
-
-    @property
-    def worst(self) -> TensorCheck | None:
-        return max(self.tensors, key=lambda t: t.worst_fraction, default=None)
-
-    @property
-    def worst_fraction(self) -> float:
-        w = self.worst
-        return 0.0 if w is None else w.worst_fraction
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"max_abs": self.max_abs, "worst_fraction": self.worst_fraction, "ok": self.ok, "calls": self.calls,
-                "tensors": {t.name: {"kind": t.kind, "max_abs": t.max_abs, "worst_fraction": t.worst_fraction}
-                            for t in self.tensors}}
+    def figures(self) -> GoldenReplay:
+        """What a manifest records of it."""
+        return GoldenReplay(self.max_abs, self.worst_fraction, self.ok, self.calls,
+                            {t.name: {"kind": t.kind, "max_abs": t.max_abs, "worst_fraction": t.worst_fraction}
+                             for t in self.tensors})
 
 
 def _fixed_chunk(model: Any) -> int | None:
@@ -157,6 +144,18 @@ def _run(model: Any, golden: Golden) -> tuple[dict[str, np.ndarray], dict[str, n
     if timed and calls != list(golden.chunks) and any(p.stream_time_axis is None for p in model.outputs):
         raise UnsupportedError("an output without a time axis (one value per call) cannot be compared over calls "
                                f"{calls[:4]}... other than the recorded chunks {list(golden.chunks)[:4]}...")
+    outs, states = _stream(model, golden, calls, timed)
+    joined = {}
+    for p in model.outputs:
+        t = p.stream_time_axis
+        joined[p.name] = np.stack(outs[p.name]) if t is None else np.concatenate(outs[p.name], axis=t)
+    return joined, {k: np.stack(v) for k, v in states.items()}, calls
+
+
+def _stream(model: Any, golden: Golden, calls: list[int], timed: bool
+            ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """One stream over the golden inputs in ``calls``: each call's outputs, and the states at each recorded
+    chunk's end."""
     ends = set(np.cumsum(golden.chunks).tolist())
     stream = model.open_stream()
     outs: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
@@ -170,11 +169,7 @@ def _run(model: Any, golden: Golden) -> tuple[dict[str, np.ndarray], dict[str, n
         if start in ends:
             for name in states:
                 states[name].append(np.array(stream.state[name]))
-    joined = {}
-    for p in model.outputs:
-        t = p.stream_time_axis
-        joined[p.name] = np.stack(outs[p.name]) if t is None else np.concatenate(outs[p.name], axis=t)
-    return joined, {k: np.stack(v) for k, v in states.items()}, calls
+    return outs, states
 
 
 def _thinned(model: Any, outs: dict[str, np.ndarray], steps: tuple[int, ...] | None) -> dict[str, np.ndarray]:
@@ -227,26 +222,12 @@ def _check_fit(model: Any, golden: Golden) -> None:
     """Every array of the golden stream has the shape this model's stream gives it: the inputs and outputs
     ``steps`` long along their time axis (calls along axis 0 without one), the states one per chunk. A golden
     file is hashed, but what it says is checked before anything is replayed."""
-    want_in = {p.name for p in model.inputs}
-    if set(golden.inputs) != want_in or set(golden.outputs) != {p.name for p in model.outputs} or \
-            set(golden.states) != {s.input for s in model.states}:
-        raise ModelFormatError(f"golden vectors of inputs {sorted(golden.inputs)}, outputs {sorted(golden.outputs)} "
-                               f"and states {sorted(golden.states)}: expected this model's {sorted(want_in)}, "
-                               f"{[p.name for p in model.outputs]} and {[s.input for s in model.states]}")
+    _check_names(model, golden)
     timed = _timed(model)
     for kind, ports, table in (("input", model.inputs, golden.inputs), ("output", model.outputs, golden.outputs)):
         for p in ports:
-            a, t = table[p.name], p.stream_time_axis
-            per_step = t is not None or not timed  # along its time axis, or one row per call of one step
-            n = golden.steps if per_step else len(golden.chunks)
-            if kind == "output" and per_step and golden.output_steps is not None:
-                n = len(golden.output_steps)
-            if t is not None:
-                rank, axis = len(p.stream_shape), t
-            elif not timed or kind == "output":  # one row per call
-                rank, axis = len(p.stream_shape) + 1, 0
-            else:  # an input fed whole on every call
-                rank, axis = len(p.stream_shape), None
+            rank, axis, n = _layout(kind, p, timed, golden)
+            a = table[p.name]
             if a.ndim != rank or (axis is not None and a.shape[axis] != n):
                 raise ModelFormatError(f"golden {kind} {p.name!r}: expected {rank} axes"
                                        f"{'' if axis is None else f' with {n} along axis {axis}'}, got shape "
@@ -256,6 +237,31 @@ def _check_fit(model: Any, golden: Golden) -> None:
         want = (len(golden.chunks), *[d for i, d in enumerate(s.shape) if i != s.batch_axis])
         if a.shape != want:
             raise ModelFormatError(f"golden state {s.input!r}: expected shape {want} (one per chunk), got {a.shape}")
+
+
+def _check_names(model: Any, golden: Golden) -> None:
+    """The golden stream has exactly this model's inputs, outputs and states."""
+    want_in = {p.name for p in model.inputs}
+    if set(golden.inputs) != want_in or set(golden.outputs) != {p.name for p in model.outputs} or \
+            set(golden.states) != {s.input for s in model.states}:
+        raise ModelFormatError(f"golden vectors of inputs {sorted(golden.inputs)}, outputs {sorted(golden.outputs)} "
+                               f"and states {sorted(golden.states)}: expected this model's {sorted(want_in)}, "
+                               f"{[p.name for p in model.outputs]} and {[s.input for s in model.states]}")
+
+
+def _layout(kind: str, port: Any, timed: bool, golden: Golden) -> tuple[int, int | None, int]:
+    """How a golden ``kind`` ("input" or "output") array of ``port`` is laid out: its number of axes, the axis its
+    steps or calls run along (None: an input fed whole on every call), and how many there are along it."""
+    t = port.stream_time_axis
+    per_step = t is not None or not timed  # along its time axis, or one row per call of one step
+    n = golden.steps if per_step else len(golden.chunks)
+    if kind == "output" and per_step and golden.output_steps is not None:
+        n = len(golden.output_steps)
+    if t is not None:
+        return len(port.stream_shape), t, n
+    if not timed or kind == "output":  # one row per call
+        return len(port.stream_shape) + 1, 0, n
+    return len(port.stream_shape), None, n  # an input fed whole on every call
 
 
 def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenCheck:
@@ -334,32 +340,49 @@ def load_golden(path: Path, data: bytes | None = None) -> Golden:
     if data is None:
         data = golden_bytes(path)
     try:
-        _members(data, path)
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-        meta = json.loads(files.pop("meta").tobytes().decode())
-        if not isinstance(meta, dict) or not is_int(meta.get("format")) or meta["format"] != GOLDEN_FORMAT:
-            raise ValueError(f"golden format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-        chunks = _chunks(meta["chunks"])
-        if type(meta.get("whole")) is not bool or (meta["whole"] and len(chunks) != 1):
-            raise ValueError("whole: expected true (with one chunk) or false")
-        tables, expected = {}, set()
-        for group in ("inputs", "outputs", "states"):
-            names = meta["names"][group]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
-                    len(set(names)) != len(names):
-                raise ValueError(f"{group} names")
-            tables[group] = {n: files[f"{group}{i}"] for i, n in enumerate(names)}
-            expected |= {f"{group}{i}" for i in range(len(names))}
-        if set(files) != expected:
-            raise ValueError(f"unexpected members {sorted(set(files) - expected)[:5]}")
-        if not tables["inputs"]:
-            raise ValueError("no inputs")
-        return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], meta["whole"],
-                      _output_steps(meta.get("output_steps"), sum(chunks)))
+        return _parse(data, path)
     except ModelFormatError:
         raise
     except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError,
             MemoryError, EOFError) as e:
         raise ModelFormatError(f"{path}: expected golden vectors written by edge-rnn package, could not read them "
                                f"({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _parse(data: bytes, path: Path) -> Golden:
+    """The golden stream in ``data``; a ValueError (or what numpy and json raise) where it is not one."""
+    _members(data, path)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    meta = _meta(files.pop("meta"))
+    chunks = _chunks(meta["chunks"])
+    if type(meta.get("whole")) is not bool or (meta["whole"] and len(chunks) != 1):
+        raise ValueError("whole: expected true (with one chunk) or false")
+    tables = _tables(meta["names"], files)
+    return Golden(chunks, tables["inputs"], tables["outputs"], tables["states"], meta["whole"],
+                  _output_steps(meta.get("output_steps"), sum(chunks)))
+
+
+def _meta(member: np.ndarray) -> dict[str, Any]:
+    meta = json.loads(member.tobytes().decode())
+    if not isinstance(meta, dict) or not is_int(meta.get("format")) or meta["format"] != GOLDEN_FORMAT:
+        raise ValueError(f"golden format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def _tables(names: Any, files: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{"inputs" | "outputs" | "states": {name: array}}, from the names the meta lists and the members; every
+    member accounted for, and at least one input."""
+    tables, expected = {}, set()
+    for group in ("inputs", "outputs", "states"):
+        listed = names[group]
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed) or \
+                len(set(listed)) != len(listed):
+            raise ValueError(f"{group} names")
+        tables[group] = {n: files[f"{group}{i}"] for i, n in enumerate(listed)}
+        expected |= {f"{group}{i}" for i in range(len(listed))}
+    if set(files) != expected:
+        raise ValueError(f"unexpected members {sorted(set(files) - expected)[:5]}")
+    if not tables["inputs"]:
+        raise ValueError("no inputs")
+    return tables

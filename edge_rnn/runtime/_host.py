@@ -73,19 +73,20 @@ def _x86_cpuid() -> dict[str, Any] | None:
     _, _, ecx1, _ = leaf(1)
     osxsave = bool(ecx1 >> 27 & 1)
     xcr0 = xgetbv.fn() if osxsave else 0
-    ymm = xcr0 & 0b110 == 0b110
-    zmm = ymm and xcr0 & 0b11100000 == 0b11100000
-    amx = xcr0 & (0b11 << 17) == (0b11 << 17)
     b7 = c7 = d7 = a71 = 0
     if top >= 7:
         _, b7, c7, d7 = leaf(7)
         a71 = leaf(7, 1)[0]
-    brand = b""
-    if leaf(0x80000000)[0] >= 0x80000004:
-        for n in (0x80000002, 0x80000003, 0x80000004):
-            brand += b"".join(r.to_bytes(4, "little") for r in leaf(n))
+    return {"brand": _x86_brand(leaf), **_x86_features(xcr0, b7, c7, d7, a71)}
+
+
+def _x86_features(xcr0: int, b7: int, c7: int, d7: int, a71: int) -> dict[str, bool]:
+    """The int8-relevant features from cpuid leaf 7 (ebx, ecx, edx; subleaf 1's eax), each only where the OS saves
+    the registers it needs (``xcr0``: AVX's ymm, AVX-512's zmm, AMX's tiles)."""
+    ymm = xcr0 & 0b110 == 0b110
+    zmm = ymm and xcr0 & 0b11100000 == 0b11100000
+    amx = xcr0 & (0b11 << 17) == (0b11 << 17)
     return {
-        "brand": brand.split(b"\0")[0].decode("ascii", "replace").strip() or None,
         "avx2": ymm and bool(b7 >> 5 & 1),
         "avx512f": zmm and bool(b7 >> 16 & 1),
         "avx512bw": zmm and bool(b7 >> 30 & 1),
@@ -93,6 +94,15 @@ def _x86_cpuid() -> dict[str, Any] | None:
         "avx_vnni": ymm and bool(a71 >> 4 & 1),
         "amx_int8": amx and bool(d7 >> 25 & 1),
     }
+
+
+def _x86_brand(leaf: Any) -> str | None:
+    """The CPU's name for itself (cpuid leaves 0x80000002-4), where it has one."""
+    brand = b""
+    if leaf(0x80000000)[0] >= 0x80000004:
+        for n in (0x80000002, 0x80000003, 0x80000004):
+            brand += b"".join(r.to_bytes(4, "little") for r in leaf(n))
+    return brand.split(b"\0")[0].decode("ascii", "replace").strip() or None
 
 
 def _linux_arm64_hwcaps() -> dict[str, bool] | None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
-from edge_rnn.runtime._bundle import MANIFEST, bundle_file, number
+from edge_rnn.runtime._bundle import MANIFEST, bundle_file
 from edge_rnn.runtime._golden import Golden, GoldenCheck, golden_bytes, load_golden, replay
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
+from edge_rnn.runtime._manifest import GoldenFigures, GoldenSpec, Manifest, VariantEntry
 
 __all__ = ["SelfTest", "self_test", "golden_of", "estimate_error", "raise_if_failed"]
 
@@ -47,14 +48,14 @@ class SelfTest:
                 f"the packaging host measured {host} on {describe_host(self.packaged_on)}")
 
 
-def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
+def golden_of(folder: Path, manifest: Manifest) -> Golden:
     """The bundle's golden stream, its file checked against the manifest's SHA-256."""
-    spec = manifest.get("golden")
+    spec = manifest.golden
     if spec is None:
         raise UnsupportedError(f"{folder}: the bundle has no golden vectors (packaged before edge-rnn recorded them);"
                                " package it again, or load without the self-test")
-    file, digest = (spec.get("file"), spec.get("sha256")) if isinstance(spec, dict) else (None, None)
-    if not isinstance(file, str) or not isinstance(digest, str) or Path(file).name != file:
+    file, digest = spec.ref.file, spec.ref.sha256
+    if file is None or digest is None:
         raise ModelFormatError(f"{folder / MANIFEST}: expected 'golden' to give a file name and its sha256")
     path = bundle_file(folder, file, f"{folder / file}: listed in {MANIFEST} as the golden vectors but missing")
     data = golden_bytes(path)  # hashed and parsed from the same bytes: the file cannot change in between
@@ -62,33 +63,44 @@ def golden_of(folder: Path, manifest: dict[str, Any]) -> Golden:
         raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the golden vectors were changed or "
                                "corrupted")
     golden = load_golden(path, data)
-    steps, chunks = spec.get("steps"), spec.get("chunks")
-    if (steps is not None and steps != golden.steps) or (chunks is not None and chunks != list(golden.chunks)):
+    if not _matches(spec, golden):
         raise ModelFormatError(f"{folder / MANIFEST}: its golden steps and chunks differ from {file}'s "
                                f"({golden.steps} steps in {len(golden.chunks)} chunks)")
     return golden
 
 
-def _bound(folder: Path, name: str, entry: dict[str, Any]) -> tuple[float, float]:
-    atol, rtol = number(entry.get("golden"), "bound", "atol"), number(entry.get("golden"), "bound", "rtol")
+def _matches(spec: GoldenSpec, golden: Golden) -> bool:
+    """The manifest's golden steps and chunks, where it gives them, are the file's."""
+    return (spec.steps is None or spec.steps == golden.steps) and (spec.chunks is None or spec.chunks == golden.chunks)
+
+
+def _bound(folder: Path, name: str, entry: VariantEntry) -> tuple[float, float]:
+    atol, rtol = (entry.golden.bound.atol, entry.golden.bound.rtol) if entry.golden is not None else (None, None)
     if atol is None or rtol is None or not atol > 0 or rtol < 0:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol > 0 and "
                                "rtol >= 0")
     return atol, rtol
 
 
-def self_test(model: Any, folder: Path, manifest: dict[str, Any], name: str,
+def _packaged(entry: VariantEntry, form: str) -> GoldenFigures | None:
+    """The packaging host's golden figures of the form tested (``onnx`` or ``ort``)."""
+    if form == "ort":
+        return entry.ort.golden if entry.ort is not None else None
+    return entry.golden
+
+
+def self_test(model: Any, folder: Path, manifest: Manifest, name: str,
               golden: Golden | None = None, form: str = "onnx") -> SelfTest:
     """Replay the golden stream through ``model`` (variant ``name`` of the bundle at ``folder``, in ``form``),
     here; the packaging host's figure is that of the same form."""
-    entry = manifest["variants"][name]
+    entry = manifest.variants[name]
     atol, rtol = _bound(folder, name, entry)
     golden = golden if golden is not None else golden_of(folder, manifest)
     check = replay(model, golden, atol=atol, rtol=rtol)
-    holder = entry.get("ort") if form == "ort" else entry
-    golden_entry = holder.get("golden") if isinstance(holder, dict) else None
-    return SelfTest(name, check, number(golden_entry, "measured", "max_abs"),
-                    number(golden_entry, "measured", "worst_fraction"), manifest.get("host"))
+    packaged = _packaged(entry, form)
+    measured = packaged.measured if packaged is not None else None
+    return SelfTest(name, check, None if measured is None else measured.max_abs,
+                    None if measured is None else measured.worst_fraction, manifest.host)
 
 
 def raise_if_failed(result: SelfTest, int8: bool = False) -> None:
@@ -103,10 +115,10 @@ def raise_if_failed(result: SelfTest, int8: bool = False) -> None:
                         f"{int8_kernel(here['features'])}. The variant is over its bound on this machine: {advice}")
 
 
-def estimate_error(result: SelfTest, entry: dict[str, Any]) -> float:
+def estimate_error(result: SelfTest, entry: VariantEntry) -> float:
     """The variant's long-stream error projected to this CPU: the packaging host's figure (its long stream)
     scaled by how much larger the golden replay's error is here than there, and never below the replay's own."""
-    long = number(entry, "error", "max_abs")
+    long = entry.error.max_abs
     here = result.check.max_abs
     if long is None:
         return math.inf

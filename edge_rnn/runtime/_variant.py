@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_rnn._variant_kinds import kind_of
 from edge_rnn.errors import UnsupportedError
-from edge_rnn.runtime._bundle import Picked, by_speed, check_max_error, number, pick_variant, read_manifest
+from edge_rnn.runtime._bundle import Picked, by_speed, check_max_error, load_manifest, pick_from, pick_variant
 from edge_rnn.runtime._selftest import estimate_error, golden_of, raise_if_failed
 from edge_rnn.runtime._selftest import self_test as run_self_test
 
@@ -46,7 +47,8 @@ def is_bundle(model: Any) -> bool:
 
 def _is_int8(picked: Picked) -> bool:
     """Whether a bundle's variant is an int8 one, by its contract (what the self-test's advice depends on)."""
-    return picked.contract.source.get("variant") in ("int8", "static-int8")
+    kind = kind_of(picked.contract.source.get("variant"))
+    return kind is not None and kind.int8
 
 
 def open_variant(open_file: Opener[M], folder: Path, choice: VariantChoice) -> M:
@@ -66,17 +68,18 @@ def _tested_within(open_file: Opener[M], folder: Path, choice: VariantChoice) ->
     """The fastest variant that passes its self-test here and whose projected error is within max_error."""
     max_error = choice.max_error
     check_max_error(max_error)
-    manifest = read_manifest(folder)
+    manifest = load_manifest(folder)
     golden = golden_of(folder, manifest)
     projected: dict[str, float] = {}
-    for name in by_speed(manifest["variants"]):
-        packaged = number(manifest["variants"][name], "error", "max_abs")
+    for name in by_speed(manifest.variants):
+        entry = manifest.variants[name]
+        packaged = entry.error.max_abs
         if packaged > max_error:  # type: ignore[operator]
             projected[name] = packaged  # type: ignore[assignment]
             continue  # over it already where it was packaged
-        model = open_file(pick_variant(folder, name, None, choice.form))
+        model = open_file(pick_from(folder, manifest, name, None, choice.form))
         result = run_self_test(model, folder, manifest, name, golden, form=choice.form)
-        projected[name] = estimate_error(result, manifest["variants"][name]) if result.ok else math.inf
+        projected[name] = estimate_error(result, entry) if result.ok else math.inf
         if projected[name] <= max_error:  # type: ignore[operator]
             model.self_test = result  # type: ignore[attr-defined]
             return model
