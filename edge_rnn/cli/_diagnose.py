@@ -92,14 +92,14 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
 def _compared(entries: tuple[str, ...]) -> list:
     """--compare: a file (its path), a bundle folder (every variant, loaded) or FOLDER:VARIANT (that one)."""
     from edge_rnn.runtime import StreamingModel
-    from edge_rnn.runtime._bundle import read_manifest
+    from edge_rnn.runtime._bundle import load_manifest
 
     out: list = []
     for entry in entries:
         path = Path(entry)
         folder, sep, name = entry.rpartition(":")
         if path.is_dir():
-            out += [StreamingModel.load(path, variant=v) for v in read_manifest(path)["variants"]]
+            out += [StreamingModel.load(path, variant=v) for v in load_manifest(path).variants]
         elif not path.exists() and sep and name and Path(folder).is_dir():
             out.append(StreamingModel.load(Path(folder), variant=name))
         else:

@@ -31,11 +31,11 @@ def diagnose_bundle(folder: str | Path, x: np.ndarray, *, max_lag: int = 50, sta
     """The memory curve of every variant of a bundle (``edge-rnn package``), each loaded and hash-checked
     as ``StreamingModel.load(folder, variant=...)`` does: whether a variant shortened what the model remembers."""
     from edge_rnn.runtime import StreamingModel
-    from edge_rnn.runtime._bundle import read_manifest
+    from edge_rnn.runtime._bundle import load_manifest
 
     folder = Path(folder)
     d = Diagnosis(source=str(folder))
-    for name in read_manifest(folder)["variants"]:
+    for name in load_manifest(folder).variants:
         model = StreamingModel.load(folder, variant=name)
         d.memory.append(memory_curve(model, x, max_lag=max_lag, starts=starts, seed=seed, label=name))
     d.notes.append("a bundle holds ONNX files: gate statistics, memory horizons and gradient flow need the PyTorch "
