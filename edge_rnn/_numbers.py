@@ -8,8 +8,9 @@ caller keeps its own message, which names what it checks.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
+
+import numpy as np
 
 __all__ = ["is_int", "is_number"]
 
@@ -22,8 +23,9 @@ def is_int(value: Any, least: int | None = None, most: int | None = None) -> boo
 
 
 def is_number(value: Any, least: float | None = None, most: float | None = None) -> bool:
-    """Whether ``value`` is a real number (an int or a float, numpy's included; never a ``bool``) within
+    """Whether ``value`` is a number: an int or a float, numpy's scalars included (never a ``bool``, nor a
+    Fraction or a Decimal, which no option or figure is and which the messages cannot format), within
     ``least..most``. NaN is within no range, so with either end given it is refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return False
     return (least is None or value >= least) and (most is None or value <= most)

@@ -183,3 +183,35 @@ def test_snapshot_checksum_refuses_a_flipped_byte_and_version_1_is_no_longer_res
     with pytest.raises(StateError, match="version 1 has no checksum and is no longer restored"):
         model.restore(bytes(downgraded))
     assert model.restore(bytes(snap)).steps == 3
+
+
+def test_a_given_contract_takes_the_place_of_unreadable_metadata_and_is_checked_like_a_files():
+    """contract= stands in for the file's metadata, which is then not read (a newer edge-rnn's format 99 there does
+    not matter); the contract given is checked field by field as a file's would be."""
+    import dataclasses
+
+    d = json.loads(contract_of(LAYER)[METADATA_KEY])
+    good = Contract.from_dict(d)
+    newer = dict(d, format=99)
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(LAYER)
+    next(p for p in proto.metadata_props if p.key == METADATA_KEY).value = json.dumps(newer)
+    with pytest.raises(ModelFormatError, match="expected format 1, got 99"):
+        StreamingModel.load(proto.SerializeToString())
+    model = StreamingModel.load(proto.SerializeToString(), contract=good)
+    assert model.contract == good and [s.input for s in model.states] == ["h0", "c0"]
+    for bad, match in ((dataclasses.replace(good, format=99), "expected format 1, got 99"),
+                       (dataclasses.replace(good, streamable="yes"), "'streamable' to be true or false")):
+        with pytest.raises(ModelFormatError, match=match):
+            StreamingModel.load(LAYER, contract=bad)
+    with pytest.raises(UnsupportedError, match=r"contract: expected Contract\(...\), got dict"):
+        StreamingModel.load(LAYER, contract=d)
+
+
+def test_max_error_is_a_number_a_message_can_show():
+    """A Fraction compared fine but crashed the message that names it; it is refused like any non-number."""
+    from fractions import Fraction
+
+    for bad in (Fraction(1, 50), "0.1", True, -1.0):
+        with pytest.raises(UnsupportedError, match="max_error: expected a number >= 0"):
+            StreamingModel.load(DATA / "bundle", max_error=bad)

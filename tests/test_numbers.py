@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -26,13 +27,14 @@ def test_is_int_bounds_are_inclusive_and_each_end_optional():
     assert is_int(-1, most=-1) and not is_int(0, most=-1)
 
 
-@pytest.mark.parametrize("value", [0, 2.5, np.float32(1e-3), np.int64(7), Fraction(1, 3), math.inf])
-def test_is_number_takes_reals_numpy_included(value):
+@pytest.mark.parametrize("value", [0, 2.5, np.float32(1e-3), np.float64(0.1), np.int64(7), math.inf])
+def test_is_number_takes_ints_and_floats_numpy_scalars_included(value):
     assert is_number(value)
+    assert f"{value:g}"  # every message that shows a number formats it so
 
 
-@pytest.mark.parametrize("value", [True, "1.0", None, 1j, [0.5]])
-def test_is_number_refuses_bools_and_non_reals(value):
+@pytest.mark.parametrize("value", [True, np.bool_(True), "1.0", None, 1j, [0.5], Fraction(1, 3), Decimal("0.1")])
+def test_is_number_refuses_bools_fractions_decimals_and_non_numbers(value):
     assert not is_number(value)
 
 

@@ -58,6 +58,29 @@ def test_isolate_gives_each_bad_item_its_error_and_advances_the_others(model):
         model.step_batch([(a, x)], on_error="skip")
 
 
+def test_a_stream_counts_as_taken_once_one_of_its_items_passed(model):
+    """Each stream at most once per call: in isolate mode a bad first item of a stream does not take it, so its
+    next, good item still runs; a good first item does, so the next item of that stream is refused."""
+    a, b = model.open_stream(), model.open_stream()
+    good, bad = np.full(3, 0.1, np.float32), np.zeros(4, np.float32)
+    out = model.step_batch([(a, bad), (a, good), (b, good), (b, good)], on_error="isolate")
+    assert isinstance(out[0], ShapeError) and "y" in out[1] and "y" in out[2]
+    assert isinstance(out[3], StreamError) and "at most once per call" in str(out[3])
+    assert a.steps == 1 and b.steps == 1
+    np.testing.assert_allclose(out[1]["y"], ref([good]), atol=1e-6)
+
+
+def test_raise_mode_raises_the_first_fault_in_item_order(model):
+    """A bad chunk before a stream given twice raises the chunk's error, as the items come; nothing advances."""
+    c, d = model.open_stream(), model.open_stream()
+    good, bad = np.full(3, 0.1, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ShapeError, match=r"x: expected shape \(3,\) float32, got \(4,\) float32"):
+        model.step_batch([(c, bad), (d, good), (d, good)])
+    with pytest.raises(StreamError, match="at most once per call"):
+        model.step_batch([(c, good), (d, good), (d, bad)])
+    assert c.steps == 0 and d.steps == 0
+
+
 def test_raise_mode_advances_nothing_on_a_bad_item(model):
     a, b = model.open_stream(), model.open_stream()
     x = np.full(3, 0.5, np.float32)
@@ -168,3 +191,12 @@ def test_the_model_says_its_contract_and_none_for_a_model_read_without_one():
     assert foreign.contract is None
     given = Contract.from_metadata(meta)
     assert StreamingModel.load((DATA / "lstm_layer.onnx").read_bytes(), contract=given).contract == given
+
+
+def test_allow_nonfinite_can_be_changed_on_a_loaded_model():
+    model = StreamingModel.load(DATA / "tiny_dynamic.onnx", foreign=ForeignModel(state_batch_axis=0))
+    nan = np.array([np.nan, 0, 0], np.float32)
+    with pytest.raises(NonFiniteError):
+        model.step(model.open_stream(), nan)
+    model.allow_nonfinite = True
+    assert model.allow_nonfinite and np.isnan(model.step(model.open_stream(), nan)["y"][0])

@@ -33,7 +33,6 @@ Items = Sequence[tuple[Stream, Any]]
 _SHAPE = attrgetter("shape")
 _NDIM = attrgetter("ndim")
 _LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
-_ONCE = "step_batch: expected each stream at most once per call, got one twice"
 
 
 def _check_item(i: int, item: Any) -> None:
@@ -41,18 +40,24 @@ def _check_item(i: int, item: Any) -> None:
         raise StreamError(f"step_batch: item {i}: expected a (stream, chunk) pair, got {item!r:.80}")
 
 
-def _repeated(streams: Sequence[Any]) -> list[int]:
-    """The positions whose stream stood at an earlier position too: the one rule, each stream at most once per
-    call (a stream twice in one call would be stepped from one state twice)."""
-    if len(set(map(id, streams))) == len(streams):
-        return []
-    seen: set[int] = set()
-    again = []
-    for i, s in enumerate(streams):
-        if id(s) in seen:
-            again.append(i)
-        seen.add(id(s))
-    return again
+class _Once:
+    """The one rule: each stream at most once per call (a stream twice in one call would be stepped from one state
+    twice). :meth:`take` a stream as its item is accepted; a later item of a stream already taken is refused."""
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+
+    @staticmethod
+    def distinct(streams: Sequence[Any]) -> bool:
+        """Whether no stream stands twice (at C speed: the uniform path's test)."""
+        return len(set(map(id, streams))) == len(streams)
+
+    def check(self, stream: Stream) -> None:
+        if id(stream) in self._taken:
+            raise StreamError("step_batch: expected each stream at most once per call, got one twice")
+
+    def take(self, stream: Stream) -> None:
+        self._taken.add(id(stream))
 
 
 @contextmanager
@@ -146,20 +151,14 @@ class BatchStepper:
     def _checked_items(self, items: Items) -> tuple[list, list[int]]:
         """Each item checked alone: the error of each bad one in its slot, and the indices of the good ones."""
         results: list[Arrays | EdgeRnnError | None] = [None] * len(items)
+        valid: list[int] = []
+        once = _Once()  # a stream counts as taken once one of its items passed: a bad first item frees it
         for i, item in enumerate(items):
             try:
                 _check_item(i, item)
-            except EdgeRnnError as e:
-                results[i] = e
-        pairs = [i for i, r in enumerate(results) if r is None]
-        for k in _repeated([items[i][0] for i in pairs]):
-            results[pairs[k]] = StreamError(_ONCE)
-        valid: list[int] = []
-        for i in pairs:
-            if results[i] is not None:
-                continue
-            try:
-                self._check_one(*items[i])
+                once.check(item[0])
+                self._check_one(*item)
+                once.take(item[0])
                 valid.append(i)
             except EdgeRnnError as e:
                 results[i] = e
@@ -174,17 +173,18 @@ class BatchStepper:
 
     # ------------------------------------------------------------------ one call per stream
     def _step_unbatched(self, items: Items) -> list[Arrays]:
-        """One item (the single-stream path has less to do), or a model whose batch is fixed at 1: every chunk
-        and stream checked first, then one call each."""
-        for i, item in enumerate(items):
-            _check_item(i, item)
+        """One item (the single-stream path has less to do), or a model whose batch is fixed at 1: every item
+        checked first, in item order (the first fault is the one raised), then one call each."""
         if len(items) == 1:
+            _check_item(0, items[0])
             (stream, x), = items
             return [self._step_one(stream, x)]
-        if _repeated([s for s, _ in items]):
-            raise StreamError(_ONCE)
-        for s, x in items:
-            self._check_one(s, x)
+        once = _Once()
+        for i, item in enumerate(items):
+            _check_item(i, item)
+            once.check(item[0])
+            once.take(item[0])
+            self._check_one(*item)
         return [self._step_one(s, x) for s, x in items]
 
     # ------------------------------------------------------------------ one call for all
@@ -196,7 +196,7 @@ class BatchStepper:
         if single is None or set(map(type, items)) != {tuple} or set(map(len, items)) != {2}:
             return None
         streams, xs = map(list, zip(*items))
-        if set(map(type, streams)) != {Stream} or _repeated(streams):
+        if set(map(type, streams)) != {Stream} or not _Once.distinct(streams):
             return None
         xs = self._arrays_of(xs, single)
         if xs is None:
@@ -246,17 +246,19 @@ class BatchStepper:
     # ------------------------------------------------------------------ one call per chunk length
     def _collect(self, items: Items) -> tuple[dict[str, list[np.ndarray]], list[int], list[Stream]]:
         """Every chunk validated (each distinct layout once), per input; the steps and streams, in item order."""
-        for i, item in enumerate(items):  # before any chunk is looked at, or any lock taken
-            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not Stream:
-                _check_item(i, item)  # the exact test, and its error
-        streams: list[Stream] = [stream for stream, _ in items]
-        if _repeated(streams):
-            raise StreamError(_ONCE)
         chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in self._checker.inputs}
         steps: list[int] = []
+        streams: list[Stream] = []
+        once = _Once()
         single = self._checker.single
         checked: dict[tuple, int] = {}  # (shape, dtype) -> steps
-        for _, x in items:
+        for i, item in enumerate(items):  # in item order, so the first fault is the one raised; before any lock
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not Stream:
+                _check_item(i, item)  # the exact test, and its error
+            stream, x = item
+            once.check(stream)
+            once.take(stream)
+            streams.append(stream)
             a = x.get(single) if type(x) is dict and len(x) == 1 else x
             if single is not None and type(a) is np.ndarray:
                 key = (a.shape, a.dtype)

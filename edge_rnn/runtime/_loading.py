@@ -54,6 +54,8 @@ class LoadOptions:
         if self.contract is not None and self.foreign.state_map is not None:
             raise UnsupportedError("give contract= or state_map=, not both: the contract already says which input "
                                    "feeds which output")
+        if self.contract is not None:  # checked as a file's contract is: every field, through its JSON form
+            object.__setattr__(self, "contract", Contract.from_json(self.contract.to_json()))
 
     @classmethod
     def given(cls, session: SessionConfig | None, foreign: ForeignModel | None, flat: dict[str, Any],
@@ -136,13 +138,15 @@ def _rows_coupled(data: bytes, picked: Picked | None) -> bool:
 
 def _contract(metadata: Mapping[str, str], options: LoadOptions, picked: Picked | None, source: str
               ) -> Contract | None:
-    """The contract the model streams by: the file's, or the one given in its place; a bundle's variant must
-    carry the contract its manifest gives for it."""
+    """The contract the model streams by: the one given in place of the file's metadata (which is then not read),
+    else the file's; a bundle's variant must carry the contract its manifest gives for it."""
+    if options.contract is not None:
+        return options.contract
     found = Contract.from_metadata(metadata)
     if picked is not None and found != picked.contract:
         raise ModelFormatError(f"{source}: its edge_rnn contract differs from the one {picked.path.parent}/"
                                "manifest.json gives for it; the manifest was edited or belongs to other files")
-    return found if options.contract is None else options.contract
+    return found
 
 
 def open_model(model: str | Path | bytes, options: LoadOptions, picked: Picked | None = None) -> Opened:

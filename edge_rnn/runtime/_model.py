@@ -152,6 +152,10 @@ class StreamingModel:
         """Whether NaN and Inf may enter (``load(..., allow_nonfinite=True)``); refused otherwise."""
         return self._checker.allow_nonfinite
 
+    @allow_nonfinite.setter
+    def allow_nonfinite(self, allow: bool) -> None:
+        self._checker.allow_nonfinite = allow
+
     @property
     def inputs(self) -> tuple[Port, ...]:
         return self._io.inputs
