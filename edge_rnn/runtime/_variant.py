@@ -6,17 +6,21 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from edge_rnn._variant_kinds import kind_of
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.runtime._bundle import Picked, by_speed, check_max_error, load_manifest, pick_from, pick_variant
-from edge_rnn.runtime._selftest import estimate_error, golden_of, raise_if_failed
+from edge_rnn.runtime._selftest import SelfTest, estimate_error, golden_of, raise_if_failed
 from edge_rnn.runtime._selftest import self_test as run_self_test
 
 __all__ = ["VariantChoice", "is_bundle", "open_variant"]
 
-M = TypeVar("M")
+class _SelfTested(Protocol):
+    self_test: SelfTest | None  # set when the model was self-tested on this CPU
+
+
+M = TypeVar("M", bound=_SelfTested)
 Opener = Callable[[Picked], M]  # the picked variant's file, loaded as a model
 
 
@@ -60,28 +64,28 @@ def open_variant(open_file: Opener[M], folder: Path, choice: VariantChoice) -> M
     if choice.self_test:
         result = run_self_test(model, folder, picked.manifest, picked.name, form=choice.form)
         raise_if_failed(result, int8=_is_int8(picked))
-        model.self_test = result  # type: ignore[attr-defined]
+        model.self_test = result
     return model
 
 
 def _tested_within(open_file: Opener[M], folder: Path, choice: VariantChoice) -> M:
     """The fastest variant that passes its self-test here and whose projected error is within max_error."""
-    max_error = choice.max_error
-    check_max_error(max_error)
+    check_max_error(choice.max_error)
+    max_error = float(choice.max_error)  # check_max_error: a number
     manifest = load_manifest(folder)
     golden = golden_of(folder, manifest)
     projected: dict[str, float] = {}
     for name in by_speed(manifest.variants):
         entry = manifest.variants[name]
-        packaged = entry.error.max_abs
-        if packaged > max_error:  # type: ignore[operator]
-            projected[name] = packaged  # type: ignore[assignment]
+        packaged = float(entry.error.max_abs)  # by_speed: measured ones only
+        if packaged > max_error:
+            projected[name] = packaged
             continue  # over it already where it was packaged
         model = open_file(pick_from(folder, manifest, name, None, choice.form))
         result = run_self_test(model, folder, manifest, name, golden, form=choice.form)
         projected[name] = estimate_error(result, entry) if result.ok else math.inf
-        if projected[name] <= max_error:  # type: ignore[operator]
-            model.self_test = result  # type: ignore[attr-defined]
+        if projected[name] <= max_error:
+            model.self_test = result
             return model
     shown = {k: (f"{v:.3g}" if math.isfinite(v) else "over its bound here") for k, v in projected.items()}
     raise UnsupportedError(f"max_error {max_error:g}: no variant is within it on this CPU; projected here "
