@@ -391,6 +391,18 @@ def test_a_client_that_gives_up_midway_leaves_the_state_as_it_was():
     assert same(later, stepped(MODEL, [FIVE, after])[1]) and stream.steps == 7
 
 
+def test_a_streams_checkpoint_puts_its_state_and_steps_back_bit_for_bit():
+    stream = MODEL.open_stream()
+    MODEL.step(stream, np.full((3, 4), 0.25, np.float32))
+    before, put_back = {k: v.copy() for k, v in stream.state.items()}, stream.checkpoint()
+    MODEL.step(stream, np.ones((40, 4), np.float32))
+    put_back()
+    assert stream.steps == 3 and same(stream.state, before)
+    stream.close()
+    with pytest.raises(StreamError, match="stream is closed"):
+        put_back()
+
+
 def test_max_batch_frames_is_validated():
     for bad in (0, -1, 1.5, True, "64"):
         with pytest.raises(UnsupportedError, match="max_batch_frames: expected an int >= 1"):
