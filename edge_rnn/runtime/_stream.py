@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Protocol
 
@@ -139,6 +139,26 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {'closed' if self._closed else 'open'}, {self.steps} steps>"
+
+    def checkpoint(self) -> Callable[[], None]:
+        """Keep the state and step count as they are now; calling what this returns puts them back.
+
+        For a caller that applies one chunk as several steps (a server running a
+        long chunk in pieces) and must undo the first ones when a later one
+        fails. Raises :class:`StreamError` if the stream is closed, now or when
+        the state is put back.
+        """
+        with self.lock:
+            self._check_open()
+            saved = {k: v.copy() for k, v in self.arrays().items()}
+            steps = self.steps
+
+        def put_back() -> None:
+            with self.lock:
+                self._check_open()
+                self._slab.write(self._row, saved, steps=steps)
+
+        return put_back
 
 
 def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,3 +17,4 @@ class ServiceConfig:
     max_message_bytes: int = 1 << 20
     token: str | None = None
     drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots
+    max_batch_frames: int = 64  # time steps of one stream per batch: a longer chunk runs as pieces this long
