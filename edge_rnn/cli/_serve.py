@@ -26,6 +26,9 @@ from edge_rnn.errors import EdgeRnnError
               help="How long a batch waits for more steps after its first.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Steps waiting beyond this are refused as overloaded (503 / close 1013).")
+@click.option("--max-batch-frames", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Time steps of one stream per batch: a longer chunk runs as pieces of this many frames, one per "
+                   "batch, so it delays the other streams by one piece, not by its whole run.")
 @click.option("--max-message-bytes", type=click.IntRange(min=16), default=1 << 20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
@@ -35,7 +38,8 @@ from edge_rnn.errors import EdgeRnnError
                    "stops (a second signal stops at once).")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
           idle_timeout: float,
-          max_batch: int, max_wait_ms: float, max_queue: int, max_message_bytes: int, threads: int | None,
+          max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
+          threads: int | None,
           token_file: Path | None, drain_timeout: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
     try:
@@ -63,7 +67,8 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
         click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
                    f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
-                           max_wait_ms=max_wait_ms, max_queue=max_queue, max_message_bytes=max_message_bytes,
+                           max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
+                           max_message_bytes=max_message_bytes,
                            token=token, drain_timeout=drain_timeout)
     click.echo(f"serving {m.source} on http://{host}:{port} (WebSocket /v1/streams/ws)", err=True)
     app = create_app(m, config, variant=m.variant)

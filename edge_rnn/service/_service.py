@@ -41,7 +41,7 @@ class Service:
         """On the running loop: start the batcher and the reaper of idle streams."""
         c = self.config
         self.batcher = Batcher(self.model, max_batch=c.max_batch, max_wait_ms=c.max_wait_ms, max_queue=c.max_queue,
-                               on_batch=self.metrics.on_batch)
+                               max_batch_frames=c.max_batch_frames, on_batch=self.metrics.on_batch)
         self.batcher.start()
         self._reaper = asyncio.get_running_loop().create_task(self.registry.reap())
 
