@@ -11,8 +11,9 @@ import numpy as np
 
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import NonFiniteError, ShapeError, StateError, StreamError
+from edge_rnn.runtime._chunks import float_values
 from edge_rnn.runtime._slab import StateSlab
-from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
+from edge_rnn.runtime._snapshot import MAX_STEPS, encode_snapshot, stream_shape
 
 
 class ModelOfStream(Protocol):
@@ -87,9 +88,9 @@ class Stream:
     # ------------------------------------------------------------------ for the user
     @property
     def steps(self) -> int:
-        """Time steps consumed since open or reset."""
+        """Time steps consumed since open or reset; it stops at ``2**62`` (a restore refuses more), never wraps."""
         row = self._row
-        return self._steps_at_close if row < 0 else int(self._slab.steps[row])
+        return self._steps_at_close if row < 0 else min(int(self._slab.steps[row]), MAX_STEPS)
 
     @property
     def model(self) -> ModelOfStream:
@@ -141,8 +142,10 @@ class Stream:
         return f"<Stream {'closed' if self._closed else 'open'}, {self.steps} steps>"
 
 
-def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate a per-stream state (no batch axis) and copy it."""
+def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """Validate a per-stream state (no batch axis) and copy it; NaN or Inf refused unless ``allow_nonfinite``, as
+    step refuses them."""
     if not isinstance(given, Mapping):
         raise StateError(f"initial_state: expected a mapping of state name -> array, got {type(given).__name__}")
     names = {s.input for s in states}
@@ -151,24 +154,29 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
         raise StateError(f"initial_state: unknown state {unknown}, expected names in {sorted(names)}")
     out = {}
     for s in states:
-        want = stream_shape(s)
         if s.input not in given:
-            raise StateError(f"initial_state: missing state {s.input!r} of shape {want}")
-        a = given[s.input]
-        if type(a) is not np.ndarray:  # a nested list, as step takes one
-            try:
-                a = np.asarray(a, dtype=np.dtype(s.dtype))
-            except (ValueError, TypeError, OverflowError) as e:
-                raise ShapeError(f"initial_state {s.input!r}: expected an array of shape {want} {s.dtype}, got "
-                                 f"{type(given[s.input]).__name__} that numpy cannot convert ({e})") from None
-        if a.shape != want or a.dtype != np.dtype(s.dtype):
-            raise ShapeError(
-                f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}"
-            )
-        if a.dtype.kind == "f" and not np.isfinite(a).all():  # step refuses them too
-            raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
-        out[s.input] = a.copy()
+            raise StateError(f"initial_state: missing state {s.input!r} of shape {stream_shape(s)}")
+        out[s.input] = _state_array(s, given[s.input], allow_nonfinite)
     return out
+
+
+def _state_array(s: StateSpec, given: object, allow_nonfinite: bool) -> np.ndarray:
+    """One state given by the user (an array, or nested lists as step takes), checked and copied."""
+    want, dtype = stream_shape(s), np.dtype(s.dtype)
+    a = given
+    if type(a) is not np.ndarray:  # nested lists, as step takes them: numbers only, within the dtype
+        expected = f"initial_state {s.input!r}: expected an array of shape {want} {s.dtype}"
+        try:
+            a = float_values(a, dtype, expected) if dtype.kind == "f" else np.asarray(a, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as e:
+            if isinstance(e, ShapeError):
+                raise
+            raise ShapeError(f"{expected}, got {type(given).__name__} that numpy cannot convert ({e})") from None
+    if a.shape != want or a.dtype != dtype:
+        raise ShapeError(f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}")
+    if a.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(a).all():
+        raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
+    return a.copy()
 
 
 # A batch of streams read at C speed (map over attribute getters): the stepper's view of many streams at once,
