@@ -267,7 +267,8 @@ def test_strings_and_booleans_are_not_numbers(bad):
 @pytest.mark.parametrize(("value", "match"), [("1", "got str values"), (True, "got bool values"),
                                                (1e300, "got a finite value beyond float32's range"),
                                                (None, "got NoneType values"),
-                                               (10**400, "got list that numpy cannot convert")])
+                                               (10**400, "got list that numpy cannot convert")],
+                         ids=["str", "bool", "1e300", "None", "10**400"])
 def test_an_initial_state_given_as_lists_holds_numbers_only(value, match):
     model = StreamingModel.load(LSTM)
     rows = held(model)
@@ -275,3 +276,30 @@ def test_an_initial_state_given_as_lists_holds_numbers_only(value, match):
     with pytest.raises(ShapeError, match=f"initial_state 'h0': expected an array of shape \\(2, 6\\) float32, {match}"):
         model.open_stream(initial_state=state)
     assert held(model) == rows
+
+
+# ---------------------------------------------------------------------------------------------------- the service
+def test_the_service_answers_an_overflow_400_to_binary_and_json_steps_and_does_not_apply_it(tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import warnings
+
+    with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the httpx the client extra installs
+        warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
+        from starlette.testclient import TestClient
+    from edge_rnn.service import ServiceConfig, create_app
+
+    model = StreamingModel.load(overflow_model(tmp_path / "m.onnx"), foreign=FOREIGN)
+    with TestClient(create_app(model, ServiceConfig())) as http:
+        sid = http.post("/v1/streams").json()["stream_id"]
+        before = http.get(f"/v1/streams/{sid}/snapshot").content
+        for body in ({"content": chunk(2, "state").tobytes()}, {"json": {"x": chunk(2, "y").tolist()}}):
+            r = http.post(f"/v1/streams/{sid}/steps", headers={"X-Step": "0"}, **body)
+            assert r.status_code == 400 and r.json()["code"] == "bad_chunk", r.text
+            assert "expected finite values, got NaN or Inf" in r.json()["message"]
+            assert http.get(f"/v1/streams/{sid}/snapshot").content == before
+        r = http.post(f"/v1/streams/{sid}/steps", headers={"X-Step": "0"}, json={"x": chunk(1).tolist()})
+        assert r.status_code == 200  # the refused steps were not counted either
+        for steps in (2**63, 2**64):
+            r = http.post("/v1/streams", content=forged(before, steps=steps))
+            assert r.status_code == 400 and r.json()["code"] == "bad_snapshot", r.text

@@ -15,11 +15,7 @@ outputs overflowed get their error, and the call's other rows are kept.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from itertools import repeat
+from collections.abc import Callable, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -31,7 +27,7 @@ from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
 from edge_rnn.runtime._runner import SessionRunner
 from edge_rnn.runtime._slab import StateSlab
-from edge_rnn.runtime._stream import ModelOfStream, Stream, check_all_usable, locks_of, rows_of
+from edge_rnn.runtime._stream import ModelOfStream, Stream, check_all_usable, locked, rows_of
 
 __all__ = ["BatchStepper"]
 
@@ -39,7 +35,6 @@ Items = Sequence[tuple[Stream, Any]]
 Results = list[Any]  # per item: its outputs (Arrays), or in isolate mode its EdgeRnnError
 _SHAPE = attrgetter("shape")
 _NDIM = attrgetter("ndim")
-_LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
 
 
 def _as_items(items: Any) -> Items:
@@ -76,30 +71,6 @@ class _Once:
 
     def take(self, stream: Stream) -> None:
         self._taken.add(id(stream))
-
-
-@contextmanager
-def _locked(streams: list[Stream]) -> Iterator[None]:
-    """Hold every stream's lock. Each is tried without waiting; if one is busy, those taken are let go and
-    all are taken in one fixed order, waiting (no deadlock between concurrent batches)."""
-    locks = locks_of(streams)
-    taken = list(map(_LOCK_TYPE.acquire, locks, repeat(False)))
-    if not all(taken):
-        for lock, got in zip(locks, taken):
-            if got:
-                lock.release()
-        locks = sorted(locks, key=id)
-        for k, lock in enumerate(locks):
-            try:
-                lock.acquire()
-            except BaseException:
-                for held in locks[:k]:
-                    held.release()
-                raise
-    try:
-        yield
-    finally:
-        deque(map(_LOCK_TYPE.release, locks), 0)
 
 
 class BatchStepper:
@@ -213,7 +184,7 @@ class BatchStepper:
             once.take(item[0])
             chunks.append(self._check_one(*item))
         streams = [s for s, _ in items]
-        with _locked(streams):
+        with locked(streams):
             check_all_usable(streams, self._owner)
             done = [self._run_alone(i, int(row), xs) for i, (row, (xs, _)) in enumerate(zip(rows_of(streams), chunks))]
             for (row, states, _), (_, n) in zip(done, chunks):
@@ -282,7 +253,7 @@ class BatchStepper:
 
     def _step_uniform(self, streams: list[Stream], stacked: np.ndarray, n: int, *, isolate: bool) -> Results:
         """step_batch's common case in one piece: distinct streams, one chunk layout stacked already, one call."""
-        with _locked(streams):
+        with locked(streams):
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
             results: Results = []
@@ -332,7 +303,7 @@ class BatchStepper:
             for i, n in enumerate(steps):
                 by_steps.setdefault(n, []).append(i)
             groups = list(by_steps.values())
-        with _locked(streams):
+        with locked(streams):
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
             results: Results = [{}] * len(streams)
@@ -353,7 +324,7 @@ class BatchStepper:
             first = min(bad)
             raise NonFiniteError(f"item {items[first]} of the batch: {bad[first]}; no stream in this batch advanced")
         for j, message in bad.items():
-            results[items[j]] = NonFiniteError(message)
+            results[items[j]] = NonFiniteError(f"{message}; the stream did not advance")
         keep = np.array([j for j in range(len(rows)) if j not in bad], np.intp)
         return rows[keep], self._slab.take(states, keep), {}
 

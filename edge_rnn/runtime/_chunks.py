@@ -233,11 +233,12 @@ class ResultChecker:
         """One stream's call: raise NonFiniteError naming the first output or state with NaN or Inf."""
         if not self._all_finite(results):
             label = next(label for i, label, _ in self._floats if not np.isfinite(results[i]).all())
-            raise NonFiniteError(_overflow(label))
+            raise NonFiniteError(f"{_overflow(label)}; the stream did not advance")
 
     def bad_rows(self, results: list[np.ndarray]) -> dict[int, str]:
         """A batched call's rows (positions on the batch axis) with NaN or Inf in an output or state, each with
-        its message naming the first such one; empty when every row is good."""
+        its message naming the first such one (what became of the stream is the caller's to add); empty when
+        every row is good."""
         if self._all_finite(results):
             return {}
         bad: dict[int, str] = {}
@@ -250,6 +251,5 @@ class ResultChecker:
 
 
 def _overflow(label: str) -> str:
-    return (f"{label}: expected finite values, got NaN or Inf from the model (an overflow); the stream did not "
-            "advance (load with allow_nonfinite=True, or --allow-nonfinite on the command line, to let them "
-            "through)")
+    return (f"{label}: expected finite values, got NaN or Inf from the model (an overflow; load with "
+            "allow_nonfinite=True, or --allow-nonfinite on the command line, to let them through)")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from itertools import repeat
 from operator import attrgetter
 from typing import Protocol
 
@@ -25,7 +28,7 @@ class ModelOfStream(Protocol):
     def streamable(self) -> bool: ...
 
 
-__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream", "rows_of", "check_all_usable", "locks_of"]
+__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream", "rows_of", "check_all_usable", "locked"]
 
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
@@ -192,8 +195,31 @@ def rows_of(streams: list[Stream]) -> np.ndarray:
     return np.fromiter(map(_ROW, streams), np.intp, len(streams))
 
 
-def locks_of(streams: list[Stream]) -> list[threading.Lock]:
-    return list(map(_LOCK, streams))
+_LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
+
+
+@contextmanager
+def locked(streams: list[Stream]) -> Iterator[None]:
+    """Hold every stream's lock. Each is tried without waiting; if one is busy, those taken are let go and
+    all are taken in one fixed order, waiting (no deadlock between concurrent batches)."""
+    locks = list(map(_LOCK, streams))
+    taken = list(map(_LOCK_TYPE.acquire, locks, repeat(False)))
+    if not all(taken):
+        for lock, got in zip(locks, taken):
+            if got:
+                lock.release()
+        locks = sorted(locks, key=id)
+        for k, lock in enumerate(locks):
+            try:
+                lock.acquire()
+            except BaseException:
+                for held in locks[:k]:
+                    held.release()
+                raise
+    try:
+        yield
+    finally:
+        deque(map(_LOCK_TYPE.release, locks), 0)
 
 
 def check_all_usable(streams: list[Stream], model: ModelOfStream) -> None:
