@@ -6,18 +6,15 @@ the model it steps for (streams must belong to it), the model's
 :class:`~edge_rnn.runtime._chunks.ResultChecker`, its
 :class:`~edge_rnn.runtime._runner.SessionRunner`, its state slab, its
 single-stream step, and the layout of its ports.
-
-A step is applied only when it succeeded: the new states of a call are kept
-only once every call of the batch ran and its outputs and states were found
-whole and finite. In ``on_error="isolate"`` mode the rows of a call whose
-outputs overflowed get their error, and the call's other rows are kept.
+A batch's new states are kept only once every call of it ran and its outputs
+and states were found whole and finite (but in isolate mode, see :meth:`_keep`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,6 +68,22 @@ class _Once:
 
     def take(self, stream: Stream) -> None:
         self._taken.add(id(stream))
+
+
+class _Call(NamedTuple):
+    """One onnxruntime call of a batch: its rows, their new states (not yet kept) and steps, and the rows (by
+    position in the call) whose outputs or states hold NaN or Inf, with their messages; ``idxs``: its items (None:
+    all of the batch)."""
+
+    rows: np.ndarray
+    states: list[np.ndarray]
+    steps: int
+    bad: dict[int, str]
+    idxs: list[int] | None
+
+    def item(self, j: int) -> int:
+        """The batch's item at position ``j`` of this call."""
+        return j if self.idxs is None else self.idxs[j]
 
 
 class BatchStepper:
@@ -257,10 +270,7 @@ class BatchStepper:
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
             results: Results = []
-            group = self._run_group(None, {self._checker.single: stacked}, rows, results)
-            if group[2]:
-                group = self._faulted(None, group, results, isolate)
-            self._claim(group, n)
+            self._keep([self._run_group(None, {self._checker.single: stacked}, rows, results, n)], results, isolate)
             return results
 
     # ------------------------------------------------------------------ one call per chunk length
@@ -307,31 +317,28 @@ class BatchStepper:
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
             results: Results = [{}] * len(streams)
-            done = [self._run_group(idxs, chunks, rows, results) for idxs in groups]
-            done = [self._faulted(idxs, group, results, isolate) if group[2] else group
-                    for group, idxs in zip(done, groups)]
-            for group, idxs in zip(done, groups):
-                self._claim(group, steps[0 if idxs is None else idxs[0]])
+            calls = [self._run_group(idxs, chunks, rows, results, steps[0 if idxs is None else idxs[0]])
+                     for idxs in groups]
+            self._keep(calls, results, isolate)
             return results
 
-    # ------------------------------------------------------------------ a call's rows kept, or its faults
-    def _faulted(self, idxs: list[int] | None, group: tuple, results: Results, isolate: bool) -> tuple:
-        """A call some of whose rows overflowed: raise naming the first (no stream advanced), or, ``isolate``, its
-        items get their errors and the call's other rows are kept."""
-        rows, states, bad = group
-        items = list(range(len(rows))) if idxs is None else idxs
-        if not isolate:
-            first = min(bad)
-            raise NonFiniteError(f"item {items[first]} of the batch: {bad[first]}; no stream in this batch advanced")
-        for j, message in bad.items():
-            results[items[j]] = NonFiniteError(f"{message}; the stream did not advance")
-        keep = np.array([j for j in range(len(rows)) if j not in bad], np.intp)
-        return rows[keep], self._slab.take(states, keep), {}
-
-    def _claim(self, group: tuple, steps: int) -> None:
-        rows, states, _ = group
-        if len(rows):
-            self._slab.claim(rows, states, steps)
+    # ------------------------------------------------------------------ the calls' new states kept
+    def _keep(self, calls: list[_Call], results: Results, isolate: bool) -> None:
+        """Every call of a batch ran: their new states kept. A row that overflowed raises, naming the first such
+        item, with no state kept; or (``isolate``) its item gets the error and the other rows are kept."""
+        faults = sorted((call.item(j), message) for call in calls for j, message in call.bad.items())
+        if faults and not isolate:
+            raise NonFiniteError(f"item {faults[0][0]} of the batch: {faults[0][1]}; no stream in this batch "
+                                 "advanced")
+        for call in calls:
+            rows, states = call.rows, call.states
+            if call.bad:
+                for j, message in call.bad.items():
+                    results[call.item(j)] = NonFiniteError(f"{message}; the stream did not advance")
+                keep = np.array([j for j in range(len(rows)) if j not in call.bad], np.intp)
+                rows, states = rows[keep], self._slab.take(states, keep)
+            if len(rows):
+                self._slab.claim(rows, states, call.steps)
 
     # ------------------------------------------------------------------ one onnxruntime call
     def _stack(self, name: str, parts: list[np.ndarray], idxs: list[int] | None) -> np.ndarray:
@@ -370,11 +377,10 @@ class BatchStepper:
             (f"output {p.name!r} for {n} streams: got shape {o.shape}" for o, p in zip(res, self._outputs)
              if o.ndim <= p.batch_axis or o.shape[p.batch_axis] != n), None)
 
-    def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray,
-                   results: Results) -> tuple[np.ndarray, list[np.ndarray], dict[int, str]]:
-        """One onnxruntime call for the items ``idxs`` (chunks of one length; None: all); fills their results and
-        returns their rows with the new states (set by the caller once every call succeeded), and the rows (by
-        position in the call) whose outputs or states hold NaN or Inf, with their messages."""
+    def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray, results: Results,
+                   steps: int) -> _Call:
+        """One onnxruntime call for the items ``idxs`` (chunks of ``steps`` steps; None: all); fills their results
+        and returns the call, its new states to be kept by the caller once every call succeeded."""
         feeds = self._feeds(idxs, chunks)
         if idxs is not None:
             rows = rows[idxs]
@@ -390,7 +396,7 @@ class BatchStepper:
         else:
             for i, r in zip(idxs, mine):
                 results[i] = r
-        return rows, res[len(self._outputs):], self._results.bad_rows(res)
+        return _Call(rows, res[len(self._outputs):], steps, self._results.bad_rows(res), idxs)
 
     def _per_stream(self, res: list[np.ndarray]) -> list[Arrays]:
         """Per-stream views into the batched outputs (iterating the batch axis): no copies."""

@@ -72,10 +72,11 @@ def _integers(p: Port, a: Any) -> np.ndarray:
     return raw.astype(p.dtype)
 
 
-def float_values(a: Any, dtype: np.dtype, expected: str) -> np.ndarray:
+def float_values(a: Any, dtype: np.dtype, name: str, shape: str) -> np.ndarray:
     """Nested lists (or scalars, tuples, array-likes) of numbers as an array of the float ``dtype``, else a
-    ShapeError reading "{expected}, got ...": "1" or True is refused, not read as 1.0, and so is a finite value
-    beyond the dtype (1e300 for float32), never turned into Inf."""
+    ShapeError naming ``name`` and the ``shape`` expected: "1" or True is refused, not read as 1.0, and so is a
+    finite value beyond the dtype (1e300 for float32), never turned into Inf."""
+    expected = f"{name}: expected an array of shape {shape}"
     try:
         # nested lists as objects, so that a bool or a str among floats is seen (numpy would make them all floats)
         raw = np.asarray(a) if isinstance(a, np.ndarray) else np.asarray(a, dtype=object)
@@ -85,7 +86,8 @@ def float_values(a: Any, dtype: np.dtype, expected: str) -> np.ndarray:
         with np.errstate(over="raise"):
             return raw.astype(dtype)
     except FloatingPointError:
-        raise ShapeError(f"{expected}, got a finite value beyond {dtype}'s range (it would become Inf)") from None
+        raise ShapeError(f"{name}: expected values within {dtype}'s range, got a finite value beyond it (it would "
+                         "become Inf)") from None
     except (ValueError, TypeError, OverflowError) as e:
         raise ShapeError(f"{expected}, got {type(a).__name__} that numpy cannot convert ({e})") from None
 
@@ -113,7 +115,7 @@ def _not_numbers(raw: np.ndarray) -> str | None:
 def _from_values(p: Port, a: Any) -> np.ndarray:
     """Nested lists (or scalars, tuples, array-likes) as an array of the port's dtype; never a silent rounding."""
     if p.dtype.kind == "f":
-        return float_values(a, p.dtype, f"{p.name}: expected an array of shape {p.describe()}")
+        return float_values(a, p.dtype, p.name, p.describe())
     try:
         return _integers(p, a)
     except ShapeError:

@@ -168,13 +168,14 @@ def _state_array(s: StateSpec, given: object, allow_nonfinite: bool) -> np.ndarr
     want, dtype = stream_shape(s), np.dtype(s.dtype)
     a = given
     if type(a) is not np.ndarray:  # nested lists, as step takes them: numbers only, within the dtype
-        expected = f"initial_state {s.input!r}: expected an array of shape {want} {s.dtype}"
+        name = f"initial_state {s.input!r}"
         try:
-            a = float_values(a, dtype, expected) if dtype.kind == "f" else np.asarray(a, dtype=dtype)
+            a = float_values(a, dtype, name, f"{want} {s.dtype}") if dtype.kind == "f" else np.asarray(a, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as e:
             if isinstance(e, ShapeError):
                 raise
-            raise ShapeError(f"{expected}, got {type(given).__name__} that numpy cannot convert ({e})") from None
+            raise ShapeError(f"{name}: expected an array of shape {want} {s.dtype}, got {type(given).__name__} that "
+                             f"numpy cannot convert ({e})") from None
     if a.shape != want or a.dtype != dtype:
         raise ShapeError(f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}")
     if a.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(a).all():
