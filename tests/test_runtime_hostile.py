@@ -119,6 +119,16 @@ def test_isolate_gives_the_overflow_to_its_stream_alone_and_advances_the_others(
         assert streams[i].snapshot() == twin.snapshot()
 
 
+def test_isolate_with_a_bad_chunk_and_an_overflow_gives_each_its_own_error(model):
+    streams = [model.open_stream() for _ in range(4)]
+    chunks = [chunk(2), np.ones((2, 3), np.float32), chunk(2, "state"), chunk(1)]
+    out = model.step_batch(list(zip(streams, chunks)), on_error="isolate")
+    assert isinstance(out[1], ShapeError) and isinstance(out[2], NonFiniteError)
+    assert [s.steps for s in streams] == [2, 0, 0, 1]
+    for i in (0, 3):
+        np.testing.assert_array_equal(out[i]["y"], model.step(model.open_stream(), chunks[i])["y"])
+
+
 def test_isolate_keeps_the_good_rows_of_the_call_that_overflowed(tmp_path):
     model = StreamingModel.load(overflow_model(tmp_path / "m.onnx"), foreign=FOREIGN)
     streams = [model.open_stream() for _ in range(8)]
