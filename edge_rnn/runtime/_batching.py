@@ -326,6 +326,10 @@ class BatchStepper:
     def _keep(self, calls: list[_Call], results: Results, isolate: bool) -> None:
         """Every call of a batch ran: their new states kept. A row that overflowed raises, naming the first such
         item, with no state kept; or (``isolate``) its item gets the error and the other rows are kept."""
+        if len(calls) == 1 and not calls[0].bad:  # the common case, one call that overflowed nowhere
+            call = calls[0]
+            self._slab.claim(call.rows, call.states, call.steps)
+            return
         faults = sorted((call.item(j), message) for call in calls for j, message in call.bad.items())
         if faults and not isolate:
             raise NonFiniteError(f"item {faults[0][0]} of the batch: {faults[0][1]}; no stream in this batch "
