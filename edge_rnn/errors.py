@@ -51,7 +51,8 @@ class ModelFormatError(EdgeRnnError, ValueError):
 
 
 class NonFiniteError(EdgeRnnError, ValueError):
-    """An input holds NaN or Inf (refused unless the model was loaded with allow_nonfinite=True)."""
+    """An input holds NaN or Inf, or a model computed them from finite ones (an overflow in an output or a new
+    state: the step is not applied); refused unless the model was loaded with allow_nonfinite=True."""
 
 
 class StreamError(EdgeRnnError, RuntimeError):

@@ -169,3 +169,20 @@ def test_an_empty_batch_a_scalar_chunk_and_a_copied_stream_are_answered_plainly(
         copy.copy(a)
     with pytest.raises(StreamError, match="cannot be copied"):
         copy.deepcopy(a)
+
+
+def test_a_row_whose_state_or_step_count_cannot_be_written_is_given_back():
+    model = StreamingModel.load(MODEL)
+    slab = model._slab
+    held, capacity = len(slab), slab.capacity
+    for _ in range(100):
+        with pytest.raises(OverflowError):
+            slab.allocate(None, 2**64)  # decode_snapshot refuses such a count first; the slab holds to its rows too
+        with pytest.raises(ValueError):
+            slab.allocate({"h0": np.zeros((3, 3), np.float32), "c0": np.zeros((2, 6), np.float32)})
+    assert (len(slab), slab.capacity) == (held, capacity)
+    rows = [model.open_stream() for _ in range(3)]
+    assert len(slab) == held + 3
+    rows[0].close()
+    del rows[1]
+    assert len(slab) == held + 1

@@ -2,37 +2,47 @@
 
 :class:`BatchStepper` is handed everything it uses when its model is built:
 the model it steps for (streams must belong to it), the model's
-:class:`~edge_rnn.runtime._chunks.ChunkChecker`, its
+:class:`~edge_rnn.runtime._chunks.ChunkChecker` and
+:class:`~edge_rnn.runtime._chunks.ResultChecker`, its
 :class:`~edge_rnn.runtime._runner.SessionRunner`, its state slab, its
 single-stream step, and the layout of its ports.
+A batch's new states are kept only once every call of it ran and its outputs
+and states were found whole and finite (but in isolate mode, see :meth:`_keep`).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from itertools import repeat
+from collections.abc import Callable, Sequence
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from edge_rnn.errors import EdgeRnnError, InferenceError, NonFiniteError, ShapeError, StreamError, UnsupportedError
-from edge_rnn.runtime._chunks import Arrays, ChunkChecker
+from edge_rnn.runtime._chunks import Arrays, ChunkChecker, ResultChecker
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
 from edge_rnn.runtime._runner import SessionRunner
 from edge_rnn.runtime._slab import StateSlab
-from edge_rnn.runtime._stream import ModelOfStream, Stream, check_all_usable, locks_of, rows_of
+from edge_rnn.runtime._stream import ModelOfStream, Stream, check_all_usable, locked, rows_of
 
 __all__ = ["BatchStepper"]
 
 Items = Sequence[tuple[Stream, Any]]
+Results = list[Any]  # per item: its outputs (Arrays), or in isolate mode its EdgeRnnError
 _SHAPE = attrgetter("shape")
 _NDIM = attrgetter("ndim")
-_LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
+
+
+def _as_items(items: Any) -> Items:
+    """step_batch's items as a sequence (a generator of pairs is taken whole); anything else refused."""
+    if type(items) is list or isinstance(items, Sequence):
+        return items
+    try:
+        return list(items)
+    except TypeError:
+        raise StreamError(f"step_batch: expected a sequence of (stream, chunk) pairs, got {type(items).__name__}"
+                          ) from None
 
 
 def _check_item(i: int, item: Any) -> None:
@@ -60,37 +70,31 @@ class _Once:
         self._taken.add(id(stream))
 
 
-@contextmanager
-def _locked(streams: list[Stream]) -> Iterator[None]:
-    """Hold every stream's lock. Each is tried without waiting; if one is busy, those taken are let go and
-    all are taken in one fixed order, waiting (no deadlock between concurrent batches)."""
-    locks = locks_of(streams)
-    taken = list(map(_LOCK_TYPE.acquire, locks, repeat(False)))
-    if not all(taken):
-        for lock, got in zip(locks, taken):
-            if got:
-                lock.release()
-        locks = sorted(locks, key=id)
-        for k, lock in enumerate(locks):
-            try:
-                lock.acquire()
-            except BaseException:
-                for held in locks[:k]:
-                    held.release()
-                raise
-    try:
-        yield
-    finally:
-        deque(map(_LOCK_TYPE.release, locks), 0)
+class _Call(NamedTuple):
+    """One onnxruntime call of a batch: its rows, their new states (not yet kept) and steps, and the rows (by
+    position in the call) whose outputs or states hold NaN or Inf, with their messages; ``idxs``: its items (None:
+    all of the batch)."""
+
+    rows: np.ndarray
+    states: list[np.ndarray]
+    steps: int
+    bad: dict[int, str]
+    idxs: list[int] | None
+
+    def item(self, j: int) -> int:
+        """The batch's item at position ``j`` of this call."""
+        return j if self.idxs is None else self.idxs[j]
 
 
 class BatchStepper:
     """Steps many streams of one model; see :meth:`StreamingModel.step_batch`."""
 
-    def __init__(self, owner: ModelOfStream, checker: ChunkChecker, runner: SessionRunner, slab: StateSlab,
-                 step_one: Callable[[Stream, Any], Arrays], outputs: tuple[Port, ...], *, batchable: bool):
+    def __init__(self, owner: ModelOfStream, checker: ChunkChecker, results: ResultChecker, runner: SessionRunner,
+                 slab: StateSlab, step_one: Callable[[Stream, Any], Arrays], outputs: tuple[Port, ...], *,
+                 batchable: bool):
         self._owner = owner  # the model: every stream stepped must be its own
         self._checker = checker
+        self._results = results
         self._runner = runner
         self._slab = slab
         self._step_one = step_one  # the model's single-stream step
@@ -108,33 +112,37 @@ class BatchStepper:
 
     # ------------------------------------------------------------------ the entry point
     def step_batch(self, items: Items, on_error: str = "raise") -> list[Arrays | EdgeRnnError]:
-        if type(items) is not list and not isinstance(items, Sequence):
-            items = list(items)  # a generator of pairs
+        items = _as_items(items)
         if on_error == "isolate":
             return self._step_isolated(items)
         if on_error != "raise":
-            raise UnsupportedError(f"on_error: expected 'raise' or 'isolate', got {on_error!r}")
+            raise UnsupportedError(f"on_error: expected 'raise' or 'isolate', got {on_error!r:.40}")
         if not items:
             return []
         if len(items) == 1 or not self._batchable:  # _collect checks the items of the batched path
             return self._step_unbatched(items)
+        return self._step_batched(items, isolate=False)
+
+    def _step_batched(self, items: Items, *, isolate: bool) -> Results:
+        """Streams sharing calls. A bad chunk or stream, or a call failing, raises with no stream advanced; an
+        overflow raises too (``isolate``: its item gets the error, and the other rows of its call are kept)."""
         uniform = self._uniform(items)
         if uniform is not None:  # the common case, checked in a few passes over the items at C speed
-            return self._step_uniform(*uniform)
-        return self._step_grouped(*self._collect(items))
+            return self._step_uniform(*uniform, isolate=isolate)
+        return self._step_grouped(*self._collect(items), isolate=isolate)
 
     # ------------------------------------------------------------------ on_error="isolate"
     def _step_isolated(self, items: Items) -> list[Arrays | EdgeRnnError]:
         """Each item's error in its own slot; the valid items still advance."""
         if self._batchable and len(items) > 1:
-            try:  # the common case, every item good: the raise mode's checks at C speed, atomic on failure
-                return self.step_batch(items)
+            try:  # the common case, every chunk good: the raise mode's checks at C speed, atomic on failure
+                return self._step_batched(items, isolate=True)
             except Exception:  # noqa: BLE001 - no stream advanced; each item is looked at alone below
                 pass
         results, valid = self._checked_items(items)
-        if valid and self._batchable:
+        if len(valid) > 1 and self._batchable:
             try:  # atomic on a batchable model: on failure no stream advanced, and each is stepped alone below
-                for i, out in zip(valid, self.step_batch([items[i] for i in valid])):
+                for i, out in zip(valid, self._step_batched([items[i] for i in valid], isolate=True)):
                     results[i] = out
                 valid = []
             except Exception:  # noqa: BLE001 - whatever failed, it is found again item by item
@@ -166,26 +174,49 @@ class BatchStepper:
                 results[i] = ShapeError(f"item {i}: cannot be used ({type(e).__name__}: {e})")
         return results, valid
 
-    def _check_one(self, stream: Stream, x: Any) -> None:
-        self._checker.prepare(x)
+    def _check_one(self, stream: Stream, x: Any) -> tuple[Arrays, int]:
+        xs = self._checker.prepare(x)
         with stream.lock:
             stream.check_usable(self._owner)
+        return xs
 
     # ------------------------------------------------------------------ one call per stream
     def _step_unbatched(self, items: Items) -> list[Arrays]:
         """One item (the single-stream path has less to do), or a model whose batch is fixed at 1: every item
-        checked first, in item order (the first fault is the one raised), then one call each."""
+        checked first, in item order (the first fault is the one raised), then one call each, holding every
+        stream's lock; the states are set only once every call succeeded."""
         if len(items) == 1:
             _check_item(0, items[0])
             (stream, x), = items
             return [self._step_one(stream, x)]
         once = _Once()
+        chunks = []
         for i, item in enumerate(items):
             _check_item(i, item)
             once.check(item[0])
             once.take(item[0])
-            self._check_one(*item)
-        return [self._step_one(s, x) for s, x in items]
+            chunks.append(self._check_one(*item))
+        streams = [s for s, _ in items]
+        with locked(streams):
+            check_all_usable(streams, self._owner)
+            done = [self._run_alone(i, int(row), xs) for i, (row, (xs, _)) in enumerate(zip(rows_of(streams), chunks))]
+            for (row, states, _), (_, n) in zip(done, chunks):
+                self._slab.advance(row, states, n)
+        return [out for _, _, out in done]
+
+    def _run_alone(self, i: int, row: int, xs: Arrays) -> tuple[int, list[np.ndarray], Arrays]:
+        """Item ``i``'s call on its own (a batch of one): its row, new states and outputs, not yet kept."""
+        feeds = {name: a[self._add_batch[name]] for name, a in xs.items()}
+        feeds.update(self._slab.feeds(row))
+        res = self._runner.run(feeds)
+        wrong = self._wrong_outputs(res, 1)
+        if wrong:
+            raise InferenceError(f"onnxruntime ran {self._runner.source} but returned a {wrong}; no stream in this "
+                                 "batch advanced")
+        bad = self._results.bad_rows(res)
+        if bad:
+            raise NonFiniteError(f"item {i} of the batch: {bad[0]}; no stream in this batch advanced")
+        return row, res[len(self._outputs):], self._per_stream(res)[0]
 
     # ------------------------------------------------------------------ one call for all
     def _uniform(self, items: Items) -> tuple[list[Stream], np.ndarray, int] | None:
@@ -233,14 +264,13 @@ class BatchStepper:
             self._checker.remember(a, n)
         return n
 
-    def _step_uniform(self, streams: list[Stream], stacked: np.ndarray, n: int) -> list[Arrays]:
+    def _step_uniform(self, streams: list[Stream], stacked: np.ndarray, n: int, *, isolate: bool) -> Results:
         """step_batch's common case in one piece: distinct streams, one chunk layout stacked already, one call."""
-        with _locked(streams):
+        with locked(streams):
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
-            results: list[Arrays] = []
-            _, states = self._run_group(None, {self._checker.single: stacked}, rows, results)
-            self._slab.claim(rows, states, n)
+            results: Results = []
+            self._keep([self._run_group(None, {self._checker.single: stacked}, rows, results, n)], results, isolate)
             return results
 
     # ------------------------------------------------------------------ one call per chunk length
@@ -273,8 +303,8 @@ class BatchStepper:
             steps.append(n)
         return chunks, steps, streams
 
-    def _step_grouped(self, chunks: dict[str, list[np.ndarray]], steps: list[int], streams: list[Stream]
-                      ) -> list[Arrays]:
+    def _step_grouped(self, chunks: dict[str, list[np.ndarray]], steps: list[int], streams: list[Stream], *,
+                      isolate: bool) -> Results:
         """Chunks grouped by length, one call per length; states set only once every call succeeded."""
         if steps.count(steps[0]) == len(steps):
             groups: list[list[int] | None] = [None]  # one call for every item
@@ -283,14 +313,36 @@ class BatchStepper:
             for i, n in enumerate(steps):
                 by_steps.setdefault(n, []).append(i)
             groups = list(by_steps.values())
-        with _locked(streams):
+        with locked(streams):
             check_all_usable(streams, self._owner)
             rows = rows_of(streams)
-            results: list[Arrays] = [{}] * len(streams)
-            done = [self._run_group(idxs, chunks, rows, results) for idxs in groups]
-            for (group_rows, states), idxs in zip(done, groups):
-                self._slab.claim(group_rows, states, steps[0 if idxs is None else idxs[0]])
+            results: Results = [{}] * len(streams)
+            calls = [self._run_group(idxs, chunks, rows, results, steps[0 if idxs is None else idxs[0]])
+                     for idxs in groups]
+            self._keep(calls, results, isolate)
             return results
+
+    # ------------------------------------------------------------------ the calls' new states kept
+    def _keep(self, calls: list[_Call], results: Results, isolate: bool) -> None:
+        """Every call of a batch ran: their new states kept. A row that overflowed raises, naming the first such
+        item, with no state kept; or (``isolate``) its item gets the error and the other rows are kept."""
+        if len(calls) == 1 and not calls[0].bad:  # the common case, one call that overflowed nowhere
+            call = calls[0]
+            self._slab.claim(call.rows, call.states, call.steps)
+            return
+        faults = sorted((call.item(j), message) for call in calls for j, message in call.bad.items())
+        if faults and not isolate:
+            raise NonFiniteError(f"item {faults[0][0]} of the batch: {faults[0][1]}; no stream in this batch "
+                                 "advanced")
+        for call in calls:
+            rows, states = call.rows, call.states
+            if call.bad:
+                for j, message in call.bad.items():
+                    results[call.item(j)] = NonFiniteError(f"{message}; the stream did not advance")
+                keep = np.array([j for j in range(len(rows)) if j not in call.bad], np.intp)
+                rows, states = rows[keep], self._slab.take(states, keep)
+            if len(rows):
+                self._slab.claim(rows, states, call.steps)
 
     # ------------------------------------------------------------------ one onnxruntime call
     def _stack(self, name: str, parts: list[np.ndarray], idxs: list[int] | None) -> np.ndarray:
@@ -329,10 +381,10 @@ class BatchStepper:
             (f"output {p.name!r} for {n} streams: got shape {o.shape}" for o, p in zip(res, self._outputs)
              if o.ndim <= p.batch_axis or o.shape[p.batch_axis] != n), None)
 
-    def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray,
-                   results: list[Arrays]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One onnxruntime call for the items ``idxs`` (chunks of one length; None: all); fills their results and
-        returns their rows with the new states (set by the caller once every call succeeded)."""
+    def _run_group(self, idxs: list[int] | None, chunks: dict[str, Any], rows: np.ndarray, results: Results,
+                   steps: int) -> _Call:
+        """One onnxruntime call for the items ``idxs`` (chunks of ``steps`` steps; None: all); fills their results
+        and returns the call, its new states to be kept by the caller once every call succeeded."""
         feeds = self._feeds(idxs, chunks)
         if idxs is not None:
             rows = rows[idxs]
@@ -348,7 +400,7 @@ class BatchStepper:
         else:
             for i, r in zip(idxs, mine):
                 results[i] = r
-        return rows, res[len(self._outputs):]
+        return _Call(rows, res[len(self._outputs):], steps, self._results.bad_rows(res), idxs)
 
     def _per_stream(self, res: list[np.ndarray]) -> list[Arrays]:
         """Per-stream views into the batched outputs (iterating the batch axis): no copies."""

@@ -1,8 +1,11 @@
-"""What a stream may feed a model: one chunk's arrays checked against the model's ports before any state moves.
+"""What a stream may feed a model, and what a call may give back: checked before any state moves.
 
 :class:`ChunkChecker` is built once per model from its ports; the single
 stream's step and the batch stepper both validate through it, so a chunk is
-refused with the same error whichever path it takes.
+refused with the same error whichever path it takes. :class:`ResultChecker`
+looks at a call's outputs and new states before they are kept: NaN or Inf the
+model computed from finite input (an overflow) is refused by the same
+``allow_nonfinite`` policy, so a step that fails is never applied.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from edge_rnn.contract import StateSpec
 from edge_rnn.errors import NonFiniteError, ShapeError
 from edge_rnn.runtime._ports import Port
 
-__all__ = ["ChunkChecker", "Arrays"]
+__all__ = ["ChunkChecker", "ResultChecker", "Arrays", "float_values"]
 
 Arrays = dict[str, np.ndarray]
 _MAX_LAYOUTS = 64  # chunk layouts remembered as valid, per model
+_PLAIN_NUMBERS = {int, float}
+_NUMBERS = (int, float, np.integer, np.floating)  # bool (an int) aside
+_SUMMED = 24  # results up to this many values are summed in Python, larger ones by np.vdot (faster from ~24 on)
 
 
 def _steps_mismatch(p: Port, a: np.ndarray, rank: int, fixed: list[tuple[int, int]]) -> str | None:
@@ -65,18 +72,54 @@ def _integers(p: Port, a: Any) -> np.ndarray:
     return raw.astype(p.dtype)
 
 
+def float_values(a: Any, dtype: np.dtype, name: str, shape: str) -> np.ndarray:
+    """Nested lists (or scalars, tuples, array-likes) of numbers as an array of the float ``dtype``, else a
+    ShapeError naming ``name`` and the ``shape`` expected: "1" or True is refused, not read as 1.0, and so is a
+    finite value beyond the dtype (1e300 for float32), never turned into Inf."""
+    expected = f"{name}: expected an array of shape {shape}"
+    try:
+        # nested lists as objects, so that a bool or a str among floats is seen (numpy would make them all floats)
+        raw = np.asarray(a) if isinstance(a, np.ndarray) else np.asarray(a, dtype=object)
+        odd = _not_numbers(raw)
+        if odd is not None:
+            raise ShapeError(f"{expected}, got {odd}: numbers only")
+        with np.errstate(over="raise"):
+            return raw.astype(dtype)
+    except FloatingPointError:
+        raise ShapeError(f"{name}: expected values within {dtype}'s range, got a finite value beyond it (it would "
+                         "become Inf)") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ShapeError(f"{expected}, got {type(a).__name__} that numpy cannot convert ({e})") from None
+
+
+def _not_numbers(raw: np.ndarray) -> str | None:
+    """What in ``raw`` is not a number ("str values ('1', ...)": a str, a bool, None, a list), or None when all
+    values are numbers."""
+    kind = raw.dtype.kind
+    if kind in "iuf" or not raw.size:
+        return None
+    flat = raw.reshape(-1).tolist()
+    if kind == "O":  # nested lists' values as they are: Python numbers (or numpy's), or anything else
+        types = set(map(type, flat))
+        if types <= _PLAIN_NUMBERS:
+            return None
+        odd = [t for t in types if issubclass(t, (bool, np.bool_)) or not issubclass(t, _NUMBERS)]
+        if not odd:
+            return None
+        first = next(v for v in flat if type(v) in odd)
+    else:  # an array of bools, strs, bytes, ...: every value
+        first = flat[0]
+    return f"{type(first).__name__} values ({first!r:.40}, ...)"
+
+
 def _from_values(p: Port, a: Any) -> np.ndarray:
     """Nested lists (or scalars, tuples, array-likes) as an array of the port's dtype; never a silent rounding."""
+    if p.dtype.kind == "f":
+        return float_values(a, p.dtype, p.name, p.describe())
     try:
-        if p.dtype.kind != "f":
-            return _integers(p, a)
-        with np.errstate(over="raise"):  # 1e300 in a list is finite, just beyond float32: say so
-            return np.asarray(a, dtype=p.dtype)
+        return _integers(p, a)
     except ShapeError:
         raise
-    except FloatingPointError:
-        raise ShapeError(f"{p.name}: expected values within {p.dtype}'s range, got a finite value beyond it "
-                         "(it would become Inf)") from None
     except (ValueError, TypeError, OverflowError) as e:
         raise ShapeError(f"{p.name}: expected an array of shape {p.describe()}, got {type(a).__name__} "
                          f"that numpy cannot convert ({e})") from None
@@ -157,3 +200,58 @@ class ChunkChecker:
                 f"{name}: expected finite values, got NaN or Inf (load with allow_nonfinite=True, or "
                 "--allow-nonfinite on the command line, to let them in)"
             )
+
+
+class ResultChecker:
+    """One model's look at a call's outputs and new states before they are kept: NaN or Inf in a float one is
+    refused unless ``allow_nonfinite`` (the policy of the :class:`ChunkChecker` it is handed, read on each call).
+
+    With finite chunks and states, that is the model overflowing (finite input times huge weights): the stream is
+    not advanced, as for a refused chunk. ``results`` are a call's arrays, the outputs and then the state outputs,
+    in port and state order (the session runner's order).
+    """
+
+    def __init__(self, chunks: ChunkChecker, outputs: tuple[Port, ...], states: tuple[StateSpec, ...]):
+        self._chunks = chunks
+        found = [(f"output {p.name!r}", p.dtype, p.batch_axis) for p in outputs]
+        found += [(f"state {s.input!r} (output {s.output!r})", np.dtype(s.dtype), s.batch_axis) for s in states]
+        # (index in the results, what it is, its batch axis), for each float one: no other dtype holds NaN or Inf
+        self._floats = [(i, label, axis) for i, (label, dtype, axis) in enumerate(found) if dtype.kind == "f"]
+        self._index = [i for i, _, _ in self._floats]
+
+    def _all_finite(self, results: list[np.ndarray]) -> bool:
+        """Whether every float result is finite, or NaN and Inf are let through. One sum per array finds any NaN
+        or Inf (both propagate into it; float32 values summed as Python floats cannot overflow), a dot of a
+        larger one too; a dot that overflowed from finite values is told apart by the exact look after it."""
+        if self._chunks.allow_nonfinite:
+            return True
+        total = 0.0
+        for i in self._index:
+            a = results[i]
+            total += sum(a.ravel().tolist()) if a.size <= _SUMMED else float(np.vdot(a, a))
+        return math.isfinite(total) or all(np.isfinite(results[i]).all() for i in self._index)
+
+    def check(self, results: list[np.ndarray]) -> None:
+        """One stream's call: raise NonFiniteError naming the first output or state with NaN or Inf."""
+        if not self._all_finite(results):
+            label = next(label for i, label, _ in self._floats if not np.isfinite(results[i]).all())
+            raise NonFiniteError(f"{_overflow(label)}; the stream did not advance")
+
+    def bad_rows(self, results: list[np.ndarray]) -> dict[int, str]:
+        """A batched call's rows (positions on the batch axis) with NaN or Inf in an output or state, each with
+        its message naming the first such one (what became of the stream is the caller's to add); empty when
+        every row is good."""
+        if self._all_finite(results):
+            return {}
+        bad: dict[int, str] = {}
+        for i, label, axis in self._floats:
+            a = results[i]
+            ok = np.isfinite(a).all(axis=tuple(k for k in range(a.ndim) if k != axis))
+            for row in np.flatnonzero(~ok).tolist():
+                bad.setdefault(row, label)
+        return {row: _overflow(label) for row, label in sorted(bad.items())}
+
+
+def _overflow(label: str) -> str:
+    return (f"{label}: expected finite values, got NaN or Inf from the model (an overflow; load with "
+            "allow_nonfinite=True, or --allow-nonfinite on the command line, to let them through)")

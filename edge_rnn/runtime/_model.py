@@ -11,6 +11,7 @@ the ports (:class:`~edge_rnn.runtime._ports.ModelIO`) and their
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from edge_rnn.contract import Contract, StateSpec
 from edge_rnn.errors import EdgeRnnError, InferenceError, StreamError, UnsupportedError
 from edge_rnn.runtime._batching import BatchStepper
 from edge_rnn.runtime._bundle import Picked
-from edge_rnn.runtime._chunks import Arrays, ChunkChecker
+from edge_rnn.runtime._chunks import Arrays, ChunkChecker, ResultChecker
 from edge_rnn.runtime._loading import LoadOptions, Opened, open_model
 from edge_rnn.runtime._ports import Port
 from edge_rnn.runtime._runner import SessionRunner
@@ -59,14 +60,15 @@ class StreamingModel:
         self.self_test: SelfTest | None = None  # its golden replay on this CPU, when loaded with self_test=True
         self._runner = SessionRunner(opened.session, [p.name for p in io.outputs] + [s.output for s in io.states],
                                      io.constants, opened.source)
-        self._checker = ChunkChecker(io.inputs, allow_nonfinite=allow_nonfinite)
+        self._checker = ChunkChecker(io.inputs, allow_nonfinite=_flag(allow_nonfinite))
+        self._results = ResultChecker(self._checker, io.outputs, io.states)  # NaN/Inf out: the step not applied
         self._slab = StateSlab(io.states)  # every open stream's state, one row each
         # a third-party model may fix its batch size at 1, and a dynamic int8 variant quantises each call's
         # activations with one scale over the whole call (rows_coupled): then streams cannot share a call
         self._batchable = all(p.shape[p.batch_axis] is None for p in (*io.inputs, *io.outputs)) and not \
             opened.rows_coupled
-        self._stepper = BatchStepper(self, self._checker, self._runner, self._slab, self.step, io.outputs,
-                                     batchable=self._batchable)
+        self._stepper = BatchStepper(self, self._checker, self._results, self._runner, self._slab, self.step,
+                                     io.outputs, batchable=self._batchable)
         # the single stream's hot path, precomputed: the batch axis added to each input (x[add], a view) and
         # dropped from each output (y[drop])
         self._single = self._checker.single
@@ -128,8 +130,9 @@ class StreamingModel:
         the states when the file carries none (a bundle's manifest holds it);
         it takes the place of the metadata and is checked against the graph.
         """
+        _check_model_and_variant(model, variant)
         choice = VariantChoice(variant, max_error, form, self_test)
-        options = LoadOptions.given(session, foreign, flat, contract=contract, allow_nonfinite=allow_nonfinite)
+        options = LoadOptions.given(session, foreign, flat, contract=contract, allow_nonfinite=_flag(allow_nonfinite))
         if not is_bundle(model):
             choice.refuse_for_file(model)
             return cls._open(model, options)
@@ -154,7 +157,7 @@ class StreamingModel:
 
     @allow_nonfinite.setter
     def allow_nonfinite(self, allow: bool) -> None:
-        self._checker.allow_nonfinite = allow
+        self._checker.allow_nonfinite = _flag(allow)
 
     @property
     def inputs(self) -> tuple[Port, ...]:
@@ -196,12 +199,15 @@ class StreamingModel:
     # ------------------------------------------------------------------ streams
     def open_stream(self, initial_state: Mapping[str, np.ndarray] | None = None) -> Stream:
         """A new stream, from zeros (PyTorch's default) or from ``initial_state`` (per stream, no batch axis)."""
-        state = None if initial_state is None else state_from_user(self.states, initial_state)
+        state = None if initial_state is None else state_from_user(self.states, initial_state,
+                                                                    allow_nonfinite=self.allow_nonfinite)
         return Stream(self, self.states, self._slab, state)
 
     def restore(self, snapshot: bytes) -> Stream:
-        """A stream resumed from :meth:`Stream.snapshot`; refused if the snapshot is of another model."""
-        state, steps = decode_snapshot(snapshot, self.fingerprint, self.states)
+        """A stream resumed from :meth:`Stream.snapshot`; refused if the snapshot is of another model, or holds
+        NaN or Inf (unless ``allow_nonfinite``), or a step count beyond ``2**62``. A snapshot refused takes no
+        slab row."""
+        state, steps = decode_snapshot(snapshot, self.fingerprint, self.states, allow_nonfinite=self.allow_nonfinite)
         return Stream(self, self.states, self._slab, state, steps=steps)
 
     # ------------------------------------------------------------------ stepping
@@ -236,7 +242,9 @@ class StreamingModel:
         """Feed one chunk (array, or dict for several inputs; no batch axis) and advance the stream.
 
         Returns the outputs without the batch axis. On any error the stream's
-        state is left exactly as it was.
+        state is left exactly as it was; an output or new state holding NaN or
+        Inf (the model overflowed) is such an error
+        (:class:`~edge_rnn.errors.NonFiniteError`), unless ``allow_nonfinite``.
         """
         if type(stream) is not Stream:
             raise StreamError(f"expected a Stream from this model's open_stream(), got {type(stream).__name__}")
@@ -250,6 +258,7 @@ class StreamingModel:
             if wrong:
                 raise InferenceError(f"onnxruntime ran {self.source} but returned a {wrong}; the stream did not "
                                      "advance")
+            self._results.check(res)
             self._slab.advance(row, states, n)
         return {name: res[i][drop] for i, (name, drop) in enumerate(self._out_drop)}
 
@@ -264,13 +273,32 @@ class StreamingModel:
         ``on_error="raise"`` (the default): every chunk and stream is checked
         first, and the first bad one raises with no stream advanced. The
         onnxruntime calls then run, and states are set only after all of them
-        succeeded, so a failing call advances nothing either; except on a model
-        whose batch size is fixed at 1, where streams are stepped one call each
-        and a call failing midway leaves the streams before it advanced.
+        succeeded, so a failing call advances nothing either, nor does an
+        output or new state holding NaN or Inf (the model overflowed; unless
+        ``allow_nonfinite``): that raises
+        :class:`~edge_rnn.errors.NonFiniteError` naming the item. This holds
+        on a model whose batch size is fixed at 1 too (one call per stream).
 
-        ``on_error="isolate"``: a bad chunk, a closed stream or a failing call
-        gives its item the :class:`~edge_rnn.errors.EdgeRnnError` in its slot
-        of the result, and every other stream still advances, so one client's
-        bad input cannot stop the others.
+        ``on_error="isolate"``: a bad chunk, a closed stream, a failing call or
+        an overflow gives its item the :class:`~edge_rnn.errors.EdgeRnnError`
+        in its slot of the result, and every other stream still advances, so
+        one client's bad input cannot stop the others.
         """
         return self._stepper.step_batch(items, on_error)
+
+
+def _flag(allow: Any) -> bool:
+    """``allow_nonfinite`` as given, if it is a bool: a string such as "no" would otherwise read as True."""
+    if not isinstance(allow, (bool, np.bool_)):
+        raise UnsupportedError(f"allow_nonfinite: expected True or False, got {allow!r:.40}")
+    return bool(allow)
+
+
+def _check_model_and_variant(model: Any, variant: Any) -> None:
+    """The types :meth:`StreamingModel.load` takes for ``model`` and ``variant``, refused as one line otherwise."""
+    if not isinstance(model, (str, PathLike, bytes, bytearray)):
+        raise UnsupportedError(f"model: expected a path (str or os.PathLike) or the model's bytes, got "
+                               f"{type(model).__name__}")
+    if variant is not None and not isinstance(variant, str):
+        raise UnsupportedError(f"variant: expected a str (a variant's name in the bundle's manifest), got "
+                               f"{type(variant).__name__} {variant!r:.40}")

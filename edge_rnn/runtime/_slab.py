@@ -93,11 +93,19 @@ class StateSlab:
             if not self._free:
                 self._grow(2 * self.capacity)
             row = self._free.pop()
-            self._drop(row)  # a pending batch's slot, or the outputs of a lone step, of the row's last owner
-            self.steps[row] = steps
-            for a, pre, name in zip(self.arrays, self._pre, self._names):
-                a[(*pre, row)] = 0 if state is None else state[name]
+            try:
+                self._drop(row)  # a pending batch's slot, or the outputs of a lone step, of the row's last owner
+                self.steps[row] = steps
+                for a, pre, name in zip(self.arrays, self._pre, self._names):
+                    a[(*pre, row)] = 0 if state is None else state[name]
+            except BaseException:  # a state or step count that does not fit: the row is not taken
+                self._free.append(row)
+                raise
         return row
+
+    def __len__(self) -> int:
+        """The rows held by open streams."""
+        return self.capacity - len(self._free) - len(self._released)
 
     def release(self, row: int) -> None:
         """Give a row back; safe from any thread and from a finalizer (takes no lock)."""
@@ -204,6 +212,10 @@ class StateSlab:
             if p is not None and self.owner[rows].any():
                 self._flush()
             return {name: np.take(a, rows, axis=b) for name, a, b in zip(self._names, self.arrays, self._axes)}
+
+    def take(self, values: list[np.ndarray], keep: np.ndarray) -> list[np.ndarray]:
+        """A batch's state outputs (state order) for the streams at positions ``keep`` of its batch axis only."""
+        return [np.take(v, keep, axis=b) for v, b in zip(values, self._axes)]
 
     def claim(self, rows: np.ndarray, values: list[np.ndarray], steps: int) -> None:
         """``rows`` stepped by ``steps``: their new states are a batch's state outputs (state order, batch axis

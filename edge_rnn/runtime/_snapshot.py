@@ -5,7 +5,9 @@ a JSON header (version, model fingerprint, steps, per state its name, shape and
 dtype, and the CRC-32 of the state bytes), then each state's bytes in the
 contract's order. Decoding refuses a
 snapshot of another model (by state layout and by fingerprint), any other
-version, and corrupt or truncated data.
+version, corrupt or truncated data, a step count beyond :data:`MAX_STEPS`,
+and NaN or Inf in a state unless the model lets them in. All of it is checked
+before the caller takes a slab row for the state.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from edge_rnn._numbers import is_int
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import StateError
 
-__all__ = ["encode_snapshot", "decode_snapshot", "stream_shape"]
+__all__ = ["encode_snapshot", "decode_snapshot", "stream_shape", "MAX_STEPS"]
 
 _MAGIC = b"EDGERNN-SNAPSHOT"
 # 2 adds a CRC-32 over the header's fields and the state bytes. Version 1 (no checksum) is refused: a flipped byte
 # in the version field would otherwise turn the check off.
 _VERSION = 2
+# The most steps a snapshot holds. A stream's count is an int64 in the slab: one restored at 2**62 would need 2**62
+# more steps (146 years at a billion a second) to wrap, so none ever does; Stream.steps stops here (saturates) rather
+# than refusing a step, since the count is bookkeeping and the state is fine.
+MAX_STEPS = 2**62
 
 
 def stream_shape(s: StateSpec) -> tuple[int, ...]:
@@ -37,7 +43,7 @@ def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict
     header = {
         "version": _VERSION,
         "fingerprint": fingerprint,
-        "steps": steps,
+        "steps": min(steps, MAX_STEPS),
         "states": [{"input": s.input, "shape": list(state[s.input].shape), "dtype": s.dtype} for s in states],
     }
     body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
@@ -67,8 +73,8 @@ def _header(data: bytes) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise StateError(f"snapshot: corrupt header, expected an object, got {type(header).__name__}")
     steps = header.get("steps", 0)
-    if not is_int(steps, least=0):
-        raise StateError(f"snapshot: corrupt header, expected a step count >= 0, got {steps!r}")
+    if not is_int(steps, least=0, most=MAX_STEPS):
+        raise StateError(f"snapshot: corrupt header, expected a step count from 0 to 2**62, got {steps!r:.40}")
     if header.get("version") == 1:
         raise StateError("snapshot: version 1 has no checksum and is no longer restored; take a new snapshot of the "
                          "stream with this edge-rnn")
@@ -78,9 +84,10 @@ def _header(data: bytes) -> tuple[dict, int]:
 
 
 def decode_snapshot(
-    data: bytes, fingerprint: str, states: tuple[StateSpec, ...]
+    data: bytes, fingerprint: str, states: tuple[StateSpec, ...], *, allow_nonfinite: bool = False
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The state arrays and step count in ``data``, refused unless they belong to this model, whole and intact."""
+    """The state arrays and step count in ``data``, refused unless they belong to this model, whole and intact,
+    and finite (unless ``allow_nonfinite``: a checksum a forger recomputed does not make NaN a state)."""
     header, offset = _header(data)
     want = [{"input": s.input, "shape": list(stream_shape(s)), "dtype": s.dtype} for s in states]
     if header.get("states") != want:
@@ -98,7 +105,10 @@ def decode_snapshot(
                          "or transit)")
     out = {}
     for s, size in zip(states, sizes):
-        out[s.input] = np.frombuffer(bytes(data[offset : offset + size]), dtype=np.dtype(s.dtype)).reshape(
-            stream_shape(s)).copy()
+        a = np.frombuffer(bytes(data[offset : offset + size]), dtype=np.dtype(s.dtype)).reshape(stream_shape(s))
+        if a.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(a).all():
+            raise StateError(f"snapshot: state {s.input!r}: expected finite values, got NaN or Inf (restore it on "
+                             "a model loaded with allow_nonfinite=True to let them in)")
+        out[s.input] = a.copy()
         offset += size
     return out, header["steps"] if "steps" in header else 0

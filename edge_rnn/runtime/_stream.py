@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from itertools import repeat
 from operator import attrgetter
 from typing import Protocol
 
@@ -11,8 +14,9 @@ import numpy as np
 
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import NonFiniteError, ShapeError, StateError, StreamError
+from edge_rnn.runtime._chunks import float_values
 from edge_rnn.runtime._slab import StateSlab
-from edge_rnn.runtime._snapshot import encode_snapshot, stream_shape
+from edge_rnn.runtime._snapshot import MAX_STEPS, encode_snapshot, stream_shape
 
 
 class ModelOfStream(Protocol):
@@ -24,7 +28,7 @@ class ModelOfStream(Protocol):
     def streamable(self) -> bool: ...
 
 
-__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream", "rows_of", "check_all_usable", "locks_of"]
+__all__ = ["Stream", "stream_shape", "state_from_user", "ModelOfStream", "rows_of", "check_all_usable", "locked"]
 
 class Stream:
     """The recurrent state of one sequence. Create it with :meth:`StreamingModel.open_stream`.
@@ -87,9 +91,9 @@ class Stream:
     # ------------------------------------------------------------------ for the user
     @property
     def steps(self) -> int:
-        """Time steps consumed since open or reset."""
+        """Time steps consumed since open or reset; it stops at ``2**62`` (a restore refuses more), never wraps."""
         row = self._row
-        return self._steps_at_close if row < 0 else int(self._slab.steps[row])
+        return self._steps_at_close if row < 0 else min(int(self._slab.steps[row]), MAX_STEPS)
 
     @property
     def model(self) -> ModelOfStream:
@@ -161,8 +165,10 @@ class Stream:
         return put_back
 
 
-def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate a per-stream state (no batch axis) and copy it."""
+def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """Validate a per-stream state (no batch axis) and copy it; NaN or Inf refused unless ``allow_nonfinite``, as
+    step refuses them."""
     if not isinstance(given, Mapping):
         raise StateError(f"initial_state: expected a mapping of state name -> array, got {type(given).__name__}")
     names = {s.input for s in states}
@@ -171,24 +177,30 @@ def state_from_user(states: tuple[StateSpec, ...], given: Mapping[str, np.ndarra
         raise StateError(f"initial_state: unknown state {unknown}, expected names in {sorted(names)}")
     out = {}
     for s in states:
-        want = stream_shape(s)
         if s.input not in given:
-            raise StateError(f"initial_state: missing state {s.input!r} of shape {want}")
-        a = given[s.input]
-        if type(a) is not np.ndarray:  # a nested list, as step takes one
-            try:
-                a = np.asarray(a, dtype=np.dtype(s.dtype))
-            except (ValueError, TypeError, OverflowError) as e:
-                raise ShapeError(f"initial_state {s.input!r}: expected an array of shape {want} {s.dtype}, got "
-                                 f"{type(given[s.input]).__name__} that numpy cannot convert ({e})") from None
-        if a.shape != want or a.dtype != np.dtype(s.dtype):
-            raise ShapeError(
-                f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}"
-            )
-        if a.dtype.kind == "f" and not np.isfinite(a).all():  # step refuses them too
-            raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
-        out[s.input] = a.copy()
+            raise StateError(f"initial_state: missing state {s.input!r} of shape {stream_shape(s)}")
+        out[s.input] = _state_array(s, given[s.input], allow_nonfinite)
     return out
+
+
+def _state_array(s: StateSpec, given: object, allow_nonfinite: bool) -> np.ndarray:
+    """One state given by the user (an array, or nested lists as step takes), checked and copied."""
+    want, dtype = stream_shape(s), np.dtype(s.dtype)
+    a = given
+    if type(a) is not np.ndarray:  # nested lists, as step takes them: numbers only, within the dtype
+        name = f"initial_state {s.input!r}"
+        try:
+            a = float_values(a, dtype, name, f"{want} {s.dtype}") if dtype.kind == "f" else np.asarray(a, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as e:
+            if isinstance(e, ShapeError):
+                raise
+            raise ShapeError(f"{name}: expected an array of shape {want} {s.dtype}, got {type(given).__name__} that "
+                             f"numpy cannot convert ({e})") from None
+    if a.shape != want or a.dtype != dtype:
+        raise ShapeError(f"initial_state {s.input!r}: expected shape {want} {s.dtype}, got {a.shape} {a.dtype}")
+    if a.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(a).all():
+        raise NonFiniteError(f"initial_state {s.input!r}: expected finite values, got NaN or Inf")
+    return a.copy()
 
 
 # A batch of streams read at C speed (map over attribute getters): the stepper's view of many streams at once,
@@ -204,8 +216,31 @@ def rows_of(streams: list[Stream]) -> np.ndarray:
     return np.fromiter(map(_ROW, streams), np.intp, len(streams))
 
 
-def locks_of(streams: list[Stream]) -> list[threading.Lock]:
-    return list(map(_LOCK, streams))
+_LOCK_TYPE = type(threading.Lock())  # the lock every Stream holds; its unbound methods map at C speed
+
+
+@contextmanager
+def locked(streams: list[Stream]) -> Iterator[None]:
+    """Hold every stream's lock. Each is tried without waiting; if one is busy, those taken are let go and
+    all are taken in one fixed order, waiting (no deadlock between concurrent batches)."""
+    locks = list(map(_LOCK, streams))
+    taken = list(map(_LOCK_TYPE.acquire, locks, repeat(False)))
+    if not all(taken):
+        for lock, got in zip(locks, taken):
+            if got:
+                lock.release()
+        locks = sorted(locks, key=id)
+        for k, lock in enumerate(locks):
+            try:
+                lock.acquire()
+            except BaseException:
+                for held in locks[:k]:
+                    held.release()
+                raise
+    try:
+        yield
+    finally:
+        deque(map(_LOCK_TYPE.release, locks), 0)
 
 
 def check_all_usable(streams: list[Stream], model: ModelOfStream) -> None:
