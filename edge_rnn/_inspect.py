@@ -131,13 +131,17 @@ class _OnnxFile(NamedTuple):
         ops = operator_counts_of(data, source)
         if ops is None:
             raise MalformedProto("not an ONNX protobuf")
-        return cls(model, g, not nodes and not inputs, _utf8(metadata, source), params, opsets, ins, outs, ops)
+        names = [data[a:b] for vi in (*inputs, *g.children(12)) for a, b in vi.spans.get(1, [])]
+        text = _utf8(metadata, names, source)
+        return cls(model, g, not nodes and not inputs, text, params, opsets, ins, outs, ops)
 
 
-def _utf8(metadata: dict[bytes, bytes], source: str) -> dict[str, str]:
-    """The metadata as text, refused as the runtime refuses it (onnxruntime's accessor) where an entry is not
-    UTF-8."""
+def _utf8(metadata: dict[bytes, bytes], names: list[bytes], source: str) -> dict[str, str]:
+    """The metadata as text, refused as the runtime refuses it (onnxruntime's accessors) where an entry or a
+    graph input's or output's name is not UTF-8."""
     try:
+        for name in names:
+            name.decode("utf-8")
         return {k.decode("utf-8"): v.decode("utf-8") for k, v in metadata.items()}
     except UnicodeDecodeError as e:
         raise ModelFormatError(f"{source}: a name or a metadata entry is not valid UTF-8 ({e.reason} at byte "

@@ -51,9 +51,9 @@ METADATA_KEY = "edge_rnn"
 FORMAT_VERSION = 1
 # Bytes of state per stream, a model's states all together: far above any recurrent state (a 4-layer LSTM of 4096
 # units keeps 256 KiB), and small enough that the runtime's state slab, which holds 16 streams' rows from the moment
-# a model loads, allocates at most 4 GiB up front when a forged contract declares the most it may. Counted in bytes,
+# a model loads, allocates at most 1 GiB up front when a forged contract declares the most it may. Counted in bytes,
 # not elements: 2**28 float64 elements passed an element cap, then asked the slab for 32 GiB.
-MAX_STATE_BYTES = 256 << 20
+MAX_STATE_BYTES = 64 << 20
 # Inputs, outputs and states a contract may list, each: far above any streaming model's, and a bound on the work of
 # reading a contract (every check is linear in them).
 MAX_ENTRIES = 1024

@@ -298,16 +298,35 @@ def _contract(**changes) -> dict:
 def test_a_state_is_capped_in_bytes_before_anything_is_allocated():
     d = _contract()
     d["states"][0].update(shape=[1, None, 2**28], dtype="float64")  # was: passed, then MemoryError for 32 GiB
-    with pytest.raises(ModelFormatError, match=r"state 'h0': expected at most 256 MiB of state per stream, got "
+    with pytest.raises(ModelFormatError, match=r"state 'h0': expected at most 64 MiB of state per stream, got "
                                                r"2,147,483,648 bytes \(\[1, null, 268435456\] float64\)"):
         Contract.from_dict(d)
-    d["states"][0].update(shape=[1, None, 2**25], dtype="float32")  # 128 MiB each: too much together
-    d["states"][1].update(shape=[1, None, 2**25 + 1], dtype="float32")
-    with pytest.raises(ModelFormatError, match=r"expected at most 256 MiB of state per stream .all states "
-                                               r"together., got 268,435,460 bytes"):
+    d["states"][0].update(shape=[1, None, 2**23], dtype="float32")  # 32 MiB each: over the cap together
+    d["states"][1].update(shape=[1, None, 2**23 + 1], dtype="float32")
+    with pytest.raises(ModelFormatError, match=r"expected at most 64 MiB of state per stream .all states "
+                                               r"together., got 67,108,868 bytes"):
         Contract.from_dict(d)
-    d["states"][1].update(shape=[1, None, 2**24])
-    assert Contract.from_dict(d).states[0].shape == (1, None, 2**25)
+    d["states"][1].update(shape=[1, None, 2**22])
+    assert Contract.from_dict(d).states[0].shape == (1, None, 2**23)
+
+
+def test_a_foreign_models_states_are_capped_in_bytes_too(tmp_path):
+    """A model without a contract: its states come from the graph, and are held to the same cap."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    big = [1, "batch", 2**22 + 1]  # float32: 16 MiB and 4 bytes, four times over
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])] + [helper.make_node("Identity", [f"s{i}"], [f"s{i}N"])
+                                                          for i in range(4)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])]
+        + [helper.make_tensor_value_info(f"s{i}", TensorProto.FLOAT, big) for i in range(4)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
+        + [helper.make_tensor_value_info(f"s{i}N", TensorProto.FLOAT, big) for i in range(4)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(ModelFormatError, match=r"the model's states: expected at most 64 MiB of state per stream"):
+        StreamingModel.load(model.SerializeToString())
 
 
 @pytest.mark.parametrize("group", ["inputs", "outputs", "states"])
@@ -337,7 +356,9 @@ def test_inspect_of_an_ort_file_whose_metadata_is_not_utf8_is_one_error_line(tmp
     data = bytearray(LAYER.read_bytes())
     data[data.index(b'{"format"') + 1] = 0xFF  # inside the contract's JSON: the protobuf stays well formed
     (tmp_path / "bad.onnx").write_bytes(bytes(data))
-    for path in (_ort_of(tmp_path, "bad"), tmp_path / "bad.onnx"):
+    named = tmp_path / "named.onnx"  # an input's name that is not UTF-8, where the graph lists its inputs
+    named.write_bytes(LAYER.read_bytes().replace(b"\n\x01x", b"\n\x01\xff"))
+    for path in (_ort_of(tmp_path, "bad"), tmp_path / "bad.onnx", named):
         r = CliRunner().invoke(main, ["inspect", str(path)])
         assert r.exit_code == 1 and "Traceback" not in r.output, r.output  # was: a UnicodeDecodeError traceback
         lines = r.output.strip().splitlines()
