@@ -312,7 +312,7 @@ def test_a_state_is_capped_in_bytes_before_anything_is_allocated():
 
 def test_a_foreign_models_states_are_capped_in_bytes_too(tmp_path):
     """A model without a contract: its states come from the graph, and are held to the same cap."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     big = [1, "batch", 2**22 + 1]  # float32: 16 MiB and 4 bytes, four times over
