@@ -198,10 +198,6 @@ class ModelScan(NamedTuple):
     external: list[Located]
     ops: Counter | None
 
-    @property
-    def is_ort(self) -> bool:
-        return self.ops is None
-
 
 def scan_model(data: bytes, source: str = "<bytes>") -> ModelScan:
     """Read ``data`` (from ``source``, as messages name it) as an ONNX protobuf or an ORT-format file.
@@ -222,8 +218,7 @@ def scan_model(data: bytes, source: str = "<bytes>") -> ModelScan:
     except MalformedProto as e:
         if marked:
             return ModelScan([], None)  # an ORT-format (flatbuffer) model: its weights are inside it
-        raise ModelFormatError(f"{source}: expected an ONNX model, could not parse it (not a protobuf message: "
-                               f"{e})") from None
+        raise ModelFormatError(f"{source}: expected an ONNX model, could not parse it ({e})") from None
     if marked:
         raise ModelFormatError(f"{source}: carries the ORT format's mark ({_ORT_MARK.decode()} at bytes 4..8) but "
                                "reads as an ONNX protobuf; refused rather than read one way when onnxruntime may "
