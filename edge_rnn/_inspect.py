@@ -131,17 +131,17 @@ class _OnnxFile(NamedTuple):
         ops = operator_counts_of(data, source)
         if ops is None:
             raise MalformedProto("not an ONNX protobuf")
-        names = [data[a:b] for vi in (*inputs, *g.children(12)) for a, b in vi.spans.get(1, [])]
-        text = _utf8(metadata, names, source)
+        text = _utf8(metadata, [*inputs, *g.children(12)], source)
         return cls(model, g, not nodes and not inputs, text, params, opsets, ins, outs, ops)
 
 
-def _utf8(metadata: dict[bytes, bytes], names: list[bytes], source: str) -> dict[str, str]:
-    """The metadata as text, refused as the runtime refuses it (onnxruntime's accessors) where an entry or a
-    graph input's or output's name is not UTF-8."""
+def _utf8(metadata: dict[bytes, bytes], values: list[_Message], source: str) -> dict[str, str]:
+    """The metadata as text, refused as the runtime refuses it (onnxruntime's accessors) where an entry or the
+    name of a graph input or output (``values``, ValueInfoProto: name 1) is not UTF-8."""
     try:
-        for name in names:
-            name.decode("utf-8")
+        for vi in values:
+            for a, b in vi.spans.get(1, []):
+                vi.data[a:b].decode("utf-8")
         return {k.decode("utf-8"): v.decode("utf-8") for k, v in metadata.items()}
     except UnicodeDecodeError as e:
         raise ModelFormatError(f"{source}: a name or a metadata entry is not valid UTF-8 ({e.reason} at byte "
@@ -186,9 +186,11 @@ def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
     failed: list[str] = []
     checked: list[Any] = []
 
-    def row(label: str, spec: Any, what: str) -> None:
+    def row(label: str, spec: Any, what: str, model: bool = False) -> None:
         checked.append(spec)
         file, problem = _check_file(folder, spec)
+        if problem is None and model:
+            problem = _weights_problem(folder / file, spec)
         if problem is not None:
             failed.append(f"{file}: {problem}")
         rows.append(f"  {printable(label, 40):<12} {printable(file, 80):<28} {printable(what, 80):<38} "
@@ -198,9 +200,9 @@ def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
         err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")
         grows = isinstance(e.get("error"), dict) and e["error"].get("grows") is True
         row(name, e, f"max err {'?' if err is None else f'{err:.2e}'}{' GROWS' if grows else ''}  step "
-                     f"{'?' if step is None else f'{step:.1f}'} us")
+                     f"{'?' if step is None else f'{step:.1f}'} us", model=True)
         if "ort" in e:
-            row("", e["ort"], "the same in ORT format")
+            row("", e["ort"], "the same in ORT format", model=True)
     if "required_operators" in manifest:
         row("operators", manifest["required_operators"], "a minimal onnxruntime build's config")
     known = {id(spec) for spec in checked}
@@ -231,6 +233,22 @@ def _check_file(folder: Path, spec: Any) -> tuple[str, str | None]:
     if not isinstance(file, str) or not file or file in (".", "..") or Path(file).name != file:
         return repr(file) if file is not None else "?", "BAD ENTRY: not a file name in the bundle"
     return file, _file_problem(folder, file, spec.get("sha256"))
+
+
+def _weights_problem(path: Path, spec: dict) -> str | None:
+    """A variant's model file that names an external weights file its manifest entry does not hash, or that the
+    runtime's reader cannot parse: what the runtime refuses to load; None when neither."""
+    from edge_rnn.runtime._external import scan_model
+
+    try:
+        scan = scan_model(path.read_bytes(), str(path))
+    except ModelFormatError:
+        return "CANNOT BE PARSED"
+    external = spec.get("external")
+    listed = {e.get("file") for e in external if isinstance(e, dict)} if isinstance(external, list) else set()
+    named = [(x.location or b"").decode("utf-8", "replace") for x in scan.external]
+    uncovered = [n for n in named if n not in listed]
+    return None if not uncovered else f"WEIGHTS FILE {uncovered[0]!r} NOT HASHED IN THE MANIFEST"
 
 
 def _file_problem(folder: Path, file: str, digest: Any) -> str | None:

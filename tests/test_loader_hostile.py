@@ -189,6 +189,21 @@ def test_a_variants_external_weights_file_not_covered_by_the_manifest_is_refused
         StreamingModel.load(copy, variant="fp32")
 
 
+def test_inspect_marks_an_external_weights_file_the_manifest_does_not_hash_as_loading_refuses_it(copy):
+    from click.testing import CliRunner
+
+    from edge_rnn.cli import main
+
+    _with_external_fp32(copy, cover=False)
+    r = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert r.exit_code == 1 and "WEIGHTS FILE 'weights.bin' NOT HASHED IN THE MANIFEST" in r.output, r.output
+    _with_external_fp32(copy, cover=True)
+    r = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert r.exit_code == 0, r.output  # the weights file is listed, and checked against its hash like the rest
+    assert any("weights.bin" in line and "variants.fp32.external.0" in line and "sha256 ok" in line
+               for line in r.output.splitlines()), r.output
+
+
 def test_a_swapped_external_weights_file_is_refused_and_the_right_one_loads(copy):
     _with_external_fp32(copy, cover=True)
     model = StreamingModel.load(copy, variant="fp32")
