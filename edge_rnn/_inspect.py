@@ -1,6 +1,8 @@
 """A readable summary of any ONNX or ORT-format file, with its edge_rnn contract when it has one; a bundle's
 listing with each file checked against its hash. Needs neither onnx nor torch: an ONNX file is read with the
-runtime's protobuf wire-format reader, an ORT file through onnxruntime."""
+runtime's protobuf wire-format reader, an ORT file through onnxruntime (its operators with the runtime's reader of
+its flatbuffer). What the runtime refuses to load, a name or a metadata entry that is not UTF-8, inspect refuses
+in the same one line."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ import numpy as np
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, described
-from edge_rnn.runtime._external import MalformedProto, map_entry, operator_counts_of, read_varint, wire_fields
+from edge_rnn.runtime._external import (
+    MalformedProto,
+    map_entry,
+    operator_counts_of,
+    ort_operator_counts,
+    read_varint,
+    wire_fields,
+)
+from edge_rnn.runtime._session import describe_session
 
 if TYPE_CHECKING:
     import onnx
@@ -105,8 +115,9 @@ class _OnnxFile(NamedTuple):
     ops: Counter
 
     @classmethod
-    def read(cls, data: bytes) -> _OnnxFile:
-        """Raises MalformedProto, IndexError or UnicodeDecodeError where ``data`` is no ONNX protobuf."""
+    def read(cls, data: bytes, source: str) -> _OnnxFile:
+        """Raises MalformedProto or IndexError where ``data`` is no ONNX protobuf, ModelFormatError where the
+        runtime's reader refuses it or a metadata entry is not UTF-8."""
         model = _Message(data, (0, len(data)))
         g = model.child(7)  # ModelProto.graph
         nodes, inputs = g.children(1), g.children(11)
@@ -117,11 +128,24 @@ class _OnnxFile(NamedTuple):
         opsets = ", ".join(f"{o.text(1) or 'ai.onnx'} {o.number(2)}" for o in model.children(8))
         ins = [_value_info(vi) for vi in inputs if vi.text(1) not in names]
         outs = [_value_info(vi) for vi in g.children(12)]
-        ops = operator_counts_of(data)
+        ops = operator_counts_of(data, source)
         if ops is None:
-            raise MalformedProto
-        text = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in metadata.items()}
+            raise MalformedProto("not an ONNX protobuf")
+        text = _utf8(metadata, [*inputs, *g.children(12)], source)
         return cls(model, g, not nodes and not inputs, text, params, opsets, ins, outs, ops)
+
+
+def _utf8(metadata: dict[bytes, bytes], values: list[_Message], source: str) -> dict[str, str]:
+    """The metadata as text, refused as the runtime refuses it (onnxruntime's accessors) where an entry or the
+    name of a graph input or output (``values``, ValueInfoProto: name 1) is not UTF-8."""
+    try:
+        for vi in values:
+            for a, b in vi.spans.get(1, []):
+                vi.data[a:b].decode("utf-8")
+        return {k.decode("utf-8"): v.decode("utf-8") for k, v in metadata.items()}
+    except UnicodeDecodeError as e:
+        raise ModelFormatError(f"{source}: a name or a metadata entry is not valid UTF-8 ({e.reason} at byte "
+                               f"{e.start})") from None
 
 
 def describe(path: Path) -> str:
@@ -130,9 +154,10 @@ def describe(path: Path) -> str:
     if data[4:8] == b"ORTM":  # an ORT-format file (mobile builds): a flatbuffer, not a protobuf
         return describe_ort(path)
     try:
-        f = _OnnxFile.read(data)
-    except (MalformedProto, IndexError, UnicodeDecodeError):
-        raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message)") from None
+        f = _OnnxFile.read(data, str(path))
+    except (MalformedProto, IndexError) as e:
+        raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it (not a protobuf message"
+                               f"{f': {e}' if str(e) else ''})") from None
     if f.empty:
         raise ModelFormatError(f"{path}: expected an ONNX model, got an empty or non-ONNX file")
     contract = Contract.from_metadata(f.metadata)
@@ -161,9 +186,11 @@ def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
     failed: list[str] = []
     checked: list[Any] = []
 
-    def row(label: str, spec: Any, what: str) -> None:
+    def row(label: str, spec: Any, what: str, model: bool = False) -> None:
         checked.append(spec)
         file, problem = _check_file(folder, spec)
+        if problem is None and model:
+            problem = _weights_problem(folder / file, spec)
         if problem is not None:
             failed.append(f"{file}: {problem}")
         rows.append(f"  {printable(label, 40):<12} {printable(file, 80):<28} {printable(what, 80):<38} "
@@ -173,9 +200,9 @@ def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
         err, step = number(e, "error", "max_abs"), number(e, "speed", "step_us")
         grows = isinstance(e.get("error"), dict) and e["error"].get("grows") is True
         row(name, e, f"max err {'?' if err is None else f'{err:.2e}'}{' GROWS' if grows else ''}  step "
-                     f"{'?' if step is None else f'{step:.1f}'} us")
+                     f"{'?' if step is None else f'{step:.1f}'} us", model=True)
         if "ort" in e:
-            row("", e["ort"], "the same in ORT format")
+            row("", e["ort"], "the same in ORT format", model=True)
     if "required_operators" in manifest:
         row("operators", manifest["required_operators"], "a minimal onnxruntime build's config")
     known = {id(spec) for spec in checked}
@@ -208,6 +235,22 @@ def _check_file(folder: Path, spec: Any) -> tuple[str, str | None]:
     return file, _file_problem(folder, file, spec.get("sha256"))
 
 
+def _weights_problem(path: Path, spec: dict) -> str | None:
+    """A variant's model file that names an external weights file its manifest entry does not hash, or that the
+    runtime's reader cannot parse: what the runtime refuses to load; None when neither."""
+    from edge_rnn.runtime._external import scan_model
+
+    try:
+        scan = scan_model(path.read_bytes(), str(path))
+    except ModelFormatError:
+        return "CANNOT BE PARSED"
+    external = spec.get("external")
+    listed = {e.get("file") for e in external if isinstance(e, dict)} if isinstance(external, list) else set()
+    named = [(x.location or b"").decode("utf-8", "replace") for x in scan.external]
+    uncovered = [n for n in named if n not in listed]
+    return None if not uncovered else f"WEIGHTS FILE {uncovered[0]!r} NOT HASHED IN THE MANIFEST"
+
+
 def _file_problem(folder: Path, file: str, digest: Any) -> str | None:
     """What is wrong with ``folder / file`` against its manifest's ``digest``; None when nothing is."""
     from edge_rnn.runtime._bundle import sha256_of
@@ -238,43 +281,32 @@ def describe_ort(path: Path) -> str:
         graph = model.Graph()
     except Exception as e:  # noqa: BLE001 - onnxruntime's Fail, or a flatbuffer that does not parse
         raise ModelFormatError(f"{path}: expected an ORT-format model, could not read it ({described(e)})") from None
+    ins, outs, metadata = describe_session(sess, str(path))  # refused in one line where they are not UTF-8
     params = 0
     for i in range(graph.InitializersLength()):
         t = graph.Initializers(i)
         params += int(np.prod([t.Dims(k) for k in range(t.DimsLength())], dtype=np.int64))
-    contract = Contract.from_metadata(sess.get_modelmeta().custom_metadata_map)
-    ops = _ort_operators(graph)
+    contract = Contract.from_metadata(metadata)
     onnx_opset = next((model.OpsetImport(i).Version() for i in range(model.OpsetImportLength())
                        if model.OpsetImport(i).Domain() in (b"", b"ai.onnx")), "?")
+    producer = (model.ProducerName() or b"").decode("utf-8", "replace") or "?"
     lines = [
-        f"model:     ORT format (producer {model.ProducerName().decode() or '?'}, IR {model.IrVersion()})",
+        f"model:     ORT format (producer {producer}, IR {model.IrVersion()})",
         f"opset:     ai.onnx {onnx_opset}",
         f"size:      {len(data) / 1024:.1f} KiB, {params:,} parameters",
         "inputs:",
-        *map(_ort_value_line, sess.get_inputs()),
+        *(_ort_value_line(n, *v) for n, v in ins.items()),
         "outputs:",
-        *map(_ort_value_line, sess.get_outputs()),
+        *(_ort_value_line(n, *v) for n, v in outs.items()),
     ]
-    return "\n".join(lines + _contract_lines(contract) + [_operator_line(ops)])
+    return "\n".join(lines + _contract_lines(contract) + [_operator_line(ort_operator_counts(data))])
 
 
-def _ort_value_line(a: Any) -> str:
-    """``name dtype (dims)`` of an onnxruntime NodeArg, as :func:`_value_info` writes a graph's."""
-    shape = "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in a.shape) + ")"
-    return f"  {a.name:<16} {a.type.removeprefix('tensor(').rstrip(')'):<8} {shape}"
-
-
-def _ort_operators(graph) -> Counter:  # noqa: ANN001 - a flatbuffer Graph
-    ops: Counter = Counter()
-    for i in range(graph.NodesLength()):
-        node = graph.Nodes(i)
-        domain = node.Domain().decode()
-        ops[node.OpType().decode() if domain in ("", "ai.onnx") else f"{domain}.{node.OpType().decode()}"] += 1
-        for k in range(node.AttributesLength()):
-            attr = node.Attributes(k)
-            if attr.G() is not None:
-                ops.update(_ort_operators(attr.G()))
-    return ops
+def _ort_value_line(name: str, shape: tuple, ort_type: str) -> str:
+    """``name dtype (dims)`` of an input or output as onnxruntime reads it, as :func:`_value_info` writes a
+    graph's."""
+    dims = "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape) + ")"
+    return f"  {name:<16} {ort_type.removeprefix('tensor(').rstrip(')'):<8} {dims}"
 
 
 def _contract_lines(contract: Contract | None) -> list[str]:

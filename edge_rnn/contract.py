@@ -27,7 +27,8 @@ works on the plain ``{key: value}`` metadata map that both ``onnx`` and
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ from edge_rnn.errors import ModelFormatError
 
 __all__ = [
     "axes_problem",
+    "check_state_bytes",
+    "MAX_STATE_BYTES",
+    "MAX_ENTRIES",
     "METADATA_KEY",
     "FORMAT_VERSION",
     "TensorSpec",
@@ -45,10 +49,16 @@ __all__ = [
 
 METADATA_KEY = "edge_rnn"
 FORMAT_VERSION = 1
-# 2**28 elements (1 GiB of float32) per stream: far above any recurrent state, far below an allocation
-# that would take the machine down when a forged contract declares one.
-MAX_STATE_ELEMENTS = 2**28
+# Bytes of state per stream, a model's states all together: far above any recurrent state (a 4-layer LSTM of 4096
+# units keeps 256 KiB), and small enough that the runtime's state slab, which holds 16 streams' rows from the moment
+# a model loads, allocates at most 1 GiB up front when a forged contract declares the most it may. Counted in bytes,
+# not elements: 2**28 float64 elements passed an element cap, then asked the slab for 32 GiB.
+MAX_STATE_BYTES = 64 << 20
+# Inputs, outputs and states a contract may list, each: far above any streaming model's, and a bound on the work of
+# reading a contract (every check is linear in them).
+MAX_ENTRIES = 1024
 _DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+_ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
 
 def _name(value: Any, what: str) -> str:
@@ -97,6 +107,19 @@ def axes_problem(rank: int, batch_axis: int | None, time_axis: int | None) -> st
     if batch_axis == time_axis:
         return f"expected different batch and time axes, got {batch_axis} for both"
     return None
+
+
+def _check_count(group: str, n: int) -> None:
+    if n > MAX_ENTRIES:
+        raise ModelFormatError(f"edge_rnn contract: expected at most {MAX_ENTRIES:,} {group}, got {n:,}")
+
+
+def check_state_bytes(states: Iterable[StateSpec], where: str = "edge_rnn contract") -> None:
+    """A model's states take at most MAX_STATE_BYTES per stream, all together (each was checked on its own)."""
+    total = sum(s.nbytes for s in states)
+    if total > MAX_STATE_BYTES:
+        raise ModelFormatError(f"{where}: expected at most {MAX_STATE_BYTES >> 20} MiB of state per stream (all "
+                               f"states together), got {total:,} bytes; refused rather than allocated")
 
 
 @dataclass(frozen=True)
@@ -188,18 +211,25 @@ class StateSpec:
                 f"edge_rnn contract: state {self.input!r}: expected fixed non-negative sizes besides the "
                 f"batch axis, got {list(self.shape)}"
             )
-        per_stream = 1
-        for d in others:
-            per_stream *= d
-        if per_stream > MAX_STATE_ELEMENTS:
-            raise ModelFormatError(
-                f"edge_rnn contract: state {self.input!r}: expected at most {MAX_STATE_ELEMENTS:,} elements per "
-                f"stream, got {list(self.shape)} ({per_stream:,}); refused rather than allocated"
-            )
         if self.dtype not in _DTYPES:
             raise ModelFormatError(
                 f"edge_rnn contract: state {self.input!r}: expected dtype in {list(_DTYPES)}, got {self.dtype!r}"
             )
+        if self.nbytes > MAX_STATE_BYTES:
+            raise ModelFormatError(
+                f"edge_rnn contract: state {self.input!r}: expected at most {MAX_STATE_BYTES >> 20} MiB of state per "
+                f"stream, got {self.nbytes:,} bytes ({json.dumps(list(self.shape))} {self.dtype}); refused rather "
+                "than allocated"
+            )
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of one stream's row of this state."""
+        n = _ITEMSIZE[self.dtype]
+        for i, d in enumerate(self.shape):
+            if i != self.batch_axis:
+                n *= d
+        return n
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         """The shape of this state for ``batch`` streams."""
@@ -245,12 +275,16 @@ class Contract:
     fixed_chunk: int | None = None
 
     def __post_init__(self) -> None:
+        for group in ("inputs", "outputs", "states"):
+            _check_count(group, len(getattr(self, group)))
         names = [t.name for t in self.inputs] + [s.input for s in self.states]
         outs = [t.name for t in self.outputs] + [s.output for s in self.states]
         for kind, group in (("input", names), ("output", outs)):
-            dup = sorted({n for n in group if group.count(n) > 1})
+            dup = sorted(n for n, k in Counter(group).items() if k > 1)  # one pass: a count per name was quadratic
             if dup:
-                raise ModelFormatError(f"edge_rnn contract: expected unique {kind} names, got duplicates {dup}")
+                raise ModelFormatError(f"edge_rnn contract: expected unique {kind} names, got duplicates {dup[:10]}"
+                                       + (f" and {len(dup) - 10} more" if len(dup) > 10 else ""))
+        check_state_bytes(self.states)
 
     @property
     def is_streaming(self) -> bool:
@@ -281,6 +315,8 @@ class Contract:
         inputs = _entry(d, "inputs", None, lambda v: isinstance(v, list), "a list")
         outputs = _entry(d, "outputs", None, lambda v: isinstance(v, list), "a list")
         states = _entry(d, "states", None, lambda v: isinstance(v, list), "a list")
+        for group, entries in (("inputs", inputs), ("outputs", outputs), ("states", states)):
+            _check_count(group, len(entries))  # before any entry is read
         streamable = _entry(d, "streamable", True, lambda v: isinstance(v, bool), "true or false")
         source = _entry(d, "source", {}, lambda v: isinstance(v, Mapping), "an object")
         fixed = _entry(d, "fixed_chunk", None, lambda v: v is None or is_int(v, least=1), "an int >= 1")

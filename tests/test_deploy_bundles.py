@@ -179,3 +179,22 @@ def test_review_a_manifest_contract_that_differs_from_the_files_is_refused(bundl
         manifest["variants"]["fp16"]["speed"] = bad
         (copy / "manifest.json").write_text(json.dumps(manifest))
         assert StreamingModel.load(copy, max_error=1.0).variant in {"static", "static-int8", "fp32"}
+
+
+def test_a_variant_keeping_its_weights_elsewhere_is_written_with_each_weights_files_hash(tmp_path):
+    """package writes a hash for every file a variant loads, external weights files included, and the device
+    reads them back and checks them (tests/test_loader_hostile.py holds the refusals)."""
+    import shutil
+
+    from edge_rnn.deploy._bundle import _described
+    from edge_rnn.runtime._bundle import sha256_of
+    from edge_rnn.runtime._manifest import FileRef, VariantEntry
+
+    for name in ("lstm_layer.onnx", "weights.bin"):
+        shutil.copy(DATA / "external" / name, tmp_path / name)
+    ref = _described(tmp_path / "lstm_layer.onnx")["ref"]
+    weights = tmp_path / "weights.bin"
+    assert ref.external == (FileRef("weights.bin", sha256_of(weights), weights.stat().st_size),)
+    entry = VariantEntry(ref=ref, error=VariantEntry.parse({}).error)
+    assert VariantEntry.parse(json.loads(json.dumps(entry.to_json()))).ref == ref  # written and read back whole
+    assert "external" not in _described(DATA / "lstm_layer.onnx")["ref"].to_json()  # none: nothing written

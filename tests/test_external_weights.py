@@ -83,7 +83,8 @@ def test_the_fingerprint_covers_the_weights_so_a_snapshot_does_not_cross_models(
         theirs.restore(ours.open_stream().snapshot())
 
 
-def test_external_locations_finds_each_tensor_and_is_quiet_on_other_bytes():
+def test_external_locations_finds_each_tensor_and_refuses_bytes_it_cannot_parse():
     assert external_locations(EXTERNAL.read_bytes()) == ["weights.bin"] * 6
     assert external_locations(LAYER.read_bytes()) == []
-    assert external_locations(b"\xff" * 40) is None  # not protobuf: onnxruntime says what is wrong
+    with pytest.raises(ModelFormatError, match="expected an ONNX model, could not parse it"):
+        external_locations(b"\xff" * 40)  # was None, and the file went on to onnxruntime unchecked

@@ -1,8 +1,9 @@
 """Property-based fuzzing: random input gives a right answer or an EdgeRnnError, never anything else.
 
-Covers the contract parser, the snapshot decoder, .npy reading and the chunk validation of step and
-step_batch; after every error, every stream's state and step count are unchanged. The budget is small
-in CI (profile "ci", the default); HYPOTHESIS_PROFILE=dev runs 20 times as many examples.
+Covers the contract parser, the snapshot decoder, the runtime's protobuf reader (fields protobuf skips, groups
+among them, change no answer it gives; what protobuf cannot parse is refused), .npy reading and the chunk
+validation of step and step_batch; after every error, every stream's state and step count are unchanged. The
+budget is small in CI (profile "ci", the default); HYPOTHESIS_PROFILE=dev runs 20 times as many examples.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ hypothesis = pytest.importorskip("hypothesis")
 from conftest import REPO  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from protobuf_wire import MESSAGES, nested_group, rebuilt, varint  # noqa: E402
+from protobuf_wire import key as field_key  # noqa: E402
 
 from edge_rnn.contract import Contract  # noqa: E402
-from edge_rnn.errors import EdgeRnnError  # noqa: E402
+from edge_rnn.errors import EdgeRnnError, ModelFormatError  # noqa: E402
 from edge_rnn.harness import load_data  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-from edge_rnn.runtime._external import external_locations  # noqa: E402
+from edge_rnn.runtime._external import external_locations, operator_types  # noqa: E402
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -96,6 +99,7 @@ def test_snapshot_decoder_restores_exactly_or_raises(at, junk, how):
 
 
 EXTERNAL = (DATA / "external" / "lstm_layer.onnx").read_bytes()  # weights in weights.bin beside it
+EXPECTED = dict(np.load(DATA / "expected.npz"))
 
 
 @given(st.integers(0, len(EXTERNAL)), st.binary(min_size=1, max_size=12), st.sampled_from(["cut", "flip", "insert"]))
@@ -103,8 +107,10 @@ def test_model_loading_with_external_weights_loads_or_raises(scratch, at, junk, 
     """A damaged model file (its external-data locations included) loads, or is refused, never read elsewhere."""
     data = {"cut": EXTERNAL[:at], "flip": EXTERNAL[:at] + bytes(b ^ junk[0] for b in EXTERNAL[at:at + 1])
             + EXTERNAL[at + 1:], "insert": EXTERNAL[:at] + junk + EXTERNAL[at:]}[how]
-    locations = external_locations(data)
-    assert locations is None or all(isinstance(x, str) for x in locations)
+    try:
+        locations = external_locations(data)
+    except ModelFormatError:
+        locations = None  # bytes the reader cannot parse: the load must refuse them too
     folder = scratch / "model"
     folder.mkdir(exist_ok=True)
     (folder / "weights.bin").write_bytes((DATA / "external" / "weights.bin").read_bytes())
@@ -113,7 +119,78 @@ def test_model_loading_with_external_weights_loads_or_raises(scratch, at, junk, 
         StreamingModel.load(folder / "model.onnx")
     except EdgeRnnError:
         return
-    assert all(not x or (folder / x).resolve().parent == folder.resolve() for x in locations or [])
+    assert locations is not None  # what the reader refuses never loads
+    assert all(not x or (folder / x).resolve().parent == folder.resolve() for x in locations)
+
+
+INT8 = (DATA / "bundle" / "lstm_layer.int8.onnx").read_bytes()  # dynamic int8: its streams never share a call
+_UNUSED = st.integers(1000, 2**29 - 1)  # field numbers onnx.proto does not use
+unknown_fields = st.one_of(
+    st.builds(lambda f, v: field_key(f, 0) + varint(v), _UNUSED, st.integers(0, 2**64 - 1)),
+    st.builds(lambda f, b: field_key(f, 1) + b, _UNUSED, st.binary(min_size=8, max_size=8)),
+    st.builds(lambda f, b: field_key(f, 5) + b, _UNUSED, st.binary(min_size=4, max_size=4)),
+    st.builds(lambda f, b: field_key(f, 2) + varint(len(b)) + b, _UNUSED, st.binary(max_size=24)),
+    # a group of any field number, a known one too (protobuf skips a field whose wire type is not its own), nested
+    st.builds(nested_group, st.integers(1, 8), st.integers(1, 2**29 - 1)),
+)
+malformed_fields = st.one_of(
+    st.builds(lambda f, w: field_key(f, w), st.integers(1, 2**29 - 1), st.sampled_from([6, 7])),  # no such wire type
+    st.builds(lambda f: field_key(f, 4), st.integers(1, 2**29 - 1)),  # the end of a group it is not in
+    st.builds(lambda w: field_key(0, w) + b"\0" * 8, st.sampled_from([0, 1, 2, 5])),  # field number 0
+    st.builds(lambda f: field_key(f, 3) + field_key(f + 1, 4), st.integers(1, 2**29 - 2)),  # a group ended by another
+    st.builds(lambda f: field_key(f, 3), st.integers(1, 2**29 - 1)),  # a group that does not end within its message
+    st.builds(lambda f: field_key(f, 2) + varint(2**40), st.integers(1, 2**29 - 1)),  # longer than what holds it
+)
+
+
+def _inserted(data: bytes, where: tuple[int, ...], at: int, new: list[bytes]) -> bytes:
+    """The fields ``new`` inserted among the fields of each message at ``where`` (protobuf_wire.MESSAGES), from
+    position ``at`` on (modulo their number), every enclosing length rewritten."""
+    def edit(path: tuple[int, ...], parts: list[bytes]) -> list[bytes]:
+        if path != where:
+            return parts
+        parts = list(parts)
+        for i, field in enumerate(new):
+            n = (at + 7 * i) % (len(parts) + 1)
+            parts[n:n] = [field]
+        return parts
+
+    return rebuilt(data, edit)
+
+
+@given(st.sampled_from(MESSAGES), st.integers(0, 10**6), st.lists(unknown_fields, min_size=1, max_size=3))
+def test_fields_protobuf_skips_change_no_answer_of_the_reader_or_the_load(scratch, where, at, junk):
+    """Unknown fields of every wire type, groups among them, wherever they are: the same external weights, read
+    from the same folder (the outputs are those of the model's own weights), and the same operators (a dynamic
+    int8 model stays one whose streams never share a call)."""
+    data = _inserted(EXTERNAL, where, at, junk)
+    assert external_locations(data) == ["weights.bin"] * 6
+    folder = scratch / "unknown"
+    folder.mkdir(exist_ok=True)
+    (folder / "weights.bin").write_bytes((DATA / "external" / "weights.bin").read_bytes())
+    (folder / "model.onnx").write_bytes(data)
+    model = StreamingModel.load(folder / "model.onnx")
+    y = model.step(model.open_stream(), EXPECTED["lstm_layer.x"])["y"]
+    np.testing.assert_allclose(y, EXPECTED["lstm_layer.y"], atol=1e-5)
+    int8 = _inserted(INT8, where, at, junk)
+    assert operator_types(int8) == operator_types(INT8)
+    assert StreamingModel.load(int8).rows_coupled
+
+
+@given(st.sampled_from(MESSAGES), st.integers(0, 10**6), malformed_fields)
+def test_a_field_protobuf_cannot_parse_is_refused_wherever_it_is(scratch, where, at, field):
+    for base in (EXTERNAL, INT8):
+        data = _inserted(base, where, at, [field])
+        if data == base:
+            continue  # no such message in this model (the int8 one keeps no external data)
+        with pytest.raises(ModelFormatError, match="expected an ONNX model, could not parse it"):
+            external_locations(data)
+        folder = scratch / "malformed"
+        folder.mkdir(exist_ok=True)
+        (folder / "weights.bin").write_bytes((DATA / "external" / "weights.bin").read_bytes())
+        (folder / "model.onnx").write_bytes(data)
+        with pytest.raises(ModelFormatError, match="expected an ONNX model, could not parse it"):
+            StreamingModel.load(folder / "model.onnx")
 
 
 @given(st.binary(max_size=300), st.sampled_from([b"", b"\x93NUMPY\x01\x00", b"PK\x03\x04"]))

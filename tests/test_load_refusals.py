@@ -35,7 +35,7 @@ def test_a_contract_output_the_graph_lacks_is_refused_not_answered_wrongly():
 def test_a_state_too_large_to_allocate_is_refused_while_reading_the_contract():
     d = json.loads(contract_of(LAYER)[METADATA_KEY])
     d["states"][0]["shape"] = [2, None, 10**12]  # was: open_stream tried to allocate 7.28 TiB
-    with pytest.raises(ModelFormatError, match="expected at most 268,435,456 elements per stream"):
+    with pytest.raises(ModelFormatError, match="expected at most 64 MiB of state per stream"):
         Contract.from_dict(d)
 
 

@@ -168,7 +168,7 @@ def test_serve_refuses_a_variant_that_fails_its_self_test_and_serves_it_with_no_
     save_golden(Golden(g.chunks, g.inputs, {k: v + np.float32(1) for k, v in g.outputs.items()}, g.states, g.whole),
                 bundle / "golden.npz")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["golden"]["sha256"] = sha256_of(bundle / "golden.npz")
+    manifest["golden"].update(sha256=sha256_of(bundle / "golden.npz"), size=(bundle / "golden.npz").stat().st_size)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     proc = _serve([str(bundle), "--variant", "int8", "--port", "0"])
     try:
@@ -224,7 +224,7 @@ def test_a_variant_that_ignores_its_incoming_state_fails_the_self_test(tmp_path)
         m.graph.node.insert(0, helper.make_node("Mul", [name, "zero_state"], [f"{name}_ignored"]))
     onnx.save(m, str(path))
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["variants"]["fp32"]["sha256"] = sha256_of(path)
+    manifest["variants"]["fp32"].update(sha256=sha256_of(path), size=path.stat().st_size)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SelfTestError, match="variant 'fp32'"):
         StreamingModel.load(bundle, variant="fp32", self_test=True)

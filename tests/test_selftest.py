@@ -51,7 +51,7 @@ def _shift_golden(folder: Path, by: float) -> None:
     save_golden(Golden(g.chunks, g.inputs, {k: v + np.float32(by) for k, v in g.outputs.items()},
                        {k: v + np.float32(by) for k, v in g.states.items()}, g.whole), folder / "golden.npz")
     manifest = _manifest(folder)
-    manifest["golden"]["sha256"] = sha256_of(folder / "golden.npz")
+    manifest["golden"].update(sha256=sha256_of(folder / "golden.npz"), size=(folder / "golden.npz").stat().st_size)
     _write_manifest(folder, manifest)
 
 
@@ -134,7 +134,7 @@ def test_golden_vectors_edited_without_fixing_the_hash_are_refused(copy):
 def test_a_golden_file_that_is_not_one_is_refused_in_one_line(copy, junk):
     (copy / "golden.npz").write_bytes(junk)
     manifest = _manifest(copy)
-    manifest["golden"]["sha256"] = sha256_of(copy / "golden.npz")
+    manifest["golden"].update(sha256=sha256_of(copy / "golden.npz"), size=len(junk))
     _write_manifest(copy, manifest)
     with pytest.raises(ModelFormatError, match="expected golden vectors written by edge-rnn package"):
         StreamingModel.load(copy, variant="int8", self_test=True)
@@ -297,7 +297,7 @@ def _rewrite_golden(folder: Path, arrays: dict, meta: dict | None = None) -> Non
                     z.writestr(k + ".npy", v)
     (folder / "golden.npz").write_bytes(buf.getvalue())
     manifest = _manifest(folder)
-    manifest["golden"]["sha256"] = sha256_of(folder / "golden.npz")
+    manifest["golden"].update(sha256=sha256_of(folder / "golden.npz"), size=(folder / "golden.npz").stat().st_size)
     manifest["golden"].pop("steps"), manifest["golden"].pop("chunks")
     _write_manifest(folder, manifest)
 

@@ -1,7 +1,8 @@
 """``edge-rnn package``: a folder of variants and a manifest with each one's measured error and speed.
 
-Per variant the manifest gives the file, its SHA-256, size, opset, operators and
-contract; its error against fp32 on a long stream (:mod:`edge_rnn.deploy._fidelity`),
+Per variant the manifest gives the file, its SHA-256, size (and those of any
+external weights file it names: every file a variant loads is hashed), opset,
+operators and contract; its error against fp32 on a long stream (:mod:`edge_rnn.deploy._fidelity`),
 flagged when it grows; its single-stream step latency and 64-stream batched
 throughput, measured while packaging on the host it records (CPU model, the
 ISA features int8 kernels choose between, onnxruntime, OS); which NPU
@@ -38,6 +39,7 @@ from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError
 from edge_rnn.harness import TOLERANCE, Tolerance
 from edge_rnn.runtime import SessionConfig, StreamingModel, check_external_data
 from edge_rnn.runtime._bundle import MANIFEST, sha256_of
+from edge_rnn.runtime._external import scan_model, weight_files
 from edge_rnn.runtime._golden import (
     MIN_CHUNKS,
     Golden,
@@ -157,13 +159,27 @@ def _replayed(path: Path, golden: Golden, bound: Bound) -> GoldenCheck:
                   rtol=bound.rtol)
 
 
+def _file_ref(path: Path) -> FileRef:
+    """A variant's file as the manifest covers it: name, hash and size, and each external weights file it names
+    with its own (a device refuses any weights file its manifest does not hash)."""
+    source = str(path)
+    external = []
+    for location, file in weight_files(scan_model(path.read_bytes(), source), path, source).items():
+        if Path(location).name != location:
+            raise UnsupportedError(f"{path}: keeps weights in {location!r}, not a file of the bundle's folder; a "
+                                   "bundle lists plain file names")
+        external.append(FileRef(location, sha256_of(file), file.stat().st_size))
+    return FileRef(path.name, sha256_of(path), path.stat().st_size, tuple(external))
+
+
 def _described(path: Path) -> dict[str, Any]:
-    """A variant's file as its manifest entry gives it: name, hash and size, opset, operators, contract, states."""
+    """A variant's file as its manifest entry gives it: name, hashes and sizes, opset, operators, contract,
+    states."""
     m = onnx.load(str(path), load_external_data=False)
     ops = operator_counts(m.graph)
     contract = Contract.from_metadata({p.key: p.value for p in m.metadata_props})
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"ref": FileRef(path.name, sha256_of(path), path.stat().st_size), "opset": opset,
+    return {"ref": _file_ref(path), "opset": opset,
             "operators": dict(sorted(ops.items())), "contract": contract.to_dict(),
             "states": tuple({"input": s.input, "output": s.output, "shape": list(s.shape), "dtype": s.dtype}
                             for s in contract.states)}
@@ -293,7 +309,7 @@ def _entry(job: _Job, kind: VariantKind, path: Path) -> VariantEntry:
 
 def _ort_form(folder: Path, kind: VariantKind, entry: VariantEntry, ort_path: Path, golden: Golden) -> OrtForm:
     """A variant's ORT-format file with its own size, speed and golden replay."""
-    ref = FileRef(ort_path.name, sha256_of(ort_path), ort_path.stat().st_size)
+    ref = _file_ref(ort_path)
     speed = _speed(ort_path)
     bound = entry.golden.bound
     figures = GoldenFigures(bound, _replayed(ort_path, golden, bound).figures())

@@ -3,7 +3,9 @@
 ``edge-rnn package`` writes the bundle (:mod:`edge_rnn.deploy`); this module,
 on the device side, only reads it: it picks a variant by name, or the fastest
 one whose measured error is within a bound, checks the file's SHA-256 against
-the manifest, and hands back the file and its contract.
+the manifest, and hands back the file and its contract. Every file a variant
+loads is covered: the model file, and each external weights file it names
+(:func:`check_loaded`), whose hashes the manifest lists beside it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from edge_rnn._numbers import is_number
 from edge_rnn._variant_kinds import REFERENCE
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, UnsupportedError
-from edge_rnn.runtime._manifest import BUNDLE_FORMAT, Manifest, VariantEntry, finite
+from edge_rnn.runtime._manifest import BUNDLE_FORMAT, FileRef, Manifest, VariantEntry, finite
 
 __all__ = ["MANIFEST", "BUNDLE_FORMAT", "read_manifest", "load_manifest", "pick_variant", "pick_from", "Picked",
-           "sha256_of", "hash_file", "number", "finite", "printable"]
+           "sha256_of", "hash_file", "number", "finite", "printable", "check_file", "check_loaded"]
 
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 16 << 20
@@ -34,7 +36,7 @@ class Picked:
     name: str
     path: Path
     contract: Contract
-    operators: frozenset[str] | None = None  # the variant's operator types, as the manifest lists them
+    ref: FileRef  # the file's entry in the manifest: its hash, size and external weights files
     manifest: Manifest | None = None  # the bundle's manifest, as read to pick it
 
 
@@ -58,6 +60,41 @@ def bundle_file(folder: Path, name: str, missing: str) -> Path:
     if not path.is_file():
         raise ModelFormatError(missing)
     return path
+
+
+def check_file(path: Path, ref: FileRef, data: bytes | None = None,
+               changed: str = "the bundle was changed or corrupted") -> None:
+    """``path`` (or its bytes ``data``, where already read: the bytes checked are then the ones used) has the
+    SHA-256 ``ref`` gives, and its size where ``ref`` gives one; ``changed`` ends the message of a hash that
+    differs."""
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_of(path)
+    if digest != ref.sha256:
+        raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; {changed}")
+    size = len(data) if data is not None else path.stat().st_size
+    if ref.size is not None and size != ref.size:
+        raise ModelFormatError(f"{path}: {size} bytes, where {MANIFEST} gives {ref.size}; the manifest was edited "
+                               "or written for other files")
+
+
+def check_loaded(picked: Picked, data: bytes, weights: Mapping[str, Path]) -> None:
+    """What a variant loads is what its manifest hashes: ``data``, the bytes read and handed to onnxruntime, and
+    every external weights file the model names (``weights``: ``{location: file}``).
+
+    A weights file the manifest does not list with a SHA-256 is refused,
+    bundles written before it listed them included: ``edge-rnn package``
+    never wrote a variant that keeps its weights elsewhere, so such a bundle
+    was put together by hand, and a file no hash covers could be swapped
+    (a swapped ``weights.bin`` moved the outputs by 0.35 and loaded).
+    """
+    check_file(picked.path, picked.ref, data)
+    folder = picked.path.parent
+    listed = {r.file: r for r in picked.ref.external if r.file is not None and r.sha256 is not None}
+    for location in weights:
+        ref = listed.get(location)
+        if ref is None:
+            raise ModelFormatError(f"{picked.path}: keeps weights in {location!r}, which {MANIFEST} does not cover "
+                                   "with a SHA-256; every file a variant loads must be (package the bundle again)")
+        check_file(bundle_file(folder, location, f"{folder / location}: listed in {MANIFEST} but missing"), ref)
 
 
 def _manifest_json(folder: Path) -> tuple[Any, Path]:
@@ -85,7 +122,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _entry_file(folder: Path, name: str, entry: VariantEntry, form: str) -> tuple[Path, str]:
+def _entry_file(folder: Path, name: str, entry: VariantEntry, form: str) -> tuple[Path, FileRef]:
     if form == "onnx":
         ref = entry.ref
     elif entry.ort is not None:
@@ -94,7 +131,7 @@ def _entry_file(folder: Path, name: str, entry: VariantEntry, form: str) -> tupl
         raise UnsupportedError(f"variant {name!r}: the bundle has no {form!r} form of it (package with --ort)")
     if ref.file is None or ref.sha256 is None:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected a file name and its sha256")
-    return folder / ref.file, ref.sha256
+    return folder / ref.file, ref
 
 
 def number(entry: Any, group: str, key: str) -> float | None:
@@ -161,11 +198,9 @@ def pick_from(folder: Path, manifest: Manifest, variant: str | None, max_error: 
         raise UnsupportedError(f"form: expected 'onnx' or 'ort', got {form!r}")
     name = _chosen(manifest.variants, variant, max_error)
     entry = manifest.variants[name]
-    path, digest = _entry_file(folder, name, entry, form)
+    path, ref = _entry_file(folder, name, entry, form)
     bundle_file(folder, path.name, f"{path}: listed in {MANIFEST} but missing")
-    if sha256_of(path) != digest:
-        raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the bundle was changed or corrupted")
+    check_file(path, ref)
     if entry.contract is None:
         raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r} has no contract")
-    ops = entry.operators
-    return Picked(name, path, Contract.from_dict(entry.contract), None if ops is None else frozenset(ops), manifest)
+    return Picked(name, path, Contract.from_dict(entry.contract), ref, manifest)

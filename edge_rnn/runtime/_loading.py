@@ -21,8 +21,8 @@ import onnxruntime as ort
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ArgumentError, ModelFormatError, UnsupportedError, message_line
-from edge_rnn.runtime._bundle import Picked, hash_file
-from edge_rnn.runtime._external import check_external_data, operator_types
+from edge_rnn.runtime._bundle import Picked, check_loaded, hash_file
+from edge_rnn.runtime._external import ModelScan, ort_operator_counts, scan_model, weight_files
 from edge_rnn.runtime._ports import ModelIO, resolve_io
 from edge_rnn.runtime._session import (
     ForeignModel,
@@ -123,17 +123,23 @@ def _fingerprint(data: bytes, weight_files: list[Path]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _rows_coupled(data: bytes, picked: Picked | None) -> bool:
+def _rows_coupled(data: bytes, scan: ModelScan, source: str) -> bool:
     """Whether one stream's values can change another's output when they share a call: a dynamic
     quantisation operator (DynamicQuantizeLinear, DynamicQuantizeLSTM, ...: an int8 variant) scales a whole
-    call's activations at once, so a neighbour's large input coarsens everyone's. An ORT-format file's
-    operators are known only from a bundle's manifest; unknown counts as coupled (never silently wrong)."""
-    ops = operator_types(data)
-    if ops is None and picked is not None:
-        ops = picked.operators
+    call's activations at once, so a neighbour's large input coarsens everyone's. The operators are the file's
+    own, an ORT-format file's read from its flatbuffer once onnxruntime has taken it (never a manifest's word);
+    where that reading fails, the file is refused, and without the reader the model counts as coupled (never
+    silently wrong)."""
+    ops = scan.ops
     if ops is None:
-        return data[4:8] == b"ORTM"
-    return any(op.rsplit(".", 1)[-1].startswith("DynamicQuantize") for op in ops)  # manifest: domain.op_type
+        try:
+            ops = ort_operator_counts(data)
+        except ImportError:  # onnxruntime without its flatbuffer tools: unknown counts as coupled
+            return True
+        except Exception as e:  # noqa: BLE001 - a flatbuffer's reader raises what it meets
+            raise ModelFormatError(f"{source}: could not read its operators from the ORT format "
+                                   f"({type(e).__name__})") from None
+    return any(op.rsplit(".", 1)[-1].startswith("DynamicQuantize") for op in ops)
 
 
 def _contract(metadata: Mapping[str, str], options: LoadOptions, picked: Picked | None, source: str
@@ -150,10 +156,15 @@ def _contract(metadata: Mapping[str, str], options: LoadOptions, picked: Picked 
 
 
 def open_model(model: str | Path | bytes, options: LoadOptions, picked: Picked | None = None) -> Opened:
-    """Read ``model`` (a path or its bytes), open its session and work out its ports, as ``options`` say."""
+    """Read ``model`` (a path or its bytes), open its session and work out its ports, as ``options`` say. A
+    bundle's variant (``picked``) loads only what its manifest hashes: these bytes, and its external weights."""
     data, path, source = _read(model)
-    external = check_external_data(data, path)
+    scan = scan_model(data, source)
+    weights = weight_files(scan, path, source)
+    if picked is not None:
+        check_loaded(picked, data, weights)
+    external = list(dict.fromkeys(weights.values()))
     session = _session(data, path, external, options.session, source)
     ins, outs, metadata = describe_session(session, source)
     io = resolve_io(ins, outs, _contract(metadata, options, picked, source), options.foreign)
-    return Opened(session, io, _fingerprint(data, external), source, _rows_coupled(data, picked))
+    return Opened(session, io, _fingerprint(data, external), source, _rows_coupled(data, scan, source))

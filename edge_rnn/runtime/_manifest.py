@@ -112,20 +112,27 @@ class _Flat:
 @dataclass(frozen=True)
 class FileRef:
     """A file of the bundle: ``file`` None where the manifest gives no plain file name (a path, or not a string),
-    ``sha256`` None where it gives no string; ``size`` in bytes, as packaged."""
+    ``sha256`` None where it gives no string; ``size`` in bytes, as packaged. ``external``: a model file's
+    external weights files (``external_data`` locations), each hashed too: every file a variant loads is covered
+    (written only where there are some)."""
 
     file: str | None
     sha256: str | None
     size: int | None = None
+    external: tuple[FileRef, ...] = ()
 
     @classmethod
-    def parse(cls, d: Json) -> FileRef:
-        file = d.get("file")
+    def parse(cls, d: Json, *, weights: bool = True) -> FileRef:
+        """``weights``: read ``external`` too (a weights file's own entry has none)."""
+        file, external = d.get("file"), d.get("external")
+        if not weights or not isinstance(external, list):
+            external = []
         return cls(file if isinstance(file, str) and Path(file).name == file else None, _text(d.get("sha256")),
-                   _int(d.get("size")))
+                   _int(d.get("size")), tuple(cls.parse(e, weights=False) for e in external if isinstance(e, dict)))
 
     def to_json(self) -> dict[str, Any]:
-        return _drop_none({"file": self.file, "sha256": self.sha256, "size": self.size})
+        return _drop_none({"file": self.file, "sha256": self.sha256, "size": self.size,
+                           "external": [e.to_json() for e in self.external] or None})
 
 
 @dataclass(frozen=True)

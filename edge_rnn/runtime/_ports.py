@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_rnn.contract import Contract, StateSpec, TensorSpec, axes_problem
+from edge_rnn.contract import MAX_ENTRIES, Contract, StateSpec, TensorSpec, axes_problem, check_state_bytes
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 from edge_rnn.runtime._session import ForeignModel
 
@@ -329,8 +329,12 @@ def resolve_io(inputs: Shapes, outputs: Shapes, contract: Contract | None,
     against the graph; without one, from ``foreign`` (:class:`~edge_rnn.runtime.ForeignModel`) and the graph.
     """
     foreign = foreign or ForeignModel()
+    for kind, group in (("inputs", inputs), ("outputs", outputs)):
+        if len(group) > 2 * MAX_ENTRIES:  # a contract's data ports and states, at most
+            raise ModelFormatError(f"expected a graph of at most {2 * MAX_ENTRIES:,} {kind}, got {len(group):,}")
     consts = _constants(inputs, foreign.constants)
     layout = _Layout.of(contract, inputs, outputs, consts, foreign)
+    check_state_bytes(layout.states, "the model's states")
     state_in = {s.input for s in layout.states}
     state_out = {s.output for s in layout.states}
     data_in = tuple(layout.port(k, *v, True) for k, v in inputs.items() if k not in state_in and k not in consts)

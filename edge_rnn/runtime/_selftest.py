@@ -9,14 +9,13 @@ stream is refused like an edited model file.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_rnn.errors import ModelFormatError, SelfTestError, UnsupportedError
-from edge_rnn.runtime._bundle import MANIFEST, bundle_file
+from edge_rnn.runtime._bundle import MANIFEST, bundle_file, check_file
 from edge_rnn.runtime._golden import Golden, GoldenCheck, golden_bytes, load_golden, replay
 from edge_rnn.runtime._host import describe_host, host_record, int8_kernel
 from edge_rnn.runtime._manifest import GoldenFigures, GoldenSpec, Manifest, VariantEntry
@@ -59,9 +58,7 @@ def golden_of(folder: Path, manifest: Manifest) -> Golden:
         raise ModelFormatError(f"{folder / MANIFEST}: expected 'golden' to give a file name and its sha256")
     path = bundle_file(folder, file, f"{folder / file}: listed in {MANIFEST} as the golden vectors but missing")
     data = golden_bytes(path)  # hashed and parsed from the same bytes: the file cannot change in between
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise ModelFormatError(f"{path}: its SHA-256 does not match {MANIFEST}; the golden vectors were changed or "
-                               "corrupted")
+    check_file(path, spec.ref, data, "the golden vectors were changed or corrupted")
     golden = load_golden(path, data)
     if not _matches(spec, golden):
         raise ModelFormatError(f"{folder / MANIFEST}: its golden steps and chunks differ from {file}'s "
@@ -74,19 +71,23 @@ def _matches(spec: GoldenSpec, golden: Golden) -> bool:
     return (spec.steps is None or spec.steps == golden.steps) and (spec.chunks is None or spec.chunks == golden.chunks)
 
 
-def _bound(folder: Path, name: str, entry: VariantEntry) -> tuple[float, float]:
-    atol, rtol = (entry.golden.bound.atol, entry.golden.bound.rtol) if entry.golden is not None else (None, None)
-    if atol is None or rtol is None or not atol > 0 or rtol < 0:
-        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected golden.bound with atol > 0 and "
-                               "rtol >= 0")
-    return atol, rtol
-
-
-def _packaged(entry: VariantEntry, form: str) -> GoldenFigures | None:
-    """The packaging host's golden figures of the form tested (``onnx`` or ``ort``)."""
+def _figures(entry: VariantEntry, form: str) -> GoldenFigures | None:
+    """The golden figures the manifest records for the form tested (``onnx`` or ``ort``): the bound it is held
+    to and what the packaging host measured."""
     if form == "ort":
         return entry.ort.golden if entry.ort is not None else None
     return entry.golden
+
+
+def _bound(folder: Path, name: str, entry: VariantEntry, form: str) -> tuple[float, float]:
+    """The bound recorded for the form tested: an ORT form is held to its own (``ort.golden.bound``)."""
+    figures = _figures(entry, form)
+    atol, rtol = (figures.bound.atol, figures.bound.rtol) if figures is not None else (None, None)
+    if atol is None or rtol is None or not atol > 0 or rtol < 0:
+        where = "ort.golden.bound" if form == "ort" else "golden.bound"
+        raise ModelFormatError(f"{folder / MANIFEST}: variant {name!r}: expected {where} with atol > 0 and "
+                               "rtol >= 0")
+    return atol, rtol
 
 
 def self_test(model: Any, folder: Path, manifest: Manifest, name: str,
@@ -94,10 +95,10 @@ def self_test(model: Any, folder: Path, manifest: Manifest, name: str,
     """Replay the golden stream through ``model`` (variant ``name`` of the bundle at ``folder``, in ``form``),
     here; the packaging host's figure is that of the same form."""
     entry = manifest.variants[name]
-    atol, rtol = _bound(folder, name, entry)
+    atol, rtol = _bound(folder, name, entry, form)
     golden = golden if golden is not None else golden_of(folder, manifest)
     check = replay(model, golden, atol=atol, rtol=rtol)
-    packaged = _packaged(entry, form)
+    packaged = _figures(entry, form)
     measured = packaged.measured if packaged is not None else None
     return SelfTest(name, check, None if measured is None else measured.max_abs,
                     None if measured is None else measured.worst_fraction, manifest.host)

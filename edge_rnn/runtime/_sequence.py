@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_rnn.errors import ShapeError
+from edge_rnn._numbers import is_int
+from edge_rnn.errors import ArgumentError, ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
 
@@ -27,17 +28,15 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     input, its time axis moved to the front). For a model that takes one step
     per call, axis 0 counts calls and each call gets one row. ``progress``, if
     given, is called with the number of steps of each chunk as it is done.
-    The stream advances by every step; on an error it stops after the last
-    chunk that succeeded.
+    ``chunk`` is an int >= 1 (one pass over the whole array: ``chunk=len(x)``);
+    it and ``progress`` are checked before any step. The stream advances by
+    every step; on an error it stops after the last chunk that succeeded.
 
     Example::
 
         >>> y = run_sequence(model, model.open_stream(), features, chunk=10)["y"]   # doctest: +SKIP
     """
-    if len(model.inputs) != 1:
-        raise ShapeError(f"run_sequence: expected a model with one input, got {[p.name for p in model.inputs]}")
-    if chunk < 1:
-        raise ShapeError(f"run_sequence: expected chunk >= 1, got {chunk}")
+    chunk = _checked(model, chunk, progress)
     port = model.inputs[0]
     pieces = _pieces(port, np.asarray(x), chunk)
     collected: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
@@ -47,6 +46,20 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
         if progress is not None:
             progress(1 if port.stream_time_axis is None else piece.shape[port.stream_time_axis])
     return {p.name: _joined(p, collected[p.name]) for p in model.outputs}
+
+
+def _checked(model: StreamingModel, chunk: Any, progress: Any) -> int:
+    """``chunk`` as an int, once it and the rest of run_sequence's arguments are what it takes."""
+    if len(model.inputs) != 1:
+        raise ShapeError(f"run_sequence: expected a model with one input, got {[p.name for p in model.inputs]}")
+    if not is_int(chunk) and not isinstance(chunk, np.integer):  # None, 2.5, "4", True: a TypeError from
+        raise ArgumentError(f"run_sequence: expected chunk to be an int >= 1, got {chunk!r}")  # `<`, or True as 1
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ShapeError(f"run_sequence: expected chunk >= 1, got {chunk}")
+    if progress is not None and not callable(progress):
+        raise ArgumentError(f"run_sequence: expected progress to be callable (or None), got {type(progress).__name__}")
+    return chunk
 
 
 def _pieces(port: Port, x: np.ndarray, chunk: int) -> list[np.ndarray]:
