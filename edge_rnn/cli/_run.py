@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_rnn.cli._common import _existing, _foreign_options, _int_list, _load_runtime_model, _variant_option, main
+from edge_rnn.cli._common import _foreign_options, _int_list, _load_runtime_model, _read_array, _variant_option, main
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -35,7 +35,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     from edge_rnn.runtime import run_sequence
 
     m = _load_runtime_model(model, threads, allow_nonfinite, variant, **foreign)
-    data = _read_input(input_path)
+    data = _read_array(input_path, "--input")
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
@@ -60,20 +60,6 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     which = "" if m.variant is None else f"variant {m.variant}: "
     click.echo(f"{which}streamed {n_steps} steps in {-(-total // chunk)} calls of up to {chunk}: "
                f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
-
-
-def _read_input(path: Path) -> Any:
-    """The one .npy array to stream: its declared size checked against the file's first, never unpickled."""
-    from edge_rnn.harness import read_npy
-
-    _existing(path, "input")
-    with open(path, "rb") as f:
-        if f.read(2) == b"PK":
-            raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got an .npz archive")
-    data = read_npy(path)
-    if data.ndim == 0:
-        raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got a scalar")
-    return data
 
 
 def _as_port_dtype(data: Any, port: Any) -> Any:
