@@ -225,3 +225,34 @@ def test_diagnose_refuses_an_npz_and_an_object_array_as_input(tmp_path):
     one_line_error(invoke("diagnose", LSTM, "--input", tmp_path / "x.npy"), "got an .npz archive")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     one_line_error(invoke("diagnose", LSTM, "--input", tmp_path / "obj.npy"), "only pickle can load; refused")
+
+
+# --- the siblings: loadtest's URL and server, run's output ------------------------------------------------------
+
+def test_loadtest_of_a_server_that_is_not_there_is_one_line():
+    """Connection refused was an httpx.ConnectError traceback; a URL without a scheme, UnsupportedProtocol."""
+    pytest.importorskip("httpx")
+    pytest.importorskip("websockets")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    one_line_error(invoke("loadtest", f"http://127.0.0.1:{port}", "--duration", 0.5, "--streams", 1),
+                   f"http://127.0.0.1:{port}: cannot reach the server (ConnectError")
+    one_line_error(invoke("loadtest", "127.0.0.1:8000"), "expected the server's http:// or https:// address")
+
+
+@pytest.mark.parametrize("where, says", [("x.npy/out.npy", "is a file"), ("folder.npy", "got a directory")])
+def test_run_checks_its_output_before_streaming(tmp_path, where, says):
+    """It streamed the whole input first, then failed to write."""
+    np.save(tmp_path / "x.npy", np.zeros((5, 4), np.float32))
+    (tmp_path / "folder.npy").mkdir()
+    r = invoke("run", LSTM, "--input", tmp_path / "x.npy", "-o", tmp_path / where)
+    one_line_error(r, says)
+    assert "streamed" not in r.output
+
+
+def test_run_makes_the_folders_of_its_output(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((5, 4), np.float32))
+    r = invoke("run", LSTM, "--input", tmp_path / "x.npy", "-o", tmp_path / "a" / "b" / "y.npy")
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "a" / "b" / "y.npy").shape == (5, 6)

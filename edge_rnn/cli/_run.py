@@ -39,6 +39,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
+    _can_write(output, "-o")
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
@@ -72,6 +73,25 @@ def _as_port_dtype(data: Any, port: Any) -> Any:
     if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
         return data.astype(port.dtype)  # int32 token ids for an int64 input: exact
     return data
+
+
+def _can_write(path: Path, flag: str) -> None:
+    """Checked before the work, not after it: ``path`` is not a folder, and the nearest folder that exists above
+    it takes a new file (made there and removed at once; the folders between are made when it is written)."""
+    import tempfile
+
+    if path.is_dir():
+        raise EdgeRnnError(f"{flag} {path}: expected a file name, got a directory")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EdgeRnnError(f"{flag} {path}: cannot write it, {folder} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise EdgeRnnError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _save(output: Path, result: dict[str, Any]) -> None:

@@ -153,15 +153,24 @@ def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration:
              token_file: Path | None) -> None:
     """Stream real-time-paced chunks to an edge-rnn server at URL and report latency (needs edge-rnn[client])."""
     try:
-        import httpx  # noqa: F401 - the client extra, checked before any stream starts
+        import httpx  # the client extra, checked before any stream starts
         import websockets  # noqa: F401
 
         from edge_rnn.loadtest import loadtest as run_load
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn loadtest needs the client extra: pip install 'edge-rnn[client]' ({e.name} is "
                            "missing)") from None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EdgeRnnError(f"URL {url!r}: expected the server's http:// or https:// address, e.g. "
+                           "http://127.0.0.1:8000")
     token = _read_token(token_file)
-    result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
+    try:
+        result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
+    except httpx.HTTPError as e:  # the server's model could not be fetched: nothing was loaded
+        raise EdgeRnnError(f"{url}: cannot reach the server ({type(e).__name__}: {e})") from None
     click.echo(result.summary())
 
 
