@@ -62,9 +62,9 @@ def finite_input(x: Any, dtype: Any = None, what: str = "diagnose input") -> np.
         return x
     bad = ~np.isfinite(x)
     if bad.any():
-        step = int(np.argwhere(bad)[0][0])
-        raise NonFiniteError(f"{what}: expected finite values, got NaN or Inf ({int(bad.sum()):,} of {x.size:,}, "
-                             f"the first at step {step} of {len(x)}); a diagnosis of NaN would be NaN")
+        where = f", the first at step {int(np.argwhere(bad)[0][0])} of {len(x)}" if x.ndim else ""
+        raise NonFiniteError(f"{what}: expected finite values, got NaN or Inf ({int(bad.sum()):,} of {x.size:,}"
+                             f"{where}); a diagnosis of NaN would be NaN")
     if dtype is None or np.dtype(dtype) == x.dtype or np.dtype(dtype).kind != "f":
         return x
     with np.errstate(over="ignore"):

@@ -43,10 +43,11 @@ def plot_target(path: str | Path, what: str = "plot") -> Path:
     an existing folder this process can write to (a file is created there and removed at once)."""
     import tempfile
 
-    plt = _pyplot()
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
     path = Path(path)
-    formats = sorted(set(plt.figure().canvas.get_supported_filetypes()) - {"pgf"})  # pgf: needs LaTeX
-    plt.close("all")
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})  # pgf: needs LaTeX
     if path.suffix[1:].lower() not in formats:
         raise EdgeRnnError(f"{what} {path}: expected a file name ending in one of "
                            f"{', '.join('.' + f for f in formats)}, got {path.suffix or 'no suffix'!r}")
