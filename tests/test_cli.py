@@ -354,3 +354,40 @@ def test_verify_refuses_batch_size_0_before_onnxruntime_sees_it(tmp_path):
         edge_rnn.verify(torch.nn.GRU(3, 5).eval(), tmp_path / "g.onnx")  # another hidden size
     with pytest.raises(ModelFormatError, match=r"expected cell False \(module: True\)"):
         edge_rnn.verify(torch.nn.GRUCell(3, 4).eval(), tmp_path / "g.onnx")  # a cell against a layer
+
+
+def test_verify_of_a_layer_exported_with_weights_uses_a_fixed_reported_seed(tmp_path):
+    """It used seed=None: other random inputs on every run, so a failure could not be reproduced."""
+    torch.manual_seed(3)
+    torch.save(torch.nn.LSTM(4, 6).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "m.onnx"
+    assert run(*BASE, "--weights", str(tmp_path / "w.pt"), "--long-steps", "0", "-o", str(out)).exit_code == 0
+    args = ["verify", str(out), "--weights", str(tmp_path / "w.pt"), "--long-steps", "50", "--every-row"]
+    first, again = run(*args), run(*args)
+    assert first.exit_code == 0 and "note: seed 1: the random inputs" in first.stdout, first.output
+    assert first.stdout == again.stdout  # the same inputs, the same errors, to the last digit
+    other = run(*args, "--seed", "7")
+    assert "note: seed 7:" in other.stdout and other.stdout != first.stdout
+    seeded = tmp_path / "s.onnx"  # drawn from --seed 4: its check defaults to that seed, and says so
+    assert run(*BASE, "--seed", "4", "--long-steps", "0", "-o", str(seeded)).exit_code == 0
+    assert "note: seed 4:" in run("verify", str(seeded), "--long-steps", "0").stdout
+
+
+def test_verify_honours_batch_size_seq_lens_and_chunked_len_for_a_whole_model(tmp_path):
+    """They were ignored for whole models: the cases always followed the example."""
+    import wholemodels
+
+    import edge_rnn
+
+    model = wholemodels.keyword_spotter().eval()
+    edge_rnn.export(model, tmp_path / "kws.onnx", example_input=torch.randn(1, 30, 40), long_steps=0)
+    report = edge_rnn.verify(model, tmp_path / "kws.onnx", batch_size=5, seq_lens=(3, 11), chunked_len=0,
+                             long_steps=0, opt_levels=("disabled",))
+    assert sorted({r.case for r in report.rows}) == ["full T=11", "full T=3"], report.table()
+    report = edge_rnn.verify(model, tmp_path / "kws.onnx", seq_lens=(2,), chunked_len=9, long_steps=0,
+                             opt_levels=("disabled",))
+    assert sorted({r.case for r in report.rows}) == ["chunked T=9", "full T=2"]
+    with pytest.raises(edge_rnn.errors.UnsupportedError, match="batch: expected an int >= 1, got 0"):
+        edge_rnn.verify(model, tmp_path / "kws.onnx", batch_size=0)  # checked, as for a layer
+    default = edge_rnn.verify(model, tmp_path / "kws.onnx", long_steps=0, opt_levels=("disabled",))
+    assert sorted({r.case for r in default.rows}) == ["chunked T=41", "full T=1", "full T=23", "full T=7"]

@@ -104,6 +104,26 @@ def _read_data(data: Path | None) -> Any:
     return data
 
 
+def _read_array(path: Path, flag: str) -> Any:
+    """One user array (``run --input``, ``diagnose --input``): a .npy of shape (time, ...), read by the harness's
+    bounded reader, the one --data goes through: its header checked against the file's size before anything is
+    allocated, never unpickled."""
+    from edge_rnn.harness import read_npy
+
+    _existing(path, flag)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK"):
+        raise EdgeRnnError(f"{flag} {path}: expected one .npy array of shape (time, ...), got an .npz archive")
+    if not magic.startswith(b"\x93NUMPY"):
+        raise EdgeRnnError(f"{flag} {path}: expected a plain .npy array of shape (time, ...), got no numpy header; "
+                           "pickles are never loaded")
+    data = read_npy(path)
+    if data.ndim == 0:
+        raise EdgeRnnError(f"{flag} {path}: expected one .npy array of shape (time, ...), got a scalar {data.dtype}")
+    return data
+
+
 _DATA_HELP = ("Real input sequences for the parity check, in place of random ones: a .npy (time, features) or an "
               ".npz of several; repeated where shorter than a case. Never unpickled.")
 

@@ -6,24 +6,25 @@ from pathlib import Path
 
 import click
 
-from edge_rnn.cli._common import _build, _existing, main
+from edge_rnn.cli._common import _build, _existing, _read_array, main
 from edge_rnn.errors import EdgeRnnError
 
 
 def _sequence(path: Path):
-    """--input: one sequence, time first, from a .npy file (never unpickled)."""
+    """--input: one sequence, time first, from a .npy file: read by the bounded reader every command shares
+    (never unpickled), refused when it holds NaN or Inf (the check every diagnostics path makes)."""
     import numpy as np
 
-    _existing(path, "--input")
+    from edge_rnn.diagnostics._memory import finite_input
+
     if path.suffix != ".npy":
+        _existing(path, "--input")
         raise EdgeRnnError(f"--input {path}: expected a .npy file of one sequence, (time, features...)")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise EdgeRnnError(f"--input {path}: could not read it as a plain .npy array ({e})") from None
-    if x.ndim < 1 or x.dtype.kind not in "fiu":
-        raise EdgeRnnError(f"--input {path}: expected a numeric array (time, features...), got {x.dtype} {x.shape}")
-    return x.astype(np.float32) if x.dtype.kind == "f" else x
+    x = _read_array(path, "--input")
+    if x.dtype.kind not in "fiu":
+        raise EdgeRnnError(f"--input {path}: expected a plain .npy numeric array (time, features...), got "
+                           f"{x.dtype} {x.shape}")
+    return finite_input(x, np.float32 if x.dtype.kind == "f" else None, what=f"--input {path}")
 
 
 @main.command()
@@ -62,10 +63,10 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     """
     from edge_rnn.diagnostics import diagnose_bundle, diagnose_onnx, summary
 
-    if plot_path is not None:  # before any work: a missing extra is a clear error at once
-        from edge_rnn.diagnostics._plot import _pyplot
+    if plot_path is not None:  # before any work: a missing extra, a format or a folder is a clear error at once
+        from edge_rnn.diagnostics._plot import plot_target
 
-        _pyplot()
+        plot_target(plot_path, "--plot")
     others = _compared(compare)  # loaded (and hash-checked) before any work
     x = _sequence(input_path)
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve

@@ -157,13 +157,17 @@ def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, 
     _print_report(report, output)
 
 
+_DEFAULT_SEED = 1  # verify's inputs where --seed is not given and the weights were not drawn from a seed
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("factory", required=False)
 @click.option("--weights", type=click.Path(path_type=Path), help="The state_dict the model was exported from.")
 @click.option("--long-steps", type=click.IntRange(min=0), default=10_000, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=1, show_default=True,
-              help="Seed for the random test inputs.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None,
+              help="Seed for the random test inputs, states and chunk boundaries [default: the seed a bare layer's "
+                   "weights were drawn from, else 1]; the report names it.")
 @click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP)
 @click.option("--every-row", is_flag=True, help="Print every comparison, not the worst per case kind and tensor.")
 @click.option("--against", type=click.Path(path_type=Path),
@@ -172,7 +176,8 @@ def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, 
               help="With --against: the length of the stream.")
 @click.option("--threshold", type=float, default=None,
               help="With --against: report decision agreement of the outputs at this threshold.")
-def verify(model: Path, factory: str | None, weights: Path | None, long_steps: int, seed: int, data: Path | None,
+def verify(model: Path, factory: str | None, weights: Path | None, long_steps: int, seed: int | None,
+           data: Path | None,
            every_row: bool, against: Path | None, steps: int, threshold: float | None) -> None:
     """Check MODEL again against PyTorch in float64, or a variant of it against its float32 model (--against).
 
@@ -185,7 +190,7 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
     if against is not None:
         if factory is not None or weights is not None:
             raise click.UsageError("--against compares two ONNX files; FACTORY and --weights are for PyTorch checks")
-        _verify_against(model, against, steps, seed, data, threshold)
+        _verify_against(model, against, steps, _DEFAULT_SEED if seed is None else seed, data, threshold)
         return
     from edge_rnn.exporters import verify as verify_model
     from edge_rnn.harness import read_contract
@@ -197,10 +202,13 @@ def verify(model: Path, factory: str | None, weights: Path | None, long_steps: i
                            f"against the float32 model: edge-rnn verify {model} --against MODEL.onnx")
     sequences = _read_data(data)
     if contract.source.get("kind") == "module":
-        module = _whole_model_from(model, contract, factory, weights)
+        module, drawn = _whole_model_from(model, contract, factory, weights), None
     else:
-        module, seed = _layer_from(model, contract, factory, weights)
+        module, drawn = _layer_from(model, contract, factory, weights)
+    # a fixed seed, whatever the weights came from: the check is the same check on every run
+    seed = seed if seed is not None else drawn if drawn is not None else _DEFAULT_SEED
     report = verify_model(module, model, long_steps=long_steps, seed=seed, raise_on_failure=False, data=sequences)
+    report.notes.append(f"seed {seed}: the random inputs, states and chunk boundaries (--seed to change)")
     _print_parity(report, every_row)
     if not report.ok:
         sys.exit(1)
@@ -225,7 +233,7 @@ def _whole_model_from(model: Path, contract: Contract, factory: str | None, weig
 def _layer_from(model: Path, contract: Contract, factory: str | None, weights: Path | None
                 ) -> tuple[torch.nn.Module, Any]:
     """The bare layer to check ``model`` against, rebuilt from its contract with --weights or the weights' seed
-    it records; and that seed, which the check then uses (None with --weights)."""
+    it records; and that seed, the check's default (None with --weights: the check then uses a fixed one)."""
     from edge_rnn.exporters import RecurrentSpec
 
     if factory is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edge_rnn.cli._common import _existing, _foreign_options, _int_list, _load_runtime_model, _variant_option, main
+from edge_rnn.cli._common import _foreign_options, _int_list, _load_runtime_model, _read_array, _variant_option, main
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -35,10 +35,11 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     from edge_rnn.runtime import run_sequence
 
     m = _load_runtime_model(model, threads, allow_nonfinite, variant, **foreign)
-    data = _read_input(input_path)
+    data = _read_array(input_path, "--input")
     suffix = output.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise EdgeRnnError(f"-o {output}: expected a file name ending in .npy or .npz")
+    _can_write(output, "-o")
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
@@ -62,20 +63,6 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
                f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
-def _read_input(path: Path) -> Any:
-    """The one .npy array to stream: its declared size checked against the file's first, never unpickled."""
-    from edge_rnn.harness import read_npy
-
-    _existing(path, "input")
-    with open(path, "rb") as f:
-        if f.read(2) == b"PK":
-            raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got an .npz archive")
-    data = read_npy(path)
-    if data.ndim == 0:
-        raise EdgeRnnError(f"{path}: expected one .npy array of shape (time, ...), got a scalar")
-    return data
-
-
 def _as_port_dtype(data: Any, port: Any) -> Any:
     """The input in the port's dtype where that is exact or expected; anything else (floats for token ids, ...)
     goes as it is: the runtime refuses it, never rounds it."""
@@ -86,6 +73,25 @@ def _as_port_dtype(data: Any, port: Any) -> Any:
     if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
         return data.astype(port.dtype)  # int32 token ids for an int64 input: exact
     return data
+
+
+def _can_write(path: Path, flag: str) -> None:
+    """Checked before the work, not after it: ``path`` is not a folder, and the nearest folder that exists above
+    it takes a new file (made there and removed at once; the folders between are made when it is written)."""
+    import tempfile
+
+    if path.is_dir():
+        raise EdgeRnnError(f"{flag} {path}: expected a file name, got a directory")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EdgeRnnError(f"{flag} {path}: cannot write it, {folder} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise EdgeRnnError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _save(output: Path, result: dict[str, Any]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import socket
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,12 +55,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                            "missing)") from None
     from edge_rnn.runtime import SessionConfig, StreamingModel
 
-    token = None
-    if token_file is not None:
-        _existing(token_file, "--token-file")
-        token = token_file.read_text(encoding="utf-8").strip()
-        if len(token) < 16:
-            raise EdgeRnnError(f"--token-file {token_file}: expected a token of at least 16 characters")
+    token = _read_token(token_file)
     bundle = model.is_dir()
     if variant is not None and not bundle:
         raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")
@@ -66,14 +64,87 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     if m.self_test is not None:
         click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
                    f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
+    _fits_one_chunk(m, max_message_bytes)
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
                            max_message_bytes=max_message_bytes,
                            token=token, drain_timeout=drain_timeout)
-    click.echo(f"serving {m.source} on http://{host}:{port} (WebSocket /v1/streams/ws)", err=True)
     app = create_app(m, config, variant=m.variant)
-    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
-                   app.svc).run()
+    sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
+    click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
+    with sock:
+        DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
+                       app.svc).run(sockets=[sock])
+
+
+def _read_token(path: Path | None, flag: str = "--token-file") -> str | None:
+    """The bearer token in ``path`` (None: no token): UTF-8 text whose stripped content is at least 16 visible
+    ASCII characters, as an HTTP header can carry it (a header is latin-1 on the wire: a token of other
+    characters could never be sent, so no one could log in)."""
+    if path is None:
+        return None
+    _existing(path, flag)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgeRnnError(f"{flag} {path}: expected UTF-8 text, got byte 0x{raw[e.start]:02x} at offset "
+                           f"{e.start}, which is not") from None
+    token = text.strip()
+    odd = next((c for c in token if not "!" <= c <= "~"), None)
+    if odd is not None:
+        raise EdgeRnnError(f"{flag} {path}: expected a token of visible ASCII characters (an HTTP header carries "
+                           f"it: no spaces, control or non-ASCII characters), got {odd!r} at position "
+                           f"{token.index(odd)}")
+    if len(token) < 16:
+        raise EdgeRnnError(f"{flag} {path}: expected a token of at least 16 characters, got {len(token)}")
+    return token
+
+
+def _fits_one_chunk(model: Any, max_message_bytes: int) -> None:
+    """Refuse a --max-message-bytes below the smallest binary chunk the model takes (one frame of float32, or a
+    static form's fixed chunk of frames): every chunk would be refused."""
+    from edge_rnn.service._codec import Codec
+
+    codec = Codec(model, max_message_bytes)
+    if codec.frame is None:  # JSON chunks only: no binary frame to measure
+        return
+    port = codec.port
+    steps = port.stream_shape[port.stream_time_axis] if port.stream_time_axis is not None else None
+    need = 4 * math.prod(codec.frame) * (steps or 1)
+    if max_message_bytes < need:
+        frames = f"{steps} frames" if steps else "one frame"
+        raise EdgeRnnError(f"--max-message-bytes {max_message_bytes}: expected at least {need} bytes, the smallest "
+                           f"chunk {model.source} takes ({frames} of float32 x {list(codec.frame)}); every chunk "
+                           "would be refused")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` for the server to listen on (uvicorn's own bind logs an ERROR line
+    and exits 3: here a port in use or a host that does not resolve is one line and exit 1)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise EdgeRnnError(f"--host {host}: expected a host name or address this machine resolves, got none "
+                           f"({getattr(e, 'strerror', None) or e})") from None
+    # IPv4 first for a name (uvicorn's choice: "localhost" is 127.0.0.1), IPv6 where that is all there is
+    family, kind, proto, _, address = min(found, key=lambda a: a[0] != socket.AF_INET)
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise EdgeRnnError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    """http://host:port of a bound socket: the port it got (--port 0: a free one), IPv6 in brackets."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
 @main.command()
@@ -87,15 +158,24 @@ def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration:
              token_file: Path | None) -> None:
     """Stream real-time-paced chunks to an edge-rnn server at URL and report latency (needs edge-rnn[client])."""
     try:
-        import httpx  # noqa: F401 - the client extra, checked before any stream starts
+        import httpx  # the client extra, checked before any stream starts
         import websockets  # noqa: F401
 
         from edge_rnn.loadtest import loadtest as run_load
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn loadtest needs the client extra: pip install 'edge-rnn[client]' ({e.name} is "
                            "missing)") from None
-    token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
-    result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EdgeRnnError(f"URL {url!r}: expected the server's http:// or https:// address, e.g. "
+                           "http://127.0.0.1:8000")
+    token = _read_token(token_file)
+    try:
+        result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
+    except httpx.HTTPError as e:  # the server's model could not be fetched: nothing was loaded
+        raise EdgeRnnError(f"{url}: cannot reach the server ({type(e).__name__}: {e})") from None
     click.echo(result.summary())
 
 

@@ -10,10 +10,10 @@ import torch
 
 from edge_rnn.diagnostics._gates import gate_stats, gate_trace, horizons, recurrent_layers
 from edge_rnn.diagnostics._gradient import _captured_call, baselines, gradient_flow
-from edge_rnn.diagnostics._memory import memory_curve
+from edge_rnn.diagnostics._memory import finite_input, memory_curve, peak
 from edge_rnn.diagnostics._memory_torch import batch_of_one, memory_curve_torch
 from edge_rnn.diagnostics._types import Diagnosis, GateHistogram
-from edge_rnn.errors import ShapeError
+from edge_rnn.errors import NonFiniteError, ShapeError
 
 __all__ = ["diagnose"]
 
@@ -33,13 +33,15 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, tim
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
     time at ``time_axis`` (a ``torch.nn.LSTM``: 1 and 0; ``batch_first``: 0 and 1). ``compare``: ONNX files
     (or loaded ``StreamingModel`` objects) whose empirical memory curves are drawn beside the module's (its export,
-    a bundle's int8 variant, ...).
+    a bundle's int8 variant, ...). Refused with :class:`~edge_rnn.errors.NonFiniteError`: NaN or Inf in ``x`` or
+    in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``).
     """
-    x = np.asarray(x)
+    x = finite_input(x)
     if x.ndim < 1 or len(x) <= max_lag + 1:
         raise ShapeError(f"diagnose: expected a sequence of more than max_lag + 1 = {max_lag + 1} steps, time "
                          f"first, got shape {x.shape}")
     module = module.eval()
+    _finite_parameters(module)
     inputs = batch_of_one(x, batch_axis, time_axis)
     d = Diagnosis(source=source)
     trace = gate_trace(module, inputs)
@@ -55,4 +57,23 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, tim
     d.memory = [memory_curve_torch(module, x, batch_axis=batch_axis, time_axis=time_axis, max_lag=max_lag,
                                    starts=starts, seed=seed, ids=ids, label="PyTorch model")]
     d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed) for path in compare]
+    _refuse_nonfinite(d, x)
     return d
+
+
+def _finite_parameters(module: torch.nn.Module) -> None:
+    """Refused before any work: a model whose weights hold NaN or Inf has nothing finite to diagnose."""
+    bad = [name for name, p in module.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(f"diagnose: expected finite weights, got NaN or Inf in {', '.join(bad[:5])}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+
+
+def _refuse_nonfinite(d: Diagnosis, x: np.ndarray) -> None:
+    """No figure of NaN is printed as if it were one: the input and weights were checked finite, so the model
+    overflowed on this input; say so, and which figures."""
+    bad = d.nonfinite()
+    if bad:
+        raise NonFiniteError(f"diagnose: expected finite figures, got NaN or Inf in {', '.join(bad)}: the model "
+                             f"overflows on this finite input (values up to {peak(x):.3g}); give input of the "
+                             "scale it was trained on")

@@ -21,8 +21,14 @@ call's activations with a scale taken over that call, and comparing windows
 cut into other calls would measure that, not memory.
 
 A float input gets ``scale x std(x)`` times a random unit vector (one per
-start, from ``seed``); an integer input (token ids) gets another id at that
+start, from ``seed``), computed in float64 so that the size follows the data
+whatever its scale; an integer input (token ids) gets another id at that
 step, drawn from the contract's range.
+
+Every path refuses an input holding NaN or Inf (:func:`finite_input`, the one
+check), and a curve is never returned with a figure that is not finite: a
+perturbed step beyond the input dtype's range, or a model whose output
+overflows on the input, is an error that says which.
 """
 
 from __future__ import annotations
@@ -34,13 +40,39 @@ from typing import Any
 import numpy as np
 
 from edge_rnn.diagnostics._types import MemoryCurve
-from edge_rnn.errors import ShapeError, UnsupportedError
+from edge_rnn.errors import NonFiniteError, ShapeError, UnsupportedError
 
-__all__ = ["memory_curve", "curve_from", "perturbations", "start_points"]
+__all__ = ["memory_curve", "curve_from", "perturbations", "start_points", "finite_input", "peak"]
 
 # run_windows(x, t0s, windows) -> the primary output of each window (time first), each run from the state after
 # x[:t0] (t0s repeat: each start has a perturbed and a plain window)
 RunWindows = Callable[[np.ndarray, list[int], list[np.ndarray]], list[np.ndarray]]
+
+
+def peak(x: np.ndarray) -> float:
+    """The largest magnitude in ``x`` (0 for an empty or non-float array), for messages about scale."""
+    return float(np.max(np.abs(x), initial=0.0)) if x.dtype.kind == "f" and x.size else 0.0
+
+
+def finite_input(x: Any, dtype: Any = None, what: str = "diagnose input") -> np.ndarray:
+    """``x`` as an array (in ``dtype``, when given, for a float input), refused when it holds NaN or Inf or when
+    the cast takes a finite value beyond ``dtype``'s range: the one input check of every diagnostics path."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        return x
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = f", the first at step {int(np.argwhere(bad)[0][0])} of {len(x)}" if x.ndim else ""
+        raise NonFiniteError(f"{what}: expected finite values, got NaN or Inf ({int(bad.sum()):,} of {x.size:,}"
+                             f"{where}); a diagnosis of NaN would be NaN")
+    if dtype is None or np.dtype(dtype) == x.dtype or np.dtype(dtype).kind != "f":
+        return x
+    with np.errstate(over="ignore"):
+        cast = x.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise NonFiniteError(f"{what}: expected values within {np.dtype(dtype)}'s range (the model's input dtype), "
+                             f"got {x.dtype} values up to {peak(x):.3g}, beyond {float(np.finfo(dtype).max):.3g}")
+    return cast
 
 
 def start_points(steps: int, max_lag: int, starts: int, every: int = 1) -> list[int]:
@@ -74,11 +106,26 @@ def perturbations(x: np.ndarray, t0s: list[int], scale: float, seed: int,
         return out
     if x.dtype.kind != "f":
         raise UnsupportedError(f"memory curve: expected a float or integer input, got {x.dtype}")
-    size = float(scale) * float(np.std(x) or 1.0)
+    size = float(scale) * (_std(x) or 1.0)
     for t0 in t0s:
         u = rng.standard_normal(x[t0].shape)
-        out.append((x[t0] + size * u / np.linalg.norm(u)).astype(x.dtype))
+        value = x[t0].astype(np.float64) + size * u / np.linalg.norm(u)
+        with np.errstate(over="ignore"):
+            cast = value.astype(x.dtype)
+        if not np.isfinite(cast).all():
+            raise NonFiniteError(
+                f"memory curve: the perturbation of step {t0} ({scale} x the input's std = {size:.3g}) takes it "
+                f"beyond {x.dtype}'s range: the input is finite, its values reach {peak(x):.3g}, too close to "
+                f"{float(np.finfo(x.dtype).max):.3g} to perturb; scale the input down")
+        out.append(cast)
     return out
+
+
+def _std(x: np.ndarray) -> float:
+    """The standard deviation of a finite float array, without overflow at any scale (float32's square of 1e30
+    is inf; float64's of 1e200 too): computed on ``x`` divided by its peak."""
+    top = peak(x)
+    return top * float(np.std(np.asarray(x, np.float64) / top)) if top > 0 else 0.0
 
 
 def curve_from(run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: int, scale: float, seed: int,
@@ -87,6 +134,7 @@ def curve_from(run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: 
     if max_lag < 1 or starts < 1 or scale <= 0:
         raise ShapeError(f"memory curve: expected max_lag >= 1, starts >= 1 and scale > 0, got {max_lag}, {starts}, "
                          f"{scale}")
+    x = finite_input(x)
     t0s = start_points(len(x), max_lag, starts, every)
     windows, plain = [], []
     for t0, value in zip(t0s, perturbations(x, t0s, scale, seed, ids)):
@@ -97,14 +145,32 @@ def curve_from(run_windows: RunWindows, x: np.ndarray, *, max_lag: int, starts: 
     # each perturbed window against the same window unperturbed, run the same way in the same calls: what a
     # backend does per call (a dynamic int8 scale over the batch, say) is the same on both sides
     ys = run_windows(x, t0s + t0s, windows + plain)
+    _finite_outputs(ys, t0s, x, label)
     diffs = []
     for y, ref in zip(ys[: len(t0s)], ys[len(t0s):]):
         d = (np.asarray(y, np.float64) - np.asarray(ref, np.float64)).reshape(max_lag + 1, -1)
         diffs.append(np.sqrt((d * d).sum(axis=1)))
     delta = float(np.mean([np.linalg.norm((np.asarray(w[0], np.float64) - x[t0]).ravel())
                            for t0, w in zip(t0s, windows)]))
-    return MemoryCurve(label=label, lags=np.arange(max_lag + 1), response=np.mean(diffs, axis=0), starts=len(t0s),
-                       scale=delta)
+    response = np.mean(diffs, axis=0)
+    if not np.isfinite(response).all():  # finite float32 outputs cannot get here; a float64 model's might
+        raise NonFiniteError(f"memory curve of {label}: the output's response overflows float64 (outputs up to "
+                             f"{max(peak(np.asarray(y, np.float64)) for y in ys):.3g})")
+    return MemoryCurve(label=label, lags=np.arange(max_lag + 1), response=response, starts=len(t0s), scale=delta)
+
+
+def _finite_outputs(ys: list[np.ndarray], t0s: list[int], x: np.ndarray, label: str) -> None:
+    """Refuse a curve whose outputs are not finite, saying so: the input was checked finite, so it is the model
+    (or the perturbation it was given) that overflowed, never the user's data that holds NaN."""
+    for i, y in enumerate(ys):
+        y = np.asarray(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            which = "perturbed" if i < len(t0s) else "unperturbed"
+            t0 = t0s[i % len(t0s)]
+            raise NonFiniteError(
+                f"memory curve of {label}: the model's output is NaN or Inf on the {which} window at step {t0}, "
+                f"for finite input (values up to {peak(x):.3g}): the model overflows at this input's scale; give "
+                "input of the scale it was trained on")
 
 
 class _OnnxRunner:
@@ -169,9 +235,7 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
     if len(model.inputs) != 1:
         raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
     port = model.inputs[0]
-    x = np.asarray(x)
-    if x.dtype != port.dtype and x.dtype.kind == port.dtype.kind == "f":
-        x = x.astype(port.dtype)
+    x = finite_input(x, port.dtype if port.dtype.kind == "f" else None)
     every = _steps_per_call(port, max_lag)
     x = x[: len(x) - len(x) % every]
     return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,

@@ -21,7 +21,7 @@ import numpy as np
 from edge_rnn.diagnostics._types import Diagnosis
 from edge_rnn.errors import EdgeRnnError
 
-__all__ = ["plot"]
+__all__ = ["plot", "plot_target"]
 
 _GATE_NAMES = {"i": "input i", "f": "forget f", "g": "candidate g", "o": "output o", "r": "reset r",
                "z": "update z", "n": "candidate n", "a": "tanh a"}
@@ -36,6 +36,33 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_target(path: str | Path, what: str = "plot") -> Path:
+    """Where a figure will go, checked before any work: a suffix matplotlib writes (.png, .svg, .pdf, ...), in
+    an existing folder this process can write to (a file is created there and removed at once)."""
+    import tempfile
+
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})  # pgf: needs LaTeX
+    if path.suffix[1:].lower() not in formats:
+        raise EdgeRnnError(f"{what} {path}: expected a file name ending in one of "
+                           f"{', '.join('.' + f for f in formats)}, got {path.suffix or 'no suffix'!r}")
+    folder = path.parent
+    if path.is_dir():
+        raise EdgeRnnError(f"{what} {path}: expected a file name, got a directory")
+    if not folder.is_dir():
+        raise EdgeRnnError(f"{what} {path}: expected an existing folder to write it in, got "
+                           f"{folder} ({'a file' if folder.exists() else 'no such folder'})")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise EdgeRnnError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+    return path
 
 
 def plot(diagnosis: Diagnosis, path: str | Path, *, title: str | None = None) -> Path:
@@ -56,8 +83,12 @@ def plot(diagnosis: Diagnosis, path: str | Path, *, title: str | None = None) ->
     fig.suptitle(title or f"edge-rnn diagnose: {diagnosis.source}", fontsize=13)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as e:  # an unknown format, or the folder gone since it was checked
+        raise EdgeRnnError(f"plot {path}: cannot write the figure ({type(e).__name__}: {e})") from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -80,5 +80,7 @@ def _gradient_line(g: GradientFlow) -> str:
 def _memory_line(m: MemoryCurve) -> str:
     rel = m.relative()
     at = {k: rel[k] for k in (1, 10, 25, 50) if k < len(rel)}
-    return (f"memory curve, {m.label}: 1/e after {m.horizon():g} steps; " +
+    h = m.horizon()
+    after = f"{h:g} steps" if np.isfinite(h) else f"more than {int(m.lags[-1])} steps (beyond the curve)"
+    return (f"memory curve, {m.label}: 1/e after {after}; " +
             ", ".join(f"lag {k}: {v:.3f}" for k, v in at.items()) + f" (mean of {m.starts} starts)")

@@ -128,3 +128,12 @@ class Diagnosis:
     gradient: list[GradientFlow] = field(default_factory=list)  # the model's first, then the baselines
     memory: list[MemoryCurve] = field(default_factory=list)  # the model's, then --compare's
     notes: list[str] = field(default_factory=list)
+
+    def nonfinite(self) -> list[str]:
+        """The figures holding NaN (or, but for horizons, where inf means "beyond the data", Inf), named."""
+        found = [f"gate {s.gate} of {s.layer}" for s in self.stats
+                 if not all(np.isfinite(a).all() for a in (s.mean, s.near_zero, s.near_one))]
+        found += [f"memory horizon of {h.layer}" for h in self.horizons if np.isnan(h.steps).any()]
+        found += [f"gradient flow, {g.label}" for g in self.gradient if not np.isfinite(g.norms).all()]
+        found += [f"memory curve, {m.label}" for m in self.memory if not np.isfinite(m.response).all()]
+        return found

@@ -56,7 +56,7 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
     stream's length, the seed, the tolerance floor and the onnxruntime levels.
     """
     contract = r.contract
-    cases = _model_cases(r, checks.long_steps)
+    cases = _model_cases(r, checks)
     inputs = input_source(layouts(r), data)
     with ExitStack() as stack:
         def twin(module: torch.nn.Module) -> Lifter:
@@ -76,16 +76,19 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
     return report
 
 
-def _model_cases(r: Resolved, long_steps: int) -> Cases:
-    """A whole model's cases: one more stream than its example, and lengths other than the example's."""
+def _model_cases(r: Resolved, checks: ParityOptions) -> Cases:
+    """A whole model's cases: those ``checks`` gives, else one more stream than its example and lengths other than
+    the example's; full passes only where it is not streamable."""
     contract = r.contract
     first = contract.inputs[0]
     ex = r.feeds0[first.name]
     ex_t = ex.shape[first.time_axis] if first.time_axis is not None else 1
     streaming = contract.streamable
-    return Cases(batch=int(ex.shape[first.batch_axis]) + 1,
-                 seq_lens=tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,),
-                 chunked_len=41 if streaming else 0, long_steps=long_steps if streaming else 0)
+    seq_lens = tuple(t for t in (1, 7, 23) if t != ex_t) if contract.is_streaming else (1,)
+    chunked_len = checks.chunked_len if checks.chunked_len is not None else 41
+    return Cases(batch=checks.batch_size if checks.batch_size is not None else int(ex.shape[first.batch_axis]) + 1,
+                 seq_lens=checks.seq_lens if checks.seq_lens is not None else seq_lens,
+                 chunked_len=chunked_len if streaming else 0, long_steps=checks.long_steps if streaming else 0)
 
 
 def verify_model(model: torch.nn.Module, path: str | Path, *, example_input: Any, io: StreamingIO | None, data: Any,

@@ -78,15 +78,17 @@ class StreamingIO:
 class ParityOptions:
     """What a parity check runs: the keywords of :func:`edge_rnn.verify` that shape its cases and verdict.
 
-    ``batch_size``, ``seq_lens`` and ``chunked_len`` apply to a bare layer's
-    cases; a whole model's cases follow its example (``docs/parity.md``).
+    ``batch_size``, ``seq_lens`` and ``chunked_len`` set the cases of a bare
+    layer and of a whole model alike; left at None, each takes its kind's
+    default: a bare layer's batch 3, lengths (1, 6, 19) and 41; a whole
+    model's follow its example (``docs/parity.md``).
     Checked where they are used (:class:`edge_rnn.harness.Cases`,
     :func:`edge_rnn.harness.open_sessions`), as :func:`edge_rnn.verify` always did.
     """
 
     batch_size: int | None = None
-    seq_lens: tuple[int, ...] = (1, 6, 19)
-    chunked_len: int = 41
+    seq_lens: tuple[int, ...] | None = None
+    chunked_len: int | None = None
     long_steps: int = 10_000
     opt_levels: tuple[str, ...] = ("disabled", "default")
     seed: int = 0

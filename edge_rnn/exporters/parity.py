@@ -43,8 +43,8 @@ def verify(
     whole_model_options: Mapping[str, Any] | None = None,
     data: Any = None,
     batch_size: int | None = None,
-    seq_lens: tuple[int, ...] = (1, 6, 19),
-    chunked_len: int = 41,
+    seq_lens: tuple[int, ...] | None = None,
+    chunked_len: int | None = None,
     long_steps: int = 10_000,
     opt_levels: tuple[str, ...] = ("disabled", "default"),
     seed: int = 0,
@@ -61,7 +61,10 @@ def verify(
     ``data`` replaces the random inputs with real sequences: one array
     ``(time, features)``, a list of them, or a ``.npy``/``.npz`` path; a
     sequence shorter than a case is repeated. ``batch_size`` defaults to one
-    more than the example's (3 without one). Raises
+    more than the example's (3 without one); ``seq_lens`` and ``chunked_len``
+    to (1, 6, 19) and 41 for a bare layer, and for a whole model to lengths
+    other than its example's (``docs/parity.md``); given, they are used for
+    either. Raises
     :class:`~edge_rnn.errors.ParityError` listing every failing tensor unless
     ``raise_on_failure`` is false; ``atol`` replaces the fp32 floor of the
     tolerance table.
@@ -129,9 +132,11 @@ def check_layer(module: torch.nn.Module, spec: RecurrentSpec, contract: Contract
 
 def _layer_cases(contract: Contract, checks: ParityOptions, batch_size: int) -> Cases:
     """The cases of a bare layer: full passes only where it is not streamable (a bidirectional layer)."""
+    seq_lens = checks.seq_lens if checks.seq_lens is not None else (1, 6, 19)
     if not contract.streamable:
-        return Cases(batch=batch_size, seq_lens=checks.seq_lens, chunked_len=0, long_steps=0)
-    return Cases(batch=batch_size, seq_lens=checks.seq_lens, chunked_len=checks.chunked_len,
+        return Cases(batch=batch_size, seq_lens=seq_lens, chunked_len=0, long_steps=0)
+    return Cases(batch=batch_size, seq_lens=seq_lens,
+                 chunked_len=checks.chunked_len if checks.chunked_len is not None else 41,
                  long_steps=checks.long_steps)
 
 

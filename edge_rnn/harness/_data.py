@@ -103,11 +103,19 @@ def random_states(contract: Contract, scale: float = 0.5) -> Callable[[np.random
     return make
 
 
+# What an .npz may hold beyond its own size: its compressed members expand when read, and a small archive of
+# zeros (a zip bomb) would otherwise take gigabytes. np.savez (stored, not compressed) is bounded by the file.
+MAX_INFLATED_BYTES = 256 * 2**20
+_PIECE = 16 * 2**20  # read in pieces into the array: one copy of the data in memory, not two
+
+
 def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
     """Read ``.npy`` (one sequence) or ``.npz`` (several; or one per input, keyed by input name), never unpickling.
 
     Each array's declared shape is checked against the bytes the file holds before anything is allocated, so a
-    forged header cannot ask for terabytes.
+    forged header cannot ask for terabytes; an ``.npz``'s arrays together may hold at most
+    :data:`MAX_INFLATED_BYTES` more than the archive's own size (its compressed members' expansion), checked
+    from their headers before any is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,13 +129,7 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
     try:
         if magic.startswith(b"\x93NUMPY"):
             return [read_npy(path)]
-        with zipfile.ZipFile(path) as z:
-            out = {}
-            for info in z.infolist():
-                with z.open(info) as f:
-                    name = info.filename.removesuffix(".npy")
-                    out[name] = _read_checked(f, info.file_size, f"{path}:{info.filename}")
-            return out
+        return _read_npz(path)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors for a malformed file
@@ -139,31 +141,83 @@ def read_npy(path: str | Path) -> np.ndarray:
     """One ``.npy`` array, its declared size checked against the file's before it is read; never unpickled."""
     path = Path(path)
     with open(path, "rb") as f:
-        return _read_checked(f, path.stat().st_size, str(path))
+        header = _header(f, path.stat().st_size, str(path))
+        return _read_body(f, header, str(path))
 
 
-def _read_checked(f: Any, size: int, what: str) -> np.ndarray:
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of an .npz: all headers checked (and their sizes summed) before any array is read."""
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        headers = []
+        for info in infos:
+            with z.open(info) as f:
+                headers.append(_header(f, info.file_size, f"{path}:{info.filename}"))
+        total = sum(h.nbytes for h in headers)
+        if total > path.stat().st_size + MAX_INFLATED_BYTES:
+            big, name = max(zip(headers, (i.filename for i in infos)), key=lambda p: p[0].nbytes)
+            raise DataError(
+                f"data {path}: its arrays declare {total:,} bytes in all (the largest, {name}, shape {big.shape} "
+                f"{big.dtype}), expected at most {MAX_INFLATED_BYTES // 2**20} MiB more than the archive's "
+                f"{path.stat().st_size:,} bytes: a compressed archive that expands this far is refused; save it "
+                "uncompressed (np.savez) or as .npy files")
+        out = {}
+        for info, header in zip(infos, headers):
+            with z.open(info) as f:
+                _header(f, info.file_size, f"{path}:{info.filename}")
+                out[info.filename.removesuffix(".npy")] = _read_body(f, header, f"{path}:{info.filename}")
+        return out
+
+
+@dataclass(frozen=True)
+class _Header:
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+
+    @property
+    def count(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.dtype.itemsize
+
+
+def _header(f: Any, size: int, what: str) -> _Header:
+    """The array header at ``f``, checked: no objects, and no more data declared than the ``size`` bytes hold."""
     try:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f, max_header_size=10_000)
+        h = _Header(*read(f, max_header_size=10_000))
     except Exception as e:  # noqa: BLE001 - a malformed header: ValueError, SyntaxError, TokenError, ...
         raise DataError(f"{what}: expected a .npy array, its header is malformed ({type(e).__name__})") from None
-    if dtype.hasobject:
-        raise DataError(f"{what}: holds Python objects that only pickle can load; refused (unpickling runs code). "
-                        "Save plain numeric arrays: np.save(path, np.asarray(x, np.float32))")
-    count = 1
-    for d in shape:
-        count *= d
+    if h.dtype.hasobject:
+        raise DataError(f"{what}: shape {h.shape} {h.dtype} holds Python objects that only pickle can load; "
+                        "refused (unpickling runs code). Save a plain .npy of numbers: "
+                        "np.save(path, np.asarray(x, np.float32))")
     remaining = size - f.tell()
-    if count * dtype.itemsize > remaining:
-        raise DataError(f"{what}: its header declares shape {shape} {dtype} ({count * dtype.itemsize:,} bytes), "
+    if h.nbytes > remaining:
+        raise DataError(f"{what}: its header declares shape {h.shape} {h.dtype} ({h.nbytes:,} bytes), "
                         f"but the file holds {remaining:,} bytes of data: truncated or forged")
-    data = f.read(count * dtype.itemsize)
-    if len(data) != count * dtype.itemsize:
-        raise DataError(f"{what}: truncated, expected {count * dtype.itemsize:,} bytes of data")
-    a = np.frombuffer(data, dtype=dtype).copy()
-    return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    return h
+
+
+def _read_body(f: Any, h: _Header, what: str) -> np.ndarray:
+    """The data after the header, read in pieces into the array (allocated once, at its checked size)."""
+    a = np.empty(h.count, dtype=h.dtype)
+    buf = memoryview(a.view(np.uint8) if h.nbytes else np.empty(0, np.uint8))
+    done = 0
+    while done < h.nbytes:
+        n = f.readinto(buf[done : done + min(h.nbytes - done, _PIECE)])
+        if not n:
+            raise DataError(f"{what}: truncated, expected {h.nbytes:,} bytes of data for shape {h.shape} {h.dtype}, "
+                            f"got {done:,}")
+        done += n
+    return a.reshape(h.shape[::-1]).T if h.fortran else a.reshape(h.shape)
 
 
 def _sequences(layouts: Sequence[InputLayout], data: Any, what: str) -> list[Arrays]:
