@@ -17,3 +17,8 @@ class ServiceConfig:
     max_message_bytes: int = 1 << 20
     token: str | None = None
     drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots
+    # what a connection may hold, in seconds (each also ends a connection whatever its client does):
+    header_timeout: float = 10.0  # to send a request's headers (HTTP and the WebSocket handshake), from its first byte
+    message_timeout: float = 30.0  # to finish an HTTP body, or a WebSocket message, once it has begun
+    write_timeout: float = 30.0  # for writes to stay blocked (a client not reading what it is sent), and for a
+    # closing connection to hand over what is left; then the connection is dropped

@@ -8,6 +8,11 @@ still fetch its snapshot (``GET /v1/streams/{id}/snapshot``, or the socket's
 ``{"type":"snapshot"}``). Once every stream is closed, or after the
 service's ``drain_timeout``, the sockets left are closed with 1001 and uvicorn
 shuts down as usual. A second signal stops at once, as uvicorn does.
+
+No client holds a stopping server up: the closing messages take at most
+:data:`~edge_rnn.service._service.CLOSE_GRACE` seconds, and the connections
+still open that long after uvicorn's shutdown began (a client not reading its
+close, a request still sending its body) are dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import asyncio
 from typing import Any
 
 import uvicorn
+
+from edge_rnn.service._service import CLOSE_GRACE
 
 __all__ = ["DrainingServer"]
 
@@ -47,3 +54,17 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         await self.service.drain(self.service.config.drain_timeout)
         self.should_exit = True
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        """uvicorn's, but the connections still open :data:`CLOSE_GRACE` seconds later are dropped."""
+        drop = asyncio.get_running_loop().call_later(CLOSE_GRACE, self._drop_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drop.cancel()
+
+    def _drop_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
