@@ -47,11 +47,20 @@ class HttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._blocked = Deadline(self.loop, self.limits.write_timeout, self._drop)
+        self._blocked = Deadline(self.loop, self.limits.write_timeout, self.drop)
         self._request = Deadline(self.loop, self.limits.header_timeout, self._late)
         self._in_headers = False  # a request begun whose headers have not all come
         self._in_body = False  # a request whose headers came and whose body has not all come
         self._header_bytes = 0  # of the request begun, in the reads after the one it began in
+        self._running: Any = None  # the request the app is answering (``cycle`` is the last one parsed)
+
+    @property
+    def answering(self) -> bool:
+        """A request received whole whose answer is being made or sent, to a client taking it: a stopping server
+        lets it finish (its connection then closes); a client holding anything else up is dropped."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete and not cycle.more_body and \
+            not self.flow.write_paused
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(BoundedTransport.of(transport, self.loop, self.limits.write_timeout))
@@ -59,7 +68,20 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
+        self._gone()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def _gone(self) -> None:
+        """Tell the app its client is gone, for the request it is answering too: uvicorn tells only the last one
+        parsed, so with requests pipelined the answer was written to a closed transport (a traceback with uvloop)."""
+        for cycle in (self._running, self.cycle):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
 
     def data_received(self, data: bytes) -> None:
         counted = self._in_headers
@@ -129,6 +151,8 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.write(head.encode() + body)
         self.transport.close()
 
-    def _drop(self) -> None:
-        """Writes blocked past ``write_timeout``: the client is not reading; nothing can reach it."""
+    def drop(self) -> None:
+        """Drop the connection (writes blocked past ``write_timeout``: the client is not reading; a stopping
+        server): the app's receive says the client is gone, and what it sends goes nowhere."""
+        self._gone()  # before the transport says so: uvloop may wake a blocked send before that
         self.transport.abort()

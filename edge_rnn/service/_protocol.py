@@ -53,7 +53,7 @@ class StreamProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._blocked = Deadline(self.loop, self.limits.write_timeout, self._drop)
+        self._blocked = Deadline(self.loop, self.limits.write_timeout, self.drop)
         self._message = Deadline(self.loop, self.limits.message_timeout, self._message_late)
 
     @property  # type: ignore[override]
@@ -137,6 +137,8 @@ class StreamProtocol(WebSocketsSansIOProtocol):
         self.conn.fail(code, reason)
         self.handle_parser_exception()  # the app's disconnect, the close frame written, the transport closed
 
-    def _drop(self) -> None:
-        """Writes blocked past ``write_timeout``: the client is not reading; nothing can reach it."""
+    def drop(self) -> None:
+        """Drop the connection (writes blocked past ``write_timeout``: the client is not reading; a stopping
+        server): the app's next send raises ClientDisconnected, its receive gets the disconnect."""
+        self.disconnected = True  # before the transport says so: uvloop may wake a blocked send before that
         self.transport.abort()
