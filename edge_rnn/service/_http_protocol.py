@@ -129,26 +129,25 @@ class HttpProtocol(HttpToolsProtocol):
             self._request.start()
             return
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:  # an answer under way
-            if not self._in_body:  # the next request's headers stall behind it: close once it is sent
-                cycle.keep_alive = False
-                return
-            cycle.disconnected = True  # the app's receive says the client is gone; its answer goes nowhere
-            cycle.message_event.set()
-            if cycle.response_started:
-                self.transport.close()
-                return
+        if not self._in_body and cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # the next request's headers stall behind an answer under way: close after it
+            return
         what = "body" if self._in_body else "headers"
         seconds = self.limits.message_timeout if self._in_body else self.limits.header_timeout
         self._refuse(HTTPStatus.REQUEST_TIMEOUT, "timeout", f"expected the request's {what} within {seconds:g} s")
 
     def _refuse(self, status: HTTPStatus, code: str, message: str) -> None:
-        """Answer ``status`` with the service's JSON error, and close the connection."""
-        body = json.dumps(Refusal(status.value, code, message).body()).encode()
-        head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+        """Answer ``status`` with the service's JSON error (unless an answer is being written, or the request whose
+        body stalls was answered already), and close the connection; the app's receive says the client is gone,
+        and what it sends goes nowhere."""
         self._stop()
-        self.transport.write(head.encode() + body)
+        self._gone()
+        running = self._running
+        if running is None or not running.response_started or (running.response_complete and not self._in_body):
+            body = json.dumps(Refusal(status.value, code, message).body()).encode()
+            head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+            self.transport.write(head.encode() + body)
         self.transport.close()
 
     def drop(self) -> None:
