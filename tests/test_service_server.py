@@ -148,18 +148,19 @@ def test_the_serve_command_starts_answers_and_stops_on_sigint(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
 
 
-def test_shutdown_with_steps_in_flight_answers_every_accepted_step():
+@pytest.mark.parametrize("wait_ms", [300, 2500])  # 2500: answered after the grace connections are dropped at
+def test_shutdown_with_steps_in_flight_answers_every_accepted_step(wait_ms):
     x = np.ones((2, 4), np.float32).tobytes()
 
     async def main(server, submitted):
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
             ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(8)]
             steps = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=x)) for i in ids]
-            await asyncio.to_thread(until, lambda: len(submitted) == 8)  # all in the engine, in its 300 ms window
+            await asyncio.to_thread(until, lambda: len(submitted) == 8)  # all in the engine, in its batch window
             server.server.should_exit = True
             return await asyncio.gather(*steps)
 
-    with Server(max_batch=64, max_wait_ms=300) as server:
+    with Server(max_batch=64, max_wait_ms=wait_ms) as server:
         submitted, submit = [], server.svc.submit
 
         def counted(entry, chunk):

@@ -93,3 +93,38 @@ def test_a_model_that_takes_no_binary_chunks_refuses_them_with_1003():
     with TestClient(_app(tokens)) as client, client.websocket_connect(WS) as ws:
         ws.send_bytes(np.ones(3, np.float32).tobytes())
         assert _refusal(ws) == ("unsupported", 1003)
+
+
+@pytest.mark.parametrize("text", ["[" * 200_000, '{"type": ' * 100_000, '{"type": "end"' + "}" * 10])
+def test_deep_or_broken_json_text_is_refused_with_1007(text):
+    with TestClient(_app()) as client, client.websocket_connect(WS) as ws:
+        ws.send_text(text)
+        assert _refusal(ws) == ("bad_message", 1007)
+
+
+def test_an_expired_stream_closes_its_socket_without_waiting_for_a_message():
+    app = _app(idle_timeout=0.3)
+    with TestClient(app) as client, client.websocket_connect(WS) as ws:
+        until(lambda: not app.svc.registry.streams and not app.svc.sockets, 10)  # expired, and its socket closed
+        assert _refusal(ws) == ("unknown_stream", 1008)
+
+
+def test_an_unexpected_error_closes_with_1011_and_its_traceback_is_logged_once(caplog, monkeypatch):
+    from edge_rnn.service import _socket
+
+    monkeypatch.setattr(_socket, "_logged", set())  # none of its kind logged yet
+    app = _app()
+
+    def broken(entry, chunk):
+        raise ZeroDivisionError("a bug")
+
+    app.svc.submit = broken
+    x = np.ones((1, 4), np.float32).tobytes()
+    with TestClient(app) as client:
+        for _ in range(3):
+            with client.websocket_connect(WS) as ws:
+                ws.send_bytes(x)
+                assert _refusal(ws) == ("internal_error", 1011)
+        assert not app.svc.registry.streams  # each stream closed with its connection
+    errors = [r for r in caplog.records if r.name == "edge_rnn.service"]
+    assert len(errors) == 3 and [r.exc_info is not None for r in errors] == [True, False, False]

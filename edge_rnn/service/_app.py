@@ -55,7 +55,15 @@ def create_app(model: StreamingModel, config: ServiceConfig | None = None, *,
 def uvicorn_options(config: ServiceConfig) -> dict[str, Any]:
     """How uvicorn should run the app: the WebSocket protocol that pauses reads only when a client runs ahead,
     no per-message deflate (float32 frames barely compress; it took ~40% of the server's time), and frames
-    beyond ``max_message_bytes`` refused by the protocol itself (close 1009) before they are buffered."""
+    beyond ``max_message_bytes`` refused by the protocol itself (close 1009) before they are buffered. Both
+    protocols hold a connection only as long as ``config``'s timeouts allow (``_protocol``, ``_http_protocol``);
+    without httptools (the serve extra installs it), uvicorn's h11 protocol serves HTTP without them."""
     from edge_rnn.service._protocol import StreamProtocol
 
-    return {"ws": StreamProtocol, "ws_per_message_deflate": False, "ws_max_size": config.max_message_bytes}
+    options = {"ws": StreamProtocol.configured(config), "ws_per_message_deflate": False,
+               "ws_max_size": config.max_message_bytes}
+    try:
+        from edge_rnn.service._http_protocol import HttpProtocol
+    except ImportError:
+        return options
+    return {**options, "http": HttpProtocol.configured(config)}

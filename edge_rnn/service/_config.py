@@ -18,3 +18,8 @@ class ServiceConfig:
     token: str | None = None
     drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots
     max_batch_frames: int = 64  # time steps of one stream per batch: a longer chunk runs as pieces this long
+    # what a connection may hold, in seconds (each also ends a connection whatever its client does):
+    header_timeout: float = 10.0  # to send a request's headers (HTTP and the WebSocket handshake), from its first byte
+    message_timeout: float = 30.0  # to finish an HTTP body, or a WebSocket message, once it has begun
+    write_timeout: float = 30.0  # for writes to stay blocked (a client not reading what it is sent), and for a
+    # closing connection to hand over what is left; then the connection is dropped

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_rnn.runtime import Stream, StreamingModel
@@ -34,6 +35,7 @@ class Registry:
     def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder):
         self.model, self.config, self.metrics = model, config, metrics
         self.streams: dict[str, Entry] = {}
+        self.on_expire: Callable[[str], None] | None = None  # called with each expired stream's id, once closed
 
     def open(self, snapshot: bytes | None = None) -> str:
         """A new stream's id: from zeros, or resumed from ``snapshot`` (a StateError if it is not this model's)."""
@@ -70,3 +72,5 @@ class Registry:
             for sid in [s for s, e in self.streams.items() if now - e.last_used > self.config.idle_timeout]:
                 self.close(sid)
                 self.metrics.expire()
+                if self.on_expire is not None:
+                    self.on_expire(sid)

@@ -8,6 +8,13 @@ still fetch its snapshot (``GET /v1/streams/{id}/snapshot``, or the socket's
 ``{"type":"snapshot"}``). Once every stream is closed, or after the
 service's ``drain_timeout``, the sockets left are closed with 1001 and uvicorn
 shuts down as usual. A second signal stops at once, as uvicorn does.
+
+No client holds a stopping server up: the closing messages take at most
+:data:`~edge_rnn.service._service.CLOSE_GRACE` seconds, and the connections
+still open that long after uvicorn's shutdown began (a client not reading its
+close, a request still sending its body) are dropped, but for HTTP requests
+received whole whose answers are still being made and taken (steps accepted
+finish, and are answered).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import asyncio
 from typing import Any
 
 import uvicorn
+
+from edge_rnn.service._service import CLOSE_GRACE
 
 __all__ = ["DrainingServer"]
 
@@ -26,6 +35,7 @@ class DrainingServer(uvicorn.Server):
         self.service = service
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
+        self._dropper: asyncio.TimerHandle | None = None
         self.draining = False
 
     async def serve(self, sockets: Any = None) -> None:
@@ -47,3 +57,24 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         await self.service.drain(self.service.config.drain_timeout)
         self.should_exit = True
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        """uvicorn's, but the connections still open :data:`CLOSE_GRACE` seconds later are dropped (but for answers
+        under way)."""
+        self._dropper = asyncio.get_running_loop().call_later(CLOSE_GRACE, self._drop_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self._dropper.cancel()
+
+    def _drop_connections(self) -> None:
+        answering = False
+        for connection in list(self.server_state.connections):
+            if getattr(connection, "answering", False):
+                answering = True
+                continue
+            drop = getattr(connection, "drop", None) or getattr(getattr(connection, "transport", None), "abort", None)
+            if drop is not None:  # the protocol's own (the app told first), else uvicorn's protocol's transport's
+                drop()
+        if answering:  # looked at again: one whose client stops taking its answer is dropped too
+            self._dropper = asyncio.get_running_loop().call_later(CLOSE_GRACE, self._drop_connections)

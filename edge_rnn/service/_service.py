@@ -9,6 +9,7 @@ web framework or Prometheus (the metrics come in as a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -20,9 +21,11 @@ from edge_rnn.service._config import ServiceConfig
 from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._recorder import NO_METRICS, Recorder
 from edge_rnn.service._registry import Entry, Registry
-from edge_rnn.service._status import HTTP_503_SERVICE_UNAVAILABLE, WS_1001_GOING_AWAY
+from edge_rnn.service._status import HTTP_404_NOT_FOUND, HTTP_503_SERVICE_UNAVAILABLE
 
-__all__ = ["Service"]
+__all__ = ["Service", "CLOSE_GRACE"]
+
+CLOSE_GRACE = 1.0  # seconds the server's closing messages to one socket may take; then it stops waiting on them
 
 
 class Service:
@@ -34,8 +37,12 @@ class Service:
         self.codec = Codec(model, config.max_message_bytes)
         self.batcher: Batcher | None = None  # from start(): None while starting
         self.closing = False  # draining or stopped: no new streams or steps; snapshots still answered
-        self.sockets: dict[str, Any] = {}  # stream id -> the ASGI send of its WebSocket, to close it at the end
+        # stream id -> the ASGI send of its WebSocket while open; the server closes it (expired, drained) with
+        # close_socket, which takes it out first
+        self.sockets: dict[str, Any] = {}
         self._reaper: asyncio.Task | None = None
+        self._closers: set[asyncio.Task] = set()
+        self.registry.on_expire = self._expired
 
     def start(self) -> None:
         """On the running loop: start the batcher and the reaper of idle streams."""
@@ -73,12 +80,38 @@ class Service:
         self.closing = True
 
     async def drain(self, timeout: float) -> None:
-        """Wait until every stream is closed, or ``timeout`` seconds; then close the sockets left with 1001."""
+        """Wait until every stream is closed, or ``timeout`` seconds; then close the sockets left with 1001, in
+        at most :data:`CLOSE_GRACE` seconds more whatever their clients do."""
         deadline = time.monotonic() + timeout
         while self.registry.streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for send in list(self.sockets.values()):
-            try:
-                await send({"type": "websocket.close", "code": WS_1001_GOING_AWAY, "reason": "shutting_down"})
-            except (OSError, RuntimeError):  # already gone
-                pass
+        going = Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+        closers = [self.close_socket(sid, going, tell=False) for sid in list(self.sockets)]
+        if closers:
+            await asyncio.wait(closers)
+
+    def close_socket(self, sid: str, e: Refusal, *, tell: bool = True) -> asyncio.Task:
+        """Close stream ``sid``'s socket with ``e``'s close code, after its error message (``tell``), in a task of
+        its own taking at most :data:`CLOSE_GRACE` seconds: the socket's handler then receives its disconnect.
+        A client that takes neither message is dropped by the protocol (``write_timeout``)."""
+        task = asyncio.get_running_loop().create_task(_close(self.sockets.pop(sid), e, tell))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+        return task
+
+    def _expired(self, sid: str) -> None:
+        if sid in self.sockets:
+            self.close_socket(sid, Refusal(HTTP_404_NOT_FOUND, "unknown_stream", "the stream expired after idling"))
+
+
+async def _close(send: Any, e: Refusal, tell: bool) -> None:
+    try:
+        await asyncio.wait_for(_close_messages(send, e, tell), CLOSE_GRACE)
+    except (OSError, RuntimeError, asyncio.TimeoutError):  # gone, closed already, or not reading
+        pass
+
+
+async def _close_messages(send: Any, e: Refusal, tell: bool) -> None:
+    if tell:
+        await send({"type": "websocket.send", "text": json.dumps(e.body())})
+    await send({"type": "websocket.close", "code": e.close_code, "reason": e.code})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from edge_rnn.service._service import Service
 from edge_rnn.service._status import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
+    HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
     WS_1000_NORMAL_CLOSURE,
 )
@@ -31,6 +33,8 @@ __all__ = ["StreamSocket", "PATH"]
 
 PATH = "/v1/streams/ws"
 _COMMANDS = ("reset", "snapshot", "end")
+_log = logging.getLogger("edge_rnn.service")
+_logged: set[type] = set()  # the kinds of unexpected error logged with their traceback already (once each)
 
 
 class StreamSocket:
@@ -40,6 +44,8 @@ class StreamSocket:
         self.api, self.svc = api, service
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            return await _http(self.api, scope, receive, send)
         if scope["type"] != "websocket" or scope["path"] != PATH:
             return await self.api(scope, receive, send)
         svc = self.svc
@@ -58,14 +64,42 @@ class StreamSocket:
             await send({"type": "websocket.accept"})
             svc.sockets[sid] = send
             await _serve_socket(receive, send, svc, sid)
-        except OSError:  # uvicorn's ClientDisconnected: the client went away mid-send
-            pass
-        except RuntimeError:  # uvicorn refusing a send after the drain closed this socket from its own task
-            if not svc.closing:
-                raise
+        except Exception as e:  # noqa: BLE001 - whatever happened, the connection ends with a close code
+            await _failed(e, svc, sid)
         finally:
             svc.sockets.pop(sid, None)
             svc.registry.close(sid)
+
+
+async def _http(api: Any, scope: dict, receive: Any, send: Any) -> None:
+    """``api`` on an HTTP request; what it raises once the client is gone (it disconnected, or the protocol timed
+    its body out) ends the request quietly, not as a traceback in the log: nobody is left to answer."""
+    gone = False
+
+    async def receive_() -> dict:
+        nonlocal gone
+        message = await receive()
+        gone = gone or message["type"] == "http.disconnect"
+        return message
+
+    try:
+        await api(scope, receive_, send)
+    except Exception:
+        if not gone:
+            raise
+
+
+async def _failed(e: Exception, svc: Service, sid: str) -> None:
+    """The socket's handler failed: quietly where the client went away (uvicorn's ClientDisconnected is an
+    OSError) or the server closed the socket already (a send after it is refused), else closed with 1011."""
+    if isinstance(e, OSError) or (isinstance(e, RuntimeError) and sid not in svc.sockets):
+        return
+    first = type(e) not in _logged
+    _logged.add(type(e))
+    _log.error("stream socket: unexpected %s: %s; closed with 1011", type(e).__name__, e, exc_info=e if first else None)
+    if sid in svc.sockets:
+        await svc.close_socket(sid, Refusal(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "the server failed "
+                                            "on this message; the stream is closed"))
 
 
 async def _refuse(send: Any, e: Refusal, *, close: bool = True) -> None:
@@ -111,7 +145,7 @@ async def _serve_socket(receive: Any, send: Any, svc: Service, sid: str) -> None
 def _command(text: Any) -> str:
     try:
         kind = json.loads(text).get("type")
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RecursionError, MemoryError):  # not JSON, or absurd JSON
         kind = None
     if kind not in _COMMANDS:
         raise Refusal(HTTP_400_BAD_REQUEST, "bad_message", "expected a binary chunk, or JSON {\"type\": \"reset\" | "
