@@ -39,11 +39,20 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0, show_default=True,
               help="On SIGINT/SIGTERM: seconds open streams may still fetch their snapshots before the server "
                    "stops (a second signal stops at once).")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=10.0,
+              show_default=True, help="Seconds a client has to send a request's headers (HTTP and the WebSocket "
+                                      "handshake); then 408 and the connection is closed.")
+@click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=30.0,
+              show_default=True, help="Seconds to finish an HTTP body once its headers came (408), or a WebSocket "
+                                      "message once it began (close 1008).")
+@click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=30.0,
+              show_default=True, help="Seconds the server's writes to a client that does not read may stay "
+                                      "blocked before the connection is dropped.")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
           idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
-          token_file: Path | None, drain_timeout: float) -> None:
+          token_file: Path | None, drain_timeout: float, **timeouts: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
     try:
         import uvicorn
@@ -68,7 +77,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
                            max_message_bytes=max_message_bytes,
-                           token=token, drain_timeout=drain_timeout)
+                           token=token, drain_timeout=drain_timeout, **timeouts)
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
