@@ -17,3 +17,6 @@ class ServiceConfig:
     max_message_bytes: int = 1 << 20
     token: str | None = None
     drain_timeout: float = 10.0  # seconds a stopping server lets open streams fetch their snapshots
+    # HTTP steps of one stream in flight at once (reading the body, waiting for the stream's turn, stepped); one
+    # more is a 429 before its body is read. All streams' together are at most max_batch + max_queue (503 beyond)
+    max_stream_inflight: int = 4

@@ -1,0 +1,59 @@
+"""A request's body and media type, read within limits: refused as it arrives, never buffered whole first.
+
+A declared ``Content-Length`` over the limit is refused before a byte of the
+body is read; a body without one (chunked) is refused once what arrived passes
+the limit. Either way the refusal is a 413 ``too_large`` that closes the
+connection (the routes add ``Connection: close``), so the rest is never read.
+No web framework here: the body comes in as any async iterator of byte pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Mapping
+
+from edge_rnn.service._errors import Refusal
+from edge_rnn.service._status import HTTP_413_CONTENT_TOO_LARGE, HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+__all__ = ["JSON", "BINARY", "media_kind", "read_body", "too_large"]
+
+JSON, BINARY = "application/json", "application/octet-stream"
+_UTF8 = ("utf-8", "utf8")
+
+
+def too_large(limit: int, got: str) -> Refusal:
+    return Refusal(HTTP_413_CONTENT_TOO_LARGE, "too_large", f"expected at most {limit} bytes, got {got}")
+
+
+def media_kind(content_type: str | None) -> str:
+    """:data:`JSON` or :data:`BINARY`, from a Content-Type header: the type is compared without regard to case and
+    its parameters are ignored, but for a charset other than UTF-8 on JSON; anything else (or none) is a 415."""
+    kind, _, params = (content_type or "").partition(";")
+    kind = kind.strip().lower()
+    if kind == JSON and _charset(params) in (None, *_UTF8):
+        return JSON
+    if kind == BINARY:
+        return BINARY
+    got = f"{content_type!r}" if content_type else "none"
+    raise Refusal(HTTP_415_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", f"expected Content-Type {BINARY} "
+                  f"(float32 frames) or {JSON} (UTF-8, {{\"x\": ...}}), got {got}")
+
+
+def _charset(params: str) -> str | None:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+async def read_body(pieces: AsyncIterable[bytes], headers: Mapping[str, str], limit: int) -> bytearray:
+    """The whole body, at most ``limit`` bytes; a 413 as soon as it is known to be longer (see the module)."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large(limit, f"Content-Length {int(declared)}")
+    body = bytearray()
+    async for piece in pieces:
+        if len(body) + len(piece) > limit:
+            raise too_large(limit, f"at least {len(body) + len(piece)}")
+        body += piece
+    return body
