@@ -17,7 +17,7 @@ from edge_rnn.service._status import HTTP_413_CONTENT_TOO_LARGE, HTTP_415_UNSUPP
 __all__ = ["JSON", "BINARY", "media_kind", "read_body", "too_large"]
 
 JSON, BINARY = "application/json", "application/octet-stream"
-_UTF8 = ("utf-8", "utf8")
+_UTF8 = (None, "", "utf-8", "utf8", "us-ascii", "ascii")  # JSON's charsets: none said, UTF-8, or a subset of it
 
 
 def too_large(limit: int, got: str) -> Refusal:
@@ -29,7 +29,7 @@ def media_kind(content_type: str | None) -> str:
     its parameters are ignored, but for a charset other than UTF-8 on JSON; anything else (or none) is a 415."""
     kind, _, params = (content_type or "").partition(";")
     kind = kind.strip().lower()
-    if kind == JSON and _charset(params) in (None, *_UTF8):
+    if kind == JSON and _charset(params) in _UTF8:
         return JSON
     if kind == BINARY:
         return BINARY

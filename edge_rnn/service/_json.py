@@ -46,6 +46,7 @@ _INLINE = 16 << 10  # bytes of JSON parsed on the loop (about 0.3 ms): a thread'
 _PAUSE = 2e-4  # seconds a worker thread sleeps about every millisecond of work: the GIL, passed on at once
 _NUMBERS_PER_PAUSE = 2048
 _WANT = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans"}
+_KINDS = {"f": "iuf", "b": "b"}  # the kinds numpy reads that an input of a kind takes (any other: integers)
 
 
 def _bad(message: str) -> Refusal:
@@ -227,17 +228,11 @@ def _load(body: bytes | bytearray, numbers: _Numbers) -> Any:
 def _array(p: Port, value: Any) -> np.ndarray:
     """One input's nested lists as an array of its dtype; a 400 for anything but numbers of that kind, ragged
     lists, more than 64 dimensions, or a value beyond the dtype."""
-    kind = p.dtype.kind
-    try:
-        raw = np.asarray(value)
-        if raw.dtype.kind == "O" and kind == "f":  # integers beyond 64 bits are still numbers for a float input
-            raw = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise _bad(f"{p.name}: expected a rectangular array of {_WANT.get(kind, 'numbers')}, got one numpy cannot "
-                   f"read ({str(e)[:200]})") from None
+    raw = _read(p, value)
     if raw.size == 0:  # no values, no kind: the runtime refuses an empty chunk by its shape
         return raw.astype(p.dtype)
-    if raw.dtype.kind not in ("iuf" if kind == "f" else "b" if kind == "b" else "iu"):
+    kind = p.dtype.kind
+    if raw.dtype.kind not in _KINDS.get(kind, "iu"):
         raise _bad(f"{p.name}: expected {p.dtype} values ({_WANT.get(kind, 'numbers')}), got {_described(raw)}")
     if kind == "f":
         with np.errstate(over="raise", invalid="raise"):
@@ -251,6 +246,18 @@ def _array(p: Port, value: Any) -> np.ndarray:
         if raw.min() < info.min or raw.max() > info.max:
             raise _bad(f"{p.name}: expected values within {p.dtype}'s range, got {raw.min()}..{raw.max()}")
     return raw.astype(p.dtype)
+
+
+def _read(p: Port, value: Any) -> np.ndarray:
+    """The nested lists as numpy reads them, of whatever kind; a 400 where it cannot (ragged, over 64 dims)."""
+    try:
+        raw = np.asarray(value)
+        if raw.dtype.kind == "O" and p.dtype.kind == "f":  # integers beyond 64 bits are still numbers for floats
+            raw = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise _bad(f"{p.name}: expected a rectangular array of {_WANT.get(p.dtype.kind, 'numbers')}, got one numpy "
+                   f"cannot read ({str(e)[:200]})") from None
+    return raw
 
 
 def _described(raw: np.ndarray) -> str:
