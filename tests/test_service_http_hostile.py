@@ -122,6 +122,7 @@ def test_a_json_body_over_max_message_bytes_is_413_and_so_is_one_whose_reply_wou
         r = http.post(f"/v1/streams/{sid}/steps", content=json.dumps({"x": [[1, 2, 3, 4]] * 600}).encode(),
                       headers=JSON)
         assert r.status_code == 413 and r.json()["code"] == "too_large" and "reply" in r.json()["message"], r.text
+        assert "connection" not in r.headers  # its body was read whole: the connection may go on
         assert _steps(app, sid) == 0
         assert http.post(f"/v1/streams/{sid}/steps", json={"x": [[1, 2, 3, 4]] * 100}).status_code == 200
 
@@ -187,6 +188,29 @@ def test_steps_waiting_for_their_stream_count_against_the_limits_before_their_bo
     assert all(r.json()["code"] == refused[1] and r.headers["retry-after"] == "1"
                for r in replies if r.status_code != 200)
     assert len(bodies_read) == admitted and steps == 2 * admitted  # refused before their body was read
+
+
+def test_a_step_whose_request_is_cancelled_while_the_engine_runs_it_still_counts_its_x_step():
+    """Was: X-Step was counted after the awaited step returned; a request cancelled (its client gone) while the
+    engine ran the step left it applied but uncounted, so the retry with the same X-Step was applied again."""
+    model = StreamingModel.load(MODEL_PATH)
+    entered, gate = _held(model)
+    app = _app(model, max_wait_ms=0)
+
+    async def main():
+        async with _serving(app) as http:
+            sid = (await http.post("/v1/streams")).json()["stream_id"]
+            gone = asyncio.ensure_future(http.post(f"/v1/streams/{sid}/steps", content=X,
+                                                   headers={"X-Step": "0", **BIN}))
+            assert await asyncio.to_thread(entered.wait, 20)  # the engine runs it
+            gone.cancel()
+            gate.set()
+            retry = await http.post(f"/v1/streams/{sid}/steps", content=X, headers={"X-Step": "0", **BIN})
+            after = await http.post(f"/v1/streams/{sid}/steps", content=X, headers={"X-Step": "1", **BIN})
+            return retry, after, _steps(app, sid)
+
+    retry, after, steps = asyncio.run(main())
+    assert retry.status_code == 409 and after.status_code == 200 and steps == 4, (retry.text, steps)
 
 
 def test_an_output_that_is_not_finite_is_answered_in_json_as_a_string_and_an_error_never_leaves_a_step_applied(

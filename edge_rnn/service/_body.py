@@ -3,7 +3,7 @@
 A declared ``Content-Length`` over the limit is refused before a byte of the
 body is read; a body without one (chunked) is refused once what arrived passes
 the limit. Either way the refusal is a 413 ``too_large`` that closes the
-connection (the routes add ``Connection: close``), so the rest is never read.
+connection (:class:`BodyTooLarge`: the routes add ``Connection: close``), so the rest is never read.
 No web framework here: the body comes in as any async iterator of byte pieces.
 """
 
@@ -14,14 +14,18 @@ from collections.abc import AsyncIterable, Mapping
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._status import HTTP_413_CONTENT_TOO_LARGE, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
-__all__ = ["JSON", "BINARY", "media_kind", "read_body", "too_large"]
+__all__ = ["JSON", "BINARY", "BodyTooLarge", "media_kind", "read_body"]
 
 JSON, BINARY = "application/json", "application/octet-stream"
 _UTF8 = (None, "", "utf-8", "utf8", "us-ascii", "ascii")  # JSON's charsets: none said, UTF-8, or a subset of it
 
 
-def too_large(limit: int, got: str) -> Refusal:
-    return Refusal(HTTP_413_CONTENT_TOO_LARGE, "too_large", f"expected at most {limit} bytes, got {got}")
+class BodyTooLarge(Refusal):
+    """A body over the limit, refused before its rest is read: the answer closes the connection."""
+
+    def __init__(self, limit: int, got: str):
+        super().__init__(HTTP_413_CONTENT_TOO_LARGE, "too_large", f"expected a body of at most {limit} bytes, got "
+                         f"{got}")
 
 
 def media_kind(content_type: str | None) -> str:
@@ -50,10 +54,10 @@ async def read_body(pieces: AsyncIterable[bytes], headers: Mapping[str, str], li
     """The whole body, at most ``limit`` bytes; a 413 as soon as it is known to be longer (see the module)."""
     declared = headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise too_large(limit, f"Content-Length {int(declared)}")
+        raise BodyTooLarge(limit, f"Content-Length {int(declared)}")
     body = bytearray()
     async for piece in pieces:
         if len(body) + len(piece) > limit:
-            raise too_large(limit, f"at least {len(body) + len(piece)}")
+            raise BodyTooLarge(limit, f"at least {len(body) + len(piece)}")
         body += piece
     return body

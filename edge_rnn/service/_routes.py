@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from edge_rnn.errors import EdgeRnnError, StateError
 from edge_rnn.service import _openapi as api
 from edge_rnn.service._auth import authorize
-from edge_rnn.service._body import BINARY, JSON, media_kind, read_body
+from edge_rnn.service._body import BINARY, JSON, BodyTooLarge, media_kind, read_body
 from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._json import JsonChunks
 from edge_rnn.service._metrics import Metrics
@@ -48,7 +48,7 @@ def add_routes(app: FastAPI, svc: Service, prometheus: Metrics, variant: str | N
 
 def _respond(e: Refusal) -> JSONResponse:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
-    if e.status == HTTP_413_CONTENT_TOO_LARGE:  # the rest of the body is not read: the connection ends here
+    if isinstance(e, BodyTooLarge):  # the rest of the body is not read: the connection ends here
         headers["Connection"] = "close"
     return JSONResponse(e.body(), e.status, headers=headers)
 
