@@ -137,6 +137,24 @@ def test_a_snapshot_body_larger_than_any_snapshot_of_the_model_is_413_before_it_
         assert http.post("/v1/streams", content=snap).status_code == 201
 
 
+def test_a_json_reply_is_every_output_exactly_written_in_pieces_and_never_over_its_bound():
+    from edge_rnn.service._json import JsonChunks
+
+    chunks = JsonChunks(StreamingModel.load(MODEL_PATH), 1 << 20)
+    rng = np.random.default_rng(5)
+    shapes = [(), (5000,), (3, 2000), (700, 6), (4, 300, 3), (0, 6)]
+    out = {f"o{i}": rng.standard_normal(shape).astype(np.float32) for i, shape in enumerate(shapes)}
+    out["o1"][[3, 4000]] = np.nan, -np.inf
+    reply = json.loads(chunks.write(out, polite=True))["outputs"]
+    for name, y in out.items():
+        got = np.array([{"NaN": np.nan, "-Infinity": -np.inf}.get(v, v) for v in np.ravel(reply[name])]
+                       if name == "o1" else reply[name], np.float32).reshape(y.shape)
+        np.testing.assert_array_equal(got, y)
+    for steps in (1, 7, 3000):  # the longest float32 a value can print as, in every place
+        worst = {"y": np.full((steps, 6), -1.1754944e-38, np.float32)}
+        assert len(chunks.write(worst)) <= chunks.reply_bound(steps)
+
+
 def _held(model: StreamingModel):
     """The model with its engine held on the first batch until ``gate`` is set; ``entered`` once it is."""
     entered, gate, real = threading.Event(), threading.Event(), model.step_batch

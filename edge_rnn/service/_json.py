@@ -86,8 +86,16 @@ def _constant(name: str) -> Any:
 def _object(pairs: list[tuple[str, Any]]) -> dict:
     d = dict(pairs)
     if len(d) != len(pairs):
-        raise ValueError(f"expected each key once, got {sorted(k for k, _ in pairs)}")
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"expected each key once, got {twice[:40]!r} twice")
     return d
+
+
+def _names(keys: Any) -> str:
+    """Some keys, for a message: a client's object may have thousands."""
+    keys = sorted(keys)
+    return f"{[k[:40] for k in keys[:8]]}" + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
 
 
 class JsonChunks:
@@ -110,7 +118,7 @@ class JsonChunks:
         with _no_collection(polite):
             doc = _load(body, numbers)
             if not isinstance(doc, dict) or doc.keys() != {"x"}:
-                got = f"keys {sorted(doc)}" if isinstance(doc, dict) else type(doc).__name__
+                got = f"keys {_names(doc)}" if isinstance(doc, dict) else type(doc).__name__
                 raise _bad(f"expected a JSON object {{\"x\": ...}}, got {got}")
             values = self._by_input(doc["x"])
             arrays = {p.name: _array(p, values[p.name]) for p in self.inputs}
@@ -123,7 +131,7 @@ class JsonChunks:
         names = [p.name for p in self.inputs]
         if isinstance(x, dict):
             if sorted(x) != sorted(names):
-                raise _bad(f"x: expected the inputs {sorted(names)}, got {sorted(x)}")
+                raise _bad(f"x: expected the inputs {sorted(names)}, got {_names(x)}")
             return x
         if len(names) > 1:
             raise _bad(f"x: expected an object of the inputs {sorted(names)}, got {type(x).__name__}")
