@@ -58,6 +58,11 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _step_headers(step: int) -> dict[str, str]:
+    """A binary step's headers: its media type (the server answers 415 without one) and its sequence number."""
+    return {"Content-Type": "application/octet-stream", "X-Step": str(step)}
+
+
 class HttpStream:
     """One stream over HTTP, blocking; every step carries ``X-Step``, so a retried request cannot apply twice."""
 
@@ -71,7 +76,7 @@ class HttpStream:
         self.id, self.width, self.steps = r.json()["stream_id"], width, 0
 
     def step(self, x: Any) -> np.ndarray:
-        r = self._http.post(f"/v1/streams/{self.id}/steps", content=_chunk(x), headers={"X-Step": str(self.steps)})
+        r = self._http.post(f"/v1/streams/{self.id}/steps", content=_chunk(x), headers=_step_headers(self.steps))
         _raise_for(r)
         self.steps += 1
         return _output(r.content, self.width)
@@ -114,7 +119,7 @@ class AsyncHttpStream:
 
     async def step(self, x: Any) -> np.ndarray:
         r = await self._http.post(f"/v1/streams/{self.id}/steps", content=_chunk(x),
-                                  headers={"X-Step": str(self.steps)})
+                                  headers=_step_headers(self.steps))
         _raise_for(r)
         self.steps += 1
         return _output(r.content, self.width)

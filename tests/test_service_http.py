@@ -24,6 +24,8 @@ from edge_rnn.runtime import ForeignModel, StreamingModel
 from edge_rnn.service import ServiceConfig, create_app
 
 X = np.ones((2, 4), np.float32).tobytes()  # two frames
+BIN = {"Content-Type": "application/octet-stream"}
+JSON = {"Content-Type": "application/json"}
 
 
 def _app(model: StreamingModel | None = None, **config):
@@ -46,12 +48,13 @@ def test_http_streams_steps_errors_and_snapshot_resume_across_a_restart():
         sid = http.post("/v1/streams").json()["stream_id"]
         assert len(sid) >= 32 and http.get("/healthz").json() == {"status": "ok"}
         ys = [np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes(),
-                                      headers={"X-Step": str(i)}).content, "<f4") for i, c in enumerate(parts[:3])]
-        r = http.post(f"/v1/streams/{sid}/steps", content=parts[3].tobytes(), headers={"X-Step": "7"})
+                                      headers={"X-Step": str(i), **BIN}).content, "<f4")
+              for i, c in enumerate(parts[:3])]
+        r = http.post(f"/v1/streams/{sid}/steps", content=parts[3].tobytes(), headers={"X-Step": "7", **BIN})
         assert r.status_code == 409 and r.json()["code"] == "out_of_order"
         for bad, code in ((b"\x00" * 10, 400), (np.full((1, 4), np.inf, np.float32).tobytes(), 400)):
-            assert http.post(f"/v1/streams/{sid}/steps", content=bad).status_code == code
-        assert http.post("/v1/streams/nope/steps", content=parts[0].tobytes()).status_code == 404
+            assert http.post(f"/v1/streams/{sid}/steps", content=bad, headers=BIN).status_code == code
+        assert http.post("/v1/streams/nope/steps", content=parts[0].tobytes(), headers=BIN).status_code == 404
         http.post("/v1/streams")
         r = http.post("/v1/streams")
         assert r.status_code == 429 and r.json()["code"] == "too_many_streams"
@@ -61,7 +64,8 @@ def test_http_streams_steps_errors_and_snapshot_resume_across_a_restart():
     with TestClient(_app()) as http:  # a new server's state
         sid = http.post("/v1/streams", content=snap).json()["stream_id"]
         for c in parts[3:]:
-            ys.append(np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes()).content, "<f4"))
+            ys.append(np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes(),
+                                              headers=BIN).content, "<f4"))
         assert http.post("/v1/streams", content=b"EDGERNN-SNAPSHOT garbage").status_code == 400
     np.testing.assert_array_equal(np.concatenate(ys).reshape(-1, 6), offline(parts))
 
@@ -75,7 +79,7 @@ def test_a_retried_x_step_sent_while_the_first_waits_is_refused_not_applied_twic
         async with _serving(app) as http:
             sid = (await http.post("/v1/streams")).json()["stream_id"]
             first, retry = await asyncio.gather(*(http.post(f"/v1/streams/{sid}/steps", content=x,
-                                                            headers={"X-Step": "0"}) for _ in range(2)))
+                                                            headers={"X-Step": "0", **BIN}) for _ in range(2)))
             snap = (await http.get(f"/v1/streams/{sid}/snapshot")).content
             return first, retry, snap
 
@@ -97,7 +101,8 @@ def test_an_idle_stream_expires_and_its_expiry_is_counted():
     with TestClient(app) as http:
         sid = http.post("/v1/streams", headers=auth).json()["stream_id"]
         until(lambda: sid not in app.svc.registry.streams)  # the reaper looks every 75 ms
-        r = http.post(f"/v1/streams/{sid}/steps", content=np.ones((1, 4), np.float32).tobytes(), headers=auth)
+        r = http.post(f"/v1/streams/{sid}/steps", content=np.ones((1, 4), np.float32).tobytes(),
+                      headers={**auth, **BIN})
         assert r.status_code == 404
         assert "edge_rnn_expired_streams_total 1.0" in http.get("/metrics", headers=auth).text
 
@@ -119,10 +124,11 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_accepted_steps_still_
     async def main():
         async with _serving(app) as http:
             ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(30)]
-            first = asyncio.ensure_future(http.post(f"/v1/streams/{ids[0]}/steps", content=X))
+            first = asyncio.ensure_future(http.post(f"/v1/streams/{ids[0]}/steps", content=X, headers=BIN))
             try:
                 assert await asyncio.to_thread(entered.wait, 20)  # the engine holds the first step
-                rest = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=X)) for i in ids[1:]]
+                rest = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=X, headers=BIN))
+                        for i in ids[1:]]
                 for answered, done in enumerate(asyncio.as_completed(rest, timeout=20), 1):
                     await done
                     if answered == len(rest) - 1:  # all but the one in the queue
@@ -156,7 +162,7 @@ def test_binary_chunks_are_time_major_whatever_axis_the_model_keeps_time_on(tmp_
     frames = np.arange(6, dtype=np.float32).reshape(2, 3)  # two frames of three features
     with TestClient(_app(model)) as http:
         sid = http.post("/v1/streams").json()["stream_id"]
-        reply = http.post(f"/v1/streams/{sid}/steps", content=frames.tobytes())
+        reply = http.post(f"/v1/streams/{sid}/steps", content=frames.tobytes(), headers=BIN)
     assert reply.status_code == 200, reply.text
     np.testing.assert_array_equal(np.frombuffer(reply.content, "<f4").reshape(2, 3), frames)
 
@@ -193,7 +199,7 @@ def test_a_bundles_int8_variant_is_served_and_says_which_it_is(tmp_path):
     with TestClient(_app(model)) as http:
         described = http.get("/v1/model").json()
         sid = http.post("/v1/streams").json()["stream_id"]
-        ys = [np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes()).content, "<f4")
+        ys = [np.frombuffer(http.post(f"/v1/streams/{sid}/steps", content=c.tobytes(), headers=BIN).content, "<f4")
               for c in parts]
     assert described["variant"] == "int8" and described["fingerprint"] == model.fingerprint
     assert described["fingerprint"] != StreamingModel.load(MODEL_PATH).fingerprint

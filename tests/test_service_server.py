@@ -26,6 +26,8 @@ from edge_rnn.service import ServiceConfig, create_app  # noqa: E402
 from edge_rnn.service._app import uvicorn_options  # noqa: E402
 from edge_rnn.service._server import DrainingServer  # noqa: E402
 
+BIN = {"Content-Type": "application/octet-stream"}  # a step's media type: without one it is a 415
+
 
 class Server:
     """uvicorn serving the fixture on 127.0.0.1 at a free port, in a thread; stopped by the test itself."""
@@ -155,7 +157,7 @@ def test_shutdown_with_steps_in_flight_answers_every_accepted_step(wait_ms):
     async def main(server, submitted):
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
             ids = [(await http.post("/v1/streams")).json()["stream_id"] for _ in range(8)]
-            steps = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=x)) for i in ids]
+            steps = [asyncio.ensure_future(http.post(f"/v1/streams/{i}/steps", content=x, headers=BIN)) for i in ids]
             await asyncio.to_thread(until, lambda: len(submitted) == 8)  # all in the engine, in its batch window
             server.server.should_exit = True
             return await asyncio.gather(*steps)
@@ -183,12 +185,12 @@ def test_a_stopping_server_drains_new_work_is_refused_and_open_streams_still_fet
     async def main(server):
         async with websockets.connect(server.ws) as ws, httpx.AsyncClient(base_url=server.url) as http:
             sid = (await http.post("/v1/streams")).json()["stream_id"]
-            await http.post(f"/v1/streams/{sid}/steps", content=parts[0].tobytes())
+            await http.post(f"/v1/streams/{sid}/steps", content=parts[0].tobytes(), headers=BIN)
             await ws.send(parts[0].tobytes())
             await ws.recv()
             server.server.handle_exit(signal.SIGTERM, None)  # as the signal would, from another thread
             await asyncio.to_thread(until, lambda: server.svc.closing)  # the server's loop has begun the drain
-            step = await http.post(f"/v1/streams/{sid}/steps", content=parts[1].tobytes())
+            step = await http.post(f"/v1/streams/{sid}/steps", content=parts[1].tobytes(), headers=BIN)
             fresh = await http.post("/v1/streams")
             ready = await http.get("/readyz")
             http_snap = (await http.get(f"/v1/streams/{sid}/snapshot")).content

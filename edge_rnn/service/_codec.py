@@ -42,11 +42,15 @@ class Codec:
         self._to_model = None if t_in is None else from_front(len(self._frames), t_in)
         self._from_model = None if t_out is None else to_front(len(self.primary.stream_shape), t_out)
 
-    def decode(self, body: bytes) -> np.ndarray:
-        """A binary chunk: float32 little-endian, whole frames, row-major."""
+    def check_binary(self) -> None:
+        """A 415 where the model takes no binary chunks (before a body is read)."""
         if self.frame is None:
             raise Refusal(HTTP_415_UNSUPPORTED_MEDIA_TYPE, "unsupported", "binary chunks need a model with one "
                           "float32 input of fixed frame size; send JSON {\"x\": ...}")
+
+    def decode(self, body: bytes | bytearray) -> np.ndarray:
+        """A binary chunk: float32 little-endian, whole frames, row-major."""
+        self.check_binary()
         if len(body) > self.max_message_bytes:
             raise Refusal(HTTP_413_CONTENT_TOO_LARGE, "too_large", f"expected at most {self.max_message_bytes} "
                           f"bytes, got {len(body)}")

@@ -23,3 +23,6 @@ class ServiceConfig:
     message_timeout: float = 30.0  # to finish an HTTP body, or a WebSocket message, once it has begun
     write_timeout: float = 30.0  # for writes to stay blocked (a client not reading what it is sent), and for a
     # closing connection to hand over what is left; then the connection is dropped
+    # HTTP steps of one stream in flight at once (reading the body, waiting for the stream's turn, stepped); one
+    # more is a 429 before its body is read. All streams' together are at most max_batch + max_queue (503 beyond)
+    max_stream_inflight: int = 4

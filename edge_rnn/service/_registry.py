@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge_rnn.runtime import Stream, StreamingModel
+from edge_rnn.runtime._snapshot import MAX_STEPS, encode_snapshot, stream_shape
 from edge_rnn.service._config import ServiceConfig
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._recorder import Recorder
-from edge_rnn.service._status import HTTP_404_NOT_FOUND, HTTP_429_TOO_MANY_REQUESTS
+from edge_rnn.service._status import HTTP_404_NOT_FOUND, HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_UNAVAILABLE
 
 __all__ = ["Entry", "Registry"]
 
@@ -23,9 +27,11 @@ class Entry:
     stream: Stream
     last_used: float = field(default_factory=time.monotonic)
     next_step: int = 0
-    # HTTP steps of one stream run one at a time: X-Step is checked and counted around the whole step, so a
-    # retry sent while the first is still queued is refused (409), never applied twice
+    # HTTP steps of one stream run one at a time: X-Step is checked and counted around the whole step (the lock
+    # is let go when the engine is done with it), so a retry sent while the first is still queued is refused
+    # (409), never applied twice
     order: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_flight: int = 0  # HTTP steps of this stream admitted and not yet answered
 
 
 class Registry:
@@ -36,6 +42,8 @@ class Registry:
         self.model, self.config, self.metrics = model, config, metrics
         self.streams: dict[str, Entry] = {}
         self.on_expire: Callable[[str], None] | None = None  # called with each expired stream's id, once closed
+        self.in_flight = 0  # HTTP steps of all streams admitted and not yet answered
+        self.snapshot_limit = _snapshot_limit(model)  # the most bytes a snapshot of this model takes
 
     def open(self, snapshot: bytes | None = None) -> str:
         """A new stream's id: from zeros, or resumed from ``snapshot`` (a StateError if it is not this model's)."""
@@ -57,6 +65,29 @@ class Registry:
         entry.last_used = time.monotonic()
         return entry
 
+    @contextmanager
+    def admitted(self, entry: Entry) -> Iterator[None]:
+        """An HTTP step of ``entry`` counted in flight for the block, if there is room; else refused at once (before
+        its body is read, so the memory held is bounded by the steps admitted): a 429 ``stream_busy`` beyond
+        ``config.max_stream_inflight`` of one stream, a 503 ``overloaded`` beyond ``max_batch + max_queue`` of all
+        (as many as the engine holds running and queued: more can only wait). Both say Retry-After."""
+        c = self.config
+        if entry.in_flight >= c.max_stream_inflight:
+            self.metrics.reject("stream_busy")
+            raise Refusal(HTTP_429_TOO_MANY_REQUESTS, "stream_busy", f"expected at most {c.max_stream_inflight} "
+                          "steps of one stream in flight at once, got one more: wait for an answer", retry_after=1)
+        if self.in_flight >= c.max_batch + c.max_queue:
+            self.metrics.reject("overloaded")
+            raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "overloaded", f"overloaded: {self.in_flight} steps already "
+                          "in flight; retry shortly", retry_after=1)
+        entry.in_flight += 1
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            entry.in_flight -= 1
+            self.in_flight -= 1
+
     def close(self, sid: str) -> None:
         """Close ``sid`` if it is open (closing twice is no error)."""
         entry = self.streams.pop(sid, None)
@@ -74,3 +105,10 @@ class Registry:
                 self.metrics.expire()
                 if self.on_expire is not None:
                     self.on_expire(sid)
+
+
+def _snapshot_limit(model: StreamingModel) -> int:
+    """The size of a snapshot of ``model`` at the largest step count, and 4 KiB for a header another edge-rnn
+    version writes: a body beyond it is no snapshot of this model, refused before it is read."""
+    zeros = {s.input: np.zeros(stream_shape(s), np.dtype(s.dtype)) for s in model.states}
+    return len(encode_snapshot(model.fingerprint, model.states, zeros, MAX_STEPS)) + 4096

@@ -3,17 +3,22 @@ and the guard in front of them (the token, and no new work while the server drai
 
 from __future__ import annotations
 
-import json
+import asyncio
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
-from edge_rnn.errors import StateError
+from edge_rnn.errors import EdgeRnnError, StateError
 from edge_rnn.service import _openapi as api
 from edge_rnn.service._auth import authorize
-from edge_rnn.service._errors import Refusal
+from edge_rnn.service._body import BINARY, JSON, BodyTooLarge, media_kind, read_body
+from edge_rnn.service._errors import Refusal, refusal
+from edge_rnn.service._json import JsonChunks
 from edge_rnn.service._metrics import Metrics
+from edge_rnn.service._registry import Entry
 from edge_rnn.service._service import Service
 from edge_rnn.service._status import (
     HTTP_200_OK,
@@ -23,6 +28,7 @@ from edge_rnn.service._status import (
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_413_CONTENT_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -41,7 +47,9 @@ def add_routes(app: FastAPI, svc: Service, prometheus: Metrics, variant: str | N
 
 
 def _respond(e: Refusal) -> JSONResponse:
-    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
+    if isinstance(e, BodyTooLarge):  # the rest of the body is not read: the connection ends here
+        headers["Connection"] = "close"
     return JSONResponse(e.body(), e.status, headers=headers)
 
 
@@ -63,14 +71,16 @@ def _guard(app: FastAPI, svc: Service) -> None:
 
 
 def _stream_routes(app: FastAPI, svc: Service) -> None:
-    streams = svc.registry
+    streams, codec, limit = svc.registry, svc.codec, svc.config.max_message_bytes
+    chunks = JsonChunks(svc.model, limit)
 
     @app.post("/v1/streams", status_code=HTTP_201_CREATED, summary="Open a stream, from zeros or from a snapshot",
               openapi_extra=api.OPEN, responses={HTTP_400_BAD_REQUEST: api.ERROR,
+                                                 HTTP_413_CONTENT_TOO_LARGE: api.ERROR,
                                                  HTTP_429_TOO_MANY_REQUESTS: api.ERROR,
                                                  HTTP_503_SERVICE_UNAVAILABLE: api.ERROR})
     async def open_stream(request: Request) -> dict:
-        body = await request.body()
+        body = await _body(request, streams.snapshot_limit)  # no snapshot of this model is larger
         try:
             return {"stream_id": streams.open(body or None)}
         except StateError as e:
@@ -79,27 +89,23 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/streams/{sid}/steps", summary="Step a stream by one chunk", openapi_extra=api.STEP,
               responses={HTTP_200_OK: api.STEP_OUT, HTTP_400_BAD_REQUEST: api.ERROR, HTTP_404_NOT_FOUND: api.ERROR,
                          HTTP_409_CONFLICT: api.ERROR, HTTP_413_CONTENT_TOO_LARGE: api.ERROR,
+                         HTTP_415_UNSUPPORTED_MEDIA_TYPE: api.ERROR, HTTP_429_TOO_MANY_REQUESTS: api.ERROR,
                          HTTP_500_INTERNAL_SERVER_ERROR: api.ERROR, HTTP_503_SERVICE_UNAVAILABLE: api.ERROR})
     async def step(sid: str, request: Request) -> Response:
+        # what can be refused without the body is, before it is read: the stream, the media type, the room
         entry = streams.get(sid)
-        body = await request.body()
-        as_json = request.headers.get("content-type", "").startswith("application/json")
-        if as_json:
-            try:
-                chunk = json.loads(body)["x"]
-            except (ValueError, KeyError, TypeError):
-                raise Refusal(HTTP_400_BAD_REQUEST, "bad_chunk", "expected JSON {\"x\": [[...], ...]}") from None
-        else:
-            chunk = svc.codec.decode(body)
-        number = request.headers.get("x-step")
-        async with entry.order:
-            if number is not None and number != str(entry.next_step):
-                raise Refusal(HTTP_409_CONFLICT, "out_of_order", f"expected X-Step {entry.next_step}, got {number}")
-            out = await svc.step(entry, chunk)
-            entry.next_step += 1
-        if as_json:
-            return JSONResponse({"outputs": {k: v.tolist() for k, v in out.items()}})
-        return Response(svc.codec.encode(out), media_type="application/octet-stream")
+        kind = media_kind(request.headers.get("content-type"))
+        if kind == BINARY:
+            codec.check_binary()
+        with streams.admitted(entry):
+            body = await _body(request, limit)
+            chunk = await chunks.parse(body) if kind == JSON else codec.decode(body)
+            del body
+            out = await _in_turn(svc, entry, request.headers.get("x-step"), chunk)
+            # nothing below can fail: the step is applied and counted
+            if kind == JSON:
+                return Response(await chunks.encode(out), media_type=JSON)
+            return Response(codec.encode(out), media_type=BINARY)
 
     @app.delete("/v1/streams/{sid}", status_code=HTTP_204_NO_CONTENT, summary="Close a stream",
                 responses={HTTP_404_NOT_FOUND: api.ERROR})
@@ -111,7 +117,39 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/v1/streams/{sid}/snapshot", summary="The stream's state as a snapshot",
              responses={HTTP_200_OK: api.BYTES, HTTP_404_NOT_FOUND: api.ERROR})
     async def snapshot(sid: str) -> Response:
-        return Response(streams.get(sid).stream.snapshot(), media_type="application/octet-stream")
+        return Response(streams.get(sid).stream.snapshot(), media_type=BINARY)
+
+
+async def _body(request: Request, limit: int) -> bytearray:
+    try:
+        return await read_body(request.stream(), request.headers, limit)
+    except ClientDisconnect:  # no one reads the answer; not an error of the server's to log
+        raise Refusal(HTTP_400_BAD_REQUEST, "incomplete", "the client went away before its body was whole") from None
+
+
+async def _in_turn(svc: Service, entry: Entry, number: str | None, chunk: Any) -> dict:
+    """The step's outputs, once the stream's earlier HTTP steps are done. X-Step is checked when its turn comes
+    and counted when the engine applied the step (a callback, so a request cancelled meanwhile still counts it);
+    the stream's next step waits until then."""
+    await entry.order.acquire()
+    try:
+        if number is not None and number != str(entry.next_step):
+            raise Refusal(HTTP_409_CONFLICT, "out_of_order", f"expected X-Step {entry.next_step}, got {number[:40]}")
+        future = svc.submit(entry, chunk)
+    except BaseException:
+        entry.order.release()
+        raise
+    future.add_done_callback(partial(_stepped, entry))
+    try:
+        return await asyncio.shield(future)
+    except EdgeRnnError as e:
+        raise refusal(e, svc.metrics) from None
+
+
+def _stepped(entry: Entry, future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        entry.next_step += 1
+    entry.order.release()
 
 
 def _info_routes(app: FastAPI, svc: Service, prometheus: Metrics, variant: str | None) -> None:
