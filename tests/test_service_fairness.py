@@ -41,7 +41,8 @@ def test_a_long_chunk_is_answered_once_with_its_pieces_outputs_over_either_trans
     binary, listed = (rng.standard_normal((n, 4)).astype(np.float32) for n in (1000, 150))
     with TestClient(create_app(model, ServiceConfig())) as http:
         sid = http.post("/v1/streams").json()["stream_id"]
-        by_http = http.post(f"/v1/streams/{sid}/steps", content=binary.tobytes())
+        by_http = http.post(f"/v1/streams/{sid}/steps", content=binary.tobytes(),
+                            headers={"content-type": "application/octet-stream"})
         sid2 = http.post("/v1/streams").json()["stream_id"]
         by_json = http.post(f"/v1/streams/{sid2}/steps", content=json.dumps({"x": listed.tolist()}),
                             headers={"content-type": "application/json"})

@@ -21,7 +21,8 @@ from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._service import Service
 
 FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "prometheus_client")
-CORE = ("_config", "_status", "_recorder", "_errors", "_codec", "_registry", "_auth", "_service", "_socket")
+CORE = ("_config", "_status", "_recorder", "_errors", "_codec", "_registry", "_auth", "_service", "_socket", "_batcher",
+        "_body", "_json", "_connection")
 
 
 def test_the_core_modules_import_with_no_web_framework_or_prometheus_installed():

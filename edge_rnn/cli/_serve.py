@@ -32,6 +32,9 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--max-batch-frames", type=click.IntRange(min=1), default=64, show_default=True,
               help="Time steps of one stream per batch: a longer chunk runs as pieces of this many frames, one per "
                    "batch, so it delays the other streams by one piece, not by its whole run.")
+@click.option("--max-stream-inflight", type=click.IntRange(min=1, max=1024), default=4, show_default=True,
+              help="HTTP steps of one stream in flight at once (reading, waiting, stepped); one more is refused "
+                   "with 429 stream_busy before its body is read.")
 @click.option("--max-message-bytes", type=click.IntRange(min=16), default=1 << 20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
@@ -52,7 +55,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
           idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
-          token_file: Path | None, drain_timeout: float, **timeouts: float) -> None:
+          token_file: Path | None, drain_timeout: float, **limits: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
     try:
         import uvicorn
@@ -77,7 +80,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
                            max_message_bytes=max_message_bytes,
-                           token=token, drain_timeout=drain_timeout, **timeouts)
+                           token=token, drain_timeout=drain_timeout, **limits)
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
