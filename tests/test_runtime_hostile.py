@@ -312,8 +312,10 @@ def test_the_service_answers_an_overflow_400_to_binary_and_json_steps_and_does_n
     with TestClient(create_app(model, ServiceConfig())) as http:
         sid = http.post("/v1/streams").json()["stream_id"]
         before = http.get(f"/v1/streams/{sid}/snapshot").content
-        for body in ({"content": chunk(2, "state").tobytes()}, {"json": {"x": chunk(2, "y").tolist()}}):
-            r = http.post(f"/v1/streams/{sid}/steps", headers={"X-Step": "0"}, **body)
+        binary = {"X-Step": "0", "content-type": "application/octet-stream"}
+        for head, body in ((binary, {"content": chunk(2, "state").tobytes()}),
+                           ({"X-Step": "0"}, {"json": {"x": chunk(2, "y").tolist()}})):
+            r = http.post(f"/v1/streams/{sid}/steps", headers=head, **body)
             assert r.status_code == 400 and r.json()["code"] == "bad_chunk", r.text
             assert "expected finite values, got NaN or Inf" in r.json()["message"]
             assert http.get(f"/v1/streams/{sid}/snapshot").content == before
