@@ -168,11 +168,13 @@ def _held(model: StreamingModel):
     return entered, gate
 
 
-@pytest.mark.parametrize("max_queue,refused", [(1024, (429, "stream_busy")), (2, (503, "overloaded"))])
+@pytest.mark.parametrize("max_queue,refused", [(1024, {429: "stream_busy"}),
+                                               (2, {429: "stream_busy", 503: "overloaded"})])
 def test_steps_waiting_for_their_stream_count_against_the_limits_before_their_body_is_read(max_queue, refused):
     """Was: with --max-queue 4, 120 concurrent steps of one stream all waited on its lock, outside the queue, and
-    all were answered 200. Now a stream has at most 4 steps in flight (429 beyond), and the steps waiting for
-    their stream's turn count against --max-batch + --max-queue (503 beyond), decided before the body is read."""
+    all were answered 200. Now a stream has at most 4 steps in flight (429 beyond, decided before the body is
+    read), and the steps waiting for their stream's turn count against --max-batch + --max-queue (503 beyond)
+    once their body is whole (a body still arriving holds no engine slot: test_service_probe_state.py)."""
     model = StreamingModel.load(MODEL_PATH)
     entered, gate = _held(model)
     app = _app(model, max_batch=1, max_queue=max_queue, max_wait_ms=0)
@@ -202,10 +204,12 @@ def test_steps_waiting_for_their_stream_count_against_the_limits_before_their_bo
     replies, steps = asyncio.run(main())
     codes = [r.status_code for r in replies]
     admitted = 1 + min(3, max_queue)  # the one in the engine and the ones waiting their turn
-    assert codes.count(200) == admitted and codes.count(refused[0]) == 20 - admitted, codes
-    assert all(r.json()["code"] == refused[1] and r.headers["retry-after"] == "1"
+    assert codes.count(200) == admitted and all(c in refused for c in codes if c != 200), codes
+    assert all(r.json()["code"] == refused[r.status_code] and r.headers["retry-after"] == "1"
                for r in replies if r.status_code != 200)
-    assert len(bodies_read) == admitted and steps == 2 * admitted  # refused before their body was read
+    assert max(refused) in codes and steps == 2 * admitted
+    # at most max-stream-inflight bodies read; a 429 before its body, a 503 before or once it is whole
+    assert admitted <= len(bodies_read) <= min(4, codes.count(200) + codes.count(503))
 
 
 def test_a_step_whose_request_is_cancelled_while_the_engine_runs_it_still_counts_its_x_step():

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_rnn.runtime import Stream, StreamingModel
 from edge_rnn.runtime._snapshot import MAX_STEPS, encode_snapshot, stream_shape
+from edge_rnn.service._body import Budget
 from edge_rnn.service._config import ServiceConfig
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._recorder import Recorder
@@ -31,18 +32,22 @@ class Entry:
     # is let go when the engine is done with it), so a retry sent while the first is still queued is refused
     # (409), never applied twice
     order: asyncio.Lock = field(default_factory=asyncio.Lock)
-    in_flight: int = 0  # HTTP steps of this stream admitted and not yet answered
+    in_flight: int = 0  # HTTP steps of this stream admitted and not yet answered (their body arriving too)
+    busy: int = 0  # steps of this stream in the engine (queued or running), either transport's: never idle then
 
 
 class Registry:
-    """Open streams by id, at most ``config.max_streams``; each idle longer than ``config.idle_timeout`` is
-    closed by :meth:`reap` and counted as expired."""
+    """Open streams by id, at most ``config.max_streams``; each idle longer than ``config.idle_timeout`` (no step
+    in flight, and none ended for that long) is closed by :meth:`reap` and counted as expired."""
 
     def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder):
         self.model, self.config, self.metrics = model, config, metrics
         self.streams: dict[str, Entry] = {}
         self.on_expire: Callable[[str], None] | None = None  # called with each expired stream's id, once closed
-        self.in_flight = 0  # HTTP steps of all streams admitted and not yet answered
+        self.in_flight = 0  # HTTP steps of all streams whose body is whole, not yet answered: the engine's slots
+        # the bytes of all HTTP bodies still arriving: as many as the engine's slots hold whole
+        self.bodies = Budget((config.max_batch + config.max_queue) * config.max_message_bytes,
+                             lambda: metrics.reject("overloaded"))
         self.snapshot_limit = _snapshot_limit(model)  # the most bytes a snapshot of this model takes
 
     def open(self, snapshot: bytes | None = None) -> str:
@@ -66,27 +71,42 @@ class Registry:
         return entry
 
     @contextmanager
-    def admitted(self, entry: Entry) -> Iterator[None]:
+    def admitted(self, entry: Entry) -> Iterator[Callable[[], None]]:
         """An HTTP step of ``entry`` counted in flight for the block, if there is room; else refused at once (before
-        its body is read, so the memory held is bounded by the steps admitted): a 429 ``stream_busy`` beyond
-        ``config.max_stream_inflight`` of one stream, a 503 ``overloaded`` beyond ``max_batch + max_queue`` of all
-        (as many as the engine holds running and queued: more can only wait). Both say Retry-After."""
+        its body is read): a 429 ``stream_busy`` beyond ``config.max_stream_inflight`` of one stream, a 503
+        ``overloaded`` when ``max_batch + max_queue`` steps of all hold an engine slot (as many as the engine holds
+        running and queued: more can only wait). Both say Retry-After. The block is given ``engage``, to call once
+        the body is whole: it takes an engine slot, or is that 503. A body still arriving holds no engine slot (a
+        slow client cannot take them all): its bytes are bounded by :attr:`bodies` instead. The stream's idle
+        time counts from the block's end."""
         c = self.config
         if entry.in_flight >= c.max_stream_inflight:
             self.metrics.reject("stream_busy")
             raise Refusal(HTTP_429_TOO_MANY_REQUESTS, "stream_busy", f"expected at most {c.max_stream_inflight} "
                           "steps of one stream in flight at once, got one more: wait for an answer", retry_after=1)
-        if self.in_flight >= c.max_batch + c.max_queue:
+        self._room()
+        engaged = False
+
+        def engage() -> None:
+            nonlocal engaged
+            self._room()
+            self.in_flight += 1
+            engaged = True
+
+        entry.in_flight += 1
+        try:
+            yield engage
+        finally:
+            entry.in_flight -= 1
+            self.in_flight -= engaged
+            entry.last_used = time.monotonic()
+
+    def _room(self) -> None:
+        """A 503 ``overloaded`` if every engine slot is taken."""
+        if self.in_flight >= self.config.max_batch + self.config.max_queue:
             self.metrics.reject("overloaded")
             raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "overloaded", f"overloaded: {self.in_flight} steps already "
                           "in flight; retry shortly", retry_after=1)
-        entry.in_flight += 1
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            entry.in_flight -= 1
-            self.in_flight -= 1
 
     def close(self, sid: str) -> None:
         """Close ``sid`` if it is open (closing twice is no error)."""
@@ -100,11 +120,17 @@ class Registry:
         while True:
             await asyncio.sleep(min(1.0, self.config.idle_timeout / 4))
             now = time.monotonic()
-            for sid in [s for s, e in self.streams.items() if now - e.last_used > self.config.idle_timeout]:
+            for sid in [s for s, e in self.streams.items() if _idle(e, now, self.config.idle_timeout)]:
                 self.close(sid)
                 self.metrics.expire()
                 if self.on_expire is not None:
                     self.on_expire(sid)
+
+
+def _idle(entry: Entry, now: float, timeout: float) -> bool:
+    """No step in flight (an HTTP body arriving, a step waiting for its turn, queued or running), and none for
+    longer than ``timeout``."""
+    return not entry.in_flight and not entry.busy and now - entry.last_used > timeout
 
 
 def _snapshot_limit(model: StreamingModel) -> int:

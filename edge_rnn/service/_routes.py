@@ -14,11 +14,11 @@ from starlette.requests import ClientDisconnect
 from edge_rnn.errors import EdgeRnnError, StateError
 from edge_rnn.service import _openapi as api
 from edge_rnn.service._auth import authorize
-from edge_rnn.service._body import BINARY, JSON, BodyTooLarge, media_kind, read_body
+from edge_rnn.service._body import BINARY, JSON, BodyRefused, media_kind, read_body, single_headers
 from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._json import JsonChunks
 from edge_rnn.service._metrics import Metrics
-from edge_rnn.service._registry import Entry
+from edge_rnn.service._registry import Entry, Registry
 from edge_rnn.service._service import Service
 from edge_rnn.service._status import (
     HTTP_200_OK,
@@ -48,7 +48,7 @@ def add_routes(app: FastAPI, svc: Service, prometheus: Metrics, variant: str | N
 
 def _respond(e: Refusal) -> JSONResponse:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else {}
-    if isinstance(e, BodyTooLarge):  # the rest of the body is not read: the connection ends here
+    if isinstance(e, BodyRefused):  # the rest of the body is not read: the connection ends here
         headers["Connection"] = "close"
     return JSONResponse(e.body(), e.status, headers=headers)
 
@@ -60,11 +60,12 @@ def _guard(app: FastAPI, svc: Service) -> None:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
-        if request.url.path not in _UNGUARDED:
-            try:
+        try:
+            single_headers(request.headers.raw)  # two Content-Types (or X-Steps, ...): which one is meant?
+            if request.url.path not in _UNGUARDED:
                 authorize(svc.config.token, request.headers, svc.metrics)
-            except Refusal as e:
-                return _respond(e)
+        except Refusal as e:
+            return _respond(e)
         if svc.closing and request.method == "POST":
             return _respond(Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"))
         return await call_next(request)
@@ -80,7 +81,7 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
                                                  HTTP_429_TOO_MANY_REQUESTS: api.ERROR,
                                                  HTTP_503_SERVICE_UNAVAILABLE: api.ERROR})
     async def open_stream(request: Request) -> dict:
-        body = await _body(request, streams.snapshot_limit)  # no snapshot of this model is larger
+        body = await _body(request, streams.snapshot_limit, streams)  # no snapshot of this model is larger
         try:
             return {"stream_id": streams.open(body or None)}
         except StateError as e:
@@ -97,8 +98,9 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
         kind = media_kind(request.headers.get("content-type"))
         if kind == BINARY:
             codec.check_binary()
-        with streams.admitted(entry):
-            body = await _body(request, limit)
+        with streams.admitted(entry) as engage:
+            body = await _body(request, limit, streams)
+            engage()  # an engine slot, now that the body is whole
             chunk = await chunks.parse(body) if kind == JSON else codec.decode(body)
             del body
             out = await _in_turn(svc, entry, request.headers.get("x-step"), chunk)
@@ -117,12 +119,30 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
     @app.get("/v1/streams/{sid}/snapshot", summary="The stream's state as a snapshot",
              responses={HTTP_200_OK: api.BYTES, HTTP_404_NOT_FOUND: api.ERROR})
     async def snapshot(sid: str) -> Response:
-        return Response(streams.get(sid).stream.snapshot(), media_type=BINARY)
+        return Response(await _snapshot(streams, sid, svc.config.message_timeout), media_type=BINARY)
 
 
-async def _body(request: Request, limit: int) -> bytearray:
+async def _snapshot(streams: Registry, sid: str, timeout: float) -> bytes:
+    """The stream's snapshot once its turn comes: after the HTTP steps admitted before it (a long chunk runs in
+    pieces, and the state between two pieces is no state an answered step left). The wait is bounded by those
+    steps (at most ``max_stream_inflight``), and by ``timeout`` seconds: then a 429 ``stream_busy``."""
+    entry = streams.get(sid)
     try:
-        return await read_body(request.stream(), request.headers, limit)
+        await asyncio.wait_for(entry.order.acquire(), timeout)
+    except asyncio.TimeoutError:
+        raise Refusal(HTTP_429_TOO_MANY_REQUESTS, "stream_busy", f"expected the stream's steps to end within "
+                      f"{timeout:g} s, got still more running: retry shortly", retry_after=1) from None
+    try:
+        if streams.streams.get(sid) is not entry:  # closed or expired meanwhile
+            streams.get(sid)
+        return entry.stream.snapshot()
+    finally:
+        entry.order.release()
+
+
+async def _body(request: Request, limit: int, streams: Registry) -> bytearray:
+    try:
+        return await read_body(request.stream(), request.headers, limit, streams.bodies)
     except ClientDisconnect:  # no one reads the answer; not an error of the server's to log
         raise Refusal(HTTP_400_BAD_REQUEST, "incomplete", "the client went away before its body was whole") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from typing import Any
 
 from edge_rnn.errors import EdgeRnnError
@@ -59,14 +60,19 @@ class Service:
         self._reaper.cancel()
 
     def submit(self, entry: Entry, chunk: Any) -> asyncio.Future:
-        """The step queued; its future. A refusal at once (overloaded, shutting down) raises :class:`Refusal`."""
+        """The step queued; its future. A refusal at once (overloaded, shutting down) raises :class:`Refusal`.
+        Until the future is done the stream is busy, never idle (whichever transport sent the step); its idle time
+        counts from then."""
         if self.closing:
             raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down: no new steps; "
                           "a snapshot of the stream can still be fetched")
         try:
-            return self.batcher.submit(entry.stream, chunk)
+            future = self.batcher.submit(entry.stream, chunk)
         except EdgeRnnError as e:
             raise refusal(e, self.metrics) from None
+        entry.busy += 1
+        future.add_done_callback(partial(_done, entry))
+        return future
 
     async def step(self, entry: Entry, chunk: Any) -> dict:
         """The step's outputs; any refusal or engine error as a :class:`Refusal`."""
@@ -102,6 +108,11 @@ class Service:
     def _expired(self, sid: str) -> None:
         if sid in self.sockets:
             self.close_socket(sid, Refusal(HTTP_404_NOT_FOUND, "unknown_stream", "the stream expired after idling"))
+
+
+def _done(entry: Entry, future: asyncio.Future) -> None:
+    entry.busy -= 1
+    entry.last_used = time.monotonic()
 
 
 async def _close(send: Any, e: Refusal, tell: bool) -> None:
