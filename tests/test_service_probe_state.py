@@ -229,3 +229,28 @@ def test_a_repeated_header_that_decides_what_a_step_means_is_400_and_the_state_i
         assert http.get(f"/v1/streams/{sid}/snapshot", headers=auth).content == before
         ok = http.post(f"/v1/streams/{sid}/steps", content=b'{"x":[[1,2,3,4]]}', headers=auth + list(JSON.items()))
         assert ok.status_code == 200
+
+
+def test_a_websocket_handshake_with_a_repeated_authorization_is_refused_with_bad_request():
+    """The socket's sibling: of two Authorization headers the first was used. Now the handshake is refused: the
+    error bad_request, then close 1007, and no stream is opened."""
+    app = _app(token="s3cret-s3cret-s3cret")
+    twice = [(b"authorization", b"Bearer s3cret-s3cret-s3cret"), (b"authorization", b"Bearer other")]
+    sent = []
+
+    async def main():
+        async with app.api.router.lifespan_context(app.api):
+            connect = [{"type": "websocket.connect"}]
+
+            async def receive():
+                return connect.pop() if connect else {"type": "websocket.disconnect", "code": 1000}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "websocket", "path": "/v1/streams/ws", "headers": twice, "query_string": b""}
+            await asyncio.wait_for(app(scope, receive, send), 20)
+
+    asyncio.run(main())
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"], sent
+    assert '"bad_request"' in sent[1]["text"] and sent[2]["code"] == 1007 and not app.svc.registry.streams

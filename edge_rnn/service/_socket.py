@@ -19,6 +19,7 @@ from typing import Any
 from edge_rnn.errors import EdgeRnnError
 from edge_rnn.runtime import Stream
 from edge_rnn.service._auth import ScopeHeaders, authorize
+from edge_rnn.service._body import single_headers
 from edge_rnn.service._errors import Refusal, refusal
 from edge_rnn.service._service import Service
 from edge_rnn.service._status import (
@@ -52,6 +53,7 @@ class StreamSocket:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
+            single_headers(scope.get("headers", ()))  # two Authorization headers: which one is meant?
             authorize(svc.config.token, ScopeHeaders(scope), svc.metrics)
             if svc.closing:
                 raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
