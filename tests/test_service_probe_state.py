@@ -97,6 +97,29 @@ def test_a_snapshot_waits_for_its_streams_turn_at_most_while_the_steps_before_it
     assert snap.content == before
 
 
+def test_a_snapshot_behind_a_step_that_outlasts_the_message_timeout_is_429_stream_busy_not_a_hang():
+    """The wait for the stream's turn never outlasts --message-timeout: then 429 stream_busy with Retry-After, and
+    the step behind which it waited still answers."""
+    model = StreamingModel.load(MODEL_PATH)
+    entered, gate = _held_at(model, 1)
+    app = _app(model, message_timeout=0.3, max_wait_ms=0)
+
+    async def main():
+        async with _serving(app) as http:
+            sid = (await http.post("/v1/streams")).json()["stream_id"]
+            step = asyncio.ensure_future(http.post(f"/v1/streams/{sid}/steps", content=X, headers=BIN))
+            try:
+                assert await asyncio.to_thread(entered.wait, 20)
+                snap = await asyncio.wait_for(http.get(f"/v1/streams/{sid}/snapshot"), 20)
+            finally:
+                gate.set()
+            return snap, await step
+
+    snap, step = asyncio.run(main())
+    assert snap.status_code == 429 and snap.json()["code"] == "stream_busy" and snap.headers["retry-after"] == "1"
+    assert step.status_code == 200
+
+
 # ------------------------------------------------------------------ 2: a stream stepping is not idle
 
 
