@@ -6,6 +6,7 @@ server itself."""
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import subprocess
@@ -30,7 +31,8 @@ def _status(answer: bytes) -> int | None:
 
 
 def _statuses(answer: bytes) -> list[int]:
-    return [int(line.split(b" ", 2)[1]) for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    """The statuses of the answers one after another (an answer's body need not end in a line break)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
 
 
 def _read_all(s: socket.socket) -> bytes:
