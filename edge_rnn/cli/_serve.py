@@ -21,7 +21,12 @@ from edge_rnn.errors import EdgeRnnError
                    "and refuse to start when it is over its bound.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option("--max-streams", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--max-streams", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Open streams (HTTP and WebSocket); at most --max-connections. [default: 1000, or "
+                   "--max-connections where that is lower]")
+@click.option("--max-connections", type=click.IntRange(min=1), default=None,
+              help="Open connections (HTTP and WebSocket); one more is answered 503 and closed before anything is "
+                   "read. [default: the open-file limit, raised to its hard limit, less an eighth and 64]")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
               help="Seconds after which an idle stream is closed.")
 @click.option("--max-batch", type=click.IntRange(min=1, max=4096), default=64, show_default=True)
@@ -52,7 +57,7 @@ from edge_rnn.errors import EdgeRnnError
               show_default=True, help="Seconds the server's writes to a client that does not read may stay "
                                       "blocked before the connection is dropped.")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
-          idle_timeout: float,
+          max_connections: int | None, idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
           token_file: Path | None, drain_timeout: float, **limits: float) -> None:
@@ -61,13 +66,15 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
         import uvicorn
 
         from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options
-        from edge_rnn.service._server import DrainingServer
+        from edge_rnn.service._server import DrainingServer, connection_limit
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn serve needs the serve extra: pip install 'edge-rnn[serve]' ({e.name} is "
                            "missing)") from None
     from edge_rnn.runtime import SessionConfig, StreamingModel
 
     token = _read_token(token_file)
+    max_connections = max_connections or connection_limit()
+    max_streams = _fits_connections(max_streams, max_connections)
     bundle = model.is_dir()
     if variant is not None and not bundle:
         raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")
@@ -77,7 +84,8 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
         click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
                    f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
     _fits_one_chunk(m, max_message_bytes)
-    config = ServiceConfig(max_streams=max_streams, idle_timeout=idle_timeout, max_batch=max_batch,
+    config = ServiceConfig(max_streams=max_streams, max_connections=max_connections, idle_timeout=idle_timeout,
+                           max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
                            max_message_bytes=max_message_bytes,
                            token=token, drain_timeout=drain_timeout, **limits)
@@ -111,6 +119,21 @@ def _read_token(path: Path | None, flag: str = "--token-file") -> str | None:
     if len(token) < 16:
         raise EdgeRnnError(f"{flag} {path}: expected a token of at least 16 characters, got {len(token)}")
     return token
+
+
+def _fits_connections(max_streams: int, max_connections: int) -> int:
+    """--max-streams, which must fit --max-connections (a WebSocket stream holds one): given, it is refused beyond
+    them; left at its default, it is lowered to them, with a note."""
+    if max_streams <= max_connections:
+        return max_streams
+    given = click.get_current_context().get_parameter_source("max_streams") != click.core.ParameterSource.DEFAULT
+    if given:
+        raise EdgeRnnError(f"--max-streams {max_streams}: expected at most --max-connections {max_connections} "
+                           "(each WebSocket stream holds a connection; the default of --max-connections comes from "
+                           "the open-file limit, ulimit -n), got more")
+    click.echo(f"note: --max-streams lowered to {max_connections}, the --max-connections this process's open-file "
+               "limit (ulimit -n) allows", err=True)
+    return max_connections
 
 
 def _fits_one_chunk(model: Any, max_message_bytes: int) -> None:

@@ -57,8 +57,15 @@ def uvicorn_options(config: ServiceConfig) -> dict[str, Any]:
     no per-message deflate (float32 frames barely compress; it took ~40% of the server's time), and frames
     beyond ``max_message_bytes`` refused by the protocol itself (close 1009) before they are buffered. Both
     protocols hold a connection only as long as ``config``'s timeouts allow (``_protocol``, ``_http_protocol``);
-    without httptools (the serve extra installs it), uvicorn's h11 protocol serves HTTP without them."""
+    without httptools (the serve extra installs it), uvicorn's h11 protocol serves HTTP without them (nor the
+    limit of ``max_connections``, which defaults to :func:`~edge_rnn.service._server.connection_limit`)."""
+    from dataclasses import replace
+
     from edge_rnn.service._protocol import StreamProtocol
+    from edge_rnn.service._server import connection_limit
+
+    if config.max_connections is None:
+        config = replace(config, max_connections=connection_limit())
 
     options = {"ws": StreamProtocol.configured(config), "ws_per_message_deflate": False,
                "ws_max_size": config.max_message_bytes}

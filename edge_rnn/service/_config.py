@@ -26,3 +26,6 @@ class ServiceConfig:
     # HTTP steps of one stream in flight at once (reading the body, waiting for the stream's turn, stepped); one
     # more is a 429 before its body is read. All streams' together are at most max_batch + max_queue (503 beyond)
     max_stream_inflight: int = 4
+    # open connections (HTTP and WebSocket together); one more is answered 503 and closed before anything is read.
+    # None: derived from the process's open-file limit (edge_rnn.service._server.connection_limit)
+    max_connections: int | None = None

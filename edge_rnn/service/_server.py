@@ -15,6 +15,11 @@ still open that long after uvicorn's shutdown began (a client not reading its
 close, a request still sending its body) are dropped, but for HTTP requests
 received whole whose answers are still being made and taken (steps accepted
 finish, and are answered).
+
+:func:`connection_limit` is the default of ``max_connections``: it raises the
+process's soft open-file limit to its hard limit, where allowed, and keeps
+the connections well below it, so that the server never runs out of file
+descriptors (and can still open its own files, answer, and log).
 """
 
 from __future__ import annotations
@@ -26,7 +31,27 @@ import uvicorn
 
 from edge_rnn.service._service import CLOSE_GRACE
 
-__all__ = ["DrainingServer"]
+__all__ = ["DrainingServer", "connection_limit"]
+
+_SPARE_FDS = 64  # the process's own: the listening socket, the event loop's, onnxruntime's, logs, imports
+
+
+def connection_limit() -> int:
+    """The open connections this process can hold with file descriptors to spare: its soft ``RLIMIT_NOFILE``,
+    first raised to the hard limit where allowed, less :data:`_SPARE_FDS` and an eighth (1024: 896)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no limit to read
+        return 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft == resource.RLIM_INFINITY or soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            soft = soft if soft != resource.RLIM_INFINITY else 1 << 16
+    return max(1, soft - max(_SPARE_FDS, soft // 8))
 
 
 class DrainingServer(uvicorn.Server):
