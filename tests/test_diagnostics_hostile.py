@@ -127,12 +127,13 @@ def _exploding_rnn():
 
 
 def test_a_model_that_overflows_on_finite_input_is_named_as_the_cause():
+    rnn = _exploding_rnn()  # skips without torch, before diagnose (torch only) is imported
     from edge_rnn.diagnostics import diagnose
 
     x = np.abs(_x()) * np.float32(1e30)
     with pytest.raises(NonFiniteError, match=r"the model's output is NaN or Inf .* for finite input \(values up to "
                                              r".*\): the model overflows at this input's scale"):
-        diagnose(_exploding_rnn(), x, max_lag=10, starts=2)
+        diagnose(rnn, x, max_lag=10, starts=2)
 
 
 def test_weights_holding_nan_are_refused_before_any_work():
