@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["MAX_NODES", "MAX_ENTRIES", "ModelScan", "scan_model", "weight_files", "external_locations", "check_external_data", "operator_types",
-           "operator_counts_of", "ort_operator_counts", "wire_fields", "read_varint", "map_entry", "MalformedProto"]
+__all__ = ["MAX_NODES", "MAX_ENTRIES", "ModelScan", "scan_model", "weight_files", "external_locations",
+           "check_external_data", "operator_types", "operator_counts_of", "ort_operator_counts", "wire_fields",
+           "read_varint", "map_entry", "MalformedProto"]
 
 # Which length-delimited fields lead to tensors, graphs and nodes, by message: every place onnx.proto (onnx 1.23,
 # field by field) keeps a TensorProto, a SparseTensorProto or a GraphProto, and the messages on the way to them.
