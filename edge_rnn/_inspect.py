@@ -316,6 +316,9 @@ def _ort_value_line(name: str, shape: tuple, ort_type: str) -> str:
 
 
 def _contract_lines(contract: Contract | None) -> list[str]:
+    """The contract's lines, its strings made safe to print (a file's: an escape sequence is shown, not run)."""
+    from edge_rnn.runtime._bundle import printable
+
     if contract is None:
         return ["states:    no edge_rnn contract in the metadata (not written by edge-rnn); "
                 "the runtime needs a state_map to stream it"]
@@ -323,13 +326,13 @@ def _contract_lines(contract: Contract | None) -> list[str]:
              f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})"]
     for s in contract.states:
         shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
-        lines.append(f"  {s.input:<8} -> {s.output:<8} {s.dtype:<8} ({shape})")
+        lines.append(f"  {printable(s.input, 80):<8} -> {printable(s.output, 80):<8} {s.dtype:<8} ({shape})")
     for t in contract.inputs:
         time = "none (one step per call)" if t.time_axis is None else t.time_axis
         within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"
-        lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {time}{within}")
+        lines.append(f"  input {printable(t.name, 80)}: batch axis {t.batch_axis}, time axis {time}{within}")
     if contract.source:
-        lines.append("source:    " + ", ".join(f"{k}={v}" for k, v in contract.source.items()))
+        lines.append("source:    " + printable(", ".join(f"{k}={v}" for k, v in contract.source.items()), 400))
     return lines
 
 
