@@ -358,11 +358,20 @@ def weight_files(scan: ModelScan, path: Path | None, source: str) -> dict[str, P
                 f"{source}: the weights file {location!r} lies outside the model's folder {folder}; edge-rnn only "
                 "reads weight files from the model's own folder")
         if not resolved.is_file():
-            raise ModelFormatError(f"{source}: the weights file {location!r} is missing (looked in {folder})")
+            raise ModelFormatError(f"{source}: the weights file {location!r} {_not_a_file(resolved)}")
         if not os.access(resolved, os.R_OK):
             raise ModelFormatError(f"{source}: the weights file {location!r} cannot be read")
         files[location] = resolved
     return files
+
+
+def _not_a_file(resolved: Path) -> str:
+    """What a weights location that is not a regular file names instead."""
+    if resolved.is_dir():
+        return f"is a folder, not a file ({resolved})"
+    if resolved.exists():
+        return f"is not a regular file (a FIFO, a socket or a device: {resolved})"
+    return f"is missing (looked in {resolved.parent})"
 
 
 def check_external_data(data: bytes, path: Path | None) -> list[Path]:
