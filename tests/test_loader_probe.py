@@ -325,3 +325,12 @@ def test_a_weights_location_naming_a_fifo_says_so(tmp_path):
     os.mkfifo(path.parent / "pipe.weight")
     with pytest.raises(ModelFormatError, match=r"the weights file 'pipe\.weight' is not a regular file"):
         StreamingModel.load(path)
+
+
+def test_inspect_prints_a_contracts_strings_escaped(tmp_path):
+    """Was: an ANSI escape in the contract's source reached the terminal raw."""
+    from edge_rnn._inspect import describe
+
+    path = _with_contract(tmp_path, lambda t: t.replace('"tanh"', '"\\u001b[31mRED\\u001b[0m"'))
+    out = describe(path)
+    assert "\x1b" not in out and "\\x1b[31mRED" in out
