@@ -13,6 +13,18 @@ that leave the folder, and always hands onnxruntime the path. The reader reads
 every wire type protobuf does (groups skipped, as protobuf skips unknown
 fields), and a file it cannot parse is refused: what it cannot read, it cannot
 check.
+
+It walks every place onnx.proto (onnx 1.23, checked field by field) keeps a
+TensorProto, a SparseTensorProto or a GraphProto: the model's graph, its
+training_info graphs (initialization, algorithm) and its local functions; a
+graph's nodes, initializers and sparse initializers; a node's attributes; a
+function's nodes and the defaults of its attributes (``attribute_proto``, which
+a node inside takes by ``ref_attr_name`` and onnxruntime inlines); an
+attribute's t, g, tensors, graphs, sparse_tensor and sparse_tensors; a sparse
+tensor's values and indices; subgraphs to :data:`_MAX_DEPTH`. Every copy of a
+singular message field given more than once is read (protobuf merges them).
+A model of more than :data:`MAX_NODES` nodes or :data:`MAX_ENTRIES` entries is
+refused before onnxruntime builds it.
 """
 
 from __future__ import annotations
