@@ -53,14 +53,19 @@ Span = tuple[int, int]
 
 
 class _Message:
-    """One protobuf message's fields: ``ints`` (varints) and ``spans`` (length-delimited), by field number."""
+    """One protobuf message's fields: ``ints`` (varints) and ``spans`` (length-delimited), by field number.
 
-    def __init__(self, data: bytes, span: Span):
+    A message given as several copies (several ``spans``: a singular message field repeated in the file) is read as
+    protobuf, and so onnxruntime, reads it: merged, as if the copies were one, fields in order (a repeated field's
+    entries concatenated, the last value of a singular one, singular messages within merged in turn)."""
+
+    def __init__(self, data: bytes, *spans: Span):
         self.data = data
         self.ints: dict[int, list[int]] = {}
         self.spans: dict[int, list[Span]] = {}
-        for field, wire, value in wire_fields(data, *span):
-            (self.ints if wire == 0 else self.spans).setdefault(field, []).append(value)
+        for span in spans:
+            for field, wire, value in wire_fields(data, *span):
+                (self.ints if wire == 0 else self.spans).setdefault(field, []).append(value)
 
     def number(self, field: int, default: int = 0) -> int:
         return self.ints.get(field, [default])[-1]
@@ -73,11 +78,12 @@ class _Message:
         return field in self.ints or field in self.spans
 
     def children(self, field: int) -> list[_Message]:
+        """A repeated message field: one message per entry."""
         return [_Message(self.data, s) for s in self.spans.get(field, [])]
 
     def child(self, field: int) -> _Message:
-        spans = self.spans.get(field)
-        return _Message(self.data, spans[-1] if spans else (0, 0))
+        """A singular message field: its copies merged (an empty message where there is none)."""
+        return _Message(self.data, *self.spans.get(field, []))
 
     def numbers(self, field: int) -> list[int]:
         """A repeated integer field, packed or not."""
@@ -118,6 +124,9 @@ class _OnnxFile(NamedTuple):
     def read(cls, data: bytes, source: str) -> _OnnxFile:
         """Raises MalformedProto or IndexError where ``data`` is no ONNX protobuf, ModelFormatError where the
         runtime's reader refuses it or a metadata entry is not UTF-8."""
+        ops = operator_counts_of(data, source)  # first: it refuses a file padded past its caps before it is read
+        if ops is None:
+            raise MalformedProto("not an ONNX protobuf")
         model = _Message(data, (0, len(data)))
         g = model.child(7)  # ModelProto.graph
         nodes, inputs = g.children(1), g.children(11)
@@ -128,9 +137,6 @@ class _OnnxFile(NamedTuple):
         opsets = ", ".join(f"{o.text(1) or 'ai.onnx'} {o.number(2)}" for o in model.children(8))
         ins = [_value_info(vi) for vi in inputs if vi.text(1) not in names]
         outs = [_value_info(vi) for vi in g.children(12)]
-        ops = operator_counts_of(data, source)
-        if ops is None:
-            raise MalformedProto("not an ONNX protobuf")
         text = _utf8(metadata, [*inputs, *g.children(12)], source)
         return cls(model, g, not nodes and not inputs, text, params, opsets, ins, outs, ops)
 
@@ -310,6 +316,9 @@ def _ort_value_line(name: str, shape: tuple, ort_type: str) -> str:
 
 
 def _contract_lines(contract: Contract | None) -> list[str]:
+    """The contract's lines, its strings made safe to print (a file's: an escape sequence is shown, not run)."""
+    from edge_rnn.runtime._bundle import printable
+
     if contract is None:
         return ["states:    no edge_rnn contract in the metadata (not written by edge-rnn); "
                 "the runtime needs a state_map to stream it"]
@@ -317,13 +326,13 @@ def _contract_lines(contract: Contract | None) -> list[str]:
              f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})"]
     for s in contract.states:
         shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
-        lines.append(f"  {s.input:<8} -> {s.output:<8} {s.dtype:<8} ({shape})")
+        lines.append(f"  {printable(s.input, 80):<8} -> {printable(s.output, 80):<8} {s.dtype:<8} ({shape})")
     for t in contract.inputs:
         time = "none (one step per call)" if t.time_axis is None else t.time_axis
         within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"
-        lines.append(f"  input {t.name}: batch axis {t.batch_axis}, time axis {time}{within}")
+        lines.append(f"  input {printable(t.name, 80)}: batch axis {t.batch_axis}, time axis {time}{within}")
     if contract.source:
-        lines.append("source:    " + ", ".join(f"{k}={v}" for k, v in contract.source.items()))
+        lines.append("source:    " + printable(", ".join(f"{k}={v}" for k, v in contract.source.items()), 400))
     return lines
 
 

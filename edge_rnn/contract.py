@@ -332,10 +332,17 @@ class Contract:
 
     @classmethod
     def from_json(cls, text: str) -> "Contract":
+        """The contract in ``text``, refused in one line (ModelFormatError) wherever the JSON cannot be read: not
+        JSON, nested too deep, a number past Python's digit limit (ValueError), or a string holding a lone
+        surrogate (``"\\ud800"``: no UTF-8 text, so it could be neither printed nor written back)."""
         try:
             d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ModelFormatError(f"edge_rnn contract: expected JSON, got invalid text ({e})") from None
+            json.dumps(d, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ModelFormatError("edge_rnn contract: expected UTF-8 text, got a string with a lone surrogate "
+                                   "(an unpaired \\ud800-\\udfff escape)") from None
+        except (ValueError, TypeError) as e:  # JSONDecodeError and the int-digits limit are ValueErrors
+            raise ModelFormatError(f"edge_rnn contract: expected JSON, got invalid text ({str(e)[:120]})") from None
         except RecursionError:  # "[" * 100000: nesting no contract has
             raise ModelFormatError("edge_rnn contract: expected JSON, got nesting too deep to read") from None
         return cls.from_dict(d)

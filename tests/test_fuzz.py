@@ -26,7 +26,7 @@ from edge_rnn.contract import Contract  # noqa: E402
 from edge_rnn.errors import EdgeRnnError, ModelFormatError  # noqa: E402
 from edge_rnn.harness import load_data  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-from edge_rnn.runtime._external import external_locations, operator_types  # noqa: E402
+from edge_rnn.runtime._external import external_locations, operator_types, scan_model  # noqa: E402
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -271,3 +271,56 @@ def test_step_and_step_batch_answer_or_raise_and_never_touch_state_on_error(whic
         return
     isolated = model.step_batch(list(zip([model.open_stream() for _ in xs], xs)), on_error="isolate")
     assert all(isinstance(r, (dict, EdgeRnnError)) for r in isolated)
+
+
+# ---------------------------------------------------------------- every place onnx.proto keeps a tensor or a graph
+def _len(field: int, body: bytes) -> bytes:
+    return field_key(field, 2) + varint(len(body)) + body
+
+
+# Per message, the fields that hold messages the schema can lead to a tensor through (onnx.proto, field by field):
+# kind -> [(field, kind of the message it holds)]
+_SCHEMA = {
+    "model": [(7, "graph"), (20, "training"), (25, "function")],
+    "training": [(1, "graph"), (2, "graph")],
+    "function": [(7, "node"), (11, "attribute")],
+    "graph": [(1, "node"), (5, "tensor"), (15, "sparse")],
+    "node": [(5, "attribute")],
+    "attribute": [(5, "tensor"), (6, "graph"), (10, "tensor"), (11, "graph"), (22, "sparse"), (23, "sparse")],
+    "sparse": [(1, "tensor"), (2, "tensor")],
+}
+# Fields that hold no tensor, put among the others: a graph's value_info, a node's op_type, an attribute's TypeProto
+_NOISE = {"graph": _len(13, _len(1, b"v")), "node": _len(4, b"Relu"), "attribute": _len(14, _len(1, b"")),
+          "model": _len(8, _len(1, b"")), "function": _len(1, b"f")}
+
+
+@st.composite
+def _message(draw, kind: str, depth: int, names: list[str]) -> bytes:
+    """A random ``kind`` message; every external tensor in it appends its name to ``names``, in file order."""
+    if kind == "tensor":
+        name = f"t{len(names)}"
+        if not draw(st.booleans()):
+            return _len(8, name.encode()) + field_key(9, 2) + varint(4) + b"\0" * 4  # kept inside: raw_data
+        names.append(name)
+        entry = _len(1, b"location") + _len(2, f"{name}.bin".encode())
+        return _len(8, name.encode()) + field_key(14, 0) + varint(1) + _len(13, entry)
+    parts = []
+    choices = [c for c in _SCHEMA[kind] if depth < 5 or c[1] in ("tensor", "sparse")]
+    for _ in range(draw(st.integers(0, 3))):
+        if _NOISE.get(kind) and draw(st.booleans()):
+            parts.append(_NOISE[kind])
+        if choices:
+            field, child = draw(st.sampled_from(choices))
+            parts.append(_len(field, draw(_message(child, depth + 1, names))))
+    return b"".join(parts)
+
+
+@given(st.data())
+@settings(max_examples=200)
+def test_every_external_tensor_anywhere_in_a_random_model_is_found(data):
+    """A random model of every message that can lead to a tensor (graphs, subgraphs, functions and their attribute
+    defaults, training_info, sparse tensors), singular fields given more than once among them: the reader finds
+    each external tensor, in file order, and no other."""
+    names: list[str] = []
+    model = data.draw(_message("model", 0, names))
+    assert [x.tensor for x in scan_model(model).external] == names

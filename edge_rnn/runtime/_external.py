@@ -13,6 +13,18 @@ that leave the folder, and always hands onnxruntime the path. The reader reads
 every wire type protobuf does (groups skipped, as protobuf skips unknown
 fields), and a file it cannot parse is refused: what it cannot read, it cannot
 check.
+
+It walks every place onnx.proto (onnx 1.23, checked field by field) keeps a
+TensorProto, a SparseTensorProto or a GraphProto: the model's graph, its
+training_info graphs (initialization, algorithm) and its local functions; a
+graph's nodes, initializers and sparse initializers; a node's attributes; a
+function's nodes and the defaults of its attributes (``attribute_proto``, which
+a node inside takes by ``ref_attr_name`` and onnxruntime inlines); an
+attribute's t, g, tensors, graphs, sparse_tensor and sparse_tensors; a sparse
+tensor's values and indices; subgraphs to :data:`_MAX_DEPTH`. Every copy of a
+singular message field given more than once is read (protobuf merges them).
+A model of more than :data:`MAX_NODES` nodes or :data:`MAX_ENTRIES` entries is
+refused before onnxruntime builds it.
 """
 
 from __future__ import annotations
@@ -24,20 +36,42 @@ from typing import Any, NamedTuple
 
 from edge_rnn.errors import ModelFormatError
 
-__all__ = ["ModelScan", "scan_model", "weight_files", "external_locations", "check_external_data", "operator_types",
-           "operator_counts_of", "ort_operator_counts", "wire_fields", "read_varint", "map_entry", "MalformedProto"]
+__all__ = ["MAX_NODES", "MAX_ENTRIES", "ModelScan", "scan_model", "weight_files", "external_locations",
+           "check_external_data", "operator_types", "operator_counts_of", "ort_operator_counts", "wire_fields",
+           "read_varint", "map_entry", "MalformedProto"]
 
-# Which length-delimited fields lead to tensors and nodes, by message (onnx.proto's field numbers); a tensor's own
-# fields are read by _tensor.
-_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE = range(7)
+# Which length-delimited fields lead to tensors, graphs and nodes, by message: every place onnx.proto (onnx 1.23,
+# field by field) keeps a TensorProto, a SparseTensorProto or a GraphProto, and the messages on the way to them.
+#   ModelProto        graph 7, training_info 20, functions 25
+#   TrainingInfoProto initialization 1, algorithm 2 (graphs)
+#   FunctionProto     node 7, attribute_proto 11 (the defaults of its attributes: a node inside takes a tensor or a
+#                     graph from there by ref_attr_name, and onnxruntime inlines it)
+#   GraphProto        node 1, initializer 5, sparse_initializer 15
+#   NodeProto         attribute 5
+#   AttributeProto    t 5, g 6, tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23
+#   SparseTensorProto values 1, indices 2
+# The rest hold no tensor or graph (TypeProto, ValueInfoProto, TensorShapeProto, OperatorSetIdProto, the
+# string-string entries, TensorAnnotation, the device and sharding configurations, TensorProto.Segment). A
+# singular message field given more than once is merged by protobuf; the walk reads every copy, so it sees what
+# the merged message holds.
+_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _TENSOR, _SPARSE, _TRAINING = range(8)
 _CHILDREN = {
-    _MODEL: {7: _GRAPH, 25: _FUNCTION},
-    _FUNCTION: {7: _NODE},
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
     _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
     _NODE: {5: _ATTRIBUTE},
     _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
 }
+# onnxruntime builds an object for every node (about 1 KB each, measured: 2,000,000 empty nodes, a 4 MB file,
+# took `run` to 1.9 GB), so a file padded with empty entries is refused before it is handed over. The largest real
+# exports (transformer LLMs) have some 10**4 nodes, an exported RNN of edge-rnn's a handful; 100,000 nodes in all
+# (graphs, subgraphs and functions together) bounds onnxruntime's graph to about 100 MB. Every other entry of a
+# graph, node or function (inputs, outputs, value_info, initializers, attributes, names) counts towards
+# MAX_ENTRIES, ten per node: what a real node carries with it.
+MAX_NODES = 100_000
+MAX_ENTRIES = 1_000_000
 _MAX_DEPTH = 64  # nested subgraphs (If/Loop/Scan bodies), or groups, deeper than this are refused
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number
@@ -168,26 +202,51 @@ def _tensor(data: bytes, start: int, stop: int, found: list[Located]) -> None:
         found.append(Located(name.decode("utf-8", "replace"), location))
 
 
-def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, found: list[Located], ops: Counter) -> None:
-    """Collect external tensors into ``found`` and count nodes by ``domain.op_type`` (``op_type`` alone in the
-    default domain) into ``ops``."""
+class _Tally:
+    """What a walk collects: the external tensors, the operators, and how many nodes and entries it has read."""
+
+    def __init__(self) -> None:
+        self.found: list[Located] = []
+        self.ops: Counter = Counter()
+        self.nodes = self.entries = 0
+
+    def count(self, kind: int) -> None:
+        """One more field read in a message of ``kind`` (a node, when it is a node), refused past the caps."""
+        self.entries += 1
+        if self.entries > MAX_ENTRIES:
+            raise _TooMany(f"more than {MAX_ENTRIES:,} entries (nodes, their inputs, outputs and attributes, "
+                           "initializers, value_info)")
+        if kind == _NODE:
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                raise _TooMany(f"more than {MAX_NODES:,} nodes (graphs, subgraphs and functions together)")
+
+
+class _TooMany(Exception):
+    """A model with more entries than :data:`MAX_NODES` or :data:`MAX_ENTRIES` allow; ``str()`` says which."""
+
+
+def _walk(data: bytes, kind: int, start: int, stop: int, depth: int, tally: _Tally) -> None:
+    """Collect external tensors into ``tally.found`` and count nodes by ``domain.op_type`` (``op_type`` alone in
+    the default domain) into ``tally.ops``."""
     if depth > _MAX_DEPTH:
         raise MalformedProto(f"subgraphs nested more than {_MAX_DEPTH} deep")
     if kind == _TENSOR:
-        _tensor(data, start, stop, found)
+        _tensor(data, start, stop, tally.found)
         return
     children = _CHILDREN.get(kind, {})
     names: dict[int, str] = {}  # a node's op_type (4) and domain (7)
     for field, wire, value in wire_fields(data, start, stop):
         if wire != _LEN:
             continue
+        tally.count(children.get(field, -1))
         if kind == _NODE and field in (4, 7):
             names[field] = data[value[0]:value[1]].decode("utf-8", "replace")
         elif field in children:
-            _walk(data, children[field], *value, depth + 1, found, ops)
+            _walk(data, children[field], *value, depth + 1, tally)
     if 4 in names:
         op, domain = names[4], names.get(7, "")
-        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
+        tally.ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
 
 
 class ModelScan(NamedTuple):
@@ -210,11 +269,13 @@ def scan_model(data: bytes, source: str = "<bytes>") -> ModelScan:
     An ORT flatbuffer never reads as a protobuf: its first bytes, the root
     table's offset, end in a zero byte, which protobuf takes for field 0.
     """
-    found: list[Located] = []
-    ops: Counter = Counter()
+    tally = _Tally()
     marked = data[4:8] == _ORT_MARK
     try:
-        _walk(data, _MODEL, 0, len(data), 0, found, ops)
+        _walk(data, _MODEL, 0, len(data), 0, tally)
+    except _TooMany as e:
+        raise ModelFormatError(f"{source}: expected an ONNX model of a real size, got {e}; refused before "
+                               "onnxruntime builds it") from None
     except MalformedProto as e:
         if marked:
             return ModelScan([], None)  # an ORT-format (flatbuffer) model: its weights are inside it
@@ -223,7 +284,7 @@ def scan_model(data: bytes, source: str = "<bytes>") -> ModelScan:
         raise ModelFormatError(f"{source}: carries the ORT format's mark ({_ORT_MARK.decode()} at bytes 4..8) but "
                                "reads as an ONNX protobuf; refused rather than read one way when onnxruntime may "
                                "read it the other")
-    return ModelScan(found, ops)
+    return ModelScan(tally.found, tally.ops)
 
 
 def external_locations(data: bytes) -> list[str]:
@@ -309,11 +370,20 @@ def weight_files(scan: ModelScan, path: Path | None, source: str) -> dict[str, P
                 f"{source}: the weights file {location!r} lies outside the model's folder {folder}; edge-rnn only "
                 "reads weight files from the model's own folder")
         if not resolved.is_file():
-            raise ModelFormatError(f"{source}: the weights file {location!r} is missing (looked in {folder})")
+            raise ModelFormatError(f"{source}: the weights file {location!r} {_not_a_file(resolved)}")
         if not os.access(resolved, os.R_OK):
             raise ModelFormatError(f"{source}: the weights file {location!r} cannot be read")
         files[location] = resolved
     return files
+
+
+def _not_a_file(resolved: Path) -> str:
+    """What a weights location that is not a regular file names instead."""
+    if resolved.is_dir():
+        return f"is a folder, not a file ({resolved})"
+    if resolved.exists():
+        return f"is not a regular file (a FIFO, a socket or a device: {resolved})"
+    return f"is missing (looked in {resolved.parent})"
 
 
 def check_external_data(data: bytes, path: Path | None) -> list[Path]:

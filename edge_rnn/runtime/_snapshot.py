@@ -75,10 +75,11 @@ def _header(data: bytes) -> tuple[dict, int]:
     steps = header.get("steps", 0)
     if not is_int(steps, least=0, most=MAX_STEPS):
         raise StateError(f"snapshot: corrupt header, expected a step count from 0 to 2**62, got {steps!r:.40}")
-    if header.get("version") == 1:
+    version = header.get("version")
+    if version == 1 and is_int(version):
         raise StateError("snapshot: version 1 has no checksum and is no longer restored; take a new snapshot of the "
                          "stream with this edge-rnn")
-    if header.get("version") != _VERSION:
+    if not is_int(version) or version != _VERSION:  # an int: 2.0 or true is no version this codec wrote
         raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
     return header, start + n
 
@@ -100,7 +101,8 @@ def decode_snapshot(
     sizes = [int(np.prod(stream_shape(s))) * np.dtype(s.dtype).itemsize for s in states]
     if offset + sum(sizes) != len(data):
         raise StateError(f"snapshot: truncated or padded, expected {offset + sum(sizes)} bytes, got {len(data)}")
-    if _crc(header, bytes(data[offset:])) != header.get("crc32"):
+    crc = header.get("crc32")
+    if not is_int(crc) or _crc(header, bytes(data[offset:])) != crc:  # an int, as encode_snapshot writes it
         raise StateError("snapshot: the header or state bytes do not match their checksum (corrupted in storage "
                          "or transit)")
     out = {}
