@@ -95,7 +95,8 @@ def test_an_npz_member_of_a_zero_size_dtype_is_refused_from_its_header(tmp_path)
 def test_the_element_count_is_bounded_whatever_the_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(_data, "MAX_ELEMENTS", 100)
     path = npy(tmp_path / "x.npy", "<f4", (101,), b"\0" * 404)
-    with pytest.raises(DataError, match=r"x\.npy: shape \(101,\) float32 has 101 elements, expected at most 100"):
+    with pytest.raises(DataError, match=r"x\.npy: shape \(101,\) float32: expected at most 100 elements in one "
+                                        r"array, its axes multiply to 101"):
         read_npy(path)
     np.testing.assert_array_equal(read_npy(npy(tmp_path / "y.npy", "<f4", (100,), b"\0" * 400)), np.zeros(100))
 

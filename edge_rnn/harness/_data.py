@@ -223,12 +223,13 @@ def _header(f: Any, size: int, what: str) -> _Header:
     if h.nbytes > remaining:
         raise DataError(f"{what}: its header declares shape {h.shape} {h.dtype} ({h.nbytes:,} bytes), "
                         f"but the file holds {remaining:,} bytes of data: truncated or forged")
+    _check_count(h, what)
     return h
 
 
 def _check_header(h: _Header, what: str) -> None:
-    """Numbers, in at most MAX_AXES axes of sizes >= 0 and at most MAX_ELEMENTS elements, checked before the
-    bytes: an itemsize-0 dtype (|V0, |S0, <U0) declares no bytes for any shape, and zero-size axes none either."""
+    """Numbers, in at most MAX_AXES axes of sizes >= 0, checked before the bytes: an itemsize-0 dtype (|V0,
+    |S0, <U0) declares no bytes for any shape."""
     if h.dtype.hasobject:
         raise DataError(f"{what}: shape {h.shape} {h.dtype} holds Python objects that only pickle can load; "
                         "refused (unpickling runs code). Save a plain .npy of numbers: "
@@ -240,12 +241,16 @@ def _check_header(h: _Header, what: str) -> None:
         raise DataError(f"{what}: its header declares {len(h.shape)} axes, expected at most {MAX_AXES} axes")
     if any(d < 0 for d in h.shape):
         raise DataError(f"{what}: its header declares shape {h.shape}, expected sizes >= 0, got a negative one")
+
+
+def _check_count(h: _Header, what: str) -> None:
+    """At most MAX_ELEMENTS, whatever the bytes: zero-size axes declare no bytes for any size of the others."""
     count = 1
     for d in h.shape:
         count *= max(d, 1)  # zero-size axes too: (0, 2**62, 2**62) holds nothing, but no array takes that shape
     if count > MAX_ELEMENTS:
-        raise DataError(f"{what}: shape {h.shape} {h.dtype} has {count:,} elements, expected at most "
-                        f"{MAX_ELEMENTS:,} elements in one array")
+        raise DataError(f"{what}: shape {h.shape} {h.dtype}: expected at most {MAX_ELEMENTS:,} elements in one "
+                        f"array, its axes multiply to {count:,} (a zero-size axis counted as 1)")
 
 
 def _dtype_name(dtype: np.dtype) -> str:
