@@ -95,12 +95,13 @@ def _print_parity(report: Any, every_row: bool = False) -> None:
 
 
 def _read_data(data: Path | None) -> Any:
-    """The --data path, checked now (a missing or pickled file fails before any work); read again where used."""
+    """The --data path, checked now (a missing, pickled or forged file fails before any work) from its headers,
+    reading no array: it is read once, where used."""
     if data is None:
         return None
-    from edge_rnn.harness import load_data
+    from edge_rnn.harness import check_data
 
-    load_data(data)
+    check_data(data)
     return data
 
 

@@ -43,7 +43,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
-    data = _as_port_dtype(data, port)
+    data = _as_port_dtype(data, port, f"--input {input_path}")
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:
@@ -63,11 +63,16 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
                f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
-def _as_port_dtype(data: Any, port: Any) -> Any:
-    """The input in the port's dtype where that is exact or expected; anything else (floats for token ids, ...)
-    goes as it is: the runtime refuses it, never rounds it."""
+def _as_port_dtype(data: Any, port: Any, label: str) -> Any:
+    """The input in the port's dtype where that is exact or expected; bool for a float input is refused as
+    ``verify --data`` refuses it; anything else (floats for token ids, ...) goes as it is: the runtime refuses
+    it, never rounds it."""
     import numpy as np
 
+    from edge_rnn.harness import bool_for_float
+
+    if data.dtype.kind == "b" and port.dtype.kind == "f":
+        raise bool_for_float(label, port.name, port.dtype)
     if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
         return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
     if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):

@@ -21,6 +21,8 @@ Example (a candidate against another model, no torch)::
 from edge_rnn.harness._data import (
     InputLayout,
     InputSource,
+    bool_for_float,
+    check_data,
     data_inputs,
     load_data,
     random_inputs,
@@ -60,6 +62,8 @@ __all__ = [
     "run_case",
     "InputLayout",
     "InputSource",
+    "bool_for_float",
+    "check_data",
     "load_data",
     "read_npy",
     "random_inputs",

@@ -21,7 +21,8 @@ import numpy as np
 from edge_rnn.contract import Contract
 from edge_rnn.errors import DataError
 
-__all__ = ["InputLayout", "InputSource", "load_data", "read_npy", "random_inputs", "data_inputs", "random_states"]
+__all__ = ["InputLayout", "InputSource", "bool_for_float", "check_data", "load_data", "read_npy", "random_inputs",
+           "data_inputs", "random_states"]
 
 Arrays = dict[str, np.ndarray]
 # (rng, batch, steps, calls) -> feeds. calls=True: inputs without a time axis get a leading axis of `steps` calls.
@@ -106,17 +107,38 @@ def random_states(contract: Contract, scale: float = 0.5) -> Callable[[np.random
 # What an .npz may hold beyond its own size: its compressed members expand when read, and a small archive of
 # zeros (a zip bomb) would otherwise take gigabytes. np.savez (stored, not compressed) is bounded by the file.
 MAX_INFLATED_BYTES = 256 * 2**20
-_PIECE = 16 * 2**20  # read in pieces into the array: one copy of the data in memory, not two
+MAX_ELEMENTS = 2**32  # per array, whatever its bytes: 16 GiB of float32, far beyond a sequence to stream
+MAX_AXES = 32
+_NUMERIC = "biuf"  # bool, integers, floats: what a model's inputs take (complex is refused with the rest)
+_PIECE = 2**20  # read in pieces into the array: one copy of the data in memory, not two (an .npz member is
+# decompressed into bytes of the piece's size first, then copied)
 
 
 def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
     """Read ``.npy`` (one sequence) or ``.npz`` (several; or one per input, keyed by input name), never unpickling.
 
-    Each array's declared shape is checked against the bytes the file holds before anything is allocated, so a
-    forged header cannot ask for terabytes; an ``.npz``'s arrays together may hold at most
-    :data:`MAX_INFLATED_BYTES` more than the archive's own size (its compressed members' expansion), checked
-    from their headers before any is read.
+    Each array's header is checked before anything is allocated: a dtype of numbers (bool, integers, floats; no
+    strings, structures, subarrays, datetimes or objects), at most :data:`MAX_AXES` axes of non-negative sizes,
+    at most :data:`MAX_ELEMENTS` elements, and no more bytes than the file holds, so a forged header cannot ask
+    for terabytes; an ``.npz``'s arrays together may hold at most :data:`MAX_INFLATED_BYTES` more than the
+    archive's own size (its compressed members' expansion), checked from their headers before any is read.
     """
+    return _reading(path, lambda p, npz: _read_npz(p) if npz else [_read_npy(p)])
+
+
+def check_data(path: str | Path) -> None:
+    """What :func:`load_data` checks before it reads an array (the file's kind, every header), reading no array:
+    a command's early check of its data file."""
+    _reading(path, lambda p, npz: _read_npz(p, bodies=False) if npz else _npy_header(p))
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """One ``.npy`` array, its header checked as :func:`load_data` checks it before it is read; never unpickled."""
+    return _reading(path, lambda p, npz: [_read_npy(p)])[0]
+
+
+def _reading(path: str | Path, read: Callable[[Path, bool], Any]) -> Any:
+    """``read(path, is_npz)`` once ``path`` is a .npy or .npz file; whatever fails is one DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data {path}: no such file")
@@ -127,9 +149,7 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
         raise DataError(f"data {path}: expected a .npy or .npz file, got neither (no numpy or zip header); "
                         "pickles are never loaded")
     try:
-        if magic.startswith(b"\x93NUMPY"):
-            return [read_npy(path)]
-        return _read_npz(path)
+        return read(path, magic.startswith(b"PK"))
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy's and zipfile's errors for a malformed file
@@ -137,15 +157,18 @@ def load_data(path: str | Path) -> list[np.ndarray] | dict[str, np.ndarray]:
                         f"({type(e).__name__}: {e})") from None
 
 
-def read_npy(path: str | Path) -> np.ndarray:
-    """One ``.npy`` array, its declared size checked against the file's before it is read; never unpickled."""
-    path = Path(path)
+def _npy_header(path: Path) -> None:
+    with open(path, "rb") as f:
+        _header(f, path.stat().st_size, str(path))
+
+
+def _read_npy(path: Path) -> np.ndarray:
     with open(path, "rb") as f:
         header = _header(f, path.stat().st_size, str(path))
         return _read_body(f, header, str(path))
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, bodies: bool = True) -> dict[str, np.ndarray]:
     """Every member of an .npz: all headers checked (and their sizes summed) before any array is read."""
     with zipfile.ZipFile(path) as z:
         infos = z.infolist()
@@ -162,7 +185,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"{path.stat().st_size:,} bytes: a compressed archive that expands this far is refused; save it "
                 "uncompressed (np.savez) or as .npy files")
         out = {}
-        for info, header in zip(infos, headers):
+        for info, header in zip(infos if bodies else [], headers):
             with z.open(info) as f:
                 _header(f, info.file_size, f"{path}:{info.filename}")
                 out[info.filename.removesuffix(".npy")] = _read_body(f, header, f"{path}:{info.filename}")
@@ -188,22 +211,51 @@ class _Header:
 
 
 def _header(f: Any, size: int, what: str) -> _Header:
-    """The array header at ``f``, checked: no objects, and no more data declared than the ``size`` bytes hold."""
+    """The array header at ``f``, checked: numbers of a sensible shape, and no more data than ``size`` bytes hold."""
     try:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         h = _Header(*read(f, max_header_size=10_000))
     except Exception as e:  # noqa: BLE001 - a malformed header: ValueError, SyntaxError, TokenError, ...
         raise DataError(f"{what}: expected a .npy array, its header is malformed ({type(e).__name__})") from None
-    if h.dtype.hasobject:
-        raise DataError(f"{what}: shape {h.shape} {h.dtype} holds Python objects that only pickle can load; "
-                        "refused (unpickling runs code). Save a plain .npy of numbers: "
-                        "np.save(path, np.asarray(x, np.float32))")
+    _check_header(h, what)
     remaining = size - f.tell()
     if h.nbytes > remaining:
         raise DataError(f"{what}: its header declares shape {h.shape} {h.dtype} ({h.nbytes:,} bytes), "
                         f"but the file holds {remaining:,} bytes of data: truncated or forged")
+    _check_count(h, what)
     return h
+
+
+def _check_header(h: _Header, what: str) -> None:
+    """Numbers, in at most MAX_AXES axes of sizes >= 0, checked before the bytes: an itemsize-0 dtype (|V0,
+    |S0, <U0) declares no bytes for any shape."""
+    if h.dtype.hasobject:
+        raise DataError(f"{what}: shape {h.shape} {h.dtype} holds Python objects that only pickle can load; "
+                        "refused (unpickling runs code). Save a plain .npy of numbers: "
+                        "np.save(path, np.asarray(x, np.float32))")
+    if h.dtype.kind not in _NUMERIC or h.dtype.fields is not None or h.dtype.subdtype is not None:
+        raise DataError(f"{what}: shape {h.shape} {_dtype_name(h.dtype)}: expected an array of numbers (bool, "
+                        "integers or floats), got another dtype; save numbers: np.save(path, x.astype(np.float32))")
+    if len(h.shape) > MAX_AXES:
+        raise DataError(f"{what}: its header declares {len(h.shape)} axes, expected at most {MAX_AXES} axes")
+    if any(d < 0 for d in h.shape):
+        raise DataError(f"{what}: its header declares shape {h.shape}, expected sizes >= 0, got a negative one")
+
+
+def _check_count(h: _Header, what: str) -> None:
+    """At most MAX_ELEMENTS, whatever the bytes: zero-size axes declare no bytes for any size of the others."""
+    count = 1
+    for d in h.shape:
+        count *= max(d, 1)  # zero-size axes too: (0, 2**62, 2**62) holds nothing, but no array takes that shape
+    if count > MAX_ELEMENTS:
+        raise DataError(f"{what}: shape {h.shape} {h.dtype}: expected at most {MAX_ELEMENTS:,} elements in one "
+                        f"array, its axes multiply to {count:,} (a zero-size axis counted as 1)")
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """The dtype as the header wrote it: ``|V0``, ``[('a', '<f4')]``, ``('<f4', (4,))``."""
+    return str(dtype) if dtype.subdtype is not None else str(np.lib.format.dtype_to_descr(dtype))
 
 
 def _read_body(f: Any, h: _Header, what: str) -> np.ndarray:
@@ -256,9 +308,11 @@ def _nested_numbers(data: Sequence[Any]) -> bool:
 def _as_input(t: InputLayout, a: np.ndarray, label: str) -> np.ndarray:
     """A sequence in the input's dtype: floats finite in float32, integers integral and within the input's range."""
     if np.dtype(t.dtype).kind == "f":
+        if a.dtype.kind == "b":
+            raise bool_for_float(label, t.name, t.dtype)
         with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
-            a = a.astype(t.dtype)
-        if not np.isfinite(a).all():
+            a = a.astype(t.dtype, copy=False)  # the user's float32 array itself, not a copy of it
+        if not _finite(a):
             raise DataError(f"{label}: expected finite values, got NaN or Inf (or values beyond float32's range)")
         return a
     if np.dtype(t.dtype).kind == "b":
@@ -271,7 +325,19 @@ def _as_input(t: InputLayout, a: np.ndarray, label: str) -> np.ndarray:
     low, high = t.values if t.values is not None else (np.iinfo(t.dtype).min, np.iinfo(t.dtype).max)
     if a.min() < low or a.max() > high:
         raise DataError(f"{label}: expected values of {t.name!r} in [{low}, {high}], got {a.min()}..{a.max()}")
-    return a.astype(t.dtype)
+    return a.astype(t.dtype, copy=False)
+
+
+def bool_for_float(label: str, name: str, dtype: Any) -> DataError:
+    """The one refusal of a bool array for a float input (``run --input``, ``verify --data``, data=)."""
+    return DataError(f"{label}: {name!r} takes {np.dtype(dtype)} values, got a bool array; save numbers: "
+                     f"np.save(path, x.astype(np.{np.dtype(dtype)}))")
+
+
+def _finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in ``a`` (time first), checked a block of rows at a time: no bool array of its whole size."""
+    rows = max(1, _PIECE // max(1, a[:1].nbytes))
+    return all(np.isfinite(a[i : i + rows]).all() for i in range(0, len(a), rows))
 
 
 def _check(layouts: Sequence[InputLayout], seq: Mapping[str, Any], what: str) -> Arrays:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,22 +62,29 @@ def _checked(model: StreamingModel, chunk: Any, progress: Any) -> int:
     return chunk
 
 
-def _pieces(port: Port, x: np.ndarray, chunk: int) -> list[np.ndarray]:
-    """``x`` (time first) cut into chunks of ``chunk`` steps in the port's own layout; one row per call for a
-    port without a time axis."""
+def _pieces(port: Port, x: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """``x`` (time first) cut into chunks of ``chunk`` steps in the port's own layout, one at a time as they are
+    stepped (a chunk the model refuses stops the cutting: the rest are never copied); one row per call for a port
+    without a time axis. The shape is checked here, before the first chunk."""
     t_axis = port.stream_time_axis
-    if t_axis is None:  # one step per call: rows are steps
-        pieces = list(x)
-    else:
-        if x.ndim != len(port.stream_shape):
-            raise ShapeError(f"{port.name}: expected shape {port.describe()} with time first, got {x.shape}")
-        to_model = from_front(x.ndim, t_axis)
-        x = x if to_model is None else x.transpose(to_model)
-        steps = x.shape[t_axis]
-        pieces = [np.take(x, np.arange(a, min(a + chunk, steps)), axis=t_axis) for a in range(0, steps, chunk)]
-    if not pieces:
+    if x.ndim == 0 or (t_axis is not None and x.ndim != len(port.stream_shape)):
+        raise ShapeError(f"{port.name}: expected shape {port.describe()} with time first, got {x.shape}")
+    if not len(x):
         raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {x.shape}")
-    return pieces
+    return _cut(x, t_axis, chunk)
+
+
+def _cut(x: np.ndarray, t_axis: int | None, chunk: int) -> Iterator[np.ndarray]:
+    if t_axis is None:  # one step per call: rows are steps
+        yield from x
+        return
+    to_model = from_front(x.ndim, t_axis)
+    x = x if to_model is None else x.transpose(to_model)
+    steps = x.shape[t_axis]
+    before = (slice(None),) * t_axis
+    for a in range(0, steps, chunk):
+        yield np.array(x[(*before, slice(a, a + chunk))])  # a copy of the chunk alone (np.take copied all of x
+        # first where x was not contiguous: a broadcast or transposed array)
 
 
 def _joined(port: Port, parts: list[np.ndarray]) -> np.ndarray:
