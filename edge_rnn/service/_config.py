@@ -26,3 +26,8 @@ class ServiceConfig:
     # HTTP steps of one stream in flight at once (reading the body, waiting for the stream's turn, stepped); one
     # more is a 429 before its body is read. All streams' together are at most max_batch + max_queue (503 beyond)
     max_stream_inflight: int = 4
+    # WebSocket: fragments one message may come in (each counts, empty or not; 1008 beyond), and bytes of messages
+    # received whole and not yet taken by their streams, server-wide (beyond it, a socket with a message waiting
+    # is not read until its stream takes it)
+    max_message_fragments: int = 64
+    max_queued_bytes: int = 64 << 20
