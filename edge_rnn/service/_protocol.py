@@ -95,6 +95,7 @@ class StreamProtocol(WebSocketsSansIOProtocol):
     limits = ServiceConfig()  # the timeouts; :meth:`configured` gives a server's own
     budget = _Budget(limits.max_queued_bytes)
     _reading = True  # uvicorn's __init__ sets read_paused before ours runs
+    _taking = False  # the stream waits for a message (in :meth:`receive`)
 
     @classmethod
     def configured(cls, limits: ServiceConfig) -> type[StreamProtocol]:
@@ -178,13 +179,16 @@ class StreamProtocol(WebSocketsSansIOProtocol):
 
     def _parsing(self) -> bool:
         """Whether what this client sent may be parsed now: its replies taken, fewer than :attr:`high` of its
-        messages waiting, and none of them waiting while the server's messages waiting pass their budget."""
+        messages waiting; and while the server's messages waiting pass their budget, only for a stream that
+        waits for its next message (none queued, none being stepped)."""
         if not self.writable.is_set():
             return False
         if self.close_sent:  # its messages are dropped from now on
             return True
         waiting = self.queue.qsize()
-        return waiting == 0 or (waiting < self.high and self.budget.used < self.budget.limit)
+        if waiting >= self.high:
+            return False
+        return self.budget.used < self.budget.limit or (waiting == 0 and self._taking)
 
     def _settle(self, *, more: bool = False) -> None:
         """Read on only while what is read can be parsed; ``more``: frames wait for the next turn."""
@@ -253,8 +257,19 @@ class StreamProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait(message)  # type: ignore[arg-type]
 
     async def receive(self) -> Any:
-        """uvicorn's, but what waits is parsed (and the socket read) as the server's bounds allow."""
-        message = await self.queue.get()
+        """uvicorn's, but what waits is parsed (and the socket read) as the server's bounds allow; and while the
+        client is not taking its replies, its next message waits (its step and reply would be held too)."""
+        if not self.writable.is_set():
+            await self.writable.wait()  # set when the writes drain, and when the connection is lost
+        queue = self.queue
+        if queue.empty():  # the stream waits for its client: over the budget, this is when its socket is parsed
+            self._taking = True
+            if not self._reading:
+                self._wake()
+            message = await queue.get()
+            self._taking = False
+        else:
+            message = queue.get_nowait()
         if self._held:
             self._take(len(message.get("bytes") or message.get("text") or b""))
         if not self._reading:
