@@ -40,6 +40,11 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--max-stream-inflight", type=click.IntRange(min=1, max=1024), default=4, show_default=True,
               help="HTTP steps of one stream in flight at once (reading, waiting, stepped); one more is refused "
                    "with 429 stream_busy before its body is read.")
+@click.option("--max-message-fragments", type=click.IntRange(min=1, max=1 << 16), default=64, show_default=True,
+              help="Frames one WebSocket message may come in (empty ones too); one more closes with 1008.")
+@click.option("--max-queued-bytes", type=click.IntRange(min=1 << 16), default=64 << 20, show_default=True,
+              help="Bytes of WebSocket messages received and not yet taken by their streams, server-wide; past "
+                   "it, a socket is read only while its stream waits for its next message.")
 @click.option("--max-message-bytes", type=click.IntRange(min=16), default=1 << 20, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,

@@ -29,3 +29,8 @@ class ServiceConfig:
     # open connections (HTTP and WebSocket together); one more is answered 503 and closed before anything is read.
     # None: derived from the process's open-file limit (edge_rnn.service._server.connection_limit)
     max_connections: int | None = None
+    # WebSocket: fragments one message may come in (each counts, empty or not; 1008 beyond), and bytes of messages
+    # received whole and not yet taken by their streams, server-wide (beyond it, a socket with a message waiting
+    # is not read until its stream takes it)
+    max_message_fragments: int = 64
+    max_queued_bytes: int = 64 << 20
