@@ -12,6 +12,7 @@ import sys
 
 import onnx
 import torch
+from cli_errors import one_line_error
 from click.testing import CliRunner
 
 from edge_rnn.cli import main
@@ -21,14 +22,6 @@ BASE = ["export", "--arch", "lstm", "--input-size", "4", "--hidden-size", "6", "
 
 def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def one_line_error(result, contains: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("flags", [

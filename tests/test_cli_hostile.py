@@ -10,12 +10,12 @@ import socket
 import tracemalloc
 import zipfile
 
+import cli_errors
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_errors import invoke
 from conftest import REPO
 
-from edge_rnn.cli import main
 from edge_rnn.errors import DataError
 from edge_rnn.harness import _data, load_data
 
@@ -42,17 +42,8 @@ def no_server(monkeypatch):
     return seen
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def one_line_error(result, contains: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    assert "Traceback" not in result.output and "serving" not in result.output
-    return lines[0]
+    return cli_errors.one_line_error(result, contains, not_in_output=("serving",))  # it failed before serving
 
 
 # --- serve and loadtest: the token file -------------------------------------------------------------------------

@@ -14,10 +14,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_errors import invoke, one_line_error
 from conftest import REPO
 
-from edge_rnn.cli import main
 from edge_rnn.cli._common import _read_data
 from edge_rnn.errors import DataError, EdgeRnnError
 from edge_rnn.harness import InputLayout, _data, data_inputs, load_data, read_npy
@@ -36,16 +35,6 @@ def npy(path, descr, shape, body=b"", version=(1, 0)):
     return path
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, contains: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    return lines[0]
 
 
 def peak_of(f):

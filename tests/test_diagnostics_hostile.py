@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 
+import cli_errors
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_errors import invoke
 from conftest import REPO
 
-from edge_rnn.cli import main
 from edge_rnn.diagnostics import Diagnosis, MemoryCurve, diagnose_onnx, memory_curve, summary
 from edge_rnn.errors import NonFiniteError
 
@@ -24,17 +24,8 @@ def _x(steps=80, width=4, seed=0):
     return np.random.default_rng(seed).standard_normal((steps, width)).astype(np.float32)
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 def one_line_error(result, contains: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert contains in lines[0], lines[0]
-    assert "Traceback" not in result.output and "nan" not in result.stdout.lower()
-    return lines[0]
+    return cli_errors.one_line_error(result, contains, not_in_stdout=("nan",))  # no NaN figure printed either
 
 
 def _with_nan(value=math.nan):

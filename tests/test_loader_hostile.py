@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_copies import copy_bundle
+from bundle_copies import read_manifest as _manifest
+from bundle_copies import write_manifest as _write_manifest
 from conftest import REPO
 from protobuf_wire import key, nested_group, rebuilt, varint
 
@@ -151,17 +154,7 @@ def test_a_location_onnxruntime_would_read_otherwise_is_refused_naming_the_tenso
 # --------------------------------------------------------------- 17, 18: a bundle's hashes cover every file it loads
 @pytest.fixture
 def copy(tmp_path) -> Path:
-    folder = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, folder)
-    return folder
-
-
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return copy_bundle(tmp_path)
 
 
 def _with_external_fp32(folder: Path, cover: bool) -> dict:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_copies import copy_bundle
+from bundle_copies import read_manifest as _manifest
+from bundle_copies import write_manifest as _write_manifest
 from click.testing import CliRunner
 
 from edge_rnn.cli import main
@@ -32,17 +34,7 @@ VARIANTS = ["fp32", "int8", "fp16", "static", "static-int8"]
 
 @pytest.fixture
 def copy(tmp_path):
-    folder = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, folder)
-    return folder
-
-
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return copy_bundle(tmp_path)
 
 
 def _shift_golden(folder: Path, by: float) -> None:
