@@ -3,6 +3,7 @@ chunks alone (what a served stream must equal exactly)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import cache
@@ -42,3 +43,19 @@ def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"still not so after {seconds} s"
         time.sleep(0.01)
+
+
+def held_at(model: StreamingModel, call: int | None = None) -> tuple[threading.Event, threading.Event]:
+    """``model`` with its engine held on its ``call``-th batch (None: on each) until ``gate`` is set; returns
+    ``(entered, gate)``, ``entered`` set once a batch is held."""
+    entered, gate, real, calls = threading.Event(), threading.Event(), model.step_batch, [0]
+
+    def held(items, **kw):
+        calls[0] += 1
+        if call is None or calls[0] == call:
+            entered.set()
+            gate.wait(20)
+        return real(items, **kw)
+
+    model.step_batch = held
+    return entered, gate

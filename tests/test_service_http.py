@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import warnings
 
 import numpy as np
@@ -18,7 +17,7 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     from starlette.testclient import TestClient
 from conftest import REPO
-from service_streams import MODEL_PATH, chunks, offline, until
+from service_streams import MODEL_PATH, chunks, held_at, offline, until
 
 from edge_rnn.runtime import ForeignModel, StreamingModel
 from edge_rnn.service import ServiceConfig, create_app
@@ -111,14 +110,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_accepted_steps_still_
     """The engine holds the first step until every other step has been answered: one more waits in the queue
     (max_queue=1), the other 28 are refused at once; then both accepted steps answer."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate, real = threading.Event(), threading.Event(), model.step_batch
-
-    def held(items, **kw):
-        entered.set()
-        gate.wait(20)
-        return real(items, **kw)
-
-    model.step_batch = held
+    entered, gate = held_at(model)
     app = _app(model, max_batch=1, max_queue=1, max_wait_ms=0)
 
     async def main():

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 from conftest import REPO  # noqa: E402
-from service_streams import MODEL_PATH, offline  # noqa: E402
+from service_streams import MODEL_PATH, held_at, offline  # noqa: E402
 from test_service_http import BIN, JSON, TestClient, X, _app, _serving  # noqa: E402
 from test_service_server import Server  # noqa: E402
 
@@ -155,19 +155,6 @@ def test_a_json_reply_is_every_output_exactly_written_in_pieces_and_never_over_i
         assert len(chunks.write(worst)) <= chunks.reply_bound(steps)
 
 
-def _held(model: StreamingModel):
-    """The model with its engine held on the first batch until ``gate`` is set; ``entered`` once it is."""
-    entered, gate, real = threading.Event(), threading.Event(), model.step_batch
-
-    def held(items, **kw):
-        entered.set()
-        gate.wait(20)
-        return real(items, **kw)
-
-    model.step_batch = held
-    return entered, gate
-
-
 @pytest.mark.parametrize("max_queue,refused", [(1024, {429: "stream_busy"}),
                                                (2, {429: "stream_busy", 503: "overloaded"})])
 def test_steps_waiting_for_their_stream_count_against_the_limits_before_their_body_is_read(max_queue, refused):
@@ -176,7 +163,7 @@ def test_steps_waiting_for_their_stream_count_against_the_limits_before_their_bo
     read), and the steps waiting for their stream's turn count against --max-batch + --max-queue (503 beyond)
     once their body is whole (a body still arriving holds no engine slot: test_service_probe_state.py)."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held(model)
+    entered, gate = held_at(model)
     app = _app(model, max_batch=1, max_queue=max_queue, max_wait_ms=0)
     bodies_read = []
 
@@ -216,7 +203,7 @@ def test_a_step_whose_request_is_cancelled_while_the_engine_runs_it_still_counts
     """Was: X-Step was counted after the awaited step returned; a request cancelled (its client gone) while the
     engine ran the step left it applied but uncounted, so the retry with the same X-Step was applied again."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held(model)
+    entered, gate = held_at(model)
     app = _app(model, max_wait_ms=0)
 
     async def main():

@@ -65,21 +65,28 @@ class _LimitedServe(ServeProcess):
             subprocess.Popen = real
 
 
+
+def _pipeliners(port: int, burst: bytes, n: int = 20, rcvbuf: int | None = None) -> list[socket.socket]:
+    """``n`` connections that each send what of ``burst`` one non-blocking send takes, and never read."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=1)
+        if rcvbuf is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setblocking(False)
+        try:
+            s.send(burst)
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    return socks
+
 def test_pipelined_requests_nobody_reads_take_bounded_memory():
     burst = MODEL_GET * (200_000 // len(MODEL_GET))  # 5714 requests in one write
     with ServeProcess(MODEL_PATH) as server:
         httpx.get(f"{server.url}/v1/model")
         base = server.peak()
-        socks = []
-        for _ in range(20):
-            s = socket.create_connection(("127.0.0.1", server.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            try:
-                s.send(burst)
-            except BlockingIOError:
-                pass
-            socks.append(s)
+        socks = _pipeliners(server.port, burst, rcvbuf=4096)
         time.sleep(3)
         grown = server.peak() - base
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
@@ -159,15 +166,7 @@ def test_max_streams_that_cannot_fit_the_fd_limit_is_refused_at_start():
 def test_the_drain_ends_on_time_under_a_pipelined_flood():
     burst = MODEL_GET * 5000
     with ServeProcess(MODEL_PATH, "--drain-timeout", "2") as server:
-        socks = []
-        for _ in range(20):
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=1)
-            s.setblocking(False)
-            try:
-                s.send(burst)
-            except BlockingIOError:
-                pass
-            socks.append(s)
+        socks = _pipeliners(server.port, burst)
         time.sleep(1)
         t = time.monotonic()
         server.terminate()

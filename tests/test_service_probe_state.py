@@ -6,7 +6,6 @@ repeated header that decides what a request means."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -14,25 +13,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
-from service_streams import MODEL_PATH, until  # noqa: E402
+from service_streams import MODEL_PATH, held_at, until  # noqa: E402
 from test_service_http import BIN, JSON, TestClient, X, _app, _serving  # noqa: E402
 
 from edge_rnn.runtime import StreamingModel  # noqa: E402
-
-
-def _held_at(model: StreamingModel, call: int):
-    """The model with its engine held on its ``call``-th batch until ``gate`` is set; ``entered`` once it is."""
-    entered, gate, real, calls = threading.Event(), threading.Event(), model.step_batch, [0]
-
-    def held(items, **kw):
-        calls[0] += 1
-        if calls[0] == call:
-            entered.set()
-            gate.wait(20)
-        return real(items, **kw)
-
-    model.step_batch = held
-    return entered, gate
 
 
 def _steps(app, snapshot: bytes) -> int:
@@ -53,7 +37,7 @@ def test_a_snapshot_fetched_while_a_long_chunk_runs_in_pieces_shows_the_state_af
     for the stream's turn, behind the steps admitted before it, and shows the state after the whole chunk; so it
     does while the server drains."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held_at(model, 3)  # two pieces applied, the third held
+    entered, gate = held_at(model, 3)  # two pieces applied, the third held
     app = _app(model, max_batch_frames=1, max_wait_ms=0)
     chunk = np.random.default_rng(0).standard_normal((6, 4)).astype("<f4").tobytes()
 
@@ -101,7 +85,7 @@ def test_a_snapshot_behind_a_step_that_outlasts_the_message_timeout_is_429_strea
     """The wait for the stream's turn never outlasts --message-timeout: then 429 stream_busy with Retry-After, and
     the step behind which it waited still answers."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held_at(model, 1)
+    entered, gate = held_at(model, 1)
     app = _app(model, message_timeout=0.3, max_wait_ms=0)
 
     async def main():
@@ -129,7 +113,7 @@ def test_a_stream_whose_http_step_runs_or_whose_body_arrives_longer_than_the_idl
     unknown_stream and the stream was gone. Now a stream with a step in flight is never idle; its idle time counts
     from the end of its last step, and it expires once it is idle."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held_at(model, 1 if where == "running" else 0)
+    entered, gate = held_at(model, 1 if where == "running" else 0)
     app = _app(model, idle_timeout=0.3, max_wait_ms=0)
 
     async def slow_body():
@@ -165,7 +149,7 @@ def test_a_stream_whose_http_step_runs_or_whose_body_arrives_longer_than_the_idl
 def test_a_stream_whose_websocket_step_runs_longer_than_the_idle_timeout_is_not_expired():
     """Was: the socket got unknown_stream (1008) while its own step ran. Now it gets the step's outputs."""
     model = StreamingModel.load(MODEL_PATH)
-    entered, gate = _held_at(model, 1)
+    entered, gate = held_at(model, 1)
     app = _app(model, idle_timeout=0.3, max_wait_ms=0)
     with TestClient(app) as client, client.websocket_connect("/v1/streams/ws") as ws:
         try:
