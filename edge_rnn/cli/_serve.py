@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from edge_rnn.cli._common import _existing, main
+from edge_rnn.cli._common import main
 from edge_rnn.errors import EdgeRnnError
+from edge_rnn.service._auth import read_token as _read_token
 
 
 @main.command()
@@ -19,6 +20,14 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--self-test/--no-self-test", default=True, show_default=True,
               help="With a bundle folder: replay the served variant's golden stream on this CPU before serving, "
                    "and refuse to start when it is over its bound.")
+@click.option("--ray", "on_ray", is_flag=True, default=False,
+              help="Serve on Ray Serve (needs edge-rnn[ray]): the same routes over --replicas replicas, each batching "
+                   "its own streams; Serve's proxy listens on --host:--port. See docs/scale-out.md.")
+@click.option("--replicas", type=click.IntRange(min=1, max=1024), default=None,
+              help="With --ray: how many replicas serve the model. [default: 1]")
+@click.option("--address", default=None,
+              help="With --ray: the Ray cluster to join (e.g. ray://head:10001 or auto). [default: start a local "
+                   "Ray on 127.0.0.1 and stop it at the end]")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
 @click.option("--max-streams", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -65,8 +74,11 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
           max_connections: int | None, idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
-          token_file: Path | None, drain_timeout: float, **limits: float) -> None:
-    """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve])."""
+          token_file: Path | None, drain_timeout: float, on_ray: bool, replicas: int | None, address: str | None,
+          **limits: float) -> None:
+    """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve]; with --ray,
+    edge-rnn[ray])."""
+    _ray_only(on_ray, replicas=replicas, address=address)
     try:
         import uvicorn
 
@@ -94,6 +106,9 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                            max_wait_ms=max_wait_ms, max_queue=max_queue, max_batch_frames=max_batch_frames,
                            max_message_bytes=max_message_bytes,
                            token=token, drain_timeout=drain_timeout, **limits)
+    if on_ray:
+        return _serve_on_ray(model, m, config, host=host, port=port, replicas=replicas or 1, address=address,
+                             self_test=self_test, threads=threads)
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
@@ -102,28 +117,43 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                        app.svc).run(sockets=[sock])
 
 
-def _read_token(path: Path | None, flag: str = "--token-file") -> str | None:
-    """The bearer token in ``path`` (None: no token): UTF-8 text whose stripped content is at least 16 visible
-    ASCII characters, as an HTTP header can carry it (a header is latin-1 on the wire: a token of other
-    characters could never be sent, so no one could log in)."""
-    if path is None:
-        return None
-    _existing(path, flag)
-    raw = path.read_bytes()
+# the bounds uvicorn's protocols hold in the standalone server: on Ray Serve its proxy holds the connections
+_STANDALONE_ONLY = ("max_connections", "header_timeout", "message_timeout", "write_timeout", "max_message_fragments",
+                    "max_queued_bytes")
+
+
+def _ray_only(on_ray: bool, **given: Any) -> None:
+    """Refuse --replicas and --address without --ray, and the standalone server's connection bounds with it."""
+    ctx = click.get_current_context()
+    if not on_ray:
+        flag = next((k for k, v in given.items() if v is not None), None)
+        if flag:
+            raise click.UsageError(f"--{flag} applies to Ray Serve: add --ray")
+        return
+    for name in _STANDALONE_ONLY:
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} bounds the standalone server's own connections; with --ray, Ray Serve's "
+                                   "proxy holds them (docs/scale-out.md says which bounds hold there)")
+
+
+def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int, replicas: int,
+                  address: str | None, self_test: bool, threads: int | None) -> None:
+    from dataclasses import replace
+
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EdgeRnnError(f"{flag} {path}: expected UTF-8 text, got byte 0x{raw[e.start]:02x} at offset "
-                           f"{e.start}, which is not") from None
-    token = text.strip()
-    odd = next((c for c in token if not "!" <= c <= "~"), None)
-    if odd is not None:
-        raise EdgeRnnError(f"{flag} {path}: expected a token of visible ASCII characters (an HTTP header carries "
-                           f"it: no spaces, control or non-ASCII characters), got {odd!r} at position "
-                           f"{token.index(odd)}")
-    if len(token) < 16:
-        raise EdgeRnnError(f"{flag} {path}: expected a token of at least 16 characters, got {len(token)}")
-    return token
+        from edge_rnn.service.ray import RayOptions, run
+    except ImportError as e:
+        raise EdgeRnnError(f"edge-rnn serve --ray needs the ray extra: pip install 'edge-rnn[ray]' ({e.name} is "
+                           "missing)") from None
+    options = RayOptions(model=str(source.resolve()), config=replace(config, max_connections=None),
+                         variant=model.variant if source.is_dir() else None, self_test=self_test, threads=threads,
+                         replicas=replicas)
+    where = "a local Ray on 127.0.0.1" if address is None else f"the Ray cluster at {address}"
+    click.echo(f"starting {replicas} replica(s) of {model.source} on {where}", err=True)
+    run(options, host=host, port=port, address=address,
+        ready=lambda url: click.echo(f"serving {model.source} on {url} (Ray Serve, {replicas} replica(s); "
+                                     "WebSocket /v1/streams/ws)", err=True))
 
 
 def _fits_connections(max_streams: int, max_connections: int) -> int:

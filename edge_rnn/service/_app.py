@@ -34,11 +34,12 @@ __all__ = ["create_app", "ServiceConfig", "uvicorn_options"]
 
 
 def create_app(model: StreamingModel, config: ServiceConfig | None = None, *,
-               variant: str | None = None) -> StreamSocket:
+               variant: str | None = None, replica: str | None = None) -> StreamSocket:
     """The ASGI app serving ``model``; see the module docstring. ``.api`` is the FastAPI app behind it (every
-    route but the stream socket, the OpenAPI, the lifespan); ``.svc`` the server's state."""
-    metrics = Metrics()
-    svc = Service(model, config or ServiceConfig(), metrics)
+    route but the stream socket, the OpenAPI, the lifespan); ``.svc`` the server's state. ``replica`` (Ray
+    Serve's replica id) starts every stream id and labels every metric."""
+    metrics = Metrics(replica)
+    svc = Service(model, config or ServiceConfig(), metrics, replica=replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -10,18 +10,28 @@ _SECONDS = (1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The metrics of one server; on Ray Serve each replica's carry its id as the label ``replica``."""
+
+    def __init__(self, replica: str | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.active = Gauge("edge_rnn_active_streams", "Open streams", registry=r)
-        self.steps = Counter("edge_rnn_steps", "Steps applied", registry=r)
-        self.batch = Histogram("edge_rnn_batch_size", "Steps per onnxruntime call", registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.wait = Histogram("edge_rnn_queue_wait_seconds", "Time a step waited for its batch", registry=r,
-                              buckets=_SECONDS)
-        self.latency = Histogram("edge_rnn_step_seconds", "onnxruntime time per batch", registry=r, buckets=_SECONDS)
-        self.rejected = Counter("edge_rnn_rejections", "Requests refused, by reason", ["reason"], registry=r)
-        self.expired = Counter("edge_rnn_expired_streams", "Streams closed for idling", registry=r)
+        names, values = (["replica"], [replica]) if replica else ([], [])
+
+        def bound(kind: type, name: str, doc: str, **kw: object) -> object:
+            metric = kind(name, doc, names, registry=r, **kw)
+            return metric.labels(*values) if values else metric
+
+        self.active = bound(Gauge, "edge_rnn_active_streams", "Open streams")
+        self.steps = bound(Counter, "edge_rnn_steps", "Steps applied")
+        self.batch = bound(Histogram, "edge_rnn_batch_size", "Steps per onnxruntime call",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.wait = bound(Histogram, "edge_rnn_queue_wait_seconds", "Time a step waited for its batch",
+                          buckets=_SECONDS)
+        self.latency = bound(Histogram, "edge_rnn_step_seconds", "onnxruntime time per batch", buckets=_SECONDS)
+        self._rejected = Counter("edge_rnn_rejections", "Requests refused, by reason", [*names, "reason"],
+                                 registry=r)
+        self._values = values
+        self.expired = bound(Counter, "edge_rnn_expired_streams", "Streams closed for idling")
 
     def on_batch(self, size: int, waits: list[float], seconds: float) -> None:
         self.batch.observe(size)
@@ -31,7 +41,7 @@ class Metrics:
             self.wait.observe(w)
 
     def reject(self, reason: str) -> None:
-        self.rejected.labels(reason).inc()
+        self._rejected.labels(*self._values, reason).inc()
 
     def set_active(self, streams: int) -> None:
         self.active.set(streams)

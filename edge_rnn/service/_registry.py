@@ -40,8 +40,9 @@ class Registry:
     """Open streams by id, at most ``config.max_streams``; each idle longer than ``config.idle_timeout`` (no step
     in flight, and none ended for that long) is closed by :meth:`reap` and counted as expired."""
 
-    def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder):
+    def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder, *, prefix: str = ""):
         self.model, self.config, self.metrics = model, config, metrics
+        self.prefix = prefix  # every stream id starts with it: on Ray Serve, the replica's id and a dot (routing)
         self.streams: dict[str, Entry] = {}
         self.on_expire: Callable[[str], None] | None = None  # called with each expired stream's id, once closed
         self.in_flight = 0  # HTTP steps of all streams whose body is whole, not yet answered: the engine's slots
@@ -57,7 +58,7 @@ class Registry:
             raise Refusal(HTTP_429_TOO_MANY_REQUESTS, "too_many_streams", f"{self.config.max_streams} streams are "
                           "open; close one first")
         stream = self.model.restore(snapshot) if snapshot else self.model.open_stream()
-        sid = secrets.token_urlsafe(24)  # 192 random bits
+        sid = self.prefix + secrets.token_urlsafe(24)  # 192 random bits
         self.streams[sid] = Entry(stream)
         self.metrics.set_active(len(self.streams))
         return sid

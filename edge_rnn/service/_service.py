@@ -32,9 +32,11 @@ CLOSE_GRACE = 1.0  # seconds the server's closing messages to one socket may tak
 class Service:
     """The state of one server; :meth:`start` and :meth:`stop` bracket its life on an event loop."""
 
-    def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder = NO_METRICS):
+    def __init__(self, model: StreamingModel, config: ServiceConfig, metrics: Recorder = NO_METRICS, *,
+                 replica: str | None = None):
         self.model, self.config, self.metrics = model, config, metrics
-        self.registry = Registry(model, config, metrics)
+        self.replica = replica  # on Ray Serve, this replica's id: its streams' ids start with it and a dot
+        self.registry = Registry(model, config, metrics, prefix=f"{replica}." if replica else "")
         self.codec = Codec(model, config.max_message_bytes)
         self.batcher: Batcher | None = None  # from start(): None while starting
         self.closing = False  # draining or stopped: no new streams or steps; snapshots still answered

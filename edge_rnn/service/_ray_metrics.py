@@ -1,0 +1,69 @@
+"""``GET /metrics`` on Ray Serve: every replica's metrics in one answer, each sample labelled with its replica.
+
+Whichever replica the proxy picks answers (:func:`gather`, then :func:`merge`): it lists the deployment's live
+replicas (Ray's named actors), asks each for its own exposition through
+the deployment's handle (the stream router sends a request to the replica
+named in its session id), and merges them family by family. A replica that
+does not answer within :data:`GATHER_TIMEOUT` seconds is left out, and
+``edge_rnn_replica_up{replica=...}`` says so (0). Each replica's streams are
+``edge_rnn_active_streams{replica=...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
+
+__all__ = ["merge", "gather", "GATHER_TIMEOUT"]
+
+GATHER_TIMEOUT = 2.0
+
+
+def merge(expositions: dict[str, bytes | None]) -> bytes:
+    """One exposition of the families in every replica's (replica id -> its text; None: it did not answer)."""
+    families: dict[str, Metric] = {}
+    for text in expositions.values():
+        if text is None:
+            continue
+        for family in text_string_to_metric_families(text.decode()):
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            merged.samples.extend(family.samples)
+    up = GaugeMetricFamily("edge_rnn_replica_up", "1: the replica's metrics are in this answer; 0: it did not "
+                           "answer in time", labels=["replica"])
+    for replica, text in sorted(expositions.items()):
+        up.add_metric([replica], 0.0 if text is None else 1.0)
+
+    class _Merged:
+        def collect(self) -> Any:
+            yield from families.values()
+            yield up
+
+    return generate_latest(_Merged())
+
+
+def replicas(app_name: str, deployment: str) -> list[str]:
+    """The ids of the deployment's live replicas (Serve names each replica's actor after it)."""
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"][len(prefix):] for a in named if a["name"].startswith(prefix))
+
+
+async def gather(app_name: str, deployment: str) -> dict[str, bytes | None]:
+    """Each live replica's own exposition (None where it did not answer within :data:`GATHER_TIMEOUT`)."""
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+
+    async def one(replica: str) -> bytes | None:
+        try:
+            call = handle.options(session_id=f"{replica}.", method_name="exposition").remote()
+            return await asyncio.wait_for(call, GATHER_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a replica dying or stuck is reported as down, not as an error
+            return None
+
+    ids = await asyncio.to_thread(replicas, app_name, deployment)  # a call to Ray's GCS: off the event loop
+    return dict(zip(ids, await asyncio.gather(*(one(r) for r in ids))))

@@ -1,0 +1,189 @@
+"""edge-rnn's service on Ray Serve (the ``ray`` extra): the same routes, messages and close codes, over replicas.
+
+``app`` is an application builder that Ray's own tooling runs::
+
+    serve run edge_rnn.service.ray:app model=demo_lstm.onnx replicas=2
+
+and a Serve config file (or a KubeRay ``RayService``) names the same import
+path with the same arguments (``docs/scale-out.md``). Each replica loads the
+model (a bundle's variant self-tests on the replica's own CPU), batches its
+own streams with its own :class:`~edge_rnn.service.Batcher` and state slab,
+and serves the standalone server's app unchanged. A stream's id starts with
+its replica's id, and :class:`~edge_rnn.service._ray_router.StreamRouter`
+sends every HTTP request that names the stream (``X-Session-Id``, which
+:mod:`edge_rnn.client` sends) to that replica; a WebSocket stays on the
+replica it reached. ``GET /metrics`` answers for every replica, each
+labelled ``replica``.
+
+The arguments (strings, as ``serve run`` passes them, or typed in a config
+file): ``model`` (a file or bundle folder, at the same path on every node),
+``variant``, ``self_test``, ``threads``, ``replicas`` (default 1),
+``token_file``, and every :class:`~edge_rnn.service.ServiceConfig` field by
+name (``max_streams=200``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from edge_rnn.errors import EdgeRnnError
+from edge_rnn.service._auth import read_token
+from edge_rnn.service._config import ServiceConfig
+from edge_rnn.service._ray_front import ReplicaFront
+from edge_rnn.service._ray_router import StreamRouter
+
+__all__ = ["app", "build", "run", "RayOptions", "APP", "DEPLOYMENT"]
+
+DEPLOYMENT = "edge_rnn"
+HEALTH_CHECK_PERIOD, HEALTH_CHECK_TIMEOUT = 1.0, 10.0  # seconds
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """What each replica serves, and how many replicas."""
+
+    model: str
+    config: ServiceConfig = ServiceConfig()
+    variant: str | None = None
+    self_test: bool = True
+    threads: int | None = None
+    replicas: int = 1
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> RayOptions:
+        """The options from ``serve run``'s ``key=value`` arguments (or a config file's ``args``)."""
+        args = dict(args)
+        if "model" not in args:
+            raise EdgeRnnError("edge_rnn.service.ray:app: expected the argument model=<file or bundle folder>, got "
+                               "none")
+        fields = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name not in ("token", "max_connections")}
+        own = {"model": str, "variant": str, "self_test": bool, "threads": int, "replicas": int, "token_file": str}
+        unknown = sorted(set(args) - set(fields) - set(own))
+        if unknown:
+            raise EdgeRnnError(f"edge_rnn.service.ray:app: unknown argument {unknown[0]!r}; expected one of "
+                               f"{', '.join(sorted({*fields, *own}))}")
+        typed = {k: _typed(k, v, own[k] if k in own else fields[k].type) for k, v in args.items()}
+        token_file = typed.pop("token_file", None)
+        mine = {k: typed.pop(k) for k in list(typed) if k in own}
+        token = _token(token_file) if token_file else None
+        options = cls(config=ServiceConfig(token=token, **typed), **mine)
+        if options.replicas < 1:
+            raise EdgeRnnError(f"edge_rnn.service.ray:app: replicas: expected at least 1, got {options.replicas}")
+        return options
+
+
+def _typed(key: str, value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` (a type, or its name as a string annotation)."""
+    name = kind if isinstance(kind, str) else kind.__name__
+    name = name.split("|")[0].strip()
+    if not isinstance(value, str):
+        return value
+    try:
+        if name == "bool":
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(value)
+            return value.lower() in _TRUE
+        return {"int": int, "float": float}.get(name, str)(value)
+    except ValueError:
+        raise EdgeRnnError(f"edge_rnn.service.ray:app: {key}={value!r}: expected {'a' if name == 'int' else 'a'} "
+                           f"{name}") from None
+
+
+def _token(path: str) -> str:
+    return read_token(Path(path), "token_file")
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress()
+class EdgeRnnReplica:
+    """One replica: the model loaded here, the standalone server's app over it, its streams named after it."""
+
+    def __init__(self, options: RayOptions):
+        from edge_rnn.runtime import SessionConfig, StreamingModel
+
+        source = Path(options.model)
+        bundle = source.is_dir()
+        self.options = options
+        self.model = StreamingModel.load(source, session=SessionConfig(threads=options.threads),
+                                         variant=options.variant, self_test=options.self_test and bundle)
+        self.front: ReplicaFront | None = None
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from edge_rnn.service._app import create_app
+
+        context = serve.get_replica_context()
+        replica = context.replica_id.unique_id
+        inner = create_app(self.model, self.options.config, variant=self.model.variant, replica=replica)
+        self.front = ReplicaFront(inner, context.app_name, context.deployment)
+        return self.front
+
+    async def exposition(self) -> bytes:
+        """This replica's metrics in Prometheus' text format (what ``/metrics`` gathers from each replica)."""
+        return self.front.own()
+
+
+def deployment_options(options: RayOptions) -> dict[str, Any]:
+    """How Ray Serve runs the replicas: routed by stream, as many requests at once as the service's own limits
+    let in (each WebSocket is one request for its life, so Ray's default of 5 would cap a replica at 5 streams),
+    the service's drain time to finish before a replica is stopped, and a health check every second: until the
+    controller sees a replica dead, its streams' requests wait for it (Ray's default period of 10 s held them
+    9.8 s after a SIGKILL here; 1 s lets their clients resume elsewhere within about 2 s)."""
+    c = options.config
+    return {"num_replicas": options.replicas,
+            "max_ongoing_requests": c.max_streams + c.max_batch + c.max_queue,
+            "request_router_config": RequestRouterConfig(request_router_class=StreamRouter),
+            "graceful_shutdown_timeout_s": c.drain_timeout + 2.0,
+            "health_check_period_s": HEALTH_CHECK_PERIOD, "health_check_timeout_s": HEALTH_CHECK_TIMEOUT,
+            "ray_actor_options": {"num_cpus": options.threads or 1}}
+
+
+def build(options: RayOptions) -> Any:
+    """The Serve application for ``options``."""
+    return EdgeRnnReplica.options(**deployment_options(options)).bind(options)
+
+
+def app(args: dict[str, Any]) -> Any:
+    """The application builder ``serve run edge_rnn.service.ray:app model=... replicas=2`` calls."""
+    return build(RayOptions.from_args(args))
+
+
+APP = "edge_rnn"
+
+
+def run(options: RayOptions, *, host: str, port: int, address: str | None, ready: Any = None) -> None:
+    """``edge-rnn serve --ray``: the application on Ray Serve until SIGINT or SIGTERM, then deleted.
+
+    Without ``address``, a local Ray is started on 127.0.0.1 (no dashboard) and stopped at the end; Serve's
+    proxy listens on ``host``:``port``. With one, the application joins that cluster (whose Serve keeps its
+    own proxy address if it runs already) and only the application is deleted at the end. ``ready`` is called
+    with the proxy's URL once every replica is up."""
+    import signal
+    import threading
+
+    import ray
+
+    local = address is None
+    init = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"} if local else {"address": address}
+    ray.init(log_to_driver=False, logging_level="warning", **init)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build(options), name=APP, route_prefix="/", blocking=False)
+        if ready is not None:
+            ready(f"http://{host}:{port}")
+        while not stop.wait(0.5):
+            pass
+        serve.delete(APP)  # the replicas drain: Ray stops routing to them and waits for their requests
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if local:
+            serve.shutdown()
+        ray.shutdown()
