@@ -51,7 +51,7 @@ class ReplicaFront:
             return await _answer(send, e.status, json.dumps(e.body()).encode(), "application/json")
         if sid is not None:
             return await self.inner(scope, receive, send)
-        await _answer(send, 200, merge(await gather(self.app_name, self.deployment)), "text/plain; version=0.0.4")
+        await _answer(send, 200, merge(await gather(self.app_name, self.deployment, self.svc.replica, self.own())), "text/plain; version=0.0.4")
 
     def own(self) -> bytes:
         """This replica's metrics alone."""

@@ -12,6 +12,8 @@ does not answer within :data:`GATHER_TIMEOUT` seconds is left out, and
 from __future__ import annotations
 
 import asyncio
+import logging
+from functools import cache
 from typing import Any
 
 import ray
@@ -23,6 +25,7 @@ from ray import serve
 __all__ = ["merge", "gather", "GATHER_TIMEOUT"]
 
 GATHER_TIMEOUT = 2.0
+_log = logging.getLogger("edge_rnn.service")
 
 
 def merge(expositions: dict[str, bytes | None]) -> bytes:
@@ -54,15 +57,25 @@ def replicas(app_name: str, deployment: str) -> list[str]:
     return sorted(a["name"][len(prefix):] for a in named if a["name"].startswith(prefix))
 
 
-async def gather(app_name: str, deployment: str) -> dict[str, bytes | None]:
-    """Each live replica's own exposition (None where it did not answer within :data:`GATHER_TIMEOUT`)."""
-    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+@cache
+def _handle(app_name: str, deployment: str) -> Any:
+    """The deployment's handle, made once per process: a new handle's router waits for its list of replicas."""
+    return serve.get_deployment_handle(deployment, app_name=app_name)
+
+
+async def gather(app_name: str, deployment: str, me: str, own: bytes) -> dict[str, bytes | None]:
+    """Each live replica's own exposition (None where it did not answer within :data:`GATHER_TIMEOUT`); this
+    replica's (``me``) is ``own``."""
+    handle = _handle(app_name, deployment)
 
     async def one(replica: str) -> bytes | None:
+        if replica == me:  # not through the handle: a replica's call to itself there timed out, now and then
+            return own
         try:
             call = handle.options(session_id=f"{replica}.", method_name="exposition").remote()
             return await asyncio.wait_for(call, GATHER_TIMEOUT)
-        except Exception:  # noqa: BLE001 - a replica dying or stuck is reported as down, not as an error
+        except Exception as e:  # noqa: BLE001 - a replica dying or stuck is reported as down, not as an error
+            _log.warning("/metrics: replica %s did not answer: %s: %s", replica, type(e).__name__, e)
             return None
 
     ids = await asyncio.to_thread(replicas, app_name, deployment)  # a call to Ray's GCS: off the event loop
