@@ -390,7 +390,7 @@ def test_a_non_ascii_id_cannot_be_named():
     assert inner.calls == []
 
 
-def test_the_session_header_is_checked_under_a_route_prefix():
+def test_the_session_header_is_checked_under_a_route_prefix(gathered):
     """Under a route prefix (a Serve config's ``route_prefix: /edge``), Ray hands the app ``root_path="/edge"`` and
     the full path; the front matched the full path against ``/v1/streams/``, so it checked nothing there, and
     ``GET /metrics`` was the replica's own."""
@@ -399,6 +399,10 @@ def test_the_session_header_is_checked_under_a_route_prefix():
     _misdirected(*_call(front, _scope(path, root_path="/edge"))[::2])
     assert _call(front, _scope(path, headers=[(b"x-session-id", SID.encode())], root_path="/edge"))[0] == 200
     assert len(inner.calls) == 1
+    status, _, body = _call(front, _scope("/edge/metrics", "GET", root_path="/edge"))
+    assert status == 200 and _sample(body, "edge_rnn_replica_up", replica="cccc") == 0 and len(gathered) == 1
+    for other in ("/edgy/v1/streams/x.y/steps", "/v1/streams/x.y/steps/edge"):  # not below the prefix: as is
+        assert _call(front, _scope(other, root_path="/edge"))[0] == (421 if other.startswith("/v1/") else 200)
 
 
 def _sample(text: bytes, name: str, **labels: str) -> float | None:
