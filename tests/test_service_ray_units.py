@@ -545,6 +545,21 @@ def test_the_token_is_read_from_token_file(tmp_path):
     _refused({"model": "m", "token_file": str(tmp_path)}, "token_file", "expected a file")
 
 
+@pytest.mark.parametrize("path", ["", " "])
+def test_an_empty_token_file_argument_is_refused_not_taken_for_no_token(path):
+    """``token_file=$TOKEN_FILE`` with the variable unset served every stream to anyone."""
+    _refused({"model": "m", "token_file": path}, "token_file", repr(path))
+
+
+def test_a_token_file_of_null_is_no_token():
+    assert RayOptions.from_args({"model": "m", "token_file": None}).config.token is None
+
+
+@pytest.mark.parametrize("model", [None, 3])
+def test_model_must_be_a_path(model):
+    _refused({"model": model}, "model", repr(model))
+
+
 def test_the_deployment_options():
     config = ServiceConfig(max_streams=300, max_batch=16, max_queue=100, drain_timeout=4.0)
     d = deployment_options(RayOptions(model="m", config=config, replicas=3, threads=2))
