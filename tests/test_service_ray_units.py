@@ -625,6 +625,8 @@ def test_serve_ray_does_not_bound_streams_by_this_processs_open_files(ray_run, m
     result = invoke("serve", MODEL, "--ray")
     assert result.exit_code == 0 and "lowered" not in result.output, result.output
     assert [o.config.max_streams for o, _ in ray_run] == [50, 1000]
+    one_line_error(invoke("serve", MODEL, "--max-streams", "50"), "expected at most --max-connections 10")
+    assert len(ray_run) == 2  # the standalone server still fits them to its own connections
 
 
 def test_serve_ray_refuses_a_bad_token_file_as_standalone_does(ray_run, tmp_path):
