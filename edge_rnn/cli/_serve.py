@@ -90,8 +90,9 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     from edge_rnn.runtime import SessionConfig, StreamingModel
 
     token = _read_token(token_file)
-    max_connections = max_connections or connection_limit()
-    max_streams = _fits_connections(max_streams, max_connections)
+    if not on_ray:  # on Ray Serve the proxy holds the connections and the replicas the streams, not this process
+        max_connections = max_connections or connection_limit()
+        max_streams = _fits_connections(max_streams, max_connections)
     bundle = model.is_dir()
     if variant is not None and not bundle:
         raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")

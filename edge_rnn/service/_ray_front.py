@@ -4,7 +4,11 @@
   ``X-Session-Id``: Ray Serve routes by that header alone (the proxy does not
   read paths), so without it the request would reach the stream's replica
   only by chance. It is refused, always and on every replica, with 421
-  ``session_header_missing``, once the request is authorized.
+  ``session_header_missing``, once the request is authorized; so is one with
+  a second session header naming anything else (Ray's proxy routes by the
+  last it finds, and takes ``X_Session_Id`` for it too).
+- Paths are read below the ``root_path`` Ray hands the app under a route
+  prefix, as the app routes them.
 - ``GET /metrics`` answers for every replica of the deployment
   (:mod:`~edge_rnn.service._ray_metrics`).
 """
@@ -15,12 +19,14 @@ import json
 from typing import Any
 
 from edge_rnn.service._auth import ScopeHeaders, authorize
+from edge_rnn.service._body import single_headers
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._ray_metrics import gather, merge
 
 __all__ = ["ReplicaFront", "SESSION_HEADER"]
 
 SESSION_HEADER = "x-session-id"  # Ray Serve's default session header (RAY_SERVE_SESSION_ID_HEADER_KEY)
+_SESSION_KEY = SESSION_HEADER.replace("-", "_")  # Ray's proxy matches the name without case, "-" as "_"
 _STREAMS = "/v1/streams/"
 _MISDIRECTED = 421
 
@@ -36,14 +42,15 @@ class ReplicaFront:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.inner(scope, receive, send)
-        path, method = scope.get("path", ""), scope.get("method")
+        path = _route_path(scope)
         sid = _stream_of(path)
-        if sid is None and not (path == "/metrics" and method == "GET"):
+        if sid is None and not (path == "/metrics" and scope.get("method") == "GET"):
             return await self.inner(scope, receive, send)
-        headers = ScopeHeaders(scope)
         try:
-            authorize(self.svc.config.token, headers, self.svc.metrics)
-            if sid is not None and headers.get(SESSION_HEADER) != sid:
+            single_headers(scope.get("headers", ()))  # as the app checks first: two Authorization headers are a 400
+            authorize(self.svc.config.token, ScopeHeaders(scope), self.svc.metrics)
+            named = _sessions(scope)
+            if sid is not None and (not named or any(n != sid for n in named)):
                 raise Refusal(_MISDIRECTED, "session_header_missing", "expected the header X-Session-Id: <the "
                               "stream's id> on every request about a stream: Ray Serve routes the request to the "
                               "stream's replica by it")
@@ -56,6 +63,20 @@ class ReplicaFront:
     def own(self) -> bytes:
         """This replica's metrics alone."""
         return self.svc.metrics.exposition()
+
+
+def _route_path(scope: dict) -> str:
+    """The path below the app's ``root_path`` (Ray sets it to the route prefix and keeps it in ``path``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
+def _sessions(scope: dict) -> list[str]:
+    """Every value of the session header, by the rule Ray's proxy finds it with."""
+    return [v.decode("latin-1") for k, v in scope.get("headers", ())
+            if k.decode("latin-1").lower().replace("-", "_") == _SESSION_KEY]
 
 
 def _stream_of(path: str) -> str | None:

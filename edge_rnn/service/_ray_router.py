@@ -38,16 +38,26 @@ class StreamRouter(ConsistentHashRouter):
     The base class's request loop is kept: it hands each request the replica chosen for it (never another
     request's), and keeps retrying, with backoff, a replica that is full."""
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._owners: dict[str, Any] = {}  # replica id -> the replica, as the last broadcast named them
+
     def update_replicas(self, replicas: list[Any]) -> None:
         super().update_replicas(replicas)
         self._owners = {r.replica_id.unique_id: r for r in replicas}
+
+    def on_replica_actor_died(self, replica_id: Any) -> None:
+        """A call to the replica failed: its streams' requests go to a live replica (404 ``unknown_stream``, so
+        their clients resume) at once, rather than wait for the controller's next broadcast of the replicas."""
+        super().on_replica_actor_died(replica_id)
+        self._owners.pop(replica_id.unique_id, None)
 
     async def choose_replicas(self, candidate_replicas: list[Any], pending_request: Any = None) -> list[list[Any]]:
         if not candidate_replicas:
             return []
         if pending_request is not None:
             pending_request.routing_context.should_backoff = True
-            owner = getattr(self, "_owners", {}).get(owner_of(pending_request.metadata.session_id or ""))
+            owner = self._owners.get(owner_of(pending_request.metadata.session_id or ""))
             if owner is not None:
                 return [[owner]]
         return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]

@@ -41,7 +41,19 @@ __all__ = ["app", "build", "run", "RayOptions", "APP", "DEPLOYMENT"]
 
 DEPLOYMENT = "edge_rnn"
 HEALTH_CHECK_PERIOD, HEALTH_CHECK_TIMEOUT = 1.0, 10.0  # seconds
+_WHERE = "edge_rnn.service.ray:app"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_KINDS = {"int": (int, "an int"), "float": ((int, float), "a float"), "str": (str, "a string"),
+          "bool": (bool, "a bool (true/false, yes/no, on/off, 1/0)")}
+# the ranges edge-rnn serve's options take (edge_rnn.cli._serve): least, most (None: no bound), least excluded
+_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "replicas": (1, None, False), "threads": (1, None, False), "max_streams": (1, None, False),
+    "idle_timeout": (0.1, None, False), "max_batch": (1, 4096, False), "max_wait_ms": (0, 10_000, False),
+    "max_queue": (1, None, False), "max_batch_frames": (1, None, False), "max_stream_inflight": (1, 1024, False),
+    "max_message_bytes": (16, None, False), "drain_timeout": (0, 3600, False), "header_timeout": (0, 3600, True),
+    "message_timeout": (0, 3600, True), "write_timeout": (0, 3600, True), "max_message_fragments": (1, 1 << 16, False),
+    "max_queued_bytes": (1 << 16, None, False),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,46 +69,70 @@ class RayOptions:
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> RayOptions:
-        """The options from ``serve run``'s ``key=value`` arguments (or a config file's ``args``)."""
+        """The options from ``serve run``'s ``key=value`` arguments (or a config file's ``args``, typed), each
+        checked as ``edge-rnn serve`` checks its option."""
         args = dict(args)
         if "model" not in args:
-            raise EdgeRnnError("edge_rnn.service.ray:app: expected the argument model=<file or bundle folder>, got "
-                               "none")
-        fields = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name not in ("token", "max_connections")}
-        own = {"model": str, "variant": str, "self_test": bool, "threads": int, "replicas": int, "token_file": str}
+            raise EdgeRnnError(f"{_WHERE}: expected the argument model=<file or bundle folder>, got none")
+        fields = {f.name: f.type for f in dataclasses.fields(ServiceConfig) if f.name not in ("token",
+                                                                                              "max_connections")}
+        own = {"model": "str", "variant": "str | None", "self_test": "bool", "threads": "int | None",
+               "replicas": "int", "token_file": "str | None"}
         unknown = sorted(set(args) - set(fields) - set(own))
         if unknown:
-            raise EdgeRnnError(f"edge_rnn.service.ray:app: unknown argument {unknown[0]!r}; expected one of "
+            raise EdgeRnnError(f"{_WHERE}: unknown argument {unknown[0]!r}; expected one of "
                                f"{', '.join(sorted({*fields, *own}))}")
-        typed = {k: _typed(k, v, own[k] if k in own else fields[k].type) for k, v in args.items()}
+        typed = {k: _bounded(k, _typed(k, v, own[k] if k in own else fields[k])) for k, v in args.items()}
         token_file = typed.pop("token_file", None)
         mine = {k: typed.pop(k) for k in list(typed) if k in own}
-        token = _token(token_file) if token_file else None
-        options = cls(config=ServiceConfig(token=token, **typed), **mine)
-        if options.replicas < 1:
-            raise EdgeRnnError(f"edge_rnn.service.ray:app: replicas: expected at least 1, got {options.replicas}")
-        return options
+        return cls(config=ServiceConfig(token=_token(token_file), **typed), **mine)
 
 
-def _typed(key: str, value: Any, kind: Any) -> Any:
-    """``value`` as ``kind`` (a type, or its name as a string annotation)."""
-    name = kind if isinstance(kind, str) else kind.__name__
-    name = name.split("|")[0].strip()
-    if not isinstance(value, str):
-        return value
+def _token(path: str | None) -> str | None:
+    """The token in the file ``path`` (None: no token); an empty path (an unset variable in a shell) is refused
+    rather than taken for no token."""
+    if path is None:
+        return None
+    if not path.strip():
+        raise EdgeRnnError(f"{_WHERE}: token_file: expected the path of a file holding the token, got {path!r}")
+    return read_token(Path(path), f"{_WHERE}: token_file")
+
+
+def _typed(key: str, value: Any, annotation: str) -> Any:
+    """``value`` as the type ``annotation`` names ("int", "str | None", ...): a string parsed (``serve run``
+    passes strings), any other value taken only if it is of that type (a config file's)."""
+    name, _, rest = annotation.partition("|")
+    name = name.strip()
+    if value is None and "None" in rest:
+        return None
+    kinds, what = _KINDS[name]
+    if isinstance(value, str) and name != "str":
+        value = _parsed(value, name)
+    if value is None or not isinstance(value, kinds) or (isinstance(value, bool) and name != "bool"):
+        raise EdgeRnnError(f"{_WHERE}: {key}: expected {what}, got {value!r}")
+    return float(value) if name == "float" else value
+
+
+def _parsed(text: str, name: str) -> Any:
+    """``text`` as an int, a float or a bool; the text itself where it is none (refused by the caller)."""
     try:
         if name == "bool":
-            if value.lower() not in _TRUE + _FALSE:
-                raise ValueError(value)
-            return value.lower() in _TRUE
-        return {"int": int, "float": float}.get(name, str)(value)
+            return {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}.get(text.strip().lower(), text)
+        return int(text) if name == "int" else float(text)
     except ValueError:
-        raise EdgeRnnError(f"edge_rnn.service.ray:app: {key}={value!r}: expected {'a' if name == 'int' else 'a'} "
-                           f"{name}") from None
+        return text
 
 
-def _token(path: str) -> str:
-    return read_token(Path(path), "token_file")
+def _bounded(key: str, value: Any) -> Any:
+    """``value``, if it is in the range ``edge-rnn serve`` takes for the option (NaN never is)."""
+    if key not in _BOUNDS or value is None:
+        return value
+    least, most, open_ = _BOUNDS[key]
+    if (value > least if open_ else value >= least) and (most is None or value <= most):
+        return value
+    above = f"more than {least}" if open_ else f"at least {least}"
+    raise EdgeRnnError(f"{_WHERE}: {key}: expected {above}{'' if most is None else f' and at most {most}'}, "
+                       f"got {value!r}")
 
 
 @serve.deployment(name=DEPLOYMENT)
