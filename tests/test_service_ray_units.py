@@ -501,9 +501,14 @@ def test_an_unknown_argument_is_refused_with_the_list():
     assert "max_connections" not in message.split("expected one of")[1]
 
 
-@pytest.mark.parametrize("key", ["token", "max_connections"])
-def test_the_token_itself_and_the_connection_limit_are_not_arguments(key):
-    _refused({"model": "m", key: "x" * 20}, f"'{key}'")
+def test_the_token_itself_is_not_an_argument():
+    _refused({"model": "m", "token": "x" * 20}, "'token'")
+
+
+@pytest.mark.parametrize("key", ["max_connections", "header_timeout", "message_timeout", "write_timeout",
+                                 "max_message_fragments", "max_queued_bytes"])
+def test_the_standalone_servers_connection_bounds_are_refused_as_the_cli_refuses_them(key):
+    _refused({"model": "m", key: "5"}, key, "standalone server", "proxy holds them")
 
 
 @pytest.mark.parametrize("replicas", ["0", 0, "-1"])

@@ -118,11 +118,6 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                        app.svc).run(sockets=[sock])
 
 
-# the bounds uvicorn's protocols hold in the standalone server: on Ray Serve its proxy holds the connections
-_STANDALONE_ONLY = ("max_connections", "header_timeout", "message_timeout", "write_timeout", "max_message_fragments",
-                    "max_queued_bytes")
-
-
 def _ray_only(on_ray: bool, **given: Any) -> None:
     """Refuse --replicas and --address without --ray, and the standalone server's connection bounds with it."""
     ctx = click.get_current_context()
@@ -131,7 +126,9 @@ def _ray_only(on_ray: bool, **given: Any) -> None:
         if flag:
             raise click.UsageError(f"--{flag} applies to Ray Serve: add --ray")
         return
-    for name in _STANDALONE_ONLY:
+    from edge_rnn.service._config import STANDALONE_ONLY
+
+    for name in STANDALONE_ONLY:
         if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
             flag = "--" + name.replace("_", "-")
             raise click.UsageError(f"{flag} bounds the standalone server's own connections; with --ray, Ray Serve's "

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServiceConfig"]
+__all__ = ["ServiceConfig", "STANDALONE_ONLY"]
+
+# the bounds the standalone server's own protocols hold on its connections: on Ray Serve its proxy holds them
+STANDALONE_ONLY = ("max_connections", "header_timeout", "message_timeout", "write_timeout", "max_message_fragments",
+                   "max_queued_bytes")
 
 
 @dataclass(frozen=True)

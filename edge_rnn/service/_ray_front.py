@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ray.serve._private.constants import SERVE_SESSION_ID
+
 from edge_rnn.service._auth import ScopeHeaders, authorize
 from edge_rnn.service._body import single_headers
 from edge_rnn.service._errors import Refusal
@@ -25,7 +27,9 @@ from edge_rnn.service._ray_metrics import gather, merge
 
 __all__ = ["ReplicaFront", "SESSION_HEADER"]
 
-SESSION_HEADER = "x-session-id"  # Ray Serve's default session header (RAY_SERVE_SESSION_ID_HEADER_KEY)
+# Ray Serve's session header: x-session-id unless the cluster sets RAY_SERVE_SESSION_ID_HEADER_KEY (then a client
+# that sends X-Session-Id, as edge_rnn.client does, is refused 421 rather than routed by chance)
+SESSION_HEADER = SERVE_SESSION_ID.lower()
 _SESSION_KEY = SESSION_HEADER.replace("-", "_")  # Ray's proxy matches the name without case, "-" as "_"
 _STREAMS = "/v1/streams/"
 _MISDIRECTED = 421
@@ -58,7 +62,8 @@ class ReplicaFront:
             return await _answer(send, e.status, json.dumps(e.body()).encode(), "application/json")
         if sid is not None:
             return await self.inner(scope, receive, send)
-        await _answer(send, 200, merge(await gather(self.app_name, self.deployment, self.svc.replica, self.own())), "text/plain; version=0.0.4")
+        every = await gather(self.app_name, self.deployment, self.svc.replica, self.own())
+        await _answer(send, 200, merge(every), "text/plain; version=0.0.4")
 
     def own(self) -> bytes:
         """This replica's metrics alone."""

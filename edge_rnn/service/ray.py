@@ -33,7 +33,7 @@ from ray.serve.config import RequestRouterConfig
 
 from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import read_token
-from edge_rnn.service._config import ServiceConfig
+from edge_rnn.service._config import STANDALONE_ONLY, ServiceConfig
 from edge_rnn.service._ray_front import ReplicaFront
 from edge_rnn.service._ray_router import StreamRouter
 
@@ -50,9 +50,7 @@ _BOUNDS: dict[str, tuple[float, float | None, bool]] = {
     "replicas": (1, None, False), "threads": (1, None, False), "max_streams": (1, None, False),
     "idle_timeout": (0.1, None, False), "max_batch": (1, 4096, False), "max_wait_ms": (0, 10_000, False),
     "max_queue": (1, None, False), "max_batch_frames": (1, None, False), "max_stream_inflight": (1, 1024, False),
-    "max_message_bytes": (16, None, False), "drain_timeout": (0, 3600, False), "header_timeout": (0, 3600, True),
-    "message_timeout": (0, 3600, True), "write_timeout": (0, 3600, True), "max_message_fragments": (1, 1 << 16, False),
-    "max_queued_bytes": (1 << 16, None, False),
+    "max_message_bytes": (16, None, False), "drain_timeout": (0, 3600, False),
 }
 
 
@@ -74,8 +72,12 @@ class RayOptions:
         args = dict(args)
         if "model" not in args:
             raise EdgeRnnError(f"{_WHERE}: expected the argument model=<file or bundle folder>, got none")
-        fields = {f.name: f.type for f in dataclasses.fields(ServiceConfig) if f.name not in ("token",
-                                                                                              "max_connections")}
+        standalone = sorted(set(args) & set(STANDALONE_ONLY))
+        if standalone:
+            raise EdgeRnnError(f"{_WHERE}: {standalone[0]}: bounds the standalone server's own connections; on Ray "
+                               "Serve its proxy holds them (docs/scale-out.md)")
+        fields = {f.name: f.type for f in dataclasses.fields(ServiceConfig)
+                  if f.name != "token" and f.name not in STANDALONE_ONLY}
         own = {"model": "str", "variant": "str | None", "self_test": "bool", "threads": "int | None",
                "replicas": "int", "token_file": "str | None"}
         unknown = sorted(set(args) - set(fields) - set(own))
@@ -173,6 +175,7 @@ def deployment_options(options: RayOptions) -> dict[str, Any]:
     c = options.config
     return {"num_replicas": options.replicas,
             "max_ongoing_requests": c.max_streams + c.max_batch + c.max_queue,
+            "max_queued_requests": c.max_queue,  # beyond them, Ray's proxy answers 503 (unbounded by default)
             "request_router_config": RequestRouterConfig(request_router_class=StreamRouter),
             "graceful_shutdown_timeout_s": c.drain_timeout + 2.0,
             "health_check_period_s": HEALTH_CHECK_PERIOD, "health_check_timeout_s": HEALTH_CHECK_TIMEOUT,
