@@ -30,14 +30,13 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
     from starlette.testclient import TestClient
 from conftest import REPO  # noqa: E402
 from service_streams import MODEL_PATH, chunks, offline  # noqa: E402
+from stream_clients import KINDS, Client, offline_snapshot  # noqa: E402
 
 from edge_rnn.client import (  # noqa: E402
-    AsyncHttpStream,
     HttpStream,
     ReplayDiverged,
     ServiceError,
     SyncWebSocketStream,
-    WebSocketStream,
 )
 from edge_rnn.client import _resume as resume  # noqa: E402
 from edge_rnn.errors import EdgeRnnError  # noqa: E402
@@ -48,14 +47,6 @@ from edge_rnn.service._server import DrainingServer  # noqa: E402
 
 EVERY = 4  # steps between checkpoints in these tests
 MODEL = StreamingModel.load(MODEL_PATH)
-
-
-def offline_snapshot(parts: list[np.ndarray]) -> bytes:
-    """The snapshot of a stream of its own after ``parts``: the state and step count a served one must end with."""
-    s = MODEL.open_stream()
-    for c in parts:
-        MODEL.step(s, c)
-    return s.snapshot()
 
 
 # ---------------------------------------------------------------------------------------------- the logic alone
@@ -310,34 +301,6 @@ def _reset(pair: tuple[socket.socket, ...]) -> None:
             pass
 
 
-class Client:
-    """A client of any of the four classes, called from blocking code (an async one on an event loop of its own)."""
-
-    OPEN = {"http": HttpStream, "sync_ws": SyncWebSocketStream, "async_http": AsyncHttpStream.open,
-            "ws": WebSocketStream.open}
-
-    def __init__(self, kind: str, url: str, **kw):
-        self.loop = asyncio.new_event_loop() if kind in ("async_http", "ws") else None
-        self.s = self._call(self.OPEN[kind](url, width=6, **kw))
-
-    def _call(self, x):
-        return self.loop.run_until_complete(x) if self.loop is not None else x
-
-    def step(self, x) -> np.ndarray:
-        return self._call(self.s.step(x))
-
-    def snapshot(self) -> bytes:
-        return self._call(self.s.snapshot())
-
-    def close(self) -> None:
-        try:
-            self._call(self.s.close())
-        finally:
-            if self.loop is not None:
-                self.loop.close()
-
-
-KINDS = list(Client.OPEN)
 
 
 def _drop(servers: dict) -> None:
