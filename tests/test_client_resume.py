@@ -52,8 +52,9 @@ MODEL = StreamingModel.load(MODEL_PATH)
 # ---------------------------------------------------------------------------------------------- the logic alone
 class FakeServer:
     """Streams of the fixture by id, as a plan's operations reach them; the plan's operation number ``fail_at``
-    fails with a connection reset: before it is applied ("lost"), after ("late": applied, its answer lost), or
-    after with every stream gone and the next ``down`` operations refused too ("crash")."""
+    fails with a connection reset: before it is applied ("lost"), after ("late": applied, its answer lost), after
+    with every stream gone and the next ``down`` operations refused too ("crash"), or before, and the first
+    operation on the new stream too ("twice": a new stream half made, given up for another)."""
 
     def __init__(self, fail_at: int = -1, how: str = "lost", down: int = 0):
         self.streams: dict[int, object] = {}
@@ -67,10 +68,10 @@ class FakeServer:
         if self.down > 0 and self.fail_at < k:
             self.down -= 1
             raise ConnectionRefusedError("down")
-        if k == self.fail_at and self.how == "lost":
+        if (k == self.fail_at and self.how in ("lost", "twice")) or (k == self.fail_at + 2 and self.how == "twice"):
             raise ConnectionResetError("lost")
         result = getattr(self, op[0])(*op[1:])
-        if k == self.fail_at:
+        if k == self.fail_at and self.how in ("late", "crash"):
             if self.how == "crash":
                 self.streams.clear()
             raise ConnectionResetError(self.how)
@@ -109,7 +110,7 @@ def _drive(server: FakeServer, parts: list[np.ndarray], use_async: bool, every: 
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["run", "arun"])
-@pytest.mark.parametrize("how", ["lost", "late", "crash"])
+@pytest.mark.parametrize("how", ["lost", "late", "crash", "twice"])
 def test_a_failure_at_any_operation_resumes_bit_exact_and_exactly_once(monkeypatch, how, use_async):
     waits, real_sleep = [], asyncio.sleep
     monkeypatch.setattr(resume.time, "sleep", waits.append)  # the waits between tries recorded, not waited
@@ -156,7 +157,8 @@ def test_a_replay_that_gives_another_output_raises_and_never_returns_it():
 def test_errors_that_do_not_mean_the_server_is_gone_raise_at_once():
     j = resume.journal(None, resume=True, every=EVERY, timeout=10, gone=(OSError,))
     for status, code in ((400, "bad_chunk"), (401, "unauthorized"), (409, "out_of_order"), (413, "too_large"),
-                         (429, "stream_busy"), (500, "inference_failed"), (1007, "bad_chunk"), (1008, "unauthorized")):
+                         (429, "stream_busy"), (500, "inference_failed"), (1011, "inference_failed"),
+                         (1007, "bad_chunk"), (1008, "unauthorized")):
         assert not j.is_gone(ServiceError(status, code, ""))
     for status, code in ((502, "error"), (503, "overloaded"), (503, "shutting_down"), (504, "error"),
                          (404, "unknown_stream"), (1001, "shutting_down"), (1006, "closed"), (1011, "internal_error"),

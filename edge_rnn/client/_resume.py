@@ -101,9 +101,9 @@ class Journal:
         """Whether ``e`` means the stream's server (or the stream) is gone, so resuming elsewhere is the cure."""
         if isinstance(e, ReplayDiverged):
             return False
-        if isinstance(e, ServiceError):
-            return (e.status in _GONE or e.code == "unknown_stream"
-                    or (e.status == 500 and e.proxied))
+        if isinstance(e, ServiceError):  # the model failing on a chunk (over a WebSocket 1011) is no server gone
+            return e.code != "inference_failed" and (e.status in _GONE or e.code == "unknown_stream"
+                                                     or (e.status == 500 and e.proxied))
         return isinstance(e, self.gone)
 
 
@@ -180,12 +180,9 @@ def _resume(j: Journal, op: Op | None, error: Exception, *, fresh: bool = True) 
             j.keep((yield ("snapshot",)))
         except Exception:  # noqa: BLE001 - none after all: the checkpoint and the replay then
             pass
-    try:
-        yield ("abandon",)
-    except Exception:  # noqa: BLE001 - best effort: the old stream is given up either way
-        pass
     wait = _FIRST_WAIT
     while True:
+        yield from _abandon()  # the old stream, or the new one a failed try left half made
         try:
             result = yield from _reopen(j, op)
         except Exception as e:
@@ -200,6 +197,13 @@ def _resume(j: Journal, op: Op | None, error: Exception, *, fresh: bool = True) 
             raise error
         yield ("sleep", wait)
         wait = min(2 * wait, _LONGEST_WAIT)
+
+
+def _abandon() -> Plan:
+    try:
+        yield ("abandon",)
+    except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+        pass
 
 
 def _reopen(j: Journal, op: Op | None) -> Plan:

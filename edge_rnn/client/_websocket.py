@@ -18,6 +18,7 @@ from edge_rnn.client._resume import (
     reset_plan,
     run,
     snapshot_plan,
+    snapshot_steps,
     step_plan,
 )
 from edge_rnn.client._wire import ABANDON_S, auth_headers, chunk_bytes, output
@@ -74,9 +75,15 @@ def _restore_message(snapshot: bytes) -> str:
     return json.dumps({"type": "restore", "data": base64.b64encode(snapshot).decode()})
 
 
-def _restored(reply: Any) -> None:
-    """The restore command's answer checked."""
-    if not isinstance(reply, str) or json.loads(reply).get("type") != "restore":
+def _restored(reply: Any, snapshot: bytes) -> None:
+    """The restore command's answer checked: the server's stream holds the snapshot's step count now."""
+    try:
+        answer = json.loads(reply)
+        steps = snapshot_steps(snapshot)
+        ok = answer.get("type") == "restore" and (steps is None or answer.get("steps") == steps)
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
         raise ServiceError(1002, "bad_reply", f"expected the restore command's answer, got {str(reply)[:80]!r}")
 
 
@@ -171,7 +178,7 @@ class WebSocketStream(Resumable):
         if snapshot:
             message = _restore_message(snapshot)
             try:
-                _restored(await self._ask(message))
+                _restored(await self._ask(message), snapshot)
             except ServiceError as e:
                 raise _too_big(e, len(message)) from None
 
@@ -267,7 +274,7 @@ class SyncWebSocketStream(Resumable):
         if snapshot:
             message = _restore_message(snapshot)
             try:
-                _restored(self._ask(message))
+                _restored(self._ask(message), snapshot)
             except ServiceError as e:
                 raise _too_big(e, len(message)) from None
 
