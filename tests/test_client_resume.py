@@ -458,6 +458,23 @@ def test_a_stream_opened_from_a_snapshot_resumes_from_it(kind):
     assert final == offline_snapshot(parts) and s.s.resumes == 1
 
 
+@pytest.mark.parametrize("kind", ["ws", "sync_ws"])
+def test_a_websocket_stream_reset_and_then_resumed_starts_from_zeros(kind):
+    parts = chunks(np.random.default_rng(17), 40)
+    with LocalServer() as server:
+        s = Client(kind, server.url, checkpoint_every=EVERY)
+        for c in parts[:EVERY + 1]:  # a checkpoint, and a chunk after it, before the reset
+            s.step(c)
+        s._call(s.s.reset())
+        ys = [s.step(c) for c in parts[EVERY + 1:EVERY + 3]]
+        _drop({"a": server})
+        ys += [s.step(c) for c in parts[EVERY + 3:]]
+        final = s.snapshot()
+        s.close()
+    np.testing.assert_array_equal(np.concatenate(ys), offline(parts[EVERY + 1:]))
+    assert final == offline_snapshot(parts[EVERY + 1:]) and s.s.resumes == 1
+
+
 def test_http_requests_about_a_stream_carry_its_id_for_a_router():
     seen = []
 
