@@ -185,6 +185,9 @@ def _resume(j: Journal, op: Op | None, error: Exception, *, fresh: bool = True) 
         yield from _abandon()  # the old stream, or the new one a failed try left half made
         try:
             result = yield from _reopen(j, op)
+        except ReplayDiverged as e:
+            yield from _abandon()  # never stepped on: a later call resumes anew (and finds the same divergence)
+            raise e
         except Exception as e:
             if not j.is_gone(e):
                 raise
@@ -194,6 +197,7 @@ def _resume(j: Journal, op: Op | None, error: Exception, *, fresh: bool = True) 
             j.last_resume_s = time.monotonic() - t0
             return result
         if time.monotonic() + wait > t0 + j.timeout:
+            yield from _abandon()  # the journal is kept: a later call tries again
             raise error
         yield ("sleep", wait)
         wait = min(2 * wait, _LONGEST_WAIT)

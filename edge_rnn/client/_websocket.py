@@ -87,6 +87,12 @@ def _restored(reply: Any, snapshot: bytes) -> None:
         raise ServiceError(1002, "bad_reply", f"expected the restore command's answer, got {str(reply)[:80]!r}")
 
 
+def _given_up_error() -> ServiceError:
+    """What a socket given up for a resumed stream (which then failed) answers: the stream is unknown now, as a
+    stream deleted over HTTP is, so the next call resumes again."""
+    return ServiceError(1008, "unknown_stream", "the stream was given up by this client (a resume failed)")
+
+
 def _too_big(e: ServiceError, size: int) -> ServiceError:
     if e.status == 1009:
         return ServiceError(1009, "too_large", f"the snapshot as a restore message ({size} bytes) is over the "
@@ -99,6 +105,8 @@ class WebSocketStream(Resumable):
 
     A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
     """
+
+    _given_up = False  # the socket was closed by this client, for a resumed stream
 
     def __init__(self, socket: Any, width: int | None, *, journal: Journal | None = None, url: str = "",
                  token: str | None = None):
@@ -118,6 +126,8 @@ class WebSocketStream(Resumable):
         """Send, and the reply; an error reply (and the close after it) raises ServiceError."""
         from websockets.exceptions import ConnectionClosed
 
+        if self._given_up:
+            raise _given_up_error()
         try:
             await self._ws.send(message)
             reply = await self._ws.recv()
@@ -175,6 +185,7 @@ class WebSocketStream(Resumable):
                                                 **_ws_options(self._token, self._journal is not None))
         except websockets.exceptions.InvalidStatus as e:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+        self._given_up = False
         if snapshot:
             message = _restore_message(snapshot)
             try:
@@ -192,6 +203,7 @@ class WebSocketStream(Resumable):
         await self._ask(json.dumps({"type": "reset"}))
 
     async def _abandon(self) -> None:
+        self._given_up = True
         try:
             await asyncio.wait_for(self.close(), ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
@@ -200,6 +212,8 @@ class WebSocketStream(Resumable):
 
 class SyncWebSocketStream(Resumable):
     """One stream over a WebSocket, blocking; ``snapshot=`` resumes from it (the ``restore`` command)."""
+
+    _given_up = False  # the socket was closed by this client, for a resumed stream
 
     def __init__(self, url: str, *, token: str | None = None, width: int | None = None,
                  snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
@@ -211,6 +225,8 @@ class SyncWebSocketStream(Resumable):
     def _ask(self, message: Any) -> Any:
         from websockets.exceptions import ConnectionClosed
 
+        if self._given_up:
+            raise _given_up_error()
         try:
             self._ws.send(message)
             reply = self._ws.recv()
@@ -271,6 +287,7 @@ class SyncWebSocketStream(Resumable):
             self._ws = connect(_ws_url(self._url), **_ws_options(self._token, self._journal is not None)).__enter__()
         except InvalidStatus as e:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+        self._given_up = False
         if snapshot:
             message = _restore_message(snapshot)
             try:
@@ -288,6 +305,7 @@ class SyncWebSocketStream(Resumable):
         self._ask(json.dumps({"type": "reset"}))
 
     def _abandon(self) -> None:
+        self._given_up = True
         try:
             self.close()
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
