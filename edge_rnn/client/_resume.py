@@ -63,6 +63,9 @@ class ReplayDiverged(ServiceError):
                          f"{at}); the resumed stream is not the one the outputs came from")
 
 
+ServiceError.__module__ = ReplayDiverged.__module__ = "edge_rnn.client"  # where they are imported from
+
+
 def snapshot_steps(data: bytes) -> int | None:
     """The step count in a snapshot's header, read without the runtime; None if the header cannot be read (the
     server judges the snapshot, not the client)."""
