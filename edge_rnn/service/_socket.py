@@ -16,15 +16,16 @@ import logging
 import time
 from typing import Any
 
-from edge_rnn.errors import EdgeRnnError
-from edge_rnn.runtime import Stream
+from edge_rnn.errors import EdgeRnnError, StateError
 from edge_rnn.service._auth import ScopeHeaders, authorize
 from edge_rnn.service._body import single_headers
 from edge_rnn.service._errors import Refusal, refusal
+from edge_rnn.service._registry import Entry
 from edge_rnn.service._service import Service
 from edge_rnn.service._status import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
+    HTTP_413_CONTENT_TOO_LARGE,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
     WS_1000_NORMAL_CLOSURE,
@@ -33,7 +34,7 @@ from edge_rnn.service._status import (
 __all__ = ["StreamSocket", "PATH"]
 
 PATH = "/v1/streams/ws"
-_COMMANDS = ("reset", "snapshot", "end")
+_COMMANDS = ("reset", "snapshot", "restore", "end")
 _log = logging.getLogger("edge_rnn.service")
 _logged: set[type] = set()  # the kinds of unexpected error logged with their traceback already (once each)
 
@@ -133,10 +134,10 @@ async def _serve_socket(receive: Any, send: Any, svc: Service, sid: str) -> None
                 await send({"type": "websocket.send", "bytes": encode(out)})
                 continue
             command = _command(message.get("text"))
-            if command == "end":
+            if command["type"] == "end":
                 await send({"type": "websocket.close", "code": WS_1000_NORMAL_CLOSURE})
                 return
-            await send({"type": "websocket.send", "text": json.dumps(_answer(command, entry.stream))})
+            await send({"type": "websocket.send", "text": json.dumps(_answer(command, entry, svc))})
         except Refusal as e:  # every error ends the connection, with its code; the state was not touched
             draining = e.code == "shutting_down"  # but a draining server answers the snapshot command until it stops
             await _refuse(send, e, close=not draining)
@@ -144,20 +145,53 @@ async def _serve_socket(receive: Any, send: Any, svc: Service, sid: str) -> None
                 return
 
 
-def _command(text: Any) -> str:
+def _command(text: Any) -> dict:
+    """A command message, parsed: a JSON object whose ``type`` is one of :data:`_COMMANDS`."""
     try:
-        kind = json.loads(text).get("type")
+        command = json.loads(text)
+        kind = command.get("type")
     except (TypeError, ValueError, AttributeError, RecursionError, MemoryError):  # not JSON, or absurd JSON
         kind = None
     if kind not in _COMMANDS:
         raise Refusal(HTTP_400_BAD_REQUEST, "bad_message", "expected a binary chunk, or JSON {\"type\": \"reset\" | "
-                      "\"snapshot\" | \"end\"}")
-    return kind
+                      "\"snapshot\" | \"end\"}, or {\"type\": \"restore\", \"data\": \"<base64 snapshot>\"}")
+    return command
 
 
-def _answer(command: str, stream: Stream) -> dict:
-    """What a reset or snapshot command does to ``stream``, and the JSON it answers with."""
-    if command == "reset":
-        stream.reset()
+def _answer(command: dict, entry: Entry, svc: Service) -> dict:
+    """What a reset, snapshot or restore command does to ``entry``'s stream, and the JSON it answers with."""
+    kind = command["type"]
+    if kind == "reset":
+        entry.stream.reset()
         return {"type": "reset", "ok": True}
-    return {"type": "snapshot", "data": base64.b64encode(stream.snapshot()).decode()}
+    if kind == "restore":
+        _restore(entry, svc, command.get("data"))
+        return {"type": "restore", "ok": True, "steps": entry.stream.steps}
+    return {"type": "snapshot", "data": base64.b64encode(entry.stream.snapshot()).decode()}
+
+
+def _restore(entry: Entry, svc: Service, data: Any) -> None:
+    """The connection's stream replaced by one resumed from the base64 snapshot ``data``, at once (no step of it
+    is running: the socket's messages are handled one at a time), with the refusals of ``POST /v1/streams``
+    with a snapshot (another model's, corrupt, another version: 400 ``bad_snapshot``); refused, the stream is left
+    as it was. The old stream's slab row is given back."""
+    if svc.closing:
+        raise Refusal(HTTP_503_SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down: no restore; a "
+                      "snapshot of the stream can still be fetched")
+    if not isinstance(data, str):
+        raise Refusal(HTTP_400_BAD_REQUEST, "bad_message", "expected {\"type\": \"restore\", \"data\": \"<base64 "
+                      f"snapshot>\"}}, got data of type {type(data).__name__}")
+    limit = svc.registry.snapshot_limit
+    if len(data) > 4 * (limit + 2) // 3:  # base64 of no snapshot of this model is longer
+        raise Refusal(HTTP_413_CONTENT_TOO_LARGE, "too_large", f"expected a snapshot of at most {limit} bytes, got "
+                      f"{len(data)} bytes of base64")
+    try:
+        snapshot = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", "expected the snapshot as base64, got other text") from None
+    try:
+        stream = svc.model.restore(snapshot)
+    except StateError as e:
+        raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", str(e)) from None
+    old, entry.stream = entry.stream, stream
+    old.close()

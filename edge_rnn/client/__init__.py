@@ -1,0 +1,31 @@
+"""A client for ``edge-rnn serve``: one stream over HTTP or WebSocket, sync or async (the ``client`` extra).
+
+>>> with HttpStream("http://127.0.0.1:8000") as s:          # doctest: +SKIP
+...     y = s.step(chunk)                                    # (time, features) float32 -> primary output
+...     saved = s.snapshot()
+>>> with HttpStream("http://127.0.0.1:8000", snapshot=saved) as s:   # resumes where it was     # doctest: +SKIP
+...     y = s.step(next_chunk)
+
+``AsyncHttpStream`` and ``WebSocketStream`` (async) take the same calls with
+``await``; ``SyncWebSocketStream`` is the blocking WebSocket one. A server
+error raises :class:`ServiceError` with its HTTP status (or WebSocket close
+code) and the server's error code; outputs come back as float32 arrays of
+shape ``(time, output features)``.
+
+A stream survives the death of the server process that holds it
+(``resume=True``, the default): every ``checkpoint_every`` steps the client
+fetches a snapshot, keeps the chunks sent since, and when the server is gone
+opens a new stream from the snapshot, replays those chunks (their outputs must
+equal, bit for bit, the ones returned: else :class:`ReplayDiverged`) and goes
+on, trying for up to ``resume_timeout`` seconds. ``s.resumes`` counts the
+resumes, ``s.last_resume_s`` is how long the last one took.
+"""
+
+from __future__ import annotations
+
+from edge_rnn.client._http import AsyncHttpStream, HttpStream
+from edge_rnn.client._resume import ReplayDiverged, ServiceError
+from edge_rnn.client._websocket import SyncWebSocketStream, WebSocketStream
+
+__all__ = ["ServiceError", "ReplayDiverged", "HttpStream", "AsyncHttpStream", "WebSocketStream",
+           "SyncWebSocketStream"]

@@ -1,0 +1,179 @@
+"""The client over HTTP: a stream's steps, snapshot and close as requests, blocking or async."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.client._resume import Journal, Resumable, ServiceError, arun, journal, run, snapshot_plan, step_plan
+from edge_rnn.client._wire import ABANDON_S, auth_headers, chunk_bytes, output
+
+__all__ = ["HttpStream", "AsyncHttpStream"]
+
+
+def _raise_for(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            code, message, proxied = body.get("code", "error"), body.get("message", ""), "code" not in body
+        except (ValueError, AttributeError):
+            code, message, proxied = "error", response.text[:200], True
+        raise ServiceError(response.status_code, code, message, proxied=proxied)
+
+
+def _session(sid: str) -> dict[str, str]:
+    """The headers of a request about stream ``sid``: its id, by which a router in front finds its replica."""
+    return {"X-Session-Id": sid}
+
+
+def _step_headers(step: int, sid: str) -> dict[str, str]:
+    """A binary step's headers: its media type (the server answers 415 without one) and its sequence number."""
+    return {"Content-Type": "application/octet-stream", "X-Step": str(step), **_session(sid)}
+
+
+def _http_journal(snapshot: bytes | None, resume: bool, every: Any, timeout: Any) -> Journal | None:
+    import httpx
+
+    return journal(snapshot, resume=resume, every=every, timeout=timeout, gone=(httpx.TransportError, OSError))
+
+
+class HttpStream(Resumable):
+    """One stream over HTTP, blocking; every step carries ``X-Step``, so a retried request cannot apply twice.
+
+    ``X-Step`` counts the steps of the server's stream: it starts at 0 on each stream opened, a resumed one too.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, snapshot: bytes | None = None, width: int | None = None,
+                 timeout: float = 30.0, resume: bool = True, checkpoint_every: int = 10,
+                 resume_timeout: float = 30.0):
+        import httpx
+
+        self._journal = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
+        self.width, self.steps = width, 0
+        self._open(snapshot)
+
+    def step(self, x: Any) -> np.ndarray:
+        chunk = chunk_bytes(x)
+        out = self._step(chunk) if self._journal is None else run(step_plan(self._journal, chunk), self._do)
+        self.steps += 1
+        return output(out, self.width)
+
+    def snapshot(self) -> bytes:
+        return self._snapshot() if self._journal is None else run(snapshot_plan(self._journal), self._do)
+
+    def close(self) -> None:
+        try:
+            self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id))
+        except Exception as e:
+            if self._journal is None or not self._journal.is_gone(e):
+                raise  # with resume on, a server gone is no error: its streams are closed with it
+        finally:
+            self._http.close()
+
+    def __enter__(self) -> HttpStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # the operations a resume is made of (edge_rnn._client_resume)
+    def _do(self, op: tuple) -> Any:
+        return getattr(self, "_" + op[0])(*op[1:])
+
+    def _open(self, snapshot: bytes | None) -> None:
+        r = self._http.post("/v1/streams", content=snapshot or b"")
+        _raise_for(r)
+        self.id, self._sent = r.json()["stream_id"], 0
+
+    def _step(self, chunk: bytes) -> bytes:
+        r = self._http.post(f"/v1/streams/{self.id}/steps", content=chunk, headers=_step_headers(self._sent, self.id))
+        _raise_for(r)
+        self._sent += 1
+        return r.content
+
+    def _snapshot(self) -> bytes:
+        r = self._http.get(f"/v1/streams/{self.id}/snapshot", headers=_session(self.id))
+        _raise_for(r)
+        return r.content
+
+    def _abandon(self) -> None:
+        try:
+            self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
+        except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+            pass
+
+
+class AsyncHttpStream(Resumable):
+    """One stream over HTTP, async: ``s = await AsyncHttpStream.open(url)``, then ``await s.step(x)``."""
+
+    def __init__(self, http: Any, stream_id: str, width: int | None, journal: Journal | None = None):
+        self._http, self.id, self.width, self.steps = http, stream_id, width, 0
+        self._journal, self._sent = journal, 0
+
+    @classmethod
+    async def open(cls, url: str, *, token: str | None = None, snapshot: bytes | None = None,
+                   width: int | None = None, timeout: float = 30.0, resume: bool = True, checkpoint_every: int = 10,
+                   resume_timeout: float = 30.0) -> AsyncHttpStream:
+        import httpx
+
+        j = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
+        http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
+        s = cls(http, "", width, j)
+        try:
+            await s._open(snapshot)
+        except BaseException:
+            await http.aclose()
+            raise
+        return s
+
+    async def step(self, x: Any) -> np.ndarray:
+        chunk = chunk_bytes(x)
+        out = await (self._step(chunk) if self._journal is None else arun(step_plan(self._journal, chunk), self._do))
+        self.steps += 1
+        return output(out, self.width)
+
+    async def snapshot(self) -> bytes:
+        return await (self._snapshot() if self._journal is None else arun(snapshot_plan(self._journal), self._do))
+
+    async def close(self) -> None:
+        try:
+            await self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id))
+        except Exception as e:
+            if self._journal is None or not self._journal.is_gone(e):
+                raise
+        finally:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncHttpStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _do(self, op: tuple) -> Any:
+        return await getattr(self, "_" + op[0])(*op[1:])
+
+    async def _open(self, snapshot: bytes | None) -> None:
+        r = await self._http.post("/v1/streams", content=snapshot or b"")
+        _raise_for(r)
+        self.id, self._sent = r.json()["stream_id"], 0
+
+    async def _step(self, chunk: bytes) -> bytes:
+        r = await self._http.post(f"/v1/streams/{self.id}/steps", content=chunk,
+                                  headers=_step_headers(self._sent, self.id))
+        _raise_for(r)
+        self._sent += 1
+        return r.content
+
+    async def _snapshot(self) -> bytes:
+        r = await self._http.get(f"/v1/streams/{self.id}/snapshot", headers=_session(self.id))
+        _raise_for(r)
+        return r.content
+
+    async def _abandon(self) -> None:
+        try:
+            await self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
+        except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+            pass

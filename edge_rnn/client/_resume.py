@@ -1,0 +1,271 @@
+"""How a client's stream outlives the server process that held it: checkpoints, and a replay from the last one.
+
+The client keeps the last checkpoint (a snapshot fetched every ``every``
+steps, or the one the stream was opened from; none: zeros) and the chunks sent
+since, with the outputs already returned for them. When the stream is gone (a
+transport error, a 502/503/504, a proxy's 500, a 404 ``unknown_stream``, a
+WebSocket closed with 1001, 1006, 1011, 1012 or 1013) it opens a new stream
+from the checkpoint, replays those chunks in order (each output must equal,
+bit for bit, the one returned before: else :class:`ReplayDiverged`) and then
+sends the request that failed. The new stream's state is the checkpoint plus
+each chunk once. A server that is draining (``shutting_down``) still answers
+a snapshot: that one is taken, and nothing needs replaying.
+
+The logic is written once, as generators that yield operations and are sent
+their results (or thrown their errors): ``("open", snapshot | None)``,
+``("step", chunk) -> reply``, ``("snapshot",) -> bytes``, ``("reset",)``,
+``("abandon",)`` (best effort, never raises) and ``("sleep", seconds)``.
+:func:`run` drives one with a blocking client's calls, :func:`arun` with an
+async client's. No transport library is imported here: each client names the
+errors of its own transport that mean the server is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_rnn.errors import EdgeRnnError
+
+__all__ = ["ServiceError", "ReplayDiverged", "Journal", "Resumable", "journal", "step_plan", "snapshot_plan",
+           "reset_plan", "run", "arun", "snapshot_steps"]
+
+Op = tuple
+Plan = Generator[Op, Any, Any]
+
+_MAGIC = b"EDGERNN-SNAPSHOT"  # edge_rnn.runtime._snapshot's layout: magic, uint32 LE header length, JSON header
+_GONE = frozenset((502, 503, 504, 1001, 1006, 1011, 1012, 1013))  # HTTP statuses and close codes: the server is gone
+_FIRST_WAIT, _LONGEST_WAIT = 0.05, 1.0  # seconds between tries to resume: doubling from the first to the longest
+
+
+class ServiceError(EdgeRnnError):
+    """The server refused a request: ``status`` (HTTP) or close code (WebSocket), and its error ``code``;
+    ``proxied``: the answer was not the server's own JSON error (a proxy's page, a crash's)."""
+
+    def __init__(self, status: int, code: str, message: str, *, proxied: bool = False):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.proxied = status, code, proxied
+
+
+class ReplayDiverged(ServiceError):
+    """A chunk replayed on a resumed stream gave another output than the one returned for it before: the resumed
+    stream is not the stream those outputs came from (another model or build behind the same address)."""
+
+    def __init__(self, index: int, before: bytes, now: bytes):
+        at = next((i // 4 for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)) // 4)
+        super().__init__(409, "replay_diverged", f"chunk {index} after the checkpoint: expected the output returned "
+                         f"before ({len(before)} bytes), got another ({len(now)} bytes, first difference at float "
+                         f"{at}); the resumed stream is not the one the outputs came from")
+
+
+ServiceError.__module__ = ReplayDiverged.__module__ = "edge_rnn.client"  # where they are imported from
+
+
+def snapshot_steps(data: bytes) -> int | None:
+    """The step count in a snapshot's header, read without the runtime; None if the header cannot be read (the
+    server judges the snapshot, not the client)."""
+    try:
+        if not data.startswith(_MAGIC):
+            return None
+        (size,) = struct.unpack_from("<I", data, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        steps = json.loads(bytes(data[start:start + size])).get("steps", 0)
+    except (struct.error, ValueError, AttributeError, RecursionError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+@dataclass
+class Journal:
+    """One stream's last checkpoint (None: zeros), the chunks sent since with their outputs, and the resumes so
+    far. ``gone``: the transport's errors that mean the server is gone."""
+
+    every: int
+    timeout: float
+    gone: tuple[type, ...]
+    checkpoint: bytes | None = None
+    checkpoint_steps: int | None = 0
+    entries: list[tuple[bytes, bytes]] = field(default_factory=list)
+    resumes: int = 0
+    last_resume_s: float | None = None
+
+    def keep(self, snapshot: bytes | None) -> None:
+        """``snapshot`` (None: zeros) holds every chunk sent so far: the new checkpoint."""
+        self.checkpoint = snapshot
+        self.checkpoint_steps = 0 if snapshot is None else snapshot_steps(snapshot)
+        self.entries.clear()
+
+    def is_gone(self, e: BaseException) -> bool:
+        """Whether ``e`` means the stream's server (or the stream) is gone, so resuming elsewhere is the cure."""
+        if isinstance(e, ReplayDiverged):
+            return False
+        if isinstance(e, ServiceError):  # the model failing on a chunk (over a WebSocket 1011) is no server gone
+            return e.code != "inference_failed" and (e.status in _GONE or e.code == "unknown_stream"
+                                                     or (e.status == 500 and e.proxied))
+        return isinstance(e, self.gone)
+
+
+def journal(snapshot: bytes | None, *, resume: bool, every: Any, timeout: Any, gone: tuple[type, ...]
+            ) -> Journal | None:
+    """The journal of a stream opened from ``snapshot`` (None: zeros); None when ``resume`` is off."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise EdgeRnnError(f"checkpoint_every: expected an integer >= 1 (steps between checkpoints), got {every!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise EdgeRnnError(f"resume_timeout: expected seconds >= 0, got {timeout!r}")
+    if not resume:
+        return None
+    j = Journal(every, float(timeout), gone)
+    j.keep(snapshot or None)
+    return j
+
+
+def step_plan(j: Journal, chunk: bytes) -> Plan:
+    """One step: its reply (resumed if the stream is gone); then, every ``j.every`` steps, a new checkpoint."""
+    out = yield from _guarded(j, ("step", chunk))
+    j.entries.append((chunk, out))
+    if len(j.entries) >= j.every:
+        yield from _checkpoint(j)
+    return out
+
+
+def snapshot_plan(j: Journal) -> Plan:
+    """The stream's snapshot (resumed first if the stream is gone): the new checkpoint too."""
+    snap = yield from _guarded(j, ("snapshot",))
+    j.keep(snap)
+    return snap
+
+
+def reset_plan(j: Journal) -> Plan:
+    """Back to zeros: the new checkpoint. A stream gone meanwhile is resumed as a new one from zeros."""
+    try:
+        yield ("reset",)
+    except Exception as e:
+        if not j.is_gone(e):
+            raise
+        j.keep(None)
+        yield from _resume(j, None, e, fresh=False)
+    j.keep(None)
+
+
+def _guarded(j: Journal, op: Op) -> Plan:
+    try:
+        return (yield op)
+    except Exception as e:
+        if not j.is_gone(e):
+            raise
+        return (yield from _resume(j, op, e))
+
+
+def _checkpoint(j: Journal) -> Plan:
+    """A new checkpoint; a refusal that does not mean the stream is gone leaves the old one (tried again after
+    the next step): the step it follows was applied and its output is the caller's."""
+    try:
+        snap = yield ("snapshot",)
+    except Exception as e:
+        if not j.is_gone(e):
+            return
+        snap = yield from _resume(j, ("snapshot",), e)
+    j.keep(snap)
+
+
+def _resume(j: Journal, op: Op | None, error: Exception, *, fresh: bool = True) -> Plan:
+    """A new stream with the old one's state, then ``op`` on it (its result); tried with a growing wait until
+    ``j.timeout`` seconds have passed, then the last error is raised. ``fresh``: a draining server's snapshot of
+    the old stream may stand for the checkpoint and the replay."""
+    t0 = time.monotonic()
+    if fresh and getattr(error, "code", None) == "shutting_down":  # a draining server still answers a snapshot
+        try:
+            j.keep((yield ("snapshot",)))
+        except Exception:  # noqa: BLE001 - none after all: the checkpoint and the replay then
+            pass
+    wait = _FIRST_WAIT
+    while True:
+        yield from _abandon()  # the old stream, or the new one a failed try left half made
+        try:
+            result = yield from _reopen(j, op)
+        except ReplayDiverged as e:
+            yield from _abandon()  # never stepped on: a later call resumes anew (and finds the same divergence)
+            raise e
+        except Exception as e:
+            if not j.is_gone(e):
+                raise
+            error = e
+        else:
+            j.resumes += 1
+            j.last_resume_s = time.monotonic() - t0
+            return result
+        if time.monotonic() + wait > t0 + j.timeout:
+            yield from _abandon()  # the journal is kept: a later call tries again
+            raise error
+        yield ("sleep", wait)
+        wait = min(2 * wait, _LONGEST_WAIT)
+
+
+def _abandon() -> Plan:
+    try:
+        yield ("abandon",)
+    except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+        pass
+
+
+def _reopen(j: Journal, op: Op | None) -> Plan:
+    """A new stream from the checkpoint, the chunks since replayed (each output as returned before), then ``op``."""
+    yield ("open", j.checkpoint)
+    for k, (chunk, before) in enumerate(j.entries):
+        now = yield ("step", chunk)
+        if bytes(now) != before:
+            raise ReplayDiverged(k, before, bytes(now))
+    return (yield op) if op is not None else None
+
+
+class Resumable:
+    """What every stream tells of its resumes (all zero with ``resume=False``)."""
+
+    _journal: Journal | None = None
+
+    @property
+    def resumes(self) -> int:
+        """How many times the stream was resumed on a new server stream."""
+        return self._journal.resumes if self._journal is not None else 0
+
+    @property
+    def last_resume_s(self) -> float | None:
+        """Seconds the last resume took, from the failure seen to the request answered on the new stream."""
+        return self._journal.last_resume_s if self._journal is not None else None
+
+
+def run(plan: Plan, do: Callable[[Op], Any]) -> Any:
+    """``plan`` driven by a blocking client: each operation done by ``do`` (a sleep by this thread)."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            op = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as done:
+            return done.value
+        result, error = None, None
+        try:
+            result = time.sleep(op[1]) if op[0] == "sleep" else do(op)
+        except Exception as e:  # noqa: BLE001 - handed to the plan, which decides
+            error = e
+
+
+async def arun(plan: Plan, do: Callable[[Op], Awaitable[Any]]) -> Any:
+    """``plan`` driven by an async client: each operation awaited from ``do`` (a sleep on the event loop)."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            op = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as done:
+            return done.value
+        result, error = None, None
+        try:
+            result = await asyncio.sleep(op[1]) if op[0] == "sleep" else await do(op)
+        except Exception as e:  # noqa: BLE001 - handed to the plan, which decides
+            error = e

@@ -1,0 +1,312 @@
+"""The client over a WebSocket: one connection is one stream, blocking or async."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import numpy as np
+
+from edge_rnn.client._resume import (
+    Journal,
+    Resumable,
+    ServiceError,
+    arun,
+    journal,
+    reset_plan,
+    run,
+    snapshot_plan,
+    snapshot_steps,
+    step_plan,
+)
+from edge_rnn.client._wire import ABANDON_S, auth_headers, chunk_bytes, output
+
+__all__ = ["WebSocketStream", "SyncWebSocketStream"]
+
+_WS_1001_GOING_AWAY = 1001
+
+
+def _ws_url(url: str) -> str:
+    base = url.rstrip("/")
+    base = "ws" + base[4:] if base.startswith("http") else base
+    return base if base.endswith("/v1/streams/ws") else base + "/v1/streams/ws"
+
+
+def _closed(e: Any) -> ServiceError:
+    """A ConnectionClosed from websockets as the ServiceError it stands for: the close code and its reason."""
+    frame = getattr(e, "rcvd", None)
+    code = frame.code if frame is not None else 1006
+    reason = frame.reason if frame is not None and frame.reason else "closed"
+    return ServiceError(code, reason, f"the server closed the connection ({code})")
+
+
+def _error_body(reply: Any) -> dict | None:
+    """The server's error message, if ``reply`` is one."""
+    if not isinstance(reply, str):
+        return None
+    try:
+        body = json.loads(reply)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("type") == "error" else None
+
+
+def _ws_error(body: dict, close_code: int) -> ServiceError:
+    """The server's error message, and the close code that followed it."""
+    return ServiceError(close_code, body.get("code", "error"), body.get("message", ""))
+
+
+def _ws_options(token: str | None, resuming: bool) -> dict[str, Any]:
+    # float32 frames barely compress: deflate is waste; a resuming client waits less on a dead server's close
+    return {"additional_headers": auth_headers(token), "max_size": None, "compression": None,
+            **({"close_timeout": ABANDON_S} if resuming else {})}
+
+
+def _ws_journal(snapshot: bytes | None, resume: bool, every: Any, timeout: Any) -> Journal | None:
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    return journal(snapshot, resume=resume, every=every, timeout=timeout,
+                   gone=(OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed))
+
+
+def _restore_message(snapshot: bytes) -> str:
+    return json.dumps({"type": "restore", "data": base64.b64encode(snapshot).decode()})
+
+
+def _restored(reply: Any, snapshot: bytes) -> None:
+    """The restore command's answer checked: the server's stream holds the snapshot's step count now."""
+    try:
+        answer = json.loads(reply)
+        steps = snapshot_steps(snapshot)
+        ok = answer.get("type") == "restore" and (steps is None or answer.get("steps") == steps)
+    except (TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ServiceError(1002, "bad_reply", f"expected the restore command's answer, got {str(reply)[:80]!r}")
+
+
+def _given_up_error() -> ServiceError:
+    """What a socket given up for a resumed stream (which then failed) answers: the stream is unknown now, as a
+    stream deleted over HTTP is, so the next call resumes again."""
+    return ServiceError(1008, "unknown_stream", "the stream was given up by this client (a resume failed)")
+
+
+def _too_big(e: ServiceError, size: int) -> ServiceError:
+    if e.status == 1009:
+        return ServiceError(1009, "too_large", f"the snapshot as a restore message ({size} bytes) is over the "
+                            "server's message limit: open the stream from it over HTTP instead")
+    return e
+
+
+class WebSocketStream(Resumable):
+    """One stream over a WebSocket, async: ``async with await WebSocketStream.open(url) as s: await s.step(x)``.
+
+    A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
+    """
+
+    _given_up = False  # the socket was closed by this client, for a resumed stream
+
+    def __init__(self, socket: Any, width: int | None, *, journal: Journal | None = None, url: str = "",
+                 token: str | None = None):
+        self._ws, self.width, self._journal = socket, width, journal
+        self._url, self._token = url, token
+
+    @classmethod
+    async def open(cls, url: str, *, token: str | None = None, width: int | None = None,
+                   snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
+                   resume_timeout: float = 30.0) -> WebSocketStream:
+        s = cls(None, width, journal=_ws_journal(snapshot, resume, checkpoint_every, resume_timeout), url=url,
+                token=token)
+        await s._open(snapshot)
+        return s
+
+    async def _ask(self, message: Any) -> Any:
+        """Send, and the reply; an error reply (and the close after it) raises ServiceError."""
+        from websockets.exceptions import ConnectionClosed
+
+        if self._given_up:
+            raise _given_up_error()
+        try:
+            await self._ws.send(message)
+            reply = await self._ws.recv()
+        except ConnectionClosed as e:
+            raise _closed(e) from None
+        body = _error_body(reply)
+        if body is None:
+            return reply
+        if self._journal is not None and body.get("code") == "shutting_down":
+            raise _ws_error(body, _WS_1001_GOING_AWAY)  # not closed: the socket still answers a snapshot
+        try:
+            await asyncio.wait_for(self._ws.recv(), 10)
+            code = 1011  # an error not followed by a close: not what the server does
+        except ConnectionClosed as e:
+            code = _closed(e).status
+        except asyncio.TimeoutError:
+            code = 1011
+        raise _ws_error(body, code)
+
+    async def step(self, x: Any) -> np.ndarray:
+        chunk = chunk_bytes(x)
+        out = await (self._step(chunk) if self._journal is None else arun(step_plan(self._journal, chunk), self._do))
+        return output(out, self.width)
+
+    async def snapshot(self) -> bytes:
+        return await (self._snapshot() if self._journal is None else arun(snapshot_plan(self._journal), self._do))
+
+    async def reset(self) -> None:
+        await (self._reset() if self._journal is None else arun(reset_plan(self._journal), self._do))
+
+    async def close(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # already closed by the server, after an error
+        finally:
+            await self._ws.close()
+
+    async def __aenter__(self) -> WebSocketStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _do(self, op: tuple) -> Any:
+        return await getattr(self, "_" + op[0])(*op[1:])
+
+    async def _open(self, snapshot: bytes | None) -> None:
+        import websockets
+
+        try:
+            self._ws = await websockets.connect(_ws_url(self._url),
+                                                **_ws_options(self._token, self._journal is not None))
+        except websockets.exceptions.InvalidStatus as e:
+            raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+        self._given_up = False
+        if snapshot:
+            message = _restore_message(snapshot)
+            try:
+                _restored(await self._ask(message), snapshot)
+            except ServiceError as e:
+                raise _too_big(e, len(message)) from None
+
+    async def _step(self, chunk: bytes) -> bytes:
+        return await self._ask(chunk)
+
+    async def _snapshot(self) -> bytes:
+        return base64.b64decode(json.loads(await self._ask(json.dumps({"type": "snapshot"})))["data"])
+
+    async def _reset(self) -> None:
+        await self._ask(json.dumps({"type": "reset"}))
+
+    async def _abandon(self) -> None:
+        self._given_up = True
+        try:
+            await asyncio.wait_for(self.close(), ABANDON_S)
+        except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+            pass
+
+
+class SyncWebSocketStream(Resumable):
+    """One stream over a WebSocket, blocking; ``snapshot=`` resumes from it (the ``restore`` command)."""
+
+    _given_up = False  # the socket was closed by this client, for a resumed stream
+
+    def __init__(self, url: str, *, token: str | None = None, width: int | None = None,
+                 snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
+                 resume_timeout: float = 30.0):
+        self._journal = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
+        self._url, self._token, self.width = url, token, width
+        self._open(snapshot)
+
+    def _ask(self, message: Any) -> Any:
+        from websockets.exceptions import ConnectionClosed
+
+        if self._given_up:
+            raise _given_up_error()
+        try:
+            self._ws.send(message)
+            reply = self._ws.recv()
+        except ConnectionClosed as e:
+            raise _closed(e) from None
+        body = _error_body(reply)
+        if body is None:
+            return reply
+        if self._journal is not None and body.get("code") == "shutting_down":
+            raise _ws_error(body, _WS_1001_GOING_AWAY)  # not closed: the socket still answers a snapshot
+        try:
+            self._ws.recv(timeout=10)
+            code = 1011
+        except ConnectionClosed as e:
+            code = _closed(e).status
+        except TimeoutError:
+            code = 1011
+        raise _ws_error(body, code)
+
+    def step(self, x: Any) -> np.ndarray:
+        chunk = chunk_bytes(x)
+        out = self._step(chunk) if self._journal is None else run(step_plan(self._journal, chunk), self._do)
+        return output(out, self.width)
+
+    def snapshot(self) -> bytes:
+        return self._snapshot() if self._journal is None else run(snapshot_plan(self._journal), self._do)
+
+    def reset(self) -> None:
+        if self._journal is None:
+            self._reset()
+        else:
+            run(reset_plan(self._journal), self._do)
+
+    def close(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # already closed by the server, after an error
+        finally:
+            self._ws.__exit__(None, None, None)
+
+    def __enter__(self) -> SyncWebSocketStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _do(self, op: tuple) -> Any:
+        return getattr(self, "_" + op[0])(*op[1:])
+
+    def _open(self, snapshot: bytes | None) -> None:
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        try:  # entered as the context manager it is (websockets 16+ warns otherwise); left in close()
+            self._ws = connect(_ws_url(self._url), **_ws_options(self._token, self._journal is not None)).__enter__()
+        except InvalidStatus as e:
+            raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+        self._given_up = False
+        if snapshot:
+            message = _restore_message(snapshot)
+            try:
+                _restored(self._ask(message), snapshot)
+            except ServiceError as e:
+                raise _too_big(e, len(message)) from None
+
+    def _step(self, chunk: bytes) -> bytes:
+        return self._ask(chunk)
+
+    def _snapshot(self) -> bytes:
+        return base64.b64decode(json.loads(self._ask(json.dumps({"type": "snapshot"})))["data"])
+
+    def _reset(self) -> None:
+        self._ask(json.dumps({"type": "reset"}))
+
+    def _abandon(self) -> None:
+        self._given_up = True
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
+            pass
