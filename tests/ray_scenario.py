@@ -59,8 +59,9 @@ def listeners() -> list[dict]:
 
 
 def replica_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::ServeReplica" in line]
+    """The pids of the live replicas' processes: those named after a Serve replica that listen (each serves its
+    own gRPC port). Ray names a worker after the last actor it ran, so the name alone also finds spent workers."""
+    return sorted({s["pid"] for s in listeners() if s["process"].startswith("ray::ServeRepli")})
 
 
 def chunks(seed: int) -> list[np.ndarray]:
@@ -226,8 +227,9 @@ def scenario(cli: subprocess.Popen, url: str, t0: float) -> dict:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as h:
         report["replicas_before"] = replicas_in(h.get("/metrics").text)
         run.at_kill.wait(60)  # every stream is KILL_AT chunks in: none is stepping
-        victim = replica_pids()[0]
-        os.kill(victim, signal.SIGKILL)
+        pids = replica_pids()
+        report["replica_processes"], report["victim"] = pids, pids[0]
+        os.kill(pids[0], signal.SIGKILL)
         run.killed_at = time.monotonic()
         for w in workers:
             w.join(120)
