@@ -111,8 +111,9 @@ class Run:
                 self.at_kill.abort()
 
 
-def poison(url: str, stop: threading.Event) -> dict:
-    """Hostile requests beside the streams until ``stop``: every answer must be a 4xx, never a 5xx or a hang."""
+def poison(url: str, stop: threading.Event, killed: threading.Event) -> dict:
+    """Hostile requests beside the streams until ``stop``: each kind of answer counted, apart once a replica was
+    killed (``killed``: the poisoner's own streams die with it, and it does not resume them)."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     other = StreamingModel.load(OTHER)
     foreign = other.open_stream().snapshot()
@@ -123,7 +124,7 @@ def poison(url: str, stop: threading.Event) -> dict:
                 code = r.json().get("code", "-")
             except ValueError:
                 code = "not-json"
-            key = f"{tag} {r.status_code} {code}"
+            key = f"{'after the kill: ' if killed.is_set() else ''}{tag} {r.status_code} {code}"
             seen[key] = seen.get(key, 0) + 1
 
         while not stop.is_set():
@@ -217,9 +218,9 @@ def scenario(cli: subprocess.Popen, url: str, t0: float) -> dict:
     threading.Thread(target=lambda: [None for _ in cli.stderr], daemon=True).start()  # keep the pipe drained
     report["up_s"] = time.monotonic() - t0
     report["listeners"] = listeners()
-    run, stop = Run(url), threading.Event()
+    run, stop, killed = Run(url), threading.Event(), threading.Event()
     seen: dict = {}
-    poisoner = threading.Thread(target=lambda: seen.update(poison(url, stop)))
+    poisoner = threading.Thread(target=lambda: seen.update(poison(url, stop, killed)))
     workers = [threading.Thread(target=run.stream, args=(i,)) for i in range(STREAMS)]
     poisoner.start()
     for w in workers:
@@ -229,6 +230,7 @@ def scenario(cli: subprocess.Popen, url: str, t0: float) -> dict:
         run.at_kill.wait(60)  # every stream is KILL_AT chunks in: none is stepping
         pids = replica_pids()
         report["replica_processes"], report["victim"] = pids, pids[0]
+        killed.set()
         os.kill(pids[0], signal.SIGKILL)
         run.killed_at = time.monotonic()
         for w in workers:
@@ -258,5 +260,47 @@ def kill_namespace() -> list[str]:
     return left
 
 
+def serve_run_main(out_path: str) -> int:
+    """Ray's own tooling: ``serve run edge_rnn.service.ray:app model=... replicas=2`` (Serve's proxy on
+    127.0.0.1:8000, in this namespace), one HTTP and one WebSocket stream, then SIGINT."""
+    if interfaces() != ["lo"]:
+        print("refusing to start Ray: expected a network namespace with only lo", file=sys.stderr)
+        return 3
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    serve = Path(sys.executable).with_name("serve")
+    cmd = [str(serve), "run", "edge_rnn.service.ray:app", f"model={MODEL}", "replicas=2"]
+    report: dict = {"command": cmd[1:]}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        url, t0 = "http://127.0.0.1:8000", time.monotonic()
+        while time.monotonic() - t0 < 120 and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        report["up_s"] = time.monotonic() - t0
+        parts = chunks(99)
+        with HttpStream(url, width=6) as h, SyncWebSocketStream(url, width=6) as w:
+            ys = [(h.step(c), w.step(c)) for c in parts]
+        want = offline(parts)[0]
+        report["http_equal"] = bool(np.array_equal(np.concatenate([a for a, _ in ys]), want))
+        report["ws_equal"] = bool(np.array_equal(np.concatenate([b for _, b in ys]), want))
+        report["replicas"] = replicas_in(httpx.get(f"{url}/metrics", timeout=10).text)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            report["exit"] = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            report["exit"] = "killed after 60 s"
+        report["left_over"] = kill_namespace()
+        Path(out_path).write_text(json.dumps(report))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--serve-run":
+        sys.exit(serve_run_main(sys.argv[2]))
     sys.exit(main(sys.argv[1]))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,9 +33,9 @@ def _namespace_problem() -> str | None:
 
 
 @cache
-def _report(tmp: str) -> dict:
+def _report(tmp: str, *flags: str) -> dict:
     out = os.path.join(tmp, "ray.json")
-    script = f"exec {sys.executable} {REPO / 'tests' / 'ray_scenario.py'} {out}"
+    script = f"exec {sys.executable} {REPO / 'tests' / 'ray_scenario.py'} {' '.join(flags)} {out}"
     t0 = time.monotonic()
     done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
                           timeout=SCENARIO_TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
@@ -93,14 +94,19 @@ def test_only_the_killed_replicas_streams_resume_and_each_within_five_seconds(re
 
 
 def test_a_poisoning_client_gets_only_refusals(report: dict) -> None:
-    seen = report["poison"]
-    assert seen, "the poisoner made no request"
-    answers = {k.split(" ")[0]: k.split(" ", 1)[1] for k in seen}  # each kind of request: "status code"
-    assert all(400 <= int(a.split()[0]) < 500 for a in answers.values()), seen  # refused, never a 5xx
-    assert answers == {"nan": "400 bad_chunk", "ragged": "400 bad_chunk", "huge": "413 too_large",
-                       "no-session": "421 session_header_missing", "foreign-snapshot": "400 bad_snapshot",
-                       "garbage-snapshot": "400 bad_snapshot", "guessed-id": "404 unknown_stream",
-                       "no-token": "401 unauthorized"}, seen
+    """Until the kill (after it, the poisoner's own streams may be on the dead replica, and it does not resume them),
+    each kind of hostile request is refused with its 4xx, every time; the 20 streams are checked above."""
+    seen = {k: n for k, n in report["poison"].items() if not k.startswith("after the kill")}
+    assert seen, "the poisoner made no request before the kill"
+    answers: dict[str, set[str]] = {}
+    for k in seen:
+        answers.setdefault(k.split(" ")[0], set()).add(k.split(" ", 1)[1])  # each kind of request: "status code"
+    assert all(len(a) == 1 for a in answers.values()), seen
+    assert {k: a.pop() for k, a in answers.items()} == {
+        "nan": "400 bad_chunk", "ragged": "400 bad_chunk", "huge": "413 too_large",
+        "no-session": "421 session_header_missing", "foreign-snapshot": "400 bad_snapshot",
+        "garbage-snapshot": "400 bad_snapshot", "guessed-id": "404 unknown_stream", "no-token": "401 unauthorized",
+    }, seen
 
 
 def test_http_routes_by_stream_id_and_refuses_a_request_without_it(report: dict) -> None:
@@ -119,3 +125,15 @@ def test_auth_and_per_replica_metrics_on_the_ray_path(report: dict) -> None:
         assert f'edge_rnn_replica_up{{replica="{replica}"}} 1.0' in metrics
         assert f'edge_rnn_active_streams{{replica="{replica}"}}' in metrics
     assert metrics.count("# TYPE edge_rnn_steps_total counter") == 1
+
+
+def test_rays_own_serve_run_runs_the_application_builder(tmp_path: Path) -> None:
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(f"Ray runs only in a network namespace with loopback alone: {problem}")
+    r = _report(str(tmp_path), "--serve-run")
+    assert r["command"] == ["run", "edge_rnn.service.ray:app", f"model={REPO / 'tests' / 'data' / 'lstm_layer.onnx'}",
+                            "replicas=2"]
+    assert r["http_equal"] and r["ws_equal"]
+    assert len(r["replicas"]) == 2
+    assert r["exit"] == 0 and not [p for p in r["left_over"] if "ray" in p or "gcs" in p], r["left_over"]

@@ -643,3 +643,55 @@ def test_serve_ray_refuses_a_bad_token_file_as_standalone_does(ray_run, tmp_path
         one_line_error(invoke("serve", MODEL, *ray, "--token-file", tmp_path / "token"),
                        f"--token-file {tmp_path / 'token'}: expected a token of at least 16 characters, got 5")
     assert ray_run == []
+
+
+# --- edge-rnn serve --ray waiting for its replicas -------------------------------------------------------------
+
+def _status(state: str | None, app_message: str = "", deployment_message: str = ""):
+    from types import SimpleNamespace as NS
+
+    if state is None:
+        return NS(applications={})
+    deployments = {"edge_rnn": NS(message=deployment_message)}
+    return NS(applications={"edge_rnn": NS(status=f"ApplicationStatus.{state}", message=app_message,
+                                           deployments=deployments)})
+
+
+def _wait(monkeypatch, states: list, timeout: float = 60.0):
+    import threading
+
+    from edge_rnn.service import ray as ray_app
+
+    seen = iter(states)
+    monkeypatch.setattr(ray_app.serve, "status", lambda: next(seen))
+    monkeypatch.setattr(ray_app, "START_TIMEOUT", timeout)
+    return ray_app._started(threading.Event())
+
+
+def test_serve_ray_is_ready_once_the_application_runs(monkeypatch):
+    assert _wait(monkeypatch, [_status(None), _status("DEPLOYING"), _status("RUNNING")]) is True
+
+
+def test_replicas_that_fail_to_start_are_one_line_with_rays_reason(monkeypatch):
+    with pytest.raises(EdgeRnnError) as e:
+        _wait(monkeypatch, [_status("DEPLOYING"), _status("DEPLOY_FAILED", "app failed",
+                                                          "The deployment failed to start:\n  Traceback ... boom")])
+    assert "failed to start" in str(e.value) and "boom" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_replicas_never_scheduled_are_an_error_after_the_start_timeout_not_a_wait_forever(monkeypatch):
+    waiting = "Deployment 'edge_rnn' has 1 replicas that have taken more than 30s to be scheduled: {'CPU': 1}"
+    with pytest.raises(EdgeRnnError) as e:
+        _wait(monkeypatch, [_status("DEPLOYING", deployment_message=waiting)] * 1000, timeout=0.3)
+    assert "were not all up within 0 s" in str(e.value) and "to be scheduled" in str(e.value)
+
+
+def test_a_signal_while_waiting_stops_the_wait(monkeypatch):
+    import threading
+
+    from edge_rnn.service import ray as ray_app
+
+    stop = threading.Event()
+    stop.set()
+    monkeypatch.setattr(ray_app.serve, "status", lambda: pytest.fail("asked after the signal"))
+    assert ray_app._started(stop) is False

@@ -25,6 +25,8 @@ name (``max_streams=200``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,34 +197,77 @@ def app(args: dict[str, Any]) -> Any:
 APP = "edge_rnn"
 
 
+START_TIMEOUT = 120.0  # seconds for every replica to be up (a cluster short of CPUs would otherwise wait forever)
+
+
 def run(options: RayOptions, *, host: str, port: int, address: str | None, ready: Any = None) -> None:
     """``edge-rnn serve --ray``: the application on Ray Serve until SIGINT or SIGTERM, then deleted.
 
     Without ``address``, a local Ray is started on 127.0.0.1 (no dashboard) and stopped at the end; Serve's
     proxy listens on ``host``:``port``. With one, the application joins that cluster (whose Serve keeps its
     own proxy address if it runs already) and only the application is deleted at the end. ``ready`` is called
-    with the proxy's URL once every replica is up."""
+    with the proxy's URL once every replica is up; replicas not up within :data:`START_TIMEOUT` seconds, or
+    failing to start, are an :class:`~edge_rnn.errors.EdgeRnnError` with Ray's reason."""
     import signal
     import threading
 
     import ray
 
     local = address is None
-    init = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"} if local else {"address": address}
-    ray.init(log_to_driver=False, logging_level="warning", **init)
+    if local:  # each replica claims its CPUs: more replicas than cores would otherwise wait for one forever
+        cpus = max(os.cpu_count() or 1, options.replicas * (options.threads or 1))
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=cpus, log_to_driver=False,
+                 logging_level="warning")
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build(options), name=APP, route_prefix="/", blocking=False)
-        if ready is not None:
+        serve.run_many([serve.RunTarget(build(options), name=APP, route_prefix="/")],
+                       wait_for_applications_running=False)
+        if _started(stop) and ready is not None:
             ready(f"http://{host}:{port}")
         while not stop.wait(0.5):
             pass
-        serve.delete(APP)  # the replicas drain: Ray stops routing to them and waits for their requests
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _stop(local)
+
+
+def _started(stop: Any) -> bool:
+    """Wait for the application to run (True), or a signal (False); its failing or not running in time raise."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not stop.wait(0.25):
+        app = serve.status().applications.get(APP)
+        state = str(getattr(app, "status", ""))
+        if state.endswith("RUNNING"):
+            return True
+        if state.endswith(("DEPLOY_FAILED", "UNHEALTHY")) or time.monotonic() > deadline:
+            reason = _reason(app)
+            what = "failed to start" if "FAILED" in state or "UNHEALTHY" in state else \
+                f"were not all up within {START_TIMEOUT:.0f} s"
+            raise EdgeRnnError(f"Ray Serve: the replicas of {APP} {what}: {reason}")
+    return False
+
+
+def _reason(app: Any) -> str:
+    """Ray's own words for what holds the application up: its deployment's message, else the application's."""
+    if app is None:
+        return "no such application"
+    messages = [d.message for d in app.deployments.values() if d.message] + [app.message or "no reason given"]
+    return " ".join(messages[0].split())[:500]
+
+
+def _stop(local: bool) -> None:
+    """Delete the application (its replicas drain: Ray stops routing to them and waits for their requests), and
+    stop the local Ray this process started."""
+    import ray
+
+    try:
+        serve.delete(APP)
+    finally:
         if local:
             serve.shutdown()
         ray.shutdown()
