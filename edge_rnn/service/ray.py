@@ -186,7 +186,9 @@ def deployment_options(options: RayOptions) -> dict[str, Any]:
 
 def build(options: RayOptions) -> Any:
     """The Serve application for ``options``."""
-    return EdgeRnnReplica.options(**deployment_options(options)).bind(options)
+    # each replica is given what it serves, not how many serve it (Ray's num_replicas): its arguments do not change
+    # with the count
+    return EdgeRnnReplica.options(**deployment_options(options)).bind(dataclasses.replace(options, replicas=1))
 
 
 def app(args: dict[str, Any]) -> Any:
