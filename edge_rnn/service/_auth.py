@@ -46,7 +46,8 @@ def read_token(path: Path | None, flag: str = "--token-file") -> str | None:
     if not path.exists():
         raise EdgeRnnError(f"{flag} {path}: no such file")
     if not path.is_file():
-        raise EdgeRnnError(f"{flag} {path}: expected a file, got a directory")
+        kind = "a directory" if path.is_dir() else "a device, pipe or socket, not a regular file"
+        raise EdgeRnnError(f"{flag} {path}: expected a file, got {kind}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-__all__ = ["merge", "gather", "GATHER_TIMEOUT"]
+__all__ = ["merge", "gather", "handle", "replicas", "GATHER_TIMEOUT"]
 
 GATHER_TIMEOUT = 2.0
 _log = logging.getLogger("edge_rnn.service")
@@ -58,7 +58,7 @@ def replicas(app_name: str, deployment: str) -> list[str]:
 
 
 @cache
-def _handle(app_name: str, deployment: str) -> Any:
+def handle(app_name: str, deployment: str) -> Any:
     """The deployment's handle, made once per process: a new handle's router waits for its list of replicas."""
     return serve.get_deployment_handle(deployment, app_name=app_name)
 
@@ -66,13 +66,13 @@ def _handle(app_name: str, deployment: str) -> Any:
 async def gather(app_name: str, deployment: str, me: str, own: bytes) -> dict[str, bytes | None]:
     """Each live replica's own exposition (None where it did not answer within :data:`GATHER_TIMEOUT`); this
     replica's (``me``) is ``own``."""
-    handle = _handle(app_name, deployment)
+    h = handle(app_name, deployment)
 
     async def one(replica: str) -> bytes | None:
         if replica == me:  # not through the handle: a replica's call to itself there timed out, now and then
             return own
         try:
-            call = handle.options(session_id=f"{replica}.", method_name="exposition").remote()
+            call = h.options(session_id=f"{replica}.", method_name="exposition").remote()
             return await asyncio.wait_for(call, GATHER_TIMEOUT)
         except Exception as e:  # noqa: BLE001 - a replica dying or stuck is reported as down, not as an error
             _log.warning("/metrics: replica %s did not answer: %s: %s", replica, type(e).__name__, e)

@@ -23,7 +23,9 @@ from typing import Any
 
 from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
-__all__ = ["StreamRouter", "owner_of"]
+__all__ = ["StreamRouter", "owner_of", "STATS_PERIOD"]
+
+STATS_PERIOD = 1.0  # seconds between a replica's reports of its open streams (Ray's default: 10)
 
 
 def owner_of(stream_id: str) -> str:
@@ -41,11 +43,12 @@ class StreamRouter(ConsistentHashRouter):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._owners: dict[str, Any] = {}  # replica id -> the replica, as the last broadcast named them
+        self._sent: dict[str, int] = {}  # replica id -> requests without a stream sent to it since its last report
 
     def update_replicas(self, replicas: list[Any]) -> None:
         super().update_replicas(replicas)
         self._owners = {r.replica_id.unique_id: r for r in replicas}
-
+        self._sent = {}  # the broadcast carries the replicas' reports: what was sent before is in them
     def on_replica_actor_died(self, replica_id: Any) -> None:
         """A call to the replica failed: its streams' requests go to a live replica (404 ``unknown_stream``, so
         their clients resume) at once, rather than wait for the controller's next broadcast of the replicas."""
@@ -60,4 +63,22 @@ class StreamRouter(ConsistentHashRouter):
             owner = self._owners.get(owner_of(pending_request.metadata.session_id or ""))
             if owner is not None:
                 return [[owner]]
-        return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
+        return self._fewest_streams(candidate_replicas)
+
+    def _fewest_streams(self, candidates: list[Any]) -> list[list[Any]]:
+        """Every replica, one per rank: those with room for a stream first, each group fewest streams first
+        (ties in random order). A replica that has not reported yet counts as empty, with room."""
+        loads = {r.replica_id.unique_id: self._load(r) for r in candidates}
+        ranked = list(candidates)
+        random.shuffle(ranked)
+        ranked.sort(key=lambda r: loads[r.replica_id.unique_id])
+        first = ranked[0].replica_id.unique_id
+        self._sent[first] = self._sent.get(first, 0) + 1  # counted as it goes: a burst of opens spreads
+        return [[r] for r in ranked]
+
+    def _load(self, replica: Any) -> tuple[bool, int]:
+        """(full, streams): as the replica last reported, plus what this router sent it since."""
+        stats = getattr(replica, "routing_stats", None) or {}
+        streams, most = stats.get("streams"), stats.get("max_streams")
+        streams = (streams if isinstance(streams, int) else 0) + self._sent.get(replica.replica_id.unique_id, 0)
+        return (isinstance(most, int) and streams >= most, streams)

@@ -63,6 +63,10 @@ class Registry:
         self.metrics.set_active(len(self.streams))
         return sid
 
+    def full(self) -> bool:
+        """No room for another stream (``config.max_streams`` are open)."""
+        return len(self.streams) >= self.config.max_streams
+
     def get(self, sid: str) -> Entry:
         """The open stream ``sid``, marked as used now."""
         entry = self.streams.get(sid)

@@ -82,6 +82,10 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
                                                  HTTP_503_SERVICE_UNAVAILABLE: api.ERROR})
     async def open_stream(request: Request) -> dict:
         body = await _body(request, streams.snapshot_limit, streams)  # no snapshot of this model is larger
+        if svc.overflow is not None and streams.full():  # on Ray Serve: a replica with room opens it
+            sid = await svc.overflow(body or None)
+            if sid is not None:
+                return {"stream_id": sid}
         try:
             return {"stream_id": streams.open(body or None)}
         except StateError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,9 @@ class Service:
         # stream id -> the ASGI send of its WebSocket while open; the server closes it (expired, drained) with
         # close_socket, which takes it out first
         self.sockets: dict[str, Any] = {}
+        # on Ray Serve, a new HTTP stream this replica has no room for, opened on another replica that has:
+        # ``await overflow(snapshot)`` is that stream's id, or None where no replica has room
+        self.overflow: Callable[[bytes | None], Awaitable[str | None]] | None = None
         self._reaper: asyncio.Task | None = None
         self._closers: set[asyncio.Task] = set()
         self.registry.on_expire = self._expired

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import read_token
 from edge_rnn.service._config import STANDALONE_ONLY, ServiceConfig
 from edge_rnn.service._ray_front import ReplicaFront
-from edge_rnn.service._ray_router import StreamRouter
+from edge_rnn.service._ray_overflow import open_here, overflow
+from edge_rnn.service._ray_router import STATS_PERIOD, StreamRouter
 
 __all__ = ["app", "build", "run", "RayOptions", "APP", "DEPLOYMENT"]
 
@@ -49,7 +51,7 @@ _KINDS = {"int": (int, "an int"), "float": ((int, float), "a float"), "str": (st
           "bool": (bool, "a bool (true/false, yes/no, on/off, 1/0)")}
 # the ranges edge-rnn serve's options take (edge_rnn.cli._serve): least, most (None: no bound), least excluded
 _BOUNDS: dict[str, tuple[float, float | None, bool]] = {
-    "replicas": (1, None, False), "threads": (1, None, False), "max_streams": (1, None, False),
+    "replicas": (1, 1024, False), "threads": (1, None, False), "max_streams": (1, None, False),
     "idle_timeout": (0.1, None, False), "max_batch": (1, 4096, False), "max_wait_ms": (0, 10_000, False),
     "max_queue": (1, None, False), "max_batch_frames": (1, None, False), "max_stream_inflight": (1, 1024, False),
     "max_message_bytes": (16, None, False), "drain_timeout": (0, 3600, False),
@@ -161,7 +163,18 @@ class EdgeRnnReplica:
         replica = context.replica_id.unique_id
         inner = create_app(self.model, self.options.config, variant=self.model.variant, replica=replica)
         self.front = ReplicaFront(inner, context.app_name, context.deployment)
+        inner.svc.overflow = partial(overflow, context.app_name, context.deployment, replica)
         return self.front
+
+    def open_stream(self, snapshot: bytes | None) -> dict[str, str]:
+        """Another replica's request: open a stream here, for a client it has no room for."""
+        return open_here(self.front.svc, snapshot)
+
+    def record_routing_stats(self) -> dict[str, int]:
+        """What this replica tells Ray's routers every :data:`~edge_rnn.service._ray_router.STATS_PERIOD`
+        seconds: its open streams, and how many it may hold (new streams go where there is room)."""
+        svc = self.front.svc if self.front is not None else None
+        return {"streams": len(svc.registry.streams) if svc else 0, "max_streams": self.options.config.max_streams}
 
     async def exposition(self) -> bytes:
         """This replica's metrics in Prometheus' text format (what ``/metrics`` gathers from each replica)."""
@@ -178,7 +191,8 @@ def deployment_options(options: RayOptions) -> dict[str, Any]:
     return {"num_replicas": options.replicas,
             "max_ongoing_requests": c.max_streams + c.max_batch + c.max_queue,
             "max_queued_requests": c.max_queue,  # beyond them, Ray's proxy answers 503 (unbounded by default)
-            "request_router_config": RequestRouterConfig(request_router_class=StreamRouter),
+            "request_router_config": RequestRouterConfig(request_router_class=StreamRouter,
+                                                         request_routing_stats_period_s=STATS_PERIOD),
             "graceful_shutdown_timeout_s": c.drain_timeout + 2.0,
             "health_check_period_s": HEALTH_CHECK_PERIOD, "health_check_timeout_s": HEALTH_CHECK_TIMEOUT,
             "ray_actor_options": {"num_cpus": options.threads or 1}}
