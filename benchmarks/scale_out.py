@@ -42,6 +42,7 @@ COMMON = 20  # the level every server is compared at
 RESERVE = 80  # seconds kept for each run still to come (a Ray run fails its ladder early: about 75 s in all)
 CLK = os.sysconf("SC_CLK_TCK")
 FRAME, FRAMES = 80, 10
+SERVER_CORES = ["0"]  # --server-cores: where every server process runs (the load generator stays on core 1)
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Level:
             split += f", replicas {sum(replicas):.2f} ({' + '.join(f'{v:.2f}' for v in replicas)})"
         return (f"  {label} {transport}: {self.streams:4d} streams: {self.kept}/{self.streams} kept real time, "
                 f"{self.chunks} chunks, p50 {self.p50:.1f} ms, p99 {self.p99:.1f} ms, errors: {self.errors}; "
-                f"server {sum(self.cpu.values()) / self.wall:.0%} of core 0 (core 0 busy {self.core0 / self.wall:.0%})"
+                f"server {sum(self.cpu.values()) / self.wall:.0%} of a core (cores {','.join(SERVER_CORES)} busy "
+                f"{self.core0 / self.wall:.0%} of a core)"
                 f", {sum(per.values()):.2f} ms CPU a message{f' ({split})' if split else ''}; load generator "
                 f"{self.client_cpu:.0%} of core 1 -> {'ok' if self.ok else 'over'}")
 
@@ -233,8 +235,13 @@ def cpu_of(pids: list[int], ray: bool) -> dict[str, float]:
 
 
 def core0_busy() -> float:
-    f = [int(v) for v in next(line for line in open("/proc/stat") if line.startswith("cpu0 ")).split()[1:]]
-    return (sum(f) - f[3] - f[4]) / CLK  # all but idle and iowait
+    """CPU seconds the server's cores have been busy (all but idle and iowait), whoever kept them busy."""
+    busy = 0.0
+    for line in open("/proc/stat"):
+        name, *f = line.split()
+        if name in {f"cpu{c}" for c in SERVER_CORES}:
+            busy += (sum(map(int, f)) - int(f[3]) - int(f[4])) / CLK
+    return busy
 
 
 class Server:
@@ -243,8 +250,8 @@ class Server:
     def __init__(self, label: str, cmd: list[str], port: int, ray: bool, log: Path):
         self.label, self.port, self.ray, self.url = label, port, ray, f"http://127.0.0.1:{port}"
         self.log = log.open("w")
-        self.proc = subprocess.Popen(["taskset", "-c", "0", *cmd, "--port", str(port)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(["taskset", "-c", ",".join(SERVER_CORES), *cmd, "--port", str(port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         self.seen: dict[int, str] = {}
 
     def wait_up(self, timeout: float = 90) -> float:
@@ -378,7 +385,8 @@ def run_one(label: str, cmd: list[str], ray: bool, args: argparse.Namespace, dea
     server = Server(label, cmd, free_port(), ray, logs / f"{label}.log")
     try:
         res.up_s = server.wait_up()
-        print(f"{label}: up in {res.up_s:.1f} s; processes on core 0: {len(server.pids())}", flush=True)
+        print(f"{label}: up in {res.up_s:.1f} s; processes on cores {','.join(SERVER_CORES)}: {len(server.pids())}",
+              flush=True)
         res.rtt = client("rtt", server.url, str(args.rtt_steps), timeout=120)
         print(f"  {label}: one stream, no load: median round trip WebSocket {res.rtt['ws']:.2f} ms, "
               f"HTTP {res.rtt['http']:.2f} ms", flush=True)
@@ -429,7 +437,8 @@ def machine() -> str:
     flags = set(next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags:")), []))
     isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni"))
     return (f"{model.group(1) if model else '?'}, {os.cpu_count()} cores ({isa}); onnxruntime {onnxruntime.__version__}"
-            f", ray {ray.__version__}, Python {sys.version.split()[0]}; server on core 0, load generator on core 1 "
+            f", ray {ray.__version__}, Python {sys.version.split()[0]}; server on cores {','.join(SERVER_CORES)}, "
+            "load generator on core 1 "
             "of the same machine")
 
 
@@ -487,8 +496,11 @@ def main() -> None:
     ap.add_argument("--rtt-steps", type=int, default=200)
     ap.add_argument("--budget", type=float, default=360.0, help="seconds for the whole run; levels stop past it")
     ap.add_argument("--keep-logs", type=Path, default=None, help="a folder to copy each Ray run's logs into")
+    ap.add_argument("--server-cores", default="0", help="the cores every server process runs on, e.g. 0,1 "
+                    "(the load generator runs on core 1 in any case)")
     ap.add_argument("--only", choices=("standalone", "ray1", "ray2"), action="append")
     args = ap.parse_args()
+    SERVER_CORES[:] = args.server_cores.split(",")
     if not namespaced():
         sys.exit("Ray listens on every interface: run this in a loopback-only namespace, as the docstring says")
     if (os.cpu_count() or 1) < 2:
