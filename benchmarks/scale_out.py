@@ -5,31 +5,33 @@
 Ray listens on every interface, so the run refuses to start outside a network namespace whose only interface is
 loopback (the command above). The demo LSTM (80 -> 256 x 2), 10 ms frames sent as 100 ms chunks, real-time
 paced streams. Every server process (for Ray: the driver, GCS, raylet, controller, proxy and replicas, which
-inherit the affinity) runs on core 0, and the load generator and this script on core 1, so the client does not
-take the server's CPU: two replicas share one core here, so they can add no compute, only their cost.
+inherit the affinity) runs on core 0 (``--server-cores``), and the load generator and this script on core 1, so
+the client does not take the server's CPU: two replicas on one core can add no compute, only their cost.
 For each of ``edge-rnn serve``, ``--ray --replicas 1`` and ``--ray --replicas 2``, in this order:
 
 1. the no-load round trip of one stream: the median of 200 sequential steps, over WebSocket and over HTTP;
-2. one HTTP level: 20 real-time streams, each step a ``POST /v1/streams/{id}/steps`` with ``X-Session-Id``;
+2. one HTTP level: 20 real-time streams, each step a ``POST /v1/streams/{id}/steps`` with ``X-Session-Id``
+   (and 10 streams where 20 were over), from ``_scale_out_client.py``;
 3. WebSocket levels (``edge-rnn loadtest``) up the ladder, stopping at the first level whose p99 is 100 ms or
-   more (or that had errors), then one level halfway between the last good and the first bad level.
+   more, or that had errors, twice in a row (the machine may be shared), then one level halfway between the
+   last good and the first bad level.
 
-Beside each level: the server's CPU (core 0) per message, split for Ray into proxy, replicas and the rest,
-read from /proc for the server's process tree. The Ray proxy's cost per message is stated three ways: the p50
-difference at 20 streams, the no-load round trip difference, and the proxy's CPU per message.
+Beside each level: the server's CPU per message, split for Ray into proxy, each replica and the rest (GCS,
+raylet, controller, driver), read from /proc for the server's process tree, and how busy the server's core
+was in all (other work on the machine shows there). The Ray proxy's cost per message is stated three ways:
+the p50 difference at 20 streams, the no-load round trip difference, and the CPU per message. Ray's Serve
+logs are searched for errors and 5xx afterwards (``--keep-logs DIR`` keeps them).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ LADDER = (5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500)
 COMMON = 20  # the level every server is compared at
 RESERVE = 80  # seconds kept for each run still to come (a Ray run fails its ladder early: about 75 s in all)
 CLK = os.sysconf("SC_CLK_TCK")
-FRAME, FRAMES = 80, 10
+CLIENT = Path(__file__).with_name("_scale_out_client.py")  # the HTTP load and the round trips
 SERVER_CORES = ["0"]  # --server-cores: where every server process runs (the load generator stays on core 1)
 
 
@@ -75,128 +77,6 @@ class Level:
                 f", {sum(per.values()):.2f} ms CPU a message{f' ({split})' if split else ''}; load generator "
                 f"{self.client_cpu:.0%} of core 1 -> {'ok' if self.ok else 'over'}")
 
-
-# --- the client side (run as `scale_out.py --client ...`, pinned to core 1) ---
-
-class Http:
-    """One HTTP/1.1 keep-alive connection, bare: httpx took 40% of core 1 for 20 streams, as much as the server."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, url: str) -> Http:
-        host, port = url.split("//", 1)[1].rsplit(":", 1)
-        return cls(*await asyncio.open_connection(host, int(port)))
-
-    async def call(self, method: str, path: str, body: bytes = b"", sid: str = "", step: int = -1) -> tuple[int, bytes]:
-        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-        head += ["Content-Type: application/octet-stream", f"X-Step: {step}"] if step >= 0 else []
-        head += [f"X-Session-Id: {sid}"] if sid else []  # Ray Serve routes by it; the standalone server ignores it
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        status = int((await self.reader.readline()).split()[1])
-        length, chunked = 0, False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            key, _, value = line.decode("latin-1").partition(":")
-            length = int(value) if key.lower() == "content-length" else length
-            chunked = chunked or (key.lower() == "transfer-encoding" and "chunked" in value)
-        if not chunked:
-            return status, await self.reader.readexactly(length)
-        data = b""
-        while size := int((await self.reader.readline()).strip(), 16):
-            data += (await self.reader.readexactly(size + 2))[:-2]
-        await self.reader.readline()
-        return status, data
-
-    async def open_stream(self) -> str:
-        status, body = await self.call("POST", "/v1/streams")
-        if status != 201:
-            raise RuntimeError(f"open {status}")
-        return json.loads(body)["stream_id"]
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def _http_stream(url: str, x: bytes, until: float, chunk_s: float, phase: float, out: dict) -> None:
-    kept = True
-    try:
-        http = await Http.open(url)
-        sid = await http.open_stream()
-        due = time.perf_counter() + chunk_s * phase
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        step = 0
-        while due < until:
-            sent = time.perf_counter()
-            status, body = await http.call("POST", f"/v1/streams/{sid}/steps", x, sid, step)
-            done = time.perf_counter()
-            if status != 200:
-                raise RuntimeError(f"step {status} {body[:80]!r}")
-            out["lat"].append((done - sent) * 1e3)
-            step, due = step + 1, due + chunk_s
-            kept = kept and done <= due
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        await http.call("DELETE", f"/v1/streams/{sid}", sid=sid)
-        http.close()
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        kept = False
-        key = " ".join(str(e).split(" ")[:2]) if isinstance(e, RuntimeError) else type(e).__name__
-        out["errors"][key] = out["errors"].get(key, 0) + 1
-    out["kept"] += kept
-
-
-async def _http_load(url: str, streams: int, duration: float) -> dict:
-    """Real-time HTTP streams, paced as `edge-rnn loadtest` paces its WebSocket ones: one connection a stream."""
-    import numpy as np
-
-    out: dict = {"lat": [], "errors": {}, "kept": 0}
-    x = np.random.default_rng(0).standard_normal((FRAMES, FRAME)).astype("<f4").tobytes()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(_http_stream(url, x, wall0 + duration, 0.1, i / streams, out) for i in range(streams)))
-    client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    lat, nan = out["lat"], float("nan")
-    return {"client_cpu": client_cpu, "kept": out["kept"], "chunks": len(lat),
-            "p50": float(np.percentile(lat, 50)) if lat else nan, "p99": float(np.percentile(lat, 99)) if lat else nan,
-            "errors": ", ".join(f"{k} x{v}" for k, v in sorted(out["errors"].items())) or "none"}
-
-
-async def _round_trips(url: str, n: int) -> dict:
-    """The median of ``n`` sequential steps of one stream, no other load: WebSocket, then HTTP."""
-    import numpy as np
-
-    from edge_rnn.client import WebSocketStream
-
-    x = np.random.default_rng(0).standard_normal((FRAMES, FRAME)).astype(np.float32)
-    ws, http = [], []
-    async with await WebSocketStream.open(url) as s:
-        for i in range(n + 20):
-            t0 = time.perf_counter()
-            await s.step(x)
-            if i >= 20:  # the first 20 warm the path
-                ws.append(time.perf_counter() - t0)
-    c = await Http.open(url)
-    sid = await c.open_stream()
-    for i in range(n + 20):
-        t0 = time.perf_counter()
-        status, _ = await c.call("POST", f"/v1/streams/{sid}/steps", x.tobytes(), sid, i)
-        if i >= 20:
-            http.append(time.perf_counter() - t0)
-        if status != 200:
-            raise RuntimeError(f"step {status}")
-    await c.call("DELETE", f"/v1/streams/{sid}", sid=sid)
-    c.close()
-    return {"ws": 1e3 * statistics.median(ws), "http": 1e3 * statistics.median(http)}
-
-
-def client_main(argv: list[str]) -> None:
-    kind, url = argv[0], argv[1]
-    if kind == "rtt":
-        print(json.dumps(asyncio.run(_round_trips(url, int(argv[2])))))
-    else:
-        print(json.dumps(asyncio.run(_http_load(url, int(argv[2]), float(argv[3])))))
-
-
-# --- the server side and the measuring ---
 
 def tree(root: int) -> list[int]:
     """``root`` and all its descendants (by the parent pid in /proc/*/stat)."""
@@ -323,7 +203,7 @@ def ws_level(url: str, streams: int, duration: float) -> Level:
 
 
 def client(*args: str, timeout: float) -> dict:
-    out = subprocess.run(["taskset", "-c", "1", sys.executable, __file__, "--client", *args], capture_output=True,
+    out = subprocess.run(["taskset", "-c", "1", sys.executable, str(CLIENT), *args], capture_output=True,
                          text=True, timeout=timeout)
     if out.returncode:
         raise RuntimeError(f"client {args[0]} failed: {out.stderr[-600:]}")
@@ -489,8 +369,6 @@ def namespaced() -> bool:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        return client_main(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=5.0, help="seconds a level")
     ap.add_argument("--rtt-steps", type=int, default=200)
