@@ -325,15 +325,26 @@ def machine() -> str:
 def table(results: list[Result]) -> str:
     rows = [f"| server | WS streams at p99 < 100 ms | WS, {COMMON} streams: p50 / p99 (kept real time) | HTTP, "
             f"{COMMON} streams: p50 / p99 (kept) | one stream, no load: WS / HTTP | server CPU a WS message at "
-            f"{COMMON} streams (of it, the proxy) | HTTP message (proxy) |", "|---|---|---|---|---|---|---|"]
+            f"{COMMON} streams (of it, the proxy) | HTTP message (proxy) | streams one core's CPU would carry |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         c, h = r.levels.get(COMMON), r.http
         half = f"; {COMMON // 2} streams: {_cell(r.http_half)}" if r.http_half else ""
         note = f" ({r.note})" if r.note else ""
         rows.append(f"| {r.label} | {r.capacity}{note} | {_cell(c)} | {_cell(h)}{half} | "
                     + (f"{r.rtt['ws']:.2f} / {r.rtt['http']:.2f} ms" if r.rtt else "-")
-                    + f" | {_cpu_cell(c)} | {_cpu_cell(h)} |")
+                    + f" | {_cpu_cell(c)} | {_cpu_cell(h)} | {_cpu_bound(r)} |")
     return "\n".join(rows)
+
+
+def _cpu_bound(r: Result) -> str:
+    """A core divided by the CPU a stream takes (10 messages a second) at the busiest WebSocket level measured:
+    the capacity that other work on a shared machine does not lower (the server's own CPU time only)."""
+    top = max((lvl for lvl in r.levels.values() if lvl.chunks), key=lambda lvl: lvl.streams, default=None)
+    if top is None:
+        return "-"
+    ms = 1e3 * sum(top.cpu.values()) / top.chunks
+    return f"{100 / ms:.0f} ({ms:.2f} ms a message at {top.streams} streams)"
 
 
 def _cell(lvl: Level | None) -> str:
