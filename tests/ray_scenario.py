@@ -296,8 +296,44 @@ def serve_run_main(out_path: str) -> int:
         except subprocess.TimeoutExpired:
             report["exit"] = "killed after 60 s"
         report["left_over"] = kill_namespace()
+    try:
+        report["joined"] = join_a_cluster()
+    finally:
+        report["left_over_after_join"] = kill_namespace()
         Path(out_path).write_text(json.dumps(report))
     return 0
+
+
+def join_a_cluster() -> dict:
+    """``edge-rnn serve --ray --address`` joins a running cluster (``ray start --head`` here), serves, and on SIGINT
+    deletes only its application: the cluster is still up."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = ["--head", "--port", "6380", "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+            "--num-cpus", "2", "--disable-usage-stats"]
+    subprocess.run([ray_bin, "start", *head], check=True, capture_output=True, env=env, timeout=120)
+    out: dict = {}
+    port = free_port()
+    cli = subprocess.Popen([sys.executable, "-m", "edge_rnn.cli", "serve", str(MODEL), "--ray", "--address",
+                            "127.0.0.1:6380", "--port", str(port)], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in cli.stderr:
+            lines.append(line.strip())
+            if "serving" in line:
+                break
+        out["said"] = [x for x in lines if x.startswith(("starting", "serving"))]
+        parts = chunks(7)
+        with HttpStream(f"http://127.0.0.1:{port}", width=6) as h:
+            out["equal"] = bool(np.array_equal(np.concatenate([h.step(c) for c in parts]), offline(parts)[0]))
+    finally:
+        cli.send_signal(signal.SIGINT)
+        out["exit"] = cli.wait(60)
+    status = subprocess.run([ray_bin, "status", "--address", "127.0.0.1:6380"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    out["cluster_still_up"] = status.returncode == 0
+    # not `ray stop`: it stops every Ray process of the machine, not only this namespace's (kill_namespace does)
+    return out
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,8 +37,16 @@ def _report(tmp: str, *flags: str) -> dict:
     out = os.path.join(tmp, "ray.json")
     script = f"exec {sys.executable} {REPO / 'tests' / 'ray_scenario.py'} {' '.join(flags)} {out}"
     t0 = time.monotonic()
-    done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=SCENARIO_TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    # Ray's files (sessions, logs, the address of "the current cluster") in a folder of this run's, removed after:
+    # under /tmp/ray, runs would see each other's cluster and leave their logs behind. Short: Ray's socket paths
+    # must fit 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")
+    try:
+        done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
+                              timeout=SCENARIO_TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled",
+                                                             "RAY_TMPDIR": ray_tmp})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(open(out).read())
     report["wall_s"] = time.monotonic() - t0
@@ -127,13 +135,25 @@ def test_auth_and_per_replica_metrics_on_the_ray_path(report: dict) -> None:
     assert metrics.count("# TYPE edge_rnn_steps_total counter") == 1
 
 
-def test_rays_own_serve_run_runs_the_application_builder(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tooling(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Ray's own ``serve run`` of the builder, then ``edge-rnn serve --ray --address`` joining a running cluster."""
     problem = _namespace_problem()
     if problem:
         pytest.skip(f"Ray runs only in a network namespace with loopback alone: {problem}")
-    r = _report(str(tmp_path), "--serve-run")
+    return _report(str(tmp_path_factory.mktemp("ray-tooling")), "--serve-run")
+
+
+def test_rays_own_serve_run_runs_the_application_builder(tooling: dict) -> None:
+    r = tooling
     assert r["command"] == ["run", "edge_rnn.service.ray:app", f"model={REPO / 'tests' / 'data' / 'lstm_layer.onnx'}",
                             "replicas=2"]
     assert r["http_equal"] and r["ws_equal"]
     assert len(r["replicas"]) == 2
     assert r["exit"] == 0 and not [p for p in r["left_over"] if "ray" in p or "gcs" in p], r["left_over"]
+
+
+def test_serve_ray_joins_a_running_cluster_and_leaves_it_running(tooling: dict) -> None:
+    j = tooling["joined"]
+    assert any("the Ray cluster at 127.0.0.1:6380" in line for line in j["said"]), j
+    assert j["equal"] and j["exit"] == 0 and j["cluster_still_up"], j
