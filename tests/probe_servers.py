@@ -83,11 +83,15 @@ class SizeLimitedSocket:
     and websockets' own reason, no JSON error: what a proxy in front of the server (Ray's, at 16 MiB) does."""
 
     def __init__(self, limit: int):
+        from websockets.exceptions import ConnectionClosed
         from websockets.sync.server import serve
 
         def echo(ws) -> None:
-            for message in ws:
-                ws.send(message)
+            try:
+                for message in ws:
+                    ws.send(message)
+            except ConnectionClosed:  # closed by the limit: what this server is for
+                pass
 
         self.server = serve(echo, "127.0.0.1", 0, max_size=limit, compression=None)
         self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"

@@ -98,6 +98,23 @@ def test_a_replay_interrupted_after_its_request_went_out_leaves_the_stream_in_st
     assert final == offline_snapshot([*parts[:3], *parts[4:9]])
 
 
+@pytest.mark.parametrize("kind", WS_KINDS)
+def test_a_reset_interrupted_after_its_message_went_out_leaves_the_stream_in_step(monkeypatch, kind):
+    parts = chunks(np.random.default_rng(27), 40)
+    cut = Interrupter(monkeypatch)
+    with ModelServer() as server:
+        s = Client(kind, server.url, checkpoint_every=4)
+        for c in parts[:3]:
+            s.step(c)
+        cut.arm("reset")
+        cut.call(_loop(s), lambda: s.s.reset())
+        got = [(k, s.step(parts[k])) for k in range(3, 8)]
+        s.close()
+    kept, reset = outputs(parts, range(8)), outputs(parts, range(3, 8))  # the reset applied or not: either is right
+    for k, y in got:
+        assert either(y, [kept[k], reset[k]]), f"step {k} returned another call's reply"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_open_interrupted_half_way_leaves_no_stream_and_no_connection(monkeypatch, kind):
     cut = Interrupter(monkeypatch)
