@@ -223,6 +223,30 @@ def test_an_overload_longer_than_resume_timeout_raises_it_and_never_resumes(monk
     assert set(ops) == {"step"} and clock.waits == [1, 1, 1] and j.resumes == 0 and not j.entries
 
 
+def test_a_resume_that_fails_half_way_gives_its_new_stream_up(monkeypatch):
+    monkeypatch.setattr(resume, "time", Clock())
+    parts = chunks(np.random.default_rng(6), 40)
+    j = resume.journal(None, resume=True, every=EVERY, timeout=3, gone=(OSError,))
+    server = FakeServer()
+    server.open(None)
+    outs = [resume.run(resume.step_plan(j, c.tobytes()), server.do) for c in parts[:EVERY + 2]]
+    server.streams.clear()  # the stream gone; the new one's replay then refused overloaded for longer than 3 s
+    busy = [False]
+
+    def do(op):
+        if busy[0] and op[0] == "step":
+            raise ServiceError(503, "overloaded", "retry shortly", retry_after=1)
+        busy[0] = busy[0] or op[0] == "open"
+        return server.do(op)
+
+    with pytest.raises(ServiceError, match="503 overloaded"):
+        resume.run(resume.step_plan(j, parts[EVERY + 2].tobytes()), do)
+    assert not server.streams  # the half-replayed stream was given up: never stepped on as if whole
+    outs += [resume.run(resume.step_plan(j, c.tobytes()), server.do) for c in parts[EVERY + 2:]]
+    np.testing.assert_array_equal(np.concatenate([np.frombuffer(o, "<f4") for o in outs]), offline(parts).ravel())
+    assert server.snapshot() == offline_snapshot(parts) and j.resumes == 1
+
+
 def test_a_server_gone_for_longer_than_resume_timeout_raises_the_last_error():
     j = resume.journal(None, resume=True, every=EVERY, timeout=0.3, gone=(OSError,))
 
