@@ -156,15 +156,18 @@ def test_a_replay_that_gives_another_output_raises_and_never_returns_it():
 
 def test_errors_that_do_not_mean_the_server_is_gone_raise_at_once():
     j = resume.journal(None, resume=True, every=EVERY, timeout=10, gone=(OSError,))
-    for status, code in ((400, "bad_chunk"), (401, "unauthorized"), (409, "out_of_order"), (413, "too_large"),
+    for status, code in ((400, "bad_chunk"), (401, "unauthorized"), (413, "too_large"), (400, "bad_snapshot"),
                          (429, "stream_busy"), (500, "inference_failed"), (1011, "inference_failed"),
-                         (1007, "bad_chunk"), (1008, "unauthorized")):
-        assert not j.is_gone(ServiceError(status, code, ""))
-    for status, code in ((502, "error"), (503, "overloaded"), (503, "shutting_down"), (504, "error"),
+                         (1007, "bad_chunk"), (1008, "unauthorized"), (1009, "too_large"), (1007, "bad_snapshot"),
+                         (503, "overloaded")):  # the server's own overloaded: retried in place, no resume
+        assert not j.is_gone(ServiceError(status, code, "")), (status, code)
+    for status, code in ((502, "error"), (503, "shutting_down"), (504, "error"), (409, "out_of_order"),
                          (404, "unknown_stream"), (1001, "shutting_down"), (1006, "closed"), (1011, "internal_error"),
-                         (1012, "closed"), (1013, "too_many_streams"), (1008, "unknown_stream")):
+                         (1012, "closed"), (1013, "too_many_streams"), (1013, "overloaded"), (1008, "unknown_stream"),
+                         (409, "out_of_step"), (1008, "out_of_step")):
         assert j.is_gone(ServiceError(status, code, "")), (status, code)
     assert j.is_gone(ServiceError(500, "error", "<html>", proxied=True)) and j.is_gone(ConnectionResetError())
+    assert j.is_gone(ServiceError(503, "overloaded", "<html>", proxied=True))  # a proxy's: the server may be gone
 
     def refuse(op):
         raise ServiceError(400, "bad_chunk", "no")
@@ -172,6 +175,76 @@ def test_errors_that_do_not_mean_the_server_is_gone_raise_at_once():
     with pytest.raises(ServiceError, match="400 bad_chunk"):
         resume.run(resume.step_plan(j, b"x"), refuse)
     assert j.resumes == 0
+
+
+class Clock:
+    """``time`` for the resume logic: a sleep advances it, and is recorded."""
+
+    def __init__(self):
+        self.now, self.waits = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+@pytest.mark.parametrize("retry_after,waits", [(5.0, [1.0, 1.0]), (None, [0.05, 0.1])])
+def test_the_servers_own_overloaded_is_sent_again_in_place_after_retry_after(monkeypatch, retry_after, waits):
+    clock, ops, refusals = Clock(), [], [2]
+    monkeypatch.setattr(resume, "time", clock)
+    j = resume.journal(None, resume=True, every=EVERY, timeout=10, gone=(OSError,))
+
+    def busy(op):
+        ops.append(op[0])
+        if op[0] == "step" and refusals[0]:
+            refusals[0] -= 1
+            raise ServiceError(503, "overloaded", "retry shortly", retry_after=retry_after)
+        return b"y"
+
+    assert resume.run(resume.step_plan(j, b"x"), busy) == b"y"
+    assert ops == ["step"] * 3 and clock.waits == waits and j.resumes == 0  # the same stream: no open, no abandon
+    assert j.entries == [(b"x", b"y")]  # applied once
+
+
+def test_an_overload_longer_than_resume_timeout_raises_it_and_never_resumes(monkeypatch):
+    clock, ops = Clock(), []
+    monkeypatch.setattr(resume, "time", clock)
+    j = resume.journal(None, resume=True, every=EVERY, timeout=3, gone=(OSError,))
+
+    def busy(op):
+        ops.append(op[0])
+        raise ServiceError(503, "overloaded", "retry shortly", retry_after=1)
+
+    with pytest.raises(ServiceError, match="503 overloaded"):
+        resume.run(resume.step_plan(j, b"x"), busy)
+    assert set(ops) == {"step"} and clock.waits == [1, 1, 1] and j.resumes == 0 and not j.entries
+
+
+def test_a_resume_that_fails_half_way_gives_its_new_stream_up(monkeypatch):
+    monkeypatch.setattr(resume, "time", Clock())
+    parts = chunks(np.random.default_rng(6), 40)
+    j = resume.journal(None, resume=True, every=EVERY, timeout=3, gone=(OSError,))
+    server = FakeServer()
+    server.open(None)
+    outs = [resume.run(resume.step_plan(j, c.tobytes()), server.do) for c in parts[:EVERY + 2]]
+    server.streams.clear()  # the stream gone; the new one's replay then refused overloaded for longer than 3 s
+    busy = [False]
+
+    def do(op):
+        if busy[0] and op[0] == "step":
+            raise ServiceError(503, "overloaded", "retry shortly", retry_after=1)
+        busy[0] = busy[0] or op[0] == "open"
+        return server.do(op)
+
+    with pytest.raises(ServiceError, match="503 overloaded"):
+        resume.run(resume.step_plan(j, parts[EVERY + 2].tobytes()), do)
+    assert not server.streams  # the half-replayed stream was given up: never stepped on as if whole
+    outs += [resume.run(resume.step_plan(j, c.tobytes()), server.do) for c in parts[EVERY + 2:]]
+    np.testing.assert_array_equal(np.concatenate([np.frombuffer(o, "<f4") for o in outs]), offline(parts).ravel())
+    assert server.snapshot() == offline_snapshot(parts) and j.resumes == 1
 
 
 def test_a_server_gone_for_longer_than_resume_timeout_raises_the_last_error():

@@ -18,6 +18,7 @@ pytest.importorskip("websockets")
 
 from probe_servers import GRU_CELL, LSTM, ModelServer  # noqa: E402
 from service_streams import chunks, held_at, until  # noqa: E402
+from stream_clients import KINDS, Client  # noqa: E402
 from test_client_resume import Relay  # noqa: E402
 
 from edge_rnn.client import (  # noqa: E402
@@ -58,9 +59,6 @@ def _either(y: np.ndarray, candidates: list[np.ndarray]) -> bool:
 
 
 # ------------------------------------------------------------------------------------ cancellation mid-step
-@pytest.mark.xfail(strict=True, reason="WebSocketStream: a step cancelled after its message was sent leaves its "
-                   "reply queued on the socket; the next step returns that reply as its own output (every later "
-                   "output is one step late), silently; then a TypeError once a snapshot reply is taken for one")
 def test_ws_a_cancelled_step_never_makes_a_later_step_return_another_chunks_output():
     parts = chunks(np.random.default_rng(5), 30)
 
@@ -88,9 +86,6 @@ def test_ws_a_cancelled_step_never_makes_a_later_step_return_another_chunks_outp
             assert isinstance(y, ServiceError), f"step {k}: {type(y).__name__}: {y}"
 
 
-@pytest.mark.xfail(strict=True, reason="AsyncHttpStream: a step cancelled once the server has it is applied there "
-                   "(the server shields it) but not counted by the client: every later step is 409 out_of_order, "
-                   "for ever, though the journal could resume the stream")
 def test_http_a_cancelled_step_leaves_the_stream_usable():
     parts = chunks(np.random.default_rng(6), 30)
 
@@ -115,57 +110,44 @@ def _frames(seed: int) -> list[np.ndarray]:
     return [x[i:i + 1] for i in range(len(x))]
 
 
-@pytest.mark.xfail(strict=True, reason="a stream with no checkpoint yet (just opened from zeros) whose server is "
-                   "replaced by one serving ANOTHER model of the same frame size resumes there silently: the next "
-                   "output is the other model's; nothing ties the resumed stream to the model it was opened on")
-@pytest.mark.parametrize("kind", ["http", "sync_ws"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_fresh_stream_never_resumes_on_another_model(kind):
     parts = _frames(7)
     with ModelServer(LSTM) as a, ModelServer(GRU_CELL) as b:
         relay = Relay(a.port)
         try:
-            make = HttpStream if kind == "http" else SyncWebSocketStream
-            s = make(relay.url, width=6, checkpoint_every=4, resume_timeout=5)
+            s = Client(kind, relay.url, checkpoint_every=4, resume_timeout=5)
             relay.upstream = b.port  # the server at the address is replaced by one of another model
             relay.cut()
-            try:
-                y = s.step(parts[0])
-            except ServiceError:
-                return  # refused: what must happen
-            finally:
-                relay.close()
-            want = _outputs(parts, [0])[0]
-            assert np.array_equal(y, want), "the first output came from another model"
+            for _ in range(2):  # refused, and again: never retried into another model's stream
+                with pytest.raises(ServiceError) as e:
+                    s.step(parts[0])
+                assert e.value.code == "bad_snapshot", e.value
+            assert not b.svc.registry.streams
         finally:
             relay.close()
 
 
-@pytest.mark.xfail(strict=True, reason="after reset() a WebSocket stream's checkpoint is 'zeros' (None): a server "
-                   "replaced by another model's then takes the stream over silently, as for a fresh stream")
-def test_a_reset_websocket_stream_never_resumes_on_another_model():
+@pytest.mark.parametrize("kind", ["sync_ws", "ws"])
+def test_a_reset_websocket_stream_never_resumes_on_another_model(kind):
     parts = _frames(8)
     with ModelServer(LSTM) as a, ModelServer(GRU_CELL) as b:
         relay = Relay(a.port)
         try:
-            s = SyncWebSocketStream(relay.url, width=6, checkpoint_every=4, resume_timeout=5)
+            s = Client(kind, relay.url, checkpoint_every=4, resume_timeout=5)
             for c in parts[:6]:
                 s.step(c)
-            s.reset()
+            s._call(s.s.reset())
             relay.upstream = b.port
             relay.cut()
-            try:
-                y = s.step(parts[6])
-            except ServiceError:
-                return
-            assert np.array_equal(y, _outputs(parts, [6])[6]), "the output came from another model"
+            with pytest.raises(ServiceError) as e:
+                s.step(parts[6])
+            assert e.value.code == "bad_snapshot", e.value
         finally:
             relay.close()
 
 
 # ------------------------------------------------------------------------------------ backpressure taken for death
-@pytest.mark.xfail(strict=True, reason="a 503 overloaded (the server alive and its queue full; the step not "
-                   "applied) is taken for 'server gone': the client DELETEs its live stream and reopens and replays "
-                   "it, in a loop while the overload lasts: backpressure turned into stream churn")
 def test_an_overloaded_server_is_not_taken_for_a_dead_one():
     parts = chunks(np.random.default_rng(9), 20)
     with ModelServer(max_batch=1, max_queue=1) as server:
@@ -175,8 +157,9 @@ def test_an_overloaded_server_is_not_taken_for_a_dead_one():
         entered, gate = held_at(server.svc.model, call=None)
         others = [HttpStream(server.url, width=6, resume=False) for _ in range(2)]
         fillers = [threading.Thread(target=o.step, args=(parts[1],)) for o in others]
-        for t in fillers:
-            t.start()
+        fillers[0].start()
+        entered.wait(20)  # the first in the engine (held), out of its queue: the second waits in the queue
+        fillers[1].start()
         until(lambda: server.svc.registry.in_flight >= 2)  # every engine slot taken: one more is a 503
         result = {}
         stepper = threading.Thread(target=lambda: result.update(y=_try(s.step, parts[1])))
@@ -189,6 +172,7 @@ def test_an_overloaded_server_is_not_taken_for_a_dead_one():
             o.close()
         s.close()
     assert s.resumes == 0 and s.id == first_id, f"the live stream was given up ({s.resumes} resumes)"
+    np.testing.assert_array_equal(result["y"], _outputs(parts, [0, 1])[1])  # refused, then applied once, in place
 
 
 def _try(f, *a):
@@ -199,9 +183,6 @@ def _try(f, *a):
 
 
 # ------------------------------------------------------------------------------------ a refused chunk over a socket
-@pytest.mark.xfail(strict=True, reason="SyncWebSocketStream with resume on: after one refused chunk (400 "
-                   "bad_chunk; the state untouched) every later step raises 1007 bad_chunk for ever, though the "
-                   "journal could resume the stream (HttpStream goes on)")
 def test_ws_a_refused_chunk_leaves_a_resuming_stream_usable():
     parts = chunks(np.random.default_rng(10), 20)
     with ModelServer() as server:

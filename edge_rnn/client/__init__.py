@@ -13,12 +13,18 @@ code) and the server's error code; outputs come back as float32 arrays of
 shape ``(time, output features)``.
 
 A stream survives the death of the server process that holds it
-(``resume=True``, the default): every ``checkpoint_every`` steps the client
-fetches a snapshot, keeps the chunks sent since, and when the server is gone
-opens a new stream from the snapshot, replays those chunks (their outputs must
-equal, bit for bit, the ones returned: else :class:`ReplayDiverged`) and goes
-on, trying for up to ``resume_timeout`` seconds. ``s.resumes`` counts the
-resumes, ``s.last_resume_s`` is how long the last one took.
+(``resume=True``, the default): at the open (a stream opened from zeros) and
+every ``checkpoint_every`` steps the client fetches a snapshot, keeps the
+chunks sent since, and when the server is gone opens a new stream from the
+snapshot (a server of another model refuses it: ``bad_snapshot``), replays
+those chunks (their outputs must equal, bit for bit, the ones returned: else
+:class:`ReplayDiverged`) and goes on, trying for up to ``resume_timeout``
+seconds. ``s.resumes`` counts the resumes, ``s.last_resume_s`` is how long the
+last one took. A call interrupted between its request and its reply (a
+cancelled task, ``asyncio.wait_for``'s timeout, Ctrl-C), or a WebSocket closed
+by a refusal, leaves the stream to be resumed at the next call (with
+``resume=False``, that call raises ``out_of_step`` or ``unknown_stream``). The
+server's own ``503 overloaded`` is sent again after its ``Retry-After``.
 """
 
 from __future__ import annotations

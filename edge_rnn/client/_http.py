@@ -1,25 +1,84 @@
-"""The client over HTTP: a stream's steps, snapshot and close as requests, blocking or async."""
+"""The client over HTTP: a stream's steps, snapshot and close as requests, blocking or async.
+
+A step sent and never answered (a task cancelled, Ctrl-C, a reply lost, a proxy's 5xx) may have been applied
+by the server and not counted here: the stream is then out of step (:class:`InStep`), and its next call resumes
+it (or, with ``resume=False``, raises ``out_of_step``) rather than be refused ``out_of_order`` for ever.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from edge_rnn.client._resume import Journal, Resumable, ServiceError, arun, journal, run, snapshot_plan, step_plan
-from edge_rnn.client._wire import ABANDON_S, auth_headers, chunk_bytes, output
+from edge_rnn.client._resume import (
+    Journal,
+    Resumable,
+    ServiceError,
+    arun,
+    journal,
+    open_plan,
+    run,
+    snapshot_plan,
+    step_plan,
+)
+from edge_rnn.client._wire import ABANDON_S, InStep, auth_headers, chunk_bytes, output
 
 __all__ = ["HttpStream", "AsyncHttpStream"]
 
+_HTTP_409_CONFLICT, _HTTP_404_NOT_FOUND = 409, 404  # out_of_step, unknown_stream (a stream given up)
+_GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
+
+
+def _in_step() -> InStep:
+    return InStep(_HTTP_409_CONFLICT, _HTTP_404_NOT_FOUND)
+
+
+def _refusal(response: Any) -> ServiceError | None:
+    """The error an answer is, if it is one: the server's own JSON error, or a proxy's (``proxied``)."""
+    if response.status_code < 400:
+        return None
+    try:
+        body = response.json()
+        code, message, proxied = body.get("code", "error"), body.get("message", ""), "code" not in body
+    except (ValueError, AttributeError):
+        code, message, proxied = "error", response.text[:200], True
+    return ServiceError(response.status_code, code, message, proxied=proxied,
+                        retry_after=_seconds(response.headers.get("retry-after")))
+
 
 def _raise_for(response: Any) -> None:
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            code, message, proxied = body.get("code", "error"), body.get("message", ""), "code" not in body
-        except (ValueError, AttributeError):
-            code, message, proxied = "error", response.text[:200], True
-        raise ServiceError(response.status_code, code, message, proxied=proxied)
+    e = _refusal(response)
+    if e is not None:
+        raise e
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (an HTTP date, or nothing that reads: None)."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < math.inf else None
+
+
+def _settled(in_step: InStep, response: Any) -> None:
+    """A step's answer: a refusal raised. The stream is in step again, unless the answer is a proxy's 5xx (the
+    server behind it may have applied the step)."""
+    e = _refusal(response)
+    if e is None or not (e.proxied and e.status >= 500):
+        in_step.answered()
+    if e is not None:
+        raise e
+
+
+def _unanswered(in_step: InStep, e: BaseException) -> None:
+    """A step whose request failed: still in step if it never reached the server (no connection was made)."""
+    import httpx
+
+    if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        in_step.answered()
 
 
 def _session(sid: str) -> dict[str, str]:
@@ -51,8 +110,12 @@ class HttpStream(Resumable):
 
         self._journal = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
-        self.width, self.steps = width, 0
-        self._open(snapshot)
+        self.width, self.steps, self.id = width, 0, ""
+        try:
+            self._open(snapshot) if self._journal is None else run(open_plan(self._journal), self._do)
+        except BaseException:
+            self._discard()
+            raise
 
     def step(self, x: Any) -> np.ndarray:
         chunk = chunk_bytes(x)
@@ -85,24 +148,40 @@ class HttpStream(Resumable):
     def _open(self, snapshot: bytes | None) -> None:
         r = self._http.post("/v1/streams", content=snapshot or b"")
         _raise_for(r)
-        self.id, self._sent = r.json()["stream_id"], 0
+        self.id, self._sent, self._in_step = r.json()["stream_id"], 0, _in_step()
 
     def _step(self, chunk: bytes) -> bytes:
-        r = self._http.post(f"/v1/streams/{self.id}/steps", content=chunk, headers=_step_headers(self._sent, self.id))
-        _raise_for(r)
+        self._in_step.sending()
+        try:
+            r = self._http.post(f"/v1/streams/{self.id}/steps", content=chunk,
+                                headers=_step_headers(self._sent, self.id))
+        except Exception as e:
+            _unanswered(self._in_step, e)
+            raise
+        _settled(self._in_step, r)
         self._sent += 1
         return r.content
 
     def _snapshot(self) -> bytes:
+        self._in_step.check()
         r = self._http.get(f"/v1/streams/{self.id}/snapshot", headers=_session(self.id))
         _raise_for(r)
         return r.content
 
     def _abandon(self) -> None:
+        self._in_step.give_up(_GIVEN_UP)
         try:
             self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
             pass
+
+    def _discard(self) -> None:
+        """An open that failed: its stream, if one was made, deleted; the connections closed."""
+        try:
+            if self.id:
+                self._abandon()
+        finally:
+            self._http.close()
 
 
 class AsyncHttpStream(Resumable):
@@ -110,7 +189,7 @@ class AsyncHttpStream(Resumable):
 
     def __init__(self, http: Any, stream_id: str, width: int | None, journal: Journal | None = None):
         self._http, self.id, self.width, self.steps = http, stream_id, width, 0
-        self._journal, self._sent = journal, 0
+        self._journal, self._sent, self._in_step = journal, 0, _in_step()
 
     @classmethod
     async def open(cls, url: str, *, token: str | None = None, snapshot: bytes | None = None,
@@ -122,9 +201,9 @@ class AsyncHttpStream(Resumable):
         http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
         s = cls(http, "", width, j)
         try:
-            await s._open(snapshot)
+            await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:
-            await http.aclose()
+            await s._discard()
             raise
         return s
 
@@ -158,22 +237,37 @@ class AsyncHttpStream(Resumable):
     async def _open(self, snapshot: bytes | None) -> None:
         r = await self._http.post("/v1/streams", content=snapshot or b"")
         _raise_for(r)
-        self.id, self._sent = r.json()["stream_id"], 0
+        self.id, self._sent, self._in_step = r.json()["stream_id"], 0, _in_step()
 
     async def _step(self, chunk: bytes) -> bytes:
-        r = await self._http.post(f"/v1/streams/{self.id}/steps", content=chunk,
-                                  headers=_step_headers(self._sent, self.id))
-        _raise_for(r)
+        self._in_step.sending()
+        try:
+            r = await self._http.post(f"/v1/streams/{self.id}/steps", content=chunk,
+                                      headers=_step_headers(self._sent, self.id))
+        except Exception as e:
+            _unanswered(self._in_step, e)
+            raise
+        _settled(self._in_step, r)
         self._sent += 1
         return r.content
 
     async def _snapshot(self) -> bytes:
+        self._in_step.check()
         r = await self._http.get(f"/v1/streams/{self.id}/snapshot", headers=_session(self.id))
         _raise_for(r)
         return r.content
 
     async def _abandon(self) -> None:
+        self._in_step.give_up(_GIVEN_UP)
         try:
             await self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
             pass
+
+    async def _discard(self) -> None:
+        """An open that failed: its stream, if one was made, deleted; the connections closed."""
+        try:
+            if self.id:
+                await self._abandon()
+        finally:
+            await self._http.aclose()

@@ -1,4 +1,10 @@
-"""The client over a WebSocket: one connection is one stream, blocking or async."""
+"""The client over a WebSocket: one connection is one stream, blocking or async.
+
+A call interrupted between its message and its reply (a task cancelled, an ``asyncio.wait_for`` timed out,
+Ctrl-C) leaves that reply on the socket, and a refusal closes it: either way the socket takes no more calls
+(:class:`InStep`). The next call resumes the stream from the checkpoint, or, with ``resume=False``, raises
+``out_of_step`` or ``unknown_stream``: never a reply meant for another call.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +21,19 @@ from edge_rnn.client._resume import (
     ServiceError,
     arun,
     journal,
+    open_plan,
     reset_plan,
     run,
     snapshot_plan,
     snapshot_steps,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, auth_headers, chunk_bytes, output
+from edge_rnn.client._wire import ABANDON_S, InStep, auth_headers, chunk_bytes, output
 
 __all__ = ["WebSocketStream", "SyncWebSocketStream"]
 
-_WS_1001_GOING_AWAY = 1001
+_WS_1001_GOING_AWAY, _WS_1008_POLICY_VIOLATION, _WS_1009_MESSAGE_TOO_BIG = 1001, 1008, 1009
+_GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
 
 
 def _ws_url(url: str) -> str:
@@ -39,7 +47,21 @@ def _closed(e: Any) -> ServiceError:
     frame = getattr(e, "rcvd", None)
     code = frame.code if frame is not None else 1006
     reason = frame.reason if frame is not None and frame.reason else "closed"
+    if code == _WS_1009_MESSAGE_TOO_BIG:  # a proxy in front (Ray's, at 16 MiB) closes so with a reason of its own
+        return ServiceError(code, "too_large", "expected a message within the limit of the server or of a proxy in "
+                            f"front of it, got one over it: the connection was closed ({reason})")
     return ServiceError(code, reason, f"the server closed the connection ({code})")
+
+
+def _in_step() -> InStep:
+    return InStep(_WS_1008_POLICY_VIOLATION, _WS_1008_POLICY_VIOLATION)
+
+
+def _closed_by(in_step: InStep, e: ServiceError) -> ServiceError:
+    """``e``, a refusal that closed the socket: the socket's later calls say so (a resume opens another)."""
+    in_step.give_up(f"expected an open stream, got one the server closed after {e.status} {e.code}: open a new one "
+                    "(resume=True does)")
+    return e
 
 
 def _error_body(reply: Any) -> dict | None:
@@ -87,15 +109,11 @@ def _restored(reply: Any, snapshot: bytes) -> None:
         raise ServiceError(1002, "bad_reply", f"expected the restore command's answer, got {str(reply)[:80]!r}")
 
 
-def _given_up_error() -> ServiceError:
-    """What a socket given up for a resumed stream (which then failed) answers: the stream is unknown now, as a
-    stream deleted over HTTP is, so the next call resumes again."""
-    return ServiceError(1008, "unknown_stream", "the stream was given up by this client (a resume failed)")
-
-
-def _too_big(e: ServiceError, size: int) -> ServiceError:
-    if e.status == 1009:
-        return ServiceError(1009, "too_large", f"the snapshot as a restore message ({size} bytes) is over the "
+def _restore_refused(in_step: InStep, e: ServiceError, size: int) -> ServiceError:
+    """A restore refused (or answered wrongly): the socket takes no call (its state is not the snapshot's)."""
+    in_step.give_up(f"expected a stream restored from the snapshot, got {e.status} {e.code}: open a new one")
+    if e.status == _WS_1009_MESSAGE_TOO_BIG:
+        return ServiceError(e.status, "too_large", f"the snapshot as a restore message ({size} bytes) is over the "
                             "server's message limit: open the stream from it over HTTP instead")
     return e
 
@@ -106,38 +124,42 @@ class WebSocketStream(Resumable):
     A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
     """
 
-    _given_up = False  # the socket was closed by this client, for a resumed stream
-
     def __init__(self, socket: Any, width: int | None, *, journal: Journal | None = None, url: str = "",
                  token: str | None = None):
         self._ws, self.width, self._journal = socket, width, journal
-        self._url, self._token = url, token
+        self._url, self._token, self._in_step = url, token, _in_step()
 
     @classmethod
     async def open(cls, url: str, *, token: str | None = None, width: int | None = None,
                    snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                    resume_timeout: float = 30.0) -> WebSocketStream:
-        s = cls(None, width, journal=_ws_journal(snapshot, resume, checkpoint_every, resume_timeout), url=url,
-                token=token)
-        await s._open(snapshot)
+        j = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
+        s = cls(None, width, journal=j, url=url, token=token)
+        try:
+            await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
+        except BaseException:
+            if s._ws is not None:
+                await s._abandon()
+            raise
         return s
 
     async def _ask(self, message: Any) -> Any:
         """Send, and the reply; an error reply (and the close after it) raises ServiceError."""
         from websockets.exceptions import ConnectionClosed
 
-        if self._given_up:
-            raise _given_up_error()
+        self._in_step.sending()
         try:
             await self._ws.send(message)
             reply = await self._ws.recv()
         except ConnectionClosed as e:
-            raise _closed(e) from None
+            raise _closed_by(self._in_step, _closed(e)) from None
         body = _error_body(reply)
         if body is None:
+            self._in_step.answered()
             return reply
         if self._journal is not None and body.get("code") == "shutting_down":
-            raise _ws_error(body, _WS_1001_GOING_AWAY)  # not closed: the socket still answers a snapshot
+            self._in_step.answered()  # not closed: the socket still answers a snapshot
+            raise _ws_error(body, _WS_1001_GOING_AWAY)
         try:
             await asyncio.wait_for(self._ws.recv(), 10)
             code = 1011  # an error not followed by a close: not what the server does
@@ -145,7 +167,7 @@ class WebSocketStream(Resumable):
             code = _closed(e).status
         except asyncio.TimeoutError:
             code = 1011
-        raise _ws_error(body, code)
+        raise _closed_by(self._in_step, _ws_error(body, code))
 
     async def step(self, x: Any) -> np.ndarray:
         chunk = chunk_bytes(x)
@@ -185,13 +207,13 @@ class WebSocketStream(Resumable):
                                                 **_ws_options(self._token, self._journal is not None))
         except websockets.exceptions.InvalidStatus as e:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
-        self._given_up = False
+        self._in_step = _in_step()
         if snapshot:
             message = _restore_message(snapshot)
             try:
                 _restored(await self._ask(message), snapshot)
             except ServiceError as e:
-                raise _too_big(e, len(message)) from None
+                raise _restore_refused(self._in_step, e, len(message)) from None
 
     async def _step(self, chunk: bytes) -> bytes:
         return await self._ask(chunk)
@@ -203,7 +225,7 @@ class WebSocketStream(Resumable):
         await self._ask(json.dumps({"type": "reset"}))
 
     async def _abandon(self) -> None:
-        self._given_up = True
+        self._in_step.give_up(_GIVEN_UP)
         try:
             await asyncio.wait_for(self.close(), ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
@@ -213,30 +235,36 @@ class WebSocketStream(Resumable):
 class SyncWebSocketStream(Resumable):
     """One stream over a WebSocket, blocking; ``snapshot=`` resumes from it (the ``restore`` command)."""
 
-    _given_up = False  # the socket was closed by this client, for a resumed stream
-
     def __init__(self, url: str, *, token: str | None = None, width: int | None = None,
                  snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                  resume_timeout: float = 30.0):
         self._journal = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
         self._url, self._token, self.width = url, token, width
-        self._open(snapshot)
+        self._ws: Any = None
+        self._in_step = _in_step()
+        try:
+            self._open(snapshot) if self._journal is None else run(open_plan(self._journal), self._do)
+        except BaseException:
+            if self._ws is not None:
+                self._abandon()
+            raise
 
     def _ask(self, message: Any) -> Any:
         from websockets.exceptions import ConnectionClosed
 
-        if self._given_up:
-            raise _given_up_error()
+        self._in_step.sending()
         try:
             self._ws.send(message)
             reply = self._ws.recv()
         except ConnectionClosed as e:
-            raise _closed(e) from None
+            raise _closed_by(self._in_step, _closed(e)) from None
         body = _error_body(reply)
         if body is None:
+            self._in_step.answered()
             return reply
         if self._journal is not None and body.get("code") == "shutting_down":
-            raise _ws_error(body, _WS_1001_GOING_AWAY)  # not closed: the socket still answers a snapshot
+            self._in_step.answered()  # not closed: the socket still answers a snapshot
+            raise _ws_error(body, _WS_1001_GOING_AWAY)
         try:
             self._ws.recv(timeout=10)
             code = 1011
@@ -244,7 +272,7 @@ class SyncWebSocketStream(Resumable):
             code = _closed(e).status
         except TimeoutError:
             code = 1011
-        raise _ws_error(body, code)
+        raise _closed_by(self._in_step, _ws_error(body, code))
 
     def step(self, x: Any) -> np.ndarray:
         chunk = chunk_bytes(x)
@@ -287,13 +315,13 @@ class SyncWebSocketStream(Resumable):
             self._ws = connect(_ws_url(self._url), **_ws_options(self._token, self._journal is not None)).__enter__()
         except InvalidStatus as e:
             raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
-        self._given_up = False
+        self._in_step = _in_step()
         if snapshot:
             message = _restore_message(snapshot)
             try:
                 _restored(self._ask(message), snapshot)
             except ServiceError as e:
-                raise _too_big(e, len(message)) from None
+                raise _restore_refused(self._in_step, e, len(message)) from None
 
     def _step(self, chunk: bytes) -> bytes:
         return self._ask(chunk)
@@ -305,7 +333,7 @@ class SyncWebSocketStream(Resumable):
         self._ask(json.dumps({"type": "reset"}))
 
     def _abandon(self) -> None:
-        self._given_up = True
+        self._in_step.give_up(_GIVEN_UP)
         try:
             self.close()
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way

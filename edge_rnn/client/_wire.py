@@ -1,12 +1,17 @@
-"""What both transports of the client share: a chunk as bytes, a reply as an array, the token's header."""
+"""What both transports of the client share: a chunk as bytes, a reply as an array, the token's header, and
+whether a server stream is in step with the client."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ABANDON_S", "chunk_bytes", "output", "auth_headers"]
+from edge_rnn.client._resume import ServiceError, interrupted
+
+__all__ = ["ABANDON_S", "InStep", "chunk_bytes", "output", "auth_headers"]
 
 ABANDON_S = 1.0  # seconds a stream given up for a resumed one may take to close (best effort)
 
@@ -22,3 +27,32 @@ def output(data: bytes, width: int | None) -> np.ndarray:
 
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class InStep:
+    """Whether the client's current server stream can take a call: in step, or why not. Once not, every call
+    raises why (a :class:`ServiceError` that a resume cures: ``out_of_step`` or ``unknown_stream``) until a new
+    stream is opened (with a new InStep). ``out_of_step`` and ``unknown``: those errors' statuses in the
+    transport's numbers (HTTP statuses, or WebSocket close codes)."""
+
+    def __init__(self, out_of_step: int, unknown: int):
+        self._statuses = (out_of_step, unknown)
+        self._why: Callable[[], ServiceError] | None = None
+
+    def check(self) -> None:
+        """Raises why the stream cannot take a call, if it cannot."""
+        if self._why is not None:
+            raise self._why()
+
+    def sending(self) -> None:
+        """A request that changes the stream goes out: until :meth:`answered`, a call interrupted (cancelled,
+        Ctrl-C, a reply lost) leaves the server's stream maybe a step ahead of the client, or its reply unread."""
+        self.check()
+        self._why = partial(interrupted, self._statuses[0])
+
+    def answered(self) -> None:
+        self._why = None
+
+    def give_up(self, why: str) -> None:
+        """The stream is gone for this client (given up for another, closed by the server): ``why``."""
+        self._why = partial(ServiceError, self._statuses[1], "unknown_stream", why)
