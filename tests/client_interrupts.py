@@ -54,8 +54,8 @@ class Interrupter:
         """Interrupt the ``skip + 1``-th request of ``kind`` from now on (once)."""
         self.kind, self.skip = kind, skip
 
-    def _fires(self, kind: str) -> bool:
-        if kind != self.kind:
+    def _fires(self, kind: str | None) -> bool:
+        if self.kind is None or kind != self.kind:  # unarmed (a receive with no send before it: none to cut)
             return False
         if self.skip:
             self.skip -= 1

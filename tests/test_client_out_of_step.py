@@ -197,3 +197,26 @@ def test_an_http_stream_whose_open_is_refused_closes_its_connections(monkeypatch
                 HttpStream(server.url, snapshot=b"EDGERNN-SNAPSHOT not one", resume=resume)
     assert len(made) == 2 and all(c.is_closed for c in made)
 
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "no-resume"])
+def test_closing_a_websocket_stream_waits_for_the_servers_close_rather_than_cut_it_short(resume):
+    """A client that closed first cut the server's answer to its end message short: Ray Serve's proxy logged an
+    error with a traceback for each such stream. Now the server's close 1000 comes first, on both clients."""
+    from edge_rnn.client import SyncWebSocketStream, WebSocketStream
+
+    with ModelServer() as server:
+        s = SyncWebSocketStream(server.url, resume=resume)
+        s.step(np.zeros((2, 4), np.float32))
+        s.close()
+        assert s._ws.protocol.close_rcvd is not None and s._ws.protocol.close_rcvd.code == 1000
+        assert s._ws.protocol.close_rcvd_then_sent  # the server closed; the client answered
+
+        async def run():
+            a = await WebSocketStream.open(server.url, resume=resume)
+            await a.step(np.zeros((2, 4), np.float32))
+            await a.close()
+            return a._ws.protocol
+
+        protocol = asyncio.run(run())
+        assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 1000 and protocol.close_rcvd_then_sent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,9 @@ def _restore_refused(in_step: InStep, e: ServiceError, size: int) -> ServiceErro
     return e
 
 
+CLOSE_WAIT = 2.0  # seconds close() waits for the server's close after its end message
+
+
 class WebSocketStream(Resumable):
     """One stream over a WebSocket, async: ``async with await WebSocketStream.open(url) as s: await s.step(x)``.
 
@@ -180,13 +184,19 @@ class WebSocketStream(Resumable):
     async def reset(self) -> None:
         await (self._reset() if self._journal is None else arun(reset_plan(self._journal), self._do))
 
-    async def close(self) -> None:
+    async def close(self, *, wait: bool = True) -> None:
+        """End the stream and close the socket; ``wait`` (a bounded time) for the server's close first."""
         from websockets.exceptions import ConnectionClosed
 
         try:
             await self._ws.send(json.dumps({"type": "end"}))
-        except ConnectionClosed:
-            pass  # already closed by the server, after an error
+            if not wait:  # a socket given up may still hold replies: not read
+                return
+            # the server's close 1000 waited for (a bounded time): closing first, the client cut the server's
+            # answer short, which Ray Serve's proxy logged as an error with a traceback, once per stream
+            await asyncio.wait_for(self._ws.wait_closed(), CLOSE_WAIT)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            pass  # already closed by the server (after an error), or not closing in time
         finally:
             await self._ws.close()
 
@@ -227,7 +237,7 @@ class WebSocketStream(Resumable):
     async def _abandon(self) -> None:
         self._in_step.give_up(_GIVEN_UP)
         try:
-            await asyncio.wait_for(self.close(), ABANDON_S)
+            await asyncio.wait_for(self.close(wait=False), ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
             pass
 
@@ -288,13 +298,19 @@ class SyncWebSocketStream(Resumable):
         else:
             run(reset_plan(self._journal), self._do)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """End the stream and close the socket; ``wait`` (a bounded time) for the server's close first."""
         from websockets.exceptions import ConnectionClosed
 
         try:
             self._ws.send(json.dumps({"type": "end"}))
-        except ConnectionClosed:
-            pass  # already closed by the server, after an error
+            if not wait:  # a socket given up may still hold replies: not read
+                return
+            deadline = time.monotonic() + CLOSE_WAIT
+            while time.monotonic() < deadline:  # until the server's close 1000 (as the async client waits)
+                self._ws.recv(timeout=max(0.0, deadline - time.monotonic()))
+        except (ConnectionClosed, TimeoutError):
+            pass  # closed by the server (as asked, or after an error), or not closing in time
         finally:
             self._ws.__exit__(None, None, None)
 
@@ -335,6 +351,6 @@ class SyncWebSocketStream(Resumable):
     def _abandon(self) -> None:
         self._in_step.give_up(_GIVEN_UP)
         try:
-            self.close()
+            self.close(wait=False)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
             pass
