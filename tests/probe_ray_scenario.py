@@ -145,7 +145,20 @@ def ws_big(url: str) -> dict:
                     out[name] = out.get(name, "") + " no answer in 20 s"
         except Exception as e:  # noqa: BLE001
             out[name] = f"{type(e).__name__}: {e}"[:200]
+    out["client_20MiB"] = client_big(url, 20 << 20)
     return out
+
+
+def client_big(url: str, size: int) -> str:
+    """What edge_rnn.client says of a message over the proxy's own limit (16 MiB): status and code."""
+    from edge_rnn.client import ServiceError, SyncWebSocketStream
+
+    try:
+        with SyncWebSocketStream(url, token=TOKEN, resume=False) as s:
+            s.step(np.zeros((size // 16, 4), np.float32))
+        return "accepted"
+    except ServiceError as e:
+        return f"{e.status} {e.code}"
 
 
 def proxy_rss() -> int:

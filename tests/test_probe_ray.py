@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 
 import pytest
@@ -24,8 +26,12 @@ TIMEOUT = 300  # seconds: ~60 s of Ray here, and a start that never comes up (wa
 def _report(tmp: str) -> dict:
     out = os.path.join(tmp, "probe.json")
     script = f"exec {sys.executable} {REPO / 'tests' / 'probe_ray_scenario.py'} {out}"
-    done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    ray_tmp = tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")  # this run's Ray files, apart (test_service_ray.py)
+    try:
+        done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
+                              timeout=TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(open(out).read())
 
@@ -91,8 +97,9 @@ def test_a_deployment_that_cannot_be_placed_is_an_error_or_stops_on_sigint(repor
     assert said or isinstance(o["exit_after_sigint"], int), o
 
 
-@pytest.mark.xfail(strict=True, reason="a WebSocket message over Ray's proxy limit (16 MiB) is closed by the proxy "
-                   "with 1009 and its own reason, and no JSON error: the client's code is 'frame exceeds limit of "
-                   "16777216 bytes', not the standalone server's too_large")
-def test_a_websocket_message_over_the_proxys_limit_is_refused_as_the_standalone_server_does(report: dict) -> None:
-    assert "too_large" in report["ws_big"]["20MiB"], report["ws_big"]
+def test_a_websocket_message_over_the_proxys_limit_is_refused(report: dict) -> None:
+    """Ray's proxy closes a message over its own limit (16 MiB) with 1009 and its own reason, no JSON error: the
+    client says too_large all the same, as for the standalone server's refusal, where it reads the proxy's close.
+    The proxy may reset the connection while the client is still sending (the client then sees 1006, no close
+    frame): refused either way, never stepped. Every limit below 16 MiB is the replica's own, with its JSON."""
+    assert report["ws_big"]["client_20MiB"] in ("1009 too_large", "1006 closed"), report["ws_big"]

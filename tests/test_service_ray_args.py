@@ -269,3 +269,9 @@ def test_a_token_file_that_is_a_device_is_named_so_not_a_directory():
 
 def test_the_builder_caps_replicas_as_the_cli_does():
     _refused({"model": "m", "replicas": "1025"}, "replicas", "at most 1024")
+
+
+def test_max_message_bytes_over_the_proxys_limit_is_refused_on_ray_by_the_builder_and_the_cli(tmp_path):
+    _refused({"model": "m", "max_message_bytes": str((16 << 20) + 1)}, "max_message_bytes", "at most 16777216")
+    result = invoke("serve", MODEL, "--ray", "--max-message-bytes", 32 << 20)
+    assert result.exit_code == 2 and "at most 16777216 with --ray" in result.output

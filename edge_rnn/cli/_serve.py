@@ -144,6 +144,12 @@ def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn serve --ray needs the ray extra: pip install 'edge-rnn[ray]' ({e.name} is "
                            "missing)") from None
+    from edge_rnn.service._config import RAY_PROXY_MAX_MESSAGE
+
+    if config.max_message_bytes > RAY_PROXY_MAX_MESSAGE:
+        raise click.UsageError(f"--max-message-bytes {config.max_message_bytes}: expected at most "
+                               f"{RAY_PROXY_MAX_MESSAGE} with --ray (Ray Serve's proxy closes WebSocket messages "
+                               "over 16 MiB itself)")
     options = RayOptions(model=str(source.resolve()), config=replace(config, max_connections=None),
                          variant=model.variant if source.is_dir() else None, self_test=self_test, threads=threads,
                          replicas=replicas)

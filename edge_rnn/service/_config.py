@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServiceConfig", "STANDALONE_ONLY"]
+__all__ = ["ServiceConfig", "STANDALONE_ONLY", "RAY_PROXY_MAX_MESSAGE"]
+
+# Ray Serve's proxy (its uvicorn's default) closes a WebSocket message over this many bytes itself, without the
+# replica's JSON error: max_message_bytes goes no higher on Ray
+RAY_PROXY_MAX_MESSAGE = 16 << 20
 
 # the bounds the standalone server's own protocols hold on its connections: on Ray Serve its proxy holds them
 STANDALONE_ONLY = ("max_connections", "header_timeout", "message_timeout", "write_timeout", "max_message_fragments",
