@@ -237,6 +237,10 @@ def scenario(cli: subprocess.Popen, url: str, t0: float) -> dict:
             w.join(120)
         stop.set()
         poisoner.join(60)
+        # Serve's replacement of the killed replica: up within 60 s (later on a loaded machine), before the probes
+        deadline = time.monotonic() + 60
+        while len(replicas_in(h.get("/metrics").text)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         report["replicas_after"] = replicas_in(h.get("/metrics").text)
     report["streams"] = run.results
     report["poison"] = seen
