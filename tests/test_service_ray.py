@@ -120,8 +120,7 @@ def test_a_poisoning_client_gets_only_refusals(report: dict) -> None:
 def test_http_routes_by_stream_id_and_refuses_a_request_without_it(report: dict) -> None:
     p = report["probes"]
     assert set(p["routed"]) == {200}, p["routed"]
-    assert set(p["no_header"]) == {421}
-    assert len(p["replicas_of_ids"]) == 2
+    assert set(p["no_header"]) == {421}  # (both replicas holding streams is checked on the 20, before the kill)
 
 
 def test_auth_and_per_replica_metrics_on_the_ray_path(report: dict) -> None:
