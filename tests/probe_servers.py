@@ -33,7 +33,8 @@ def _port() -> int:
 
 
 class ModelServer:
-    """uvicorn serving ``model`` on 127.0.0.1 (at ``port``, or a free one), in a thread."""
+    """uvicorn serving ``model`` on 127.0.0.1 (at ``port``, or a free one), in a thread; stopped by the test (the
+    client tests' server, the probes' too)."""
 
     def __init__(self, model: Path = LSTM, port: int | None = None, **config):
         self.port = port or _port()

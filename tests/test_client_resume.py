@@ -29,6 +29,7 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     from starlette.testclient import TestClient
 from conftest import REPO  # noqa: E402
+from probe_servers import ModelServer  # noqa: E402
 from service_streams import MODEL_PATH, chunks, offline  # noqa: E402
 from stream_clients import KINDS, Client, offline_snapshot  # noqa: E402
 
@@ -42,8 +43,6 @@ from edge_rnn.client import _resume as resume  # noqa: E402
 from edge_rnn.errors import EdgeRnnError  # noqa: E402
 from edge_rnn.runtime import StreamingModel  # noqa: E402
 from edge_rnn.service import ServiceConfig, create_app  # noqa: E402
-from edge_rnn.service._app import uvicorn_options  # noqa: E402
-from edge_rnn.service._server import DrainingServer  # noqa: E402
 
 EVERY = 4  # steps between checkpoints in these tests
 MODEL = StreamingModel.load(MODEL_PATH)
@@ -276,41 +275,6 @@ def test_a_snapshot_header_is_read_without_the_runtime():
 
 
 # ---------------------------------------------------------------------------------------------- real servers
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """uvicorn serving the fixture on 127.0.0.1 (at ``port``, or a free one), in a thread; stopped by the test."""
-
-    def __init__(self, port: int | None = None, **config):
-        self.port = port or _port()
-        config = ServiceConfig(**{"drain_timeout": 3.0, **config})
-        app = create_app(StreamingModel.load(MODEL_PATH), config)
-        self.server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    **uvicorn_options(config)), app.svc)
-        self.svc = app.svc
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LocalServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start in 20 s"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 class Relay:
     """A TCP relay on a free loopback port to ``upstream``'s port. :meth:`cut` ends every connection through it at
     once; armed with :meth:`fail_next`, it ends the connection of the next request instead of passing it on
@@ -404,7 +368,7 @@ def _drain(servers: dict) -> None:
     def restart():
         time.sleep(0.3)
         a.__exit__()
-        servers["b"] = LocalServer(a.port).__enter__()
+        servers["b"] = ModelServer(port=a.port).__enter__()
 
     servers["restarter"] = threading.Thread(target=restart)
     servers["restarter"].start()
@@ -417,7 +381,7 @@ FAULTS = {"lost": lambda servers: servers["relay"].fail_next("lost"),
 def _run(kind: str, fault: str, at: int, parts: list[np.ndarray], **kw) -> tuple[np.ndarray, bytes, Client]:
     """``parts`` stepped through the relay, ``fault`` injected before step ``at``; the outputs, the final snapshot
     and the client."""
-    servers = {"a": LocalServer().__enter__(), "b": LocalServer().__enter__() if fault == "crash" else None}
+    servers = {"a": ModelServer().__enter__(), "b": ModelServer().__enter__() if fault == "crash" else None}
     servers["relay"] = Relay(servers["a"].port)
     try:
         s = Client(kind, servers["relay"].url, checkpoint_every=EVERY, resume_timeout=30, **kw)
@@ -455,7 +419,7 @@ def test_a_stream_resumed_after_a_failure_equals_the_offline_run_bit_for_bit_and
 @pytest.mark.parametrize("kind", KINDS)
 def test_without_a_failure_a_resuming_client_equals_the_offline_run_and_never_resumes(kind):
     parts = chunks(np.random.default_rng(9), 50)
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = Client(kind, server.url, checkpoint_every=1)  # a checkpoint after every step
         got = np.concatenate([s.step(c) for c in parts])
         final = s.snapshot()
@@ -468,7 +432,7 @@ def test_without_a_failure_a_resuming_client_equals_the_offline_run_and_never_re
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_tampered_output_is_found_by_the_replay(kind):
     parts = chunks(np.random.default_rng(10), 40)
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = Client(kind, server.url, checkpoint_every=EVERY)
         for c in parts[:EVERY + 2]:
             s.step(c)
@@ -485,7 +449,7 @@ def test_a_tampered_output_is_found_by_the_replay(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_with_resume_off_a_failure_raises_as_before(kind, fault):
     parts = chunks(np.random.default_rng(11), 20)
-    with LocalServer() as server:
+    with ModelServer() as server:
         relay = Relay(server.port)
         try:
             s = Client(kind, relay.url, resume=False)
@@ -509,7 +473,7 @@ def test_with_resume_off_a_failure_raises_as_before(kind, fault):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_refused_chunk_raises_and_is_not_resumed(kind):
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = Client(kind, server.url)
         s.step(np.ones((2, 4), np.float32))
         with pytest.raises(ServiceError, match="bad_chunk"):
@@ -525,7 +489,7 @@ def test_a_refused_chunk_raises_and_is_not_resumed(kind):
 def test_a_stream_opened_from_a_snapshot_resumes_from_it(kind):
     parts = chunks(np.random.default_rng(12), 40)
     saved = offline_snapshot(parts[:3])
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = Client(kind, server.url, snapshot=saved, checkpoint_every=50)  # no checkpoint before the failure
         ys = [s.step(c) for c in parts[3:6]]
         _drop({"a": server})
@@ -539,7 +503,7 @@ def test_a_stream_opened_from_a_snapshot_resumes_from_it(kind):
 @pytest.mark.parametrize("kind", ["ws", "sync_ws"])
 def test_a_websocket_stream_reset_and_then_resumed_starts_from_zeros(kind):
     parts = chunks(np.random.default_rng(17), 40)
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = Client(kind, server.url, checkpoint_every=EVERY)
         for c in parts[:EVERY + 1]:  # a checkpoint, and a chunk after it, before the reset
             s.step(c)
@@ -559,7 +523,7 @@ def test_http_requests_about_a_stream_carry_its_id_for_a_router():
     def record(request):
         seen.append((request.method, request.url.path, request.headers.get("x-session-id")))
 
-    with LocalServer() as server:
+    with ModelServer() as server:
         s = HttpStream(server.url, width=6, checkpoint_every=2)
         s._http.event_hooks = {"request": [record]}
         for c in chunks(np.random.default_rng(13), 12)[:3]:
@@ -572,7 +536,7 @@ def test_http_requests_about_a_stream_carry_its_id_for_a_router():
 
 def test_a_restore_message_over_the_servers_limit_is_refused_clearly():
     snap = offline_snapshot(chunks(np.random.default_rng(14), 9))
-    with LocalServer(max_message_bytes=len(snap)) as server:  # the base64 JSON is longer than the snapshot
+    with ModelServer(max_message_bytes=len(snap)) as server:  # the base64 JSON is longer than the snapshot
         with pytest.raises(ServiceError, match="1009 too_large: the snapshot as a restore message"):
             SyncWebSocketStream(server.url, snapshot=snap, resume=False)
 

@@ -4,44 +4,21 @@ strict xfail until fixed, and what held is asserted plainly. Skipped where Ray o
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from functools import cache
-
 import pytest
 from conftest import REPO
 
 pytest.importorskip("ray")
 
-from test_service_ray import _namespace_problem  # noqa: E402
+from ray_namespace import run_scenario, skip_without_namespace  # noqa: E402
 
 TIMEOUT = 300  # seconds: ~60 s of Ray here, and a start that never comes up (waited 30 s, then SIGINT, 20 s)
 
 
-@cache
-def _report(tmp: str) -> dict:
-    out = os.path.join(tmp, "probe.json")
-    script = f"exec {sys.executable} {REPO / 'tests' / 'probe_ray_scenario.py'} {out}"
-    ray_tmp = tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")  # this run's Ray files, apart (test_service_ray.py)
-    try:
-        done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
-                              timeout=TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp})
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(open(out).read())
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(f"Ray runs only in a network namespace with loopback alone: {problem}")
-    r = _report(str(tmp_path_factory.mktemp("probe_ray")))
+    skip_without_namespace()
+    r = run_scenario(REPO / "tests" / "probe_ray_scenario.py", tmp_path_factory.mktemp("probe_ray") / "probe.json",
+                     timeout=TIMEOUT)
     assert r["up"], r
     return r
 

@@ -5,14 +5,6 @@ interface is loopback, as root can make one; skipped where it cannot be made or 
 from __future__ import annotations
 
 import base64
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from functools import cache
 
 import numpy as np
 import pytest
@@ -20,45 +12,17 @@ from conftest import REPO
 
 pytest.importorskip("ray")
 
+from ray_namespace import run_scenario, skip_without_namespace  # noqa: E402
 from ray_scenario import KILL_AT, STREAMS, chunks, offline  # noqa: E402
 
+SCENARIO = REPO / "tests" / "ray_scenario.py"
 SCENARIO_TIMEOUT = 300  # seconds: Ray comes up in ~10 s here and the scenario takes ~40 s
-
-
-def _namespace_problem() -> str | None:
-    if not all(shutil.which(t) for t in ("unshare", "ip", "ss")):
-        return "needs unshare, ip and ss"
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
-    return None if probe.returncode == 0 else f"cannot make a network namespace: {probe.stderr.strip()}"
-
-
-@cache
-def _report(tmp: str, *flags: str) -> dict:
-    out = os.path.join(tmp, "ray.json")
-    script = f"exec {sys.executable} {REPO / 'tests' / 'ray_scenario.py'} {' '.join(flags)} {out}"
-    t0 = time.monotonic()
-    # Ray's files (sessions, logs, the address of "the current cluster") in a folder of this run's, removed after:
-    # under /tmp/ray, runs would see each other's cluster and leave their logs behind. Short: Ray's socket paths
-    # must fit 107 bytes.
-    ray_tmp = tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")
-    try:
-        done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True,
-                              timeout=SCENARIO_TIMEOUT, env={**os.environ, "RAY_AUTH_MODE": "disabled",
-                                                             "RAY_TMPDIR": ray_tmp})
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(open(out).read())
-    report["wall_s"] = time.monotonic() - t0
-    return report
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(f"Ray runs only in a network namespace with loopback alone: {problem}")
-    r = _report(str(tmp_path_factory.mktemp("ray")))
+    skip_without_namespace()
+    r = run_scenario(SCENARIO, tmp_path_factory.mktemp("ray") / "ray.json", timeout=SCENARIO_TIMEOUT)
     print(f"\nRay scenario: up in {r['up_s']:.1f} s, whole run {r['wall_s']:.1f} s")
     return r
 
@@ -137,10 +101,9 @@ def test_auth_and_per_replica_metrics_on_the_ray_path(report: dict) -> None:
 @pytest.fixture(scope="module")
 def tooling(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Ray's own ``serve run`` of the builder, then ``edge-rnn serve --ray --address`` joining a running cluster."""
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(f"Ray runs only in a network namespace with loopback alone: {problem}")
-    return _report(str(tmp_path_factory.mktemp("ray-tooling")), "--serve-run")
+    skip_without_namespace()
+    return run_scenario(SCENARIO, tmp_path_factory.mktemp("ray-tooling") / "ray.json", "--serve-run",
+                        timeout=SCENARIO_TIMEOUT)
 
 
 def test_rays_own_serve_run_runs_the_application_builder(tooling: dict) -> None:
