@@ -59,3 +59,16 @@ def held_at(model: StreamingModel, call: int | None = None) -> tuple[threading.E
 
     model.step_batch = held
     return entered, gate
+
+
+def refusal(ws) -> tuple[str | None, int]:
+    """After a refused message on a test client's socket: the error's code (None if the server sent none) and the
+    close code."""
+    import json
+
+    reply = ws.receive()
+    if reply["type"] == "websocket.close":
+        return None, reply["code"]
+    closed = ws.receive()
+    assert closed["type"] == "websocket.close", closed
+    return json.loads(reply["text"])["code"], closed["code"]

@@ -30,7 +30,7 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
     from starlette.testclient import TestClient
 from conftest import REPO  # noqa: E402
 from probe_servers import ModelServer  # noqa: E402
-from service_streams import MODEL_PATH, chunks, offline  # noqa: E402
+from service_streams import MODEL_PATH, chunks, offline, refusal  # noqa: E402
 from stream_clients import KINDS, Client, offline_snapshot  # noqa: E402
 
 from edge_rnn.client import (  # noqa: E402
@@ -547,15 +547,6 @@ def _ws(**config):
     return TestClient(app), app.svc
 
 
-def _refusal(ws) -> tuple[str | None, int]:
-    reply = ws.receive()
-    if reply["type"] == "websocket.close":
-        return None, reply["code"]
-    closed = ws.receive()
-    assert closed["type"] == "websocket.close", closed
-    return json.loads(reply["text"])["code"], closed["code"]
-
-
 def test_the_restore_command_replaces_the_connections_state_and_keeps_one_slab_row():
     parts = chunks(np.random.default_rng(15), 30)
     snap = offline_snapshot(parts[:4])
@@ -610,7 +601,7 @@ def test_the_restore_command_refuses_what_post_streams_refuses_and_leaves_the_st
             ws.send_bytes(np.ones((2, 4), np.float32).tobytes())
             ws.receive_bytes()
             ws.send_text(json.dumps(message))
-            assert _refusal(ws) == (code, close)
+            assert refusal(ws) == (code, close)
         assert not svc.registry.streams and len(svc.model._slab) == 0  # closed; the refused snapshot took no row
         if code == "bad_snapshot" and case != "not base64":  # the HTTP open answers the same code
             r = client.post("/v1/streams", content=base64.b64decode(message["data"]))

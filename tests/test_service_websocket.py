@@ -17,7 +17,7 @@ with warnings.catch_warnings():  # starlette 1.x asks for httpx2 beside the http
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     from starlette.testclient import TestClient
 from conftest import REPO
-from service_streams import MODEL_PATH, chunks, offline, until
+from service_streams import MODEL_PATH, chunks, offline, refusal, until
 
 from edge_rnn.runtime import StreamingModel
 from edge_rnn.service import ServiceConfig, create_app
@@ -28,16 +28,6 @@ WS = "/v1/streams/ws"
 def _app(model: StreamingModel | None = None, **config):
     model = model or StreamingModel.load(MODEL_PATH)
     return create_app(model, ServiceConfig(**config), variant=model.variant)
-
-
-def _refusal(ws) -> tuple[str | None, int]:
-    """After a refused message: the error's code (None if the server sent none) and the close code."""
-    reply = ws.receive()
-    if reply["type"] == "websocket.close":
-        return None, reply["code"]
-    closed = ws.receive()
-    assert closed["type"] == "websocket.close", closed
-    return json.loads(reply["text"])["code"], closed["code"]
 
 
 def test_websocket_chunks_snapshot_reset_and_end():
@@ -68,15 +58,15 @@ def test_a_connection_beyond_max_streams_is_refused_with_1013():
         ws.send_bytes(x.tobytes())
         ws.receive_bytes()
         with client.websocket_connect(WS) as second:  # one stream too many
-            assert _refusal(second) == ("too_many_streams", 1013)
+            assert refusal(second) == ("too_many_streams", 1013)
 
 
 def test_a_missing_or_wrong_token_is_refused_with_1008():
     with TestClient(_app(token="a-token-of-sixteen-chars")) as client:
         with client.websocket_connect(WS) as ws:
-            assert _refusal(ws) == ("unauthorized", 1008)
+            assert refusal(ws) == ("unauthorized", 1008)
         with client.websocket_connect(WS, headers={"Authorization": "Bearer wrong"}) as ws:
-            assert _refusal(ws) == ("unauthorized", 1008)
+            assert refusal(ws) == ("unauthorized", 1008)
 
 
 def test_a_chunk_after_the_stream_expired_is_refused_with_1008():
@@ -85,28 +75,28 @@ def test_a_chunk_after_the_stream_expired_is_refused_with_1008():
     with TestClient(app) as client, client.websocket_connect(WS, headers=auth) as ws:
         until(lambda: not app.svc.registry.streams)  # expires (the reaper looks every 75 ms)
         ws.send_bytes(np.ones((1, 4), np.float32).tobytes())
-        assert _refusal(ws) == ("unknown_stream", 1008)
+        assert refusal(ws) == ("unknown_stream", 1008)
 
 
 def test_a_model_that_takes_no_binary_chunks_refuses_them_with_1003():
     tokens = StreamingModel.load(REPO / "tests" / "data" / "token_gru.onnx")  # int64 ids
     with TestClient(_app(tokens)) as client, client.websocket_connect(WS) as ws:
         ws.send_bytes(np.ones(3, np.float32).tobytes())
-        assert _refusal(ws) == ("unsupported", 1003)
+        assert refusal(ws) == ("unsupported", 1003)
 
 
 @pytest.mark.parametrize("text", ["[" * 200_000, '{"type": ' * 100_000, '{"type": "end"' + "}" * 10])
 def test_deep_or_broken_json_text_is_refused_with_1007(text):
     with TestClient(_app()) as client, client.websocket_connect(WS) as ws:
         ws.send_text(text)
-        assert _refusal(ws) == ("bad_message", 1007)
+        assert refusal(ws) == ("bad_message", 1007)
 
 
 def test_an_expired_stream_closes_its_socket_without_waiting_for_a_message():
     app = _app(idle_timeout=0.3)
     with TestClient(app) as client, client.websocket_connect(WS) as ws:
         until(lambda: not app.svc.registry.streams and not app.svc.sockets, 10)  # expired, and its socket closed
-        assert _refusal(ws) == ("unknown_stream", 1008)
+        assert refusal(ws) == ("unknown_stream", 1008)
 
 
 def test_an_unexpected_error_closes_with_1011_and_its_traceback_is_logged_once(caplog, monkeypatch):
@@ -124,7 +114,7 @@ def test_an_unexpected_error_closes_with_1011_and_its_traceback_is_logged_once(c
         for _ in range(3):
             with client.websocket_connect(WS) as ws:
                 ws.send_bytes(x)
-                assert _refusal(ws) == ("internal_error", 1011)
+                assert refusal(ws) == ("internal_error", 1011)
         assert not app.svc.registry.streams  # each stream closed with its connection
     errors = [r for r in caplog.records if r.name == "edge_rnn.service"]
     assert len(errors) == 3 and [r.exc_info is not None for r in errors] == [True, False, False]
