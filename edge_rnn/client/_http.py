@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from edge_rnn.client._resume import (
+    AsyncResumable,
     Journal,
-    Resumable,
     ServiceError,
+    SyncResumable,
     arun,
     journal,
     open_plan,
@@ -97,7 +98,7 @@ def _http_journal(snapshot: bytes | None, resume: bool, every: Any, timeout: Any
     return journal(snapshot, resume=resume, every=every, timeout=timeout, gone=(httpx.TransportError, OSError))
 
 
-class HttpStream(Resumable):
+class HttpStream(SyncResumable):
     """One stream over HTTP, blocking; every step carries ``X-Step``, so a retried request cannot apply twice.
 
     ``X-Step`` counts the steps of the server's stream: it starts at 0 on each stream opened, a resumed one too.
@@ -184,7 +185,7 @@ class HttpStream(Resumable):
             self._http.close()
 
 
-class AsyncHttpStream(Resumable):
+class AsyncHttpStream(AsyncResumable):
     """One stream over HTTP, async: ``s = await AsyncHttpStream.open(url)``, then ``await s.step(x)``."""
 
     def __init__(self, http: Any, stream_id: str, width: int | None, journal: Journal | None = None):
@@ -224,15 +225,6 @@ class AsyncHttpStream(Resumable):
                 raise
         finally:
             await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncHttpStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _do(self, op: tuple) -> Any:
-        return await getattr(self, "_" + op[0])(*op[1:])
 
     async def _open(self, snapshot: bytes | None) -> None:
         r = await self._http.post("/v1/streams", content=snapshot or b"")

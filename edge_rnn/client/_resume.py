@@ -33,12 +33,12 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from edge_rnn.errors import EdgeRnnError
 
-__all__ = ["ServiceError", "ReplayDiverged", "Journal", "Resumable", "journal", "open_plan", "step_plan",
-           "snapshot_plan", "reset_plan", "run", "arun", "snapshot_steps", "interrupted"]
+__all__ = ["ServiceError", "ReplayDiverged", "Journal", "Resumable", "SyncResumable", "AsyncResumable", "journal",
+           "open_plan", "step_plan", "snapshot_plan", "reset_plan", "run", "arun", "snapshot_steps", "interrupted"]
 
 Op = tuple
 Plan = Generator[Op, Any, Any]
@@ -286,6 +286,38 @@ class Resumable:
     def last_resume_s(self) -> float | None:
         """Seconds the last resume took, from the failure seen to the request answered on the new stream."""
         return self._journal.last_resume_s if self._journal is not None else None
+
+
+class SyncResumable(Resumable):
+    """A blocking stream: a context manager that closes it, and its operations done by method name."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _do(self, op: tuple) -> Any:
+        return getattr(self, "_" + op[0])(*op[1:])
+
+
+class AsyncResumable(Resumable):
+    """An async stream: an async context manager that closes it, and its operations awaited by method name."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _do(self, op: tuple) -> Any:
+        return await getattr(self, "_" + op[0])(*op[1:])
 
 
 def run(plan: Plan, do: Callable[[Op], Any]) -> Any:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from edge_rnn.client._resume import (
+    AsyncResumable,
     Journal,
-    Resumable,
     ServiceError,
+    SyncResumable,
     arun,
     journal,
     open_plan,
@@ -122,7 +123,7 @@ def _restore_refused(in_step: InStep, e: ServiceError, size: int) -> ServiceErro
 CLOSE_WAIT = 2.0  # seconds close() waits for the server's close after its end message
 
 
-class WebSocketStream(Resumable):
+class WebSocketStream(AsyncResumable):
     """One stream over a WebSocket, async: ``async with await WebSocketStream.open(url) as s: await s.step(x)``.
 
     A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
@@ -200,15 +201,6 @@ class WebSocketStream(Resumable):
         finally:
             await self._ws.close()
 
-    async def __aenter__(self) -> WebSocketStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _do(self, op: tuple) -> Any:
-        return await getattr(self, "_" + op[0])(*op[1:])
-
     async def _open(self, snapshot: bytes | None) -> None:
         import websockets
 
@@ -242,7 +234,7 @@ class WebSocketStream(Resumable):
             pass
 
 
-class SyncWebSocketStream(Resumable):
+class SyncWebSocketStream(SyncResumable):
     """One stream over a WebSocket, blocking; ``snapshot=`` resumes from it (the ``restore`` command)."""
 
     def __init__(self, url: str, *, token: str | None = None, width: int | None = None,
@@ -313,15 +305,6 @@ class SyncWebSocketStream(Resumable):
             pass  # closed by the server (as asked, or after an error), or not closing in time
         finally:
             self._ws.__exit__(None, None, None)
-
-    def __enter__(self) -> SyncWebSocketStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _do(self, op: tuple) -> Any:
-        return getattr(self, "_" + op[0])(*op[1:])
 
     def _open(self, snapshot: bytes | None) -> None:
         from websockets.exceptions import InvalidStatus
