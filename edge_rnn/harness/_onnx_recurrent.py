@@ -25,8 +25,8 @@ A row of ``sequence_lens`` L runs steps 0..L-1 (reverse: L-1 down to 0); ``Y`` i
 ``Y_c`` are the state after its last valid step (the initial state where L is 0).
 
 Two readings of the specification, chosen where it is loose: ``clip`` bounds the gates' pre-activations, not the
-cell state that LSTM's ``h`` takes (the specification says "the input of activations"; onnxruntime, cuDNN's and
-TensorFlow's cell clips all leave ``h(C)``'s input alone, and a stored clipped ``C`` would be another operator);
+cell state that LSTM's ``h`` takes (the specification says "the input of activations", and names it a "cell clip";
+onnxruntime clips the gates only, and the writers of ONNX files target it);
 a row of length 0 keeps its initial state in ``Y_h``/``Y_c`` (zero steps change nothing; onnxruntime 1.32 writes
 zeros there instead). ``input_forget = 1`` sets ``f = 1 - i``, as onnxruntime does.
 
