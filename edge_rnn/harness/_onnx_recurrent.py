@@ -254,17 +254,25 @@ def run_recurrent(attrs: RecurrentAttrs, X: np.ndarray, W: np.ndarray, R: np.nda
     h0 = shapes.check("initial_h", initial_h, state, dtype, layout=attrs.layout)
     c0 = shapes.check("initial_c", initial_c, state, dtype, layout=attrs.layout)
     lens = _lengths(sequence_lens, shapes.batch, shapes.seq)
+    Y, Y_h, Y_c = _run_directions(attrs, X, W, R, B, P, lens, h0, c0)
+    return (Y, Y_h, Y_c) if attrs.kind == "LSTM" else (Y, Y_h)
+
+
+def _run_directions(attrs: RecurrentAttrs, X: np.ndarray, W: np.ndarray, R: np.ndarray, B: np.ndarray,
+                    P: np.ndarray, lens: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> list[np.ndarray]:
+    """[Y, Y_h, Y_c] in the caller's layout, every direction stacked (forward first)."""
+    half = B.shape[-1] // 2
     outs = []
     for k, acts in enumerate(attrs.direction_activations()):
-        d = _Direction(attrs.kind, W[k], R[k], B[k, :g * shapes.hidden], B[k, g * shapes.hidden:], P[k], acts,
-                       attrs.clip, attrs.linear_before_reset, attrs.input_forget)
+        d = _Direction(attrs.kind, W[k], R[k], B[k, :half], B[k, half:], P[k], acts, attrs.clip,
+                       attrs.linear_before_reset, attrs.input_forget)
         reverse = attrs.direction == "reverse" or k == 1
         outs.append(_run_direction(d, X, lens, h0[k], c0[k], reverse))
     Y = np.stack([o[0] for o in outs], axis=1)
-    Y_h, Y_c = (np.stack([o[i] for o in outs]) for i in (1, 2))
+    Y_h, Y_c = np.stack([o[1] for o in outs]), np.stack([o[2] for o in outs])
     if attrs.layout:
-        Y, Y_h, Y_c = np.transpose(Y, (2, 0, 1, 3)), np.swapaxes(Y_h, 0, 1), np.swapaxes(Y_c, 0, 1)
-    return (Y, Y_h, Y_c) if attrs.kind == "LSTM" else (Y, Y_h)
+        return [np.transpose(Y, (2, 0, 1, 3)), np.swapaxes(Y_h, 0, 1), np.swapaxes(Y_c, 0, 1)]
+    return [Y, Y_h, Y_c]
 
 
 @dataclass(frozen=True)
