@@ -136,16 +136,7 @@ class HttpStream(SyncResumable):
         finally:
             self._http.close()
 
-    def __enter__(self) -> HttpStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # the operations a resume is made of (edge_rnn._client_resume)
-    def _do(self, op: tuple) -> Any:
-        return getattr(self, "_" + op[0])(*op[1:])
-
+    # the operations a resume is made of (edge_rnn.client._resume), done by name: _open, _step, _snapshot, ...
     def _open(self, snapshot: bytes | None) -> None:
         r = self._http.post("/v1/streams", content=snapshot or b"")
         _raise_for(r)

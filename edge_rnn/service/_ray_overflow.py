@@ -18,7 +18,6 @@ import logging
 import random
 from typing import Any
 
-from edge_rnn.errors import StateError
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._ray_metrics import GATHER_TIMEOUT, handle, replicas
 from edge_rnn.service._status import HTTP_400_BAD_REQUEST
@@ -35,8 +34,8 @@ def open_here(svc: Any, snapshot: bytes | None) -> dict[str, str]:
         return {"full": "no room"}
     try:
         return {"stream_id": svc.registry.open(snapshot)}
-    except StateError as e:
-        return {"bad_snapshot": str(e)}
+    except Refusal as e:  # the snapshot refused (bad_snapshot): told, not raised, across Ray
+        return {e.code: e.message}
 
 
 async def overflow(app_name: str, deployment: str, me: str, snapshot: bytes | None) -> str | None:

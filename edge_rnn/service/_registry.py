@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_rnn.errors import StateError
 from edge_rnn.runtime import Stream, StreamingModel
 from edge_rnn.runtime._snapshot import MAX_STEPS, encode_snapshot, stream_shape
 from edge_rnn.service._body import Budget
 from edge_rnn.service._config import ServiceConfig
 from edge_rnn.service._errors import Refusal
 from edge_rnn.service._recorder import Recorder
-from edge_rnn.service._status import HTTP_404_NOT_FOUND, HTTP_429_TOO_MANY_REQUESTS, HTTP_503_SERVICE_UNAVAILABLE
+from edge_rnn.service._status import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 __all__ = ["Entry", "Registry"]
 
@@ -52,16 +58,24 @@ class Registry:
         self.snapshot_limit = _snapshot_limit(model)  # the most bytes a snapshot of this model takes
 
     def open(self, snapshot: bytes | None = None) -> str:
-        """A new stream's id: from zeros, or resumed from ``snapshot`` (a StateError if it is not this model's)."""
+        """A new stream's id: from zeros, or resumed from ``snapshot`` (refused as :meth:`restored` refuses it)."""
         if len(self.streams) >= self.config.max_streams:
             self.metrics.reject("too_many_streams")
             raise Refusal(HTTP_429_TOO_MANY_REQUESTS, "too_many_streams", f"{self.config.max_streams} streams are "
                           "open; close one first")
-        stream = self.model.restore(snapshot) if snapshot else self.model.open_stream()
+        stream = self.restored(snapshot) if snapshot else self.model.open_stream()
         sid = self.prefix + secrets.token_urlsafe(24)  # 192 random bits
         self.streams[sid] = Entry(stream)
         self.metrics.set_active(len(self.streams))
         return sid
+
+    def restored(self, snapshot: bytes) -> Stream:
+        """A stream resumed from ``snapshot``; another model's, a corrupt one or another version's is a 400
+        ``bad_snapshot`` (and takes no slab row)."""
+        try:
+            return self.model.restore(snapshot)
+        except StateError as e:
+            raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", str(e)) from None
 
     def full(self) -> bool:
         """No room for another stream (``config.max_streams`` are open)."""

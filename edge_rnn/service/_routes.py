@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from edge_rnn.errors import EdgeRnnError, StateError
+from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service import _openapi as api
 from edge_rnn.service._auth import authorize
 from edge_rnn.service._body import BINARY, JSON, BodyRefused, media_kind, read_body, single_headers
@@ -86,10 +86,7 @@ def _stream_routes(app: FastAPI, svc: Service) -> None:
             sid = await svc.overflow(body or None)
             if sid is not None:
                 return {"stream_id": sid}
-        try:
-            return {"stream_id": streams.open(body or None)}
-        except StateError as e:
-            raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", str(e)) from None
+        return {"stream_id": streams.open(body or None)}  # another model's snapshot: 400 bad_snapshot
 
     @app.post("/v1/streams/{sid}/steps", summary="Step a stream by one chunk", openapi_extra=api.STEP,
               responses={HTTP_200_OK: api.STEP_OUT, HTTP_400_BAD_REQUEST: api.ERROR, HTTP_404_NOT_FOUND: api.ERROR,

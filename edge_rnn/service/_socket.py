@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from edge_rnn.errors import EdgeRnnError, StateError
+from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import ScopeHeaders, authorize
 from edge_rnn.service._body import single_headers
 from edge_rnn.service._errors import Refusal, refusal
@@ -189,9 +189,5 @@ def _restore(entry: Entry, svc: Service, data: Any) -> None:
         snapshot = base64.b64decode(data, validate=True)
     except ValueError:
         raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", "expected the snapshot as base64, got other text") from None
-    try:
-        stream = svc.model.restore(snapshot)
-    except StateError as e:
-        raise Refusal(HTTP_400_BAD_REQUEST, "bad_snapshot", str(e)) from None
-    old, entry.stream = entry.stream, stream
+    old, entry.stream = entry.stream, svc.registry.restored(snapshot)
     old.close()
