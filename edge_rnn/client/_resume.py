@@ -28,13 +28,13 @@ errors of its own transport that mean the server is gone.
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from edge_rnn._snapshot_layout import MAGIC, unpack
 from edge_rnn.errors import EdgeRnnError
 
 __all__ = ["ServiceError", "ReplayDiverged", "Journal", "Resumable", "SyncResumable", "AsyncResumable", "journal",
@@ -43,7 +43,6 @@ __all__ = ["ServiceError", "ReplayDiverged", "Journal", "Resumable", "SyncResuma
 Op = tuple
 Plan = Generator[Op, Any, Any]
 
-_MAGIC = b"EDGERNN-SNAPSHOT"  # edge_rnn.runtime._snapshot's layout: magic, uint32 LE header length, JSON header
 _GONE = frozenset((502, 503, 504, 1001, 1006, 1011, 1012, 1013))  # HTTP statuses and close codes: the server is gone
 # the stream gone, or out of step with the client's record (which is the authority: a resume rebuilds from it)
 _RESUMED_CODES = frozenset(("unknown_stream", "out_of_order", "out_of_step"))
@@ -93,11 +92,9 @@ def snapshot_steps(data: bytes) -> int | None:
     """The step count in a snapshot's header, read without the runtime; None if the header cannot be read (the
     server judges the snapshot, not the client)."""
     try:
-        if not data.startswith(_MAGIC):
+        if not data.startswith(MAGIC):
             return None
-        (size,) = struct.unpack_from("<I", data, len(_MAGIC))
-        start = len(_MAGIC) + 4
-        steps = json.loads(bytes(data[start:start + size])).get("steps", 0)
+        steps = unpack(data)[0].get("steps", 0)
     except (struct.error, ValueError, AttributeError, RecursionError):
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None

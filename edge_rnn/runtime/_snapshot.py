@@ -19,12 +19,12 @@ import zlib
 import numpy as np
 
 from edge_rnn._numbers import is_int
+from edge_rnn._snapshot_layout import MAGIC, pack, unpack
 from edge_rnn.contract import StateSpec
 from edge_rnn.errors import StateError
 
 __all__ = ["encode_snapshot", "decode_snapshot", "stream_shape", "MAX_STEPS"]
 
-_MAGIC = b"EDGERNN-SNAPSHOT"
 # 2 adds a CRC-32 over the header's fields and the state bytes. Version 1 (no checksum) is refused: a flipped byte
 # in the version field would otherwise turn the check off.
 _VERSION = 2
@@ -48,8 +48,7 @@ def encode_snapshot(fingerprint: str, states: tuple[StateSpec, ...], state: dict
     }
     body = b"".join(np.ascontiguousarray(state[s.input]).tobytes() for s in states)
     header["crc32"] = _crc(header, body)
-    head = json.dumps(header).encode()
-    return _MAGIC + struct.pack("<I", len(head)) + head + body
+    return pack(header, body)
 
 
 def _crc(header: dict, body: bytes) -> int:
@@ -60,12 +59,10 @@ def _crc(header: dict, body: bytes) -> int:
 
 def _header(data: bytes) -> tuple[dict, int]:
     """The JSON header and where the state bytes start."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(_MAGIC)]) != _MAGIC:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(MAGIC)]) != MAGIC:
         raise StateError("snapshot: expected bytes from Stream.snapshot(), got something else")
     try:
-        (n,) = struct.unpack_from("<I", data, len(_MAGIC))
-        start = len(_MAGIC) + 4
-        header = json.loads(bytes(data[start : start + n]))
+        header, offset = unpack(data)
     except (struct.error, ValueError) as e:
         raise StateError(f"snapshot: corrupt header ({e})") from None
     except RecursionError:
@@ -81,7 +78,7 @@ def _header(data: bytes) -> tuple[dict, int]:
                          "stream with this edge-rnn")
     if not is_int(version) or version != _VERSION:  # an int: 2.0 or true is no version this codec wrote
         raise StateError(f"snapshot: expected version {_VERSION}, got {header.get('version')!r}")
-    return header, start + n
+    return header, offset
 
 
 def decode_snapshot(
