@@ -24,12 +24,11 @@ from edge_rnn.client._resume import (
     snapshot_plan,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, InStep, auth_headers, chunk_bytes, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, output
 
 __all__ = ["HttpStream", "AsyncHttpStream"]
 
 _HTTP_409_CONFLICT, _HTTP_404_NOT_FOUND = 409, 404  # out_of_step, unknown_stream (a stream given up)
-_GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
 
 
 def _in_step() -> InStep:
@@ -161,7 +160,7 @@ class HttpStream(SyncResumable):
         return r.content
 
     def _abandon(self) -> None:
-        self._in_step.give_up(_GIVEN_UP)
+        self._in_step.give_up(GIVEN_UP)
         try:
             self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
@@ -241,7 +240,7 @@ class AsyncHttpStream(AsyncResumable):
         return r.content
 
     async def _abandon(self) -> None:
-        self._in_step.give_up(_GIVEN_UP)
+        self._in_step.give_up(GIVEN_UP)
         try:
             await self._http.delete(f"/v1/streams/{self.id}", headers=_session(self.id), timeout=ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way

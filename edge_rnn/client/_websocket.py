@@ -30,12 +30,11 @@ from edge_rnn.client._resume import (
     snapshot_steps,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, InStep, auth_headers, chunk_bytes, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, output
 
 __all__ = ["WebSocketStream", "SyncWebSocketStream"]
 
 _WS_1001_GOING_AWAY, _WS_1008_POLICY_VIOLATION, _WS_1009_MESSAGE_TOO_BIG = 1001, 1008, 1009
-_GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
 
 
 def _ws_url(url: str) -> str:
@@ -75,6 +74,24 @@ def _error_body(reply: Any) -> dict | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) and body.get("type") == "error" else None
+
+
+def _judged(in_step: InStep, journal: Journal | None, reply: Any) -> dict | None:
+    """None where ``reply`` answers the call (the socket in step again); else the server's error, whose close the
+    caller reads before raising it. A draining server's ``shutting_down`` (to a resuming client) is raised at once:
+    the socket is not closed, it still answers a snapshot."""
+    body = _error_body(reply)
+    if body is None:
+        in_step.answered()
+    elif journal is not None and body.get("code") == "shutting_down":
+        in_step.answered()
+        raise _ws_error(body, _WS_1001_GOING_AWAY)
+    return body
+
+
+def _snapshot_of(reply: Any) -> bytes:
+    """The snapshot in the snapshot command's answer."""
+    return base64.b64decode(json.loads(reply)["data"])
 
 
 def _ws_error(body: dict, close_code: int) -> ServiceError:
@@ -158,13 +175,9 @@ class WebSocketStream(AsyncResumable):
             reply = await self._ws.recv()
         except ConnectionClosed as e:
             raise _closed_by(self._in_step, _closed(e)) from None
-        body = _error_body(reply)
+        body = _judged(self._in_step, self._journal, reply)
         if body is None:
-            self._in_step.answered()
             return reply
-        if self._journal is not None and body.get("code") == "shutting_down":
-            self._in_step.answered()  # not closed: the socket still answers a snapshot
-            raise _ws_error(body, _WS_1001_GOING_AWAY)
         try:
             await asyncio.wait_for(self._ws.recv(), 10)
             code = 1011  # an error not followed by a close: not what the server does
@@ -221,13 +234,13 @@ class WebSocketStream(AsyncResumable):
         return await self._ask(chunk)
 
     async def _snapshot(self) -> bytes:
-        return base64.b64decode(json.loads(await self._ask(json.dumps({"type": "snapshot"})))["data"])
+        return _snapshot_of(await self._ask(json.dumps({"type": "snapshot"})))
 
     async def _reset(self) -> None:
         await self._ask(json.dumps({"type": "reset"}))
 
     async def _abandon(self) -> None:
-        self._in_step.give_up(_GIVEN_UP)
+        self._in_step.give_up(GIVEN_UP)
         try:
             await asyncio.wait_for(self.close(wait=False), ABANDON_S)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way
@@ -260,13 +273,9 @@ class SyncWebSocketStream(SyncResumable):
             reply = self._ws.recv()
         except ConnectionClosed as e:
             raise _closed_by(self._in_step, _closed(e)) from None
-        body = _error_body(reply)
+        body = _judged(self._in_step, self._journal, reply)
         if body is None:
-            self._in_step.answered()
             return reply
-        if self._journal is not None and body.get("code") == "shutting_down":
-            self._in_step.answered()  # not closed: the socket still answers a snapshot
-            raise _ws_error(body, _WS_1001_GOING_AWAY)
         try:
             self._ws.recv(timeout=10)
             code = 1011
@@ -326,13 +335,13 @@ class SyncWebSocketStream(SyncResumable):
         return self._ask(chunk)
 
     def _snapshot(self) -> bytes:
-        return base64.b64decode(json.loads(self._ask(json.dumps({"type": "snapshot"})))["data"])
+        return _snapshot_of(self._ask(json.dumps({"type": "snapshot"})))
 
     def _reset(self) -> None:
         self._ask(json.dumps({"type": "reset"}))
 
     def _abandon(self) -> None:
-        self._in_step.give_up(_GIVEN_UP)
+        self._in_step.give_up(GIVEN_UP)
         try:
             self.close(wait=False)
         except Exception:  # noqa: BLE001 - best effort: the stream is given up either way

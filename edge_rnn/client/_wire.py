@@ -11,9 +11,10 @@ import numpy as np
 
 from edge_rnn.client._resume import ServiceError, interrupted
 
-__all__ = ["ABANDON_S", "InStep", "chunk_bytes", "output", "auth_headers"]
+__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "output", "auth_headers"]
 
 ABANDON_S = 1.0  # seconds a stream given up for a resumed one may take to close (best effort)
+GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
 
 
 def chunk_bytes(x: Any) -> bytes:
