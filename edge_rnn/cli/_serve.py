@@ -14,6 +14,14 @@ from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import read_token as _read_token
 
 
+def _in(name: str, kind: type = int) -> click.ParamType:
+    """The click range of option ``name``, from the one table of them (edge_rnn.service._config.RANGES)."""
+    from edge_rnn.service._config import RANGES
+
+    least, most, open_ = RANGES[name]
+    return (click.FloatRange if kind is float else click.IntRange)(min=least, max=most, min_open=open_)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--variant", default=None, help="With a bundle folder: the variant to serve [default: fp32].")
@@ -23,51 +31,51 @@ from edge_rnn.service._auth import read_token as _read_token
 @click.option("--ray", "on_ray", is_flag=True, default=False,
               help="Serve on Ray Serve (needs edge-rnn[ray]): the same routes over --replicas replicas, each batching "
                    "its own streams; Serve's proxy listens on --host:--port. See docs/scale-out.md.")
-@click.option("--replicas", type=click.IntRange(min=1, max=1024), default=None,
+@click.option("--replicas", type=_in("replicas"), default=None,
               help="With --ray: how many replicas serve the model. [default: 1]")
 @click.option("--address", default=None,
               help="With --ray: the Ray cluster to join (e.g. ray://head:10001 or auto). [default: start a local "
                    "Ray on 127.0.0.1 and stop it at the end]")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option("--max-streams", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--max-streams", type=_in("max_streams"), default=1000, show_default=True,
               help="Open streams (HTTP and WebSocket); at most --max-connections. [default: 1000, or "
                    "--max-connections where that is lower]")
-@click.option("--max-connections", type=click.IntRange(min=1), default=None,
+@click.option("--max-connections", type=_in("max_connections"), default=None,
               help="Open connections (HTTP and WebSocket); one more is answered 503 and closed before anything is "
                    "read. [default: the open-file limit, raised to its hard limit, less an eighth and 64]")
-@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+@click.option("--idle-timeout", type=_in("idle_timeout", float), default=300.0, show_default=True,
               help="Seconds after which an idle stream is closed.")
-@click.option("--max-batch", type=click.IntRange(min=1, max=4096), default=64, show_default=True)
-@click.option("--max-wait-ms", type=click.FloatRange(min=0, max=10_000), default=2.0, show_default=True,
+@click.option("--max-batch", type=_in("max_batch"), default=64, show_default=True)
+@click.option("--max-wait-ms", type=_in("max_wait_ms", float), default=2.0, show_default=True,
               help="How long a batch waits for more steps after its first.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-queue", type=_in("max_queue"), default=1024, show_default=True,
               help="Steps waiting beyond this are refused as overloaded (503 / close 1013).")
-@click.option("--max-batch-frames", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch-frames", type=_in("max_batch_frames"), default=64, show_default=True,
               help="Time steps of one stream per batch: a longer chunk runs as pieces of this many frames, one per "
                    "batch, so it delays the other streams by one piece, not by its whole run.")
-@click.option("--max-stream-inflight", type=click.IntRange(min=1, max=1024), default=4, show_default=True,
+@click.option("--max-stream-inflight", type=_in("max_stream_inflight"), default=4, show_default=True,
               help="HTTP steps of one stream in flight at once (reading, waiting, stepped); one more is refused "
                    "with 429 stream_busy before its body is read.")
-@click.option("--max-message-fragments", type=click.IntRange(min=1, max=1 << 16), default=64, show_default=True,
+@click.option("--max-message-fragments", type=_in("max_message_fragments"), default=64, show_default=True,
               help="Frames one WebSocket message may come in (empty ones too); one more closes with 1008.")
-@click.option("--max-queued-bytes", type=click.IntRange(min=1 << 16), default=64 << 20, show_default=True,
+@click.option("--max-queued-bytes", type=_in("max_queued_bytes"), default=64 << 20, show_default=True,
               help="Bytes of WebSocket messages received and not yet taken by their streams, server-wide; past "
                    "it, a socket is read only while its stream waits for its next message.")
-@click.option("--max-message-bytes", type=click.IntRange(min=16), default=1 << 20, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--max-message-bytes", type=_in("max_message_bytes"), default=1 << 20, show_default=True)
+@click.option("--threads", type=_in("threads"), default=None, help="onnxruntime intra-op threads.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the bearer token every route but /healthz and /readyz then needs.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0, max=3600), default=10.0, show_default=True,
+@click.option("--drain-timeout", type=_in("drain_timeout", float), default=10.0, show_default=True,
               help="On SIGINT/SIGTERM: seconds open streams may still fetch their snapshots before the server "
                    "stops (a second signal stops at once).")
-@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=10.0,
+@click.option("--header-timeout", type=_in("header_timeout", float), default=10.0,
               show_default=True, help="Seconds a client has to send a request's headers (HTTP and the WebSocket "
                                       "handshake); then 408 and the connection is closed.")
-@click.option("--message-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=30.0,
+@click.option("--message-timeout", type=_in("message_timeout", float), default=30.0,
               show_default=True, help="Seconds to finish an HTTP body once its headers came (408), or a WebSocket "
                                       "message once it began (close 1008).")
-@click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True, max=3600), default=30.0,
+@click.option("--write-timeout", type=_in("write_timeout", float), default=30.0,
               show_default=True, help="Seconds the server's writes to a client that does not read may stay "
                                       "blocked before the connection is dropped.")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ServiceConfig", "STANDALONE_ONLY", "RAY_PROXY_MAX_MESSAGE"]
+__all__ = ["ServiceConfig", "STANDALONE_ONLY", "RAY_PROXY_MAX_MESSAGE", "RANGES"]
+
+# The range each option of edge-rnn serve takes: (least, most or None, least excluded). The command's options and
+# Ray Serve's application builder (edge_rnn.service.ray) both check by it.
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "replicas": (1, 1024, False), "threads": (1, None, False), "max_streams": (1, None, False),
+    "max_connections": (1, None, False), "idle_timeout": (0.1, None, False), "max_batch": (1, 4096, False),
+    "max_wait_ms": (0, 10_000, False), "max_queue": (1, None, False), "max_batch_frames": (1, None, False),
+    "max_stream_inflight": (1, 1024, False), "max_message_fragments": (1, 1 << 16, False),
+    "max_queued_bytes": (1 << 16, None, False), "max_message_bytes": (16, None, False),
+    "drain_timeout": (0, 3600, False), "header_timeout": (0, 3600, True), "message_timeout": (0, 3600, True),
+    "write_timeout": (0, 3600, True),
+}
 
 # Ray Serve's proxy (its uvicorn's default) closes a WebSocket message over this many bytes itself, without the
 # replica's JSON error: max_message_bytes goes no higher on Ray

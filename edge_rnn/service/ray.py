@@ -36,7 +36,7 @@ from ray.serve.config import RequestRouterConfig
 
 from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import read_token
-from edge_rnn.service._config import RAY_PROXY_MAX_MESSAGE, STANDALONE_ONLY, ServiceConfig
+from edge_rnn.service._config import RANGES, RAY_PROXY_MAX_MESSAGE, STANDALONE_ONLY, ServiceConfig
 from edge_rnn.service._ray_front import ReplicaFront
 from edge_rnn.service._ray_overflow import open_here, overflow
 from edge_rnn.service._ray_router import STATS_PERIOD, StreamRouter
@@ -49,13 +49,9 @@ _WHERE = "edge_rnn.service.ray:app"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _KINDS = {"int": (int, "an int"), "float": ((int, float), "a float"), "str": (str, "a string"),
           "bool": (bool, "a bool (true/false, yes/no, on/off, 1/0)")}
-# the ranges edge-rnn serve's options take (edge_rnn.cli._serve): least, most (None: no bound), least excluded
-_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
-    "replicas": (1, 1024, False), "threads": (1, None, False), "max_streams": (1, None, False),
-    "idle_timeout": (0.1, None, False), "max_batch": (1, 4096, False), "max_wait_ms": (0, 10_000, False),
-    "max_queue": (1, None, False), "max_batch_frames": (1, None, False), "max_stream_inflight": (1, 1024, False),
-    "max_message_bytes": (16, RAY_PROXY_MAX_MESSAGE, False), "drain_timeout": (0, 3600, False),
-}
+# the ranges edge-rnn serve's options take (on Ray, the proxy bounds a WebSocket message too)
+_BOUNDS = {k: v for k, v in RANGES.items() if k not in STANDALONE_ONLY} | {
+    "max_message_bytes": (RANGES["max_message_bytes"][0], RAY_PROXY_MAX_MESSAGE, False)}
 
 
 @dataclasses.dataclass(frozen=True)
