@@ -14,9 +14,12 @@ Every model edge-rnn writes carries, in ``metadata_props``, the key
 ``null`` in a state shape marks the batch dimension; ``time_axis`` is null
 for models that take one step per call (cells). An integer input (token ids)
 may add ``"values": [0, 9999]``, the range it must lie in (the rows of the
-embedding table it indexes); the runtime refuses values outside it. A state input left at zeros
-is PyTorch's default initial state; feeding each output state to its input on
-the next call continues the sequence exactly. ``docs/streaming-onnx.md`` is
+embedding table it indexes); the runtime refuses values outside it. A
+state input left at zeros is PyTorch's default initial state; a state may
+instead carry its own, ``"initial": [...]`` (one stream's row, flattened: a
+file lifted from a node with a constant initial state), which a new stream
+starts from. Feeding each output state to its input on the next call
+continues the sequence exactly. ``docs/streaming-onnx.md`` is
 the human-readable version of this module.
 
 This module imports neither torch nor onnx, so the runtime can use it: it
@@ -27,10 +30,13 @@ works on the plain ``{key: value}`` metadata map that both ``onnx`` and
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from edge_rnn._numbers import is_int
 from edge_rnn.errors import ModelFormatError
@@ -40,6 +46,7 @@ __all__ = [
     "check_state_bytes",
     "MAX_STATE_BYTES",
     "MAX_ENTRIES",
+    "MAX_INITIAL",
     "METADATA_KEY",
     "FORMAT_VERSION",
     "TensorSpec",
@@ -57,6 +64,9 @@ MAX_STATE_BYTES = 64 << 20
 # Inputs, outputs and states a contract may list, each: far above any streaming model's, and a bound on the work of
 # reading a contract (every check is linear in them).
 MAX_ENTRIES = 1024
+# Elements of a state's non-zero initial value, per stream, that a contract may carry as JSON: a lifted file's
+# constant initial state (an LSTM of 4096 units keeps 8,192); about 1.5 MB of JSON at most.
+MAX_INITIAL = 1 << 16
 _DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 _ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
@@ -107,6 +117,15 @@ def axes_problem(rank: int, batch_axis: int | None, time_axis: int | None) -> st
     if batch_axis == time_axis:
         return f"expected different batch and time axes, got {batch_axis} for both"
     return None
+
+
+def _initial(value: Any, name: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ModelFormatError(f"edge_rnn contract: state {name!r}: expected initial to be a list of numbers, got "
+                               f"{type(value).__name__}")
+    return tuple(value)
 
 
 def _check_count(group: str, n: int) -> None:
@@ -191,6 +210,10 @@ class StateSpec:
     """A recurrent state: graph input ``input`` is fed by graph output ``output``.
 
     ``shape`` holds ``None`` at ``batch_axis``; every other entry is fixed.
+    ``initial`` is a new stream's state, one stream's row (the shape without
+    the batch axis) flattened in C order, where the model's own default is not
+    zeros (a file lifted by ``edge-rnn lift`` whose node had a constant initial
+    state); None: zeros.
     """
 
     input: str
@@ -198,6 +221,7 @@ class StateSpec:
     shape: tuple[int | None, ...]
     batch_axis: int
     dtype: str = "float32"
+    initial: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.batch_axis < len(self.shape)) or self.shape[self.batch_axis] is not None:
@@ -221,6 +245,31 @@ class StateSpec:
                 f"stream, got {self.nbytes:,} bytes ({json.dumps(list(self.shape))} {self.dtype}); refused rather "
                 "than allocated"
             )
+        if self.initial is not None:
+            self._check_initial()
+
+    def _check_initial(self) -> None:
+        """``initial`` holds one finite number per element of a stream's row, at most MAX_INITIAL of them."""
+        v, n = self.initial, self.nbytes // _ITEMSIZE[self.dtype]
+        where = f"edge_rnn contract: state {self.input!r}: expected initial"
+        if not isinstance(v, tuple):
+            raise ModelFormatError(f"{where} to be a list of numbers, got {type(v).__name__}")
+        if n > MAX_INITIAL:
+            raise ModelFormatError(f"{where} only on a state of at most {MAX_INITIAL:,} elements per stream, got "
+                                   f"{n:,}")
+        if len(v) != n:
+            raise ModelFormatError(f"{where} to hold {n:,} numbers (one stream's row), got {len(v):,}")
+        if self.dtype not in ("float32", "float16", "float64"):
+            raise ModelFormatError(f"{where} only on a float state, got dtype {self.dtype}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise ModelFormatError(f"{where} to hold finite numbers only")
+
+    def initial_row(self) -> np.ndarray | None:
+        """One stream's initial state (no batch axis), or None for zeros."""
+        if self.initial is None:
+            return None
+        per_stream = tuple(d for i, d in enumerate(self.shape) if i != self.batch_axis)
+        return np.asarray(self.initial, np.float64).astype(self.dtype).reshape(per_stream)
 
     @property
     def nbytes(self) -> int:
@@ -256,7 +305,15 @@ class StateSpec:
             shape=tuple(d["shape"]),
             batch_axis=_axis(d["batch_axis"], f"batch_axis of state {name!r}", nullable=False),
             dtype=_name(d.get("dtype", "float32"), f"dtype of state {name!r}"),
+            initial=_initial(d.get("initial"), name),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"input": self.input, "output": self.output, "shape": list(self.shape), "batch_axis": self.batch_axis,
+             "dtype": self.dtype}
+        if self.initial is not None:
+            d["initial"] = list(self.initial)
+        return d
 
 
 @dataclass(frozen=True)
@@ -296,7 +353,7 @@ class Contract:
             "format": self.format,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
-            "states": [dict(asdict(s), shape=list(s.shape)) for s in self.states],
+            "states": [s.to_dict() for s in self.states],
             "source": dict(self.source),
             "streamable": self.streamable,
         }

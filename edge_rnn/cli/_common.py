@@ -15,7 +15,8 @@ __all__ = ["main"]
 # The extra that installs each optional module, and the commands that get it from another extra.
 _EXTRAS = {"torch": "export", "onnx": "export", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
            "httptools": "serve", "uvloop": "serve", "httpx": "client", "websockets": "client", "matplotlib": "diag"}
-_EXTRAS_BY_COMMAND = {("onnx", "optimize"): "deploy", ("onnx", "package"): "deploy", ("websockets", "serve"): "serve"}
+_EXTRAS_BY_COMMAND = {("onnx", "optimize"): "deploy", ("onnx", "package"): "deploy", ("onnx", "lift"): "deploy",
+                      ("websockets", "serve"): "serve"}
 
 
 class _Group(click.Group):

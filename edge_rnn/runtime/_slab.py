@@ -55,6 +55,7 @@ class StateSlab:
         self._specs = specs
         self._names = [s.input for s in specs]
         self._axes = [s.batch_axis for s in specs]
+        self._initial = [0 if s.initial is None else s.initial_row() for s in specs]  # a new stream's row
         self._pre = [(slice(None),) * b for b in self._axes]  # index prefix up to the batch axis
         self.lock = threading.Lock()
         self.capacity = 0
@@ -85,7 +86,8 @@ class StateSlab:
 
     # ------------------------------------------------------------------ rows
     def allocate(self, state: Arrays | None = None, steps: int = 0) -> int:
-        """A free row holding ``state`` (per stream, no batch axis), or zeros."""
+        """A free row holding ``state`` (per stream, no batch axis), or the model's initial state (zeros unless
+        the contract names one)."""
         with self.lock:
             if not self._free and self._released:
                 released, self._released = self._released, []  # a release() racing this lands in one or the other
@@ -96,8 +98,8 @@ class StateSlab:
             try:
                 self._drop(row)  # a pending batch's slot, or the outputs of a lone step, of the row's last owner
                 self.steps[row] = steps
-                for a, pre, name in zip(self.arrays, self._pre, self._names):
-                    a[(*pre, row)] = 0 if state is None else state[name]
+                for a, pre, name, init in zip(self.arrays, self._pre, self._names, self._initial):
+                    a[(*pre, row)] = init if state is None else state[name]
             except BaseException:  # a state or step count that does not fit: the row is not taken
                 self._free.append(row)
                 raise
@@ -154,12 +156,13 @@ class StateSlab:
             return {name: a[(*pre, slice(row, row + 1))] for name, a, pre in zip(self._names, self.arrays, self._pre)}
 
     def write(self, row: int, values: Arrays | None = None, *, steps: int = 0) -> None:
-        """Set one row to ``values`` (per stream, no batch axis, by name), or zeros; its step count to ``steps``."""
+        """Set one row to ``values`` (per stream, no batch axis, by name), or to the model's initial state; its step
+        count to ``steps``."""
         with self.lock:
             self._drop(row)
             self.steps[row] = steps
-            for a, pre, name in zip(self.arrays, self._pre, self._names):
-                a[(*pre, row)] = 0 if values is None else values[name]
+            for a, pre, name, init in zip(self.arrays, self._pre, self._names, self._initial):
+                a[(*pre, row)] = init if values is None else values[name]
 
     def advance(self, row: int, values: list[np.ndarray], steps: int) -> None:
         """One stream stepped alone by ``steps``: its new state is that call's state outputs (state order, batch

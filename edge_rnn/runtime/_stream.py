@@ -111,10 +111,10 @@ class Stream:
             return {k: v.copy() for k, v in self.arrays().items()}
 
     def reset(self) -> None:
-        """Back to the zero state, PyTorch's default initial state."""
+        """Back to the model's initial state: zeros (PyTorch's default) unless its contract names one."""
         with self.lock:
             self._check_open()
-            self._slab.write(self._row)  # zeros, no steps
+            self._slab.write(self._row)  # the initial state, no steps
 
     def close(self) -> None:
         """Release the state; any later step on this stream raises :class:`StreamError`."""

@@ -1,0 +1,100 @@
+"""``edge_rnn.lift``: a recurrent ONNX file from elsewhere made streamable, proved, and written. onnx and
+onnxruntime only, no torch.
+
+The graph surgery is :mod:`edge_rnn.deploy._lift` (a state input and output
+pair per recurrent node, ``layout=1`` rewritten, batch and time made dynamic,
+the contract written); the proof is :mod:`edge_rnn.deploy._lift_proof`
+(chunked streaming of the lifted file against one pass of the original, by the
+project's parity verdict). A file is written only when the proof passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge_rnn.contract import Contract
+from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
+from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, prove
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, ParityError, UnsupportedError, described
+from edge_rnn.harness import Cases
+
+__all__ = ["lift", "LiftResult", "lift_hint"]
+
+
+@dataclass
+class LiftResult:
+    """What :func:`lift` wrote: the file, its contract, each lifted state, the rewrites, and the proof."""
+
+    path: Path
+    contract: Contract
+    states: list[LiftedState]
+    notes: list[str]
+    proof: Proof
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise EdgeRnnError(f"model {path}: no such file")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it ({described(e)})") from None
+
+
+def _with_initial(lifted: Lifted) -> Lifted:
+    """The lifted model's contract with each state's own initial value (a constant in the file) recorded in it."""
+    initial = {s.input: s.initial for s in lifted.states if s.initial is not None}
+    if not initial:
+        return lifted
+    states = tuple(dataclasses.replace(s, initial=tuple(float(v) for v in np.ravel(initial[s.input])))
+                   if s.input in initial else s for s in lifted.contract.states)
+    contract = dataclasses.replace(lifted.contract, states=states)
+    onnx.helper.set_model_props(lifted.model, {**{p.key: p.value for p in lifted.model.metadata_props},
+                                               **contract.to_metadata()})
+    return dataclasses.replace(lifted, contract=contract)
+
+
+def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, int]] | None = None,
+         cases: Cases = PROOF_CASES, seed: int = 0) -> LiftResult:
+    """Lift the recurrent ONNX file ``model`` to a streaming one at ``output``, proved before it is written.
+
+    Each ``RNN``/``GRU``/``LSTM`` node without an initial state, or with a constant one, gets a state input and
+    output pair named after it (``<node>.h0`` -> ``<node>.hn``; ``.c0``/``.cn`` for an LSTM), the batch and time
+    axes become dynamic, and the ``edge_rnn`` contract is written. ``axes`` gives an input's ``(batch_axis,
+    time_axis)`` where the graph does not say. Raises UnsupportedError, naming the node, for what cannot stream
+    (a bidirectional or reverse node, an operator that looks ahead in time or pools over it), and ParityError,
+    with the table, where chunked streaming of the lifted file differs from one pass of the original.
+    """
+    src, dst = Path(model), Path(output)
+    if dst.resolve() == src.resolve():
+        raise UnsupportedError(f"{dst}: the output would overwrite the model it is lifted from; write it elsewhere")
+    original = _read(src)
+    lifted = _with_initial(lift_model(original, axes=axes))
+    proof = prove(lifted.model, reference_model(original, lifted),
+                  {s.input: s.initial for s in lifted.states}, cases=cases, seed=seed)
+    if not proof.ok:
+        rows = proof.report.failures
+        raise ParityError(f"{src}: not streamable as lifted: chunked calls of the lifted graph differ from one pass "
+                          f"of the original in {len(rows)} comparison(s); nothing written\n{proof.table()}",
+                          [(r.case, r.tensor, r.err_onnx, r.bound) for r in rows], rows=rows)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(lifted.model, str(dst))
+    except OSError as e:
+        raise EdgeRnnError(f"{dst}: cannot write the lifted model ({e.strerror or e})") from None
+    return LiftResult(dst, lifted.contract, list(lifted.states), list(lifted.notes), proof)
+
+
+def lift_hint(path: Path) -> str:
+    """One line for ``edge-rnn inspect`` on a file without a contract: whether ``edge-rnn lift`` can make it
+    streamable, and if not, why (the surgery's refusal; the proof is not run here)."""
+    try:
+        lift_model(_read(path))
+    except EdgeRnnError as e:
+        return f"lift:      edge-rnn lift cannot make it streamable: {e}"
+    return f"lift:      edge-rnn lift {path} -o streaming.onnx can make it streamable (then proved chunk by chunk)"
