@@ -49,6 +49,7 @@ __all__ = [
     "MAX_INITIAL",
     "METADATA_KEY",
     "FORMAT_VERSION",
+    "INITIAL_FORMAT",
     "TensorSpec",
     "StateSpec",
     "Contract",
@@ -56,6 +57,9 @@ __all__ = [
 
 METADATA_KEY = "edge_rnn"
 FORMAT_VERSION = 1
+# A contract whose states carry their own initial value is written as format 2: a reader of format 1 alone would
+# ignore the unknown key and start every stream from zeros, a silently wrong answer, where format 2 makes it refuse.
+INITIAL_FORMAT = 2
 # Bytes of state per stream, a model's states all together: far above any recurrent state (a 4-layer LSTM of 4096
 # units keeps 256 KiB), and small enough that the runtime's state slab, which holds 16 streams' rows from the moment
 # a model loads, allocates at most 1 GiB up front when a forged contract declares the most it may. Counted in bytes,
@@ -86,12 +90,12 @@ def _axis(value: Any, what: str, *, nullable: bool) -> int | None:
 
 
 def _format_version(fmt: Any) -> int:
-    """``fmt`` if it is the format this edge-rnn reads; the refusal says when a newer edge-rnn wrote it."""
-    if is_int(fmt) and fmt == FORMAT_VERSION:
+    """``fmt`` if it is a format this edge-rnn reads; the refusal says when a newer edge-rnn wrote it."""
+    if is_int(fmt) and fmt in (FORMAT_VERSION, INITIAL_FORMAT):
         return fmt
-    newer = is_int(fmt, least=FORMAT_VERSION + 1)
+    newer = is_int(fmt, least=INITIAL_FORMAT + 1)
     raise ModelFormatError(
-        f"edge_rnn contract: expected format {FORMAT_VERSION}, got {fmt!r}"
+        f"edge_rnn contract: expected format {FORMAT_VERSION} or {INITIAL_FORMAT}, got {fmt!r}"
         + (" (a newer edge-rnn wrote this model)" if newer else "")
     )
 
@@ -324,7 +328,7 @@ class Contract:
     outputs: tuple[TensorSpec, ...]
     states: tuple[StateSpec, ...]
     source: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
-    format: int = FORMAT_VERSION
+    format: int = FORMAT_VERSION  # set from the states: INITIAL_FORMAT where one carries an initial value
     # False when chunked calls cannot equal one pass (a bidirectional layer needs
     # the future); the model then runs one whole sequence per call.
     streamable: bool = True
@@ -342,6 +346,13 @@ class Contract:
                 raise ModelFormatError(f"edge_rnn contract: expected unique {kind} names, got duplicates {dup[:10]}"
                                        + (f" and {len(dup) - 10} more" if len(dup) > 10 else ""))
         check_state_bytes(self.states)
+        _format_version(self.format)
+        if self._has_initial:
+            object.__setattr__(self, "format", INITIAL_FORMAT)
+
+    @property
+    def _has_initial(self) -> bool:
+        return any(s.initial is not None for s in self.states)
 
     @property
     def is_streaming(self) -> bool:
@@ -377,10 +388,14 @@ class Contract:
         streamable = _entry(d, "streamable", True, lambda v: isinstance(v, bool), "true or false")
         source = _entry(d, "source", {}, lambda v: isinstance(v, Mapping), "an object")
         fixed = _entry(d, "fixed_chunk", None, lambda v: v is None or is_int(v, least=1), "an int >= 1")
+        read_states = tuple(StateSpec.from_dict(s) for s in states)
+        if fmt == FORMAT_VERSION and any(s.initial is not None for s in read_states):
+            raise ModelFormatError(f"edge_rnn contract: a state's initial value needs format {INITIAL_FORMAT} (a "
+                                   f"format {FORMAT_VERSION} reader would start from zeros), got format {fmt}")
         return cls(
             inputs=tuple(TensorSpec.from_dict(t) for t in inputs),
             outputs=tuple(TensorSpec.from_dict(t) for t in outputs),
-            states=tuple(StateSpec.from_dict(s) for s in states),
+            states=read_states,
             source=dict(source),
             format=fmt,
             streamable=streamable,

@@ -152,8 +152,8 @@ def test_no_contract_in_metadata_is_none():
 @pytest.mark.parametrize(
     "text,match",
     [
-        (json.dumps(_with(lambda d: d.update(format=2))), r"expected format 1, got 2"),
-        (json.dumps(_with(lambda d: d.pop("format"))), r"expected format 1, got None"),
+        (json.dumps(_with(lambda d: d.update(format=3))), r"expected format 1 or 2, got 3"),
+        (json.dumps(_with(lambda d: d.pop("format"))), r"expected format 1 or 2, got None"),
         (json.dumps(_with(lambda d: d["states"][0].update(shape=[2, 3, 8]))), r"'h0'.*null at batch_axis 1"),
         (json.dumps(_with(lambda d: d["states"][0].update(shape=[None, 3, 8]))), r"'h0'.*null at batch_axis 1"),
         (json.dumps(_with(lambda d: d["states"][0].update(batch_axis=3))), r"'h0'.*null at batch_axis 3"),
@@ -171,7 +171,7 @@ def test_no_contract_in_metadata_is_none():
         (json.dumps(_with(lambda d: d["states"][0].pop("batch_axis"))), r"state entry .* lacks \['batch_axis'\]"),
         (json.dumps(_with(lambda d: d.update(source=[1]))), r"'source' to be an object"),
     ],
-    ids=["format-2", "format-missing", "shape-no-null", "null-off-batch-axis", "batch-axis-out-of-range",
+    ids=["format-3", "format-missing", "shape-no-null", "null-off-batch-axis", "batch-axis-out-of-range",
          "duplicate-input", "duplicate-output", "bad-dtype", "negative-axis", "not-json", "not-object",
          "missing-states", "missing-inputs", "missing-name", "missing-batch-axis", "missing-shape",
          "missing-state-batch-axis", "source-not-object"],

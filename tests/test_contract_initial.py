@@ -25,6 +25,7 @@ def _with_initial(tmp_path, initial: dict[str, np.ndarray]):
     for s in d["states"]:
         if s["input"] in initial:
             s["initial"] = [float(v) for v in initial[s["input"]].ravel()]
+    d["format"] = 2
     onnx.helper.set_model_props(m, {"edge_rnn": json.dumps(d)})
     path = tmp_path / "init.onnx"
     onnx.save(m, str(path))
@@ -91,3 +92,14 @@ def test_a_stream_starts_from_the_initial_state_and_reset_returns_to_it(tmp_path
     again = model.open_stream()  # a freed row is reused: from the initial state again, not what the last held
     stream.close()
     np.testing.assert_array_equal(again.state["c0"], c)
+
+
+def test_a_contract_with_an_initial_value_is_format_2_and_format_1_refuses_it():
+    s = StateSpec("h0", "hn", (1, None, 2), 1, "float32", (0.5, -0.5))
+    d = Contract((), (), (s,)).to_dict()
+    assert d["format"] == 2  # a format-1 reader refuses it instead of starting from zeros
+    assert Contract((), (), (StateSpec("h0", "hn", (1, None, 2), 1),)).to_dict()["format"] == 1
+    with pytest.raises(ModelFormatError, match="initial value needs format 2 .* got format 1"):
+        Contract.from_dict({**d, "format": 1})
+    with pytest.raises(ModelFormatError, match="expected format 1 or 2, got 3 \\(a newer edge-rnn"):
+        Contract.from_dict({**d, "format": 3})
