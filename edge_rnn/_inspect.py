@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from edge_rnn.contract import Contract
+from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.errors import ModelFormatError, described
 from edge_rnn.runtime._external import (
     MalformedProto,
@@ -180,6 +180,19 @@ def describe(path: Path) -> str:
     return "\n".join(lines + _contract_lines(contract) + [_operator_line(f.ops)])
 
 
+def recurrent_without_contract(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file with ``RNN``/``GRU``/``LSTM`` nodes (at any depth) and no ``edge_rnn``
+    contract: one that ``edge-rnn lift`` may make streamable."""
+    data = path.read_bytes()
+    if data[4:8] == b"ORTM":
+        return False
+    try:
+        f = _OnnxFile.read(data, str(path))
+    except (MalformedProto, IndexError, ModelFormatError):
+        return False
+    return METADATA_KEY not in f.metadata and any(k in ("RNN", "GRU", "LSTM") for k in f.ops)
+
+
 # ---------------------------------------------------------------- a bundle, each file checked against its hash
 def describe_bundle(folder: Path) -> tuple[str, list[str], int]:
     """The listing of a bundle's manifest with each file it lists checked against its SHA-256, as the runtime
@@ -326,7 +339,8 @@ def _contract_lines(contract: Contract | None) -> list[str]:
              f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})"]
     for s in contract.states:
         shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
-        lines.append(f"  {printable(s.input, 80):<8} -> {printable(s.output, 80):<8} {s.dtype:<8} ({shape})")
+        start = "" if s.initial is None else "  starts from its own initial value, not zeros"
+        lines.append(f"  {printable(s.input, 80):<8} -> {printable(s.output, 80):<8} {s.dtype:<8} ({shape}){start}")
     for t in contract.inputs:
         time = "none (one step per call)" if t.time_axis is None else t.time_axis
         within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"

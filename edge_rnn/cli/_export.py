@@ -284,3 +284,20 @@ def inspect(model: Path) -> None:
                                + "; ".join(failed))
         return
     click.echo(describe(_existing(model, "model")))
+    hint = _lift_hint(model)
+    if hint:
+        click.echo(hint)
+
+
+def _lift_hint(model: Path) -> str | None:
+    """For an ONNX file with recurrent nodes and no contract: whether edge-rnn lift can make it streamable."""
+    from edge_rnn._inspect import recurrent_without_contract
+
+    if not recurrent_without_contract(model):
+        return None
+    try:
+        from edge_rnn.deploy._lifting import lift_hint
+    except ModuleNotFoundError:  # a runtime-only install: no onnx to try the lift with
+        return ("lift:      it has recurrent nodes and no contract: edge-rnn lift (pip install 'edge-rnn[deploy]') "
+                "may make it streamable")
+    return lift_hint(model)

@@ -20,6 +20,7 @@ import onnx
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, prove
+from edge_rnn.deploy._lift_zeros import drop_zero_states
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ParityError, UnsupportedError, described
 from edge_rnn.harness import Cases
 
@@ -74,7 +75,9 @@ def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, in
     if dst.resolve() == src.resolve():
         raise UnsupportedError(f"{dst}: the output would overwrite the model it is lifted from; write it elsewhere")
     original = _read(src)
-    lifted = _with_initial(lift_model(original, axes=axes))
+    cleaned, zero_notes = drop_zero_states(original)
+    lifted = _with_initial(lift_model(cleaned, axes=axes))
+    lifted = dataclasses.replace(lifted, notes=[*zero_notes, *lifted.notes])
     proof = prove(lifted.model, reference_model(original, lifted),
                   {s.input: s.initial for s in lifted.states}, cases=cases, seed=seed)
     if not proof.ok:
@@ -94,7 +97,7 @@ def lift_hint(path: Path) -> str:
     """One line for ``edge-rnn inspect`` on a file without a contract: whether ``edge-rnn lift`` can make it
     streamable, and if not, why (the surgery's refusal; the proof is not run here)."""
     try:
-        lift_model(_read(path))
+        lift_model(drop_zero_states(_read(path))[0])
     except EdgeRnnError as e:
         return f"lift:      edge-rnn lift cannot make it streamable: {e}"
     return f"lift:      edge-rnn lift {path} -o streaming.onnx can make it streamable (then proved chunk by chunk)"
