@@ -27,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edge_rnn.deploy._decompose import _weights, read_node, splice
+from edge_rnn.deploy._decompose import _weights, pytorch_conventions, read_node, splice
 from edge_rnn.deploy._int8 import Int8Settings
+from edge_rnn.deploy._onnx_weights import ConstantFolder
 from edge_rnn.gates import gate_blocks, join_gates
 from edge_rnn.graphs import GraphBuilder
 
@@ -114,9 +115,8 @@ def _rnn_direction(g: GraphBuilder, hidden: int, w: dict, x: str, h0: str, rever
     return y, h_t
 
 
-def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int,
-             settings: Int8Settings) -> GraphBuilder:
-    x, h0, _, w, r, b, spec = read_node(node, inits)
+def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int, settings: Int8Settings) -> GraphBuilder:
+    x, h0, _, w, r, b, spec = read_node(node, folder)
     g = GraphBuilder("int8", prefix=f"{node.name or node.op_type}_{index}/")
     outs = list(node.output) + [""] * (2 - len(node.output))
     ys, hs = [], []
@@ -142,11 +142,13 @@ def quantize_recurrent(model: onnx.ModelProto, settings: Int8Settings) -> tuple[
     """A copy of ``model`` with each top-level GRU and RNN node in the lean int8 form, but those that
     ``settings.keep_float`` names (by node name or operator type), which stay float32; returns it and how many
     were rewritten."""
-    def rewrite(node: onnx.NodeProto, inits: dict, index: int) -> GraphBuilder | None:
+    def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
         kept = node.op_type in settings.keep_float or (node.name and node.name in settings.keep_float)
         if node.op_type not in ("GRU", "RNN") or node.domain not in ("", "ai.onnx") or kept:
             return None
-        return _rewrite(node, inits, index, settings)
+        if pytorch_conventions(node):  # the general decomposed form, which quantize_dynamic quantises
+            return None
+        return _rewrite(node, folder, index, settings)
 
     out, count = splice(model, rewrite)
     if count and not any(o.domain == MS_DOMAIN for o in out.opset_import):
