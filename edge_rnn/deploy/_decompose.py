@@ -6,7 +6,11 @@ three. The decomposed form (an input ``MatMul``, then a ``Scan`` over
 ``MatMul``/``Add``/``Sigmoid``/``Tanh`` steps) is what both can work with. This
 module rewrites each recurrent node in place, whatever graph it sits in (a bare
 layer or a whole model), with the same inputs and outputs: no torch, and no
-need for the module it came from.
+need for the module it came from. A node in PyTorch's conventions (what
+edge-rnn and torch.onnx write) takes the graph builders' rewrite; any other
+(``clip``, ``layout=1``, ``linear_before_reset=0``, peepholes, ``sequence_lens``,
+other activations, reverse, no initial state...) the general one of
+:mod:`edge_rnn.deploy._onnx_scan`.
 """
 
 from __future__ import annotations
@@ -172,14 +176,18 @@ def _drop_dead_nodes(g: onnx.GraphProto) -> None:
         g.node.extend(keep)
 
 
-def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with each top-level node in ``ops`` rewritten as a Scan; returns it and the count.
+def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS, *,
+                        select: Callable[[onnx.NodeProto], bool] | None = None) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with each top-level node in ``ops`` (and, given ``select``, for which it is true)
+    rewritten as Scans; returns it and the count.
 
-    The weights move from the node's ``W``/``R``/``B`` initializers into the
-    decomposed form's constants; initializers no longer used are dropped.
+    A node in PyTorch's conventions takes edge-rnn's own rewrite (:func:`edge_rnn.graphs.emit_direction`), any
+    other the general one (:mod:`edge_rnn.deploy._onnx_scan`). The weights move from the node's ``W``/``R``/``B``/
+    ``P`` (initializers, or folded from the constants they are computed from) into the decomposed form's
+    constants; initializers and nodes no longer used are dropped.
     """
     def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
-        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ops or node.domain not in ("", "ai.onnx") or (select and not select(node)):
             return None
         return _rewrite(node, folder, index)
 

@@ -18,8 +18,19 @@ float32 GRU at one step per call against 1.13x for ``quantize_dynamic`` of
 the decomposed form, and 1.03x at ten steps against 0.91x, with uint8
 weights; 1.29x and 1.25x with int8 weights (docs/deployment.md). The weights
 are quantised as :class:`~edge_rnn.deploy._int8.Int8Settings` say; activations
-per call, as ``quantize_dynamic`` does. The node's conventions are those the
-decomposed form takes (PyTorch's); any other is refused by the same checks.
+per call, as ``quantize_dynamic`` does. A node in any other convention is left
+here for :func:`general_int8_nodes`: the general decomposed form, whose MatMuls
+``quantize_dynamic`` quantises.
+
+``DynamicQuantizeLSTM`` (what ``quantize_dynamic`` makes of an ``LSTM``) was
+measured against the float64 reference of the operator (onnxruntime 1.32,
+reduce_range, this project's test grid): peepholes, ``clip``, ``input_forget``,
+LeakyRelu/HardSigmoid/Elu/Softsign activations with their alpha and beta, reverse,
+bidirectional and ``sequence_lens`` are within 0.01 of it; but it takes
+``layout=1`` as layout 0 without a word (max |Y| error 0.60), writes zeros to
+``Y_h``/``Y_c`` of a row of length 0 where the initial state should stay (0.64),
+and defaults Affine, ScaledTanh and ThresholdedRelu's alpha and beta to 0
+(0.66, 0.41, 0.45). Such an LSTM takes the general decomposed form instead.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from edge_rnn.deploy._onnx_weights import ConstantFolder
 from edge_rnn.gates import gate_blocks, join_gates
 from edge_rnn.graphs import GraphBuilder
 
-__all__ = ["quantize_recurrent", "quantized_weight"]
+__all__ = ["quantize_recurrent", "quantized_weight", "general_int8_nodes", "lstm_departure"]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -136,6 +147,37 @@ def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int, settings:
         elif name:
             g.op1("Identity", parts, output=name)
     return g
+
+
+_ORT_ALPHA_BETA = {"affine", "scaledtanh", "thresholdedrelu"}  # onnxruntime's defaults differ from the spec's
+
+
+def lstm_departure(node: onnx.NodeProto) -> str | None:
+    """Why ``DynamicQuantizeLSTM`` would not compute this LSTM node as the operator does (None: it does)."""
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    names = list(node.input) + [""] * (8 - len(node.input))
+    acts = {(v.decode() if isinstance(v, bytes) else v).lower() for v in a.get("activations", [])}
+    if a.get("layout", 0):
+        return "layout=1, which DynamicQuantizeLSTM computes as layout 0"
+    if names[4] and names[5]:
+        return "sequence_lens with an initial state (DynamicQuantizeLSTM zeroes Y_h/Y_c of a row of length 0)"
+    if acts & _ORT_ALPHA_BETA:
+        return f"activations {sorted(acts & _ORT_ALPHA_BETA)} (onnxruntime's alpha/beta defaults differ)"
+    return None
+
+
+def general_int8_nodes(model: onnx.ModelProto, keep: set[str]) -> tuple[onnx.ModelProto, int]:
+    """``model`` with the recurrent nodes that neither the lean int8 form nor DynamicQuantizeLSTM computes (a GRU or
+    RNN outside PyTorch's conventions, an LSTM of :func:`lstm_departure`) in the general decomposed form, but those
+    ``keep`` names (by node name or operator type), which stay float32; returns it and how many."""
+    from edge_rnn.deploy._decompose import decompose_recurrent
+
+    def select(node: onnx.NodeProto) -> bool:
+        if node.op_type in keep or (node.name and node.name in keep):
+            return False
+        return bool(lstm_departure(node)) if node.op_type == "LSTM" else bool(pytorch_conventions(node))
+
+    return decompose_recurrent(model, select=select)
 
 
 def quantize_recurrent(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, int]:

@@ -32,7 +32,7 @@ from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._fidelity import INT8_OPS
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
-from edge_rnn.deploy._int8_recurrent import quantize_recurrent
+from edge_rnn.deploy._int8_recurrent import general_int8_nodes, quantize_recurrent
 from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
@@ -82,11 +82,16 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
     keep_float_nodes(model, settings.keep_float)  # every entry names a node of the model as the user sees it
     on_recurrent = {k for k in settings.keep_float for n in original
                     if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
+    model, general = general_int8_nodes(model, set(settings.keep_float))
+    if general:
+        notes.append(f"{general} recurrent node(s) in conventions no int8 kernel computes rewritten in the general "
+                     "decomposed form (Scans of MatMuls), which quantize_dynamic quantises")
     if ops.get("GRU") or ops.get("RNN"):
         model, rewritten = _quantized_recurrent(model, settings, on_recurrent)
         notes += rewritten
-    if ops.get("LSTM"):
-        notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
+    native_lstm = sum(n.op_type == "LSTM" for n in model.graph.node)
+    if native_lstm:
+        notes.append(f"{native_lstm} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
     rest = [k for k in settings.keep_float if k not in on_recurrent]
     return model, _excluded(model, {n.name for n in original if n.name}, rest), notes
 
