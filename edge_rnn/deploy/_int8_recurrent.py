@@ -35,10 +35,12 @@ and defaults Affine, ScaledTanh and ThresholdedRelu's alpha and beta to 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
-from edge_rnn.deploy._decompose import _weights, pytorch_conventions, read_node, splice
+from edge_rnn.deploy._decompose import _weights, node_weights, pytorch_conventions, read_node, splice
 from edge_rnn.deploy._int8 import Int8Settings
 from edge_rnn.deploy._onnx_weights import ConstantFolder
 from edge_rnn.gates import gate_blocks, join_gates
@@ -172,12 +174,36 @@ def general_int8_nodes(model: onnx.ModelProto, keep: set[str]) -> tuple[onnx.Mod
     ``keep`` names (by node name or operator type), which stay float32; returns it and how many."""
     from edge_rnn.deploy._decompose import decompose_recurrent
 
+    def kept(node: onnx.NodeProto) -> bool:
+        return node.op_type in keep or bool(node.name and node.name in keep)
+
     def select(node: onnx.NodeProto) -> bool:
-        if node.op_type in keep or (node.name and node.name in keep):
+        if kept(node):
             return False
         return bool(lstm_departure(node)) if node.op_type == "LSTM" else bool(pytorch_conventions(node))
 
-    return decompose_recurrent(model, select=select)
+    model, count = decompose_recurrent(model, select=select)
+    return _lstm_weights_baked(model, kept), count
+
+
+def _lstm_weights_baked(model: onnx.ModelProto, kept: Callable[[onnx.NodeProto], bool]) -> onnx.ModelProto:
+    """Each LSTM node left for DynamicQuantizeLSTM with its computed weights folded into initializers
+    (quantize_dynamic quantises initializers only); UnsupportedError for weights computed at run time."""
+    def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
+        slots = [k for k in (1, 2, 3, 7) if k < len(node.input) and node.input[k]]
+        if node.op_type != "LSTM" or kept(node) or all(folder.origin(node.input[k]) == "initializer" for k in slots):
+            return None
+        w = node_weights(node, folder)
+        g = GraphBuilder("baked", prefix=f"{node.name or node.op_type}_{index}/")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for k, value in zip((1, 2, 3, 7), (w.W, w.R, w.B, w.P)):
+            if k in slots:
+                copy.input[k] = g.const(value, {1: "W", 2: "R", 3: "B", 7: "P"}[k])
+        g.nodes.append(copy)
+        return g
+
+    return splice(model, rewrite)[0]
 
 
 def quantize_recurrent(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, int]:
