@@ -68,7 +68,8 @@ def recurrent_model(attrs: RecurrentAttrs, d: dict, *, computed: bool = False, f
             inputs.append(helper.make_tensor_value_info(n, elem, list(np.shape(d[n])) if fixed else None))
     nodes.append(helper.make_node(attrs.kind, names, outs, name="rec", **node_attributes(attrs)))
     graph = helper.make_graph(nodes, "recurrent", inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs if o], inits)
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * (4 if o == "Y" else 3))
+                               for o in outs if o], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
     return model
