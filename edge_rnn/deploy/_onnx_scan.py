@@ -274,11 +274,17 @@ def emit_node(g: GraphBuilder, node: onnx.NodeProto, w: NodeWeights) -> None:
         hs.append(g.op1("Unsqueeze", [h, g.ints([state_axis], "axes")]))
         if cl:
             cs.append(g.op1("Unsqueeze", [cl, g.ints([state_axis], "axes")]))
+    _write_outputs(g, node, c.layout, [ys, hs, cs])
+
+
+def _write_outputs(g: GraphBuilder, node: onnx.NodeProto, layout: int, parts: list[list[str]]) -> None:
+    """The node's named outputs from each direction's ``[ys (T,1,B,H)], [hs], [cs]`` (layout 1: batch first)."""
     outs = list(node.output) + [""] * (3 - len(node.output))
-    y_perm = [2, 0, 1, 3] if c.layout else None  # (T, D, B, H) -> (B, T, D, H)
-    for name, parts, axis, perm in ((outs[0], ys, 1, y_perm), (outs[1], hs, state_axis, None),
-                                    (outs[2], cs, state_axis, None)):
-        if not name or not parts:
+    state_axis = 1 if layout else 0
+    y_perm = [2, 0, 1, 3] if layout else None  # (T, D, B, H) -> (B, T, D, H)
+    for name, pieces, axis, perm in ((outs[0], parts[0], 1, y_perm), (outs[1], parts[1], state_axis, None),
+                                     (outs[2], parts[2], state_axis, None)):
+        if not name or not pieces:
             continue
-        whole = g.op1("Concat", parts, axis=axis) if len(parts) > 1 else parts[0]
+        whole = g.op1("Concat", pieces, axis=axis) if len(pieces) > 1 else pieces[0]
         g.op1("Transpose" if perm else "Identity", [whole], output=name, **({"perm": perm} if perm else {}))

@@ -57,6 +57,10 @@ class ConstantFolder:
         node = self._producer.get(name)
         if node is None or name in seen:
             return f"nothing in the graph makes {name!r}"
+        return self._computed(node, name, seen)
+
+    def _computed(self, node: onnx.NodeProto, name: str, seen: set[str]) -> np.ndarray | str:
+        """``node``'s outputs from its constant inputs (kept for later), and ``name``'s among them."""
         where = f"{node.op_type} node {node.name or node.output[0]!r}"
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return f"made by {where}, which has a subgraph"

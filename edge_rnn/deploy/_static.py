@@ -87,17 +87,24 @@ def _unroll_scans(model: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int]
     return count
 
 
-def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder, backwards: bool) -> None:
-    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
-    body, n_scan = a["body"], a["num_scan_inputs"]
-    n_state = len(node.input) - n_scan
+def _scan_directions(node: onnx.NodeProto, a: dict, n_scan: int, n_out: int, backwards: bool
+                     ) -> tuple[list[int], list[int]]:
+    """The Scan's input and output directions (1: backwards), refused where they cannot be unrolled."""
     in_dirs = list(a.get("scan_input_directions", [])) or [0] * n_scan
-    out_dirs = list(a.get("scan_output_directions", [])) or [0] * (len(body.output) - n_state)
+    out_dirs = list(a.get("scan_output_directions", [])) or [0] * n_out
     if any(a.get("scan_input_axes", [])) or any(a.get("scan_output_axes", [])):
         raise UnsupportedError(f"Scan node {node.name!r}: scans along an axis other than 0; not unrolled")
     if (any(in_dirs) or any(out_dirs)) and not backwards:
         raise UnsupportedError("a Scan that runs backwards (a reverse or bidirectional layer) has no static "
                                "streaming form")
+    return in_dirs, out_dirs
+
+
+def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder, backwards: bool) -> None:
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    body, n_scan = a["body"], a["num_scan_inputs"]
+    n_state = len(node.input) - n_scan
+    in_dirs, out_dirs = _scan_directions(node, a, n_scan, len(body.output) - n_state, backwards)
     state = list(node.input[:n_state])
     steps: list[list[str]] = [[] for _ in out_dirs]
     axes0 = b.ints([0], "axes")
@@ -111,8 +118,13 @@ def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder, backwards: bool) 
     for final, name in zip(state, node.output[:n_state]):
         b.op1("Identity", [final], output=name)
     for j, name in enumerate(node.output[n_state:]):
-        parts = [b.op1("Unsqueeze", [y, axes0]) for y in (steps[j][::-1] if out_dirs[j] else steps[j])]
-        b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
+        _stacked(b, steps[j][::-1] if out_dirs[j] else steps[j], name, axes0)
+
+
+def _stacked(b: GraphBuilder, steps: list[str], name: str, axes0: str) -> None:
+    """A scan output ``name``: the steps' outputs stacked along a new first axis, in time order."""
+    parts = [b.op1("Unsqueeze", [y, axes0]) for y in steps]
+    b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
 
 
 def _step_inputs(node: onnx.NodeProto, body: onnx.GraphProto, n_state: int, state: list[str], rows: list[int],

@@ -83,15 +83,13 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
     on_recurrent = {k for k in settings.keep_float for n in original
                     if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
     model, general = general_int8_nodes(model, set(settings.keep_float))
-    if general:
-        notes.append(f"{general} recurrent node(s) in conventions no int8 kernel computes rewritten in the general "
-                     "decomposed form (Scans of MatMuls), which quantize_dynamic quantises")
+    notes += [f"{general} recurrent node(s) in conventions no int8 kernel computes rewritten in the general "
+              "decomposed form (Scans of MatMuls), which quantize_dynamic quantises"] * bool(general)
     if ops.get("GRU") or ops.get("RNN"):
         model, rewritten = _quantized_recurrent(model, settings, on_recurrent)
         notes += rewritten
     native_lstm = sum(n.op_type == "LSTM" for n in model.graph.node)
-    if native_lstm:
-        notes.append(f"{native_lstm} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
+    notes += [f"{native_lstm} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM"] * bool(native_lstm)
     rest = [k for k in settings.keep_float if k not in on_recurrent]
     return model, _excluded(model, {n.name for n in original if n.name}, rest), notes
 
