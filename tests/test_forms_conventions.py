@@ -65,6 +65,17 @@ def test_pytorch_convention_nodes_keep_edge_rnns_own_rewrite():
         assert "Scan" in ops and not ops & {"Clip", "Less", "ConstantOfShape", "Range"}
 
 
+def test_computed_weights_are_folded_and_the_nodes_that_computed_them_dropped():
+    attrs = RecurrentAttrs("LSTM", HIDDEN, clip=1.0)
+    d = _data(attrs, P=np.full((1, 9), 0.2))
+    m = recurrent_model(attrs, d, computed=True)
+    assert {"Constant", "Transpose", "Concat", "Identity"} <= {n.op_type for n in m.graph.node}
+    out = decompose_recurrent(m)[0]
+    assert not {"Constant", "Concat"} & {n.op_type for n in out.graph.node}
+    assert not {"B_r", "W_t"} & {t.name for t in out.graph.initializer}
+    assert _max_error(out, attrs, d) < 1e-5
+
+
 def test_a_bidirectional_rnn_with_a_different_activation_per_direction_is_computed_as_written():
     """Was: PyTorch's path compared the forward direction's activations only, so ["Tanh", "Relu"] was rewritten as
     tanh in both directions (max |Y| error 1.61 here); now it takes the general form."""
@@ -176,3 +187,21 @@ def test_int8_of_the_general_form_quantises_the_products_inside_the_scan():
     body = {n.op_type for n in helper.get_attribute_value(scan.attribute[0]).node} if scan.attribute[0].name == \
         "body" else {n.op_type for a in scan.attribute if a.name == "body" for n in a.g.node}
     assert body & {"DynamicQuantizeMatMul", "MatMulInteger"} and "MatMul" not in body, sorted(body)
+
+
+def test_the_static_streaming_form_of_a_model_in_other_conventions_streams_as_the_native_file():
+    """An edge-rnn streaming model whose LSTM uses clip, input_forget and other activations (the general form):
+    its static form, chunk by chunk with the state carried, equals the native file's one pass."""
+    from edge_rnn.runtime import StreamingModel, run_sequence
+
+    model = onnx.load(str(DATA / "lstm_layer.onnx"))
+    for lstm in (n for n in model.graph.node if n.op_type == "LSTM"):
+        lstm.attribute.extend([helper.make_attribute("clip", 0.6), helper.make_attribute("input_forget", 1),
+                               helper.make_attribute("activations", ["HardSigmoid", "Tanh", "Softsign"] * 1)])
+    static = static_form(model, 2)
+    assert not _ops(static) & {"LSTM", "Scan", "Loop"}
+    x = np.load(DATA / "expected.npz")["lstm_layer.x"][:22]
+    a, b = StreamingModel.load(model.SerializeToString()), StreamingModel.load(static.SerializeToString())
+    ya, yb = run_sequence(a, a.open_stream(), x, chunk=22), run_sequence(b, b.open_stream(), x, chunk=2)
+    for k in ya:
+        np.testing.assert_allclose(yb[k], ya[k], atol=1e-5, err_msg=k)

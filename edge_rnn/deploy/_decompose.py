@@ -15,7 +15,7 @@ other activations, reverse, no initial state...) the general one of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -145,19 +145,21 @@ def splice(model: onnx.ModelProto,
     out.CopyFrom(model)
     g = out.graph
     folder = ConstantFolder(model)
-    nodes, count = [], 0
+    nodes, count, kept = [], 0, []
     for node in g.node:
         built = rewrite(node, folder, count)
         if built is None:
             nodes.append(node)
+            kept.append(node)
             continue
         count += 1
         nodes.extend(built.nodes)
         g.initializer.extend(built.initializers)
+    unused_before = {tuple(n.output) for n in _unused(g, g.node)}
     del g.node[:]
     g.node.extend(nodes)
     if count:
-        _drop_dead_nodes(g)
+        _drop_dead_nodes(g, {tuple(n.output) for n in kept} - unused_before)
     used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
@@ -165,13 +167,21 @@ def splice(model: onnx.ModelProto,
     return out, count
 
 
-def _drop_dead_nodes(g: onnx.GraphProto) -> None:
-    """Remove top-level nodes none of whose outputs is used (those that computed a rewritten node's weights)."""
+def _unused(g: onnx.GraphProto, nodes: "Iterable[onnx.NodeProto]") -> list[onnx.NodeProto]:
+    """Those of ``nodes`` none of whose outputs ``g`` uses."""
+    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
+    return [n for n in nodes if not any(o in used for o in n.output)]
+
+
+def _drop_dead_nodes(g: onnx.GraphProto, candidates: set[tuple[str, ...]]) -> None:
+    """Remove the ``candidates`` (nodes of the graph as given, by their outputs, used there) that nothing uses any
+    more: those that computed a rewritten node's weights. The rewrites' own nodes, and what the graph left unused,
+    stay."""
     while True:
-        used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
-        keep = [n for n in g.node if any(o in used for o in n.output)]
-        if len(keep) == len(g.node):
+        dead = {tuple(n.output) for n in _unused(g, g.node)} & candidates
+        if not dead:
             return
+        keep = [n for n in g.node if tuple(n.output) not in dead]
         del g.node[:]
         g.node.extend(keep)
 
