@@ -1,10 +1,13 @@
 """Deployment variants of an exported model, made with onnxruntime's own tools.
 
 - ``int8``: dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``).
-  An ``LSTM`` node becomes ``com.microsoft.DynamicQuantizeLSTM``; ``GRU`` and
-  ``RNN`` nodes, which onnxruntime has no quantiser for, are first rewritten
-  in the decomposed form (:mod:`edge_rnn.deploy._decompose`), whose MatMuls,
-  the one inside the ``Scan`` body included (``EnableSubgraph``), are quantised.
+  An ``LSTM`` node becomes ``com.microsoft.DynamicQuantizeLSTM`` where that
+  kernel computes it (:func:`~edge_rnn.deploy._int8_recurrent.lstm_departure`);
+  ``GRU`` and ``RNN`` nodes in PyTorch's conventions, which onnxruntime has no
+  quantiser for, take the lean int8 Scan of :mod:`edge_rnn.deploy._int8_recurrent`;
+  every other recurrent node is first rewritten in the general decomposed form
+  (:mod:`edge_rnn.deploy._onnx_scan`), whose MatMuls, the ones inside the
+  ``Scan`` body included (``EnableSubgraph``), are quantised.
 - ``fp16``: ``onnxruntime.transformers.float16`` with ``keep_io_types``: the
   inputs, outputs and states stay float32, the weights are stored in float16.
 
