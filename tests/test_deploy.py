@@ -49,12 +49,18 @@ def test_native_gru_nodes_rewritten_from_the_files_weights_compute_the_same(tmp_
     np.testing.assert_allclose(yb, ya, atol=1e-6)
 
 
-def test_a_gru_node_in_conventions_pytorch_never_writes_is_refused():
+def test_a_gru_node_in_conventions_pytorch_never_writes_is_rewritten_by_the_general_form():
+    """Was refused ("linear_before_reset=0 ... which edge-rnn's decomposed form does not compute"): the general
+    decomposed form (deploy/_onnx_scan.py) now computes it, as onnxruntime's native GRU does."""
     model = onnx.load(str(DATA / "token_gru.onnx"))
     gru = next(n for n in model.graph.node if n.op_type == "GRU")
     next(a for a in gru.attribute if a.name == "linear_before_reset").i = 0
-    with pytest.raises(UnsupportedError, match=r"linear_before_reset=0 \(PyTorch's GRU is linear_before_reset=1\)"):
-        decompose_recurrent(model)
+    rewritten, count = decompose_recurrent(model)
+    assert count == 1 and "GRU" not in {n.op_type for n in rewritten.graph.node}
+    a, b = StreamingModel.load(model.SerializeToString()), StreamingModel.load(rewritten.SerializeToString())
+    ids = EXPECTED["token_gru.ids"]
+    ya, yb = (run_sequence(m, m.open_stream(), ids, chunk=3)["logits"] for m in (a, b))
+    np.testing.assert_allclose(yb, ya, atol=1e-5)
 
 
 def test_int8_of_a_native_lstm_uses_dynamic_quantize_lstm_and_keeps_the_contract(tmp_path):
@@ -311,9 +317,13 @@ def test_review_bad_requests_give_one_line_and_leave_nothing_behind(tmp_path):
 def test_review_shapes_that_differ_and_conventions_the_rewrite_cannot_compute_are_refused(tmp_path):
     model = onnx.load(str(DATA / "lstm_layer.onnx"))
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
-    lstm.attribute.append(onnx.helper.make_attribute("input_forget", 1))  # was: rewritten, off by 0.07
-    with pytest.raises(UnsupportedError, match="input_forget=1"):
-        decompose_recurrent(model)
+    lstm.attribute.append(onnx.helper.make_attribute("input_forget", 1))  # was: rewritten, off by 0.07; then refused
+    rewritten, _ = decompose_recurrent(model)  # now the general decomposed form computes it, as onnxruntime does
+    x = EXPECTED["lstm_layer.x"]
+    a, b = StreamingModel.load(model.SerializeToString()), StreamingModel.load(rewritten.SerializeToString())
+    ya, yb = (run_sequence(m, m.open_stream(), x, chunk=4) for m in (a, b))
+    for k in ya:
+        np.testing.assert_allclose(yb[k], ya[k], atol=1e-5, err_msg=k)
     torch = pytest.importorskip("torch")
     import edge_rnn
 

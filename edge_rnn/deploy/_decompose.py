@@ -6,23 +6,29 @@ three. The decomposed form (an input ``MatMul``, then a ``Scan`` over
 ``MatMul``/``Add``/``Sigmoid``/``Tanh`` steps) is what both can work with. This
 module rewrites each recurrent node in place, whatever graph it sits in (a bare
 layer or a whole model), with the same inputs and outputs: no torch, and no
-need for the module it came from.
+need for the module it came from. A node in PyTorch's conventions (what
+edge-rnn and torch.onnx write) takes the graph builders' rewrite; any other
+(``clip``, ``layout=1``, ``linear_before_reset=0``, peepholes, ``sequence_lens``,
+other activations, reverse, no initial state...) the general one of
+:mod:`edge_rnn.deploy._onnx_scan`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from edge_rnn.deploy._onnx_scan import NodeWeights, emit_node
+from edge_rnn.deploy._onnx_weights import ConstantFolder
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.gates import from_onnx_gate_order
 from edge_rnn.graphs import GraphBuilder, emit_direction
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node"]
+__all__ = ["decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
+           "pytorch_conventions"]
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
 
@@ -35,41 +41,42 @@ _DEFAULT_ACTIVATIONS = {"rnn": ["Tanh"], "gru": ["Sigmoid", "Tanh"], "lstm": ["S
 
 
 def _spec(node: onnx.NodeProto, w: np.ndarray) -> RecurrentSpec:
-    """The layer a native node computes, refused where PyTorch's cells could not have produced it."""
+    """The PyTorch layer a native node in PyTorch's conventions computes."""
     kind = node.op_type.lower()
     a = _attrs(node)
-    where = f"{node.op_type} node {node.name or node.output[0]!r}"
     acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
     relu = kind == "rnn" and bool(acts) and set(acts) == {"Relu"}
-    problems = _unsupported(node, kind, a, _activation_problems(kind, acts, relu))
-    if problems:
-        raise UnsupportedError(f"{where}: uses {', '.join(problems)}, which edge-rnn's decomposed form does not "
-                               "compute; only graphs in PyTorch's conventions can be rewritten")
     directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
     return RecurrentSpec(kind, input_size=int(w.shape[2]), hidden_size=int(a["hidden_size"]),
                          bidirectional=directions == 2, nonlinearity="relu" if relu else "tanh")
 
 
-def _activation_problems(kind: str, acts: list[str], relu: bool) -> list[str]:
-    """Activations other than PyTorch's for ``kind`` (a vanilla RNN's may be ReLU throughout)."""
-    if relu or not acts or acts[: len(_DEFAULT_ACTIVATIONS[kind])] == _DEFAULT_ACTIVATIONS[kind]:
+def _activation_problems(kind: str, acts: list[str], directions: int) -> list[str]:
+    """Activations other than PyTorch's for ``kind`` in every direction (a vanilla RNN's may be ReLU throughout)."""
+    if not acts or acts == _DEFAULT_ACTIVATIONS[kind] * directions or (kind == "rnn" and set(acts) == {"Relu"}):
         return []
     return [f"activations {acts}"]
 
 
-def _unsupported(node: onnx.NodeProto, kind: str, a: dict, activations: list[str]) -> list[str]:
-    """What a native node uses that PyTorch's cells never do (its ``activations`` problems among them), in the
-    order a message names them."""
+def pytorch_conventions(node: onnx.NodeProto) -> list[str]:
+    """What a native node uses that PyTorch's cells never do, in the order a message names them (empty: the node is
+    in PyTorch's conventions, and takes edge-rnn's own rewrite)."""
+    kind, a = node.op_type.lower(), _attrs(node)
+    acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
+    directions = 2 if a.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+    names = list(node.input) + [""] * (8 - len(node.input))
     found = [
         ("clip", a.get("clip") is not None),
         ("input_forget=1", kind == "lstm" and a.get("input_forget", 0) != 0),
         ("layout=1", a.get("layout", 0) != 0),
         ("linear_before_reset=0 (PyTorch's GRU is linear_before_reset=1)",
          kind == "gru" and a.get("linear_before_reset", 0) != 1),
-        *((problem, True) for problem in activations),
+        *((problem, True) for problem in _activation_problems(kind, acts, directions)),
         ("direction=reverse", a.get("direction", b"forward") in (b"reverse", "reverse")),
-        ("sequence_lens", len(node.input) > 4 and bool(node.input[4])),
-        ("peepholes", kind == "lstm" and len(node.input) > 7 and bool(node.input[7])),
+        ("sequence_lens", bool(names[4])),
+        ("peepholes", kind == "lstm" and bool(names[7])),
+        ("no initial state", not names[5] or (kind == "lstm" and not names[6])),
+        ("no hidden_size", "hidden_size" not in a),
     ]
     return [name for name, hit in found if hit]
 
@@ -82,25 +89,33 @@ def _weights(spec: RecurrentSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | 
             "b_ih": from_onnx_gate_order(spec.kind, b[d, :gh]), "b_hh": from_onnx_gate_order(spec.kind, b[d, gh:])}
 
 
-def read_node(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple:
-    """A native recurrent node's ``(x, h0, c0, W, R, B, spec)``: its input names, its weights from the
-    initializers, and the layer it computes; refused where it cannot be rewritten."""
+def node_weights(node: onnx.NodeProto, folder: ConstantFolder) -> NodeWeights:
+    """A native recurrent node's ``W``, ``R``, ``B`` and ``P``: initializers, or folded from the constants they
+    are computed from; UnsupportedError naming the node where one depends on a graph input."""
     where = f"{node.op_type} node {node.name or node.output[0]!r}"
     names = list(node.input) + [""] * (8 - len(node.input))
-    x, w_name, r_name, b_name, _, h0, c0 = names[:7]
-    missing = [n for n in (w_name, r_name, b_name) if n and n not in inits]
-    if missing:
-        raise UnsupportedError(f"{where}: its weights {missing} are computed, not initializers: cannot rewrite it")
-    if not h0 or (node.op_type == "LSTM" and not c0):
-        raise UnsupportedError(f"{where}: has no initial state input; edge-rnn graphs always feed one")
-    w, r = numpy_helper.to_array(inits[w_name]), numpy_helper.to_array(inits[r_name])
-    b = numpy_helper.to_array(inits[b_name]) if b_name else None
-    return x, h0, c0, w, r, b, _spec(node, w)
+    got = [folder.value(n, where) if n else None for n in (names[1], names[2], names[3], names[7])]
+    return NodeWeights(*got)
 
 
-def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int) -> GraphBuilder:
-    x, h0, c0, w, r, b, spec = read_node(node, inits)
+def read_node(node: onnx.NodeProto, folder: ConstantFolder) -> tuple:
+    """A native recurrent node in PyTorch's conventions: ``(x, h0, c0, W, R, B, spec)``, its input names, its
+    constant weights and the layer it computes; UnsupportedError for any other node (it takes :func:`emit_node`)."""
+    problems = pytorch_conventions(node)
+    if problems:
+        raise UnsupportedError(f"{node.op_type} node {node.name or node.output[0]!r}: uses {', '.join(problems)}, "
+                               "which only the general decomposed form computes")
+    names = list(node.input) + [""] * (8 - len(node.input))
+    w = node_weights(node, folder)
+    return names[0], names[5], names[6], w.W, w.R, w.B, _spec(node, w.W)
+
+
+def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder:
     g = GraphBuilder("rewrite", prefix=f"{node.name or node.op_type}_{index}/")
+    if pytorch_conventions(node):
+        emit_node(g, node, node_weights(node, folder))
+        return g
+    x, h0, c0, w, r, b, spec = read_node(node, folder)
     outs = list(node.output) + [""] * (3 - len(node.output))
     ys, hs, cs = [], [], []
     for d in range(spec.num_directions):
@@ -120,26 +135,31 @@ def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: in
     return g
 
 
-def splice(model: onnx.ModelProto, rewrite: "Callable[[onnx.NodeProto, dict, int], GraphBuilder | None]"
+def splice(model: onnx.ModelProto,
+           rewrite: "Callable[[onnx.NodeProto, ConstantFolder, int], GraphBuilder | None]"
            ) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with each top-level node for which ``rewrite(node, initializers, index)`` builds a
-    replacement spliced in its place (None: kept); initializers no longer used are dropped. Returns it and how
-    many nodes were replaced."""
+    """A copy of ``model`` with each top-level node for which ``rewrite(node, constants, index)`` builds a
+    replacement spliced in its place (None: kept); the nodes that computed its weights, and initializers, no longer
+    used are dropped. Returns it and how many nodes were replaced."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    inits = {t.name: t for t in g.initializer}
-    nodes, count = [], 0
+    folder = ConstantFolder(model)
+    nodes, count, kept = [], 0, []
     for node in g.node:
-        built = rewrite(node, inits, count)
+        built = rewrite(node, folder, count)
         if built is None:
             nodes.append(node)
+            kept.append(node)
             continue
         count += 1
         nodes.extend(built.nodes)
         g.initializer.extend(built.initializers)
+    unused_before = {tuple(n.output) for n in _unused(g, g.node)}
     del g.node[:]
     g.node.extend(nodes)
+    if count:
+        _drop_dead_nodes(g, {tuple(n.output) for n in kept} - unused_before)
     used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
@@ -147,16 +167,39 @@ def splice(model: onnx.ModelProto, rewrite: "Callable[[onnx.NodeProto, dict, int
     return out, count
 
 
-def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with each top-level node in ``ops`` rewritten as a Scan; returns it and the count.
+def _unused(g: onnx.GraphProto, nodes: "Iterable[onnx.NodeProto]") -> list[onnx.NodeProto]:
+    """Those of ``nodes`` none of whose outputs ``g`` uses."""
+    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
+    return [n for n in nodes if not any(o in used for o in n.output)]
 
-    The weights move from the node's ``W``/``R``/``B`` initializers into the
-    decomposed form's constants; initializers no longer used are dropped.
+
+def _drop_dead_nodes(g: onnx.GraphProto, candidates: set[tuple[str, ...]]) -> None:
+    """Remove the ``candidates`` (nodes of the graph as given, by their outputs, used there) that nothing uses any
+    more: those that computed a rewritten node's weights. The rewrites' own nodes, and what the graph left unused,
+    stay."""
+    while True:
+        dead = {tuple(n.output) for n in _unused(g, g.node)} & candidates
+        if not dead:
+            return
+        keep = [n for n in g.node if tuple(n.output) not in dead]
+        del g.node[:]
+        g.node.extend(keep)
+
+
+def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT_OPS, *,
+                        select: Callable[[onnx.NodeProto], bool] | None = None) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with each top-level node in ``ops`` (and, given ``select``, for which it is true)
+    rewritten as Scans; returns it and the count.
+
+    A node in PyTorch's conventions takes edge-rnn's own rewrite (:func:`edge_rnn.graphs.emit_direction`), any
+    other the general one (:mod:`edge_rnn.deploy._onnx_scan`). The weights move from the node's ``W``/``R``/``B``/
+    ``P`` (initializers, or folded from the constants they are computed from) into the decomposed form's
+    constants; initializers and nodes no longer used are dropped.
     """
-    def rewrite(node: onnx.NodeProto, inits: dict, index: int) -> GraphBuilder | None:
-        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+    def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
+        if node.op_type not in ops or node.domain not in ("", "ai.onnx") or (select and not select(node)):
             return None
-        return _rewrite(node, inits, index)
+        return _rewrite(node, folder, index)
 
     return splice(model, rewrite)
 

@@ -18,21 +18,35 @@ float32 GRU at one step per call against 1.13x for ``quantize_dynamic`` of
 the decomposed form, and 1.03x at ten steps against 0.91x, with uint8
 weights; 1.29x and 1.25x with int8 weights (docs/deployment.md). The weights
 are quantised as :class:`~edge_rnn.deploy._int8.Int8Settings` say; activations
-per call, as ``quantize_dynamic`` does. The node's conventions are those the
-decomposed form takes (PyTorch's); any other is refused by the same checks.
+per call, as ``quantize_dynamic`` does. A node in any other convention is left
+here for :func:`general_int8_nodes`: the general decomposed form, whose MatMuls
+``quantize_dynamic`` quantises.
+
+``DynamicQuantizeLSTM`` (what ``quantize_dynamic`` makes of an ``LSTM``) was
+measured against the float64 reference of the operator (onnxruntime 1.32,
+reduce_range, this project's test grid): peepholes, ``clip``, ``input_forget``,
+LeakyRelu/HardSigmoid/Elu/Softsign activations with their alpha and beta, reverse,
+bidirectional and ``sequence_lens`` are within 0.01 of it; but it takes
+``layout=1`` as layout 0 without a word (max |Y| error 0.60), writes zeros to
+``Y_h``/``Y_c`` of a row of length 0 where the initial state should stay (0.64),
+and defaults Affine, ScaledTanh and ThresholdedRelu's alpha and beta to 0
+(0.66, 0.41, 0.45). Such an LSTM takes the general decomposed form instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
-from edge_rnn.deploy._decompose import _weights, read_node, splice
+from edge_rnn.deploy._decompose import _weights, node_weights, pytorch_conventions, read_node, splice
 from edge_rnn.deploy._int8 import Int8Settings
+from edge_rnn.deploy._onnx_weights import ConstantFolder
 from edge_rnn.gates import gate_blocks, join_gates
 from edge_rnn.graphs import GraphBuilder
 
-__all__ = ["quantize_recurrent", "quantized_weight"]
+__all__ = ["quantize_recurrent", "quantized_weight", "general_int8_nodes", "lstm_departure"]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -114,9 +128,8 @@ def _rnn_direction(g: GraphBuilder, hidden: int, w: dict, x: str, h0: str, rever
     return y, h_t
 
 
-def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: int,
-             settings: Int8Settings) -> GraphBuilder:
-    x, h0, _, w, r, b, spec = read_node(node, inits)
+def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int, settings: Int8Settings) -> GraphBuilder:
+    x, h0, _, w, r, b, spec = read_node(node, folder)
     g = GraphBuilder("int8", prefix=f"{node.name or node.op_type}_{index}/")
     outs = list(node.output) + [""] * (2 - len(node.output))
     ys, hs = [], []
@@ -138,15 +151,72 @@ def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], index: in
     return g
 
 
+_ORT_ALPHA_BETA = {"affine", "scaledtanh", "thresholdedrelu"}  # onnxruntime's defaults differ from the spec's
+
+
+def lstm_departure(node: onnx.NodeProto) -> str | None:
+    """Why ``DynamicQuantizeLSTM`` would not compute this LSTM node as the operator does (None: it does)."""
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    names = list(node.input) + [""] * (8 - len(node.input))
+    acts = {(v.decode() if isinstance(v, bytes) else v).lower() for v in a.get("activations", [])}
+    if a.get("layout", 0):
+        return "layout=1, which DynamicQuantizeLSTM computes as layout 0"
+    if names[4] and names[5]:
+        return "sequence_lens with an initial state (DynamicQuantizeLSTM zeroes Y_h/Y_c of a row of length 0)"
+    if acts & _ORT_ALPHA_BETA:
+        return f"activations {sorted(acts & _ORT_ALPHA_BETA)} (onnxruntime's alpha/beta defaults differ)"
+    return None
+
+
+def general_int8_nodes(model: onnx.ModelProto, keep: set[str]) -> tuple[onnx.ModelProto, int]:
+    """``model`` with the recurrent nodes that neither the lean int8 form nor DynamicQuantizeLSTM computes (a GRU or
+    RNN outside PyTorch's conventions, an LSTM of :func:`lstm_departure`) in the general decomposed form, but those
+    ``keep`` names (by node name or operator type), which stay float32; returns it and how many."""
+    from edge_rnn.deploy._decompose import decompose_recurrent
+
+    def kept(node: onnx.NodeProto) -> bool:
+        return node.op_type in keep or bool(node.name and node.name in keep)
+
+    def select(node: onnx.NodeProto) -> bool:
+        if kept(node):
+            return False
+        return bool(lstm_departure(node)) if node.op_type == "LSTM" else bool(pytorch_conventions(node))
+
+    model, count = decompose_recurrent(model, select=select)
+    return _lstm_weights_baked(model, kept), count
+
+
+def _lstm_weights_baked(model: onnx.ModelProto, kept: Callable[[onnx.NodeProto], bool]) -> onnx.ModelProto:
+    """Each LSTM node left for DynamicQuantizeLSTM with its computed weights folded into initializers
+    (quantize_dynamic quantises initializers only); UnsupportedError for weights computed at run time."""
+    def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
+        slots = [k for k in (1, 2, 3, 7) if k < len(node.input) and node.input[k]]
+        if node.op_type != "LSTM" or kept(node) or all(folder.origin(node.input[k]) == "initializer" for k in slots):
+            return None
+        w = node_weights(node, folder)
+        g = GraphBuilder("baked", prefix=f"{node.name or node.op_type}_{index}/")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        for k, value in zip((1, 2, 3, 7), (w.W, w.R, w.B, w.P)):
+            if k in slots:
+                copy.input[k] = g.const(value, {1: "W", 2: "R", 3: "B", 7: "P"}[k])
+        g.nodes.append(copy)
+        return g
+
+    return splice(model, rewrite)[0]
+
+
 def quantize_recurrent(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with each top-level GRU and RNN node in the lean int8 form, but those that
     ``settings.keep_float`` names (by node name or operator type), which stay float32; returns it and how many
     were rewritten."""
-    def rewrite(node: onnx.NodeProto, inits: dict, index: int) -> GraphBuilder | None:
+    def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
         kept = node.op_type in settings.keep_float or (node.name and node.name in settings.keep_float)
         if node.op_type not in ("GRU", "RNN") or node.domain not in ("", "ai.onnx") or kept:
             return None
-        return _rewrite(node, inits, index, settings)
+        if pytorch_conventions(node):  # the general decomposed form, which quantize_dynamic quantises
+            return None
+        return _rewrite(node, folder, index, settings)
 
     out, count = splice(model, rewrite)
     if count and not any(o.domain == MS_DOMAIN for o in out.opset_import):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ from onnx import helper, numpy_helper
 
 from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._decompose import decompose_recurrent
+from edge_rnn.deploy._decompose import RECURRENT_OPS, decompose_recurrent
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.graphs import GraphBuilder
 
-__all__ = ["static_form", "static_int8"]
+__all__ = ["static_form", "static_graph", "static_int8"]
 
 
 def _fix_shapes(g: onnx.GraphProto, contract: Contract, chunk: int) -> None:
@@ -63,18 +64,20 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def _unroll_scans(model: onnx.ModelProto, chunk: int) -> int:
-    """Replace each top-level Scan (over ``chunk`` steps) by ``chunk`` copies of its body; returns how many.
+def _unroll_scans(model: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int], *, backwards: bool) -> int:
+    """Replace each top-level Scan (over ``steps(node)`` steps) by that many copies of its body; returns how many.
 
     Steps are cut with Slice + Squeeze and stacked with Unsqueeze + Concat; :func:`_plain_ops` turns the
-    Squeeze/Unsqueeze into Reshape once shape inference knows every size.
+    Squeeze/Unsqueeze into Reshape once shape inference knows every size. A Scan that runs backwards (a reverse
+    or bidirectional node's) is unrolled from its last step where ``backwards`` allows it (a one-shot graph), and
+    refused where it does not (a stream: the chunk's last step is not the sequence's).
     """
     g = model.graph
     b = GraphBuilder("unroll", prefix="static/unroll/")
     count = 0
     for node in g.node:
         if node.op_type == "Scan":
-            _unroll(node, chunk, b)
+            _unroll(node, steps(node), b, backwards)
             count += 1
         else:
             b.nodes.append(node)
@@ -84,17 +87,30 @@ def _unroll_scans(model: onnx.ModelProto, chunk: int) -> int:
     return count
 
 
-def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder) -> None:
+def _scan_directions(node: onnx.NodeProto, a: dict, n_scan: int, n_out: int, backwards: bool
+                     ) -> tuple[list[int], list[int]]:
+    """The Scan's input and output directions (1: backwards), refused where they cannot be unrolled."""
+    in_dirs = list(a.get("scan_input_directions", [])) or [0] * n_scan
+    out_dirs = list(a.get("scan_output_directions", [])) or [0] * n_out
+    if any(a.get("scan_input_axes", [])) or any(a.get("scan_output_axes", [])):
+        raise UnsupportedError(f"Scan node {node.name!r}: scans along an axis other than 0; not unrolled")
+    if (any(in_dirs) or any(out_dirs)) and not backwards:
+        raise UnsupportedError("a Scan that runs backwards (a reverse or bidirectional layer) has no static "
+                               "streaming form")
+    return in_dirs, out_dirs
+
+
+def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder, backwards: bool) -> None:
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     body, n_scan = a["body"], a["num_scan_inputs"]
-    if any(a.get("scan_input_directions", [0] * n_scan)) or any(a.get("scan_output_directions", [])):
-        raise UnsupportedError("a Scan that runs backwards (a bidirectional layer) has no static streaming form")
     n_state = len(node.input) - n_scan
+    in_dirs, out_dirs = _scan_directions(node, a, n_scan, len(body.output) - n_state, backwards)
     state = list(node.input[:n_state])
-    steps: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
+    steps: list[list[str]] = [[] for _ in out_dirs]
     axes0 = b.ints([0], "axes")
     for t in range(chunk):
-        mapping = _step_inputs(node, body, n_state, state, t, b, axes0)
+        rows = [chunk - 1 - t if r else t for r in in_dirs]
+        mapping = _step_inputs(node, body, n_state, state, rows, b, axes0)
         _copy_body(body, t, mapping, b)
         state = [mapping[o.name] for o in body.output[:n_state]]
         for j, o in enumerate(body.output[n_state:]):
@@ -102,15 +118,21 @@ def _unroll(node: onnx.NodeProto, chunk: int, b: GraphBuilder) -> None:
     for final, name in zip(state, node.output[:n_state]):
         b.op1("Identity", [final], output=name)
     for j, name in enumerate(node.output[n_state:]):
-        parts = [b.op1("Unsqueeze", [y, axes0]) for y in steps[j]]
-        b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
+        _stacked(b, steps[j][::-1] if out_dirs[j] else steps[j], name, axes0)
 
 
-def _step_inputs(node: onnx.NodeProto, body: onnx.GraphProto, n_state: int, state: list[str], t: int,
+def _stacked(b: GraphBuilder, steps: list[str], name: str, axes0: str) -> None:
+    """A scan output ``name``: the steps' outputs stacked along a new first axis, in time order."""
+    parts = [b.op1("Unsqueeze", [y, axes0]) for y in steps]
+    b.op1("Concat" if len(parts) > 1 else "Identity", parts, output=name, **({"axis": 0} if len(parts) > 1 else {}))
+
+
+def _step_inputs(node: onnx.NodeProto, body: onnx.GraphProto, n_state: int, state: list[str], rows: list[int],
                  b: GraphBuilder, axes0: str) -> dict[str, str]:
-    """Step ``t``'s tensors for the body's inputs: the state carried in, and row ``t`` of each scanned input."""
+    """One step's tensors for the body's inputs: the state carried in, and row ``rows[j]`` of scanned input j."""
     mapping = dict(zip([i.name for i in body.input[:n_state]], state))
     for j, x in enumerate(node.input[n_state:]):
+        t = rows[j]
         piece = b.op1("Slice", [x, b.ints([t], "start"), b.ints([t + 1], "end"), axes0])
         mapping[body.input[n_state + j].name] = b.op1("Squeeze", [piece, axes0])
     return mapping
@@ -230,29 +252,76 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
     g.initializer.extend(keep)
 
 
+def _loop_free(m: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int], *, backwards: bool) -> onnx.ModelProto:
+    """A decomposed graph with fixed input shapes made loop-free: Scans unrolled, shapes folded by onnxruntime's
+    basic optimiser, the operators NPUs refuse rewritten; checked by onnx."""
+    _unroll_scans(m, steps, backwards=backwards)
+    _drop_unused_initializers(m.graph)
+    m = _fold(m)
+    _plain_ops(m)
+    _drop_unused_initializers(m.graph)
+    return m
+
+
+def _no_sequence_lens(model: onnx.ModelProto) -> None:
+    """Refuse a recurrent node fed ``sequence_lens`` in a static streaming form."""
+    for n in model.graph.node:
+        if n.op_type in RECURRENT_OPS and len(n.input) > 4 and n.input[4]:
+            raise UnsupportedError(f"{n.op_type} node {n.name or n.output[0]!r}: a fixed-shape static form streams "
+                                   f"whole chunks; sequence_lens {n.input[4]!r} would stop rows inside one: it has no "
+                                   "static streaming form")
+
+
 def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
     """The loop-free, fixed-shape form of an edge-rnn model: batch 1, ``chunk`` steps per call."""
     if not is_int(chunk, 1, 256):
         raise UnsupportedError(f"static chunk: expected an int in 1..256, got {chunk!r}")
     contract = Contract.from_metadata({p.key: p.value for p in model.metadata_props})
     if contract is None:
-        raise UnsupportedError("a static form is made from a model edge-rnn exported (it has no edge_rnn contract)")
+        raise UnsupportedError("a static form is made from a model edge-rnn exported (it has no edge_rnn contract); "
+                               "a one-shot graph whose input shapes are all fixed takes static_graph")
     if not contract.streamable:
         raise UnsupportedError("the model is not streamable (a bidirectional layer): it has no static streaming form")
     if not contract.is_streaming and chunk != 1:
         raise UnsupportedError(f"static chunk {chunk}: the model takes one step per call (a cell); use 1")
+    _no_sequence_lens(model)
     m, _ = decompose_recurrent(model)
     _fix_shapes(m.graph, contract, chunk)
-    _unroll_scans(m, chunk)
-    _drop_unused_initializers(m.graph)
-    m = _fold(m)
-    _plain_ops(m)
-    _drop_unused_initializers(m.graph)
+    m = _loop_free(m, lambda _node: chunk, backwards=False)
     source = {**contract.source, "variant": "static"}
     fixed = chunk if contract.is_streaming else None
     helper.set_model_props(m, dataclasses.replace(contract, source=source, fixed_chunk=fixed).to_metadata())
     onnx.checker.check_model(m, full_check=True)
     return m
+
+
+def static_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The loop-free form of a one-shot graph whose every input shape is fixed in the file (no edge_rnn contract
+    needed): each recurrent node decomposed (any ONNX convention, reverse and bidirectional included, since the
+    whole sequence is in one call) and each Scan unrolled over its fixed length. ``sequence_lens`` stays an input
+    where it is one: the mask it makes is plain operators over fixed shapes."""
+    for vi in model.graph.input:
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                raise UnsupportedError(f"{vi.name!r}: dimension {i} ({d.dim_param or '?'}) is not fixed: static_graph "
+                                       "needs every input shape known (a streaming model takes static_form)")
+    m, _ = decompose_recurrent(model)
+    shapes = _shapes(m)
+
+    def steps(node: onnx.NodeProto) -> int:
+        first = node.input[len(node.input) - _num_scan_inputs(node)]
+        if first not in shapes:
+            raise UnsupportedError(f"Scan node {node.name!r}: the length of {first!r} is not known from the input "
+                                   "shapes: cannot unroll it")
+        return shapes[first][0]
+
+    m = _loop_free(m, steps, backwards=True)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _num_scan_inputs(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "num_scan_inputs")
 
 
 # Only the weight products are quantised: quantising every activation (sigmoid, tanh, the state updates) too

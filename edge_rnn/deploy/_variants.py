@@ -1,10 +1,13 @@
 """Deployment variants of an exported model, made with onnxruntime's own tools.
 
 - ``int8``: dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``).
-  An ``LSTM`` node becomes ``com.microsoft.DynamicQuantizeLSTM``; ``GRU`` and
-  ``RNN`` nodes, which onnxruntime has no quantiser for, are first rewritten
-  in the decomposed form (:mod:`edge_rnn.deploy._decompose`), whose MatMuls,
-  the one inside the ``Scan`` body included (``EnableSubgraph``), are quantised.
+  An ``LSTM`` node becomes ``com.microsoft.DynamicQuantizeLSTM`` where that
+  kernel computes it (:func:`~edge_rnn.deploy._int8_recurrent.lstm_departure`);
+  ``GRU`` and ``RNN`` nodes in PyTorch's conventions, which onnxruntime has no
+  quantiser for, take the lean int8 Scan of :mod:`edge_rnn.deploy._int8_recurrent`;
+  every other recurrent node is first rewritten in the general decomposed form
+  (:mod:`edge_rnn.deploy._onnx_scan`), whose MatMuls, the ones inside the
+  ``Scan`` body included (``EnableSubgraph``), are quantised.
 - ``fp16``: ``onnxruntime.transformers.float16`` with ``keep_io_types``: the
   inputs, outputs and states stay float32, the weights are stored in float16.
 
@@ -32,7 +35,7 @@ from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._fidelity import INT8_OPS
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
-from edge_rnn.deploy._int8_recurrent import quantize_recurrent
+from edge_rnn.deploy._int8_recurrent import general_int8_nodes, quantize_recurrent
 from edge_rnn.deploy._tools import quiet
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
@@ -82,11 +85,14 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
     keep_float_nodes(model, settings.keep_float)  # every entry names a node of the model as the user sees it
     on_recurrent = {k for k in settings.keep_float for n in original
                     if n.op_type in ("GRU", "RNN") and k in (n.name, n.op_type)}
+    model, general = general_int8_nodes(model, set(settings.keep_float))
+    notes += [f"{general} recurrent node(s) in conventions no int8 kernel computes rewritten in the general "
+              "decomposed form (Scans of MatMuls), which quantize_dynamic quantises"] * bool(general)
     if ops.get("GRU") or ops.get("RNN"):
         model, rewritten = _quantized_recurrent(model, settings, on_recurrent)
         notes += rewritten
-    if ops.get("LSTM"):
-        notes.append(f"{ops['LSTM']} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM")
+    native_lstm = sum(n.op_type == "LSTM" for n in model.graph.node)
+    notes += [f"{native_lstm} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM"] * bool(native_lstm)
     rest = [k for k in settings.keep_float if k not in on_recurrent]
     return model, _excluded(model, {n.name for n in original if n.name}, rest), notes
 
