@@ -113,6 +113,20 @@ def test_weights_from_a_graph_input_are_refused_naming_the_node():
         int8_graph(m, Int8Settings())
 
 
+def test_a_float64_node_is_refused_not_rewritten_in_float32():
+    """Every form computes in float32: a double node rewritten would silently lose its precision."""
+    attrs = RecurrentAttrs("LSTM", HIDDEN)
+    m = recurrent_model(attrs, _data(attrs))
+    for t in m.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float64), t.name))
+    message = r"^LSTM node 'rec': expected float32 weights, got float64; edge-rnn's forms compute in float32$"
+    with pytest.raises(UnsupportedError, match=message):
+        decompose_recurrent(m)
+    with pytest.raises(UnsupportedError, match=message):
+        static_graph(m)
+
+
 def test_sequence_lens_is_refused_in_the_static_streaming_form():
     model = onnx.load(str(DATA / "lstm_layer.onnx"))
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")

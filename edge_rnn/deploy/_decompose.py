@@ -95,6 +95,10 @@ def node_weights(node: onnx.NodeProto, folder: ConstantFolder) -> NodeWeights:
     where = f"{node.op_type} node {node.name or node.output[0]!r}"
     names = list(node.input) + [""] * (8 - len(node.input))
     got = [folder.value(n, where) if n else None for n in (names[1], names[2], names[3], names[7])]
+    wrong = sorted({str(a.dtype) for a in got if a is not None} - {"float32"})
+    if wrong:  # every form computes in float32: a float64 or float16 node would be rewritten at another precision
+        raise UnsupportedError(f"{where}: expected float32 weights, got {', '.join(wrong)}; edge-rnn's forms "
+                               "compute in float32")
     return NodeWeights(*got)
 
 
