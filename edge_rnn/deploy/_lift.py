@@ -260,12 +260,12 @@ def _dynamic(flow: Flow, model: onnx.ModelProto, batch: str) -> list[str]:
     """Pinned time and batch dims of every traced tensor's declared shape made symbolic; a note per graph input
     and output changed."""
     notes = []
-    ends = {v.name for v in itertools.chain(model.graph.input, model.graph.output)}
+    ends = {**{v.name: "input" for v in model.graph.input}, **{v.name: "output" for v in model.graph.output}}
     for g in _all_graphs(model.graph):
         for v in itertools.chain(g.input, g.output, g.value_info):
             changed = _symbolic(flow, v, batch)
             if changed and v.name in ends:
-                notes.append(f"{v.name!r}: fixed {', '.join(changed)} made dynamic")
+                notes.append(f"{ends[v.name]} {v.name!r}: fixed {', '.join(changed)} made dynamic")
     return notes
 
 

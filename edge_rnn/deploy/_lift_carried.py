@@ -44,12 +44,12 @@ def loop_sites(flow: Flow, graph: onnx.GraphProto, position: int, node: onnx.Nod
     return [_carried(flow, graph, node, position, i, owners.get(i)) for i in range(n)]
 
 
-def _owners(flow: Flow, body, node, inner, n: int, bin_off: int, bout_off: int) -> dict[int, tuple[onnx.NodeProto, int]]:
+def _owners(flow: Flow, body, node, inner, n: int, bin_off: int, bout_off: int) -> dict[int, tuple]:
     """Carried index -> the recurrent node (and slot) whose state it is; refused where a node's state is not."""
-    direct = {id(x) for x in body.node}
+    direct = {tuple(x.output) for x in body.node}
     owners = {}
     for r in inner:
-        if id(r) not in direct:
+        if tuple(r.output) not in direct:
             raise UnsupportedError(f"{where(r)} inside {where(node)}: nested inside another subgraph of it: lift "
                                    "follows one loop level only")
         refuse_node(flow, body, r)

@@ -27,9 +27,9 @@ def _recurrent(flow: Flow, node: onnx.NodeProto, ins, graph=None):
     if x is None or len(x) != 3:
         return unknown(flow, node, ins)
     t, b = (1, 0) if attr(node, "layout", 0) else (0, 1)
-    if flow.depth == 0:
+    if flow.depth == 0:  # in a loop's body, axis 0 is the step's own (one frame); batch is batch anywhere
         flow.classes.union(x[t], TIME, node)
-        flow.classes.union(x[b], BATCH, node)
+    flow.classes.union(x[b], BATCH, node)
     dirs, hidden = flow.classes.fresh("directions"), flow.classes.fresh("hidden")
     y = (x[b], x[t], dirs, hidden) if t else (x[t], dirs, x[b], hidden)
     state = (x[b], dirs, hidden) if t else (dirs, x[b], hidden)
