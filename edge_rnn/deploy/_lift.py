@@ -93,14 +93,17 @@ def _analyse(model: onnx.ModelProto, axes: dict | None) -> tuple[Flow, dict[str,
         if not _traced(flow, cls):
             raise UnsupportedError(f"found no {what} axis: expected a recurrent node (RNN, GRU, LSTM, or a Scan/Loop "
                                    f"carrying state) over the inputs; give axes={{input: (batch_axis, time_axis)}}")
-    sources = {}
+    return flow, _sources(flow, model)
+
+
+def _sources(flow: Flow, model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """TIME and BATCH -> the first graph input with that axis, and the axis."""
+    sources: dict[str, tuple[str, int]] = {}
     for v in model.graph.input:
-        b, t = flow.axes_of(v.name)
-        if t is not None:
-            sources.setdefault(TIME, (v.name, t))
-        if b is not None:
-            sources.setdefault(BATCH, (v.name, b))
-    return flow, sources
+        for cls, axis in zip((BATCH, TIME), flow.axes_of(v.name)):
+            if axis is not None:
+                sources.setdefault(cls, (v.name, axis))
+    return sources
 
 
 def _given(flow: Flow, model: onnx.ModelProto, axes: dict, names: list[str]) -> None:
@@ -316,23 +319,32 @@ def _contract(flow: Flow, model: onnx.ModelProto, sites: list[Site], axes: dict,
     return Contract(tuple(inputs), tuple(outputs), tuple(states), source=source, streamable=True)
 
 
+def _used(g: onnx.GraphProto) -> set[str]:
+    """Every name a node (of any depth) reads, and the graph outputs."""
+    return {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
+
+
 def _prune(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Drop the nodes and initializers lift left unused (the constant initial states it replaced); what the file
     itself left unused stays."""
-    was = {i for n in all_nodes(original.graph) for i in n.input} | {o.name for o in original.graph.output}
+    was = _used(original.graph)
     g = model.graph
     while True:
-        used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if not any(o in used for o in n.output if o) and any(o in was for o in n.output)]
-        if not dead:
+        used = _used(g)
+        keep = [n for n in g.node if _live(n, used, was)]
+        if len(keep) == len(g.node):
             break
-        keep = [n for n in g.node if n not in dead]
         del g.node[:]
         g.node.extend(keep)
-    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
+    used = _used(g)
     keep_inits = [t for t in g.initializer if t.name in used or t.name not in was]
     del g.initializer[:]
     g.initializer.extend(keep_inits)
+
+
+def _live(node: onnx.NodeProto, used: set[str], was: set[str]) -> bool:
+    outs = [o for o in node.output if o]
+    return any(o in used for o in outs) or not any(o in was for o in outs)
 
 
 def reference_model(original: onnx.ModelProto, lifted: Lifted) -> onnx.ModelProto:

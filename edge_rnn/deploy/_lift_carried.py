@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._lift_axes import TIME, Edits, Flow, attr, where
 from edge_rnn.deploy._lift_loops import RECURRENT
-from edge_rnn.deploy._lift_states import Site, paired_output, per_stream, refuse_node, traces_to
+from edge_rnn.deploy._lift_states import Site, batch_shape, paired_output, per_stream, refuse_node, traces_to
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["loop_sites", "LOOPS", "dynamic_trip_count"]
@@ -54,46 +54,68 @@ def _owners(flow: Flow, body, node, inner, n: int, bin_off: int, bout_off: int) 
                                    "follows one loop level only")
         refuse_node(flow, body, r)
         for slot in range(2 if r.op_type == "LSTM" else 1):
-            init = r.input[5 + slot] if len(r.input) > 5 + slot else ""
-            y = r.output[1 + slot] if len(r.output) > 1 + slot else ""
-            hit = [i for i in range(n) if init and traces_to(body, init, body.input[bin_off + i].name, False)]
-            if not hit or not y or not traces_to(body, y, body.output[bout_off + hit[0]].name, True):
-                raise UnsupportedError(f"{where(r)}: its state is reset every iteration of {where(node)}: cannot carry "
-                                       "it across calls")
-            owners[hit[0]] = (r, slot)
+            owners[_carrier(body, node, r, slot, n, bin_off, bout_off)] = (r, slot)
     return owners
+
+
+def _carrier(body, node, r, slot: int, n: int, bin_off: int, bout_off: int) -> int:
+    """The carried value that is ``r``'s state ``slot``: its initial value and, through shape-only nodes, its
+    final one."""
+    init = r.input[5 + slot] if len(r.input) > 5 + slot else ""
+    y = r.output[1 + slot] if len(r.output) > 1 + slot else ""
+    hit = [i for i in range(n) if init and traces_to(body, init, body.input[bin_off + i].name, False)]
+    if not hit or not y or not traces_to(body, y, body.output[bout_off + hit[0]].name, True):
+        raise UnsupportedError(f"{where(r)}: its state is reset every iteration of {where(node)}: cannot carry "
+                               "it across calls")
+    return hit[0]
 
 
 def _carried(flow: Flow, graph, node, position: int, i: int, owner) -> Site:
     body = attr(node, "body")
     _, in_off, bin_off, _ = _layout(node, body)
     outer, inner_name = node.input[in_off + i], body.input[bin_off + i].name
-    final = node.output[i] if len(node.output) > i else ""
     r, slot = owner or (None, 0)
-    name = (r.name or f"{r.op_type}_{i}") if r is not None else f"{node.name or f'{node.op_type}_{position}'}.state{i}"
     at = f"{where(node)} carried state {i} ({inner_name!r})"
-    b = flow.axes_of(inner_name)[0]
-    if b is None:
-        raise UnsupportedError(f"{at}: has no batch axis: cannot carry it per stream")
-    elem = flow.types.get(inner_name) or flow.types.get(outer, onnx.TensorProto.FLOAT)
-    dims = tuple(flow.dims.get(outer) or flow.dims.get(inner_name) or ())
-    shape = tuple(None if k == b else d for k, d in enumerate(dims))
-    if not dims or not all(isinstance(d, int) for k, d in enumerate(shape) if k != b):
-        raise UnsupportedError(f"{at}: expected fixed sizes besides the batch, got {list(dims)}")
+    b, dims = _batch_and_dims(flow, outer, inner_name, at)
+    site = Site(_owner_name(node, position, i, r), node, position, slot, in_off + i, i, "constant", None,
+                batch_shape(dims, b), b, flow.types.get(inner_name) or flow.types.get(outer, onnx.TensorProto.FLOAT))
     if outer in {v.name for v in graph.input}:
-        paired = paired_output(graph, final) if final else None
-        if paired is None:
-            raise UnsupportedError(f"{at}: starts from graph input {outer!r}, but its final value is no graph "
-                                   "output: the state cannot be carried")
-        site = Site(name, node, position, slot, in_off + i, i, "input", None, shape, b, elem)
-        site.input_name, site.output_name = outer, paired
-        return site
-    initial = per_stream(flow, outer, b, tuple(1 if k == b else d for k, d in enumerate(dims)), at)
+        return _kept_carried(graph, node, i, site, at)
+    initial = per_stream(flow, outer, b, batch_shape(dims, b, 1), at)
     if initial is None:
         raise UnsupportedError(f"{at}: starts from a value computed from the inputs, not a constant: lift cannot "
                                "tell its default")
-    initial = initial if np.any(initial) else None
-    return Site(name, node, position, slot, in_off + i, i, "constant", initial, shape, b, elem)
+    site.initial = initial if np.any(initial) else None
+    return site
+
+
+def _kept_carried(graph, node, i: int, site: Site, at: str) -> Site:
+    """A carried state that starts from a graph input: kept where its final value is a graph output."""
+    outer = node.input[site.index]
+    final = node.output[i] if len(node.output) > i else ""
+    paired = paired_output(graph, final) if final else None
+    if paired is None:
+        raise UnsupportedError(f"{at}: starts from graph input {outer!r}, but its final value is no graph "
+                               "output: the state cannot be carried")
+    site.source, site.input_name, site.output_name = "input", outer, paired
+    return site
+
+
+def _owner_name(node, position: int, i: int, r) -> str:
+    """A carried state is named after the recurrent node whose state it is, else after the loop."""
+    if r is not None:
+        return r.name or f"{r.op_type}_{i}"
+    return f"{node.name or f'{node.op_type}_{position}'}.state{i}"
+
+
+def _batch_and_dims(flow: Flow, outer: str, inner: str, at: str) -> tuple[int, tuple]:
+    b = flow.axes_of(inner)[0]
+    if b is None:
+        raise UnsupportedError(f"{at}: has no batch axis: cannot carry it per stream")
+    dims = tuple(flow.dims.get(outer) or flow.dims.get(inner) or ())
+    if not dims or not all(isinstance(d, int) for k, d in enumerate(dims) if k != b):
+        raise UnsupportedError(f"{at}: expected fixed sizes besides the batch, got {list(dims)}")
+    return b, dims
 
 
 def dynamic_trip_count(flow: Flow, graph: onnx.GraphProto, node: onnx.NodeProto, sources: dict,

@@ -43,28 +43,31 @@ def _pads(node, kernel: list[int], dilation: list[int], stride: list[int]) -> li
     return [(pads[i], pads[i + n]) for i in range(n)]
 
 
-def _kernel(flow: Flow, node, ins, graph=None):
-    x = ins[0]
-    if x is None or len(x) < 3:
-        return unknown(flow, node, ins)
-    n = len(x) - 2
+def _params(flow: Flow, node, n: int) -> tuple[list, list, list] | None:
+    """(kernel, dilations, strides) over the ``n`` spatial axes; None where the kernel's size is not known."""
     kernel = attr(node, "kernel_shape")
     if kernel is None and node.op_type == "Conv":
         kernel = list(flow.dims.get(node.input[1], ()))[2:] or None
     if kernel is None or not all(isinstance(k, int) for k in kernel):
+        return None
+    return list(kernel), attr(node, "dilations") or [1] * n, attr(node, "strides") or [1] * n
+
+
+def _kernel(flow: Flow, node, ins, graph=None):
+    x = ins[0]
+    params = None if x is None or len(x) < 3 else _params(flow, node, len(x) - 2)
+    if params is None:
         return unknown(flow, node, ins)
-    dilation = attr(node, "dilations") or [1] * n
-    stride = attr(node, "strides") or [1] * n
-    verb = "convolves" if node.op_type == "Conv" else "pools"
-    out = [x[0], flow.classes.fresh("channels") if node.op_type == "Conv" else x[1]]
-    if node.op_type == "Conv":
+    kernel, dilation, stride = params
+    conv = node.op_type == "Conv"
+    out = [x[0], flow.classes.fresh("channels") if conv else x[1]]
+    if conv:
         flow.guard(x[1], node, "convolves across")
     for lab, k, d, s, (b, e) in zip(x[2:], kernel, dilation, stride, _pads(node, kernel, dilation, stride)):
-        problem = time_problem(k, d, s, b, e, verb)
+        problem = time_problem(k, d, s, b, e, "convolves" if conv else "pools")
         if problem:
             flow.guard(lab, node, problem, time_only=True)
-        same = s == 1 and b + e == (k - 1) * d
-        out.append(lab if same else flow.classes.fresh("kernel"))
+        out.append(lab if s == 1 and b + e == (k - 1) * d else flow.classes.fresh("kernel"))
     return [tuple(out)] + [flow.fresh_for(o) for o in node.output[1:]]
 
 

@@ -166,24 +166,28 @@ def _split(flow: Flow, node, ins: Ins, graph=None):
             for _ in node.output]
 
 
+def _slice_args(flow: Flow, node) -> tuple | None:
+    """(starts, ends, axes or None, steps or None) where they are constants."""
+    if attr(node, "starts") is not None:  # opset < 10
+        return attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
+    names = (list(node.input[1:5]) + [""] * 4)[:4]
+    values = [flow.consts.value(n) if n else None for n in names]
+    if any(v is None for v, n in zip(values, names) if n):
+        return None
+    return tuple(values)
+
+
 def _slice(flow: Flow, node, ins: Ins, graph=None):
     x = ins[0]
-    if x is None:
+    args = None if x is None else _slice_args(flow, node)
+    if args is None:
         return unknown(flow, node, ins)
-    if attr(node, "starts") is not None:  # opset < 10
-        starts, ends, axes = attr(node, "starts"), attr(node, "ends"), attr(node, "axes")
-        steps = None
-    else:
-        starts, ends, axes, steps = (flow.consts.value(n) if n else None
-                                     for n in (list(node.input[1:5]) + [""] * 4)[:4])
-        if starts is None or ends is None or (len(node.input) > 3 and node.input[3] and axes is None):
-            return unknown(flow, node, ins)
+    starts, ends, axes, steps = args
     axes = norm(list(range(len(starts))) if axes is None else list(np.ravel(axes)), len(x))
     steps = [1] * len(axes) if steps is None else list(np.ravel(steps))
     out = list(x)
     for a, s, e, st in zip(axes, np.ravel(starts), np.ravel(ends), steps):
-        whole = s == 0 and st == 1 and (e >= 2**31 - 1 or e == flow.dim(node.input[0], a))
-        if not whole:
+        if not (s == 0 and st == 1 and (e >= 2**31 - 1 or e == flow.dim(node.input[0], a))):
             flow.guard(x[a], node, "slices")
             out[a] = flow.classes.fresh("sliced")
     return [tuple(out)]

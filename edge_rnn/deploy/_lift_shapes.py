@@ -73,13 +73,15 @@ def _target(flow: Flow, node: onnx.NodeProto, shape: np.ndarray, ins_m: list[Mon
     if out.count(None) > 1:
         return None
     if None in out:
-        total, known = (1, ()), (1, ())
-        for m in ins_m:
-            total = _mul(total, m)
-        for m in out:
-            known = known if m is None else _mul(known, m)
-        out[out.index(None)] = _div(total, known)
+        out[out.index(None)] = _div(_product(ins_m), _product([m for m in out if m is not None]))
     return None if None in out else out
+
+
+def _product(ms: list[Mono]) -> Mono:
+    total: Mono = (1, ())
+    for m in ms:
+        total = _mul(total, m)
+    return total
 
 
 def _reshape(flow: Flow, node, ins, graph=None):
@@ -102,32 +104,47 @@ def _reshape(flow: Flow, node, ins, graph=None):
 
 def _place(flow: Flow, node, x, ins_m: list[Mono], outs_m: list[Mono]) -> list[str] | None:
     """The output labels of a Reshape from ``x``'s, matching runs of equal products (size-1 axes aside)."""
-    big_in = [k for k, m in enumerate(ins_m) if m != (1, ())]
-    big_out = [k for k, m in enumerate(outs_m) if m != (1, ())]
+    big_in, big_out = _big(ins_m), _big(outs_m)
     groups = _groups([ins_m[k] for k in big_in], [outs_m[k] for k in big_out])
     if groups is None:
         return None
-    out: list[str] = [x[k] if k < len(x) and ins_m[k] == (1, ()) else flow.classes.fresh("one")
-                      for k in range(len(outs_m))]
+    out = [_one(flow, x, ins_m, k) for k in range(len(outs_m))]
     for gi, gj in groups:
         src, dst = [big_in[i] for i in gi], [big_out[j] for j in gj]
-        for k, lab in zip(dst, _group_labels(flow, node, x, src, [outs_m[k] for k in dst], ins_m)):
+        for k, lab in zip(dst, _group_labels(flow, node, x, src, [outs_m[k] for k in dst])):
             out[k] = lab
     return out
 
 
-def _group_labels(flow: Flow, node, x, src: list[int], dst_m: list[Mono], ins_m: list[Mono]) -> list[str]:
+def _big(ms: list[Mono]) -> list[int]:
+    return [k for k, m in enumerate(ms) if m != (1, ())]
+
+
+def _one(flow: Flow, x, ins_m: list[Mono], k: int) -> str:
+    """A size-1 output axis: the input's at the same place where that is size 1 too (a batch of one)."""
+    return x[k] if k < len(x) and ins_m[k] == (1, ()) else flow.classes.fresh("one")
+
+
+def _group_labels(flow: Flow, node, x, src: list[int], dst_m: list[Mono]) -> list[str]:
     if len(src) == 1 and len(dst_m) == 1:
         return [x[src[0]]]
     if len(dst_m) == 1:
         return [flow.classes.compound([(x[k], flow.dim(node.input[0], k)) for k in src])]
-    parts = flow.classes.parts.get(x[src[0]]) if len(src) == 1 else None
-    if parts and len(parts) == len(dst_m) and all(
-            _mono(d, "?") == m or (d is None) for (_, d), m in zip(parts, dst_m)):
-        return [lab for lab, _ in parts]
+    parts = _split_back(flow, x[src[0]], dst_m) if len(src) == 1 else None
+    if parts:
+        return parts
     for k in src:
         flow.guard(x[k], node, "splits or regroups")
     return [flow.classes.fresh("regrouped") for _ in dst_m]
+
+
+def _split_back(flow: Flow, label: str, dst_m: list[Mono]) -> list[str] | None:
+    """The labels of the axes merged into ``label``, where ``dst_m`` splits it back into them."""
+    parts = flow.classes.parts.get(label)
+    if not parts or len(parts) != len(dst_m):
+        return None
+    fits = all(d is None or _mono(d, "?") == m for (_, d), m in zip(parts, dst_m))
+    return [lab for lab, _ in parts] if fits else None
 
 
 def _expand(flow: Flow, node, ins, graph=None):
@@ -194,20 +211,21 @@ def _fixes(flow: Flow, site: ShapeSite) -> dict[int, int | str]:
     minus = site.minus_one and -1 in site.values
     for k, (lab, v) in enumerate(zip(site.out, site.values)):
         kind = flow.classes.kind(lab)
-        if kind is None or v == site.keep[k] or (site.minus_one and v in (0, -1)):
+        if not _pinned(site, k, kind):
             continue
-        if lab in flow.classes.parts and site.keep[k] is None:
-            if not site.minus_one or minus:
-                raise UnsupportedError(f"{where(site.node)}: its shape {site.values.tolist()} pins a merged length "
-                                       f"{int(v)} (batch and time) at axis {k}: cannot make it follow the input")
-            fixes[k], minus = -1, True
-        elif site.keep[k] is not None:
-            fixes[k] = site.keep[k]
-        elif site.minus_one and not minus:
-            fixes[k], minus = -1, True
-        else:
-            fixes[k] = kind
+        fix = site.keep[k] if site.keep[k] is not None else -1 if site.minus_one and not minus else kind
+        if fix == kind and lab in flow.classes.parts:
+            raise UnsupportedError(f"{where(site.node)}: its shape {site.values.tolist()} pins a merged length "
+                                   f"{int(v)} (batch and time) at axis {k}: cannot make it follow the input")
+        minus = minus or fix == -1
+        fixes[k] = fix
     return fixes
+
+
+def _pinned(site: ShapeSite, k: int, kind: str | None) -> bool:
+    """Whether entry ``k`` fixes a time or batch length (0 and -1 of a Reshape, and the keeping value, do not)."""
+    v = site.values[k]
+    return kind is not None and v != site.keep[k] and not (site.minus_one and v in (0, -1))
 
 
 def _apply(site: ShapeSite, fixes: dict, sources: dict, top: onnx.GraphProto, edits: Edits) -> str:

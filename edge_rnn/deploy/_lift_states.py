@@ -19,7 +19,8 @@ from onnx import helper
 from edge_rnn.deploy._lift_axes import Flow, attr, where
 from edge_rnn.errors import UnsupportedError
 
-__all__ = ["Site", "node_sites", "per_stream", "unique_base", "to_layout0", "paired_output", "traces_to", "refuse_node"]
+__all__ = ["Site", "node_sites", "batch_shape", "per_stream", "unique_base", "to_layout0", "paired_output", "traces_to",
+           "refuse_node"]
 
 _PASSING = ("Identity", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Cast")
 
@@ -48,6 +49,11 @@ class Site:
     layout: int = 0
 
 
+def batch_shape(dims, b: int, at_batch=None) -> tuple:
+    """``dims`` with ``at_batch`` (None: the contract's marker; 1: one stream's shape) at axis ``b``."""
+    return tuple(at_batch if k == b else d for k, d in enumerate(dims))
+
+
 def unique_base(name: str, taken: set[str]) -> str:
     """``name`` made a plain tensor-name stem (letters, digits, ``_ . -``) that no tensor ``stem.*`` takes yet."""
     base = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).strip("._") or "node"
@@ -61,13 +67,8 @@ def per_stream(flow: Flow, name: str, batch_axis: int, full: tuple[int, ...], at
     """One stream's initial value (the batch axis taken out) of the constant ``name`` shaped like ``full`` (1 at
     the batch axis); None where it is not constant. Refused where rows of the batch differ."""
     v = flow.consts.value(name)
-    producer = flow.consts.producer(name)
-    if v is None and producer is not None and producer.op_type == "ConstantOfShape":
-        fill = attr(producer, "value")
-        v = np.zeros(full, np.float32) if fill is None else np.full(full, onnx.numpy_helper.to_array(fill).ravel()[0])
-    elif v is None and producer is not None and producer.op_type == "Expand":
-        v = flow.consts.value(producer.input[0])
-        v = None if v is None or not _broadcasts(v.shape, full) else np.broadcast_to(v, full)
+    if v is None:
+        v = _filled(flow, name, full)
     if v is None:
         return None
     rows = np.moveaxis(np.asarray(v), batch_axis, 0)
@@ -75,6 +76,20 @@ def per_stream(flow: Flow, name: str, batch_axis: int, full: tuple[int, ...], at
         raise UnsupportedError(f"{at}: its initial state differs between batch rows: expected one default state "
                                "per stream, got one per row")
     return rows[0]
+
+
+def _filled(flow: Flow, name: str, full: tuple[int, ...]) -> np.ndarray | None:
+    """A state made at run time from a constant to the batch's size (``ConstantOfShape``, ``Expand`` of a
+    constant, as exporters write zeros of the input's batch): one stream's value, shaped ``full``."""
+    producer = flow.consts.producer(name)
+    if producer is not None and producer.op_type == "ConstantOfShape":
+        fill = attr(producer, "value")
+        value = 0.0 if fill is None else onnx.numpy_helper.to_array(fill).ravel()[0]
+        return np.full(full, value, np.float32 if fill is None else type(value))
+    if producer is not None and producer.op_type == "Expand":
+        v = flow.consts.value(producer.input[0])
+        return None if v is None or not _broadcasts(v.shape, full) else np.broadcast_to(v, full)
+    return None
 
 
 def _broadcasts(shape: tuple[int, ...], full: tuple[int, ...]) -> bool:
@@ -100,27 +115,25 @@ def paired_output(graph: onnx.GraphProto, name: str) -> str | None:
 def node_sites(flow: Flow, graph: onnx.GraphProto, position: int, node: onnx.NodeProto) -> list[Site]:
     """The states of a top-level recurrent node (one; LSTM: two)."""
     refuse_node(flow, graph, node)
-    hidden = attr(node, "hidden_size")
-    layout = attr(node, "layout", 0)
+    return [_node_site(flow, graph, position, node, slot) for slot in range(2 if node.op_type == "LSTM" else 1)]
+
+
+def _node_site(flow: Flow, graph: onnx.GraphProto, position: int, node: onnx.NodeProto, slot: int) -> Site:
+    hidden, layout = attr(node, "hidden_size"), attr(node, "layout", 0)
     elem = flow.types.get(node.input[0], onnx.TensorProto.FLOAT)
-    sites = []
-    for slot in range(2 if node.op_type == "LSTM" else 1):
-        index, out = 5 + slot, 1 + slot
-        name = node.input[index] if len(node.input) > index else ""
-        owner = node.name or f"{node.op_type}_{position}"
-        if name in {i.name for i in graph.input}:
-            sites.append(_kept(flow, graph, node, position, slot, name, owner, elem))
-            continue
-        at = f"{where(node)} {('initial_h', 'initial_c')[slot]}"
-        initial = per_stream(flow, name, 0 if layout else 1, (1, 1, hidden), at) if name else None
-        if name and initial is None:
-            raise UnsupportedError(f"{at}: computed from the inputs, not a constant: expected no initial state, a "
-                                   "constant one or a graph input, so lift cannot tell its default")
-        source = "constant" if name else "absent"
-        initial = None if initial is None or not np.any(initial) else initial
-        sites.append(Site(owner, node, position, slot, index, out, source, initial, (1, None, hidden), 1, elem,
-                          layout=layout))
-    return sites
+    index, out = 5 + slot, 1 + slot
+    name = node.input[index] if len(node.input) > index else ""
+    owner = node.name or f"{node.op_type}_{position}"
+    if name in {i.name for i in graph.input}:
+        return _kept(flow, graph, node, position, slot, name, owner, elem)
+    at = f"{where(node)} {('initial_h', 'initial_c')[slot]}"
+    initial = per_stream(flow, name, 0 if layout else 1, (1, 1, hidden), at) if name else None
+    if name and initial is None:
+        raise UnsupportedError(f"{at}: computed from the inputs, not a constant: expected no initial state, a "
+                               "constant one or a graph input, so lift cannot tell its default")
+    initial = None if initial is None or not np.any(initial) else initial
+    return Site(owner, node, position, slot, index, out, "constant" if name else "absent", initial,
+                (1, None, hidden), 1, elem, layout=layout)
 
 
 def _kept(flow: Flow, graph, node, position: int, slot: int, name: str, owner: str, elem: int) -> Site:
@@ -131,10 +144,9 @@ def _kept(flow: Flow, graph, node, position: int, slot: int, name: str, owner: s
                                f"its {('Y_h', 'Y_c')[slot]} is no graph output: the state cannot be carried")
     dims = flow.dims.get(name) or ()
     b = flow.axes_of(name)[0]
-    if b is None:
-        b = 0 if attr(node, "layout", 0) else 1
-    shape = tuple(None if k == b else d for k, d in enumerate(dims))
-    if len(shape) != 3 or not all(isinstance(d, int) for k, d in enumerate(shape) if k != b):
+    b = (0 if attr(node, "layout", 0) else 1) if b is None else b
+    shape = batch_shape(dims, b)
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape[:b] + shape[b + 1:]):
         raise UnsupportedError(f"{where(node)}: graph input {name!r}: expected a state of fixed sizes besides the "
                                f"batch, got {list(dims)}")
     site = Site(owner, node, position, slot, 5 + slot, 1 + slot, "input", None, shape, b, elem)
