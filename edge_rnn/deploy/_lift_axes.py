@@ -277,12 +277,19 @@ class Flow:
         """Label every node's outputs in order (ONNX graphs are topologically sorted); ``rules[None]`` labels an
         operator that has no rule of its own."""
         for node in graph.node:
-            ins = [self.labels.get(n) if n else None for n in node.input]
+            ins = [self._labels_of(n) if n else None for n in node.input]
             rule = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             outs = (rule or rules[None])(self, node, ins, graph)
             for name, lab in zip(node.output, outs):
                 if name and lab is not None:
                     self.labels[name] = tuple(lab)
+
+    def _labels_of(self, name: str) -> Labels | None:
+        """A tensor's labels; a constant (a weight) not labelled yet gets axes of its own, unrelated to any."""
+        lab = self.labels.get(name)
+        if lab is None and self.consts.value(name) is not None:
+            lab = self.seed(name)
+        return lab
 
     def seed(self, name: str, labels: Labels | None = None) -> Labels | None:
         """Fresh labels for a graph input (or the given ones)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -51,9 +52,54 @@ def _recurrent_op(kind: str, dtype: type) -> type[OpRun]:
     return type(kind, (OpRun,), {"op_domain": "", "_run": _run})
 
 
+def _graphs(g: onnx.GraphProto):
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _graphs(sub)
+
+
+def _double(t: onnx.TensorProto) -> None:
+    if t.data_type == onnx.TensorProto.FLOAT:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+
+
+def _node_to_float64(n: onnx.NodeProto) -> None:
+    """A node's float32 constants (Constant, ConstantOfShape's value) and Casts to float32, in float64."""
+    for a in n.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            _double(a.t)
+        elif n.op_type == "Cast" and a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+            a.i = onnx.TensorProto.DOUBLE
+        elif n.op_type == "Constant" and a.name == "value_float":
+            a.CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(np.asarray(a.f, np.float64))))
+        elif n.op_type == "Constant" and a.name == "value_floats":
+            a.CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(np.asarray(a.floats, np.float64))))
+
+
+def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` computing in float64 wherever it computed in float32: its float32 initializers, constants, Casts
+    and declared types promoted (the evaluator's MatMul refuses float64 against float32)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for g in _graphs(out.graph):
+        for t in g.initializer:
+            _double(t)
+        for n in g.node:
+            _node_to_float64(n)
+        for v in (*g.input, *g.output, *g.value_info):
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                v.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    return out
+
+
 def _evaluator(model: onnx.ModelProto, dtype: type) -> Callable[[Arrays], Arrays]:
     ops = [_recurrent_op(k, dtype) for k in ("RNN", "GRU", "LSTM")]
-    ev = ReferenceEvaluator(model, new_ops=ops)
+    ev = ReferenceEvaluator(as_float64(model) if dtype == np.float64 else model, new_ops=ops)
     names = [o.name for o in model.graph.output]
     inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
 
@@ -123,6 +169,21 @@ def _initial_states(contract, initial: Mapping[str, np.ndarray | None]) -> Calla
     return make
 
 
+def _per_stream(run: Callable[[Arrays], Arrays], contract) -> Callable[[Arrays], Arrays]:
+    """``run`` called on each stream (batch row) alone, the results joined along their batch axes: the original
+    file may pin its batch (a constant initial state of batch 1), and one stream is what it was made for."""
+    axes = {t.name: t.batch_axis for t in contract.inputs}
+    out_axes = {**{t.name: t.batch_axis for t in contract.outputs}, **{s.output: s.batch_axis for s in contract.states}}
+
+    def call(feeds: Arrays) -> Arrays:
+        data = {k: v for k, v in feeds.items() if k in axes}
+        batch = next(v.shape[axes[k]] for k, v in data.items())
+        rows = [run({k: np.take(v, [b], axis=axes[k]) for k, v in data.items()}) for b in range(batch)]
+        return {k: np.concatenate([r[k] for r in rows], axis=out_axes[k]) for k in out_axes}
+
+    return call
+
+
 def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[str, np.ndarray | None], *,
           cases: Cases = PROOF_CASES, seed: int = 0) -> Proof:
     """``lifted`` (with its contract) streamed in random chunks against one pass of ``reference`` over each case."""
@@ -134,7 +195,8 @@ def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[
         path = Path(tmp) / "lifted.onnx"
         onnx.save(lifted, path)
         model = StreamingModel.load(path)
-        report = compare_streaming(path, model.contract, judge, input_source(model, None),
-                                   _initial_states(model.contract, initial), noise=noise, cases=cases, seed=seed,
+        c = model.contract
+        report = compare_streaming(path, c, _per_stream(judge, c), input_source(model, None),
+                                   _initial_states(c, initial), noise=_per_stream(noise, c), cases=cases, seed=seed,
                                    reference_label="the original file, one pass, float64 reference")
     return Proof(report, where)

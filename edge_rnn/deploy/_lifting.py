@@ -78,7 +78,7 @@ def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, in
     cleaned, zero_notes = drop_zero_states(original)
     lifted = _with_initial(lift_model(cleaned, axes=axes))
     lifted = dataclasses.replace(lifted, notes=[*zero_notes, *lifted.notes])
-    proof = prove(lifted.model, reference_model(original, lifted),
+    proof = prove(lifted.model, reference_model(cleaned, lifted),
                   {s.input: s.initial for s in lifted.states}, cases=cases, seed=seed)
     if not proof.ok:
         rows = proof.report.failures
