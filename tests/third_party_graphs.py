@@ -27,6 +27,20 @@ def _t(rng: np.random.Generator, name: str, shape: tuple[int, ...], scale: float
     return nh.from_array((scale * rng.standard_normal(shape)).astype(np.float32), name)
 
 
+def _uniform(rng: np.random.Generator, name: str, shape: tuple[int, ...], hidden: int) -> onnx.TensorProto:
+    """PyTorch's initialisation of a recurrent layer's weights: U(-1/sqrt(hidden), 1/sqrt(hidden))."""
+    k = 1 / np.sqrt(hidden)
+    return nh.from_array(rng.uniform(-k, k, shape).astype(np.float32), name)
+
+
+def _keras(rng: np.random.Generator, features: int, hidden: int, gates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keras' initialisation, in ONNX's layout: glorot_uniform kernel, orthogonal recurrent kernel per gate."""
+    limit = np.sqrt(6 / (features + gates * hidden))
+    w = rng.uniform(-limit, limit, (1, gates * hidden, features))
+    q, _ = np.linalg.qr(rng.standard_normal((gates * hidden, hidden)))
+    return w.astype(np.float32), q.reshape(1, gates * hidden, hidden).astype(np.float32)
+
+
 def _i64(name: str, values: list[int]) -> onnx.TensorProto:
     return nh.from_array(np.asarray(values, np.int64), name)
 
@@ -42,6 +56,7 @@ def _model(nodes, name, inputs, outputs, inits, opset: int, producer: str) -> on
 def keras_gru(batch: int = 1, time: int = 20, features: int = 8, hidden: int = 12, classes: int = 3,
               seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
+    w, r = _keras(rng, features, hidden, 3)
     nodes = [
         h.make_node("GRU", ["input_1", "gru/W", "gru/R", "gru/B"], ["gru/Y"], name="sequential/gru",
                     hidden_size=hidden, layout=1, linear_before_reset=0, activations=["HardSigmoid", "Tanh"],
@@ -52,8 +67,8 @@ def keras_gru(batch: int = 1, time: int = 20, features: int = 8, hidden: int = 1
         h.make_node("Add", ["dense/mm", "dense/bias"], ["dense/logits"], name="sequential/dense/BiasAdd"),
         h.make_node("Sigmoid", ["dense/logits"], ["dense"], name="sequential/dense/Sigmoid"),
     ]
-    inits = [_t(rng, "gru/W", (1, 3 * hidden, features)), _t(rng, "gru/R", (1, 3 * hidden, hidden)),
-             _t(rng, "gru/B", (1, 6 * hidden), 0.1), _i64("gru/shape", [batch, time, hidden]),
+    inits = [nh.from_array(w, "gru/W"), nh.from_array(r, "gru/R"),
+             _t(rng, "gru/B", (1, 6 * hidden), 0.05), _i64("gru/shape", [batch, time, hidden]),
              _t(rng, "dense/kernel", (hidden, classes)), _t(rng, "dense/bias", (classes,), 0.1)]
     return _model(nodes, "tf2onnx", [h.make_tensor_value_info("input_1", TensorProto.FLOAT, [batch, time, features])],
                   [h.make_tensor_value_info("dense", TensorProto.FLOAT, [batch, time, classes])], inits, 15,
@@ -69,8 +84,8 @@ def peephole_lstm(time: int = 16, features: int = 6, hidden: int = 10, out: int 
         h.make_node("Squeeze", ["Y", "axis1"], ["Y2"], name="squeeze_dirs"),  # (time, 1, batch, hidden) -> 3-D
         h.make_node("MatMul", ["Y2", "proj"], ["scores"], name="projection"),
     ]
-    inits = [_t(rng, "W", (1, 4 * hidden, features)), _t(rng, "R", (1, 4 * hidden, hidden)),
-             _t(rng, "B", (1, 8 * hidden), 0.1), _t(rng, "P", (1, 3 * hidden), 0.5),
+    inits = [_uniform(rng, "W", (1, 4 * hidden, features), hidden), _uniform(rng, "R", (1, 4 * hidden, hidden), hidden),
+             _uniform(rng, "B", (1, 8 * hidden), hidden), _t(rng, "P", (1, 3 * hidden), 0.3),
              _t(rng, "h_init", (1, 1, hidden), 0.3), _t(rng, "c_init", (1, 1, hidden), 0.3),
              _i64("axis1", [1]), _t(rng, "proj", (hidden, out))]
     return _model(nodes, "zoo_lstm", [h.make_tensor_value_info("features", TensorProto.FLOAT, [time, 1, features])],
@@ -89,9 +104,9 @@ def _torch_layer(k: int, x: str, zeros: str, hidden: int, nodes: list, inits: li
         nodes.append(h.make_node("Slice", [zeros, f"/lstm/{which}{k}_starts", f"/lstm/{which}{k}_ends",
                                            f"/lstm/{which}{k}_axes"], [s], name=f"/lstm/Slice_{2 * k + j}"))
         states.append(s)
-    inits += [_t(rng, f"onnx::LSTM_{k}_W", (1, 4 * hidden, features)), _t(rng, f"onnx::LSTM_{k}_R", (1, 4 * hidden,
-                                                                                                      hidden)),
-              _t(rng, f"onnx::LSTM_{k}_B", (1, 8 * hidden), 0.1)]
+    inits += [_uniform(rng, f"onnx::LSTM_{k}_W", (1, 4 * hidden, features), hidden),
+              _uniform(rng, f"onnx::LSTM_{k}_R", (1, 4 * hidden, hidden), hidden),
+              _uniform(rng, f"onnx::LSTM_{k}_B", (1, 8 * hidden), hidden)]
     nodes.append(h.make_node("LSTM", [x, f"onnx::LSTM_{k}_W", f"onnx::LSTM_{k}_R", f"onnx::LSTM_{k}_B", "", *states],
                              [f"{p}_output_0", f"{p}_output_1", f"{p}_output_2"], name=p, hidden_size=hidden))
     nodes.append(h.make_node("Squeeze", [f"{p}_output_0", "/lstm/squeeze_axis"], [f"/lstm/Squeeze_{k}_output_0"],

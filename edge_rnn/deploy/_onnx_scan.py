@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edge_rnn.graphs import GraphBuilder
 
@@ -133,8 +134,13 @@ class _Step:
     def matmul(self, x: str, rows: slice) -> str:
         return self.b.op1("MatMul", [x, self.b.const(np.ascontiguousarray(self.R[rows].T), "r_t")], hint="hr")
 
+    def sizes(self, values: list[int]) -> str:
+        """Split sizes as a Constant inside the step's own graph: shape inference (onnxruntime's quantiser runs it)
+        cannot read an outer-scope initializer, and an equal split it guesses instead broke the int8 GRU."""
+        return self.b.op1("Constant", [], value=numpy_helper.from_array(np.asarray(values, np.int64)), hint="split")
+
     def split(self, x: str, n: int) -> list[str]:
-        return self.b.op("Split", [x, self.b.ints([self.h] * n, "split")], outputs=n, axis=1)
+        return self.b.op("Split", [x, self.sizes([self.h] * n)], outputs=n, axis=1)
 
     def peep(self, x: str, k: int, c: str) -> str:
         if self.P is None:
@@ -160,7 +166,7 @@ class _Step:
 
     def gru(self, xw: str, h: str) -> str:
         b, n = self.b, self.h
-        x_zr, x_h = b.op("Split", [xw, b.ints([2 * n, n], "split")], outputs=2, axis=1)
+        x_zr, x_h = b.op("Split", [xw, self.sizes([2 * n, n])], outputs=2, axis=1)
         z, r = self.split(self.act(0, b.op1("Add", [x_zr, self.matmul(h, slice(0, 2 * n))])), 2)
         if self.c.lbr:
             hr = self.matmul(h, slice(2 * n, 3 * n))
