@@ -171,6 +171,7 @@ def lift_model(model: onnx.ModelProto, *, axes: dict[str, tuple[int, int]] | Non
     notes += [n for node in out.graph.node if (n := dynamic_trip_count(flow, out.graph, node, sources, edits))]
     edits.finish()
     notes += _dynamic(flow, out, batch)
+    _complete_outputs(out)
     contract = _contract(flow, out, sites, axes or {}, notes)
     _prune(out, model)
     del out.metadata_props[:]
@@ -270,6 +271,25 @@ def _dynamic(flow: Flow, model: onnx.ModelProto, batch: str) -> list[str]:
             if changed and v.name in ends:
                 notes.append(f"{ends[v.name]} {v.name!r}: fixed {', '.join(changed)} made dynamic")
     return notes
+
+
+def _complete_outputs(model: onnx.ModelProto) -> None:
+    """Graph output sizes the file left unknown, filled in where shape inference knows them (a fixed hidden size):
+    a static form needs every size besides batch and time, and a reader of the contract every state's."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return
+    known = {v.name: v.type.tensor_type.shape.dim for v in inferred.graph.output}
+    for v in model.graph.output:
+        dims, found = v.type.tensor_type.shape.dim, known.get(v.name)
+        if found is None or (v.type.tensor_type.HasField("shape") and len(dims) != len(found)):
+            continue
+        if not v.type.tensor_type.HasField("shape"):
+            v.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in found)
+        for d, f in zip(v.type.tensor_type.shape.dim, found):
+            if not d.HasField("dim_value") and not d.HasField("dim_param") and f.HasField("dim_value"):
+                d.dim_value = f.dim_value
 
 
 def _symbolic(flow: Flow, v: onnx.ValueInfoProto, batch: str) -> list[str]:

@@ -26,7 +26,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from edge_rnn.errors import described
-from edge_rnn.harness import Cases, ParityReport, compare_streaming
+from edge_rnn.harness import TOLERANCE, Cases, ParityReport, Tolerance, compare_streaming
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent
 
 __all__ = ["Proof", "prove", "original_runner", "PROOF_CASES"]
@@ -185,8 +185,11 @@ def _per_stream(run: Callable[[Arrays], Arrays], contract) -> Callable[[Arrays],
 
 
 def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[str, np.ndarray | None], *,
-          cases: Cases = PROOF_CASES, seed: int = 0) -> Proof:
-    """``lifted`` (with its contract) streamed in random chunks against one pass of ``reference`` over each case."""
+          cases: Cases = PROOF_CASES, seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"]) -> Proof:
+    """``lifted`` (with its contract) streamed in random chunks against one pass of ``reference`` over each case.
+
+    ``tolerance`` other than float32's (an int8 form of the lifted file): judged element-wise against the float64
+    one pass, ``|got - want| <= atol + rtol * |want|``, the noise unused."""
     from edge_rnn.deploy._fidelity import input_source
     from edge_rnn.runtime import StreamingModel
 
@@ -197,6 +200,7 @@ def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[
         model = StreamingModel.load(path)
         c = model.contract
         report = compare_streaming(path, c, _per_stream(judge, c), input_source(model, None),
-                                   _initial_states(c, initial), noise=_per_stream(noise, c), cases=cases, seed=seed,
+                                   _initial_states(c, initial), cases=cases, seed=seed, tolerance=tolerance,
+                                   noise=_per_stream(noise, c) if tolerance == TOLERANCE["float32"] else None,
                                    reference_label="the original file, one pass, float64 reference")
     return Proof(report, where)
