@@ -20,13 +20,14 @@ _WHERE = {
     "make_variant": "_variants", "Variant": "_variants", "VARIANTS": "_variants", "MAKERS": "_variants",
     "MakeOptions": "_variants",
     "Int8Settings": "_int8", "INT8_TARGETS": "_int8",
-    "static_form": "_static",
+    "static_form": "_static", "static_graph": "_static",
     "mobile_support": "_mobile", "ProviderSupport": "_mobile", "PROVIDERS": "_mobile",
     "measure_against": "_fidelity", "VariantError": "_fidelity", "TensorError": "_fidelity",
     "precision_of": "_fidelity", "GROWTH_FLAG": "_fidelity",
     "decompose_recurrent": "_decompose",
     "to_ort": "_ort",
     "package": "_bundle", "PackageResult": "_bundle", "manifest_table": "_bundle",
+    "lift": "_lifting", "LiftResult": "_lifting",
 }
 
 __all__ = list(_WHERE)
