@@ -51,7 +51,7 @@ def lift(model: Path, output: Path, axes: tuple[str, ...], long_steps: int, seed
     cases = dataclasses.replace(PROOF_CASES, long_steps=long_steps)
     result = lift_file(model, output, axes=_axes(axes), cases=cases, seed=seed)
     for note in result.notes:
-        click.echo(f"lifted: {note}")
+        click.echo(f"note:   {note}")
     for s in result.states:
         start = "zeros" if s.initial is None else "the file's constant"
         click.echo(f"state:  {s.input} -> {s.output}  (node {s.node}; a new stream starts from {start})")

@@ -14,6 +14,7 @@ passes when, on every case, each output and final state is within
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from edge_rnn.errors import described
+from edge_rnn.errors import message_line
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, Tolerance, compare_streaming
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent
 
@@ -120,7 +121,7 @@ def _onnxruntime(model: onnx.ModelProto) -> tuple[Callable[[Arrays], Arrays] | N
         sess = ort.InferenceSession(model.SerializeToString(), new_session_options("disabled"),
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... for what it refuses
-        return None, described(e)
+        return None, _ort_reason(e)
     names = [o.name for o in sess.get_outputs()]
     inputs = {i.name for i in sess.get_inputs()}
 
@@ -128,6 +129,13 @@ def _onnxruntime(model: onnx.ModelProto) -> tuple[Callable[[Arrays], Arrays] | N
         return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in inputs})))
 
     return run, "onnxruntime"
+
+
+def _ort_reason(e: BaseException) -> str:
+    """onnxruntime's refusal in a line a reader can use: its error-code prefix and C++ source place left out."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", message_line(e))
+    text = re.sub(r"/onnxruntime_src/\S+ [^)]*\) ", "", text)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def original_runner(reference: onnx.ModelProto) -> tuple[Callable[[Arrays], Arrays], Callable[[Arrays], Arrays], str]:
