@@ -282,14 +282,20 @@ def _complete_outputs(model: onnx.ModelProto) -> None:
         return
     known = {v.name: v.type.tensor_type.shape.dim for v in inferred.graph.output}
     for v in model.graph.output:
-        dims, found = v.type.tensor_type.shape.dim, known.get(v.name)
-        if found is None or (v.type.tensor_type.HasField("shape") and len(dims) != len(found)):
-            continue
-        if not v.type.tensor_type.HasField("shape"):
-            v.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in found)
-        for d, f in zip(v.type.tensor_type.shape.dim, found):
-            if not d.HasField("dim_value") and not d.HasField("dim_param") and f.HasField("dim_value"):
-                d.dim_value = f.dim_value
+        if v.name in known:
+            _fill(v.type.tensor_type, known[v.name])
+
+
+def _fill(t: onnx.TypeProto.Tensor, found) -> None:
+    """Dims of ``t`` that are neither a size nor a name, set to the size inference ``found`` (the rank too, where
+    ``t`` has no shape)."""
+    if not t.HasField("shape"):
+        t.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in found)
+    if len(t.shape.dim) != len(found):
+        return
+    for d, f in zip(t.shape.dim, found):
+        if not d.HasField("dim_value") and not d.HasField("dim_param") and f.HasField("dim_value"):
+            d.dim_value = f.dim_value
 
 
 def _symbolic(flow: Flow, v: onnx.ValueInfoProto, batch: str) -> list[str]:

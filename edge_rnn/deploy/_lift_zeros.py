@@ -58,16 +58,36 @@ def _zero(name: str, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx
 
 
 def _prune(g: onnx.GraphProto) -> None:
-    """Drop the nodes whose outputs nothing uses any more (the chain that built the zeros); a subgraph's reads
-    from the outer scope count as uses."""
+    """Drop the nodes whose outputs nothing uses any more (the chain that built the zeros), then the initializers;
+    a subgraph's reads from the outer scope count as uses."""
     while True:
-        used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
-        if not dead:
-            return
-        keep = [n for n in g.node if n not in dead]
+        used = _used(g)
+        keep = [n for n in g.node if used.intersection(n.output)]
+        if len(keep) == len(g.node):
+            break
         del g.node[:]
         g.node.extend(keep)
+    used = _used(g)
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
+def _used(g: onnx.GraphProto) -> set[str]:
+    """The names read by a node (at any depth) or given out by the graph."""
+    return {i for n in all_nodes(g) for i in n.input if i} | {o.name for o in g.output}
+
+
+def _dropped(n: onnx.NodeProto, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]) -> bool:
+    """Drop ``n``'s initial-state inputs (a recurrent node's) that are zeros computed at run time; whether any was."""
+    if n.op_type not in _RECURRENT or n.domain not in ("", "ai.onnx"):
+        return False
+    slots = (5, 6) if n.op_type == "LSTM" else (5,)
+    dropped = [k for k in slots if len(n.input) > k and n.input[k] and n.input[k] not in inits
+               and _zero(n.input[k], producers, inits, set())]
+    for k in dropped:
+        n.input[k] = ""
+    return bool(dropped)
 
 
 def drop_zero_states(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -79,22 +99,11 @@ def drop_zero_states(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     producers = {o: n for n in g.node for o in n.output if o}
     overridable = {i.name for i in g.input}  # an initializer that is also an input is only a default
     inits = {t.name: t for t in g.initializer if t.name not in overridable}
-    notes = []
-    for n in g.node:
-        if n.op_type not in _RECURRENT or n.domain not in ("", "ai.onnx"):
-            continue
-        slots = (5, 6) if n.op_type == "LSTM" else (5,)
-        dropped = [k for k in slots if len(n.input) > k and n.input[k] and n.input[k] not in inits
-                   and _zero(n.input[k], producers, inits, set())]
-        for k in dropped:
-            n.input[k] = ""
-        if dropped:
-            notes.append(f"{n.op_type} node {n.name or n.output[0]!r}: its initial state is zeros computed at run "
-                         "time (as torch.onnx writes it): taken as the zeros a new stream starts from")
+    notes = [_NOTE.format(op=n.op_type, name=n.name or n.output[0]) for n in g.node if _dropped(n, producers, inits)]
     if notes:
         _prune(g)
-        used = {i for m in all_nodes(g) for i in m.input}
-        keep = [t for t in g.initializer if t.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep)
     return out, notes
+
+
+_NOTE = ("{op} node {name!r}: its initial state is zeros computed at run time (as torch.onnx writes it): taken as "
+         "the zeros a new stream starts from")
