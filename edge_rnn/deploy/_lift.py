@@ -392,7 +392,8 @@ def reference_model(original: onnx.ModelProto, lifted: Lifted) -> onnx.ModelProt
         op, kw = ("Transpose", {"perm": [1, 0, 2]}) if tap.transpose else ("Identity", {})
         edits.after(g, node, [helper.make_node(op, [node.output[tap.out]], [tap.name], name=f"{tap.name}.{op}",
                                                **kw)])
-        elem = flow.types.get(node.input[0], onnx.TensorProto.FLOAT)
+        # the state's own type (a Loop's first input is its trip count, an int64)
+        elem = flow.types.get(node.output[tap.out], flow.types.get(node.input[0], onnx.TensorProto.FLOAT))
         g.output.append(helper.make_tensor_value_info(tap.name, elem, list(tap.shape)))
     rewrite_sites(flow, sources, g, edits)
     for node in g.node:

@@ -14,6 +14,7 @@ passes when, on every case, each output and final state is within
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -25,12 +26,13 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops import op_loop
 
 from edge_rnn.errors import message_line
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, Tolerance, compare_streaming
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent
 
-__all__ = ["Proof", "prove", "original_runner", "PROOF_CASES"]
+__all__ = ["Proof", "prove", "original_runner", "pinned_batch", "PROOF_CASES"]
 
 Arrays = dict[str, np.ndarray]
 # The cases a lift is proved on: whole sequences of 1, 7 and 23 steps in random chunks of 1..8, a 41-step one in
@@ -98,8 +100,29 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+class _Loop(op_loop.Loop):
+    """The evaluator's ``Loop``, its scan outputs stacked on a new leading axis as the specification (and
+    onnxruntime) has them: onnx 1.23's ``np.vstack`` joins a step's ``(batch, hidden)`` into ``(T * batch,
+    hidden)`` instead of ``(T, batch, hidden)``."""
+
+    op_domain = ""
+
+    def __init__(self, onnx_node: onnx.NodeProto, run_params: dict) -> None:
+        super().__init__(onnx_node, run_params)
+        body = self._run_body  # set per node by the evaluator from the body attribute
+
+        def stacked(*args, **kwargs):
+            outs = list(body(*args, **kwargs))
+            for k in range(len(outs) - self.K, len(outs)):
+                if np.ndim(outs[k]) >= 2:
+                    outs[k] = np.expand_dims(outs[k], 0)  # vstack of (1, ...) pieces is the stack
+            return outs
+
+        self._run_body = stacked
+
+
 def _evaluator(model: onnx.ModelProto, dtype: type) -> Callable[[Arrays], Arrays]:
-    ops = [_recurrent_op(k, dtype) for k in ("RNN", "GRU", "LSTM")]
+    ops = [_recurrent_op(k, dtype) for k in ("RNN", "GRU", "LSTM")] + [type("Loop", (_Loop,), {})]
     ev = ReferenceEvaluator(as_float64(model) if dtype == np.float64 else model, new_ops=ops)
     names = [o.name for o in model.graph.output]
     inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
@@ -177,38 +200,55 @@ def _initial_states(contract, initial: Mapping[str, np.ndarray | None]) -> Calla
     return make
 
 
-def _per_stream(run: Callable[[Arrays], Arrays], contract) -> Callable[[Arrays], Arrays]:
-    """``run`` called on each stream (batch row) alone, the results joined along their batch axes: the original
-    file may pin its batch (a constant initial state of batch 1), and one stream is what it was made for."""
+def pinned_batch(original: onnx.ModelProto, contract) -> int | None:
+    """The batch the original file was made for, where its inputs pin one (a constant initial state then has that
+    batch too); None where the batch is free."""
+    dims = {v.name: v.type.tensor_type.shape.dim for v in original.graph.input}
+    for t in contract.inputs:
+        d = dims.get(t.name)
+        if d is not None and t.batch_axis < len(d) and d[t.batch_axis].dim_value > 0:
+            return int(d[t.batch_axis].dim_value)
+    return None
+
+
+def _in_groups(run: Callable[[Arrays], Arrays], contract, size: int | None) -> Callable[[Arrays], Arrays]:
+    """``run`` called on ``size`` streams (batch rows) at a time, the results joined along their batch axes: the
+    original file runs at the batch it pins, if it pins one (None: all the streams in one call)."""
     axes = {t.name: t.batch_axis for t in contract.inputs}
     out_axes = {**{t.name: t.batch_axis for t in contract.outputs}, **{s.output: s.batch_axis for s in contract.states}}
 
     def call(feeds: Arrays) -> Arrays:
         data = {k: v for k, v in feeds.items() if k in axes}
         batch = next(v.shape[axes[k]] for k, v in data.items())
-        rows = [run({k: np.take(v, [b], axis=axes[k]) for k, v in data.items()}) for b in range(batch)]
-        return {k: np.concatenate([r[k] for r in rows], axis=out_axes[k]) for k in out_axes}
+        step = size or batch
+        parts = [run({k: np.take(v, range(b, b + step), axis=axes[k]) for k, v in data.items()})
+                 for b in range(0, batch, step)]
+        return {k: np.concatenate([r[k] for r in parts], axis=out_axes[k]) for k in out_axes}
 
     return call
 
 
 def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[str, np.ndarray | None], *,
-          cases: Cases = PROOF_CASES, seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"]) -> Proof:
+          cases: Cases = PROOF_CASES, seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"],
+          batch: int | None = None) -> Proof:
     """``lifted`` (with its contract) streamed in random chunks against one pass of ``reference`` over each case.
 
-    ``tolerance`` other than float32's (an int8 form of the lifted file): judged element-wise against the float64
-    one pass, ``|got - want| <= atol + rtol * |want|``, the noise unused."""
+    ``batch``: the batch the original pins (:func:`pinned_batch`): the cases take that many streams, and the
+    original runs on them together. ``tolerance`` other than float32's (an int8 form of the lifted file): judged
+    element-wise against the float64 one pass, ``|got - want| <= atol + rtol * |want|``, the noise unused."""
     from edge_rnn.deploy._fidelity import input_source
     from edge_rnn.runtime import StreamingModel
 
+    if batch is not None:
+        cases = dataclasses.replace(cases, batch=batch, long_batch=batch)
     judge, noise, where = original_runner(reference)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lifted.onnx"
         onnx.save(lifted, path)
         model = StreamingModel.load(path)
         c = model.contract
-        report = compare_streaming(path, c, _per_stream(judge, c), input_source(model, None),
+        report = compare_streaming(path, c, _in_groups(judge, c, batch), input_source(model, None),
                                    _initial_states(c, initial), cases=cases, seed=seed, tolerance=tolerance,
-                                   noise=_per_stream(noise, c) if tolerance == TOLERANCE["float32"] else None,
+                                   noise=_in_groups(noise, c, batch) if tolerance == TOLERANCE["float32"] else None,
                                    reference_label="the original file, one pass, float64 reference")
     return Proof(report, where)

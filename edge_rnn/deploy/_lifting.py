@@ -19,7 +19,7 @@ import onnx
 
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
-from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, prove
+from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, pinned_batch, prove
 from edge_rnn.deploy._lift_zeros import drop_zero_states
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ParityError, UnsupportedError, described
 from edge_rnn.harness import Cases
@@ -78,8 +78,8 @@ def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, in
     cleaned, zero_notes = drop_zero_states(original)
     lifted = _with_initial(lift_model(cleaned, axes=axes))
     lifted = dataclasses.replace(lifted, notes=[*zero_notes, *lifted.notes])
-    proof = prove(lifted.model, reference_model(cleaned, lifted),
-                  {s.input: s.initial for s in lifted.states}, cases=cases, seed=seed)
+    proof = prove(lifted.model, reference_model(cleaned, lifted), {s.input: s.initial for s in lifted.states},
+                  cases=cases, seed=seed, batch=pinned_batch(cleaned, lifted.contract))
     if not proof.ok:
         rows = proof.report.failures
         raise ParityError(f"{src}: not streamable as lifted: chunked calls of the lifted graph differ from one pass "
