@@ -1,5 +1,6 @@
 """The generated grid of tests/test_forms_conformance.py, lifted: each convention that can stream, for each kind,
-lifted and streamed in random chunks, as it is and in its decomposed, static and int8 forms, against one pass of
+lifted and streamed in random chunks, as it is and in its decomposed, static, int8 and static-int8 forms (the int8
+ones within the int8 bound, element-wise), against one pass of
 the original node in the float64 reference (the lift's own proof); each convention that cannot stream refused,
 with its reason and the node."""
 
@@ -31,7 +32,7 @@ REFUSED = {
 }
 CASES = Cases(batch=2, seq_lens=(1, 7), chunked_len=23, long_steps=80, chunk_max=6, long_chunk_max=16)
 STATIC_CASES = Cases(batch=1, seq_lens=(1,), chunked_len=9, long_steps=24, chunk_max=1, long_chunk_max=1)
-FORMS = ("lifted", "decomposed", "static", "int8")
+FORMS = ("lifted", "decomposed", "static", "int8", "static-int8")
 
 
 def _original(kind: str, convention: str) -> onnx.ModelProto:
@@ -52,7 +53,7 @@ def _params():
             if ONLY.get(convention, kind) != kind:
                 continue
             for form in FORMS if convention not in REFUSED else ("refused",):
-                if form == "int8" and (kind, convention) in DISCONTINUOUS:
+                if form in ("int8", "static-int8") and (kind, convention) in DISCONTINUOUS:
                     continue
                 yield pytest.param(kind, convention, form, id=f"{kind}-{convention}-{form}")
 
@@ -69,14 +70,14 @@ def test_lifted_grid_streams_as_one_pass_of_the_original(tmp_path, kind, convent
     candidate = lifted.model
     if form == "decomposed":
         candidate = decompose_recurrent(lifted.model)[0]
-    elif form in ("static", "int8"):
+    elif form in ("static", "int8", "static-int8"):
         onnx.save(lifted.model, tmp_path / "lifted.onnx")
         candidate = onnx.load(str(make_variant(form, tmp_path / "lifted.onnx", tmp_path / "v.onnx").path))
     if form != "lifted":
         ops = {n.op_type for n in all_nodes(candidate.graph)}
         assert not ops & {"RNN", "GRU", "LSTM"}, sorted(ops)
-    cases = STATIC_CASES if form == "static" else CASES
-    tol = TOLERANCE["int8"] if form == "int8" else TOLERANCE["float32"]
+    cases = STATIC_CASES if form.startswith("static") else CASES
+    tol = TOLERANCE["int8"] if form.endswith("int8") else TOLERANCE["float32"]
     proof = prove(candidate, reference, {s.input: s.initial for s in lifted.states}, cases=cases, tolerance=tol)
     assert proof.ok, proof.table()
     assert proof.report.rows and all(np.isfinite(r.err_onnx) for r in proof.report.rows)
