@@ -39,12 +39,46 @@ class LiftResult:
 
 
 def _read(path: Path) -> onnx.ModelProto:
+    """The model at ``path``, checked as onnx checks a model (its declared shapes against its weights included):
+    what the surgery and the proof then meet is a valid graph, and an invalid one is one error, not a traceback."""
     if not path.is_file():
         raise EdgeRnnError(f"model {path}: no such file")
     try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ValueError (external data), ...
         raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
+        raise ModelFormatError(f"{path}: not a valid ONNX model ({described(e)})") from None
+    bad = next((t for t in _initializers(model.graph) if not _sized(t)), None)
+    if bad is not None:
+        raise ModelFormatError(f"{path}: initializer {bad.name!r}: expected {_nbytes(bad)} bytes for its shape "
+                               f"{list(bad.dims)}, got {len(bad.raw_data)}")
+    return model
+
+
+def _initializers(g: onnx.GraphProto):
+    yield from g.initializer
+    for n in g.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                yield from _initializers(sub)
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    try:
+        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return int(np.prod(t.dims, dtype=np.int64)) * item
+
+
+def _sized(t: onnx.TensorProto) -> bool:
+    """Whether a tensor stored as raw bytes (external data read in) has as many as its shape asks for."""
+    want = _nbytes(t)
+    odd = {getattr(onnx.TensorProto, n, -1) for n in ("INT4", "UINT4", "FLOAT4E2M1", "STRING")}  # packed, or not raw
+    return not t.HasField("raw_data") or t.data_type in odd or want is None or len(t.raw_data) == want
 
 
 def _with_initial(lifted: Lifted) -> Lifted:
