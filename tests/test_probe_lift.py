@@ -15,8 +15,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from edge_rnn.deploy._lift import lift_model  # noqa: E402
 from edge_rnn.deploy._lifting import lift  # noqa: E402
 from edge_rnn.errors import ModelFormatError, UnsupportedError  # noqa: E402
+from edge_rnn.harness import Cases  # noqa: E402
 
 T, B, IN, H = 7, 2, 3, 4
+_QUICK = Cases(batch=2, seq_lens=(1, 7), chunked_len=9, long_steps=0, chunk_max=4, long_chunk_max=4)
 F = TensorProto.FLOAT
 
 
@@ -149,3 +151,40 @@ def test_external_data_shorter_or_longer_than_its_tensor_is_one_error_line(tmp_p
     with pytest.raises(ModelFormatError, match="m.onnx"):
         lift(tmp_path / "m.onnx", tmp_path / "out.onnx")
     one_line_error(invoke("lift", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx"), "m.onnx")
+
+
+# --- hostile use -------------------------------------------------------------------------------------------------
+
+def _plain_lstm() -> onnx.ModelProto:
+    return _model([_lstm()], [_vi("x", ["T", "B", IN])], [_vi("y", ["T", 1, "B", H])], _lstm_weights())
+
+
+def test_an_output_hard_linked_to_the_model_is_refused_and_the_model_kept(tmp_path):
+    onnx.save(_plain_lstm(), tmp_path / "m.onnx")
+    (tmp_path / "link.onnx").hardlink_to(tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    one_line_error(invoke("lift", tmp_path / "m.onnx", "-o", tmp_path / "link.onnx", "--long-steps", 0),
+                   "would overwrite the model")
+    assert (tmp_path / "m.onnx").read_bytes() == before
+
+
+def test_a_lifted_file_lifted_again_keeps_its_states_and_is_proved(tmp_path):
+    """Its states are graph inputs already: the original one pass is fed them too (it failed: 'Unable to find
+    input lstm.h0')."""
+    onnx.save(_plain_lstm(), tmp_path / "m.onnx")
+    lift(tmp_path / "m.onnx", tmp_path / "once.onnx")
+    again = lift(tmp_path / "once.onnx", tmp_path / "twice.onnx")
+    assert again.proof.ok and [s.input for s in again.states] == ["lstm.h0", "lstm.c0"]
+
+
+def test_a_lifted_file_lifted_again_keeps_the_initial_state_it_recorded(tmp_path):
+    """A constant initial state becomes the contract's ``initial``; lifting the lifted file must not reset the
+    streams it serves to zeros."""
+    h0 = np.full((1, 1, H), 0.5, np.float32)
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0"], ["y"], name="lstm", hidden_size=H)
+    m = _model([node], [_vi("x", ["T", "B", IN])], [_vi("y", ["T", 1, "B", H])], {**_lstm_weights(), "h0": h0})
+    onnx.save(m, tmp_path / "m.onnx")
+    once = lift(tmp_path / "m.onnx", tmp_path / "once.onnx", cases=_QUICK)
+    again = lift(tmp_path / "once.onnx", tmp_path / "twice.onnx", cases=_QUICK)
+    assert [s.initial for s in again.contract.states] == [s.initial for s in once.contract.states]
+    assert again.contract.states[0].initial == (0.5,) * H

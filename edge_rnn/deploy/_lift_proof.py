@@ -172,12 +172,14 @@ def _initial_states(contract, initial: Mapping[str, np.ndarray | None]) -> Calla
 def _per_stream(run: Callable[[Arrays], Arrays], contract) -> Callable[[Arrays], Arrays]:
     """``run`` called on each stream (batch row) alone, the results joined along their batch axes: the original
     file may pin its batch (a constant initial state of batch 1), and one stream is what it was made for."""
-    axes = {t.name: t.batch_axis for t in contract.inputs}
+    # a state the file already took as a graph input (a lifted file lifted again) is fed to its one pass as well
+    axes = {**{t.name: t.batch_axis for t in contract.inputs}, **{s.input: s.batch_axis for s in contract.states}}
+    contract_inputs = {t.name for t in contract.inputs}
     out_axes = {**{t.name: t.batch_axis for t in contract.outputs}, **{s.output: s.batch_axis for s in contract.states}}
 
     def call(feeds: Arrays) -> Arrays:
         data = {k: v for k, v in feeds.items() if k in axes}
-        batch = next(v.shape[axes[k]] for k, v in data.items())
+        batch = next(v.shape[axes[k]] for k, v in data.items() if k in contract_inputs)
         rows = [run({k: np.take(v, [b], axis=axes[k]) for k, v in data.items()}) for b in range(batch)]
         return {k: np.concatenate([r[k] for r in rows], axis=out_axes[k]) for k in out_axes}
 

@@ -11,13 +11,14 @@ project's parity verdict). A file is written only when the proof passes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from edge_rnn.contract import Contract
+from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, prove
 from edge_rnn.deploy._lift_zeros import drop_zero_states
@@ -94,6 +95,18 @@ def _with_initial(lifted: Lifted) -> Lifted:
     return dataclasses.replace(lifted, contract=contract)
 
 
+def _recorded(original: onnx.ModelProto, lifted: Lifted) -> Lifted:
+    """A state the file already took as a graph input (a lifted file lifted again) keeps the initial value its
+    contract recorded: a new stream must not start from zeros where it started from the file's constant."""
+    meta = {p.key: p.value for p in original.metadata_props}
+    if METADATA_KEY not in meta:
+        return lifted
+    rows = {s.input: s.initial_row() for s in Contract.from_metadata(meta).states}
+    states = [dataclasses.replace(s, initial=rows[s.input]) if s.initial is None and rows.get(s.input) is not None
+              else s for s in lifted.states]
+    return dataclasses.replace(lifted, states=states)
+
+
 def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, int]] | None = None,
          cases: Cases = PROOF_CASES, seed: int = 0) -> LiftResult:
     """Lift the recurrent ONNX file ``model`` to a streaming one at ``output``, proved before it is written.
@@ -106,11 +119,11 @@ def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, in
     with the table, where chunked streaming of the lifted file differs from one pass of the original.
     """
     src, dst = Path(model), Path(output)
-    if dst.resolve() == src.resolve():
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
         raise UnsupportedError(f"{dst}: the output would overwrite the model it is lifted from; write it elsewhere")
     original = _read(src)
     cleaned, zero_notes = drop_zero_states(original)
-    lifted = _with_initial(lift_model(cleaned, axes=axes))
+    lifted = _with_initial(_recorded(original, lift_model(cleaned, axes=axes)))
     lifted = dataclasses.replace(lifted, notes=[*zero_notes, *lifted.notes])
     proof = prove(lifted.model, reference_model(cleaned, lifted),
                   {s.input: s.initial for s in lifted.states}, cases=cases, seed=seed)
