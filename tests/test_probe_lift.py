@@ -188,3 +188,14 @@ def test_a_lifted_file_lifted_again_keeps_the_initial_state_it_recorded(tmp_path
     again = lift(tmp_path / "once.onnx", tmp_path / "twice.onnx", cases=_QUICK)
     assert [s.initial for s in again.contract.states] == [s.initial for s in once.contract.states]
     assert again.contract.states[0].initial == (0.5,) * H
+
+
+# --- a forged contract ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("dtype", "value"), [("float32", 1e39), ("float16", 1e6)])
+def test_a_contract_initial_that_overflows_its_dtype_is_refused(dtype, value):
+    """Finite as JSON, infinite as the state's dtype: every stream would start from inf."""
+    from edge_rnn.contract import StateSpec
+
+    with pytest.raises(ModelFormatError, match=f"finite numbers in {dtype}"):
+        StateSpec("h0", "hn", (1, None, H), 1, dtype, initial=(value,) * H)
