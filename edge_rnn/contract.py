@@ -267,6 +267,10 @@ class StateSpec:
             raise ModelFormatError(f"{where} only on a float state, got dtype {self.dtype}")
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
             raise ModelFormatError(f"{where} to hold finite numbers only")
+        with np.errstate(over="ignore"):
+            cast = np.asarray(v, np.float64).astype(self.dtype)
+        if not np.all(np.isfinite(cast)):  # finite in JSON, infinite in the state's own dtype (1e39 in float32)
+            raise ModelFormatError(f"{where} to hold finite numbers in {self.dtype}, got {max(map(abs, v)):g}")
 
     def initial_row(self) -> np.ndarray | None:
         """One stream's initial state (no batch axis), or None for zeros."""

@@ -28,6 +28,7 @@ from edge_rnn.contract import METADATA_KEY, Contract, StateSpec, TensorSpec, axe
 from edge_rnn.deploy._decompose import all_nodes
 from edge_rnn.deploy._lift_axes import BATCH, TIME, Edits, Flow, attr, where
 from edge_rnn.deploy._lift_carried import LOOPS, dynamic_trip_count, loop_sites
+from edge_rnn.deploy._lift_ends import check_ends
 from edge_rnn.deploy._lift_loops import RECURRENT, RULES
 from edge_rnn.deploy._lift_shapes import rewrite_sites
 from edge_rnn.deploy._lift_states import Site, node_sites, to_layout0, unique_base
@@ -158,6 +159,7 @@ def lift_model(model: onnx.ModelProto, *, axes: dict[str, tuple[int, int]] | Non
     out = _copy(model)
     flow, sources = _analyse(out, axes)
     notes = flow.check()
+    check_ends(flow, out.graph)
     sites = _sites(flow, out.graph)
     edits = Edits()
     batch = _batch_param(out, sources)

@@ -214,12 +214,14 @@ def pinned_batch(original: onnx.ModelProto, contract) -> int | None:
 def _in_groups(run: Callable[[Arrays], Arrays], contract, size: int | None) -> Callable[[Arrays], Arrays]:
     """``run`` called on ``size`` streams (batch rows) at a time, the results joined along their batch axes: the
     original file runs at the batch it pins, if it pins one (None: all the streams in one call)."""
-    axes = {t.name: t.batch_axis for t in contract.inputs}
+    # a state the file already took as a graph input (a lifted file lifted again) is fed to its one pass as well
+    axes = {**{t.name: t.batch_axis for t in contract.inputs}, **{s.input: s.batch_axis for s in contract.states}}
+    contract_inputs = {t.name for t in contract.inputs}
     out_axes = {**{t.name: t.batch_axis for t in contract.outputs}, **{s.output: s.batch_axis for s in contract.states}}
 
     def call(feeds: Arrays) -> Arrays:
         data = {k: v for k, v in feeds.items() if k in axes}
-        batch = next(v.shape[axes[k]] for k, v in data.items())
+        batch = next(v.shape[axes[k]] for k, v in data.items() if k in contract_inputs)
         step = size or batch
         parts = [run({k: np.take(v, range(b, b + step), axis=axes[k]) for k, v in data.items()})
                  for b in range(0, batch, step)]

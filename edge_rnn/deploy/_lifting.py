@@ -11,13 +11,14 @@ project's parity verdict). A file is written only when the proof passes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from edge_rnn.contract import Contract
+from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, pinned_batch, prove
 from edge_rnn.deploy._lift_zeros import drop_zero_states
@@ -39,12 +40,46 @@ class LiftResult:
 
 
 def _read(path: Path) -> onnx.ModelProto:
+    """The model at ``path``, checked as onnx checks a model (its declared shapes against its weights included):
+    what the surgery and the proof then meet is a valid graph, and an invalid one is one error, not a traceback."""
     if not path.is_file():
         raise EdgeRnnError(f"model {path}: no such file")
     try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ValueError (external data), ...
         raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
+        raise ModelFormatError(f"{path}: not a valid ONNX model ({described(e)})") from None
+    bad = next((t for t in _initializers(model.graph) if not _sized(t)), None)
+    if bad is not None:
+        raise ModelFormatError(f"{path}: initializer {bad.name!r}: expected {_nbytes(bad)} bytes for its shape "
+                               f"{list(bad.dims)}, got {len(bad.raw_data)}")
+    return model
+
+
+def _initializers(g: onnx.GraphProto):
+    yield from g.initializer
+    for n in g.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                yield from _initializers(sub)
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    try:
+        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return int(np.prod(t.dims, dtype=np.int64)) * item
+
+
+def _sized(t: onnx.TensorProto) -> bool:
+    """Whether a tensor stored as raw bytes (external data read in) has as many as its shape asks for."""
+    want = _nbytes(t)
+    odd = {getattr(onnx.TensorProto, n, -1) for n in ("INT4", "UINT4", "FLOAT4E2M1", "STRING")}  # packed, or not raw
+    return not t.HasField("raw_data") or t.data_type in odd or want is None or len(t.raw_data) == want
 
 
 def _with_initial(lifted: Lifted) -> Lifted:
@@ -60,6 +95,18 @@ def _with_initial(lifted: Lifted) -> Lifted:
     return dataclasses.replace(lifted, contract=contract)
 
 
+def _recorded(original: onnx.ModelProto, lifted: Lifted) -> Lifted:
+    """A state the file already took as a graph input (a lifted file lifted again) keeps the initial value its
+    contract recorded: a new stream must not start from zeros where it started from the file's constant."""
+    meta = {p.key: p.value for p in original.metadata_props}
+    if METADATA_KEY not in meta:
+        return lifted
+    rows = {s.input: s.initial_row() for s in Contract.from_metadata(meta).states}
+    states = [dataclasses.replace(s, initial=rows[s.input]) if s.initial is None and rows.get(s.input) is not None
+              else s for s in lifted.states]
+    return dataclasses.replace(lifted, states=states)
+
+
 def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, int]] | None = None,
          cases: Cases = PROOF_CASES, seed: int = 0) -> LiftResult:
     """Lift the recurrent ONNX file ``model`` to a streaming one at ``output``, proved before it is written.
@@ -72,11 +119,11 @@ def lift(model: str | Path, output: str | Path, *, axes: dict[str, tuple[int, in
     with the table, where chunked streaming of the lifted file differs from one pass of the original.
     """
     src, dst = Path(model), Path(output)
-    if dst.resolve() == src.resolve():
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
         raise UnsupportedError(f"{dst}: the output would overwrite the model it is lifted from; write it elsewhere")
     original = _read(src)
     cleaned, zero_notes = drop_zero_states(original)
-    lifted = _with_initial(lift_model(cleaned, axes=axes))
+    lifted = _with_initial(_recorded(original, lift_model(cleaned, axes=axes)))
     lifted = dataclasses.replace(lifted, notes=[*zero_notes, *lifted.notes])
     proof = prove(lifted.model, reference_model(cleaned, lifted), {s.input: s.initial for s in lifted.states},
                   cases=cases, seed=seed, batch=pinned_batch(cleaned, lifted.contract))
