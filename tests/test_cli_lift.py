@@ -34,7 +34,7 @@ def _bidirectional(path):
         t.CopyFrom(onnx.numpy_helper.from_array(np.concatenate([a] * dirs), name))
     del m.graph.node[1:]
     m.graph.node[0].output[0] = "scores"
-    m.graph.output[0].CopyFrom(h.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    m.graph.output[0].CopyFrom(h.make_tensor_value_info("scores", TensorProto.FLOAT, [None] * 4))
     onnx.save(m, path)
 
 

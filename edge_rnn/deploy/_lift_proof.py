@@ -201,14 +201,23 @@ def _initial_states(contract, initial: Mapping[str, np.ndarray | None]) -> Calla
 
 
 def pinned_batch(original: onnx.ModelProto, contract) -> int | None:
-    """The batch the original file was made for, where its inputs pin one (a constant initial state then has that
-    batch too); None where the batch is free."""
-    dims = {v.name: v.type.tensor_type.shape.dim for v in original.graph.input}
-    for t in contract.inputs:
-        d = dims.get(t.name)
-        if d is not None and t.batch_axis < len(d) and d[t.batch_axis].dim_value > 0:
-            return int(d[t.batch_axis].dim_value)
-    return None
+    """The batch the original file was made for, where it pins one: its inputs' batch size, or that of a constant
+    initial state of a recurrent node (which runs at that batch only); None where the batch is free."""
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in original.graph.input}
+    sizes = [dims[t.name][t.batch_axis] for t in contract.inputs if t.batch_axis < len(dims.get(t.name, ()))]
+    sizes += [shape[0 if layout else 1] for shape, layout in _constant_states(original, set(dims))]
+    return next((int(b) for b in sizes if b > 0), None)
+
+
+def _constant_states(original: onnx.ModelProto, inputs: set[str]) -> list[tuple[tuple[int, ...], int]]:
+    """(shape, layout) of each constant initial state of a top-level recurrent node."""
+    consts = {t.name: tuple(t.dims) for t in original.graph.initializer if t.name not in inputs}
+    out = []
+    for n in original.graph.node:
+        if n.op_type in ("RNN", "GRU", "LSTM"):
+            layout = next((a.i for a in n.attribute if a.name == "layout"), 0)
+            out += [(consts[i], layout) for i in list(n.input)[5:7] if len(consts.get(i, ())) == 3]
+    return out
 
 
 def _in_groups(run: Callable[[Arrays], Arrays], contract, size: int | None) -> Callable[[Arrays], Arrays]:
