@@ -3,6 +3,8 @@ malformed files that crashed with a traceback instead of one ``Error:`` line."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,31 @@ def test_a_contract_initial_that_overflows_its_dtype_is_refused(dtype, value):
 
     with pytest.raises(ModelFormatError, match=f"finite numbers in {dtype}"):
         StateSpec("h0", "hn", (1, None, H), 1, dtype, initial=(value,) * H)
+
+
+@pytest.mark.parametrize(("attr", "value", "message"), [
+    ("clip", -1.0, "clip: expected a positive threshold or None, got -1.0"),
+    ("clip", float("nan"), "clip: expected a positive threshold or None, got nan"),
+    ("direction", "sideways", "direction: expected forward, reverse or bidirectional, got 'sideways'"),
+    ("activations", ["Sigmoid", "Tanh", "Tanh", "Tanh"], "activations: expected 3 names, got 4"),
+    ("activations", ["Sigmoid", "Foo", "Tanh"], "activations: expected names from the ONNX specification, got 'Foo'"),
+])
+def test_attributes_out_of_the_specification_are_one_line_naming_the_node(tmp_path, attr, value, message):
+    """Refused before the surgery, as the specification says, not by onnxruntime loading a temporary file (which
+    quoted its path and C++ text); the forms refuse them the same way."""
+    from third_party_graphs import peephole_lstm
+
+    from edge_rnn.deploy import decompose_recurrent
+
+    m = peephole_lstm()
+    n = m.graph.node[0]
+    kept = [a for a in n.attribute if a.name != attr]
+    del n.attribute[:]
+    n.attribute.extend([*kept, helper.make_attribute(attr, value)])
+    onnx.save(m, tmp_path / "bad.onnx")
+    want = re.escape(f"LSTM node 'lstm_1': recurrent attribute {message}")
+    with pytest.raises(ModelFormatError, match=want):
+        lift(tmp_path / "bad.onnx", tmp_path / "s.onnx")
+    with pytest.raises(ModelFormatError, match=want):
+        decompose_recurrent(m)
+    assert not (tmp_path / "s.onnx").exists()

@@ -22,9 +22,10 @@ import onnx
 
 from edge_rnn.deploy._onnx_scan import NodeWeights, emit_node
 from edge_rnn.deploy._onnx_weights import ConstantFolder
-from edge_rnn.errors import UnsupportedError
+from edge_rnn.errors import ModelFormatError, UnsupportedError
 from edge_rnn.gates import from_onnx_gate_order
 from edge_rnn.graphs import GraphBuilder, emit_direction
+from edge_rnn.harness._onnx_recurrent import RecurrentAttrs
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
 __all__ = ["decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
@@ -114,7 +115,25 @@ def read_node(node: onnx.NodeProto, folder: ConstantFolder) -> tuple:
     return names[0], names[5], names[6], w.W, w.R, w.B, _spec(node, w.W)
 
 
+def node_attributes(node: onnx.NodeProto) -> RecurrentAttrs:
+    """A recurrent node's attributes, checked as the specification has them (clip > 0, a known direction, as many
+    activations as the kind and direction take, each one the specification names, ...): a one-line
+    ModelFormatError naming the node, where onnxruntime would fail later with its own text, or take them."""
+    try:
+        return RecurrentAttrs.from_attributes(node.op_type, _attrs(node))
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{node.op_type} node {node.name or node.output[0]!r}: {e}") from None
+
+
+def check_recurrent_nodes(model: onnx.ModelProto) -> None:
+    """:func:`node_attributes` of every RNN/GRU/LSTM node of ``model``, subgraphs included."""
+    for n in all_nodes(model.graph):
+        if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx"):
+            node_attributes(n)
+
+
 def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder:
+    node_attributes(node)
     g = GraphBuilder("rewrite", prefix=f"{node.name or node.op_type}_{index}/")
     if pytorch_conventions(node):
         emit_node(g, node, node_weights(node, folder))

@@ -261,5 +261,6 @@ def prove(lifted: onnx.ModelProto, reference: onnx.ModelProto, initial: Mapping[
         report = compare_streaming(path, c, _in_groups(judge, c, batch), input_source(model, None),
                                    _initial_states(c, initial), cases=cases, seed=seed, tolerance=tolerance,
                                    noise=_in_groups(noise, c, batch) if tolerance == TOLERANCE["float32"] else None,
-                                   reference_label="the original file, one pass, float64 reference")
+                                   reference_label="the original file, one pass, float64 reference",
+                                   noise_label="the original file, one pass, float32")
     return Proof(report, where)

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
+from edge_rnn.deploy._decompose import check_recurrent_nodes
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, pinned_batch, prove
 from edge_rnn.deploy._lift_zeros import drop_zero_states
@@ -52,6 +53,7 @@ def _read(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
         raise ModelFormatError(f"{path}: not a valid ONNX model ({described(e)})") from None
+    check_recurrent_nodes(model)
     bad = next((t for t in _initializers(model.graph) if not _sized(t)), None)
     if bad is not None:
         raise ModelFormatError(f"{path}: initializer {bad.name!r}: expected {_nbytes(bad)} bytes for its shape "

@@ -181,15 +181,15 @@ def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, st
     except Exception as e:  # noqa: BLE001 - PyTorch's or onnxruntime's own error types
         first = message_line(e)
         error = ModelFormatError if side.startswith("onnxruntime") else EdgeRnnError
-        raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}); does the module fit the file?"
-                    ) from None
+        hint = "; does the module fit the file?" if side.startswith("PyTorch") else ""
+        raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}){hint}") from None
 
 
 def compare_streaming(
     path: str | Path, contract: Contract, reference: Call, inputs: InputSource,
     states: Callable[[np.random.Generator, int], Arrays], *, noise: Call | None = None, cases: Cases = Cases(),
     seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"], opt_levels: tuple[str, ...] = ("disabled", "default"),
-    reference_label: str = "PyTorch float64",
+    reference_label: str = "PyTorch float64", noise_label: str = "PyTorch float32",
 ) -> ParityReport:
     """The ONNX model at ``path``, streamed, against ``reference`` run over each whole case.
 
@@ -213,7 +213,7 @@ def compare_streaming(
         init = states(rng, batch)
         ref_sizes = [steps] if contract.is_streaming else sizes  # references: one pass over the sequence
         want = _run(reference_label, case, reference, contract, feeds, init, ref_sizes)
-        fp32 = None if noise is None else _run("PyTorch float32", case, noise, contract, feeds, init, ref_sizes)
+        fp32 = None if noise is None else _run(noise_label, case, noise, contract, feeds, init, ref_sizes)
         for level, sess in sessions.items():
             got = _run(f"onnxruntime [{level}]", case, session_runner(sess), contract, feeds, init, sizes)
             for name, ref in want.items():
