@@ -17,6 +17,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from forms_models import node_attributes  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from edge_rnn.errors import ModelFormatError, ShapeError  # noqa: E402
@@ -68,22 +69,12 @@ def _inputs(attrs: RecurrentAttrs, seed: int, *, lens=None, initial=False, peeph
     return d
 
 
-def _node_attributes(attrs: RecurrentAttrs) -> dict:
-    """The node's attributes, leaving out what is at its default (so that onnxruntime sees a plain node)."""
-    kw = {"hidden_size": attrs.hidden_size, "direction": attrs.direction, "clip": attrs.clip,
-          "activations": list(attrs.activations or ()), "activation_alpha": list(attrs.activation_alpha),
-          "activation_beta": list(attrs.activation_beta), "layout": attrs.layout,
-          "linear_before_reset": attrs.linear_before_reset if attrs.kind == "GRU" else None,
-          "input_forget": attrs.input_forget if attrs.kind == "LSTM" else None}
-    return {k: v for k, v in kw.items() if v is not None and v != [] and not (k == "layout" and v == 0)}
-
-
 def _model(attrs: RecurrentAttrs, present: list[str], opset: int) -> bytes:
     names = [n if n in present else "" for n in INPUTS[:8 if attrs.kind == "LSTM" else 6]]
     while names[-1] == "":
         names.pop()
     outs = ["Y", "Y_h", "Y_c"][:3 if attrs.kind == "LSTM" else 2]
-    node = helper.make_node(attrs.kind, names, outs, **_node_attributes(attrs))
+    node = helper.make_node(attrs.kind, names, outs, **node_attributes(attrs))
     graph = helper.make_graph(
         [node], "recurrent",
         [helper.make_tensor_value_info(n, TensorProto.INT32 if n == "sequence_lens" else TensorProto.FLOAT, None)

@@ -28,7 +28,7 @@ from edge_rnn.graphs import GraphBuilder, emit_direction
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
+__all__ = ["all_graphs", "decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
            "pytorch_conventions"]
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
@@ -227,13 +227,20 @@ def decompose_recurrent(model: onnx.ModelProto, ops: tuple[str, ...] = RECURRENT
     return splice(model, rewrite)
 
 
-def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of ``g`` and of its subgraphs (Scan, Loop, If bodies), depth first."""
+def all_graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``g`` and every subgraph in it (Scan, Loop, If bodies), depth first."""
+    yield g
     for n in g.node:
-        yield n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from all_nodes(a.g)
+                yield from all_graphs(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
-                    yield from all_nodes(sub)
+                    yield from all_graphs(sub)
+
+
+def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``g``, then of each of its subgraphs (Scan, Loop, If bodies), as :func:`all_graphs` orders
+    them."""
+    for sub in all_graphs(g):
+        yield from sub.node

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper
 
 from edge_rnn.contract import METADATA_KEY, Contract, StateSpec, TensorSpec, axes_problem
-from edge_rnn.deploy._decompose import all_nodes
+from edge_rnn.deploy._decompose import all_graphs, all_nodes
 from edge_rnn.deploy._lift_axes import BATCH, TIME, Edits, Flow, attr, where
 from edge_rnn.deploy._lift_carried import LOOPS, dynamic_trip_count, loop_sites
 from edge_rnn.deploy._lift_ends import check_ends
@@ -193,19 +193,11 @@ def _batch_param(model: onnx.ModelProto, sources: dict) -> str:
 
 def _layouts(graph: onnx.GraphProto, lifted: dict[str, set[int]], edits: Edits) -> list[str]:
     notes = []
-    for g in _all_graphs(graph):
+    for g in all_graphs(graph):
         for node in g.node:
             if node.op_type in RECURRENT and attr(node, "layout", 0):
                 notes.append(to_layout0(g, node, lifted.get(node.output[0], set()), edits))
     return notes
-
-
-def _all_graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(a.g)
 
 
 def _by_node(sites: list[Site]):
@@ -267,7 +259,7 @@ def _dynamic(flow: Flow, model: onnx.ModelProto, batch: str) -> list[str]:
     and output changed."""
     notes = []
     ends = {**{v.name: "input" for v in model.graph.input}, **{v.name: "output" for v in model.graph.output}}
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         for v in itertools.chain(g.input, g.output, g.value_info):
             changed = _symbolic(flow, v, batch)
             if changed and v.name in ends:

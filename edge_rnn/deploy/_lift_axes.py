@@ -16,13 +16,13 @@ compound: a fresh label whose parts are remembered, so a later ``Reshape`` that 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_rnn.deploy._decompose import all_graphs
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["TIME", "BATCH", "Classes", "Consts", "Flow", "Guard", "ShapeSite", "Dim", "Edits", "where", "attr"]
@@ -231,7 +231,7 @@ class Flow:
         self.opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.types: dict[str, int] = {}
         inferred = _infer(self.model)
-        for g in _graphs(inferred.graph):
+        for g in all_graphs(inferred.graph):
             for v in itertools.chain(g.input, g.output, g.value_info):
                 if v.type.HasField("tensor_type"):
                     self.types[v.name] = v.type.tensor_type.elem_type
@@ -368,15 +368,3 @@ def _dims_of(v: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     if not v.type.HasField("tensor_type") or not t.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-
-
-def _graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``g`` and every subgraph in it, depth first."""
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _graphs(sub)

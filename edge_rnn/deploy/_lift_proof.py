@@ -28,6 +28,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops import op_loop
 
+from edge_rnn.deploy._decompose import all_graphs
 from edge_rnn.errors import message_line
 from edge_rnn.harness import TOLERANCE, Cases, ParityReport, Tolerance, compare_streaming
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent
@@ -55,17 +56,6 @@ def _recurrent_op(kind: str, dtype: type) -> type[OpRun]:
     return type(kind, (OpRun,), {"op_domain": "", "_run": _run})
 
 
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    yield from _graphs(sub)
-
-
 def _double(t: onnx.TensorProto) -> None:
     if t.data_type == onnx.TensorProto.FLOAT:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
@@ -89,7 +79,7 @@ def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     and declared types promoted (the evaluator's MatMul refuses float64 against float32)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for g in _graphs(out.graph):
+    for g in all_graphs(out.graph):
         for t in g.initializer:
             _double(t)
         for n in g.node:

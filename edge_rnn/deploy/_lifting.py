@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
-from edge_rnn.deploy._decompose import check_recurrent_nodes
+from edge_rnn.deploy._decompose import all_graphs, check_recurrent_nodes
 from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, pinned_batch, prove
 from edge_rnn.deploy._lift_zeros import drop_zero_states
@@ -54,19 +54,11 @@ def _read(path: Path) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
         raise ModelFormatError(f"{path}: not a valid ONNX model ({described(e)})") from None
     check_recurrent_nodes(model)
-    bad = next((t for t in _initializers(model.graph) if not _sized(t)), None)
+    bad = next((t for t in (t for g in all_graphs(model.graph) for t in g.initializer) if not _sized(t)), None)
     if bad is not None:
         raise ModelFormatError(f"{path}: initializer {bad.name!r}: expected {_nbytes(bad)} bytes for its shape "
                                f"{list(bad.dims)}, got {len(bad.raw_data)}")
     return model
-
-
-def _initializers(g: onnx.GraphProto):
-    yield from g.initializer
-    for n in g.node:
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
-                yield from _initializers(sub)
 
 
 def _nbytes(t: onnx.TensorProto) -> int | None:
