@@ -21,7 +21,7 @@ _LAZY = {"export", "verify"}
 def __getattr__(name: str) -> Any:
     if name == "lift":
         try:
-            from edge_rnn.deploy._lifting import lift
+            from edge_rnn.deploy.lifting._api import lift
         except ImportError as e:
             raise ImportError(f"edge_rnn.lift needs onnx ({e}); install it with: pip install 'edge-rnn[deploy]'") from e
         return lift

@@ -73,7 +73,7 @@ def test_lift_refuses_a_bidirectional_node_naming_it_and_writes_nothing(tmp_path
 def test_a_failed_proof_writes_nothing_and_shows_the_table(tmp_path, monkeypatch):
     """A lift whose chunks do not equal one pass (forced here: the reference given a different weight) is refused
     with the table, and no file is left behind."""
-    import edge_rnn.deploy._lifting as lifting
+    import edge_rnn.deploy.lifting._api as lifting
 
     real = lifting.reference_model
 

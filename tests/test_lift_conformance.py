@@ -17,8 +17,8 @@ from test_forms_conformance import CONVENTIONS, GATES, ONLY, _case  # noqa: E402
 
 from edge_rnn.deploy import make_variant  # noqa: E402
 from edge_rnn.deploy._decompose import all_nodes, decompose_recurrent  # noqa: E402
-from edge_rnn.deploy._lift import lift_model, reference_model  # noqa: E402
-from edge_rnn.deploy._lift_proof import prove  # noqa: E402
+from edge_rnn.deploy.lifting._proof import prove  # noqa: E402
+from edge_rnn.deploy.lifting._surgery import lift_model, reference_model  # noqa: E402
 from edge_rnn.errors import UnsupportedError  # noqa: E402
 from edge_rnn.harness import TOLERANCE, Cases  # noqa: E402
 

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edge_rnn.contract import Contract  # noqa: E402
-from edge_rnn.deploy._lift import lift_model, reference_model  # noqa: E402
+from edge_rnn.deploy.lifting._surgery import lift_model, reference_model  # noqa: E402
 from edge_rnn.errors import UnsupportedError  # noqa: E402
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent  # noqa: E402
 
@@ -354,7 +354,7 @@ def test_gru_in_a_loop_over_time_lifts_the_loop_state(trip):
 def test_lift_proves_states_carried_by_a_loop(tmp_path, build):
     """The whole lift (surgery, then the proof against the float64 evaluator of the original) on a Scan and on a
     Loop over time: the evaluator's Loop stacks its scan outputs as onnxruntime does (below)."""
-    from edge_rnn.deploy._lifting import lift
+    from edge_rnn.deploy.lifting._api import lift
 
     m = _scan_lstm()[0] if build == "scan" else _loop_gru(build.split("-")[1])[0]
     onnx.save(m, tmp_path / "m.onnx")

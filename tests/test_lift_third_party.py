@@ -22,9 +22,9 @@ from edge_rnn.cli import main
 from edge_rnn.client import HttpStream, SyncWebSocketStream
 from edge_rnn.contract import Contract
 from edge_rnn.deploy import package
-from edge_rnn.deploy._lift import lift_model, reference_model
-from edge_rnn.deploy._lift_proof import original_runner
-from edge_rnn.deploy._lift_zeros import drop_zero_states
+from edge_rnn.deploy.lifting._proof import original_runner
+from edge_rnn.deploy.lifting._surgery import lift_model, reference_model
+from edge_rnn.deploy.lifting._zeros import drop_zero_states
 from edge_rnn.harness import TOLERANCE, judge
 
 STEPS = 37  # longer than the 20 and 16 steps two of the files pinned, and no multiple of either

@@ -14,8 +14,8 @@ pytest.importorskip("onnxruntime")
 from cli_errors import invoke, one_line_error  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edge_rnn.deploy._lift import lift_model  # noqa: E402
-from edge_rnn.deploy._lifting import lift  # noqa: E402
+from edge_rnn.deploy.lifting._api import lift  # noqa: E402
+from edge_rnn.deploy.lifting._surgery import lift_model  # noqa: E402
 from edge_rnn.errors import ModelFormatError, UnsupportedError  # noqa: E402
 from edge_rnn.harness import Cases  # noqa: E402
 

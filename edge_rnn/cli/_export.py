@@ -296,7 +296,7 @@ def _lift_hint(model: Path) -> str | None:
     if not recurrent_without_contract(model):
         return None
     try:
-        from edge_rnn.deploy._lifting import lift_hint
+        from edge_rnn.deploy.lifting._api import lift_hint
     except ModuleNotFoundError:  # a runtime-only install: no onnx to try the lift with
         return ("lift:      it has recurrent nodes and no contract: edge-rnn lift (pip install 'edge-rnn[deploy]') "
                 "may make it streamable")

@@ -44,8 +44,8 @@ def lift(model: Path, output: Path, axes: tuple[str, ...], long_steps: int, seed
     """
     import dataclasses
 
-    from edge_rnn.deploy._lift_proof import PROOF_CASES
-    from edge_rnn.deploy._lifting import lift as lift_file
+    from edge_rnn.deploy.lifting._api import lift as lift_file
+    from edge_rnn.deploy.lifting._proof import PROOF_CASES
 
     _existing(model, "model")
     cases = dataclasses.replace(PROOF_CASES, long_steps=long_steps)

@@ -27,7 +27,7 @@ _WHERE = {
     "decompose_recurrent": "_decompose",
     "to_ort": "_ort",
     "package": "_bundle", "PackageResult": "_bundle", "manifest_table": "_bundle",
-    "lift": "_lifting", "LiftResult": "_lifting",
+    "lift": "lifting", "LiftResult": "lifting",
 }
 
 __all__ = list(_WHERE)

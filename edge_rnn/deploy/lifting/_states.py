@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edge_rnn.deploy._lift_axes import Flow, attr, where
+from edge_rnn.deploy.lifting._axes import Flow, attr, where
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["Site", "node_sites", "batch_shape", "per_stream", "unique_base", "to_layout0", "paired_output", "traces_to",

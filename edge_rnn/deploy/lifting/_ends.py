@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edge_rnn.deploy._lift_axes import TIME, Flow, attr, where
-from edge_rnn.deploy._lift_loops import RECURRENT
+from edge_rnn.deploy.lifting._axes import TIME, Flow, attr, where
+from edge_rnn.deploy.lifting._loops import RECURRENT
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["check_ends"]

@@ -3,7 +3,7 @@
 Each top-level ``RNN``/``GRU``/``LSTM`` node that takes no initial state, or a constant one, gets a graph input
 ``<node>.h0`` and output ``<node>.hn`` (LSTM: ``.c0``/``.cn`` too), shaped ``(1, batch, hidden)``; so does each
 state carried by a top-level ``Scan``/``Loop`` that steps along time. The batch and time axes are traced from the
-recurrent nodes to the graph inputs and outputs (:mod:`edge_rnn.deploy._lift_axes`), made dynamic where the file
+recurrent nodes to the graph inputs and outputs (:mod:`edge_rnn.deploy.lifting._axes`), made dynamic where the file
 pinned them, shape vectors that pin them are rewritten, and the ``edge_rnn`` contract is written. What cannot
 stream is refused with an :class:`~edge_rnn.errors.UnsupportedError` naming the node: a bidirectional or
 reverse node, ``sequence_lens``, and an operator that looks ahead in time or pools or normalises over it.
@@ -26,12 +26,12 @@ from onnx import helper
 
 from edge_rnn.contract import METADATA_KEY, Contract, StateSpec, TensorSpec, axes_problem
 from edge_rnn.deploy._decompose import all_graphs, all_nodes
-from edge_rnn.deploy._lift_axes import BATCH, TIME, Edits, Flow, attr, where
-from edge_rnn.deploy._lift_carried import LOOPS, dynamic_trip_count, loop_sites
-from edge_rnn.deploy._lift_ends import check_ends
-from edge_rnn.deploy._lift_loops import RECURRENT, RULES
-from edge_rnn.deploy._lift_shapes import rewrite_sites
-from edge_rnn.deploy._lift_states import Site, node_sites, to_layout0, unique_base
+from edge_rnn.deploy.lifting._axes import BATCH, TIME, Edits, Flow, attr, where
+from edge_rnn.deploy.lifting._carried import LOOPS, dynamic_trip_count, loop_sites
+from edge_rnn.deploy.lifting._ends import check_ends
+from edge_rnn.deploy.lifting._loops import RECURRENT, RULES
+from edge_rnn.deploy.lifting._shapes import rewrite_sites
+from edge_rnn.deploy.lifting._states import Site, node_sites, to_layout0, unique_base
 from edge_rnn.errors import ShapeError, UnsupportedError
 
 __all__ = ["lift_model", "reference_model", "Lifted", "LiftedState"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import onnx
 
-from edge_rnn.deploy._lift_axes import BATCH, TIME, Flow, attr
-from edge_rnn.deploy._lift_kernels import KERNEL_RULES
-from edge_rnn.deploy._lift_ops import RULES as OP_RULES
-from edge_rnn.deploy._lift_ops import norm, unknown
-from edge_rnn.deploy._lift_shapes import SHAPE_RULES
+from edge_rnn.deploy.lifting._axes import BATCH, TIME, Flow, attr
+from edge_rnn.deploy.lifting._kernels import KERNEL_RULES
+from edge_rnn.deploy.lifting._ops import RULES as OP_RULES
+from edge_rnn.deploy.lifting._ops import norm, unknown
+from edge_rnn.deploy.lifting._shapes import SHAPE_RULES
 
 __all__ = ["RULES", "RECURRENT"]
 

@@ -7,8 +7,8 @@ previous call's last frames, which lift does not carry: each call would start ag
 
 from __future__ import annotations
 
-from edge_rnn.deploy._lift_axes import Flow, attr
-from edge_rnn.deploy._lift_ops import unknown
+from edge_rnn.deploy.lifting._axes import Flow, attr
+from edge_rnn.deploy.lifting._ops import unknown
 
 __all__ = ["KERNEL_RULES", "time_problem"]
 

@@ -1,4 +1,4 @@
-"""Which axis of each tensor is time, and which is batch: the tracing half of :mod:`edge_rnn.deploy._lift`.
+"""Which axis of each tensor is time, and which is batch: the tracing half of :mod:`edge_rnn.deploy.lifting._surgery`.
 
 Every axis of every tensor gets a label; an operator whose semantics say two axes are the same size (an
 elementwise ``Add`` aligning ``x`` and ``y``, a ``MatMul``'s contracted axis, a recurrent node's ``X`` and
@@ -7,7 +7,7 @@ joins its axis 0 (layout 0) to the class :data:`TIME` and its axis 1 to :data:`B
 axes in those classes are then the ones a stream varies. An operator that mixes values along an axis
 (a reduction, a normalisation, a look-ahead) records a :class:`Guard` on that axis's label; once the classes
 are known, a guard on the time axis (or on the batch axis, which would mix streams) is a refusal. The
-operator rules live in :mod:`edge_rnn.deploy._lift_ops`.
+operator rules live in :mod:`edge_rnn.deploy.lifting._ops`.
 
 Labels of axes merged into one (``Flatten``, a ``Reshape`` from ``(B, T, F)`` to ``(B*T, F)``) are
 compound: a fresh label whose parts are remembered, so a later ``Reshape`` that splits it back restores them.

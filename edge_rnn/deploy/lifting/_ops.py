@@ -4,8 +4,8 @@ One rule per operator family, in the table :data:`RULES` (``op_type -> rule``); 
 node, its inputs' labels (None where unknown) and the graph it sits in, and returns each output's labels.
 An operator with no rule is "not analysed": its outputs get unrelated labels and, where an input carries
 the time axis, :meth:`Flow.check` notes it. Rules for the recurrent and loop operators are in
-:mod:`edge_rnn.deploy._lift_loops`; the shape-vector operators (``Reshape``, ``Expand``, ...) in
-:mod:`edge_rnn.deploy._lift_shapes`.
+:mod:`edge_rnn.deploy.lifting._loops`; the shape-vector operators (``Reshape``, ``Expand``, ...) in
+:mod:`edge_rnn.deploy.lifting._shapes`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edge_rnn.deploy._lift_axes import Flow, Labels, attr
+from edge_rnn.deploy.lifting._axes import Flow, Labels, attr
 
 __all__ = ["RULES", "unknown", "axes_input", "norm"]
 

@@ -13,9 +13,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_rnn.deploy._decompose import all_nodes
-from edge_rnn.deploy._lift_axes import TIME, Edits, Flow, attr, where
-from edge_rnn.deploy._lift_loops import RECURRENT
-from edge_rnn.deploy._lift_states import Site, batch_shape, paired_output, per_stream, refuse_node, traces_to
+from edge_rnn.deploy.lifting._axes import TIME, Edits, Flow, attr, where
+from edge_rnn.deploy.lifting._loops import RECURRENT
+from edge_rnn.deploy.lifting._states import Site, batch_shape, paired_output, per_stream, refuse_node, traces_to
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["loop_sites", "LOOPS", "dynamic_trip_count"]

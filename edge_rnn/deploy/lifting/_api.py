@@ -1,9 +1,9 @@
 """``edge_rnn.lift``: a recurrent ONNX file from elsewhere made streamable, proved, and written. onnx and
 onnxruntime only, no torch.
 
-The graph surgery is :mod:`edge_rnn.deploy._lift` (a state input and output
+The graph surgery is :mod:`edge_rnn.deploy.lifting._surgery` (a state input and output
 pair per recurrent node, ``layout=1`` rewritten, batch and time made dynamic,
-the contract written); the proof is :mod:`edge_rnn.deploy._lift_proof`
+the contract written); the proof is :mod:`edge_rnn.deploy.lifting._proof`
 (chunked streaming of the lifted file against one pass of the original, by the
 project's parity verdict). A file is written only when the proof passes.
 """
@@ -20,9 +20,9 @@ import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_graphs, check_recurrent_nodes
-from edge_rnn.deploy._lift import Lifted, LiftedState, lift_model, reference_model
-from edge_rnn.deploy._lift_proof import PROOF_CASES, Proof, pinned_batch, prove
-from edge_rnn.deploy._lift_zeros import drop_zero_states
+from edge_rnn.deploy.lifting._proof import PROOF_CASES, Proof, pinned_batch, prove
+from edge_rnn.deploy.lifting._surgery import Lifted, LiftedState, lift_model, reference_model
+from edge_rnn.deploy.lifting._zeros import drop_zero_states
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ParityError, UnsupportedError, described
 from edge_rnn.harness import Cases
 

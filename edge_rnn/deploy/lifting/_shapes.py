@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_rnn.deploy._lift_axes import Edits, Flow, ShapeSite, attr, where
-from edge_rnn.deploy._lift_ops import unknown
+from edge_rnn.deploy.lifting._axes import Edits, Flow, ShapeSite, attr, where
+from edge_rnn.deploy.lifting._ops import unknown
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["SHAPE_RULES", "rewrite_sites"]
