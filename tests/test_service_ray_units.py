@@ -98,9 +98,12 @@ def test_gather_asks_each_live_replica_through_its_own_session_and_reports_the_s
             raise RuntimeError("the replica died")
         if session_id == "cccc.":
             await asyncio.sleep(60)
-        return f"text of {session_id}".encode()
+        if session_id == "dddd.":  # a replacement the router does not know yet: another replica answers
+            return b'edge_rnn_active_streams{replica="aaaa"} 3.0'
+        return f'edge_rnn_active_streams{{replica="{session_id[:-1]}"}} 1.0'.encode()
 
-    names = [{"name": f"SERVE_REPLICA::edge_rnn#edge_rnn#{r}", "namespace": "serve"} for r in ("cccc", "aaaa", "bbbb")]
+    names = [{"name": f"SERVE_REPLICA::edge_rnn#edge_rnn#{r}", "namespace": "serve"}
+             for r in ("cccc", "aaaa", "bbbb", "dddd")]
     names += [{"name": "SERVE_REPLICA::other#edge_rnn#zzzz", "namespace": "serve"},
               {"name": "SERVE_CONTROLLER_ACTOR", "namespace": "serve"}]
     monkeypatch.setattr(_ray_metrics.ray.util, "list_named_actors", lambda all_namespaces: names)
@@ -108,9 +111,11 @@ def test_gather_asks_each_live_replica_through_its_own_session_and_reports_the_s
     monkeypatch.setattr(_ray_metrics, "GATHER_TIMEOUT", 0.05)
     names += [{"name": "SERVE_REPLICA::edge_rnn#edge_rnn#mine", "namespace": "serve"}]
     got = asyncio.run(_ray_metrics.gather("edge_rnn", "edge_rnn", "mine", b"my own"))
-    assert got == {"aaaa": b"text of aaaa.", "bbbb": None, "cccc": None, "mine": b"my own"}
+    assert got == {"aaaa": b'edge_rnn_active_streams{replica="aaaa"} 1.0', "bbbb": None, "cccc": None, "dddd": None,
+                   "mine": b"my own"}
     # each other replica through its own session; this one's without a call (to itself, it timed out at times)
-    assert sorted(asked) == [("aaaa.", "exposition"), ("bbbb.", "exposition"), ("cccc.", "exposition")]
+    assert sorted(asked) == [("aaaa.", "exposition"), ("bbbb.", "exposition"), ("cccc.", "exposition"),
+                             ("dddd.", "exposition")]
 
 
 # --- the replica's front ---------------------------------------------------------------------------------------

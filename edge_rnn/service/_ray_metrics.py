@@ -4,8 +4,9 @@ Whichever replica the proxy picks answers (:func:`gather`, then :func:`merge`): 
 replicas (Ray's named actors), asks each for its own exposition through
 the deployment's handle (the stream router sends a request to the replica
 named in its session id), and merges them family by family. A replica that
-does not answer within :data:`GATHER_TIMEOUT` seconds is left out, and
-``edge_rnn_replica_up{replica=...}`` says so (0). Each replica's streams are
+does not answer within :data:`GATHER_TIMEOUT` seconds, or for which another
+replica answered (a replacement the handle's router does not know yet), is
+left out, and ``edge_rnn_replica_up{replica=...}`` says so (0). Each replica's streams are
 ``edge_rnn_active_streams{replica=...}``.
 """
 
@@ -73,10 +74,16 @@ async def gather(app_name: str, deployment: str, me: str, own: bytes) -> dict[st
             return own
         try:
             call = h.options(session_id=f"{replica}.", method_name="exposition").remote()
-            return await asyncio.wait_for(call, GATHER_TIMEOUT)
+            text = await asyncio.wait_for(call, GATHER_TIMEOUT)
         except Exception as e:  # noqa: BLE001 - a replica dying or stuck is reported as down, not as an error
             _log.warning("/metrics: replica %s did not answer: %s: %s", replica, type(e).__name__, e)
             return None
+        if f'replica="{replica}"'.encode() not in text:
+            # the handle's router did not know the replica yet (a replacement just started) and sent the call to
+            # another: that one's metrics, under this replica's name, would be wrong numbers reported as up
+            _log.warning("/metrics: replica %s: another replica answered for it", replica)
+            return None
+        return text
 
     ids = await asyncio.to_thread(replicas, app_name, deployment)  # a call to Ray's GCS: off the event loop
     return dict(zip(ids, await asyncio.gather(*(one(r) for r in ids))))
