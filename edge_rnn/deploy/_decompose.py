@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from edge_rnn.deploy._onnx_scan import NodeWeights, emit_node
-from edge_rnn.deploy._onnx_weights import ConstantFolder
+from edge_rnn.deploy._onnx_weights import ConstantFolder, names_in
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 from edge_rnn.gates import from_onnx_gate_order
 from edge_rnn.graphs import GraphBuilder, emit_direction
@@ -100,7 +100,23 @@ def node_weights(node: onnx.NodeProto, folder: ConstantFolder) -> NodeWeights:
     if wrong:  # every form computes in float32: a float64 or float16 node would be rewritten at another precision
         raise UnsupportedError(f"{where}: expected float32 weights, got {', '.join(wrong)}; edge-rnn's forms "
                                "compute in float32")
+    _check_shapes(node, where, *got)
     return NodeWeights(*got)
+
+
+def _check_shapes(node: onnx.NodeProto, where: str, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
+                  p: np.ndarray | None) -> None:
+    """``W``, ``R``, ``B``, ``P`` shaped as the node's kind, direction and hidden size say (onnxruntime checks
+    them when it runs the node; the forms read them as they are): ModelFormatError naming the first that is not."""
+    a = _attrs(node)
+    dirs = 2 if a.get("direction") in (b"bidirectional", "bidirectional") else 1
+    gh = GATES_PER_KIND[node.op_type.lower()] * int(a.get("hidden_size") or (r.shape[-1] if r.ndim == 3 else 0))
+    hidden = gh // GATES_PER_KIND[node.op_type.lower()]
+    inputs = w.shape[-1] if w.ndim == 3 else None
+    for name, got, want in (("W", w, (dirs, gh, inputs)), ("R", r, (dirs, gh, hidden)), ("B", b, (dirs, 2 * gh)),
+                            ("P", p, (dirs, 3 * hidden))):
+        if got is not None and got.shape != want:
+            raise ModelFormatError(f"{where}: weight {name}: expected shape {want}, got {got.shape}")
 
 
 def read_node(node: onnx.NodeProto, folder: ConstantFolder) -> tuple:
@@ -134,7 +150,7 @@ def check_recurrent_nodes(model: onnx.ModelProto) -> None:
 
 def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder:
     node_attributes(node)
-    g = GraphBuilder("rewrite", prefix=f"{node.name or node.op_type}_{index}/")
+    g = GraphBuilder("rewrite", prefix=folder.free_prefix(f"{node.name or node.op_type}_{index}/"))
     if pytorch_conventions(node):
         emit_node(g, node, node_weights(node, folder))
         return g
@@ -176,6 +192,7 @@ def splice(model: onnx.ModelProto,
             kept.append(node)
             continue
         count += 1
+        folder.taken |= names_in(built.graph())
         nodes.extend(built.nodes)
         g.initializer.extend(built.initializers)
     unused_before = {tuple(n.output) for n in _unused(g, g.node)}

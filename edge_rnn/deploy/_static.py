@@ -26,7 +26,8 @@ from onnx import helper, numpy_helper
 from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
 from edge_rnn.deploy._decompose import RECURRENT_OPS, decompose_recurrent
-from edge_rnn.errors import UnsupportedError
+from edge_rnn.deploy._onnx_weights import free_prefix, names_in
+from edge_rnn.errors import UnsupportedError, message_line
 from edge_rnn.graphs import GraphBuilder
 
 __all__ = ["static_form", "static_graph", "static_int8"]
@@ -73,7 +74,7 @@ def _unroll_scans(model: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int]
     refused where it does not (a stream: the chunk's last step is not the sequence's).
     """
     g = model.graph
-    b = GraphBuilder("unroll", prefix="static/unroll/")
+    b = GraphBuilder("unroll", prefix=free_prefix("static/unroll/", names_in(g)))
     count = 0
     for node in g.node:
         if node.op_type == "Scan":
@@ -163,7 +164,11 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
         so = new_session_options("basic", save_to=str(dst))
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail, InvalidGraph, ...
+            raise UnsupportedError(f"static: onnxruntime's optimiser refused the unrolled graph "
+                                   f"({message_line(e).replace(str(src), 'the graph')})") from None
         folded = onnx.load(str(dst))
     return folded
 
@@ -173,7 +178,7 @@ def _plain_ops(model: onnx.ModelProto) -> None:
     g = model.graph
     shapes = _shapes(model)
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    b = GraphBuilder("plain", prefix="static/plain/")
+    b = GraphBuilder("plain", prefix=free_prefix("static/plain/", names_in(g)))
     outputs = {o.name for o in g.output}
     for n in g.node:
         out = n.output[0] if n.output else ""

@@ -146,13 +146,30 @@ def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
         onnx.save(model, src)
         quiet(quantize_dynamic, src, dst, weight_type=weight_type, per_channel=settings.per_channel,
               reduce_range=settings.reduce_range, nodes_to_exclude=excluded, extra_options={"EnableSubgraph": True})
-    if not set(_operators(onnx.load(str(dst)))) & INT8_OPS:
+    written = onnx.load(str(dst))
+    reused = _names_reused(model.graph, written.graph)
+    if reused:  # quantize_dynamic names its tensors <input>_scale, ...: a file's own tensor of that name is lost
+        raise UnsupportedError(f"int8: onnxruntime's quantiser named its own tensor {reused[0]!r}, a name the model "
+                               "already gives another tensor, which the quantised graph would use in its place; "
+                               "rename that tensor in the model")
+    if not set(_operators(written)) & INT8_OPS:
         kept = ", ".join(settings.keep_float) or "no quantisable operator"
         raise UnsupportedError(f"int8: nothing was quantised ({kept} kept in float32); an int8 variant would be the "
                                "float32 model")
     notes.append(f"int8 settings: {settings.describe()}; activations uint8, quantised per call (dynamic): no "
                  "calibration data needed")
     return notes
+
+
+def _names_reused(before: onnx.GraphProto, after: onnx.GraphProto) -> list[str]:
+    """The tensors of ``before`` that a node new in ``after`` (one the quantiser made) writes, where ``before`` had
+    them as initializers, inputs, or outputs of a node ``after`` still has: a name taken twice."""
+    fixed = {t.name for t in before.initializer} | {i.name for i in before.input}
+    made_by = {o: n.name for n in before.node for o in n.output if o}
+    kept_nodes = {n.name for n in before.node if n.name}
+    old_nodes = kept_nodes & {n.name for n in after.node}
+    return sorted(o for n in after.node if not (n.name and n.name in kept_nodes) for o in n.output
+                  if o in fixed or made_by.get(o) in old_nodes)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
