@@ -164,12 +164,15 @@ def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
 def _names_reused(before: onnx.GraphProto, after: onnx.GraphProto) -> list[str]:
     """The tensors of ``before`` that a node new in ``after`` (one the quantiser made) writes, where ``before`` had
     them as initializers, inputs, or outputs of a node ``after`` still has: a name taken twice."""
-    fixed = {t.name for t in before.initializer} | {i.name for i in before.input}
-    made_by = {o: n.name for n in before.node for o in n.output if o}
-    kept_nodes = {n.name for n in before.node if n.name}
-    old_nodes = kept_nodes & {n.name for n in after.node}
-    return sorted(o for n in after.node if not (n.name and n.name in kept_nodes) for o in n.output
-                  if o in fixed or made_by.get(o) in old_nodes)
+    kept_nodes = {n.name for n in before.node if n.name} & {n.name for n in after.node}
+    new_nodes = [n for n in after.node if n.name not in kept_nodes]
+    return sorted({o for n in new_nodes for o in n.output} & _defined(before, kept_nodes))
+
+
+def _defined(g: onnx.GraphProto, nodes: set[str]) -> set[str]:
+    """The initializers and inputs of ``g``, and the outputs of its nodes named in ``nodes``."""
+    taken = {t.name for t in g.initializer} | {i.name for i in g.input}
+    return (taken | {o for n in g.node if n.name in nodes for o in n.output}) - {""}
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
