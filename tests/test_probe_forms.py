@@ -156,3 +156,29 @@ def test_weights_of_the_wrong_shape_are_refused_naming_them(case, form):
         _run(model)
     with pytest.raises(ModelFormatError, match=rf"{kind} node 'rec'.* {named}: expected shape"):
         FORMS[form](model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. a file of an opset before 13 (onnxruntime runs GRU-7, LSTM-7, RNN-7)
+
+
+def _old_opset_model(opset: int) -> onnx.ModelProto:
+    """A GRU (linear_before_reset=0: the general form) then ops whose form changed at 13: Squeeze with its axes
+    an attribute, Softmax over the last axis."""
+    nodes = [_gru(0), helper.make_node("Squeeze", ["h"], ["h2"], axes=[0], name="sq"),
+             helper.make_node("Softmax", ["h2"], ["out"], axis=1, name="soft")]
+    return _model(nodes, {"W": W, "R": R, "B": B}, ["out", "y"], opset=opset)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("opset", [7, 9, 12])
+def test_a_file_of_an_old_opset_takes_every_form(opset, form):
+    """The rewrites write opset-13 operators (Unsqueeze and Split with their axes and sizes as inputs, Slice's
+    inputs) into a file that imports opset 7..12: an invalid graph, onnxruntime's raw InvalidGraph from
+    decompose_recurrent, onnx's InferenceError from static_graph, and a lifted opset-9 file's int8, static and
+    static-int8 variants all refused. The file is converted to opset 13 first (onnx's version converter)."""
+    model = _old_opset_model(opset)
+    want = _run(model)
+    got = _run(FORMS[form](model))
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and np.abs(g - w).max() <= BOUND[form], np.abs(g - w).max()

@@ -28,7 +28,8 @@ from edge_rnn.graphs import GraphBuilder, emit_direction
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["all_graphs", "decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
+__all__ = ["at_least_opset", "REWRITE_OPSET",
+           "all_graphs", "decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
            "pytorch_conventions"]
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
@@ -180,6 +181,37 @@ def splice(model: onnx.ModelProto,
     """A copy of ``model`` with each top-level node for which ``rewrite(node, constants, index)`` builds a
     replacement spliced in its place (None: kept); the nodes that computed its weights, and initializers, no longer
     used are dropped. Returns it and how many nodes were replaced."""
+    out, count = _spliced(model, rewrite)
+    if count and _opset(model) < REWRITE_OPSET:  # the rewrites write opset-13 operators: the file is converted
+        out, count = _spliced(at_least_opset(model, REWRITE_OPSET), rewrite)
+    return out, count
+
+
+REWRITE_OPSET = 13  # Unsqueeze/Squeeze/Split with their axes and sizes as inputs, Slice's inputs
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to ``opset`` by onnx's version converter where it imports an older one (every operator
+    of the file rewritten as that opset has it); UnsupportedError where the converter cannot."""
+    if _opset(model) >= opset:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError, ValidationError, ...
+        raise UnsupportedError(f"the model imports opset {_opset(model)}, which the forms write operators of opset "
+                               f"{opset} into, and onnx's version converter cannot convert it ({e!s:.200})"
+                               ) from None
+
+
+def _spliced(model: onnx.ModelProto,
+             rewrite: "Callable[[onnx.NodeProto, ConstantFolder, int], GraphBuilder | None]"
+             ) -> tuple[onnx.ModelProto, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph

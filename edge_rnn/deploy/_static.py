@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._decompose import RECURRENT_OPS, decompose_recurrent
+from edge_rnn.deploy._decompose import RECURRENT_OPS, REWRITE_OPSET, at_least_opset, decompose_recurrent
 from edge_rnn.deploy._onnx_weights import free_prefix, names_in
 from edge_rnn.errors import UnsupportedError, message_line
 from edge_rnn.graphs import GraphBuilder
@@ -260,6 +260,8 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 def _loop_free(m: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int], *, backwards: bool) -> onnx.ModelProto:
     """A decomposed graph with fixed input shapes made loop-free: Scans unrolled, shapes folded by onnxruntime's
     basic optimiser, the operators NPUs refuse rewritten; checked by onnx."""
+    if any(n.op_type == "Scan" for n in m.graph.node):  # the unrolled steps are opset-13 operators
+        m = at_least_opset(m, REWRITE_OPSET)
     _unroll_scans(m, steps, backwards=backwards)
     _drop_unused_initializers(m.graph)
     m = _fold(m)
