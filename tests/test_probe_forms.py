@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from edge_rnn.deploy._decompose import decompose_recurrent  # noqa: E402
 from edge_rnn.deploy._static import static_graph  # noqa: E402
 from edge_rnn.deploy._variants import MakeOptions, _int8  # noqa: E402
-from edge_rnn.errors import EdgeRnnError, ModelFormatError  # noqa: E402
+from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError  # noqa: E402
 
 F = TensorProto.FLOAT
 T, BATCH, IN, H = 4, 2, 2, 3
@@ -182,3 +182,27 @@ def test_a_file_of_an_old_opset_takes_every_form(opset, form):
     got = _run(FORMS[form](model))
     for g, w in zip(got, want):
         assert g.shape == w.shape and np.abs(g - w).max() <= BOUND[form], np.abs(g - w).max()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. a recurrent node inside a subgraph (an If branch)
+
+
+def _gru_in_if() -> onnx.ModelProto:
+    def branch(tag: str) -> onnx.GraphProto:
+        node = helper.make_node("GRU", ["x", "W", "R", "B"], [f"y{tag}", f"h{tag}"], name=f"rec_{tag}",
+                                hidden_size=H, linear_before_reset=0)
+        return helper.make_graph([node], tag, [], [helper.make_tensor_value_info(f"h{tag}", F, None)])
+
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["cond"], ["out"], name="if", then_branch=branch("a"), else_branch=branch("b"))
+    return _model([node], {"W": W, "R": R, "B": B}, ["out"],
+                  inputs=[helper.make_tensor_value_info("x", F, [T, BATCH, IN]), cond])
+
+
+def test_static_graph_refuses_a_recurrent_node_it_cannot_reach():
+    """static_graph rewrites top-level nodes only: it dropped the weights the If's branches read (used nowhere at
+    the top), and onnxruntime's loader failed on the graph ("must be topologically sorted"). The static form is for
+    NPUs, which take no GRU: one UnsupportedError naming the node left inside the branch."""
+    with pytest.raises(UnsupportedError, match=r"GRU node 'rec_[ab]'.*subgraph"):
+        static_graph(_gru_in_if())

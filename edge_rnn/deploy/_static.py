@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._decompose import RECURRENT_OPS, REWRITE_OPSET, at_least_opset, decompose_recurrent
+from edge_rnn.deploy._decompose import RECURRENT_OPS, REWRITE_OPSET, all_nodes, at_least_opset, decompose_recurrent
 from edge_rnn.deploy._onnx_weights import free_prefix, names_in
 from edge_rnn.errors import UnsupportedError, message_line
 from edge_rnn.graphs import GraphBuilder
@@ -251,7 +251,7 @@ def _renamed(name: str, rename: dict[str, str]) -> str:
 
 
 def _drop_unused_initializers(g: onnx.GraphProto) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}  # subgraphs read outer names
     keep = [t for t in g.initializer if t.name in used]
     g.ClearField("initializer")
     g.initializer.extend(keep)
@@ -267,6 +267,17 @@ def _loop_free(m: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int], *, ba
     m = _fold(m)
     _plain_ops(m)
     _drop_unused_initializers(m.graph)
+    return m
+
+
+def _decomposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its recurrent nodes decomposed; UnsupportedError for one inside a subgraph (an If branch, a
+    Loop body), which the rewrite does not reach and which NPU providers do not take."""
+    m, _ = decompose_recurrent(model)
+    left = next((n for n in all_nodes(m.graph) if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")), None)
+    if left is not None:
+        raise UnsupportedError(f"{left.op_type} node {left.name or left.output[0]!r}: inside a subgraph (an If, Loop "
+                               "or Scan body), where the static form does not rewrite it: it has no static form")
     return m
 
 
@@ -292,7 +303,7 @@ def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
     if not contract.is_streaming and chunk != 1:
         raise UnsupportedError(f"static chunk {chunk}: the model takes one step per call (a cell); use 1")
     _no_sequence_lens(model)
-    m, _ = decompose_recurrent(model)
+    m = _decomposed(model)
     _fix_shapes(m.graph, contract, chunk)
     m = _loop_free(m, lambda _node: chunk, backwards=False)
     source = {**contract.source, "variant": "static"}
@@ -312,7 +323,7 @@ def static_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             if not d.HasField("dim_value"):
                 raise UnsupportedError(f"{vi.name!r}: dimension {i} ({d.dim_param or '?'}) is not fixed: static_graph "
                                        "needs every input shape known (a streaming model takes static_form)")
-    m, _ = decompose_recurrent(model)
+    m = _decomposed(model)
     shapes = _shapes(m)
 
     def steps(node: onnx.NodeProto) -> int:
