@@ -206,3 +206,17 @@ def test_static_graph_refuses_a_recurrent_node_it_cannot_reach():
     NPUs, which take no GRU: one UnsupportedError naming the node left inside the branch."""
     with pytest.raises(UnsupportedError, match=r"GRU node 'rec_[ab]'.*subgraph"):
         static_graph(_gru_in_if())
+
+
+def test_an_lstm_without_hidden_size_takes_the_general_int8_form():
+    """hidden_size is optional in the specification (R's shape says it); onnxruntime's LSTM kernels require it, so
+    the int8 variant's DynamicQuantizeLSTM failed to load. The general decomposed form computes it."""
+    rng = np.random.default_rng(4)
+    w, r = rng.uniform(-0.5, 0.5, (1, 4 * H, IN)), rng.uniform(-0.5, 0.5, (1, 4 * H, H))
+    model = _model([helper.make_node("LSTM", ["x", "W", "R"], ["y", "h"], name="rec")],
+                   {"W": w.astype(np.float32), "R": r.astype(np.float32)}, ["h"])
+    from edge_rnn.harness._onnx_recurrent import RecurrentAttrs, run_recurrent
+
+    want = run_recurrent(RecurrentAttrs("LSTM"), X, w, r)[1]
+    got = _run(_int8_model(model))[0]
+    assert np.abs(got - want).max() <= BOUND["int8"]

@@ -159,6 +159,8 @@ def lstm_departure(node: onnx.NodeProto) -> str | None:
     a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
     names = list(node.input) + [""] * (8 - len(node.input))
     acts = {(v.decode() if isinstance(v, bytes) else v).lower() for v in a.get("activations", [])}
+    if not a.get("hidden_size"):
+        return "no hidden_size (onnxruntime's LSTM kernels require it)"
     if a.get("layout", 0):
         return "layout=1, which DynamicQuantizeLSTM computes as layout 0"
     if names[4] and names[5]:
