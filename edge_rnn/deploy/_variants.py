@@ -162,17 +162,10 @@ def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
 
 
 def _names_reused(before: onnx.GraphProto, after: onnx.GraphProto) -> list[str]:
-    """The tensors of ``before`` that a node new in ``after`` (one the quantiser made) writes, where ``before`` had
-    them as initializers, inputs, or outputs of a node ``after`` still has: a name taken twice."""
-    kept_nodes = {n.name for n in before.node if n.name} & {n.name for n in after.node}
-    new_nodes = [n for n in after.node if n.name not in kept_nodes]
-    return sorted({o for n in new_nodes for o in n.output} & _defined(before, kept_nodes))
-
-
-def _defined(g: onnx.GraphProto, nodes: set[str]) -> set[str]:
-    """The initializers and inputs of ``g``, and the outputs of its nodes named in ``nodes``."""
-    taken = {t.name for t in g.initializer} | {i.name for i in g.input}
-    return (taken | {o for n in g.node if n.name in nodes for o in n.output}) - {""}
+    """The initializers and inputs of ``before`` that a node of ``after`` writes: a name the quantiser took for its
+    own tensor (``x_scale``), dropping the file's."""
+    fixed = {t.name for t in before.initializer} | {i.name for i in before.input}
+    return sorted({o for n in after.node for o in n.output} & fixed)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
