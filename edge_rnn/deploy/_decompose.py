@@ -21,14 +21,15 @@ import numpy as np
 import onnx
 
 from edge_rnn.deploy._onnx_scan import NodeWeights, emit_node
-from edge_rnn.deploy._onnx_weights import ConstantFolder
+from edge_rnn.deploy._onnx_weights import ConstantFolder, names_in
 from edge_rnn.errors import ModelFormatError, UnsupportedError
 from edge_rnn.gates import from_onnx_gate_order
 from edge_rnn.graphs import GraphBuilder, emit_direction
 from edge_rnn.harness._onnx_recurrent import RecurrentAttrs
 from edge_rnn.spec import GATES_PER_KIND, RecurrentSpec
 
-__all__ = ["all_graphs", "decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
+__all__ = ["at_least_opset", "REWRITE_OPSET",
+           "all_graphs", "decompose_recurrent", "RECURRENT_OPS", "splice", "all_nodes", "read_node", "node_weights",
            "pytorch_conventions"]
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
@@ -100,7 +101,23 @@ def node_weights(node: onnx.NodeProto, folder: ConstantFolder) -> NodeWeights:
     if wrong:  # every form computes in float32: a float64 or float16 node would be rewritten at another precision
         raise UnsupportedError(f"{where}: expected float32 weights, got {', '.join(wrong)}; edge-rnn's forms "
                                "compute in float32")
+    _check_shapes(node, where, *got)
     return NodeWeights(*got)
+
+
+def _check_shapes(node: onnx.NodeProto, where: str, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
+                  p: np.ndarray | None) -> None:
+    """``W``, ``R``, ``B``, ``P`` shaped as the node's kind, direction and hidden size say (onnxruntime checks
+    them when it runs the node; the forms read them as they are): ModelFormatError naming the first that is not."""
+    a = _attrs(node)
+    dirs = 2 if a.get("direction") in (b"bidirectional", "bidirectional") else 1
+    gh = GATES_PER_KIND[node.op_type.lower()] * int(a.get("hidden_size") or (r.shape[-1] if r.ndim == 3 else 0))
+    hidden = gh // GATES_PER_KIND[node.op_type.lower()]
+    inputs = w.shape[-1] if w.ndim == 3 else None
+    for name, got, want in (("W", w, (dirs, gh, inputs)), ("R", r, (dirs, gh, hidden)), ("B", b, (dirs, 2 * gh)),
+                            ("P", p, (dirs, 3 * hidden))):
+        if got is not None and got.shape != want:
+            raise ModelFormatError(f"{where}: weight {name}: expected shape {want}, got {got.shape}")
 
 
 def read_node(node: onnx.NodeProto, folder: ConstantFolder) -> tuple:
@@ -134,7 +151,7 @@ def check_recurrent_nodes(model: onnx.ModelProto) -> None:
 
 def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder:
     node_attributes(node)
-    g = GraphBuilder("rewrite", prefix=f"{node.name or node.op_type}_{index}/")
+    g = GraphBuilder("rewrite", prefix=folder.free_prefix(f"{node.name or node.op_type}_{index}/"))
     if pytorch_conventions(node):
         emit_node(g, node, node_weights(node, folder))
         return g
@@ -164,6 +181,37 @@ def splice(model: onnx.ModelProto,
     """A copy of ``model`` with each top-level node for which ``rewrite(node, constants, index)`` builds a
     replacement spliced in its place (None: kept); the nodes that computed its weights, and initializers, no longer
     used are dropped. Returns it and how many nodes were replaced."""
+    out, count = _spliced(model, rewrite)
+    if count and _opset(model) < REWRITE_OPSET:  # the rewrites write opset-13 operators: the file is converted
+        out, count = _spliced(at_least_opset(model, REWRITE_OPSET), rewrite)
+    return out, count
+
+
+REWRITE_OPSET = 13  # Unsqueeze/Squeeze/Split with their axes and sizes as inputs, Slice's inputs
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to ``opset`` by onnx's version converter where it imports an older one (every operator
+    of the file rewritten as that opset has it); UnsupportedError where the converter cannot."""
+    if _opset(model) >= opset:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError, ValidationError, ...
+        raise UnsupportedError(f"the model imports opset {_opset(model)}, which the forms write operators of opset "
+                               f"{opset} into, and onnx's version converter cannot convert it ({e!s:.200})"
+                               ) from None
+
+
+def _spliced(model: onnx.ModelProto,
+             rewrite: "Callable[[onnx.NodeProto, ConstantFolder, int], GraphBuilder | None]"
+             ) -> tuple[onnx.ModelProto, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -176,6 +224,7 @@ def splice(model: onnx.ModelProto,
             kept.append(node)
             continue
         count += 1
+        folder.taken |= names_in(built.graph())
         nodes.extend(built.nodes)
         g.initializer.extend(built.initializers)
     unused_before = {tuple(n.output) for n in _unused(g, g.node)}

@@ -130,7 +130,7 @@ def _rnn_direction(g: GraphBuilder, hidden: int, w: dict, x: str, h0: str, rever
 
 def _rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int, settings: Int8Settings) -> GraphBuilder:
     x, h0, _, w, r, b, spec = read_node(node, folder)
-    g = GraphBuilder("int8", prefix=f"{node.name or node.op_type}_{index}/")
+    g = GraphBuilder("int8", prefix=folder.free_prefix(f"{node.name or node.op_type}_{index}/"))
     outs = list(node.output) + [""] * (2 - len(node.output))
     ys, hs = [], []
     for d in range(spec.num_directions):
@@ -159,6 +159,8 @@ def lstm_departure(node: onnx.NodeProto) -> str | None:
     a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
     names = list(node.input) + [""] * (8 - len(node.input))
     acts = {(v.decode() if isinstance(v, bytes) else v).lower() for v in a.get("activations", [])}
+    if not a.get("hidden_size"):
+        return "no hidden_size (onnxruntime's LSTM kernels require it)"
     if a.get("layout", 0):
         return "layout=1, which DynamicQuantizeLSTM computes as layout 0"
     if names[4] and names[5]:
@@ -190,11 +192,13 @@ def _lstm_weights_baked(model: onnx.ModelProto, kept: Callable[[onnx.NodeProto],
     """Each LSTM node left for DynamicQuantizeLSTM with its computed weights folded into initializers
     (quantize_dynamic quantises initializers only); UnsupportedError for weights computed at run time."""
     def rewrite(node: onnx.NodeProto, folder: ConstantFolder, index: int) -> GraphBuilder | None:
-        slots = [k for k in (1, 2, 3, 7) if k < len(node.input) and node.input[k]]
-        if node.op_type != "LSTM" or kept(node) or all(folder.origin(node.input[k]) == "initializer" for k in slots):
+        if node.op_type != "LSTM" or kept(node):
             return None
-        w = node_weights(node, folder)
-        g = GraphBuilder("baked", prefix=f"{node.name or node.op_type}_{index}/")
+        w = node_weights(node, folder)  # shapes checked: DynamicQuantizeLSTM would only fail when it runs
+        slots = [k for k in (1, 2, 3, 7) if k < len(node.input) and node.input[k]]
+        if all(folder.origin(node.input[k]) == "initializer" for k in slots):
+            return None
+        g = GraphBuilder("baked", prefix=folder.free_prefix(f"{node.name or node.op_type}_{index}/"))
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         for k, value in zip((1, 2, 3, 7), (w.W, w.R, w.B, w.P)):

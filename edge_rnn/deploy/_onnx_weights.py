@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from edge_rnn.errors import UnsupportedError
 
-__all__ = ["ConstantFolder"]
+__all__ = ["ConstantFolder", "names_in", "free_prefix"]
 
 
 class ConstantFolder:
@@ -29,6 +29,11 @@ class ConstantFolder:
         self._inputs = {i.name for i in g.input} - set(self._inits)
         self._producer = {o: n for n in g.node for o in n.output if o}
         self._values: dict[str, np.ndarray] = {}
+        self.taken = names_in(g)  # what a rewrite must not name its own tensors and nodes (see free_prefix)
+
+    def free_prefix(self, base: str) -> str:
+        """:func:`free_prefix` of ``base`` among the graph's names (and those rewrites added to ``taken``)."""
+        return free_prefix(base, self.taken)
 
     def value(self, name: str, needed_by: str) -> np.ndarray:
         """``name``'s constant value, or UnsupportedError saying that ``needed_by`` needs it constant."""
@@ -74,6 +79,29 @@ class ConstantFolder:
             if out:
                 self._values[out] = v
         return self._values[name]
+
+
+def free_prefix(base: str, taken: set[str]) -> str:
+    """``base`` (``"rec_0/"``), or ``"rec_0~1/"``, ``"rec_0~2/"``, ...: the first that no name in ``taken``
+    starts with, so that what a rewrite names with it never takes the name of a tensor or node already there
+    (a second initializer of that name would be chosen over the file's by onnxruntime, without a word)."""
+    prefix, k = base, 0
+    while any(n.startswith(prefix) for n in taken):
+        k += 1
+        prefix = f"{base.rstrip('/')}~{k}/"
+    return prefix
+
+
+def names_in(g: onnx.GraphProto) -> set[str]:
+    """Every name of ``g`` and of its subgraphs: tensors (inputs, outputs, initializers, value infos, nodes'
+    inputs and outputs) and nodes."""
+    names = {v.name for v in (*g.input, *g.output, *g.value_info, *g.initializer)}
+    for n in g.node:
+        names.update((n.name, *n.input, *n.output))
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= names_in(sub)
+    return names - {""}
 
 
 def _evaluate(node: onnx.NodeProto, args: list[np.ndarray | None], opsets: list) -> list[np.ndarray]:

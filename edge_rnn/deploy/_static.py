@@ -25,8 +25,9 @@ from onnx import helper, numpy_helper
 
 from edge_rnn._numbers import is_int
 from edge_rnn.contract import Contract
-from edge_rnn.deploy._decompose import RECURRENT_OPS, decompose_recurrent
-from edge_rnn.errors import UnsupportedError
+from edge_rnn.deploy._decompose import RECURRENT_OPS, REWRITE_OPSET, all_nodes, at_least_opset, decompose_recurrent
+from edge_rnn.deploy._onnx_weights import free_prefix, names_in
+from edge_rnn.errors import UnsupportedError, message_line
 from edge_rnn.graphs import GraphBuilder
 
 __all__ = ["static_form", "static_graph", "static_int8"]
@@ -73,7 +74,7 @@ def _unroll_scans(model: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int]
     refused where it does not (a stream: the chunk's last step is not the sequence's).
     """
     g = model.graph
-    b = GraphBuilder("unroll", prefix="static/unroll/")
+    b = GraphBuilder("unroll", prefix=free_prefix("static/unroll/", names_in(g)))
     count = 0
     for node in g.node:
         if node.op_type == "Scan":
@@ -163,7 +164,11 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
         so = new_session_options("basic", save_to=str(dst))
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail, InvalidGraph, ...
+            raise UnsupportedError(f"static: onnxruntime's optimiser refused the unrolled graph "
+                                   f"({message_line(e).replace(str(src), 'the graph')})") from None
         folded = onnx.load(str(dst))
     return folded
 
@@ -173,7 +178,7 @@ def _plain_ops(model: onnx.ModelProto) -> None:
     g = model.graph
     shapes = _shapes(model)
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    b = GraphBuilder("plain", prefix="static/plain/")
+    b = GraphBuilder("plain", prefix=free_prefix("static/plain/", names_in(g)))
     outputs = {o.name for o in g.output}
     for n in g.node:
         out = n.output[0] if n.output else ""
@@ -246,7 +251,7 @@ def _renamed(name: str, rename: dict[str, str]) -> str:
 
 
 def _drop_unused_initializers(g: onnx.GraphProto) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    used = {i for n in all_nodes(g) for i in n.input} | {o.name for o in g.output}  # subgraphs read outer names
     keep = [t for t in g.initializer if t.name in used]
     g.ClearField("initializer")
     g.initializer.extend(keep)
@@ -255,11 +260,24 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 def _loop_free(m: onnx.ModelProto, steps: Callable[[onnx.NodeProto], int], *, backwards: bool) -> onnx.ModelProto:
     """A decomposed graph with fixed input shapes made loop-free: Scans unrolled, shapes folded by onnxruntime's
     basic optimiser, the operators NPUs refuse rewritten; checked by onnx."""
+    if any(n.op_type == "Scan" for n in m.graph.node):  # the unrolled steps are opset-13 operators
+        m = at_least_opset(m, REWRITE_OPSET)
     _unroll_scans(m, steps, backwards=backwards)
     _drop_unused_initializers(m.graph)
     m = _fold(m)
     _plain_ops(m)
     _drop_unused_initializers(m.graph)
+    return m
+
+
+def _decomposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its recurrent nodes decomposed; UnsupportedError for one inside a subgraph (an If branch, a
+    Loop body), which the rewrite does not reach and which NPU providers do not take."""
+    m, _ = decompose_recurrent(model)
+    left = next((n for n in all_nodes(m.graph) if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")), None)
+    if left is not None:
+        raise UnsupportedError(f"{left.op_type} node {left.name or left.output[0]!r}: inside a subgraph (an If, Loop "
+                               "or Scan body), where the static form does not rewrite it: it has no static form")
     return m
 
 
@@ -285,7 +303,7 @@ def static_form(model: onnx.ModelProto, chunk: int = 1) -> onnx.ModelProto:
     if not contract.is_streaming and chunk != 1:
         raise UnsupportedError(f"static chunk {chunk}: the model takes one step per call (a cell); use 1")
     _no_sequence_lens(model)
-    m, _ = decompose_recurrent(model)
+    m = _decomposed(model)
     _fix_shapes(m.graph, contract, chunk)
     m = _loop_free(m, lambda _node: chunk, backwards=False)
     source = {**contract.source, "variant": "static"}
@@ -305,7 +323,7 @@ def static_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             if not d.HasField("dim_value"):
                 raise UnsupportedError(f"{vi.name!r}: dimension {i} ({d.dim_param or '?'}) is not fixed: static_graph "
                                        "needs every input shape known (a streaming model takes static_form)")
-    m, _ = decompose_recurrent(model)
+    m = _decomposed(model)
     shapes = _shapes(m)
 
     def steps(node: onnx.NodeProto) -> int:

@@ -146,13 +146,26 @@ def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
         onnx.save(model, src)
         quiet(quantize_dynamic, src, dst, weight_type=weight_type, per_channel=settings.per_channel,
               reduce_range=settings.reduce_range, nodes_to_exclude=excluded, extra_options={"EnableSubgraph": True})
-    if not set(_operators(onnx.load(str(dst)))) & INT8_OPS:
+    written = onnx.load(str(dst))
+    reused = _names_reused(model.graph, written.graph)
+    if reused:  # quantize_dynamic names its tensors <input>_scale, ...: a file's own tensor of that name is lost
+        raise UnsupportedError(f"int8: onnxruntime's quantiser named its own tensor {reused[0]!r}, a name the model "
+                               "already gives another tensor, which the quantised graph would use in its place; "
+                               "rename that tensor in the model")
+    if not set(_operators(written)) & INT8_OPS:
         kept = ", ".join(settings.keep_float) or "no quantisable operator"
         raise UnsupportedError(f"int8: nothing was quantised ({kept} kept in float32); an int8 variant would be the "
                                "float32 model")
     notes.append(f"int8 settings: {settings.describe()}; activations uint8, quantised per call (dynamic): no "
                  "calibration data needed")
     return notes
+
+
+def _names_reused(before: onnx.GraphProto, after: onnx.GraphProto) -> list[str]:
+    """The initializers and inputs of ``before`` that a node of ``after`` writes: a name the quantiser took for its
+    own tensor (``x_scale``), dropping the file's."""
+    fixed = {t.name for t in before.initializer} | {i.name for i in before.input}
+    return sorted({o for n in after.node for o in n.output} & fixed)
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
