@@ -220,3 +220,14 @@ def test_an_lstm_without_hidden_size_takes_the_general_int8_form():
     want = run_recurrent(RecurrentAttrs("LSTM"), X, w, r)[1]
     got = _run(_int8_model(model))[0]
     assert np.abs(got - want).max() <= BOUND["int8"]
+
+
+def test_int8_says_which_recurrent_nodes_inside_a_subgraph_it_left_in_float32():
+    """The int8 rewrites reach top-level nodes only: a GRU in an If branch stays float32, and the notes say so by
+    name rather than nothing (or, with nothing else to quantise, only "nothing was quantised")."""
+    from edge_rnn.deploy._int8 import Int8Settings
+    from edge_rnn.deploy._variants import int8_graph
+
+    _, _, notes = int8_graph(_gru_in_if(), Int8Settings())
+    assert any(n.startswith("2 recurrent node(s) inside a subgraph (If, Loop or Scan body) left in float32: 'rec_")
+               for n in notes), notes

@@ -32,7 +32,7 @@ import onnx
 from edge_rnn._inspect import operator_counts
 from edge_rnn._variant_kinds import KINDS, VariantKind, made_kinds
 from edge_rnn.contract import METADATA_KEY, Contract
-from edge_rnn.deploy._decompose import all_nodes
+from edge_rnn.deploy._decompose import all_graphs, all_nodes
 from edge_rnn.deploy._fidelity import INT8_OPS
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
 from edge_rnn.deploy._int8_recurrent import general_int8_nodes, quantize_recurrent
@@ -93,8 +93,17 @@ def int8_graph(model: onnx.ModelProto, settings: Int8Settings) -> tuple[onnx.Mod
         notes += rewritten
     native_lstm = sum(n.op_type == "LSTM" for n in model.graph.node)
     notes += [f"{native_lstm} LSTM node(s) quantised as com.microsoft.DynamicQuantizeLSTM"] * bool(native_lstm)
+    notes += _nested_note(model)
     rest = [k for k in settings.keep_float if k not in on_recurrent]
     return model, _excluded(model, {n.name for n in original if n.name}, rest), notes
+
+
+def _nested_note(model: onnx.ModelProto) -> list[str]:
+    """A note on the recurrent nodes inside subgraphs (If, Loop, Scan bodies), which the int8 rewrites, top-level
+    only, leave in float32 (their MatMuls, if any, quantize_dynamic still quantises)."""
+    inner = [n for g in list(all_graphs(model.graph))[1:] for n in g.node if n.op_type in ("GRU", "RNN", "LSTM")]
+    return [f"{len(inner)} recurrent node(s) inside a subgraph (If, Loop or Scan body) left in float32: "
+            f"{', '.join(repr(n.name or n.output[0]) for n in inner[:5])}"] if inner else []
 
 
 def _excluded(model: onnx.ModelProto, names: set[str], keep: list[str]) -> list[str]:
