@@ -373,3 +373,23 @@ def test_onnx_reference_evaluator_joins_loop_scan_outputs_instead_of_stacking_th
     x = _x(seed=3)
     assert _run(m, {"x": x})["y"].shape == (T, B, H)
     assert ReferenceEvaluator(m).run(None, {"x": x})[0].shape == (T * B, H)
+
+
+def test_a_pinned_expand_shape_is_rewritten_to_follow_the_input():
+    """A bias broadcast with Expand to the converter's (T, B, H), as some exporters write it: the pinned time and
+    batch entries become 1 (Expand keeps the other input's size), and the file streams at any length and batch."""
+    w = _weights("LSTM", seed=5)
+    bias = np.linspace(-1, 1, H, dtype=np.float32)
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], hidden_size=H, name="lstm"),
+             helper.make_node("Squeeze", ["y", "one"], ["y3"]),
+             helper.make_node("Expand", ["bias", "shape"], ["b3"], name="broadcast"),
+             helper.make_node("Add", ["y3", "b3"], ["out"])]
+    m = _model(nodes, [_vi("x", [T, B, IN])], [_vi("out", [T, B, H])],
+               {**w, "bias": bias, "shape": np.asarray([T, B, H], np.int64), "one": np.asarray([1], np.int64)})
+    lifted = lift_model(m)
+    assert any("Expand node 'broadcast'" in n for n in lifted.notes), lifted.notes
+    x = _x(shape=(T + 5, B + 1, IN), seed=6)
+    got, final = _stream(lifted, x, [4, 5, T + 5])
+    want = run_recurrent(RecurrentAttrs("LSTM", H), x, w["W"], w["R"], w["B"])
+    _close(got["out"], want[0][:, 0] + bias)
+    _close(final["lstm.hn"], want[1])
