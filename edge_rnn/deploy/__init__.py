@@ -20,7 +20,7 @@ _WHERE = {
     "make_variant": "_variants", "Variant": "_variants", "VARIANTS": "_variants", "MAKERS": "_variants",
     "MakeOptions": "_variants",
     "Int8Settings": "_int8", "INT8_TARGETS": "_int8",
-    "static_form": "_static", "static_graph": "_static",
+    "static_form": "_static", "static_graph": "_static", "static_int8_graph": "_static_int8",
     "mobile_support": "_mobile", "ProviderSupport": "_mobile", "PROVIDERS": "_mobile",
     "measure_against": "_fidelity", "VariantError": "_fidelity", "TensorError": "_fidelity",
     "precision_of": "_fidelity", "GROWTH_FLAG": "_fidelity",

@@ -236,7 +236,8 @@ def _static(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str
 
 
 def _static_int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
-    from edge_rnn.deploy._static import static_form, static_int8
+    from edge_rnn.deploy._static import static_form
+    from edge_rnn.deploy._static_int8 import static_int8
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "static.onnx"
