@@ -111,40 +111,53 @@ class Run:
                 self.at_kill.abort()
 
 
-def poison(url: str, stop: threading.Event, killed: threading.Event) -> dict:
-    """Hostile requests beside the streams until ``stop``: each kind of answer counted, apart once a replica was
-    killed (``killed``: the poisoner's own streams die with it, and it does not resume them)."""
+def poison(url: str, stop: threading.Event, killed: threading.Event, seen: dict, first_round: threading.Event) -> None:
+    """Hostile requests beside the streams until ``stop``, each kind of answer counted in ``seen`` as it comes (apart
+    once a replica was killed, ``killed``: the poisoner's own streams die with it, and it does not resume them);
+    ``first_round`` is set once every kind was sent. A request that fails outright is counted as an error of its
+    kind, not let end the thread (which lost every count with it, once, after the kill)."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     other = StreamingModel.load(OTHER)
     foreign = other.open_stream().snapshot()
-    seen: dict[str, int] = {}
-    with httpx.Client(base_url=url, headers=auth, timeout=10) as h:
-        def note(tag: str, r: httpx.Response) -> None:
+    with httpx.Client(base_url=url, headers=auth, timeout=10) as h, httpx.Client(base_url=url, timeout=10) as bare:
+        def note(tag: str, path: str, client: httpx.Client = h, **kw) -> None:
             try:
-                code = r.json().get("code", "-")
-            except ValueError:
-                code = "not-json"
-            key = f"{'after the kill: ' if killed.is_set() else ''}{tag} {r.status_code} {code}"
+                r = client.post(path, **kw)
+                try:
+                    code = r.json().get("code", "-")
+                except ValueError:
+                    code = "not-json"
+                answer = f"{r.status_code} {code}"
+            except Exception as e:  # noqa: BLE001 - a refused connection, a timeout: counted, the run goes on
+                answer = f"error {type(e).__name__}"
+            key = f"{'after the kill: ' if killed.is_set() else ''}{tag} {answer}"
             seen[key] = seen.get(key, 0) + 1
 
         while not stop.is_set():
-            sid = h.post("/v1/streams").json()["stream_id"]
+            try:
+                sid = h.post("/v1/streams").json()["stream_id"]
+            except Exception as e:  # noqa: BLE001 - as in note
+                key = f"{'after the kill: ' if killed.is_set() else ''}open error {type(e).__name__}"
+                seen[key] = seen.get(key, 0) + 1
+                time.sleep(0.05)
+                continue
             on = {"X-Session-Id": sid, "Content-Type": "application/octet-stream"}
-            note("nan", h.post(f"/v1/streams/{sid}/steps", content=np.full((2, 4), np.nan, "<f4").tobytes(),
-                               headers=on))
-            note("ragged", h.post(f"/v1/streams/{sid}/steps", content=b"\x00" * 7, headers=on))
-            note("huge", h.post(f"/v1/streams/{sid}/steps", content=b"\x00" * (2 << 20), headers=on))
-            note("no-session", h.post(f"/v1/streams/{sid}/steps", content=b"\x00" * 16,
-                                      headers={"Content-Type": "application/octet-stream"}))
-            note("foreign-snapshot", h.post("/v1/streams", content=foreign))
-            note("garbage-snapshot", h.post("/v1/streams", content=b"EDGERNN-SNAPSHOT" + os.urandom(64)))
-            guess = sid.split(".")[0] + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-            note("guessed-id", h.post(f"/v1/streams/{guess}/steps", content=b"\x00" * 16,
-                                      headers={**on, "X-Session-Id": guess}))
-            note("no-token", httpx.post(f"{url}/v1/streams", timeout=10))
-            h.delete(f"/v1/streams/{sid}", headers={"X-Session-Id": sid})
+            steps, guess = f"/v1/streams/{sid}/steps", sid.split(".")[0] + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            note("nan", steps, content=np.full((2, 4), np.nan, "<f4").tobytes(), headers=on)
+            note("ragged", steps, content=b"\x00" * 7, headers=on)
+            note("huge", steps, content=b"\x00" * (2 << 20), headers=on)
+            note("no-session", steps, content=b"\x00" * 16, headers={"Content-Type": "application/octet-stream"})
+            note("foreign-snapshot", "/v1/streams", content=foreign)
+            note("garbage-snapshot", "/v1/streams", content=b"EDGERNN-SNAPSHOT" + os.urandom(64))
+            note("guessed-id", f"/v1/streams/{guess}/steps", content=b"\x00" * 16,
+                 headers={**on, "X-Session-Id": guess})
+            note("no-token", "/v1/streams", client=bare)
+            first_round.set()
+            try:
+                h.delete(f"/v1/streams/{sid}", headers={"X-Session-Id": sid})
+            except Exception:  # noqa: BLE001, S110 - the stream's replica may be the one killed
+                pass
             time.sleep(0.05)
-    return seen
 
 
 def probes(url: str) -> dict:
@@ -218,11 +231,12 @@ def scenario(cli: subprocess.Popen, url: str, t0: float) -> dict:
     threading.Thread(target=lambda: [None for _ in cli.stderr], daemon=True).start()  # keep the pipe drained
     report["up_s"] = time.monotonic() - t0
     report["listeners"] = listeners()
-    run, stop, killed = Run(url), threading.Event(), threading.Event()
+    run, stop, killed, first_round = Run(url), threading.Event(), threading.Event(), threading.Event()
     seen: dict = {}
-    poisoner = threading.Thread(target=lambda: seen.update(poison(url, stop, killed)))
+    poisoner = threading.Thread(target=poison, args=(url, stop, killed, seen, first_round))
     workers = [threading.Thread(target=run.stream, args=(i,)) for i in range(STREAMS)]
     poisoner.start()
+    first_round.wait(60)  # every kind of hostile request sent once before the streams start (and so before the kill)
     for w in workers:
         w.start()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as h:
