@@ -72,19 +72,13 @@ async def _stream(url: str, token: str | None, frame: list[int], frames: int, ch
 
 def loadtest(url: str, *, streams: int = 10, chunk_ms: float = 100.0, frame_ms: float = 10.0,
              duration: float = 10.0, token: str | None = None) -> LoadResult:
-    """Run the load; see the module docstring."""
-    import httpx
-
+    """Run the load; see the module docstring. A server that cannot be reached or refuses the token, or a model
+    whose chunks the load's cannot be, is an :class:`~edge_rnn.errors.EdgeRnnError` before any stream starts."""
     if chunk_ms < frame_ms or chunk_ms % frame_ms:
         raise EdgeRnnError(f"--chunk-ms {chunk_ms}: expected a whole number of --frame-ms {frame_ms} frames")
-    r = httpx.get(url.rstrip("/") + "/v1/model", headers={"Authorization": f"Bearer {token}"} if token else {})
-    if r.status_code != 200:
-        raise EdgeRnnError(f"{url}: GET /v1/model answered {r.status_code}; is it an edge-rnn server?")
-    frame = r.json().get("frame")
-    if frame is None:
-        raise EdgeRnnError(f"{url}: the model takes no binary chunks (not one float32 input of fixed frame size)")
-    result = LoadResult(streams=streams, seconds=duration)
     frames = int(chunk_ms // frame_ms)
+    frame = _frame(url, token, frames, chunk_ms, frame_ms)
+    result = LoadResult(streams=streams, seconds=duration)
 
     async def main() -> None:
         until = time.perf_counter() + duration
@@ -95,3 +89,40 @@ def loadtest(url: str, *, streams: int = 10, chunk_ms: float = 100.0, frame_ms: 
     asyncio.run(main())
     result.client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return result
+
+
+def _describe(url: str, token: str | None) -> dict:
+    """The server's ``GET /v1/model``; each way it can fail is one line that says what to do."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/model", headers={"Authorization": f"Bearer {token}"} if token else {})
+    except httpx.UnsupportedProtocol:
+        raise EdgeRnnError(f"expected a URL with http:// or https://, got {url!r}") from None
+    except httpx.ConnectError:
+        raise EdgeRnnError(f"nothing listens at {url}; is the server running?") from None
+    except httpx.HTTPError as e:
+        raise EdgeRnnError(f"{url}: cannot reach the server ({type(e).__name__}: {e})") from None
+    if r.status_code == 401:
+        raise EdgeRnnError("401 unauthorized: the server refused the token of --token-file" if token else
+                           "401 unauthorized: the server wants a token; pass --token-file (a file holding it)")
+    if r.status_code != 200:
+        raise EdgeRnnError(f"{url}: GET /v1/model answered {r.status_code}; is it an edge-rnn server?")
+    return r.json()
+
+
+def _frame(url: str, token: str | None, frames: int, chunk_ms: float, frame_ms: float) -> list[int]:
+    """One frame's shape, once the chunks of ``frames`` frames are seen to fit the model (a fixed-chunk form takes
+    exactly its own number of time steps: any other chunk would be refused, every one, as bad_chunk)."""
+    info = _describe(url, token)
+    frame = info.get("frame")
+    if frame is None:
+        raise EdgeRnnError(f"{url}: the model takes no binary chunks (not one float32 input of fixed frame size)")
+    fixed = [p["shape"][p["time_axis"]] for p in info.get("inputs", [])
+             if p.get("time_axis") is not None and isinstance(p["shape"][p["time_axis"]], int)]
+    if fixed and fixed[0] != frames:
+        steps = fixed[0]
+        raise EdgeRnnError(f"{url}: the model takes exactly {steps} time step{'s' * (steps != 1)} per chunk, got "
+                           f"{frames} (--chunk-ms {chunk_ms:g} / --frame-ms {frame_ms:g}); pass --chunk-ms "
+                           f"{steps * frame_ms:g}")
+    return frame

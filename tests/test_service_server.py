@@ -265,7 +265,7 @@ def test_loadtest_paces_real_time_streams_and_reports_latency():
     with Server() as server:
         result = loadtest(server.url, streams=6, chunk_ms=50, frame_ms=10, duration=1.5)
         r = CliRunner().invoke(main, ["loadtest", server.url, "--streams", "2", "--chunk-ms", "50", "--duration",
-                                      "1"])
+                                      "1", "--min-real-time", "0"])
     # whether each stream kept real time depends on this machine's load: counted, not asserted (no wall clock)
     assert 0 <= result.kept_real_time <= 6 and not result.errors
     assert 0 < result.percentile(50) <= result.percentile(99)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import socket
 from pathlib import Path
@@ -64,6 +65,9 @@ def _in(name: str, kind: type = int) -> click.ParamType:
                    "it, a socket is read only while its stream waits for its next message.")
 @click.option("--max-message-bytes", type=_in("max_message_bytes"), default=1 << 20, show_default=True)
 @click.option("--threads", type=_in("threads"), default=None, help="onnxruntime intra-op threads.")
+@click.option("--allow-nonfinite", is_flag=True, default=False,
+              help="Let NaN and Inf in chunks, states and snapshots through (refused by default, 400 bad_chunk). "
+                   "Not with --ray.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the bearer token every route but /healthz and /readyz then needs.")
 @click.option("--drain-timeout", type=_in("drain_timeout", float), default=10.0, show_default=True,
@@ -83,10 +87,13 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
           token_file: Path | None, drain_timeout: float, on_ray: bool, replicas: int | None, address: str | None,
-          **limits: float) -> None:
+          allow_nonfinite: bool, **limits: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve]; with --ray,
     edge-rnn[ray])."""
     _ray_only(on_ray, replicas=replicas, address=address)
+    if on_ray and allow_nonfinite:
+        raise click.UsageError("--allow-nonfinite applies to the standalone server; Ray Serve's replicas refuse "
+                               "NaN and Inf")
     try:
         import uvicorn
 
@@ -105,7 +112,7 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     if variant is not None and not bundle:
         raise click.UsageError(f"--variant picks from a bundle folder; {model} is a file")
     m = StreamingModel.load(model, session=SessionConfig(threads=threads), variant=variant,
-                            self_test=self_test and bundle)
+                            self_test=self_test and bundle, allow_nonfinite=allow_nonfinite)
     if m.self_test is not None:
         click.echo(f"self-test of {m.variant}: {m.self_test.check.max_abs:.3g} max abs error, "
                    f"{m.self_test.check.worst_fraction:.3g}x its bound on this CPU: ok", err=True)
@@ -121,9 +128,11 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
+                            app.svc)
     with sock:
-        DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
-                       app.svc).run(sockets=[sock])
+        server.run(sockets=[sock])
+    click.echo(server.stop_message(), err=True)
 
 
 def _ray_only(on_ray: bool, **given: Any) -> None:
@@ -218,6 +227,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise EdgeRnnError(f"port {port} on {host} is in use (another server?); stop it, or pick another "
+                               "--port (--port 0: a free one)") from None
         raise EdgeRnnError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
     sock.set_inheritable(True)
     return sock
@@ -235,15 +247,19 @@ def _url(sock: socket.socket) -> str:
 @click.option("--chunk-ms", type=click.FloatRange(min=1), default=100.0, show_default=True)
 @click.option("--frame-ms", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
-@click.option("--token-file", type=click.Path(path_type=Path), default=None)
+@click.option("--token-file", type=click.Path(path_type=Path), default=None,
+              help="A file holding the server's bearer token (serve --token-file).")
+@click.option("--min-real-time", type=click.FloatRange(min=0, max=1), default=1.0, show_default=True,
+              help="The fraction of streams that must keep real time; below it, exit 1 (0: never).")
 def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration: float,
-             token_file: Path | None) -> None:
-    """Stream real-time-paced chunks to an edge-rnn server at URL and report latency (needs edge-rnn[client])."""
+             token_file: Path | None, min_real_time: float) -> None:
+    """Stream real-time-paced chunks to an edge-rnn server at URL and report latency (needs edge-rnn[client]).
+    Exits 1 when fewer than --min-real-time of the streams kept real time."""
     try:
-        import httpx  # the client extra, checked before any stream starts
+        import httpx  # noqa: F401  (the client extra, checked before any stream starts)
         import websockets  # noqa: F401
 
-        from edge_rnn.loadtest import loadtest as run_load
+        from edge_rnn import loadtest as _load
     except ImportError as e:
         raise EdgeRnnError(f"edge-rnn loadtest needs the client extra: pip install 'edge-rnn[client]' ({e.name} is "
                            "missing)") from None
@@ -251,13 +267,12 @@ def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration:
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EdgeRnnError(f"URL {url!r}: expected the server's http:// or https:// address, e.g. "
-                           "http://127.0.0.1:8000")
+        raise EdgeRnnError(f"expected a URL with http:// or https://, got {url!r} (e.g. http://127.0.0.1:8000)")
     token = _read_token(token_file)
-    try:
-        result = run_load(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration, token=token)
-    except httpx.HTTPError as e:  # the server's model could not be fetched: nothing was loaded
-        raise EdgeRnnError(f"{url}: cannot reach the server ({type(e).__name__}: {e})") from None
+    result = _load.loadtest(url, streams=streams, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=duration,
+                            token=token)
     click.echo(result.summary())
-
-
+    if result.kept_real_time < min_real_time * result.streams:
+        raise EdgeRnnError(f"{result.kept_real_time}/{result.streams} streams kept real time "
+                           f"({result.kept_real_time / result.streams:.0%}); expected at least {min_real_time:.0%} "
+                           f"(--min-real-time {min_real_time:g})")

@@ -62,6 +62,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task | None = None
         self._dropper: asyncio.TimerHandle | None = None
         self.draining = False
+        self.drained: tuple[int, int] | None = None  # after a drain: (streams open when it began, left at its end)
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -80,8 +81,18 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        began = len(self.service.registry.streams)
         await self.service.drain(self.service.config.drain_timeout)
+        self.drained = (began, len(self.service.registry.streams))
         self.should_exit = True
+
+    def stop_message(self) -> str:
+        """What the server says once it stopped: how many streams the drain let finish, and how many it closed."""
+        if self.drained is None:
+            return "stopped"
+        began, left = self.drained
+        closed = f"; {left} still open were closed" if left else ""
+        return f"stopped: drained {began - left} of {began} open stream{'s' * (began != 1)}{closed}"
 
     async def shutdown(self, sockets: Any = None) -> None:
         """uvicorn's, but the connections still open :data:`CLOSE_GRACE` seconds later are dropped (but for answers
