@@ -249,7 +249,7 @@ def _url(sock: socket.socket) -> str:
 @click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the server's bearer token (serve --token-file).")
-@click.option("--min-real-time", type=click.FloatRange(min=0, max=1), default=1.0, show_default=True,
+@click.option("--min-real-time", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
               help="The fraction of streams that must keep real time; below it, exit 1 (0: never).")
 def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration: float,
              token_file: Path | None, min_real_time: float) -> None:
