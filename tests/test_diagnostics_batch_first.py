@@ -87,3 +87,70 @@ def test_axes_that_do_not_match_the_layer_are_refused_in_one_line() -> None:
     with pytest.raises(ShapeError, match=r"expected .* 24 steps.*got 1\b") as e:
         diagnose(first, _x(), batch_axis=1, time_axis=0, max_lag=LAG, starts=2)
     assert "\n" not in str(e.value)
+
+
+# --- edge-rnn diagnose --arch: the layer shape options export takes ---------------------------------------------
+
+
+def _cli(tmp_path, *args: str):
+    from click.testing import CliRunner
+
+    from edge_rnn.cli import main
+
+    path = tmp_path / "x.npy"
+    np.save(path, _x())
+    return CliRunner().invoke(main, ["diagnose", *args, "--input", str(path), "--max-lag", str(LAG), "--starts", "2"])
+
+
+def _horizon_rows(output: str) -> list[str]:
+    return [line.split()[0] for line in output.splitlines() if line.strip().startswith(("gru.", "lstm.", "rnn."))]
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_cli_batch_first_gives_the_time_major_numbers(tmp_path, arch) -> None:
+    base = ["--arch", arch, "--input-size", str(IN), "--hidden-size", str(H)]
+    first = _cli(tmp_path, *base, "--batch-first")
+    major = _cli(tmp_path, *base)
+    assert first.exit_code == 0, first.output
+    assert major.exit_code == 0, major.output
+    body = lambda out: [line for line in out.splitlines() if "->" not in line]  # noqa: E731 - the source line differs
+    assert body(first.output) == body(major.output)
+    assert "batch_first" in first.output
+
+
+def test_cli_bidirectional_reports_both_directions(tmp_path) -> None:
+    r = _cli(tmp_path, "--arch", "gru", "--input-size", str(IN), "--hidden-size", str(H), "--bidirectional",
+             "--batch-first")
+    assert r.exit_code == 0, r.output
+    assert "gru.l0_reverse" in r.output
+
+
+def test_cli_proj_size_and_nonlinearity_build_that_layer(tmp_path) -> None:
+    r = _cli(tmp_path, "--arch", "lstm", "--input-size", str(IN), "--hidden-size", str(H), "--proj-size", "3")
+    assert r.exit_code == 0, r.output
+    assert "proj_size=3" in r.output
+    r = _cli(tmp_path, "--arch", "rnn", "--input-size", str(IN), "--hidden-size", str(H), "--nonlinearity", "relu")
+    assert r.exit_code == 0, r.output
+    assert "relu" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "gru", "--proj-size", "3"], "expected proj_size only on an LSTM"),
+    (["--arch", "gru", "--nonlinearity", "relu"], "only the vanilla RNN (--arch rnn) takes it"),
+    (["--arch", "lstm", "--proj-size", "6"], "0 < proj_size < hidden_size"),
+])
+def test_cli_refuses_a_shape_option_the_arch_cannot_take(tmp_path, args, message) -> None:
+    r = _cli(tmp_path, *args, "--input-size", str(IN), "--hidden-size", str(H))
+    assert r.exit_code == 1, r.output
+    assert message in r.output and r.output.startswith("Error: ") and r.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("option", [["--batch-first"], ["--bidirectional"], ["--proj-size", "2"],
+                                    ["--nonlinearity", "relu"]])
+def test_cli_refuses_shape_options_without_arch(tmp_path, option) -> None:
+    onnx = str(tmp_path / "m.onnx")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    for source in ([onnx], ["tests.forms_models:nothing"]):
+        r = _cli(tmp_path, *source, *option)
+        assert r.exit_code == 2, r.output
+        assert "shape" in r.output or "--arch" in r.output
