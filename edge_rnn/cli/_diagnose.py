@@ -33,6 +33,11 @@ def _sequence(path: Path):
 @click.option("--input-size", type=click.IntRange(min=1))
 @click.option("--hidden-size", type=click.IntRange(min=1))
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--bidirectional", is_flag=True)
+@click.option("--batch-first", is_flag=True, help="x is (batch, time, features) instead of (time, batch, features).")
+@click.option("--proj-size", type=click.IntRange(min=0), default=0, show_default=True, help="LSTM projection size.")
+@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
+              help="Vanilla RNN only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The built layer's init, and the perturbations.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="A state_dict for the PyTorch model.")
 @click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
@@ -51,13 +56,15 @@ def _sequence(path: Path):
 @click.option("--starts", type=click.IntRange(min=1, max=1000), default=8, show_default=True,
               help="Perturbation points averaged in the memory curve.")
 def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
-             seed: int, weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
+             bidirectional: bool, batch_first: bool, proj_size: int, nonlinearity: str, seed: int,
+             weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
              compare: tuple[str, ...], plot_path: Path | None, max_lag: int, starts: int) -> None:
     """What a model's gates do and how far back it remembers.
 
     SOURCE is a streaming ONNX file (its empirical memory curve, without torch), a bundle folder (edge-rnn
     package: every variant's curve), or a FACTORY (package.module:callable, as for export); or build a layer with
-    --arch, --input-size and --hidden-size.
+    --arch, --input-size and --hidden-size (and the shape options --num-layers, --bidirectional, --batch-first,
+    --proj-size, --nonlinearity, as for export).
     A PyTorch model also gets its gate statistics, memory horizons, and gradient flow beside vanilla
     RNN, LSTM and GRU baselines of its size.
     """
@@ -69,20 +76,25 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
         plot_target(plot_path, "--plot")
     others = _compared(compare)  # loaded (and hash-checked) before any work
     x = _sequence(input_path)
+    shape = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, proj_size=proj_size,
+                 nonlinearity=nonlinearity)
+    layer_opts = (bidirectional, batch_first, proj_size, nonlinearity != "tanh")
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
-        _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare)
+        _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare,
+                *layer_opts)
         d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed)
     elif source is not None and source.endswith(".onnx"):
-        _refuse("an ONNX file holds its weights: --arch and --weights go with a PyTorch model", arch, weights)
+        _refuse("an ONNX file holds its weights: --arch, its shape options and --weights go with a PyTorch model",
+                arch, weights, *layer_opts)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
                           seed=seed)
     else:
-        module, axes, ids = _torch_model(source, arch, input_size, hidden_size, num_layers, seed, weights,
+        module, axes, ids = _torch_model(source, arch, input_size, hidden_size, shape, seed, weights,
                                          (batch_axis, time_axis))
         from edge_rnn.diagnostics import diagnose as run
 
         d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
-                ids=ids, seed=seed, source=source or f"{arch} {input_size} -> {hidden_size} x {num_layers}")
+                ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape))
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot
@@ -114,8 +126,17 @@ def _refuse(message: str, *given: object) -> None:
         raise click.UsageError(message)
 
 
+def _built_name(arch: str | None, input_size: int | None, hidden_size: int | None, shape: dict) -> str:
+    """The built layer's name in the report: ``gru 40 -> 64 x 1``, with the shape options set."""
+    extra = [name for name, on in (("bidirectional", shape["bidirectional"]), ("batch_first", shape["batch_first"]))
+             if on]
+    extra += [f"proj_size={shape['proj_size']}"] if shape["proj_size"] else []
+    extra += [shape["nonlinearity"]] if shape["nonlinearity"] != "tanh" else []
+    return f"{arch} {input_size} -> {hidden_size} x {shape['num_layers']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def _torch_model(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None,
-                 num_layers: int, seed: int, weights: Path | None, axes: tuple[int, int]):
+                 shape: dict, seed: int, weights: Path | None, axes: tuple[int, int]):
     """The PyTorch model to diagnose, the batch and time axes of its input, and its input's id range (or None)."""
     try:
         import torch  # noqa: F401 - only to say at once that it is missing
@@ -124,16 +145,20 @@ def _torch_model(source: str | None, arch: str | None, input_size: int | None, h
                            "needs only the runtime)") from None
     if source is not None:
         _refuse("give either FACTORY or --arch/--input-size/--hidden-size, not both", arch, input_size, hidden_size)
+        _refuse("--bidirectional, --batch-first, --proj-size and --nonlinearity shape a layer built with --arch; a "
+                "FACTORY's model has its own", shape["bidirectional"], shape["batch_first"], shape["proj_size"],
+                shape["nonlinearity"] != "tanh")
         module, ids = _factory_model(source, weights)
         return module, axes, ids
     missing = [n for n, v in (("--arch", arch), ("--input-size", input_size), ("--hidden-size", hidden_size)) if not v]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give SOURCE: a .onnx file or a FACTORY)")
-    from edge_rnn.exporters import RecurrentSpec
+    from edge_rnn.cli._export import _layer_spec
 
-    spec = RecurrentSpec(kind=arch, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         module=f"torch.nn.{ {'rnn': 'RNN', 'lstm': 'LSTM', 'gru': 'GRU'}[arch]}")
-    return _build(spec, weights, None if weights else seed), (1, 0), None
+    spec = _layer_spec(arch, input_size, hidden_size, shape["nonlinearity"], num_layers=shape["num_layers"],
+                       bidirectional=shape["bidirectional"], batch_first=shape["batch_first"], bias=True,
+                       proj_size=shape["proj_size"], cell=False)
+    return _build(spec, weights, None if weights else seed), (0, 1) if shape["batch_first"] else (1, 0), None
 
 
 def _factory_model(source: str, weights: Path | None):

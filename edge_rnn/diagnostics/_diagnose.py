@@ -11,7 +11,7 @@ import torch
 from edge_rnn.diagnostics._gates import gate_stats, gate_trace, horizons, recurrent_layers
 from edge_rnn.diagnostics._gradient import _captured_call, baselines, gradient_flow
 from edge_rnn.diagnostics._memory import finite_input, memory_curve, peak
-from edge_rnn.diagnostics._memory_torch import batch_of_one, memory_curve_torch
+from edge_rnn.diagnostics._memory_torch import batch_of_one, default_axes, memory_curve_torch
 from edge_rnn.diagnostics._types import Diagnosis, GateHistogram
 from edge_rnn.errors import NonFiniteError, ShapeError
 
@@ -25,13 +25,15 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
     return x.transpose(0, 1) if getattr(layer, "batch_first", False) else x
 
 
-def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
+def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None, time_axis: int | None = None,
              max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
              seed: int = 0, source: str = "model") -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
-    time at ``time_axis`` (a ``torch.nn.LSTM``: 1 and 0; ``batch_first``: 0 and 1). ``compare``: ONNX files
+    time at ``time_axis`` (a ``torch.nn.LSTM``: 1 and 0; ``batch_first``: 0 and 1; by default, its first recurrent
+    layer's layout, the module itself when it is one; axes under which that layer does not run over every step of
+    ``x`` are refused with :class:`~edge_rnn.errors.ShapeError`). ``compare``: ONNX files
     (or loaded ``StreamingModel`` objects) whose empirical memory curves are drawn beside the module's (its export,
     a bundle's int8 variant, ...). Refused with :class:`~edge_rnn.errors.NonFiniteError`: NaN or Inf in ``x`` or
     in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``).
@@ -42,9 +44,11 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, tim
                          f"first, got shape {x.shape}")
     module = module.eval()
     _finite_parameters(module)
+    batch_axis, time_axis = default_axes(module, batch_axis, time_axis)
     inputs = batch_of_one(x, batch_axis, time_axis)
     d = Diagnosis(source=source)
     trace = gate_trace(module, inputs)
+    _check_steps(trace, len(x), batch_axis, time_axis)
     d.stats = gate_stats(trace)
     d.horizons = horizons(trace)
     d.histograms = [GateHistogram.of(layer, kind, gate, values) for layer, (kind, gates) in trace.items()
@@ -59,6 +63,17 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, tim
     d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed) for path in compare]
     _refuse_nonfinite(d, x)
     return d
+
+
+def _check_steps(trace: dict, steps: int, batch_axis: int, time_axis: int) -> None:
+    """Refused before any figure: a layer that ran over one step of ``x``'s many was given ``x`` in the wrong
+    layout (a batch-first layer fed time-major input reads one step of a batch of ``steps``). Fewer steps than
+    ``x`` holds, but more than one, can be the model's own (a strided front end), and are diagnosed."""
+    for layer, (_, gates) in trace.items():
+        got = next(iter(gates.values())).shape[0]
+        if got < 2:
+            raise ShapeError(f"diagnose: expected {layer} to run over x's {steps} steps with batch_axis={batch_axis} "
+                             f"and time_axis={time_axis}, got {got}: give the axes of the module's input layout")
 
 
 def _finite_parameters(module: torch.nn.Module) -> None:

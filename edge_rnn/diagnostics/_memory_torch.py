@@ -17,7 +17,7 @@ from edge_rnn.diagnostics._memory import curve_from
 from edge_rnn.diagnostics._types import MemoryCurve
 from edge_rnn.errors import ShapeError, UnsupportedError
 
-__all__ = ["memory_curve_torch", "primary_output", "batch_of_one", "module_order"]
+__all__ = ["memory_curve_torch", "primary_output", "batch_of_one", "module_order", "default_axes"]
 
 
 def primary_output(result: Any) -> torch.Tensor:
@@ -36,18 +36,35 @@ def module_order(rank: int, batch_axis: int, time_axis: int) -> list[int]:
     return [0 if i == batch_axis else 1 if i == time_axis else next(rest) for i in range(rank)]
 
 
+def default_axes(module: torch.nn.Module, batch_axis: int | None, time_axis: int | None) -> tuple[int, int]:
+    """The batch and time axes of ``module``'s input: those given, else its first recurrent layer's layout
+    (``batch_first``: 0 and 1; time-major, or no recurrent layer found: 1 and 0)."""
+    if batch_axis is not None and time_axis is not None:
+        return batch_axis, time_axis
+    from edge_rnn.diagnostics._gates import recurrent_layers
+
+    try:
+        first = bool(getattr(recurrent_layers(module)[0][1], "batch_first", False))
+    except UnsupportedError:
+        first = False
+    default = (0, 1) if first else (1, 0)
+    return (default[0] if batch_axis is None else batch_axis), (default[1] if time_axis is None else time_axis)
+
+
 def batch_of_one(seq: np.ndarray, batch_axis: int, time_axis: int) -> torch.Tensor:
     """One sequence ``(time, *frame)`` as the module takes it: a batch of one, axes where it wants them."""
     t = torch.from_numpy(np.ascontiguousarray(seq))[None]  # (1, time, *frame)
     return t.permute(module_order(t.dim(), batch_axis, time_axis))
 
 
-def memory_curve_torch(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int = 1, time_axis: int = 0,
-                       max_lag: int = 50, starts: int = 8, scale: float = 0.5, seed: int = 0,
-                       ids: tuple[int, int] | None = None, label: str = "pytorch") -> MemoryCurve:
+def memory_curve_torch(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None,
+                       time_axis: int | None = None, max_lag: int = 50, starts: int = 8, scale: float = 0.5,
+                       seed: int = 0, ids: tuple[int, int] | None = None, label: str = "pytorch") -> MemoryCurve:
     """The curve of ``module``'s primary output on ``x`` (one sequence, ``(time, *frame)``), which the module
-    takes with a batch axis at ``batch_axis`` and time at ``time_axis`` (``torch.nn.LSTM``: 1 and 0)."""
+    takes with a batch axis at ``batch_axis`` and time at ``time_axis`` (``torch.nn.LSTM``: 1 and 0; by default,
+    its first recurrent layer's layout: :func:`default_axes`)."""
     module = module.eval()
+    batch_axis, time_axis = default_axes(module, batch_axis, time_axis)
 
     def run(seq: np.ndarray) -> np.ndarray:
         with torch.no_grad():
