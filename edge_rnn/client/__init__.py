@@ -10,7 +10,8 @@
 ``await``; ``SyncWebSocketStream`` is the blocking WebSocket one. A server
 error raises :class:`ServiceError` with its HTTP status (or WebSocket close
 code) and the server's error code; outputs come back as float32 arrays of
-shape ``(time, output features)``.
+shape ``(time, output features)``: the width is asked of the server's
+``GET /v1/model`` at the open, unless ``width=`` gives it.
 
 A stream survives the death of the server process that holds it
 (``resume=True``, the default): at the open (a stream opened from zeros) and

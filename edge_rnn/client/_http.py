@@ -24,7 +24,7 @@ from edge_rnn.client._resume import (
     snapshot_plan,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, aask_width, ask_width, auth_headers, chunk_bytes, output
 
 __all__ = ["HttpStream", "AsyncHttpStream"]
 
@@ -110,7 +110,8 @@ class HttpStream(SyncResumable):
 
         self._journal = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
-        self.width, self.steps, self.id = width, 0, ""
+        self.width = width if width is not None else ask_width(url, token, timeout)
+        self.steps, self.id = 0, ""
         try:
             self._open(snapshot) if self._journal is None else run(open_plan(self._journal), self._do)
         except BaseException:
@@ -190,7 +191,7 @@ class AsyncHttpStream(AsyncResumable):
 
         j = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
         http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
-        s = cls(http, "", width, j)
+        s = cls(http, "", width if width is not None else await aask_width(url, token, timeout), j)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:

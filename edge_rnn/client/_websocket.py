@@ -30,7 +30,16 @@ from edge_rnn.client._resume import (
     snapshot_steps,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, output
+from edge_rnn.client._wire import (
+    ABANDON_S,
+    GIVEN_UP,
+    InStep,
+    aask_width,
+    ask_width,
+    auth_headers,
+    chunk_bytes,
+    output,
+)
 
 __all__ = ["WebSocketStream", "SyncWebSocketStream"]
 
@@ -156,6 +165,7 @@ class WebSocketStream(AsyncResumable):
                    snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                    resume_timeout: float = 30.0) -> WebSocketStream:
         j = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
+        width = width if width is not None else await aask_width(url, token)
         s = cls(None, width, journal=j, url=url, token=token)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
@@ -254,7 +264,8 @@ class SyncWebSocketStream(SyncResumable):
                  snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                  resume_timeout: float = 30.0):
         self._journal = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
-        self._url, self._token, self.width = url, token, width
+        self._url, self._token = url, token
+        self.width = width if width is not None else ask_width(url, token)
         self._ws: Any = None
         self._in_step = _in_step()
         try:

@@ -11,7 +11,8 @@ import numpy as np
 
 from edge_rnn.client._resume import ServiceError, interrupted
 
-__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "output", "auth_headers"]
+__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "output", "auth_headers", "http_base", "width_of",
+           "ask_width", "aask_width"]
 
 ABANDON_S = 1.0  # seconds a stream given up for a resumed one may take to close (best effort)
 GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
@@ -24,6 +25,45 @@ def chunk_bytes(x: Any) -> bytes:
 def output(data: bytes, width: int | None) -> np.ndarray:
     y = np.frombuffer(data, dtype="<f4")
     return y.reshape(-1, width) if width else y
+
+
+def http_base(url: str) -> str:
+    """The server's HTTP base URL from what a client was given (``ws://`` and the socket's path taken back)."""
+    base = url.rstrip("/").removesuffix("/v1/streams/ws")
+    return "http" + base[2:] if base.startswith("ws") else base
+
+
+def width_of(model: Any) -> int | None:
+    """The values per frame of the primary output, from ``GET /v1/model``'s answer (None where it says none)."""
+    try:
+        shape = model["outputs"][0]["shape"]
+        return int(np.prod([d for d in shape if d is not None], dtype=np.int64)) or None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def ask_width(url: str, token: str | None, timeout: float = 30.0) -> int | None:
+    """The primary output's width as the server describes its model: what shapes a step's reply ``(time,
+    width)``. None (flat replies) where the server does not say; an error opening the stream says why then."""
+    import httpx
+
+    try:
+        r = httpx.get(http_base(url) + "/v1/model", headers=auth_headers(token), timeout=timeout)
+        return width_of(r.json()) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def aask_width(url: str, token: str | None, timeout: float = 30.0) -> int | None:
+    """:func:`ask_width`, async."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            r = await http.get(http_base(url) + "/v1/model", headers=auth_headers(token))
+        return width_of(r.json()) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
