@@ -107,7 +107,7 @@ async def _round_trips(url: str, n: int) -> dict:
 
     x = np.random.default_rng(0).standard_normal((FRAMES, FRAME)).astype(np.float32)
     ws, http = [], []
-    async with await WebSocketStream.open(url) as s:
+    async with await WebSocketStream.open(url, width=0) as s:  # width 0: flat replies, no /v1/model request
         for i in range(n + 20):
             t0 = time.perf_counter()
             await s.step(x)

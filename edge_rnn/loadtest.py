@@ -47,8 +47,9 @@ async def _stream(url: str, token: str | None, frame: list[int], frames: int, ch
     rng = np.random.default_rng(seed)
     kept = True
     try:
-        # resume off: the load is the server's to bear, and its refusals are counted, not resumed around
-        async with await WebSocketStream.open(url, token=token, resume=False) as s:
+        # resume off: the load is the server's to bear, and its refusals are counted, not resumed around; width 0:
+        # the replies are timed, not read, so no request of /v1/model per stream
+        async with await WebSocketStream.open(url, token=token, resume=False, width=0) as s:
             due = time.perf_counter() + chunk_s * phase  # streams start spread over one chunk, as real clients do
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             while due < until:

@@ -11,7 +11,8 @@
 error raises :class:`ServiceError` with its HTTP status (or WebSocket close
 code) and the server's error code; outputs come back as float32 arrays of
 shape ``(time, output features)``: the width is asked of the server's
-``GET /v1/model`` at the open, unless ``width=`` gives it.
+``GET /v1/model`` at the open, unless ``width=`` gives it (``width=0``: flat
+replies, and no request for it).
 
 A stream survives the death of the server process that holds it
 (``resume=True``, the default): at the open (a stream opened from zeros) and
