@@ -76,3 +76,55 @@ def test_whole_model_with_its_own_weights_still_verifies(tmp_path):
     assert run("export", FACTORY, "--example-shape", "1,6,3", "--long-steps", "0", "-o", str(out)).exit_code == 0
     r = run("verify", str(out), FACTORY, "--long-steps", "50")
     assert r.exit_code == 0 and ": ok" in r.stdout, r.output
+
+
+def _identity_model(path, pairs: dict[str, str], *, extra_outputs: tuple[str, ...] = ()) -> None:
+    """x -> y and each state input -> its output through Identity, all (batch, 3) float; no contract."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3])
+
+    nodes = [helper.make_node("Identity", [i], [o]) for i, o in {"x": "y", **pairs}.items()]
+    nodes += [helper.make_node("Identity", ["x"], [o]) for o in extra_outputs]
+    graph = helper.make_graph(nodes, "g", [vi("x"), *map(vi, pairs)],
+                              [vi("y"), *map(vi, pairs.values()), *map(vi, extra_outputs)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_inspect_says_which_state_pairs_the_runtime_detects():
+    r = run("inspect", "tests/data/tiny_dynamic.onnx")
+    assert r.exit_code == 0, r.output
+    assert "needs a state_map" not in r.stdout
+    assert "the runtime pairs them by name" in r.stdout and "state_map" in r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    assert ["h0", "->", "hn"] in [row[:3] for row in rows]
+
+
+def test_inspect_needs_a_state_map_only_where_detection_finds_none_or_is_unsure(tmp_path):
+    _identity_model(tmp_path / "none.onnx", {"memory": "memory_next"})
+    r = run("inspect", str(tmp_path / "none.onnx"))
+    assert r.exit_code == 0 and "needs a state_map" in r.stdout, r.output
+    _identity_model(tmp_path / "two.onnx", {"h0": "hn"}, extra_outputs=("h0N",))  # h0 -> hn or h0N?
+    r = run("inspect", str(tmp_path / "two.onnx"))
+    assert r.exit_code == 0 and "needs a state_map" in r.stdout and "hn" in r.stdout and "h0N" in r.stdout
+
+
+def _columns_line_up(lines: list[str], marker: str) -> None:
+    cols = {ln.index(marker) for ln in lines}
+    assert len(cols) == 1, "\n".join(lines)
+
+
+def test_inspect_columns_line_up_for_long_state_names(tmp_path):
+    names = {"h0": "hn", "encoder.block.state_in": "encoder.block.state_out"}
+    _identity_model(tmp_path / "m.onnx", names)
+    out = run("inspect", str(tmp_path / "m.onnx")).stdout.splitlines()
+    _columns_line_up([ln for ln in out if " float " in ln and "->" not in ln], " float ")
+    _columns_line_up([ln for ln in out if " -> " in ln], " -> ")
+    long = "a" * 60 + "_in"
+    _identity_model(tmp_path / "long.onnx", {"h0": "hn", "c0": "cn", long: long.replace("_in", "_out")})
+    out = run("inspect", str(tmp_path / "long.onnx")).stdout.splitlines()
+    assert f"  {long}" in out  # beyond the bound: whole, on its own line
+    _columns_line_up([ln for ln in out if " float " in ln and "->" not in ln], " float ")
+    assert max(ln.index(" float ") for ln in out if " float " in ln and "->" not in ln) <= 45
