@@ -128,3 +128,17 @@ def test_inspect_columns_line_up_for_long_state_names(tmp_path):
     assert f"  {long}" in out  # beyond the bound: whole, on its own line
     _columns_line_up([ln for ln in out if " float " in ln and "->" not in ln], " float ")
     assert max(ln.index(" float ") for ln in out if " float " in ln and "->" not in ln) <= 45
+
+
+def test_state_rows_are_named_by_output_in_every_table(tmp_path):
+    """verify --against and optimize name a state as export's parity table does: by its output (hn, cn), the
+    tensor the error is measured on; its input is the contract's pair (inspect: h0 -> hn)."""
+    from edge_rnn.deploy import measure_against
+
+    lstm = "tests/data/lstm_layer.onnx"
+    err = measure_against(lstm, lstm, steps=2_000)
+    assert {t.name for t in err.tensors if t.kind == "state"} == {"hn", "cn"}
+    r = run("verify", lstm, "--against", lstm, "--steps", "2000")
+    assert r.exit_code == 0, r.output
+    rows = {ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()}
+    assert {"hn", "cn"} <= rows and not {"h0", "c0"} & rows
