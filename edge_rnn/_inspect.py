@@ -95,16 +95,50 @@ class _Message:
         return [v - (1 << 64) if v >= 1 << 63 else v for v in out]  # int64 as two's complement
 
 
-def _value_info(vi: _Message) -> str:
+class _Value(NamedTuple):
+    """A graph input or output as inspect prints it: its dims as text, None where the file gives no shape."""
+
+    name: str
+    dtype: str
+    dims: tuple[str, ...] | None
+
+    def rest(self) -> str:
+        return f"{self.dtype:<8} " + ("?" if self.dims is None else "(" + ", ".join(self.dims) + ")")
+
+
+def _value_info(vi: _Message) -> _Value:
     """``name dtype (dims)`` of a ValueInfoProto: type 2 -> TypeProto.tensor_type 1 -> elem_type 1, shape 2."""
     tensor = vi.child(2).child(1)
     code = tensor.number(1)
     dtype = _DTYPES[code] if 0 <= code < len(_DTYPES) else str(code)
-    shape = "?"
+    dims = None
     if tensor.has(2):  # TensorShapeProto.dim 1 -> Dimension: dim_value 1, dim_param 2
-        dims = tensor.child(2).children(1)
-        shape = "(" + ", ".join(d.text(2) or (str(d.number(1)) if d.has(1) else "?") for d in dims) + ")"
-    return f"  {vi.text(1):<16} {dtype:<8} {shape}"
+        dims = tuple(d.text(2) or (str(d.number(1)) if d.has(1) else "?") for d in tensor.child(2).children(1))
+    return _Value(vi.text(1), dtype, dims)
+
+
+_NAME_BOUND = 40  # columns align to the longest name up to this; a longer one is printed whole on its own line
+
+
+def _width(names: list[str], least: int = 8) -> int:
+    """The name column's width: the longest name within the bound, at least ``least``."""
+    return max([least, *(len(n) for n in names if len(n) <= _NAME_BOUND)])
+
+
+def _row(name: str, width: int, rest: str) -> str:
+    """``  name  rest`` with ``rest`` at column ``width``; a name wider than that on a line of its own above."""
+    if len(name) > width:
+        return f"  {name}\n  {'':<{width}} {rest}"
+    return f"  {name:<{width}} {rest}"
+
+
+def _value_lines(inputs: list[_Value], outputs: list[_Value]) -> list[str]:
+    """The inputs and outputs, their columns aligned across both."""
+    from edge_rnn.runtime._bundle import printable
+
+    width = _width([printable(v.name, 400) for v in inputs + outputs], 16)
+    return ["inputs:", *(_row(printable(v.name, 400), width, v.rest()) for v in inputs),
+            "outputs:", *(_row(printable(v.name, 400), width, v.rest()) for v in outputs)]
 
 
 class _OnnxFile(NamedTuple):
@@ -116,8 +150,8 @@ class _OnnxFile(NamedTuple):
     metadata: dict[str, str]
     params: int
     opsets: str
-    inputs: list[str]  # _value_info lines, initializers left out
-    outputs: list[str]
+    inputs: list[_Value]  # initializers left out
+    outputs: list[_Value]
     ops: Counter
 
     @classmethod
@@ -172,12 +206,9 @@ def describe(path: Path) -> str:
         f"model:     {f.graph.text(2) or '?'} (producer {producer}, IR {f.model.number(1)})",
         f"opset:     {f.opsets}",
         f"size:      {len(data) / 1024:.1f} KiB, {f.params:,} parameters",
-        "inputs:",
-        *f.inputs,
-        "outputs:",
-        *f.outputs,
+        *_value_lines(f.inputs, f.outputs),
     ]
-    return "\n".join(lines + _contract_lines(contract) + [_operator_line(f.ops)])
+    return "\n".join(lines + _contract_lines(contract, f.inputs, f.outputs) + [_operator_line(f.ops)])
 
 
 def recurrent_without_contract(path: Path) -> bool:
@@ -309,38 +340,40 @@ def describe_ort(path: Path) -> str:
     onnx_opset = next((model.OpsetImport(i).Version() for i in range(model.OpsetImportLength())
                        if model.OpsetImport(i).Domain() in (b"", b"ai.onnx")), "?")
     producer = (model.ProducerName() or b"").decode("utf-8", "replace") or "?"
+    values_in = [_ort_value(n, *v) for n, v in ins.items()]
+    values_out = [_ort_value(n, *v) for n, v in outs.items()]
     lines = [
         f"model:     ORT format (producer {producer}, IR {model.IrVersion()})",
         f"opset:     ai.onnx {onnx_opset}",
         f"size:      {len(data) / 1024:.1f} KiB, {params:,} parameters",
-        "inputs:",
-        *(_ort_value_line(n, *v) for n, v in ins.items()),
-        "outputs:",
-        *(_ort_value_line(n, *v) for n, v in outs.items()),
+        *_value_lines(values_in, values_out),
     ]
-    return "\n".join(lines + _contract_lines(contract) + [_operator_line(ort_operator_counts(data))])
+    return "\n".join(lines + _contract_lines(contract, values_in, values_out)
+                     + [_operator_line(ort_operator_counts(data))])
 
 
-def _ort_value_line(name: str, shape: tuple, ort_type: str) -> str:
-    """``name dtype (dims)`` of an input or output as onnxruntime reads it, as :func:`_value_info` writes a
-    graph's."""
-    dims = "(" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in shape) + ")"
-    return f"  {name:<16} {ort_type.removeprefix('tensor(').rstrip(')'):<8} {dims}"
+def _ort_value(name: str, shape: tuple, ort_type: str) -> _Value:
+    """An input or output as onnxruntime reads it, as :func:`_value_info` reads a graph's."""
+    dims = tuple(str(d) if isinstance(d, int) else str(d or "?") for d in shape)
+    return _Value(name, ort_type.removeprefix("tensor(").rstrip(")"), dims)
 
 
-def _contract_lines(contract: Contract | None) -> list[str]:
-    """The contract's lines, its strings made safe to print (a file's: an escape sequence is shown, not run)."""
+def _contract_lines(contract: Contract | None, inputs: list[_Value], outputs: list[_Value]) -> list[str]:
+    """The contract's lines, its strings made safe to print (a file's: an escape sequence is shown, not run);
+    without one, the state pairs the runtime detects by name in ``inputs`` and ``outputs``."""
     from edge_rnn.runtime._bundle import printable
 
     if contract is None:
-        return ["states:    no edge_rnn contract in the metadata (not written by edge-rnn); "
-                "the runtime needs a state_map to stream it"]
+        return _detected_lines(inputs, outputs)
     lines = [f"states:    (edge_rnn contract, format {contract.format}"
              f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})"]
+    width = _width([printable(s.input, 400) for s in contract.states])
+    out_width = _width([printable(s.output, 400) for s in contract.states])
     for s in contract.states:
         shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
         start = "" if s.initial is None else "  starts from its own initial value, not zeros"
-        lines.append(f"  {printable(s.input, 80):<8} -> {printable(s.output, 80):<8} {s.dtype:<8} ({shape}){start}")
+        out = printable(s.output, 400)
+        lines.append(_row(printable(s.input, 400), width, f"-> {out:<{out_width}} {s.dtype:<8} ({shape}){start}"))
     for t in contract.inputs:
         time = "none (one step per call)" if t.time_axis is None else t.time_axis
         within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"
@@ -348,6 +381,27 @@ def _contract_lines(contract: Contract | None) -> list[str]:
     if contract.source:
         lines.append("source:    " + printable(", ".join(f"{k}={v}" for k, v in contract.source.items()), 400))
     return lines
+
+
+def _detected_lines(inputs: list[_Value], outputs: list[_Value]) -> list[str]:
+    """For a file without a contract: the state pairs the runtime finds by name (its own rules), or why it needs
+    a state_map."""
+    from edge_rnn.runtime._bundle import printable
+    from edge_rnn.runtime._ports import detect_state_pairs
+
+    head = "states:    no edge_rnn contract in the metadata (not written by edge-rnn); "
+    shapes_out = {v.name: v.dims or () for v in outputs}
+    try:
+        pairs = detect_state_pairs({v.name: v.dims or () for v in inputs}, shapes_out)
+    except ModelFormatError as e:  # none found, or several candidates: the runtime refuses it without state_map
+        why = "no state pairs found by name" if str(e).startswith("no edge_rnn contract") else str(e)
+        return [head + printable(f"the runtime needs a state_map to stream it ({why})", 400)]
+    info = {v.name: v for v in outputs}
+    width = _width([printable(k, 400) for k in pairs])
+    out_width = _width([printable(v, 400) for v in pairs.values()])
+    return [head + "the runtime pairs them by name (pass state_map to override):",
+            *(_row(printable(k, 400), width, f"-> {printable(v, 400):<{out_width}} {info[v].rest()}")
+              for k, v in pairs.items())]
 
 
 def _operator_line(ops: Counter) -> str:

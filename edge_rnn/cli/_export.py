@@ -218,6 +218,7 @@ def _whole_model_from(model: Path, contract: Contract, factory: str | None, weig
                       ) -> torch.nn.Module:
     """The whole model to check ``model`` against: FACTORY's, with --weights loaded, in eval mode."""
     from edge_rnn.exporters._checkpoint import load_factory, load_state_dict
+    from edge_rnn.exporters._whole_verify import other_weights
 
     if factory is None:
         raise EdgeRnnError(
@@ -226,6 +227,9 @@ def _whole_model_from(model: Path, contract: Contract, factory: str | None, weig
     module = load_factory(factory)
     if weights is not None:
         load_state_dict(module, weights)
+    elif other_weights(module, contract):
+        raise StateError(f"{model}: was exported from other weights than {factory} returns (a state_dict, or an "
+                         "unseeded factory's draw); pass it with --weights")
     module.eval()
     return module
 

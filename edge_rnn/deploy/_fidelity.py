@@ -95,11 +95,12 @@ class VariantError(TensorResults):
         return self.figures().to_json()
 
     def table(self) -> str:
-        rows = [f"{'tensor':<14} {'max abs':>9} {'mean abs':>9} {'growth':>7} {'agree':>7} {'of bound':>8}  verdict"]
+        w = max([14, *(len(t.name) for t in self.tensors if len(t.name) <= 40)])
+        rows = [f"{'tensor':<{w}} {'max abs':>9} {'mean abs':>9} {'growth':>7} {'agree':>7} {'of bound':>8}  verdict"]
         for t in self.tensors:
             agree = "" if t.agreement is None else f"{t.agreement:.2%}"
             verdict = "GROWS" if t.grows else "ok" if t.ok else "FAIL"
-            rows.append(f"{t.name:<14} {t.max_abs:9.2e} {t.mean_abs:9.2e} {t.growth:7.2f} {agree:>7} "
+            rows.append(f"{t.name:<{w}} {t.max_abs:9.2e} {t.mean_abs:9.2e} {t.growth:7.2f} {agree:>7} "
                         f"{t.worst_fraction:8.3f}  {verdict}")
         return "\n".join(rows)
 
@@ -256,7 +257,8 @@ def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 
     ends = np.cumsum(sizes)  # the step at which each chunk ended
     tensors = [_output_error(name, ports[name], a, b, tolerance, classifier.get(name), threshold, ends)
                for name, (a, b) in outs.items()]
-    tensors += [_error(name, "state", np.stack(a), np.stack(b), tolerance, None, None, ends)
+    output_of = {s.input: s.output for s in ref.states}  # a state's row is named by its output, as export's are
+    tensors += [_error(output_of[name], "state", np.stack(a), np.stack(b), tolerance, None, None, ends)
                 for name, (a, b) in states.items()]
     return VariantError(steps=steps, chunks=len(sizes), inputs="random" if data is None else "data",
                         tolerance=tolerance, tensors=tensors)

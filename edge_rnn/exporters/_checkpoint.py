@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import pickle
@@ -13,7 +14,7 @@ import torch
 
 from edge_rnn.errors import EdgeRnnError, StateError, described, message_line
 
-__all__ = ["load_state_dict", "load_factory"]
+__all__ = ["load_state_dict", "load_factory", "weights_digest"]
 
 
 def load_state_dict(module: Any, weights: Path) -> None:
@@ -48,6 +49,17 @@ def load_state_dict(module: Any, weights: Path) -> None:
     if bad:
         raise StateError(f"{weights}: state_dict shapes do not fit: " + "; ".join(bad))
     module.load_state_dict(state)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short SHA-256 of ``module``'s state_dict (names, dtypes, shapes and values): what a whole model's contract
+    records, so that verify can tell a factory's own weights from the state_dict the model was exported from."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_factory(ref: str) -> Any:

@@ -20,6 +20,7 @@ import torch
 
 from edge_rnn.contract import Contract, StateSpec, TensorSpec, axes_problem
 from edge_rnn.errors import EdgeRnnError, NotStreamableError, ShapeError, UnsupportedError, message_line
+from edge_rnn.exporters._checkpoint import weights_digest
 from edge_rnn.exporters._lift import LiftedState, Lifter
 from edge_rnn.exporters.options import StreamingIO
 
@@ -237,7 +238,7 @@ def _source(lifter: Lifter, lifted: list[LiftedState], decomposed: bool) -> dict
     model = lifter.model
     return {"kind": "module", "module": f"{type(model).__module__}.{type(model).__qualname__}",
             "lifted": sorted({s.path for s in lifted}), "recurrent": sorted(lifter.recurrent),
-            "graph_form": "decomposed" if decomposed else "native"}
+            "graph_form": "decomposed" if decomposed else "native", "weights": weights_digest(model)}
 
 
 def reference(lifter: Lifter, r: Resolved, dtype: torch.dtype) -> Callable[[Arrays], Arrays]:

@@ -12,13 +12,14 @@ import torch
 
 from edge_rnn.contract import Contract, StateSpec, TensorSpec
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, ShapeError, UnsupportedError
+from edge_rnn.exporters._checkpoint import weights_digest
 from edge_rnn.exporters._lift import Lifter
 from edge_rnn.exporters._references import check_against_torch, float32_module, input_source, tolerance_for
 from edge_rnn.exporters._whole_resolve import Resolved, examples_of, reference, resolve
 from edge_rnn.exporters.options import ParityOptions, StreamingIO
 from edge_rnn.harness import Cases, InputLayout, ParityReport, open_sessions, read_contract
 
-__all__ = ["verify_model", "verify_resolved", "layouts"]
+__all__ = ["verify_model", "verify_resolved", "layouts", "other_weights"]
 
 
 def layouts(r: Resolved) -> list[InputLayout]:
@@ -111,7 +112,18 @@ def verify_model(model: torch.nn.Module, path: str | Path, *, example_input: Any
     with Lifter(model) as lifter:
         r = _resolve_as_file(lifter, examples, _merged(_io_from_file(contract, session), io or StreamingIO()), path)
         _same_interface(r.contract, contract, path)
-        return verify_resolved(model, r, path, data=data, checks=checks)
+        report = verify_resolved(model, r, path, data=data, checks=checks)
+    if other_weights(model, contract):
+        report.notes.append("the module holds other weights than the file was exported from (its contract records "
+                            "their digest): load the state_dict it was exported from")
+    return report
+
+
+def other_weights(model: torch.nn.Module, contract: Contract) -> bool:
+    """Whether ``model``'s weights differ from those the file was exported from; False for a file that does not
+    record them (written before the digest was)."""
+    recorded = contract.source.get("weights")
+    return isinstance(recorded, str) and recorded != weights_digest(model)
 
 
 def _resolve_as_file(lifter: Lifter, examples: tuple[torch.Tensor, ...], io: StreamingIO, path: Path) -> Resolved:
