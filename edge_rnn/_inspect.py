@@ -366,14 +366,8 @@ def _contract_lines(contract: Contract | None, inputs: list[_Value], outputs: li
     if contract is None:
         return _detected_lines(inputs, outputs)
     lines = [f"states:    (edge_rnn contract, format {contract.format}"
-             f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})"]
-    width = _width([printable(s.input, 400) for s in contract.states])
-    out_width = _width([printable(s.output, 400) for s in contract.states])
-    for s in contract.states:
-        shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
-        start = "" if s.initial is None else "  starts from its own initial value, not zeros"
-        out = printable(s.output, 400)
-        lines.append(_row(printable(s.input, 400), width, f"-> {out:<{out_width}} {s.dtype:<8} ({shape}){start}"))
+             f"{'' if contract.streamable else ', NOT streamable: one whole sequence per call'})",
+             *_state_rows(contract)]
     for t in contract.inputs:
         time = "none (one step per call)" if t.time_axis is None else t.time_axis
         within = "" if t.values is None else f", values in [{t.values[0]}, {t.values[1]}]"
@@ -381,6 +375,21 @@ def _contract_lines(contract: Contract | None, inputs: list[_Value], outputs: li
     if contract.source:
         lines.append("source:    " + printable(", ".join(f"{k}={v}" for k, v in contract.source.items()), 400))
     return lines
+
+
+def _state_rows(contract: Contract) -> list[str]:
+    """One row per state of a contract: input -> output, dtype, shape, and where a new stream starts."""
+    from edge_rnn.runtime._bundle import printable
+
+    width = _width([printable(s.input, 400) for s in contract.states])
+    out_width = _width([printable(s.output, 400) for s in contract.states])
+    rows = []
+    for s in contract.states:
+        shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
+        start = "" if s.initial is None else "  starts from its own initial value, not zeros"
+        rows.append(_row(printable(s.input, 400), width,
+                         f"-> {printable(s.output, 400):<{out_width}} {s.dtype:<8} ({shape}){start}"))
+    return rows
 
 
 def _detected_lines(inputs: list[_Value], outputs: list[_Value]) -> list[str]:

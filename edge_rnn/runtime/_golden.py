@@ -275,8 +275,9 @@ def replay(model: Any, golden: Golden, *, atol: float, rtol: float) -> GoldenChe
     outs = _thinned(model, outs, golden.output_steps)
     for name, ref in golden.outputs.items():
         check.tensors.append(TensorCheck(name, "output", *_fraction(outs[name], ref, atol, rtol)))
+    named = {s.input: s.output for s in model.states}  # a state named by its output, as every table names it
     for name, ref in golden.states.items():
-        check.tensors.append(TensorCheck(name, "state", *_fraction(states[name], ref, atol, rtol)))
+        check.tensors.append(TensorCheck(named[name], "state", *_fraction(states[name], ref, atol, rtol)))
     return check
 
 
