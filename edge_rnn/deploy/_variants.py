@@ -36,7 +36,7 @@ from edge_rnn.deploy._decompose import all_graphs, all_nodes
 from edge_rnn.deploy._fidelity import INT8_OPS
 from edge_rnn.deploy._int8 import Int8Settings, keep_float_nodes
 from edge_rnn.deploy._int8_recurrent import general_int8_nodes, quantize_recurrent
-from edge_rnn.deploy._tools import quiet
+from edge_rnn.deploy._tools import quiet, read_model
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, described, message_line
 from edge_rnn.runtime import StreamingModel
 
@@ -134,14 +134,7 @@ def check_int8_settings(model_path: Path, settings: Int8Settings, variants: tupl
     if any(k.int8 and k.static for k in kinds):
         raise UnsupportedError("int8 keep_float applies to the int8 variant; static-int8's unrolled graph has nodes "
                                "of its own: make it without --int8-keep-float")
-    int8_graph(_read(model_path), settings)
-
-
-def _read(model_path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load(str(model_path))
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
-        raise ModelFormatError(f"{model_path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    int8_graph(read_model(model_path), settings)
 
 
 def _int8(model: onnx.ModelProto, dst: Path, options: MakeOptions) -> list[str]:
@@ -288,7 +281,7 @@ def make_variant(name: str, model_path: Path, dst: Path, *, chunk: int = 1, cali
 
 def _exported(model_path: Path) -> onnx.ModelProto:
     """The model at ``model_path``, refused unless edge-rnn exported it (its metadata holds the contract)."""
-    model = _read(model_path)
+    model = read_model(model_path)
     if not any(p.key == METADATA_KEY for p in model.metadata_props):
         raise ModelFormatError(f"{model_path}: no edge_rnn contract in its metadata; variants are made from models "
                                "edge-rnn exported")

@@ -20,6 +20,7 @@ import onnx
 
 from edge_rnn.contract import METADATA_KEY, Contract
 from edge_rnn.deploy._decompose import all_graphs, check_recurrent_nodes
+from edge_rnn.deploy._tools import read_model
 from edge_rnn.deploy.lifting._proof import PROOF_CASES, Proof, pinned_batch, prove
 from edge_rnn.deploy.lifting._surgery import Lifted, LiftedState, lift_model, reference_model
 from edge_rnn.deploy.lifting._zeros import drop_zero_states
@@ -45,10 +46,7 @@ def _read(path: Path) -> onnx.ModelProto:
     what the surgery and the proof then meet is a valid graph, and an invalid one is one error, not a traceback."""
     if not path.is_file():
         raise EdgeRnnError(f"model {path}: no such file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError, OSError, ValueError (external data), ...
-        raise ModelFormatError(f"{path}: expected an ONNX model, could not parse it ({described(e)})") from None
+    model = read_model(path)
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
