@@ -60,11 +60,13 @@ def _sequence(path: Path):
                    "minutes), export each with its int8 variant, and diagnose them side by side; takes only --plot, "
                    "--out and --seed.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="With --demo: keep the exported models (memory_ARCH.onnx, memory_ARCH.int8.onnx) in this folder.")
+              help="With --demo: keep the exported models (memory_ARCH.onnx, memory_ARCH.int8.onnx) in this "
+                   "folder.")
 @click.pass_context
-def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
-             bidirectional: bool, batch_first: bool, proj_size: int, nonlinearity: str, seed: int,
-             weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
+def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_size: int | None,
+             hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool, proj_size: int,
+             nonlinearity: str, seed: int, weights: Path | None, batch_axis: int, time_axis: int,
+             input_path: Path | None,
              compare: tuple[str, ...], plot_path: Path | None, max_lag: int, starts: int, demo: bool,
              out_dir: Path | None) -> None:
     """What a model's gates do and how far back it remembers.
@@ -122,10 +124,8 @@ def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path
     from click.core import ParameterSource
 
     if not demo:
-        if out_dir is not None:
-            raise click.UsageError("--out goes with --demo (where the demo's exported models are kept)")
-        if input_path is None:
-            raise click.UsageError("missing --input (one sequence, a .npy file), or give --demo")
+        _refuse("--out goes with --demo (where the demo's exported models are kept)", out_dir)
+        _refuse("missing --input (one sequence, a .npy file), or give --demo", input_path is None)
         return
     given = [p for p in ctx.command.params if p.name not in _DEMO_TAKES
              and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)]

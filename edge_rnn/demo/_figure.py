@@ -17,6 +17,8 @@ def demo_figure(result: DemoResult, path: str | Path) -> Path:
     t = result.config.train
     return plot_comparison(
         {r.arch: r.diagnosis for r in result.results}, path,
-        accuracy={r.arch: (r.accuracy.lags, r.accuracy.accuracy) for r in result.results}, chance=t.task.chance,
+        accuracy={name: (acc.lags, acc.accuracy) for r in result.results
+                  for name, acc in ((r.arch, r.accuracy), (f"{r.arch} int8", r.int8_accuracy))},
+        chance=t.task.chance,
         title=(f"Delayed recall, {t.task.symbols} symbols: vanilla RNN, LSTM and GRU of {t.hidden} units, trained "
                f"{t.steps} steps (seed {t.seed}), diagnosed"))

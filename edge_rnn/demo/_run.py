@@ -7,7 +7,8 @@ For each architecture, in turn:
 2. the recurrent layer (the memory; the read-out head is a Linear) exported to streaming ONNX by
    :func:`edge_rnn.exporters.export`, parity-checked against PyTorch as ``edge-rnn export`` does;
 3. its int8 variant made by :func:`edge_rnn.deploy.make_variant` (portable settings, as ``edge-rnn optimize
-   --int8``) and its error against the float32 file measured by :func:`edge_rnn.deploy.measure_against`;
+   --int8``), its error against the float32 file measured by :func:`edge_rnn.deploy.measure_against`, and its
+   accuracy by lag on the same sequences (streamed by the runtime, read by the same head);
 4. :func:`edge_rnn.diagnostics.diagnose` on the recurrent layer, over task input (sequences at ``diag_lag`` end to
    end), with the export's and the int8 variant's memory curves beside PyTorch's.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_rnn.demo._file_model import FileReadout
 from edge_rnn.demo._task import task_sequence
 from edge_rnn.demo._train import AccuracyByLag, TrainConfig, Trained, accuracy_by_lag, train
 from edge_rnn.diagnostics import Diagnosis
@@ -49,6 +51,7 @@ class ArchResult:
     arch: str
     trained: Trained
     accuracy: AccuracyByLag
+    int8_accuracy: AccuracyByLag  # the int8 variant streamed by the runtime, read by the same head
     onnx: Path
     int8: Path
     int8_max_abs: float  # the int8 variant's largest output error against the float32 file
@@ -100,6 +103,8 @@ def _one(arch: str, c: DemoConfig, out: Path, say: Callable[[str], None]) -> Arc
     int8_path = out / f"memory_{arch}.int8.onnx"
     make_variant("int8", onnx_path, int8_path)
     error = measure_against(int8_path, onnx_path, steps=c.check_steps)
+    int8_accuracy = accuracy_by_lag(FileReadout(int8_path, trained.model.head), c.train.task, c.eval_lags,
+                                    n=c.eval_n, seed=c.train.seed + 1, label=f"{arch} int8")
     seconds["int8"] = time.perf_counter() - t0
     say(f"{arch}: exported to {onnx_path} and {int8_path}; diagnosing")
     t0 = time.perf_counter()
@@ -108,4 +113,4 @@ def _one(arch: str, c: DemoConfig, out: Path, say: Callable[[str], None]) -> Arc
                  seed=c.train.seed, source=f"{arch}, trained on delayed recall")
     seconds["diagnose"] = time.perf_counter() - t0
     y = next(t for t in error.tensors if t.kind == "output")
-    return ArchResult(arch, trained, accuracy, onnx_path, int8_path, y.max_abs, error.ok, d, seconds)
+    return ArchResult(arch, trained, accuracy, int8_accuracy, onnx_path, int8_path, y.max_abs, error.ok, d, seconds)

@@ -2,9 +2,11 @@
 
 The recipe: Adam, gradient norm clipped, a batch of one lag drawn uniformly from ``min_lag .. top``, where ``top``
 (the curriculum) starts at ``min_lag`` and grows by a quarter whenever the running training accuracy passes
-``advance_at``, up to ``max_lag``. Every ``check_every`` steps the model is scored on a validation set (its own
-seed, lags spread over ``min_lag .. max_lag``, never the evaluation's data) and the best parameters are kept: a
-vanilla RNN's training can collapse once the curriculum outruns it, and its best point is what it can do.
+``advance_at``, up to ``max_lag`` (``curriculum=False``: every lag from the first step, the classical setting in
+which Bengio et al. (1994) showed gradient descent failing). Every ``check_every`` steps the model is scored on a
+validation set (its own seed, lags spread over ``min_lag .. max_lag``, never the evaluation's data) and the best
+parameters are kept: a vanilla RNN's training can collapse once the curriculum outruns it, and its best point is
+what it can do.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TrainConfig:
     min_lag: int = 5
     max_lag: int = 100
     advance_at: float = 0.9
+    curriculum: bool = True
     check_every: int = 100
     check_lags: int = 8  # validation lags, evenly spread over min_lag .. max_lag
     check_batch: int = 64
@@ -108,7 +111,7 @@ def _train(arch: str, c: TrainConfig, log: Callable[[str], None]) -> Trained:
     opt = torch.optim.Adam(model.parameters(), lr=c.lr)
     rng = np.random.default_rng(c.seed)
     check_lags = np.linspace(c.min_lag, c.max_lag, c.check_lags).round().astype(int)
-    top, running, last = c.min_lag, 0.0, 0.0
+    top, running, last = (c.min_lag if c.curriculum else c.max_lag), 0.0, 0.0
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     t0 = time.perf_counter()
     for step in range(1, c.steps + 1):

@@ -54,13 +54,11 @@ def plot_comparison(diagnoses: Mapping[str, Diagnosis], path: str | Path, *,
         top[0].set_visible(False)
     _horizons(top[1], diagnoses, colours)
     _gradient(top[2], diagnoses, colours)
-    width = cols // max(len(gates), 1)
-    for i, (name, h) in enumerate(gates):
-        _gate(fig.add_subplot(grid[1, i * width:(i + 1) * width]), name, h, colours[name])
+    _gate_row(fig, grid, cols, gates, colours)
     span = cols // len(names)
     for i, name in enumerate(names):
         _memory(fig.add_subplot(grid[2, i * span:(i + 1) * span]), name, diagnoses[name], colours[name])
-    fig.suptitle(title or "edge-rnn diagnose: " + ", ".join(names), fontsize=15)
+    fig.suptitle(title or "edge-rnn diagnose: " + ", ".join(names), fontsize=15, y=0.95)
     path = Path(path)
     try:
         fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -71,6 +69,16 @@ def plot_comparison(diagnoses: Mapping[str, Diagnosis], path: str | Path, *,
     return path
 
 
+def _gate_row(fig, grid, cols: int, gates: list, colours: dict[str, str]) -> None:
+    """One small axis per gate, across the middle row."""
+    width = cols // max(len(gates), 1)
+    for i, (name, h) in enumerate(gates):
+        ax = fig.add_subplot(grid[1, i * width:(i + 1) * width])
+        _gate(ax, name, h, colours[name])
+        if i == 0:
+            ax.set_ylabel("share of unit-steps", fontsize=9)
+
+
 def _first_layer(d: Diagnosis) -> list:
     first = d.histograms[0].layer if d.histograms else None
     return [h for h in d.histograms if h.layer == first]
@@ -78,8 +86,10 @@ def _first_layer(d: Diagnosis) -> list:
 
 def _accuracy(ax, accuracy: Mapping[str, tuple[Sequence[int], Sequence[float]]], chance: float | None,
               colours: dict[str, str]) -> None:
-    for name, (lags, acc) in accuracy.items():
-        ax.plot(lags, acc, marker="o", linewidth=2, color=colours.get(name), label=name)
+    for name, (lags, acc) in accuracy.items():  # "lstm int8": lstm's colour, dashed
+        base, _, variant = name.partition(" ")
+        ax.plot(lags, acc, marker="x" if variant else "o", linewidth=1.2 if variant else 2.2,
+                linestyle="--" if variant else "-", color=colours.get(base), label=name)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.3g})")
     ax.set_xscale("log")
@@ -90,7 +100,7 @@ def _accuracy(ax, accuracy: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     ax.set_xlabel("lag: steps between the marked symbol and the query")
     ax.set_ylabel("share answered right")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=8, ncol=2, loc="lower left")
 
 
 def _plain():
