@@ -69,8 +69,8 @@ def demo_table(result: DemoResult) -> list[str]:
         f"memory curve: a perturbed input step's effect on the layer's output, relative to the step itself; 1/e: the "
         f"first lag below 1/e (>{last}: not within {last}); the export's curve equals PyTorch's within "
         f"{export_gap:.1g}",
-        "int8 err: the int8 variant's largest output error against fp32 over a 2,000-step random stream ('over': "
-        "beyond the bound edge-rnn optimize keeps a variant by)",
+        f"int8 err: the int8 variant's largest output error against fp32 over {c.check_steps:,} steps of task input "
+        "('over': beyond the bound edge-rnn optimize keeps a variant by)",
         f"machine: {result.machine}; torch {result.torch}, one training thread",
     ]
     return rows
