@@ -72,6 +72,22 @@ def test_the_models_read_the_query_step(arch):
         assert (m.rnn.bias_ih_l0[6:12] + m.rnn.bias_hh_l0[6:12] == 1).all()
 
 
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_an_exported_layer_read_by_the_head_gives_the_models_logits(arch, tmp_path):
+    from edge_rnn.demo._file_model import FileReadout
+    from edge_rnn.exporters import export
+
+    torch.manual_seed(1)
+    m = RecallModel(arch, TASK.features, 6, TASK.symbols).eval()
+    export(m.rnn, tmp_path / "m.onnx", long_steps=0)
+    b = task_batch(TASK, 7, 4, np.random.default_rng(2))
+    x, q = torch.from_numpy(b.x), torch.from_numpy(b.query)
+    with torch.no_grad():
+        want = m(x, q)
+    got = FileReadout(tmp_path / "m.onnx", m.head, chunk=3)(x, q)  # chunks that cut the sequences anywhere
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 def test_an_unknown_architecture_is_refused():
     with pytest.raises(UnsupportedError, match="expected an architecture among"):
         RecallModel("transformer", 10, 4, 8)
