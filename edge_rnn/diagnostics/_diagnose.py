@@ -27,7 +27,7 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
 
 def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None, time_axis: int | None = None,
              max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
-             seed: int = 0, source: str = "model") -> Diagnosis:
+             seed: int = 0, source: str = "model", what: str = "x") -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
@@ -36,7 +36,8 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
     ``x`` are refused with :class:`~edge_rnn.errors.ShapeError`). ``compare``: ONNX files
     (or loaded ``StreamingModel`` objects) whose empirical memory curves are drawn beside the module's (its export,
     a bundle's int8 variant, ...). Refused with :class:`~edge_rnn.errors.NonFiniteError`: NaN or Inf in ``x`` or
-    in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``).
+    in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``). ``what``
+    names ``x`` in a refusal (``--input x.npy``).
     """
     x = finite_input(x)
     if x.ndim < 1 or len(x) <= max_lag + 1:
@@ -60,7 +61,8 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
     d.gradient += baselines(layer.input_size, layer.hidden_size, layer.num_layers, layer_x, seed=seed, max_lag=lag)
     d.memory = [memory_curve_torch(module, x, batch_axis=batch_axis, time_axis=time_axis, max_lag=max_lag,
                                    starts=starts, seed=seed, ids=ids, label="PyTorch model")]
-    d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed) for path in compare]
+    d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed, what=what)
+                 for path in compare]
     _refuse_nonfinite(d, x)
     return d
 
