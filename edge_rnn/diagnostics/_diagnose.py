@@ -27,7 +27,7 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
 
 def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None, time_axis: int | None = None,
              max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
-             seed: int = 0, source: str = "model", what: str = "x") -> Diagnosis:
+             seed: int = 0, source: str = "model", what: str | None = None) -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and

@@ -225,7 +225,7 @@ class _OnnxRunner:
 
 
 def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 8, scale: float = 0.5,
-                 seed: int = 0, label: str | None = None, what: str = "x") -> MemoryCurve:
+                 seed: int = 0, label: str | None = None, what: str | None = None) -> MemoryCurve:
     """The empirical memory curve of a streaming ONNX model (a path or a loaded ``StreamingModel``).
 
     ``x`` is one sequence of the model's single input, time first: ``(time, *frame)``, as
@@ -240,10 +240,10 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
     port = model.inputs[0]
     x = np.asarray(x)
     if not (shape_fits(port, x.shape) and dtype_fits(port, x.dtype)):
-        raise ShapeError(f"{what}: expected {describe_time_first(port)} for {label or model.source}'s input "
+        raise ShapeError(f"{what or 'x'}: expected {describe_time_first(port)} for {label or model.source}'s input "
                          f"{port.name} (time first{', any float is cast' if port.dtype.kind == 'f' else ''}), got "
                          f"{x.shape} {x.dtype}")
-    x = finite_input(x, port.dtype if port.dtype.kind == "f" else None, what=what)
+    x = finite_input(x, port.dtype if port.dtype.kind == "f" else None, what=what or "diagnose input")
     every = _steps_per_call(port, max_lag)
     x = x[: len(x) - len(x) % every]
     return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,

@@ -15,7 +15,7 @@ __all__ = ["diagnose_onnx", "diagnose_bundle", "summary"]
 
 
 def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
-                  compare: Sequence[Any] = (), seed: int = 0, what: str = "x") -> Diagnosis:
+                  compare: Sequence[Any] = (), seed: int = 0, what: str | None = None) -> Diagnosis:
     """What an ONNX file alone shows (torch is not needed for this part): its empirical memory curve, and those of
     ``compare`` (paths, or loaded ``StreamingModel`` objects such as a bundle's variants). Gate statistics and
     gradient flow need the PyTorch model. ``what`` names ``x`` in a refusal (``--input x.npy``)."""
@@ -28,7 +28,7 @@ def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts:
 
 
 def diagnose_bundle(folder: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
-                    seed: int = 0, what: str = "x") -> Diagnosis:
+                    seed: int = 0, what: str | None = None) -> Diagnosis:
     """The memory curve of every variant of a bundle (``edge-rnn package``), each loaded and hash-checked
     as ``StreamingModel.load(folder, variant=...)`` does: whether a variant shortened what the model remembers."""
     from edge_rnn.runtime import StreamingModel
