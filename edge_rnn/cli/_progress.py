@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -29,7 +30,8 @@ _WIDTH = 24  # characters of the bar itself
 
 def stderr_is_terminal() -> bool:
     """Whether a bar may be drawn: stderr is a terminal (the one test; tests fake it here)."""
-    return click.get_text_stream("stderr").isatty()
+    stream = sys.stderr  # where click.echo(err=True) writes
+    return stream is not None and stream.isatty()
 
 
 class _Bar:
