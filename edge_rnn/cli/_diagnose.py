@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edge_rnn.cli._common import _build, _existing, _read_array, main
+from edge_rnn.cli._progress import progress, quiet_option
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -55,6 +56,7 @@ def _sequence(path: Path):
 @click.option("--max-lag", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
 @click.option("--starts", type=click.IntRange(min=1, max=1000), default=8, show_default=True,
               help="Perturbation points averaged in the memory curve.")
+@quiet_option
 def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
              bidirectional: bool, batch_first: bool, proj_size: int, nonlinearity: str, seed: int,
              weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
@@ -82,19 +84,20 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
         _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare,
                 *layer_opts)
-        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed)
+        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, progress=progress())
     elif source is not None and source.endswith(".onnx"):
         _refuse("an ONNX file holds its weights: --arch, its shape options and --weights go with a PyTorch model",
                 arch, weights, *layer_opts)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
-                          seed=seed)
+                          seed=seed, progress=progress())
     else:
         module, axes, ids = _torch_model(source, arch, input_size, hidden_size, shape, seed, weights,
                                          (batch_axis, time_axis))
         from edge_rnn.diagnostics import diagnose as run
 
         d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
-                ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape))
+                ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape),
+                progress=progress())
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot
