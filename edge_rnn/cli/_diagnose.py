@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edge_rnn.cli._common import _build, _existing, _read_array, main
+from edge_rnn.cli._progress import progress, quiet_option
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -68,6 +69,7 @@ def _for_torch(x, path: Path, input_size: int | None):
 @click.option("--max-lag", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
 @click.option("--starts", type=click.IntRange(min=1, max=1000), default=8, show_default=True,
               help="Perturbation points averaged in the memory curve.")
+@quiet_option
 def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
              bidirectional: bool, batch_first: bool, proj_size: int, nonlinearity: str, seed: int,
              weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
@@ -95,12 +97,13 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
         _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare,
                 *layer_opts)
-        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, what=f"--input {input_path}")
+        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, progress=progress(),
+                            what=f"--input {input_path}")
     elif source is not None and source.endswith(".onnx"):
         _refuse("an ONNX file holds its weights: --arch, its shape options and --weights go with a PyTorch model",
                 arch, weights, *layer_opts)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
-                          seed=seed, what=f"--input {input_path}")
+                          seed=seed, progress=progress(), what=f"--input {input_path}")
     else:
         module, axes, ids = _torch_model(source, arch, input_size, hidden_size, shape, seed, weights,
                                          (batch_axis, time_axis))
@@ -109,7 +112,7 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
         x = _for_torch(x, input_path, None if source else input_size)
         d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
                 ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape),
-                what=f"--input {input_path}")
+                progress=progress(), what=f"--input {input_path}")
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_rnn._progress import Progress, Ticker
 from edge_rnn.diagnostics._memory import memory_curve
 from edge_rnn.diagnostics._types import Diagnosis, GateStats, GradientFlow, Horizon, MemoryCurve
 
@@ -15,30 +16,39 @@ __all__ = ["diagnose_onnx", "diagnose_bundle", "summary"]
 
 
 def diagnose_onnx(path: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
-                  compare: Sequence[Any] = (), seed: int = 0, what: str | None = None) -> Diagnosis:
+                  compare: Sequence[Any] = (), seed: int = 0, progress: Progress | None = None,
+                  what: str | None = None) -> Diagnosis:
     """What an ONNX file alone shows (torch is not needed for this part): its empirical memory curve, and those of
     ``compare`` (paths, or loaded ``StreamingModel`` objects such as a bundle's variants). Gate statistics and
-    gradient flow need the PyTorch model. ``what`` names ``x`` in a refusal (``--input x.npy``)."""
+    gradient flow need the PyTorch model. ``progress`` (:mod:`edge_rnn._progress`): one unit per curve. ``what``
+    names ``x`` in a refusal (``--input x.npy``)."""
     d = Diagnosis(source=str(path))
-    d.memory = [memory_curve(p, x, max_lag=max_lag, starts=starts, seed=seed, what=what)
-                for p in (path, *compare)]
+    models = (path, *compare)
+    ticker = Ticker(progress, len(models), "memory curves")
+    for model in models:
+        d.memory.append(memory_curve(model, x, max_lag=max_lag, starts=starts, seed=seed, what=what))
+        ticker.advance(1)
     d.notes.append("gate statistics, memory horizons and gradient flow need the PyTorch model (--arch or a "
                    "FACTORY); an ONNX file shows its empirical memory curve")
     return d
 
 
 def diagnose_bundle(folder: str | Path, x: np.ndarray, *, max_lag: int = 50, starts: int = 8,
-                    seed: int = 0, what: str | None = None) -> Diagnosis:
+                    seed: int = 0, progress: Progress | None = None, what: str | None = None) -> Diagnosis:
     """The memory curve of every variant of a bundle (``edge-rnn package``), each loaded and hash-checked
-    as ``StreamingModel.load(folder, variant=...)`` does: whether a variant shortened what the model remembers."""
+    as ``StreamingModel.load(folder, variant=...)`` does: whether a variant shortened what the model remembers.
+    ``progress`` (:mod:`edge_rnn._progress`): one unit per variant."""
     from edge_rnn.runtime import StreamingModel
     from edge_rnn.runtime._bundle import load_manifest
 
     folder = Path(folder)
     d = Diagnosis(source=str(folder))
-    for name in load_manifest(folder).variants:
+    names = list(load_manifest(folder).variants)
+    ticker = Ticker(progress, len(names), "memory curves")
+    for name in names:
         model = StreamingModel.load(folder, variant=name)
         d.memory.append(memory_curve(model, x, max_lag=max_lag, starts=starts, seed=seed, label=name, what=what))
+        ticker.advance(1)
     d.notes.append("a bundle holds ONNX files: gate statistics, memory horizons and gradient flow need the PyTorch "
                    "model (--arch or a FACTORY)")
     return d
