@@ -13,8 +13,8 @@ from edge_rnn.errors import EdgeRnnError
 
 def _sequence(path: Path):
     """--input: one sequence, time first, from a .npy file: read by the bounded reader every command shares
-    (never unpickled), refused when it holds NaN or Inf (the check every diagnostics path makes)."""
-    import numpy as np
+    (never unpickled), refused when it holds NaN or Inf (the check every diagnostics path makes). Its dtype is
+    the file's: an ONNX model's check names it, then casts it (a PyTorch model's input is cast by _for_torch)."""
 
     from edge_rnn.diagnostics._memory import finite_input
 
@@ -25,6 +25,19 @@ def _sequence(path: Path):
     if x.dtype.kind not in "fiu":
         raise EdgeRnnError(f"--input {path}: expected a plain .npy numeric array (time, features...), got "
                            f"{x.dtype} {x.shape}")
+    return finite_input(x, what=f"--input {path}")
+
+
+def _for_torch(x, path: Path, input_size: int | None):
+    """--input for a PyTorch model: float32 (a float64 file is cast, as for ONNX), its width checked here against a
+    layer built with --input-size, so that a refusal names the file, not the layer's first call."""
+    import numpy as np
+
+    from edge_rnn.diagnostics._memory import finite_input
+
+    if input_size is not None and (x.ndim != 2 or x.shape[1] != input_size):
+        raise EdgeRnnError(f"--input {path}: expected (time, {input_size}) for --input-size {input_size} (time first, "
+                           f"any float is cast), got {x.shape} {x.dtype} in the file")
     return finite_input(x, np.float32 if x.dtype.kind == "f" else None, what=f"--input {path}")
 
 
@@ -84,20 +97,22 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
         _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare,
                 *layer_opts)
-        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, progress=progress())
+        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, progress=progress(),
+                            what=f"--input {input_path}")
     elif source is not None and source.endswith(".onnx"):
         _refuse("an ONNX file holds its weights: --arch, its shape options and --weights go with a PyTorch model",
                 arch, weights, *layer_opts)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
-                          seed=seed, progress=progress())
+                          seed=seed, progress=progress(), what=f"--input {input_path}")
     else:
         module, axes, ids = _torch_model(source, arch, input_size, hidden_size, shape, seed, weights,
                                          (batch_axis, time_axis))
         from edge_rnn.diagnostics import diagnose as run
 
+        x = _for_torch(x, input_path, None if source else input_size)
         d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
                 ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape),
-                progress=progress())
+                progress=progress(), what=f"--input {input_path}")
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot

@@ -108,7 +108,7 @@ class VariantError(TensorResults):
 
 def _graph(data: bytes) -> Any:
     """An ONNX file's GraphProto (ModelProto field 7), read with the wire-format reader: no onnx needed."""
-    from edge_rnn._inspect import _Message
+    from edge_rnn._inspect._onnx import _Message
 
     return _Message(data, (0, len(data))).child(7)
 

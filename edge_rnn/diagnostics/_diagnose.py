@@ -28,7 +28,8 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
 
 def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None, time_axis: int | None = None,
              max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
-             seed: int = 0, source: str = "model", progress: Progress | None = None) -> Diagnosis:
+             seed: int = 0, source: str = "model", progress: Progress | None = None,
+             what: str | None = None) -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
@@ -39,7 +40,7 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
     a bundle's int8 variant, ...). Refused with :class:`~edge_rnn.errors.NonFiniteError`: NaN or Inf in ``x`` or
     in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``).
     ``progress`` (:mod:`edge_rnn._progress`) counts the stages: the gate trace, the model's gradient flow, each
-    baseline's, and each memory curve.
+    baseline's, and each memory curve. ``what`` names ``x`` in a refusal (``--input x.npy``).
     """
     x = finite_input(x)
     if x.ndim < 1 or len(x) <= max_lag + 1:
@@ -70,7 +71,7 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
                                    starts=starts, seed=seed, ids=ids, label="PyTorch model")]
     for path in compare:
         ticker.advance(1, "compared memory curves")
-        d.memory.append(memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed))
+        d.memory.append(memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed, what=what))
     ticker.advance(1)
     _refuse_nonfinite(d, x)
     return d
