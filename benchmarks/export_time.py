@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import edge_rnn
+from edge_rnn.runtime._host import describe_host, host_record
 
 
 def main() -> None:
@@ -29,6 +30,7 @@ def main() -> None:
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(80, 256, num_layers=2).eval()
     out = Path(tempfile.mkdtemp()) / "lstm.onnx"
+    print(f"machine: {describe_host(host_record())}")
     print(f"torch {torch.__version__}, LSTM(80, 256, num_layers=2), {sum(p.numel() for p in lstm.parameters()):,} "
           "parameters; export = build graph + onnx.checker full_check + write file")
     print(f"{'form':<12} {'cold ms':>8} {'warm p50 ms':>12} {'warm p90 ms':>12}")

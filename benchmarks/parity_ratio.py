@@ -40,6 +40,7 @@ from edge_rnn.exporters._references import (  # noqa: E402
 )
 from edge_rnn.exporters._spec import recurrent_spec  # noqa: E402
 from edge_rnn.harness import TOLERANCE, Cases, read_contract  # noqa: E402
+from edge_rnn.runtime._host import describe_host, host_record  # noqa: E402
 
 LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 CELLS = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
@@ -138,6 +139,7 @@ def main() -> None:
             per_config.append((name, form, report.parity.ok, max(rs, default=math.nan),
                                max(r.scale for r in report.parity.rows), report.parity.max_abs_error,
                                fallback_margin(module, path, kw["long_steps"], kw)))
+    print(f"# machine: {describe_host(host_record())}")
     print(f"# {len(per_config)} exports, {len(ratios)} rows with err_torch > 0, {time.perf_counter() - t0:.0f} s")
     print(f"{'model':<28} {'form':<10} {'max ratio':>9} {'max |ref|':>9} {'max err':>9}  verdict  fallback margin")
     for name, form, ok, worst, scale, err, fb in per_config:

@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.runtime import SessionConfig, StreamingModel  # noqa: E402
+from edge_rnn.runtime._host import describe_host, host_record  # noqa: E402
 from edge_rnn.runtime.bench import bench, format_table, random_chunk  # noqa: E402
 
 IN, HID, LAYERS = 80, 256, 2
@@ -155,8 +155,8 @@ def main() -> None:
     for form in ("native", "decomposed"):
         paths[form] = d / f"demo_{form}.onnx"
         edge_rnn.export(lstm, paths[form], decomposed=form == "decomposed", verify_parity=False)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}, numpy {np.__version__}; one thread everywhere")
+    print(f"# machine: {describe_host(host_record())}")
+    print(f"# torch {torch.__version__}, numpy {np.__version__}; one thread everywhere")
     print(f"# demo LSTM: input {IN}, hidden {HID}, {LAYERS} layers, fp32\n")
 
     if args.only_overhead:

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 import edge_rnn  # noqa: E402
 from edge_rnn.exporters import StreamingIO  # noqa: E402
+from edge_rnn.runtime._host import describe_host, host_record  # noqa: E402
 
 warnings.simplefilter("ignore")
 import wholemodels as W  # noqa: E402
@@ -32,6 +33,7 @@ cases = [
     ("acoustic model: LSTM(proj) + 2-layer LSTM(proj) + norm + linear", W.acoustic_model, torch.randn(50, 1, 40),
      {"input_axes": {"x": (1, 0)}, "output_axes": {"y": (1, 0)}}),
 ]
+print(f"machine: {describe_host(host_record())}")
 print(f"{'model':<66} {'form':<11} {'export ms':>9} {'max abs err':>11}  cases")
 for name, make, ex, kw in cases:
     for dec in (False, True):

@@ -145,7 +145,9 @@ def test_run_streams_a_npy_file_and_matches_one_pass(tmp_path):
                    "no such file")
     np.save(tmp_path / "bad.npy", np.zeros((5, 3)))
     one_line_error(run("run", str(out), "--input", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")),
-                   "x: expected shape (time, 4) float32, got (5, 3) float32")
+                   "bad.npy: expected (time, 4) float32 for ")
+    one_line_error(run("run", str(out), "--input", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")),
+                   "input x (time first, any float is cast), got (5, 3) float64 in the file")
 
 
 def test_run_a_cell_model_one_row_per_step(tmp_path):

@@ -135,8 +135,9 @@ def test_demo_end_to_end_with_tiny_sizes(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "demo_config", lambda: tiny)
     png = tmp_path / "demo.png"
     r = CliRunner().invoke(main, ["diagnose", "--demo", "--plot", str(png), "--out", str(tmp_path / "m"),
-                                  "--seed", "3"], catch_exceptions=False)
+                                  "--seed", "3", "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    assert r.stderr == ""  # --quiet: no progress lines
     table = r.stdout[r.stdout.index("arch "):]
     assert [ln.split()[0] for ln in table.splitlines()[1:4]] == ["rnn", "lstm", "gru"]
     assert "seed 3" in table and "machine: " in table

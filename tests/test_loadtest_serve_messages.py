@@ -112,8 +112,7 @@ def test_the_nonfinite_refusal_names_an_option_serve_has(monkeypatch):
     r = invoke("serve", LSTM, "--port", 0, "--allow-nonfinite")
     assert r.exit_code == 0 and seen == {"allow": True}, r.output
     assert "stopped" in r.stderr.splitlines()[-1]
-    r = invoke("serve", LSTM, "--ray", "--allow-nonfinite")
-    assert r.exit_code == 2 and "--allow-nonfinite applies to the standalone server" in r.output
+    # with --ray it goes to every replica (tests/test_service_ray_args.py)
 
 
 def test_serve_says_what_its_drain_did():

@@ -119,3 +119,4 @@ def test_serve_ray_joins_a_running_cluster_and_leaves_it_running(tooling: dict) 
     j = tooling["joined"]
     assert any("the Ray cluster at 127.0.0.1:6380" in line for line in j["said"]), j
     assert j["equal"] and j["exit"] == 0 and j["cluster_still_up"], j
+    assert j["nan_step"] == "200 ok", j  # serve --ray --allow-nonfinite: every replica steps NaN, as standalone

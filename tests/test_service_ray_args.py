@@ -275,3 +275,42 @@ def test_max_message_bytes_over_the_proxys_limit_is_refused_on_ray_by_the_builde
     _refused({"model": "m", "max_message_bytes": str((16 << 20) + 1)}, "max_message_bytes", "at most 16777216")
     result = invoke("serve", MODEL, "--ray", "--max-message-bytes", 32 << 20)
     assert result.exit_code == 2 and "at most 16777216 with --ray" in result.output
+
+
+# --- --allow-nonfinite on Ray Serve: an argument of the builder, passed to every replica's model ---------------------
+
+@pytest.mark.parametrize(("args", "want"), [({}, False), ({"allow_nonfinite": "yes"}, True),
+                                            ({"allow_nonfinite": False}, False)])
+def test_allow_nonfinite_is_a_builder_argument(args, want):
+    assert RayOptions.from_args({"model": "m", **args}).allow_nonfinite is want
+
+
+def test_serve_ray_hands_allow_nonfinite_to_ray_serve(ray_run):
+    assert invoke("serve", MODEL, "--ray", "--allow-nonfinite").exit_code == 0
+    assert invoke("serve", MODEL, "--ray").exit_code == 0
+    assert [options.allow_nonfinite for options, _ in ray_run] == [True, False]
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_a_replica_loads_its_model_with_allow_nonfinite(allow):
+    """The replica's own constructor (the class Serve's ingress wraps), run here on a bare object without a cluster:
+    its model steps a chunk of NaN with the option, and refuses it without."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edge_rnn.errors import NonFiniteError
+    from edge_rnn.service.ray import EdgeRnnReplica
+
+    own = next(c for c in EdgeRnnReplica.func_or_class.__mro__ if c.__dict__.get("__init__") is not None
+               and c.__dict__["__init__"].__qualname__ == "EdgeRnnReplica.__init__")
+    replica = SimpleNamespace()
+    own.__init__(replica, RayOptions(model=str(MODEL), allow_nonfinite=allow))
+    model = replica.model
+    nan = np.full((2, 4), np.nan, np.float32)
+    assert model.allow_nonfinite is allow
+    if allow:
+        assert model.step(model.open_stream(), nan)["y"].shape == (2, 6)
+    else:
+        with pytest.raises(NonFiniteError):
+            model.step(model.open_stream(), nan)

@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 
+from edge_rnn._progress import part
 from edge_rnn._variant_kinds import KINDS, VariantKind, made_kinds
 from edge_rnn.cli._common import _DATA_HELP, _existing, _read_data, main
+from edge_rnn.cli._progress import progress, quiet_option, say
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -103,6 +105,7 @@ class _Optimize:
               help="Also write MODEL and each variant in ORT format, with the required-operators config of a "
                    "minimal onnxruntime build.")
 @_int8_options
+@quiet_option
 def optimize(model: Path, variants: tuple[str, ...], static_chunk: int, calibration: Path | None,
              output_dir: Path | None, data: Path | None, steps: int, threshold: float | None, ort_format: bool,
              **int8: Any) -> None:
@@ -150,7 +153,8 @@ def _check_choice(variants: tuple[str, ...], ort_format: bool, static_chunk: int
 
 def _optimized(job: _Optimize, kind: VariantKind) -> Path | None:
     """Make variant ``kind`` of the model, measure it against the model, and keep it when it holds its bound: its
-    path, else None (nothing written). What it is and how it measured are printed either way."""
+    path, else None (nothing written). What it is and how it measured are printed either way, after its own
+    progress bar (on a terminal) ends."""
     import contextlib
     import os
 
@@ -158,10 +162,14 @@ def _optimized(job: _Optimize, kind: VariantKind) -> Path | None:
 
     dst = job.folder / f"{job.model.stem}.{kind.name}.onnx"
     tmp = dst.with_name(f".{dst.name}.partial")
+    bar = progress()
+    if bar is not None:
+        bar(f"{kind.name}: making", 0, job.steps)
     try:
         variant = make_variant(kind.name, job.model, tmp, chunk=job.chunk, calibration=job.calibration, int8=job.int8)
         npu = mobile_support(tmp) if kind.static else []
-        err = measure_against(tmp, job.model, steps=job.steps, data=job.data, threshold=job.threshold)
+        err = measure_against(tmp, job.model, steps=job.steps, data=job.data, threshold=job.threshold,
+                              progress=part(bar, 0, job.steps, job.steps, f"{kind.name}: measuring"))
         if err.ok:
             os.replace(tmp, dst)
     finally:
@@ -196,6 +204,7 @@ def _optimized(job: _Optimize, kind: VariantKind) -> Path | None:
 @click.option("--allow-refused", is_flag=True,
               help="Exit 0 even when a variant asked for is refused (it is still left out and listed).")
 @_int8_options
+@quiet_option
 def package(model: Path, output: Path, variants: str, ort_format: bool, data: Path | None, calibration: Path | None,
             steps: int, static_chunk: int, threshold: float | None, allow_refused: bool, **int8: Any) -> None:
     """Write a deployment bundle of MODEL: its variants, golden vectors, and a manifest of each one's error and speed.
@@ -214,7 +223,7 @@ def package(model: Path, output: Path, variants: str, ort_format: bool, data: Pa
     settings = _int8_settings(**int8)
     result = make_bundle(model, output, variants=names, ort_format=ort_format, data=_read_data(data),
                          calibration=_read_data(calibration), steps=steps, chunk=static_chunk, threshold=threshold,
-                         int8=settings, log=lambda m: click.echo(m, err=True))
+                         int8=settings, log=say, progress=progress())
     manifest = result.manifest
     click.echo(f"wrote {output}/manifest.json, measured on {describe_host(manifest.host)}, one thread")
     if manifest.int8 is not None:

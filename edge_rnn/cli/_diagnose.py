@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from edge_rnn.cli._common import _build, _existing, _read_array, main
+from edge_rnn.cli._progress import progress, quiet_option, say
 from edge_rnn.errors import EdgeRnnError
 
 
 def _sequence(path: Path):
     """--input: one sequence, time first, from a .npy file: read by the bounded reader every command shares
-    (never unpickled), refused when it holds NaN or Inf (the check every diagnostics path makes)."""
-    import numpy as np
+    (never unpickled), refused when it holds NaN or Inf (the check every diagnostics path makes). Its dtype is
+    the file's: an ONNX model's check names it, then casts it (a PyTorch model's input is cast by _for_torch)."""
 
     from edge_rnn.diagnostics._memory import finite_input
 
@@ -24,6 +25,19 @@ def _sequence(path: Path):
     if x.dtype.kind not in "fiu":
         raise EdgeRnnError(f"--input {path}: expected a plain .npy numeric array (time, features...), got "
                            f"{x.dtype} {x.shape}")
+    return finite_input(x, what=f"--input {path}")
+
+
+def _for_torch(x, path: Path, input_size: int | None):
+    """--input for a PyTorch model: float32 (a float64 file is cast, as for ONNX), its width checked here against a
+    layer built with --input-size, so that a refusal names the file, not the layer's first call."""
+    import numpy as np
+
+    from edge_rnn.diagnostics._memory import finite_input
+
+    if input_size is not None and (x.ndim != 2 or x.shape[1] != input_size):
+        raise EdgeRnnError(f"--input {path}: expected (time, {input_size}) for --input-size {input_size} (time first, "
+                           f"any float is cast), got {x.shape} {x.dtype} in the file")
     return finite_input(x, np.float32 if x.dtype.kind == "f" else None, what=f"--input {path}")
 
 
@@ -58,10 +72,11 @@ def _sequence(path: Path):
 @click.option("--demo", is_flag=True,
               help="Train a vanilla RNN, an LSTM and a GRU on a delayed-recall task (CPU, seeded by --seed, a few "
                    "minutes), export each with its int8 variant, and diagnose them side by side; takes only --plot, "
-                   "--out and --seed.")
+                   "--out, --seed and --quiet.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="With --demo: keep the exported models (memory_ARCH.onnx, memory_ARCH.int8.onnx) in this "
                    "folder.")
+@quiet_option
 @click.pass_context
 def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_size: int | None,
              hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool, proj_size: int,
@@ -96,19 +111,22 @@ def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_siz
     if source is not None and Path(source).is_dir():  # a bundle: every variant's memory curve
         _refuse("a bundle holds its variants: --arch, --weights and --compare go without it", arch, weights, compare,
                 *layer_opts)
-        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed)
+        d = diagnose_bundle(Path(source), x, max_lag=max_lag, starts=starts, seed=seed, progress=progress(),
+                            what=f"--input {input_path}")
     elif source is not None and source.endswith(".onnx"):
         _refuse("an ONNX file holds its weights: --arch, its shape options and --weights go with a PyTorch model",
                 arch, weights, *layer_opts)
         d = diagnose_onnx(_existing(Path(source), "model"), x, max_lag=max_lag, starts=starts, compare=others,
-                          seed=seed)
+                          seed=seed, progress=progress(), what=f"--input {input_path}")
     else:
         module, axes, ids = _torch_model(source, arch, input_size, hidden_size, shape, seed, weights,
                                          (batch_axis, time_axis))
         from edge_rnn.diagnostics import diagnose as run
 
+        x = _for_torch(x, input_path, None if source else input_size)
         d = run(module, x, batch_axis=axes[0], time_axis=axes[1], max_lag=max_lag, starts=starts, compare=others,
-                ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape))
+                ids=ids, seed=seed, source=source or _built_name(arch, input_size, hidden_size, shape),
+                progress=progress(), what=f"--input {input_path}")
     click.echo("\n".join(summary(d)))
     if plot_path is not None:
         from edge_rnn.diagnostics._plot import plot
@@ -116,7 +134,7 @@ def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_siz
         click.echo(f"wrote {plot(d, plot_path)}")
 
 
-_DEMO_TAKES = {"demo", "plot_path", "out_dir", "seed"}
+_DEMO_TAKES = {"demo", "plot_path", "out_dir", "seed", "quiet"}
 
 
 def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path: Path | None) -> None:
@@ -131,8 +149,8 @@ def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path
              and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)]
     if given:
         names = ", ".join(p.opts[0] if p.opts[0].startswith("-") else p.name.upper() for p in given)
-        raise click.UsageError(f"--demo trains and diagnoses its own models: it takes only --plot, --out and --seed, "
-                               f"got {names}")
+        raise click.UsageError("--demo trains and diagnoses its own models: it takes only --plot, --out, --seed and "
+                               f"--quiet, got {names}")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise click.UsageError(f"--out {out_dir}: expected a folder, got a file")
 
@@ -155,7 +173,7 @@ def _demo(plot_path: Path | None, out_dir: Path | None, seed: int) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise EdgeRnnError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
-        result = run_demo(config, folder, log=lambda m: click.echo(m, err=True))
+        result = run_demo(config, folder, log=say)
     for r in result.results:
         click.echo("\n".join(summary(r.diagnosis)) + "\n")
     click.echo("\n".join(demo_table(result)))

@@ -18,6 +18,7 @@ from edge_rnn.cli._common import (
     _read_data,
     main,
 )
+from edge_rnn.cli._progress import progress, quiet_option
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, StateError
 
 if TYPE_CHECKING:  # torch is imported by the commands that need it, when they run
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # torch is imported by the commands that need it, when they r
 @click.option("--keep-failed", is_flag=True,
               help="Keep a model that fails parity as NAME.failed.onnx for inspection (never as the output).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
+@quiet_option
 def export(factory: str | None, example_shape: str | None, example_dtype: str, batch_axis: int, time_axis: int,
            arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int, bidirectional: bool,
            batch_first: bool, proj_size: int, nonlinearity: str, no_bias: bool, cell: bool, decomposed: bool,
@@ -86,7 +88,7 @@ def export(factory: str | None, example_shape: str | None, example_dtype: str, b
     module = _build(spec, weights, None if weights else seed)
     extra = {} if weights else {"seed": seed}
     report = export_module(module, output, decomposed=decomposed, long_steps=long_steps, extra_source=extra,
-                           raise_on_failure=False, data=sequences, keep_failed=keep_failed)
+                           raise_on_failure=False, data=sequences, keep_failed=keep_failed, progress=progress())
     _print_report(report, output)
 
 
@@ -153,7 +155,7 @@ def _export_factory(ref: str, example: tuple[str | None, str], batch_axis: int, 
     x = torch.randn(shape) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
     report = export_module(model, output, example_input=x, decomposed=decomposed,
                            long_steps=long_steps, raise_on_failure=False, io=io, data=sequences,
-                           keep_failed=keep_failed)
+                           keep_failed=keep_failed, progress=progress())
     _print_report(report, output)
 
 

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from edge_rnn.cli._common import _foreign_options, _int_list, _load_runtime_model, _read_array, _variant_option, main
+from edge_rnn.cli._common import (
+    _check_fits,
+    _foreign_options,
+    _int_list,
+    _load_runtime_model,
+    _read_array,
+    _variant_option,
+    main,
+)
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -43,7 +51,9 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     if len(m.inputs) != 1:
         raise EdgeRnnError(f"{model}: has inputs {[p.name for p in m.inputs]}; run streams models with one input")
     port = m.inputs[0]
-    data = _as_port_dtype(data, port, f"--input {input_path}")
+    cast = _as_port_dtype(data, port, f"--input {input_path}")
+    _check_fits(data, port, f"--input {input_path}", str(model))  # the file's shape and dtype, before any chunk
+    data = cast
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:

@@ -66,8 +66,8 @@ def _in(name: str, kind: type = int) -> click.ParamType:
 @click.option("--max-message-bytes", type=_in("max_message_bytes"), default=1 << 20, show_default=True)
 @click.option("--threads", type=_in("threads"), default=None, help="onnxruntime intra-op threads.")
 @click.option("--allow-nonfinite", is_flag=True, default=False,
-              help="Let NaN and Inf in chunks, states and snapshots through (refused by default, 400 bad_chunk). "
-                   "Not with --ray.")
+              help="Let NaN and Inf in chunks, states and snapshots through (refused by default, 400 bad_chunk); "
+                   "with --ray, on every replica.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the bearer token every route but /healthz and /readyz then needs.")
 @click.option("--drain-timeout", type=_in("drain_timeout", float), default=10.0, show_default=True,
@@ -82,20 +82,24 @@ def _in(name: str, kind: type = int) -> click.ParamType:
 @click.option("--write-timeout", type=_in("write_timeout", float), default=30.0,
               show_default=True, help="Seconds the server's writes to a client that does not read may stay "
                                       "blocked before the connection is dropped.")
+@click.option("--access-log", is_flag=True, default=False,
+              help="Log every HTTP request on stdout (uvicorn's access log: client, method, path, status); query "
+                   "values named like a credential are redacted. Off by default. Not with --ray (Ray Serve logs "
+                   "requests in its own logs).")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
           max_connections: int | None, idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
           threads: int | None,
           token_file: Path | None, drain_timeout: float, on_ray: bool, replicas: int | None, address: str | None,
-          allow_nonfinite: bool, **limits: float) -> None:
+          allow_nonfinite: bool, access_log: bool, **limits: float) -> None:
     """Serve MODEL (or a bundle's variant) as streams over WebSocket and HTTP (needs edge-rnn[serve]; with --ray,
     edge-rnn[ray])."""
     _ray_only(on_ray, replicas=replicas, address=address)
-    if on_ray and allow_nonfinite:
-        raise click.UsageError("--allow-nonfinite applies to the standalone server; Ray Serve's replicas refuse "
-                               "NaN and Inf")
+    if on_ray and access_log:
+        raise click.UsageError("--access-log applies to the standalone server; Ray Serve logs requests in its own "
+                               "logs (docs/scale-out.md)")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - the serve extra, checked before any work (used in _uvicorn_config)
 
         from edge_rnn.service._app import ServiceConfig, create_app, uvicorn_options
         from edge_rnn.service._server import DrainingServer, connection_limit
@@ -124,15 +128,27 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                            token=token, drain_timeout=drain_timeout, **limits)
     if on_ray:
         return _serve_on_ray(model, m, config, host=host, port=port, replicas=replicas or 1, address=address,
-                             self_test=self_test, threads=threads)
+                             self_test=self_test, threads=threads, allow_nonfinite=allow_nonfinite)
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
-    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **uvicorn_options(config)),
-                            app.svc)
+    server = DrainingServer(_uvicorn_config(app, host, port, access_log, uvicorn_options(config)), app.svc)
     with sock:
         server.run(sockets=[sock])
     click.echo(server.stop_message(), err=True)
+
+
+def _uvicorn_config(app: Any, host: str, port: int, access_log: bool, options: dict) -> Any:
+    """uvicorn's configuration: warnings only, and with --access-log a line per request (set after the Config, which
+    sets the loggers' levels)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=access_log, **options)
+    if access_log:
+        from edge_rnn.service._access_log import enable_access_log
+
+        enable_access_log()
+    return config
 
 
 def _ray_only(on_ray: bool, **given: Any) -> None:
@@ -153,7 +169,7 @@ def _ray_only(on_ray: bool, **given: Any) -> None:
 
 
 def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int, replicas: int,
-                  address: str | None, self_test: bool, threads: int | None) -> None:
+                  address: str | None, self_test: bool, threads: int | None, allow_nonfinite: bool) -> None:
     from dataclasses import replace
 
     try:
@@ -169,7 +185,7 @@ def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int
                                "over 16 MiB itself)")
     options = RayOptions(model=str(source.resolve()), config=replace(config, max_connections=None),
                          variant=model.variant if source.is_dir() else None, self_test=self_test, threads=threads,
-                         replicas=replicas)
+                         replicas=replicas, allow_nonfinite=allow_nonfinite)
     where = "a local Ray on 127.0.0.1" if address is None else f"the Ray cluster at {address}"
     click.echo(f"starting {replicas} replica(s) of {model.source} on {where}", err=True)
     run(options, host=host, port=port, address=address,

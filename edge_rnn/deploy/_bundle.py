@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from edge_rnn._inspect import operator_counts
+from edge_rnn._progress import Progress, Ticker
 from edge_rnn._variant_kinds import KINDS, REFERENCE, VariantKind
 from edge_rnn._version import __version__
 from edge_rnn.contract import Contract
@@ -187,12 +188,15 @@ def _described(path: Path) -> dict[str, Any]:
 
 def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_format: bool = False,
             data: Any = None, calibration: Any = None, steps: int = 10_000, chunk: int = 1,
-            threshold: float | None = None, int8: Int8Settings | None = None, log: Any = None) -> PackageResult:
+            threshold: float | None = None, int8: Int8Settings | None = None, log: Any = None,
+            progress: Progress | None = None) -> PackageResult:
     """Write the bundle of ``model`` to ``folder``; see the module docstring.
 
     ``int8`` says how the int8 and static-int8 variants quantise (:class:`Int8Settings`; default: exact on every
     CPU class). A variant that cannot be made, or fails its bound, is left out and listed under ``refused``
     with a structured reason; the caller decides whether that is an error (the CLI: exit 1 unless told).
+    ``log(message)`` hears each variant as it starts; ``progress`` (:mod:`edge_rnn._progress`) follows the
+    variants, ``steps`` units each, the steps of its measured stream among them.
     """
     model, folder = Path(model), Path(folder)
     asked = _Request(tuple(variants), ort_format, data, calibration, steps, chunk, threshold, int8 or Int8Settings())
@@ -201,7 +205,7 @@ def package(model: Path, folder: Path, *, variants: tuple[str, ...] = ALL, ort_f
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        result = _package(model, staging, asked, log or (lambda _msg: None))
+        result = _package(model, staging, asked, log or (lambda _msg: None), progress)
         if folder.exists():
             folder.rmdir()
         staging.rename(folder)
@@ -255,6 +259,7 @@ class _Job:
     fp32: Path
     golden: Golden
     asked: _Request
+    progress: Progress | None = None
 
 
 class _Refused(Exception):
@@ -271,9 +276,10 @@ def _over_bound(name: str, err: VariantError, steps: int) -> Refusal:
                    f"(measured on {describe_host(host_record())})", error=err.figures())
 
 
-def _measured(job: _Job, kind: VariantKind, path: Path) -> tuple[tuple[str, ...], ErrorFigures, Tolerance]:
-    """Make variant ``kind`` at ``path`` and measure it: its notes, its error and its bound, or raise _Refused with
-    the structured reason (nothing of it left on disk)."""
+def _measured(job: _Job, kind: VariantKind, path: Path, progress: Progress | None
+              ) -> tuple[tuple[str, ...], ErrorFigures, Tolerance]:
+    """Make variant ``kind`` at ``path`` and measure it (``progress``: its stream's steps): its notes, its error
+    and its bound, or raise _Refused with the structured reason (nothing of it left on disk)."""
     if kind.reference:
         return (), _REFERENCE_ERROR, TOLERANCE[kind.precision]
     asked = job.asked
@@ -282,16 +288,17 @@ def _measured(job: _Job, kind: VariantKind, path: Path) -> tuple[tuple[str, ...]
     except UnsupportedError as e:
         path.unlink(missing_ok=True)
         raise _Refused(Refusal("cannot_make", str(e))) from None
-    err = measure_against(path, job.fp32, steps=asked.steps, data=asked.data, threshold=asked.threshold)
+    err = measure_against(path, job.fp32, steps=asked.steps, data=asked.data, threshold=asked.threshold,
+                          progress=progress)
     if not err.ok:
         path.unlink()
         raise _Refused(_over_bound(kind.name, err, asked.steps))
     return tuple(v.notes), err.figures(), err.tolerance
 
 
-def _entry(job: _Job, kind: VariantKind, path: Path) -> VariantEntry:
+def _entry(job: _Job, kind: VariantKind, path: Path, progress: Progress | None = None) -> VariantEntry:
     """Variant ``kind``'s whole manifest entry, its golden replay here included, or raise _Refused."""
-    notes, error, tolerance = _measured(job, kind, path)
+    notes, error, tolerance = _measured(job, kind, path, progress)
     bound = Bound(tolerance.atol, tolerance.rtol)
     check = _replayed(path, job.golden, bound)
     golden = GoldenFigures(bound, check.figures())
@@ -335,26 +342,31 @@ def _made(job: _Job, folder: Path, say: Any) -> tuple[dict[str, VariantEntry], d
     """Every variant asked for, made and measured into ``folder``: the entries of those kept, and the refused."""
     entries: dict[str, VariantEntry] = {}
     refused: dict[str, Refusal] = {}
+    steps = job.asked.steps  # a variant's units: its measured stream's steps are 9/10 of them, its replays the rest
+    ticker = Ticker(job.progress, steps * len(job.asked.variants), "variants")
     for name in job.asked.variants:
         say(f"{name}: making and measuring")
+        ticker.advance(0, f"{name}: making and measuring")
         kind = KINDS[name]
+        path = job.fp32 if kind.reference else folder / f"{job.model.stem}.{name}.onnx"
         try:
-            entries[name] = _entry(job, kind, job.fp32 if kind.reference else folder / f"{job.model.stem}.{name}.onnx")
+            entries[name] = _entry(job, kind, path, ticker.part(steps * 9 // 10, ticker.stage))
         except _Refused as r:
             refused[name] = r.why
+        ticker.advance(steps)
     if not entries:
         reasons = "; ".join(f"{n}: {why.message}" for n, why in refused.items())
         raise UnsupportedError(f"no variant left to bundle, every one asked for was refused ({reasons})")
     return entries, refused
 
 
-def _package(model: Path, folder: Path, asked: _Request, say: Any) -> PackageResult:
+def _package(model: Path, folder: Path, asked: _Request, say: Any, progress: Progress | None) -> PackageResult:
     fp32 = folder / f"{model.stem}.onnx"
     shutil.copy(model, fp32)  # package() loaded the model already: an edge-rnn model the runtime takes
     multiple = asked.chunk if any(KINDS[v].static for v in asked.variants) else 1
     golden = _golden_stream(fp32, asked.data, multiple)
     save_golden(golden, folder / GOLDEN_FILE)
-    entries, refused = _made(_Job(model, fp32, golden, asked), folder, say)
+    entries, refused = _made(_Job(model, fp32, golden, asked, progress), folder, say)
     if REFERENCE not in entries:  # the reference was only needed to measure the others
         fp32.unlink(missing_ok=True)
     config = None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_rnn._numbers import is_int, is_number
+from edge_rnn._progress import Progress, Ticker
 from edge_rnn._variant_kinds import kind_of
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.harness import TOLERANCE, InputLayout, Tolerance, chunk_sizes, data_inputs, load_data, random_inputs
@@ -107,7 +108,7 @@ class VariantError(TensorResults):
 
 def _graph(data: bytes) -> Any:
     """An ONNX file's GraphProto (ModelProto field 7), read with the wire-format reader: no onnx needed."""
-    from edge_rnn._inspect import _Message
+    from edge_rnn._inspect._onnx import _Message
 
     return _Message(data, (0, len(data))).child(7)
 
@@ -233,13 +234,14 @@ def _same_interface(var: StreamingModel, ref: StreamingModel, variant: Any, refe
 
 def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 10_000, data: Any = None,
                     seed: int = 0, max_chunk: int = 32, threshold: float | None = None,
-                    tolerance: Tolerance | None = None) -> VariantError:
+                    tolerance: Tolerance | None = None, progress: Progress | None = None) -> VariantError:
     """Stream ``steps`` steps through the variant and the float32 ``reference``; see the module docstring.
 
     ``data``: an array, sequences or a .npy/.npz path, as ``verify`` takes it.
     ``tolerance`` defaults to the tolerance table's row for the variant's
     precision (:func:`precision_of`). A model that is not streamable (a
     bidirectional layer) is measured over one whole sequence of ``steps``.
+    ``progress`` (:mod:`edge_rnn._progress`) counts the steps both models have streamed.
     """
     _check_request(steps, max_chunk, seed, threshold)
     var, ref = StreamingModel.load(variant), StreamingModel.load(reference)
@@ -251,7 +253,7 @@ def measure_against(variant: str | Path, reference: str | Path, *, steps: int = 
     sizes = _call_sizes(var, ref, (variant, reference), steps, rng, max_chunk)
     steps = sum(sizes)  # whole fixed chunks only
     whole = source(rng, 1, steps, not timed)
-    outs, states = _stream_both(ref, var, whole, sizes, timed)
+    outs, states = _stream_both(ref, var, whole, sizes, timed, Ticker(progress, steps, "measuring"))
     classifier = _classifier_outputs(Path(reference), threshold)
     ports = {p.name: p for p in ref.outputs}
     ends = np.cumsum(sizes)  # the step at which each chunk ended
@@ -290,8 +292,8 @@ def _output_error(name: str, port: Any, a: list[np.ndarray], b: list[np.ndarray]
                   threshold, None if axis is not None else ends)
 
 
-def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: list[int], timed: bool
-                 ) -> tuple[dict, dict]:
+def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: list[int], timed: bool,
+                 ticker: Ticker) -> tuple[dict, dict]:
     """Both models over the same chunks, each carrying its own state; every chunk's outputs and states."""
     outs: dict[str, tuple[list, list]] = {p.name: ([], []) for p in ref.outputs}
     states: dict[str, tuple[list, list]] = {s.input: ([], []) for s in ref.states}
@@ -307,6 +309,7 @@ def _stream_both(ref: StreamingModel, var: StreamingModel, whole: dict, sizes: l
             a.append(s_ref.state[name])
             b.append(s_var.state[name])
         start += n
+        ticker.advance(n)
     return outs, states
 
 

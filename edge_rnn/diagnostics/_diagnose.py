@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_rnn._progress import Progress, Ticker
 from edge_rnn.diagnostics._gates import gate_stats, gate_trace, horizons, recurrent_layers
 from edge_rnn.diagnostics._gradient import _captured_call, baselines, gradient_flow
 from edge_rnn.diagnostics._memory import finite_input, memory_curve, peak
@@ -27,7 +28,8 @@ def _layer_input(module: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
 
 def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None = None, time_axis: int | None = None,
              max_lag: int = 50, starts: int = 8, compare: Sequence[Any] = (), ids: tuple[int, int] | None = None,
-             seed: int = 0, source: str = "model") -> Diagnosis:
+             seed: int = 0, source: str = "model", progress: Progress | None = None,
+             what: str | None = None) -> Diagnosis:
     """Gates, horizons, gradient flow (with baselines) and memory curves of ``module`` on ``x``.
 
     ``x`` is one sequence, ``(time, *frame)``; the module takes it with its batch axis at ``batch_axis`` and
@@ -37,6 +39,8 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
     (or loaded ``StreamingModel`` objects) whose empirical memory curves are drawn beside the module's (its export,
     a bundle's int8 variant, ...). Refused with :class:`~edge_rnn.errors.NonFiniteError`: NaN or Inf in ``x`` or
     in the weights (before any work), and any figure that comes out NaN (the model overflowed on ``x``).
+    ``progress`` (:mod:`edge_rnn._progress`) counts the stages: the gate trace, the model's gradient flow, each
+    baseline's, and each memory curve. ``what`` names ``x`` in a refusal (``--input x.npy``).
     """
     x = finite_input(x)
     if x.ndim < 1 or len(x) <= max_lag + 1:
@@ -47,6 +51,7 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
     batch_axis, time_axis = default_axes(module, batch_axis, time_axis)
     inputs = batch_of_one(x, batch_axis, time_axis)
     d = Diagnosis(source=source)
+    ticker = Ticker(progress, 6 + len(compare), "gate trace")
     trace = gate_trace(module, inputs)
     _check_steps(trace, len(x), batch_axis, time_axis)
     d.stats = gate_stats(trace)
@@ -55,12 +60,19 @@ def diagnose(module: torch.nn.Module, x: np.ndarray, *, batch_axis: int | None =
                     for gate, values in gates.items()]
     name, layer = recurrent_layers(module)[0]
     lag = min(max_lag, len(x) - 1)
+    ticker.advance(1, "gradient flow")
     d.gradient = [gradient_flow(module, inputs, max_lag=lag, label=f"this model ({name or type(layer).__name__})")]
+    ticker.advance(1)
     layer_x = _layer_input(module, layer, inputs)
-    d.gradient += baselines(layer.input_size, layer.hidden_size, layer.num_layers, layer_x, seed=seed, max_lag=lag)
+    d.gradient += baselines(layer.input_size, layer.hidden_size, layer.num_layers, layer_x, seed=seed, max_lag=lag,
+                            progress=ticker.part(3))
+    ticker.advance(3, "memory curve")
     d.memory = [memory_curve_torch(module, x, batch_axis=batch_axis, time_axis=time_axis, max_lag=max_lag,
                                    starts=starts, seed=seed, ids=ids, label="PyTorch model")]
-    d.memory += [memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed) for path in compare]
+    for path in compare:
+        ticker.advance(1, "compared memory curves")
+        d.memory.append(memory_curve(path, x, max_lag=max_lag, starts=starts, seed=seed, what=what))
+    ticker.advance(1)
     _refuse_nonfinite(d, x)
     return d
 

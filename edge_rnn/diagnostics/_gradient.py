@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edge_rnn._numbers import is_int
+from edge_rnn._progress import Progress
 from edge_rnn.diagnostics._gates import recurrent_layers
 from edge_rnn.diagnostics._types import GradientFlow
 from edge_rnn.errors import ShapeError, UnsupportedError
@@ -129,17 +130,22 @@ def gradient_flow(module: torch.nn.Module, x: torch.Tensor, *, max_lag: int | No
 
 
 def baselines(input_size: int, hidden_size: int, num_layers: int, x: torch.Tensor, *, seed: int = 0,
-              max_lag: int | None = None) -> list[GradientFlow]:
+              max_lag: int | None = None, progress: Progress | None = None) -> list[GradientFlow]:
     """The :func:`gradient_flow` of a vanilla tanh RNN, an LSTM and a GRU of the given sizes, with PyTorch's
     default initialisation under ``torch.manual_seed(seed)`` (each built after a fresh seed; the caller's RNG
     state is left as it was), on the same layer input ``x`` ``(T, B, input_size)``. Labels "rnn baseline",
-    "lstm baseline", "gru baseline"."""
+    "lstm baseline", "gru baseline". ``progress`` (:mod:`edge_rnn._progress`): one unit per baseline."""
     if x.dim() != 3 or x.size(-1) != input_size:
         raise ShapeError(f"baselines: expected x of shape (T, B, {input_size}), got {tuple(x.shape)}")
-    out = []
-    for kind, cls in (("rnn", torch.nn.RNN), ("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
+    out: list[GradientFlow] = []
+    kinds = (("rnn", torch.nn.RNN), ("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU))
+    for kind, cls in kinds:
+        if progress is not None:
+            progress(f"{kind} baseline", len(out), len(kinds))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             layer = cls(input_size, hidden_size, num_layers)
         out.append(gradient_flow(layer, x, max_lag=max_lag, label=f"{kind} baseline"))
+    if progress is not None:
+        progress("gru baseline", len(out), len(kinds))
     return out

@@ -41,6 +41,7 @@ import numpy as np
 
 from edge_rnn.diagnostics._types import MemoryCurve
 from edge_rnn.errors import NonFiniteError, ShapeError, UnsupportedError
+from edge_rnn.runtime._sequence_fit import describe_time_first, dtype_fits, shape_fits
 
 __all__ = ["memory_curve", "curve_from", "perturbations", "start_points", "finite_input", "peak"]
 
@@ -224,18 +225,25 @@ class _OnnxRunner:
 
 
 def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 8, scale: float = 0.5,
-                 seed: int = 0, label: str | None = None) -> MemoryCurve:
+                 seed: int = 0, label: str | None = None, what: str | None = None) -> MemoryCurve:
     """The empirical memory curve of a streaming ONNX model (a path or a loaded ``StreamingModel``).
 
     ``x`` is one sequence of the model's single input, time first: ``(time, *frame)``, as
     :func:`~edge_rnn.runtime.run_sequence` takes it. The curve is of the model's primary (first) output.
-    Its ``label`` is by default the file's name; a bundle's variant adds ``(folder:variant)``.
+    Its ``label`` is by default the file's name; a bundle's variant adds ``(folder:variant)``. ``what`` names ``x``
+    in a refusal (``--input x.npy``): a sequence that does not fit the input is refused whole, with its own shape and
+    dtype, before any window is cut from it.
     """
     model, label = _loaded(model, label)
     if len(model.inputs) != 1:
         raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
     port = model.inputs[0]
-    x = finite_input(x, port.dtype if port.dtype.kind == "f" else None)
+    x = np.asarray(x)
+    if not (shape_fits(port, x.shape) and dtype_fits(port, x.dtype)):
+        raise ShapeError(f"{what or 'x'}: expected {describe_time_first(port)} for {label or model.source}'s input "
+                         f"{port.name} (time first{', any float is cast' if port.dtype.kind == 'f' else ''}), got "
+                         f"{x.shape} {x.dtype}")
+    x = finite_input(x, port.dtype if port.dtype.kind == "f" else None, what=what or "diagnose input")
     every = _steps_per_call(port, max_lag)
     x = x[: len(x) - len(x) % every]
     return curve_from(_OnnxRunner(model).run_windows, x, max_lag=max_lag, starts=starts, scale=scale, seed=seed,

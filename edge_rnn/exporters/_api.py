@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from edge_rnn._progress import Progress
 from edge_rnn.errors import UnsupportedError
 from edge_rnn.exporters._export import export_layer
 from edge_rnn.exporters._references import exportable
@@ -36,6 +37,7 @@ def export(
     keep_failed: bool = False,
     extra_source: Mapping[str, Any] | None = None,
     whole_model_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> ExportReport:
     """Export a recurrent layer or cell, or a whole model using them, to a streaming ONNX file, and verify it.
 
@@ -57,7 +59,8 @@ def export(
     :class:`~edge_rnn.errors.ParityError` if it differs, unless
     ``raise_on_failure=False``. A model that fails parity is never written to
     ``path``; ``keep_failed=True`` keeps it beside it as ``<name>.failed.onnx``
-    (``report.kept_at``) for inspection.
+    (``report.kept_at``) for inspection. ``progress(stage, done, total)``
+    (:mod:`edge_rnn._progress`) follows the parity check's streamed steps.
 
     Example::
 
@@ -71,7 +74,7 @@ def export(
     io, atol = io_from_legacy(io, whole_model_options, atol)
     options = ExportOptions(decomposed=decomposed, check=check, verify_parity=verify_parity, long_steps=long_steps,
                             seed=seed, atol=atol, raise_on_failure=raise_on_failure, extra_source=extra_source or {},
-                            keep_failed=keep_failed)
+                            keep_failed=keep_failed, progress=progress)
     module, example_input, notes = exportable(module, example_input)  # a float32 CPU copy where it is not
     spec = recurrent_spec(module)
     if spec is not None:

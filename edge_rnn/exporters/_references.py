@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_rnn._progress import Progress
 from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, UnsupportedError, described
 from edge_rnn.harness import (
@@ -171,18 +172,20 @@ def _float64_reference(factory: Callable[[], Call], ref32: Call, contract: Contr
 def check_against_torch(
     path: Path, contract: Contract, ref32: Call, ref64_factory: Callable[[], Call], inputs: InputSource, *,
     cases: Cases, seed: int, tolerance: Tolerance, opt_levels: tuple[str, ...] = ("disabled", "default"),
+    progress: Progress | None = None,
 ) -> ParityReport:
     """The ONNX model against PyTorch: float64 as the reference and fp32 as the noise, or the fp32 fallback."""
     states = random_states(contract)
     ref64, why = _float64_reference(ref64_factory, ref32, contract, inputs, states)
     if ref64 is None:
         report = compare_streaming(path, contract, ref32, inputs, states, cases=cases, seed=seed,
-                                   tolerance=tolerance, opt_levels=opt_levels, reference_label="PyTorch float32")
+                                   tolerance=tolerance, opt_levels=opt_levels, reference_label="PyTorch float32",
+                                   progress=progress)
         report.notes.append(f"no float64 reference ({why}): compared against PyTorch float32 with an "
                             "element-wise bound instead, a weaker check where states are large")
         return report
     return compare_streaming(path, contract, ref64, inputs, states, noise=ref32, cases=cases, seed=seed,
-                             tolerance=tolerance, opt_levels=opt_levels)
+                             tolerance=tolerance, opt_levels=opt_levels, progress=progress)
 
 
 def tolerance_for(atol: float | None) -> Tolerance:

@@ -68,7 +68,8 @@ def verify_resolved(model: torch.nn.Module, r: Resolved, path: Path, *, data: An
         report = check_against_torch(path, contract, ref32,
                                      lambda: reference(twin(copy.deepcopy(model).double()), r, torch.float64),
                                      inputs, cases=cases, seed=checks.seed,
-                                     tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels)
+                                     tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels,
+                                     progress=checks.progress)
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")
     report.notes.extend(_integer_notes(r, data))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from edge_rnn._numbers import is_int, is_number
+from edge_rnn._progress import Progress
 from edge_rnn.errors import UnsupportedError
 
 __all__ = ["StreamingIO", "ExportOptions", "ParityOptions", "io_from_legacy"]
@@ -93,6 +94,7 @@ class ParityOptions:
     opt_levels: tuple[str, ...] = ("disabled", "default")
     seed: int = 0
     atol: float | None = None
+    progress: Progress | None = field(default=None, compare=False, repr=False)  # the streams' steps, as they run
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class ExportOptions:
     raise_on_failure: bool = True
     extra_source: Mapping[str, Any] = field(default_factory=dict)
     keep_failed: bool = False  # a model that fails parity is kept as <name>.failed.onnx, not deleted
+    progress: Progress | None = field(default=None, compare=False, repr=False)  # the parity check's, as it runs
 
     def __post_init__(self) -> None:
         for name in ("decomposed", "check", "verify_parity", "raise_on_failure", "keep_failed"):
@@ -124,7 +127,7 @@ class ExportOptions:
     @property
     def parity(self) -> ParityOptions:
         """The check an export runs on what it wrote: verify's defaults, with this export's steps, seed and atol."""
-        return ParityOptions(long_steps=self.long_steps, seed=self.seed, atol=self.atol)
+        return ParityOptions(long_steps=self.long_steps, seed=self.seed, atol=self.atol, progress=self.progress)
 
 
 def io_from_legacy(io: StreamingIO | None, whole_model_options: Mapping[str, Any] | None,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from edge_rnn._progress import Progress
 from edge_rnn.contract import Contract
 from edge_rnn.errors import ModelFormatError, ShapeError, UnsupportedError
 from edge_rnn.exporters._references import (
@@ -50,6 +51,7 @@ def verify(
     seed: int = 0,
     atol: float | None = None,
     raise_on_failure: bool = True,
+    progress: Progress | None = None,
 ) -> ParityReport:
     """Check the ONNX model at ``path`` against ``module``: see :mod:`edge_rnn.harness` for the cases.
 
@@ -67,7 +69,8 @@ def verify(
     either. Raises
     :class:`~edge_rnn.errors.ParityError` listing every failing tensor unless
     ``raise_on_failure`` is false; ``atol`` replaces the fp32 floor of the
-    tolerance table.
+    tolerance table. ``progress(stage, done, total)`` (:mod:`edge_rnn._progress`)
+    follows the streamed steps.
 
     Example::
 
@@ -79,7 +82,7 @@ def verify(
     spec = recurrent_spec(module)
     io, atol = io_from_legacy(io, whole_model_options, atol)
     checks = ParityOptions(batch_size=batch_size, seq_lens=seq_lens, chunked_len=chunked_len, long_steps=long_steps,
-                           opt_levels=opt_levels, seed=seed, atol=atol)
+                           opt_levels=opt_levels, seed=seed, atol=atol, progress=progress)
     if spec is None:
         report = verify_model(module, path, example_input=example_input, io=io, data=data, checks=checks)
     else:
@@ -118,7 +121,7 @@ def check_layer(module: torch.nn.Module, spec: RecurrentSpec, contract: Contract
         path, contract, torch_reference(float32_module(module), spec),
         lambda: torch_reference(copy.deepcopy(module).double(), spec),
         inputs, cases=_layer_cases(contract, checks, batch_size), seed=checks.seed,
-        tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels,
+        tolerance=tolerance_for(checks.atol), opt_levels=checks.opt_levels, progress=checks.progress,
     )
     if data is not None:
         report.notes.append("inputs: the given data, repeated where shorter than a case")

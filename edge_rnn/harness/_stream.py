@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_rnn._numbers import is_int
+from edge_rnn._progress import Progress, Ticker
 from edge_rnn.contract import Contract
 from edge_rnn.errors import EdgeRnnError, ModelFormatError, UnsupportedError, message_line
 from edge_rnn.harness._data import InputSource
@@ -185,11 +186,25 @@ def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, st
         raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}){hint}") from None
 
 
+def _counted(call: Call, sizes: list[int], ticker: Ticker | None) -> Call:
+    """``call``, advancing ``ticker`` by each call's steps (``sizes``, in order) as it returns; itself without one."""
+    if ticker is None:
+        return call
+    steps = iter(sizes)
+
+    def counted(feeds: Arrays) -> Arrays:
+        out = call(feeds)
+        ticker.advance(next(steps, 0))
+        return out
+
+    return counted
+
+
 def compare_streaming(
     path: str | Path, contract: Contract, reference: Call, inputs: InputSource,
     states: Callable[[np.random.Generator, int], Arrays], *, noise: Call | None = None, cases: Cases = Cases(),
     seed: int = 0, tolerance: Tolerance = TOLERANCE["float32"], opt_levels: tuple[str, ...] = ("disabled", "default"),
-    reference_label: str = "PyTorch float64", noise_label: str = "PyTorch float32",
+    reference_label: str = "PyTorch float64", noise_label: str = "PyTorch float32", progress: Progress | None = None,
 ) -> ParityReport:
     """The ONNX model at ``path``, streamed, against ``reference`` run over each whole case.
 
@@ -198,6 +213,8 @@ def compare_streaming(
     err_torch)``. Without it, ``reference`` is taken as that fp32 result and
     the element-wise fallback bound applies. For a one-step-per-call model the
     references are stepped call by call, carrying their states.
+    ``progress`` (:mod:`edge_rnn._progress`) counts the steps streamed, every case on every side (the
+    references and each optimisation level), as each call returns.
     """
     rng = np.random.default_rng(seed)
     sessions = open_sessions(path, opt_levels)
@@ -208,14 +225,18 @@ def compare_streaming(
     if not todo:
         raise UnsupportedError(f"nothing to compare: every case is off ({cases}); a check without cases passes "
                                "nothing")
+    sides = 1 + (noise is not None) + len(sessions)
+    ticker = None if progress is None else Ticker(progress, sides * sum(t[2] for t in todo), "parity check")
     for case, batch, steps, sizes in todo:
         feeds = inputs(rng, batch, steps, not contract.is_streaming)
         init = states(rng, batch)
         ref_sizes = [steps] if contract.is_streaming else sizes  # references: one pass over the sequence
-        want = _run(reference_label, case, reference, contract, feeds, init, ref_sizes)
-        fp32 = None if noise is None else _run(noise_label, case, noise, contract, feeds, init, ref_sizes)
+        want = _run(reference_label, case, _counted(reference, ref_sizes, ticker), contract, feeds, init, ref_sizes)
+        fp32 = None if noise is None else _run(noise_label, case, _counted(noise, ref_sizes, ticker), contract, feeds,
+                                               init, ref_sizes)
         for level, sess in sessions.items():
-            got = _run(f"onnxruntime [{level}]", case, session_runner(sess), contract, feeds, init, sizes)
+            got = _run(f"onnxruntime [{level}]", case, _counted(session_runner(sess), sizes, ticker), contract, feeds,
+                       init, sizes)
             for name, ref in want.items():
                 report.rows.append(judge(case, level, name, got[name], ref, None if fp32 is None else fp32[name],
                                          tolerance))

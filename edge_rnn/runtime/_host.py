@@ -22,7 +22,7 @@ from typing import Any
 
 from edge_rnn.runtime._bundle import printable
 
-__all__ = ["host_record", "isa_features", "FEATURES", "describe_host"]
+__all__ = ["host_record", "isa_features", "FEATURES", "describe_host", "parse_cpuinfo"]
 
 # The features that decide which int8 kernel runs (docs/deployment.md).
 FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "dotprod", "i8mm")
@@ -132,12 +132,12 @@ def _mac_arm64() -> dict[str, bool] | None:
             "i8mm": _sysctl("hw.optional.arm.FEAT_I8MM") == "1"}
 
 
-def _cpuinfo() -> tuple[str | None, set[str]]:
-    """The model name and the feature words of /proc/cpuinfo (the host's, under a user-mode emulator)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None, set()
+CPUINFO = Path("/proc/cpuinfo")  # read through this name, so that a test can point it elsewhere
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
+    """The model name and the feature words of a ``/proc/cpuinfo`` text: x86's ``model name`` and ``flags``,
+    ARM's ``CPU model``/``Hardware`` and ``Features``; the first processor's. (None, set()) where it has neither."""
     name, words = None, set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -147,6 +147,15 @@ def _cpuinfo() -> tuple[str | None, set[str]]:
         elif key in ("flags", "features") and not words:
             words = set(value.split())
     return name, words
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """The model name and the feature words of /proc/cpuinfo (the host's, under a user-mode emulator); (None,
+    set()) where there is no such file."""
+    try:
+        return parse_cpuinfo(CPUINFO.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None, set()
 
 
 def _from_words(words: set[str]) -> dict[str, bool]:
@@ -175,7 +184,8 @@ def _cpu_model() -> str:
     name, _ = _cpuinfo()
     if name is None and platform.system() == "Darwin":
         name = _sysctl("machdep.cpu.brand_string")
-    return name or platform.processor() or platform.machine() or "unknown"
+    processor = platform.processor()  # Windows' description; elsewhere often the architecture again, or nothing
+    return name or (processor if processor and processor != platform.machine() else "unknown")
 
 
 def int8_kernel(features: dict[str, Any]) -> str:
@@ -202,15 +212,34 @@ def host_record() -> dict[str, Any]:
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
 
 
+# The features a benchmark's reader needs to see either way, on or off: they decide the fp32 and int8 kernels.
+_KEY_FEATURES = {"x86": ("avx2", "avx512f", "avx512_vnni"), "arm": ("dotprod",)}
+
+
+def _isa(record: dict) -> str:
+    """The features that are on, then the key features of the record's architecture that are off; "ISA features
+    unknown" where they could not be read."""
+    feats = record.get("features")
+    if not isinstance(feats, dict) or str(record.get("features_read_from", "")).startswith("nothing"):
+        return "ISA features unknown"
+    on = [printable(k, 20) for k, v in feats.items() if v is True][:len(FEATURES)]
+    arch = str(record.get("machine", "")).lower()
+    family = "arm" if arch in ("aarch64", "arm64") else "x86" if arch in ("x86_64", "amd64") else ""
+    off = [f"no {k}" for k in _KEY_FEATURES.get(family, ()) if feats.get(k) is not True]
+    return ", ".join(on + off) or "no int8-relevant features"
+
+
 def describe_host(record: Any) -> str:
-    """One line for a host record (ours or a manifest's; a manifest is not trusted, so any shape is taken)."""
+    """One line for a host record (ours or a manifest's; a manifest is not trusted, so any shape is taken): the
+    line every benchmark prints beside its numbers and every table of figures in the docs carries, e.g.
+    ``AMD EPYC 7B13 (x86_64, 2 cores; avx2, no avx512f, no avx512_vnni; onnxruntime 1.20.1; Linux 6.1.0)``."""
     if not isinstance(record, dict):
         return "an unrecorded machine"
-    feats = record.get("features")
-    on = [printable(k, 20) for k, v in feats.items() if v is True][:len(FEATURES)] if isinstance(feats, dict) else []
 
     def field(key: str) -> str:
         return printable(record.get(key, "?"), 80)
 
-    return (f"{field('cpu')} ({field('machine')}; {', '.join(on) or 'no int8-relevant features'}"
-            f"; onnxruntime {field('onnxruntime')}; {field('os')})")
+    cpus = record.get("cpus")
+    cores = f"{cpus} cores" if isinstance(cpus, int) and not isinstance(cpus, bool) else "cores unknown"
+    return (f"{field('cpu')} ({field('machine')}, {cores}; {_isa(record)}; onnxruntime {field('onnxruntime')}; "
+            f"{field('os')})")

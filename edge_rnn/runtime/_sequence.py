@@ -11,6 +11,7 @@ from edge_rnn._numbers import is_int
 from edge_rnn.errors import ArgumentError, ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
+from edge_rnn.runtime._sequence_fit import describe_time_first, shape_fits
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -67,8 +68,9 @@ def _pieces(port: Port, x: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
     stepped (a chunk the model refuses stops the cutting: the rest are never copied); one row per call for a port
     without a time axis. The shape is checked here, before the first chunk."""
     t_axis = port.stream_time_axis
-    if x.ndim == 0 or (t_axis is not None and x.ndim != len(port.stream_shape)):
-        raise ShapeError(f"{port.name}: expected shape {port.describe()} with time first, got {x.shape}")
+    if x.ndim == 0 or not shape_fits(port, x.shape):  # the whole array, before any chunk is cut from it
+        raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first, got {x.shape} "
+                         f"{x.dtype}")
     if not len(x):
         raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {x.shape}")
     return _cut(x, t_axis, chunk)

@@ -18,7 +18,7 @@ labelled ``replica``.
 The arguments (strings, as ``serve run`` passes them, or typed in a config
 file): ``model`` (a file or bundle folder, at the same path on every node),
 ``variant``, ``self_test``, ``threads``, ``replicas`` (default 1),
-``token_file``, and every :class:`~edge_rnn.service.ServiceConfig` field by
+``token_file``, ``allow_nonfinite`` (default false), and every :class:`~edge_rnn.service.ServiceConfig` field by
 name (``max_streams=200``).
 """
 
@@ -64,6 +64,7 @@ class RayOptions:
     self_test: bool = True
     threads: int | None = None
     replicas: int = 1
+    allow_nonfinite: bool = False  # as serve --allow-nonfinite: NaN and Inf in chunks, states and snapshots pass
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> RayOptions:
@@ -79,7 +80,7 @@ class RayOptions:
         fields = {f.name: f.type for f in dataclasses.fields(ServiceConfig)
                   if f.name != "token" and f.name not in STANDALONE_ONLY}
         own = {"model": "str", "variant": "str | None", "self_test": "bool", "threads": "int | None",
-               "replicas": "int", "token_file": "str | None"}
+               "replicas": "int", "token_file": "str | None", "allow_nonfinite": "bool"}
         unknown = sorted(set(args) - set(fields) - set(own))
         if unknown:
             raise EdgeRnnError(f"{_WHERE}: unknown argument {unknown[0]!r}; expected one of "
@@ -149,7 +150,8 @@ class EdgeRnnReplica:
         bundle = source.is_dir()
         self.options = options
         self.model = StreamingModel.load(source, session=SessionConfig(threads=options.threads),
-                                         variant=options.variant, self_test=options.self_test and bundle)
+                                         variant=options.variant, self_test=options.self_test and bundle,
+                                         allow_nonfinite=options.allow_nonfinite)
         self.front: ReplicaFront | None = None
 
     def __serve_build_asgi_app__(self) -> Any:

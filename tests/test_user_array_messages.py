@@ -1,0 +1,99 @@
+"""A user's .npy that does not fit the model is refused whole, naming the file, its shape and its dtype (not the first
+chunk cut from it); a float64 file of the right width is cast and runs; short --max-lag summaries show their lags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from click.testing import CliRunner  # noqa: E402
+
+from edge_rnn.cli import main  # noqa: E402
+from edge_rnn.diagnostics._report import _lags_shown  # noqa: E402
+from edge_rnn.errors import ShapeError  # noqa: E402
+from edge_rnn.runtime import StreamingModel, run_sequence  # noqa: E402
+
+WIDTH = 24
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A GRU export of input width 24, a (300, 40) float64 file (the wrong width) and a (300, 24) float64 one."""
+    d = tmp_path_factory.mktemp("arrays")
+    r = CliRunner().invoke(main, ["export", "--arch", "gru", "--input-size", str(WIDTH), "--hidden-size", "8",
+                                  "--long-steps", "0", "-o", str(d / "g.onnx")])
+    assert r.exit_code == 0, r.output
+    rng = np.random.default_rng(0)
+    np.save(d / "wide.npy", rng.standard_normal((300, 40)))
+    np.save(d / "right.npy", rng.standard_normal((300, WIDTH)))
+    return d
+
+
+def _args(d, case: str, data: str) -> list[str]:
+    arch = ["--arch", "gru", "--input-size", str(WIDTH), "--hidden-size", "8"]
+    return {
+        "run": ["run", str(d / "g.onnx"), "--input", str(d / data), "-o", str(d / "out.npy")],
+        "diagnose onnx": ["diagnose", str(d / "g.onnx"), "--input", str(d / data), "--max-lag", "5", "--starts", "2"],
+        "diagnose arch": ["diagnose", *arch, "--input", str(d / data), "--max-lag", "5", "--starts", "2"],
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["run", "diagnose onnx", "diagnose arch"])
+def test_a_file_of_the_wrong_width_is_refused_by_its_own_shape_and_dtype(files, case):
+    r = CliRunner().invoke(main, _args(files, case, "wide.npy"))
+    assert r.exit_code == 1, r.output
+    line = r.output.strip()
+    assert line.count("\n") == 0 and "Traceback" not in line  # one line, as every user error
+    assert f"--input {files / 'wide.npy'}" in line
+    assert "(300, 40) float64" in line and f"(time, {WIDTH})" in line
+    for chunk in ("(32, 40)", "(35, 40)", "(1, 40)", "(6, 40)"):  # no chunk cut from it
+        assert chunk not in line
+
+
+@pytest.mark.parametrize("case", ["run", "diagnose onnx", "diagnose arch"])
+def test_a_float64_file_of_the_right_width_is_cast_and_runs(files, case):
+    r = CliRunner().invoke(main, _args(files, case, "right.npy"))
+    assert r.exit_code == 0, r.output
+    if case == "run":  # the same outputs as the float32 file the cast makes
+        m = StreamingModel.load(files / "g.onnx")
+        want = run_sequence(m, m.open_stream(), np.load(files / "right.npy").astype(np.float32))["y"]
+        np.testing.assert_array_equal(np.load(files / "out.npy"), want)
+    else:
+        assert "memory curve" in r.output
+
+
+def test_run_sequence_refuses_the_whole_array_before_any_step(files):
+    m = StreamingModel.load(files / "g.onnx")
+    stream = m.open_stream()
+    with pytest.raises(ShapeError, match=r"expected a sequence \(time, 24\) float32.*got \(300, 40\) float32"):
+        run_sequence(m, stream, np.zeros((300, 40), np.float32), chunk=32)
+    assert stream.steps == 0
+
+
+@pytest.mark.parametrize(("n", "marks", "want"), [
+    (4, (10, 25, 50), [1, 3]),  # --max-lag 3: no mark reached; lag 1 and the last
+    (2, (1, 10, 25, 50), [1]),
+    (12, (10, 25, 50), [10, 11]),
+    (51, (10, 25, 50), [10, 25, 50]),  # the default --max-lag 50: as before
+    (51, (1, 10, 25, 50), [1, 10, 25, 50]),
+    (1, (10, 25, 50), []),
+])
+def test_the_summary_shows_the_marks_reached_and_the_last_lag(n, marks, want):
+    assert _lags_shown(n, marks) == want
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm"])
+def test_diagnose_with_a_short_max_lag_prints_every_gradient_line_with_its_lags(tmp_path, arch):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32))
+    r = CliRunner().invoke(main, ["diagnose", "--arch", arch, "--input-size", "4", "--hidden-size", "6", "--input",
+                                  str(tmp_path / "x.npy"), "--max-lag", "3", "--starts", "2"])
+    assert r.exit_code == 0, r.output
+    gradient = [ln for ln in r.output.splitlines() if ln.startswith("gradient flow")]
+    assert len(gradient) == 4  # this model and the three baselines
+    for line in gradient:
+        assert "lag 1: " in line and "lag 3: " in line, line
+    curve = next(ln for ln in r.output.splitlines() if ln.startswith("memory curve"))
+    assert "lag 1: " in curve and "lag 3: " in curve
