@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edge_rnn.cli._common import _build, _existing, _read_array, main
-from edge_rnn.cli._progress import progress, quiet_option
+from edge_rnn.cli._progress import progress, quiet_option, say
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -58,7 +58,7 @@ def _for_torch(x, path: Path, input_size: int | None):
               help="With FACTORY: the batch axis of the model's input.")
 @click.option("--time-axis", type=click.IntRange(min=0), default=1, show_default=True,
               help="With FACTORY: the time axis of the model's input.")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="One input sequence, time first: a .npy (time, features), or (time,) token ids.")
 @click.option("--compare", multiple=True, metavar="FILE|FOLDER[:VARIANT]",
               help="An ONNX file whose empirical memory curve is drawn beside (an export, an int8 variant...); a "
@@ -69,11 +69,21 @@ def _for_torch(x, path: Path, input_size: int | None):
 @click.option("--max-lag", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
 @click.option("--starts", type=click.IntRange(min=1, max=1000), default=8, show_default=True,
               help="Perturbation points averaged in the memory curve.")
+@click.option("--demo", is_flag=True,
+              help="Train a vanilla RNN, an LSTM and a GRU on a delayed-recall task (CPU, seeded by --seed, a few "
+                   "minutes), export each with its int8 variant, and diagnose them side by side; takes only --plot, "
+                   "--out, --seed and --quiet.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="With --demo: keep the exported models (memory_ARCH.onnx, memory_ARCH.int8.onnx) in this "
+                   "folder.")
 @quiet_option
-def diagnose(source: str | None, arch: str | None, input_size: int | None, hidden_size: int | None, num_layers: int,
-             bidirectional: bool, batch_first: bool, proj_size: int, nonlinearity: str, seed: int,
-             weights: Path | None, batch_axis: int, time_axis: int, input_path: Path,
-             compare: tuple[str, ...], plot_path: Path | None, max_lag: int, starts: int) -> None:
+@click.pass_context
+def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_size: int | None,
+             hidden_size: int | None, num_layers: int, bidirectional: bool, batch_first: bool, proj_size: int,
+             nonlinearity: str, seed: int, weights: Path | None, batch_axis: int, time_axis: int,
+             input_path: Path | None,
+             compare: tuple[str, ...], plot_path: Path | None, max_lag: int, starts: int, demo: bool,
+             out_dir: Path | None) -> None:
     """What a model's gates do and how far back it remembers.
 
     SOURCE is a streaming ONNX file (its empirical memory curve, without torch), a bundle folder (edge-rnn
@@ -81,14 +91,18 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
     --arch, --input-size and --hidden-size (and the shape options --num-layers, --bidirectional, --batch-first,
     --proj-size, --nonlinearity, as for export).
     A PyTorch model also gets its gate statistics, memory horizons, and gradient flow beside vanilla
-    RNN, LSTM and GRU baselines of its size.
+    RNN, LSTM and GRU baselines of its size. --demo trains the three on a memory task and shows what each learnt.
     """
     from edge_rnn.diagnostics import diagnose_bundle, diagnose_onnx, summary
 
+    _check_demo(ctx, demo, out_dir, input_path)
     if plot_path is not None:  # before any work: a missing extra, a format or a folder is a clear error at once
         from edge_rnn.diagnostics._plot import plot_target
 
         plot_target(plot_path, "--plot")
+    if demo:
+        _demo(plot_path, out_dir, seed)
+        return
     others = _compared(compare)  # loaded (and hash-checked) before any work
     x = _sequence(input_path)
     shape = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, proj_size=proj_size,
@@ -118,6 +132,57 @@ def diagnose(source: str | None, arch: str | None, input_size: int | None, hidde
         from edge_rnn.diagnostics._plot import plot
 
         click.echo(f"wrote {plot(d, plot_path)}")
+
+
+_DEMO_TAKES = {"demo", "plot_path", "out_dir", "seed", "quiet"}
+
+
+def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path: Path | None) -> None:
+    """Usage errors: --demo with anything but --plot, --out and --seed; --out without --demo; no --input without."""
+    from click.core import ParameterSource
+
+    if not demo:
+        _refuse("--out goes with --demo (where the demo's exported models are kept)", out_dir)
+        _refuse("missing --input (one sequence, a .npy file), or give --demo", input_path is None)
+        return
+    given = [p for p in ctx.command.params if p.name not in _DEMO_TAKES
+             and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)]
+    if given:
+        names = ", ".join(p.opts[0] if p.opts[0].startswith("-") else p.name.upper() for p in given)
+        raise click.UsageError("--demo trains and diagnoses its own models: it takes only --plot, --out, --seed and "
+                               f"--quiet, got {names}")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise click.UsageError(f"--out {out_dir}: expected a folder, got a file")
+
+
+def _demo(plot_path: Path | None, out_dir: Path | None, seed: int) -> None:
+    """--demo: train, export, quantise and diagnose the memory task's three models; print the table, draw the
+    figure. The models go to --out, else to a temporary folder removed at the end."""
+    import dataclasses
+    import tempfile
+
+    from edge_rnn.demo import demo_table, run_demo
+    from edge_rnn.demo._config import demo_config
+    from edge_rnn.diagnostics import summary
+
+    config = demo_config()
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if out_dir is None else out_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgeRnnError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
+        result = run_demo(config, folder, log=say)
+    for r in result.results:
+        click.echo("\n".join(summary(r.diagnosis)) + "\n")
+    click.echo("\n".join(demo_table(result)))
+    if out_dir is not None:
+        click.echo(f"models in {out_dir}: " + ", ".join(f"{r.onnx.name}, {r.int8.name}" for r in result.results))
+    if plot_path is not None:
+        from edge_rnn.demo._figure import demo_figure
+
+        click.echo(f"wrote {demo_figure(result, plot_path)}")
 
 
 def _compared(entries: tuple[str, ...]) -> list:
