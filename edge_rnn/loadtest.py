@@ -160,7 +160,8 @@ def _connect_error(url: str, e: BaseException) -> EdgeRnnError:
     while cause is not None and not isinstance(cause, (ssl.SSLError, ConnectionRefusedError)):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLError):
-        hint = "; is it a plain HTTP server (then http://)?" if url.startswith("https:") else ""
+        hint = ("; the server's certificate is not trusted here" if isinstance(cause, ssl.SSLCertVerificationError)
+                else "; is it a plain HTTP server (then http://)?")
         return EdgeRnnError(f"{url}: TLS handshake failed ({getattr(cause, 'reason', None) or cause}){hint}")
     if cause is None and str(e):
         return EdgeRnnError(f"{url}: cannot connect ({e})")
