@@ -81,6 +81,84 @@ def test_min_real_time_sets_the_exit_code(monkeypatch):
     assert r.exit_code == 1 and "--min-real-time 0.99" in r.stderr, r.output
 
 
+def test_loadtest_with_https_to_a_plain_http_server_says_the_tls_handshake_failed():
+    """It said "nothing listens at https://...", though a server answered (in plain HTTP)."""
+    with ModelServer(LSTM) as server:
+        url = server.url.replace("http://", "https://")
+        line = one_line_error(invoke("loadtest", url, "--duration", 0.5, "--streams", 1),
+                              f"{url}: TLS handshake failed")
+    assert "nothing listens" not in line and "http://" in line, line
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "x"])
+def test_loadtest_of_a_port_out_of_range_says_so(port):
+    """Port 99999 said "nothing listens at ..." (httpx had tried port 99999 - 65536 = 34463)."""
+    line = one_line_error(invoke("loadtest", f"http://127.0.0.1:{port}", "--duration", 0.5, "--streams", 1),
+                          f"port out of range: expected 1 to 65535, got {port!r}")
+    assert "nothing listens" not in line
+
+
+def test_loadtest_refuses_a_chunk_longer_than_the_run():
+    """--chunk-ms 100000 --duration 1 ran for over a minute, and its streams that sent nothing kept real time."""
+    r = invoke("loadtest", "http://127.0.0.1:9", "--chunk-ms", 100000, "--duration", 1)
+    assert r.exit_code == 2 and "--chunk-ms 100000 is longer than --duration 1 s" in r.stderr, r.output
+
+
+def test_loadtest_counts_streams_that_sent_nothing_apart():
+    """Streams whose first chunk falls due after the run sent nothing: they did not keep real time, the summary says
+    so, and the run does not wait for their chunk (a minute away) before it stops."""
+    from edge_rnn.loadtest import loadtest
+
+    with ModelServer(LSTM) as server:
+        result = loadtest(server.url, streams=2, chunk_ms=60_000.0, frame_ms=10.0, duration=0.5)
+    assert (result.sent_nothing, len(result.latencies_ms), result.errors) == (1, 1, {}), result.summary()
+    assert result.kept_real_time <= 1 and "(1 sent nothing before the run ended" in result.summary()
+
+
+@pytest.mark.parametrize("model", [DATA / "gru_cell.onnx", DATA / "vad_state.onnx"])
+def test_loadtest_of_a_one_frame_per_call_model_runs_at_the_chunk_it_names(model):
+    """A model with no time axis was sent chunks of 10 frames, each refused bad_chunk ("p50 nan ms")."""
+    with ModelServer(model) as server:
+        one_line_error(invoke("loadtest", server.url, "--duration", 0.5, "--streams", 1),
+                       "no time axis: it takes one frame per call, got 10 (--chunk-ms 100 / --frame-ms 10); "
+                       "pass --chunk-ms 10")
+        r = invoke("loadtest", server.url, "--duration", 0.5, "--streams", 1, "--chunk-ms", 10, "--min-real-time", 0)
+    assert r.exit_code == 0 and "errors: none" in r.output and "nan" not in r.output, r.output
+
+
+@pytest.mark.parametrize(("kept", "streams", "least", "code"),
+                         [(7, 100, "0.07", 0), (14, 100, "0.14", 0), (13, 100, "0.14", 1), (57, 100, "0.57", 0),
+                          (999, 1000, "0.999", 0), (998, 1000, "0.999", 1), (1, 3, "0.3333", 0)])
+def test_min_real_time_is_compared_exactly(monkeypatch, kept, streams, least, code):
+    """0.07 * 100 is 7.000000000000001 in floats: 7 of 100 streams failed --min-real-time 0.07."""
+    from edge_rnn import loadtest as lt
+
+    monkeypatch.setattr(lt, "loadtest", lambda url, **kw: lt.LoadResult(streams=streams, seconds=1.0,
+                                                                         kept_real_time=kept))
+    r = invoke("loadtest", "http://127.0.0.1:9", "--streams", streams, "--min-real-time", least)
+    assert r.exit_code == code, r.output
+    if code:
+        assert f"expected at least {float(least) * 100:g}%" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("chunk_ms", "frame_ms", "frames"), [(1000.0, 0.1, 10_000), (0.9, 0.3, 3), (7.0, 0.7, 10)])
+def test_loadtest_whole_frames_are_exact_decimals(monkeypatch, chunk_ms, frame_ms, frames):
+    """1000 % 0.1 is not 0 in floats: 1000 ms chunks of 0.1 ms frames were refused as not a whole number."""
+    from edge_rnn import loadtest as lt
+
+    seen = {}
+    monkeypatch.setattr(lt, "_chunk_shape", lambda url, token, n, *a: seen.setdefault("frames", n) and (n, 4))
+    monkeypatch.setattr(lt, "_stream", _no_stream)
+    lt.loadtest("http://127.0.0.1:9", streams=1, chunk_ms=chunk_ms, frame_ms=frame_ms, duration=0.01)
+    assert seen == {"frames": frames}
+    with pytest.raises(lt.EdgeRnnError, match="expected a whole number of --frame-ms"):
+        lt.loadtest("http://127.0.0.1:9", streams=1, chunk_ms=chunk_ms + frame_ms / 2, frame_ms=frame_ms)
+
+
+async def _no_stream(*args: object) -> None:
+    """A stream that sends nothing (the frames' arithmetic is what is tested)."""
+
+
 def test_serve_in_process_port_in_use_is_one_line():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

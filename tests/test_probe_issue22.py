@@ -167,8 +167,6 @@ def test_probe_a_huge_width_is_refused_clearly(shape):
 # --- 3. loadtest --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the whole-frames check is float modulo: 1000 % 0.1 != 0, so 1000 ms chunks of "
-                                       "0.1 ms frames (10,000 frames) are refused as 'not a whole number of frames'")
 @pytest.mark.parametrize(("chunk_ms", "frame_ms"), [(1000.0, 0.1), (3.0, 0.3), (7.0, 0.7)])
 def test_probe_loadtest_takes_a_whole_number_of_decimal_frames(chunk_ms, frame_ms):
     from edge_rnn.loadtest import loadtest
@@ -178,9 +176,6 @@ def test_probe_loadtest_takes_a_whole_number_of_decimal_frames(chunk_ms, frame_m
     assert "whole number" not in str(e.value), str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="kept < min_real_time * streams in floats: 0.07 * 100 = 7.000000000000001, "
-                                       "so exactly 7 of 100 streams fail '--min-real-time 0.07' (exit 1, 'expected "
-                                       "at least 7%')")
 def test_probe_min_real_time_exactly_met_exits_0(monkeypatch):
     import edge_rnn.loadtest as lt
 
@@ -241,9 +236,6 @@ def test_probe_export_lets_a_progress_callbacks_exception_through(tmp_path):
         edge_rnn.export(torch.nn.GRU(4, 6).eval(), tmp_path / "m.onnx", long_steps=2000, progress=stop_after_three)
 
 
-@pytest.mark.xfail(strict=True, reason="a model without a time axis (a cell, vad_state: one frame per call) gets "
-                                       "chunks of --chunk-ms/--frame-ms frames, each refused: 'p50 nan ms ... "
-                                       "bad_chunk x1' and no word of --chunk-ms, as the fixed-chunk case now has")
 def test_probe_loadtest_of_a_one_frame_per_call_model_says_what_to_pass():
     pytest.importorskip("fastapi")
     from probe_servers import GRU_CELL, ModelServer
@@ -255,10 +247,6 @@ def test_probe_loadtest_of_a_one_frame_per_call_model_says_what_to_pass():
             loadtest(server.url, streams=1, chunk_ms=100.0, frame_ms=10.0, duration=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="streams start spread over one chunk: with --chunk-ms longer than --duration "
-                                       "the later streams never send a chunk, yet each counts as having kept real "
-                                       "time ('4/4 streams kept real time; 2 chunks'), and the run outlasts "
-                                       "--duration by up to a chunk")
 def test_probe_loadtest_counts_only_streams_that_sent_as_real_time():
     pytest.importorskip("fastapi")
     from probe_servers import ModelServer
