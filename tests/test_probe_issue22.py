@@ -193,9 +193,6 @@ def test_probe_min_real_time_exactly_met_exits_0(monkeypatch):
 # --- 4. shape errors naming the user's array ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="run_sequence checks the whole array's shape but not its dtype: a float64 "
-                                       "(50, 4) array (any float is cast, says _sequence_fit) is refused by the "
-                                       "first chunk as 'got (32, 4) float64' - the chunk, not the user's array")
 @pytest.mark.parametrize("dtype", ["float64", "float16", ">f4", "int64"])
 def test_probe_run_sequence_names_the_users_array_not_a_chunk(dtype):
     m = StreamingModel.load(LSTM)
@@ -208,8 +205,6 @@ def test_probe_run_sequence_names_the_users_array_not_a_chunk(dtype):
         assert y.shape == (50, 6)
 
 
-@pytest.mark.xfail(strict=True, reason="a ragged list of chunks raises numpy's 'setting an array element with a "
-                                       "sequence ... inhomogeneous shape' ValueError, not a ShapeError")
 def test_probe_run_sequence_refuses_a_ragged_list_as_a_shape_error():
     m = StreamingModel.load(LSTM)
     with pytest.raises(ShapeError):
