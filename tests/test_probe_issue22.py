@@ -277,10 +277,6 @@ def test_probe_a_dynamic_feature_size_is_not_read_as_width_1():
     assert y.shape != (12, 1), y.shape
 
 
-@pytest.mark.xfail(strict=True, reason="a fixed-chunk (static) model is refused chunk by chunk: at the default --chunk "
-                                       "32 'expected exactly 3 time step(s) per call ..., got 32' (no word of "
-                                       "--chunk 3), and a 50-step file with --chunk 3 fails after 48 steps on 'got "
-                                       "2', naming neither the file nor its length")
 @pytest.mark.parametrize("chunk", ["32", "3"])
 def test_probe_run_of_a_fixed_chunk_model_names_the_file_and_the_chunk_to_pass(tmp_path, chunk):
     pytest.importorskip("onnx")

@@ -54,6 +54,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     cast = _as_port_dtype(data, port, f"--input {input_path}")
     _check_fits(data, port, f"--input {input_path}", str(model))  # the file's shape and dtype, before any chunk
     data = cast
+    _fixed_chunk_fits(port, len(data), chunk, f"--input {input_path}", str(model))
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:
@@ -71,6 +72,24 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     which = "" if m.variant is None else f"variant {m.variant}: "
     click.echo(f"{which}streamed {n_steps} steps in {-(-total // chunk)} calls of up to {chunk}: "
                f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
+
+
+def _fixed_chunk_fits(port: Any, steps: int, chunk: int, label: str, model: str) -> None:
+    """A model with a fixed chunk (a static form) takes exactly that many steps per call: --chunk must be it and the
+    file a whole number of such chunks, checked before streaming rather than refused at the first or last call."""
+    t = port.stream_time_axis
+    fixed = None if t is None else port.stream_shape[t]
+    if fixed is None or (chunk == fixed and steps % fixed == 0):
+        return
+    rest = steps % fixed
+    takes = f"{model} takes exactly {fixed} step(s) per call, a static form's fixed chunk"
+    trim = f"trim the file to {steps - rest} steps or pad it to {steps - rest + fixed}"
+    if chunk != fixed:
+        whole = f" ({steps} is not a whole number of them either: {trim})" if rest else ""
+        raise EdgeRnnError(f"{label} has {steps} steps and {takes}: expected --chunk {fixed}, got --chunk "
+                           f"{chunk}{whole}")
+    raise EdgeRnnError(f"{label}: expected a whole number of {fixed}-step chunks ({takes}), got {steps} steps "
+                       f"({rest} left over): {trim}")
 
 
 def _as_port_dtype(data: Any, port: Any, label: str) -> Any:
