@@ -218,9 +218,6 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="the parity check wraps whatever its call raises: the caller's own exception "
-                                       "from progress= comes back as ModelFormatError 'onnxruntime [disabled] fails "
-                                       "on case ...' (from None: the original lost)")
 def test_probe_export_lets_a_progress_callbacks_exception_through(tmp_path):
     torch = pytest.importorskip("torch")
     import edge_rnn
