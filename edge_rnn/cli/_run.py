@@ -17,6 +17,7 @@ from edge_rnn.cli._common import (
     _variant_option,
     main,
 )
+from edge_rnn.cli._run_values import check_values
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -53,6 +54,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     port = m.inputs[0]
     cast = _as_port_dtype(data, port, f"--input {input_path}")
     _check_fits(data, port, f"--input {input_path}", str(model))  # the file's shape and dtype, before any chunk
+    check_values(data, cast, port, f"--input {input_path}", allow_nonfinite)  # named by file and step, not chunk
     data = cast
     _fixed_chunk_fits(port, len(data), chunk, f"--input {input_path}", str(model))
     if len(m.outputs) > 1 and suffix != ".npz":
@@ -103,7 +105,8 @@ def _as_port_dtype(data: Any, port: Any, label: str) -> Any:
     if data.dtype.kind == "b" and port.dtype.kind == "f":
         raise bool_for_float(label, port.name, port.dtype)
     if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
-        return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+        with np.errstate(over="ignore"):  # a value beyond the model's dtype is refused by check_values, named
+            return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
     if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
         return data.astype(port.dtype)  # int32 token ids for an int64 input: exact
     return data
