@@ -10,7 +10,6 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from click.testing import CliRunner  # noqa: E402
-
 from conftest import REPO  # noqa: E402
 
 from edge_rnn.cli import main  # noqa: E402

@@ -43,7 +43,7 @@ def _finite(data: np.ndarray, cast: np.ndarray, label: str) -> None:
     bad = ~np.isfinite(data)
     if bad.any():
         raise NonFiniteError(f"{label}: expected finite values, got NaN or Inf ({_where(bad, data)}); pass "
-                             "--allow-nonfinite to let them in")
+                             "--allow-nonfinite on the command line to let them in")
     beyond = None if cast is data else ~np.isfinite(cast)
     if beyond is not None and beyond.any():
         raise NonFiniteError(f"{label}: expected values within {cast.dtype}'s range (the model's input dtype), got "
