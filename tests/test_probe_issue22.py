@@ -188,9 +188,6 @@ def test_probe_min_real_time_exactly_met_exits_0(monkeypatch):
 # --- 4. shape errors naming the user's array ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="run_sequence checks the whole array's shape but not its dtype: a float64 "
-                                       "(50, 4) array (any float is cast, says _sequence_fit) is refused by the "
-                                       "first chunk as 'got (32, 4) float64' - the chunk, not the user's array")
 @pytest.mark.parametrize("dtype", ["float64", "float16", ">f4", "int64"])
 def test_probe_run_sequence_names_the_users_array_not_a_chunk(dtype):
     m = StreamingModel.load(LSTM)
@@ -203,8 +200,6 @@ def test_probe_run_sequence_names_the_users_array_not_a_chunk(dtype):
         assert y.shape == (50, 6)
 
 
-@pytest.mark.xfail(strict=True, reason="a ragged list of chunks raises numpy's 'setting an array element with a "
-                                       "sequence ... inhomogeneous shape' ValueError, not a ShapeError")
 def test_probe_run_sequence_refuses_a_ragged_list_as_a_shape_error():
     m = StreamingModel.load(LSTM)
     with pytest.raises(ShapeError):
@@ -218,9 +213,6 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="the parity check wraps whatever its call raises: the caller's own exception "
-                                       "from progress= comes back as ModelFormatError 'onnxruntime [disabled] fails "
-                                       "on case ...' (from None: the original lost)")
 def test_probe_export_lets_a_progress_callbacks_exception_through(tmp_path):
     torch = pytest.importorskip("torch")
     import edge_rnn
@@ -270,10 +262,6 @@ def test_probe_a_dynamic_feature_size_is_not_read_as_width_1():
     assert y.shape != (12, 1), y.shape
 
 
-@pytest.mark.xfail(strict=True, reason="a fixed-chunk (static) model is refused chunk by chunk: at the default --chunk "
-                                       "32 'expected exactly 3 time step(s) per call ..., got 32' (no word of "
-                                       "--chunk 3), and a 50-step file with --chunk 3 fails after 48 steps on 'got "
-                                       "2', naming neither the file nor its length")
 @pytest.mark.parametrize("chunk", ["32", "3"])
 def test_probe_run_of_a_fixed_chunk_model_names_the_file_and_the_chunk_to_pass(tmp_path, chunk):
     pytest.importorskip("onnx")

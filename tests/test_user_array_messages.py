@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from click.testing import CliRunner  # noqa: E402
+from conftest import REPO  # noqa: E402
 
 from edge_rnn.cli import main  # noqa: E402
 from edge_rnn.diagnostics._report import _lags_shown  # noqa: E402
@@ -17,6 +18,8 @@ from edge_rnn.errors import ShapeError  # noqa: E402
 from edge_rnn.runtime import StreamingModel, run_sequence  # noqa: E402
 
 WIDTH = 24
+LSTM = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) float32 -> y (time, 6)
+TOKENS = REPO / "tests" / "data" / "token_gru.onnx"  # ids (time,) int64 in [0, 39]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,80 @@ def test_run_sequence_refuses_the_whole_array_before_any_step(files):
     with pytest.raises(ShapeError, match=r"expected a sequence \(time, 24\) float32.*got \(300, 40\) float32"):
         run_sequence(m, stream, np.zeros((300, 40), np.float32), chunk=32)
     assert stream.steps == 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", ">f4"])
+def test_run_sequence_casts_any_float_as_run_does(dtype):
+    m = StreamingModel.load(LSTM)
+    x = np.random.default_rng(0).standard_normal((50, 4)).astype(dtype)
+    got = run_sequence(m, m.open_stream(), x, chunk=7)["y"]
+    np.testing.assert_array_equal(got, run_sequence(m, m.open_stream(), x.astype(np.float32), chunk=7)["y"])
+
+
+def _file(tmp_path, case: str):
+    """(model, the .npy for ``case``, what the one-line refusal of ``run`` says after the file's name)."""
+    x = np.zeros((50, 4), np.float32)
+    if case == "nan":
+        x[3, 1] = np.nan
+        return LSTM, x, ["expected finite values", "the first at step 3 of 50", "--allow-nonfinite"]
+    if case == "beyond float32":
+        x = x.astype(np.float64)
+        x[7, 2] = 1e300
+        return LSTM, x, ["expected values within float32's range", "the first at step 7 of 50"]
+    if case == "no step":
+        return LSTM, x[:0], ["expected at least one time step", "(0, 4)"]
+    return TOKENS, np.array([1, 2, 1_000_000, 3]), ["expected ids values in [0, 39]", "got 1000000",
+                                                    "the first at step 2 of 4"]
+
+
+@pytest.mark.parametrize("case", ["nan", "beyond float32", "no step", "token id out of range"])
+def test_run_names_the_file_and_the_step_of_a_value_it_refuses(tmp_path, case):
+    model, x, says = _file(tmp_path, case)
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(main, ["run", str(model), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")])
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --input {tmp_path / 'x.npy'}: "), lines
+    assert all(s in lines[0] for s in says), lines[0]
+    assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+@pytest.mark.parametrize("command", ["run", "diagnose"])
+def test_a_npy_linked_to_a_character_device_is_refused_as_one(tmp_path, device, command):
+    if not __import__("os").path.exists(device):
+        pytest.skip(f"no {device} here")
+    (tmp_path / "x.npy").symlink_to(device)
+    out = ["-o", str(tmp_path / "y.npy")] if command == "run" else []
+    r = CliRunner().invoke(main, [command, str(LSTM), "--input", str(tmp_path / "x.npy"), *out])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == f"Error: --input {tmp_path / 'x.npy'}: expected a regular file, got a character device"
+
+
+def test_data_linked_to_a_character_device_is_refused_as_one(tmp_path):
+    from edge_rnn.errors import DataError
+    from edge_rnn.harness import check_data
+
+    if not __import__("os").path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    (tmp_path / "d.npy").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="expected a regular file, got a character device"):
+        check_data(tmp_path / "d.npy")
+
+
+def test_run_of_a_fixed_chunk_model_streams_a_whole_number_of_its_chunks(tmp_path):
+    import onnx
+
+    from edge_rnn.deploy import static_form
+
+    onnx.save(static_form(onnx.load(str(LSTM)), 3), tmp_path / "s3.onnx")
+    x = np.random.default_rng(1).standard_normal((51, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "s3.onnx"), "--input", str(tmp_path / "x.npy"), "--chunk", "3",
+                                  "-o", str(tmp_path / "y.npy")])
+    assert r.exit_code == 0, r.output
+    m = StreamingModel.load(LSTM)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), run_sequence(m, m.open_stream(), x)["y"], atol=1e-5)
 
 
 @pytest.mark.parametrize(("n", "marks", "want"), [

@@ -126,8 +126,39 @@ def test_inspect_columns_line_up_for_long_state_names(tmp_path):
     _identity_model(tmp_path / "long.onnx", {"h0": "hn", "c0": "cn", long: long.replace("_in", "_out")})
     out = run("inspect", str(tmp_path / "long.onnx")).stdout.splitlines()
     assert f"  {long}" in out  # beyond the bound: whole, on its own line
-    _columns_line_up([ln for ln in out if " float " in ln and "->" not in ln], " float ")
-    assert max(ln.index(" float ") for ln in out if " float " in ln and "->" not in ln) <= 45
+    values = out[:next(i for i, ln in enumerate(out) if ln.startswith("states:"))]  # the states' rows: their own
+    _columns_line_up([ln for ln in values if " float " in ln], " float ")  # columns (the test below)
+    assert max(ln.index(" float ") for ln in values if " float " in ln) <= 45
+
+
+def _display_column(line: str, marker: str) -> int:
+    """The terminal column ``marker`` starts at in ``line``: a wide (CJK) character takes two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line[:line.index(marker)])
+
+
+@pytest.mark.parametrize("pairs", [
+    {"h0": "hn", "b" * 37 + "_in": "b" * 37 + "_out"},  # the input fits the 40-column bound, its output does not
+    {"h0": "hn", "状态_in": "状态_out", "ab_in": "ab_out"},  # CJK: two columns a character
+    {"h0": "hn", "状态向量编码器_in": "状态向量编码器_out", "c" * 45 + "_in": "c" * 45 + "_out"},
+])
+def test_inspect_state_rows_keep_the_dtype_column_in_line(tmp_path, pairs):
+    _identity_model(tmp_path / "m.onnx", pairs)
+    r = run("inspect", str(tmp_path / "m.onnx"))
+    assert r.exit_code == 0, r.output
+    out = r.stdout.splitlines()
+    states = out[next(i for i, ln in enumerate(out) if ln.startswith("states:")) + 1:]
+    rows = [ln for ln in states if " float " in ln]
+    assert len(rows) == len(pairs), r.stdout
+    assert len({_display_column(ln, " float ") for ln in rows}) == 1, r.stdout
+    arrows = [ln for ln in states if " -> " in ln]
+    assert len({_display_column(ln, " -> ") for ln in arrows}) == 1, r.stdout
+    values = [ln for ln in out[:out.index(next(ln for ln in out if ln.startswith("states:")))]
+              if " float " in ln]
+    assert len({_display_column(ln, " float ") for ln in values}) == 1, r.stdout
+    for i, o in pairs.items():
+        assert any(i in ln for ln in states) and any(o in ln for ln in states), r.stdout
 
 
 def test_state_rows_are_named_by_output_in_every_table(tmp_path):

@@ -25,16 +25,37 @@ class _Value(NamedTuple):
 _NAME_BOUND = 40  # columns align to the longest name up to this; a longer one is printed whole on its own line
 
 
+def _shown(text: str) -> int:
+    """How many terminal columns ``text`` takes: 2 for a wide or full-width character (CJK), 0 for a combining
+    mark, 1 for the rest."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (by display width, not character count)."""
+    return text + " " * max(0, width - _shown(text))
+
+
 def _width(names: list[str], least: int = 8) -> int:
-    """The name column's width: the longest name within the bound, at least ``least``."""
-    return max([least, *(len(n) for n in names if len(n) <= _NAME_BOUND)])
+    """The name column's width: the widest name (in terminal columns) within the bound, at least ``least``."""
+    return max([least, *(_shown(n) for n in names if _shown(n) <= _NAME_BOUND)])
 
 
 def _row(name: str, width: int, rest: str) -> str:
     """``  name  rest`` with ``rest`` at column ``width``; a name wider than that on a line of its own above."""
-    if len(name) > width:
+    if _shown(name) > width:
         return f"  {name}\n  {'':<{width}} {rest}"
-    return f"  {name:<{width}} {rest}"
+    return f"  {_pad(name, width)} {rest}"
+
+
+def _pair(name: str, width: int, output: str, out_width: int, rest: str) -> str:
+    """A state row, ``  input  -> output  rest``, with ``rest`` (dtype, shape) at the same column on every row: an
+    output wider than ``out_width`` ends its line and ``rest`` goes on the next, at that column."""
+    if _shown(output) <= out_width:
+        return _row(name, width, f"-> {_pad(output, out_width)} {rest}")
+    return _row(name, width, f"-> {output}") + f"\n  {'':<{width}}    {'':<{out_width}} {rest}"
 
 
 def _value_lines(inputs: list[_Value], outputs: list[_Value]) -> list[str]:
@@ -75,8 +96,8 @@ def _state_rows(contract: Contract) -> list[str]:
     for s in contract.states:
         shape = ", ".join("batch" if d is None else str(d) for d in s.shape)
         start = "" if s.initial is None else "  starts from its own initial value, not zeros"
-        rows.append(_row(printable(s.input, 400), width,
-                         f"-> {printable(s.output, 400):<{out_width}} {s.dtype:<8} ({shape}){start}"))
+        rows.append(_pair(printable(s.input, 400), width, printable(s.output, 400), out_width,
+                          f"{s.dtype:<8} ({shape}){start}"))
     return rows
 
 
@@ -97,8 +118,7 @@ def _detected_lines(inputs: list[_Value], outputs: list[_Value]) -> list[str]:
     width = _width([printable(k, 400) for k in pairs])
     out_width = _width([printable(v, 400) for v in pairs.values()])
     return [head + "the runtime pairs them by name (pass state_map to override):",
-            *(_row(printable(k, 400), width, f"-> {printable(v, 400):<{out_width}} {info[v].rest()}")
-              for k, v in pairs.items())]
+            *(_pair(printable(k, 400), width, printable(v, 400), out_width, info[v].rest()) for k, v in pairs.items())]
 
 
 def _operator_line(ops: Counter) -> str:

@@ -56,8 +56,13 @@ def _variant_option(f: Any) -> Any:
 def _existing(path: Path, what: str) -> Path:
     if not path.exists():
         raise EdgeRnnError(f"{what} {path}: no such file")
-    if not path.is_file():
+    from edge_rnn.harness._file_kind import not_regular
+
+    kind = not_regular(path)
+    if kind == "a directory":
         raise EdgeRnnError(f"{what} {path}: expected a file, got a directory")
+    if kind is not None:  # a link to /dev/zero or /dev/urandom would be read without end
+        raise EdgeRnnError(f"{what} {path}: expected a regular file, got {kind}")
     return path
 
 

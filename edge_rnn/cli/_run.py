@@ -17,6 +17,7 @@ from edge_rnn.cli._common import (
     _variant_option,
     main,
 )
+from edge_rnn.cli._run_values import check_values
 from edge_rnn.errors import EdgeRnnError
 
 
@@ -53,7 +54,9 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     port = m.inputs[0]
     cast = _as_port_dtype(data, port, f"--input {input_path}")
     _check_fits(data, port, f"--input {input_path}", str(model))  # the file's shape and dtype, before any chunk
+    check_values(data, cast, port, f"--input {input_path}", allow_nonfinite)  # named by file and step, not chunk
     data = cast
+    _fixed_chunk_fits(port, len(data), chunk, f"--input {input_path}", str(model))
     if len(m.outputs) > 1 and suffix != ".npz":
         raise EdgeRnnError(f"{model} has outputs {[p.name for p in m.outputs]}: expected -o ending in .npz")
     if port.stream_time_axis is None:
@@ -73,6 +76,24 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
                f"{seconds * 1e3:.1f} ms ({n_steps / seconds:,.0f} steps/s); wrote {output}: {shapes}")
 
 
+def _fixed_chunk_fits(port: Any, steps: int, chunk: int, label: str, model: str) -> None:
+    """A model with a fixed chunk (a static form) takes exactly that many steps per call: --chunk must be it and the
+    file a whole number of such chunks, checked before streaming rather than refused at the first or last call."""
+    t = port.stream_time_axis
+    fixed = None if t is None else port.stream_shape[t]
+    if fixed is None or (chunk == fixed and steps % fixed == 0):
+        return
+    rest = steps % fixed
+    takes = f"{model} takes exactly {fixed} step(s) per call, a static form's fixed chunk"
+    trim = f"trim the file to {steps - rest} steps or pad it to {steps - rest + fixed}"
+    if chunk != fixed:
+        whole = f" ({steps} is not a whole number of them either: {trim})" if rest else ""
+        raise EdgeRnnError(f"{label} has {steps} steps and {takes}: expected --chunk {fixed}, got --chunk "
+                           f"{chunk}{whole}")
+    raise EdgeRnnError(f"{label}: expected a whole number of {fixed}-step chunks ({takes}), got {steps} steps "
+                       f"({rest} left over): {trim}")
+
+
 def _as_port_dtype(data: Any, port: Any, label: str) -> Any:
     """The input in the port's dtype where that is exact or expected; bool for a float input is refused as
     ``verify --data`` refuses it; anything else (floats for token ids, ...) goes as it is: the runtime refuses
@@ -84,7 +105,8 @@ def _as_port_dtype(data: Any, port: Any, label: str) -> Any:
     if data.dtype.kind == "b" and port.dtype.kind == "f":
         raise bool_for_float(label, port.name, port.dtype)
     if data.dtype.kind == "f" and port.dtype.kind == "f" and data.dtype != port.dtype:
-        return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
+        with np.errstate(over="ignore"):  # a value beyond the model's dtype is refused by check_values, named
+            return data.astype(port.dtype)  # a float64 .npy is the common case; the model says float32
     if data.dtype.kind in "iu" and port.dtype.kind in "iu" and np.can_cast(data.dtype, port.dtype):
         return data.astype(port.dtype)  # int32 token ids for an int64 input: exact
     return data

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_rnn.contract import Contract
 from edge_rnn.errors import DataError
+from edge_rnn.harness._file_kind import not_regular
 
 __all__ = ["InputLayout", "InputSource", "bool_for_float", "check_data", "load_data", "read_npy", "random_inputs",
            "data_inputs", "random_states"]
@@ -140,6 +141,9 @@ def read_npy(path: str | Path) -> np.ndarray:
 def _reading(path: str | Path, read: Callable[[Path, bool], Any]) -> Any:
     """``read(path, is_npz)`` once ``path`` is a .npy or .npz file; whatever fails is one DataError naming it."""
     path = Path(path)
+    kind = not_regular(path)
+    if kind is not None:  # a link to /dev/zero would be read without end
+        raise DataError(f"data {path}: expected a regular file, got {kind}")
     if not path.is_file():
         raise DataError(f"data {path}: no such file")
     with open(path, "rb") as f:

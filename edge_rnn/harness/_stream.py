@@ -177,6 +177,8 @@ def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, st
     """run_case, with whatever the side raises turned into an error that names the side and the case."""
     try:
         return run_case(call, contract, feeds, states, sizes)
+    except _CallersError as e:  # the progress callback's own exception, not the side's: through as it was raised
+        raise e.original from e.original.__cause__
     except EdgeRnnError:
         raise
     except Exception as e:  # noqa: BLE001 - PyTorch's or onnxruntime's own error types
@@ -184,6 +186,15 @@ def _run(side: str, case: str, call: Call, contract: Contract, feeds: Arrays, st
         error = ModelFormatError if side.startswith("onnxruntime") else EdgeRnnError
         hint = "; does the module fit the file?" if side.startswith("PyTorch") else ""
         raise error(f"{side} fails on case {case!r} ({type(e).__name__}: {first}){hint}") from None
+
+
+class _CallersError(Exception):
+    """Carries what the caller's progress callback raised through :func:`_run`, which names a side and a case only
+    for the side's own errors (onnxruntime's, PyTorch's)."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
 
 
 def _counted(call: Call, sizes: list[int], ticker: Ticker | None) -> Call:
@@ -194,7 +205,10 @@ def _counted(call: Call, sizes: list[int], ticker: Ticker | None) -> Call:
 
     def counted(feeds: Arrays) -> Arrays:
         out = call(feeds)
-        ticker.advance(next(steps, 0))
+        try:
+            ticker.advance(next(steps, 0))
+        except Exception as e:  # noqa: BLE001 - whatever the caller's callback raises, carried past _run's wrapping
+            raise _CallersError(e) from None
         return out
 
     return counted

@@ -11,7 +11,7 @@ from edge_rnn._numbers import is_int
 from edge_rnn.errors import ArgumentError, ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
-from edge_rnn.runtime._sequence_fit import describe_time_first, shape_fits
+from edge_rnn.runtime._sequence_fit import describe_time_first, dtype_fits, shape_fits
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -29,6 +29,11 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     input, its time axis moved to the front). For a model that takes one step
     per call, axis 0 counts calls and each call gets one row. ``progress``, if
     given, is called with the number of steps of each chunk as it is done.
+    Any float array goes to a float input (a float64, float16 or big-endian
+    array is cast to the model's dtype once, as ``edge-rnn run`` casts a
+    float64 .npy), and integers that cast exactly go to an integer input;
+    anything else, a ragged list included, is a ShapeError naming the whole
+    array's shape and dtype, raised before any step.
     ``chunk`` is an int >= 1 (one pass over the whole array: ``chunk=len(x)``);
     it and ``progress`` are checked before any step. The stream advances by
     every step; on an error it stops after the last chunk that succeeded.
@@ -39,7 +44,7 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     """
     chunk = _checked(model, chunk, progress)
     port = model.inputs[0]
-    pieces = _pieces(port, np.asarray(x), chunk)
+    pieces = _pieces(port, _whole(port, x), chunk)
     collected: dict[str, list[np.ndarray]] = {p.name: [] for p in model.outputs}
     for piece in pieces:
         for name, y in model.step(stream, piece).items():
@@ -63,29 +68,53 @@ def _checked(model: StreamingModel, chunk: Any, progress: Any) -> int:
     return chunk
 
 
+def _whole(port: Port, x: Any) -> np.ndarray:
+    """``x`` as one array of the port's dtype, its shape and dtype checked whole, before any chunk is cut from it:
+    a refusal names the user's array, never a chunk."""
+    try:
+        a = np.asarray(x)
+    except ValueError:  # numpy's "inhomogeneous shape": chunks of different lengths, a ragged nested list
+        raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first, got a ragged "
+                         f"{type(x).__name__}{_shapes(x)} (join chunks with np.concatenate)") from None
+    if a.ndim == 0 or not shape_fits(port, a.shape) or not dtype_fits(port, a.dtype):
+        cast = ", any float is cast" if port.dtype.kind == "f" else ""
+        raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first{cast}, got "
+                         f"{a.shape} {a.dtype}")
+    if not len(a):
+        raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {a.shape}")
+    return a
+
+
+def _shapes(x: Any) -> str:
+    """`` of shapes [(3, 4), (2, 4)]``: the first few items' shapes of a ragged sequence, where it has items."""
+    try:
+        items = list(x)
+    except TypeError:
+        return ""
+    shapes = [np.shape(v) if not isinstance(v, (list, tuple)) else f"{len(v)} items" for v in items[:4]]
+    return f" of shapes [{', '.join(map(str, shapes))}{', ...' if len(items) > 4 else ''}]"
+
+
 def _pieces(port: Port, x: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    """``x`` (time first) cut into chunks of ``chunk`` steps in the port's own layout, one at a time as they are
-    stepped (a chunk the model refuses stops the cutting: the rest are never copied); one row per call for a port
-    without a time axis. The shape is checked here, before the first chunk."""
-    t_axis = port.stream_time_axis
-    if x.ndim == 0 or not shape_fits(port, x.shape):  # the whole array, before any chunk is cut from it
-        raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first, got {x.shape} "
-                         f"{x.dtype}")
-    if not len(x):
-        raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {x.shape}")
-    return _cut(x, t_axis, chunk)
+    """``x`` (time first, checked whole by :func:`_whole`) cut into chunks of ``chunk`` steps in the port's own
+    layout, one at a time as they are stepped (a chunk the model refuses stops the cutting: the rest are never
+    copied); one row per call for a port without a time axis."""
+    return _cut(x, port.stream_time_axis, chunk, port.dtype)
 
 
-def _cut(x: np.ndarray, t_axis: int | None, chunk: int) -> Iterator[np.ndarray]:
+def _cut(x: np.ndarray, t_axis: int | None, chunk: int, dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Each chunk copied and cast to ``dtype`` as it is cut (exact for integers, per dtype_fits; floats as
+    ``edge-rnn run`` casts them), so that a cast never copies the whole of ``x``."""
     if t_axis is None:  # one step per call: rows are steps
-        yield from x
+        for row in x:
+            yield np.asarray(row, dtype)
         return
     to_model = from_front(x.ndim, t_axis)
     x = x if to_model is None else x.transpose(to_model)
     steps = x.shape[t_axis]
     before = (slice(None),) * t_axis
     for a in range(0, steps, chunk):
-        yield np.array(x[(*before, slice(a, a + chunk))])  # a copy of the chunk alone (np.take copied all of x
+        yield np.array(x[(*before, slice(a, a + chunk))], dtype)  # a copy of the chunk alone (np.take copied all of x
         # first where x was not contiguous: a broadcast or transposed array)
 
 
