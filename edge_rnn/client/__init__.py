@@ -10,9 +10,14 @@
 ``await``; ``SyncWebSocketStream`` is the blocking WebSocket one. A server
 error raises :class:`ServiceError` with its HTTP status (or WebSocket close
 code) and the server's error code; outputs come back as float32 arrays of
-shape ``(time, output features)``: the width is asked of the server's
-``GET /v1/model`` at the open, unless ``width=`` gives it (``width=0``: flat
-replies, and no request for it).
+shape ``(time, width)``, the width being the product of the primary output's
+dimensions other than time: it is asked of the server's ``GET /v1/model`` at
+the open, unless ``width=`` gives it (``width=0``: flat replies, and no
+request for it). An answer that gives none (an error, no answer, a dynamic
+feature size) fails the open (``undescribed``), and a reply that is not whole
+frames of the width raises ShapeError: never a reply of another shape. Each
+client takes the server's ``http://`` or ``ws://`` base URL, or the
+``/v1/streams`` or ``/v1/streams/ws`` one.
 
 A stream survives the death of the server process that holds it
 (``resume=True``, the default): at the open (a stream opened from zeros) and

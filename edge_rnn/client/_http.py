@@ -24,7 +24,8 @@ from edge_rnn.client._resume import (
     snapshot_plan,
     step_plan,
 )
-from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, aask_width, ask_width, auth_headers, chunk_bytes, output
+from edge_rnn.client._width import aask_width, ask_width, given_width, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base
 
 __all__ = ["HttpStream", "AsyncHttpStream"]
 
@@ -109,8 +110,9 @@ class HttpStream(SyncResumable):
         import httpx
 
         self._journal = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
-        self.width = width if width is not None else ask_width(url, token, timeout)
+        base, width = http_base(url), given_width(width)
+        self.width = width if width is not None else ask_width(url, token, timeout)  # before a client to close
+        self._http = httpx.Client(base_url=base, headers=auth_headers(token), timeout=timeout)
         self.steps, self.id = 0, ""
         try:
             self._open(snapshot) if self._journal is None else run(open_plan(self._journal), self._do)
@@ -179,7 +181,7 @@ class HttpStream(SyncResumable):
 class AsyncHttpStream(AsyncResumable):
     """One stream over HTTP, async: ``s = await AsyncHttpStream.open(url)``, then ``await s.step(x)``."""
 
-    def __init__(self, http: Any, stream_id: str, width: int | None, journal: Journal | None = None):
+    def __init__(self, http: Any, stream_id: str, width: int, journal: Journal | None = None):
         self._http, self.id, self.width, self.steps = http, stream_id, width, 0
         self._journal, self._sent, self._in_step = journal, 0, _in_step()
 
@@ -190,8 +192,9 @@ class AsyncHttpStream(AsyncResumable):
         import httpx
 
         j = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
-        http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(token), timeout=timeout)
-        s = cls(http, "", width if width is not None else await aask_width(url, token, timeout), j)
+        base, width = http_base(url), given_width(width)
+        width = width if width is not None else await aask_width(url, token, timeout)  # before a client to close
+        s = cls(httpx.AsyncClient(base_url=base, headers=auth_headers(token), timeout=timeout), "", width, j)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:

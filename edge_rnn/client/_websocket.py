@@ -30,16 +30,8 @@ from edge_rnn.client._resume import (
     snapshot_steps,
     step_plan,
 )
-from edge_rnn.client._wire import (
-    ABANDON_S,
-    GIVEN_UP,
-    InStep,
-    aask_width,
-    ask_width,
-    auth_headers,
-    chunk_bytes,
-    output,
-)
+from edge_rnn.client._width import WS_DESCRIBE_S, aask_width, ask_width, given_width, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base
 
 __all__ = ["WebSocketStream", "SyncWebSocketStream"]
 
@@ -47,9 +39,13 @@ _WS_1001_GOING_AWAY, _WS_1008_POLICY_VIOLATION, _WS_1009_MESSAGE_TOO_BIG = 1001,
 
 
 def _ws_url(url: str) -> str:
-    base = url.rstrip("/")
-    base = "ws" + base[4:] if base.startswith("http") else base
-    return base if base.endswith("/v1/streams/ws") else base + "/v1/streams/ws"
+    """The socket's URL from any URL form a client takes (:func:`http_base`): ``ws(s)://.../v1/streams/ws``."""
+    return "ws" + http_base(url)[4:] + "/v1/streams/ws"
+
+
+def _refused(url: str, e: Any) -> ServiceError:
+    """A handshake answered with an HTTP status (a token refused: 401; no socket at that path: 403 or 404)."""
+    return ServiceError(e.response.status_code, "refused", f"the server refused the connection to {url}")
 
 
 def _closed(e: Any) -> ServiceError:
@@ -155,7 +151,7 @@ class WebSocketStream(AsyncResumable):
     A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
     """
 
-    def __init__(self, socket: Any, width: int | None, *, journal: Journal | None = None, url: str = "",
+    def __init__(self, socket: Any, width: int, *, journal: Journal | None = None, url: str = "",
                  token: str | None = None):
         self._ws, self.width, self._journal = socket, width, journal
         self._url, self._token, self._in_step = url, token, _in_step()
@@ -165,8 +161,9 @@ class WebSocketStream(AsyncResumable):
                    snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                    resume_timeout: float = 30.0) -> WebSocketStream:
         j = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
-        width = width if width is not None else await aask_width(url, token)
-        s = cls(None, width, journal=j, url=url, token=token)
+        socket_url, width = _ws_url(url), given_width(width)
+        width = width if width is not None else await aask_width(url, token, WS_DESCRIBE_S)
+        s = cls(None, width, journal=j, url=socket_url, token=token)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:
@@ -228,10 +225,10 @@ class WebSocketStream(AsyncResumable):
         import websockets
 
         try:
-            self._ws = await websockets.connect(_ws_url(self._url),
+            self._ws = await websockets.connect(self._url,
                                                 **_ws_options(self._token, self._journal is not None))
         except websockets.exceptions.InvalidStatus as e:
-            raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+            raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:
             message = _restore_message(snapshot)
@@ -264,8 +261,8 @@ class SyncWebSocketStream(SyncResumable):
                  snapshot: bytes | None = None, resume: bool = True, checkpoint_every: int = 10,
                  resume_timeout: float = 30.0):
         self._journal = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
-        self._url, self._token = url, token
-        self.width = width if width is not None else ask_width(url, token)
+        self._url, self._token, width = _ws_url(url), token, given_width(width)
+        self.width = width if width is not None else ask_width(url, token, WS_DESCRIBE_S)
         self._ws: Any = None
         self._in_step = _in_step()
         try:
@@ -331,9 +328,9 @@ class SyncWebSocketStream(SyncResumable):
         from websockets.sync.client import connect
 
         try:  # entered as the context manager it is (websockets 16+ warns otherwise); left in close()
-            self._ws = connect(_ws_url(self._url), **_ws_options(self._token, self._journal is not None)).__enter__()
+            self._ws = connect(self._url, **_ws_options(self._token, self._journal is not None)).__enter__()
         except InvalidStatus as e:
-            raise ServiceError(e.response.status_code, "refused", "the server refused the connection") from None
+            raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:
             message = _restore_message(snapshot)

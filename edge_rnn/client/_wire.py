@@ -1,5 +1,5 @@
-"""What both transports of the client share: a chunk as bytes, a reply as an array, the token's header, and
-whether a server stream is in step with the client."""
+"""What both transports of the client share: a chunk as bytes, the server's URL, the token's header, and whether a
+server stream is in step with the client (a reply as an array: ``_width``)."""
 
 from __future__ import annotations
 
@@ -10,60 +10,30 @@ from typing import Any
 import numpy as np
 
 from edge_rnn.client._resume import ServiceError, interrupted
+from edge_rnn.errors import EdgeRnnError
 
-__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "output", "auth_headers", "http_base", "width_of",
-           "ask_width", "aask_width"]
+__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "auth_headers", "http_base"]
 
 ABANDON_S = 1.0  # seconds a stream given up for a resumed one may take to close (best effort)
 GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}  # a URL's scheme -> the server's HTTP
 
 
 def chunk_bytes(x: Any) -> bytes:
     return np.ascontiguousarray(np.asarray(x, dtype="<f4")).tobytes()
 
 
-def output(data: bytes, width: int | None) -> np.ndarray:
-    y = np.frombuffer(data, dtype="<f4")
-    return y.reshape(-1, width) if width else y
-
-
 def http_base(url: str) -> str:
-    """The server's HTTP base URL from what a client was given (``ws://`` and the socket's path taken back)."""
-    base = url.rstrip("/").removesuffix("/v1/streams/ws")
-    return "http" + base[2:] if base.startswith("ws") else base
-
-
-def width_of(model: Any) -> int | None:
-    """The values per frame of the primary output, from ``GET /v1/model``'s answer (None where it says none)."""
-    try:
-        shape = model["outputs"][0]["shape"]
-        return int(np.prod([d for d in shape if d is not None], dtype=np.int64)) or None
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
-def ask_width(url: str, token: str | None, timeout: float = 30.0) -> int | None:
-    """The primary output's width as the server describes its model: what shapes a step's reply ``(time,
-    width)``. None (flat replies) where the server does not say; an error opening the stream says why then."""
-    import httpx
-
-    try:
-        r = httpx.get(http_base(url) + "/v1/model", headers=auth_headers(token), timeout=timeout)
-        return width_of(r.json()) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-
-
-async def aask_width(url: str, token: str | None, timeout: float = 30.0) -> int | None:
-    """:func:`ask_width`, async."""
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            r = await http.get(http_base(url) + "/v1/model", headers=auth_headers(token))
-        return width_of(r.json()) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
+    """The server's HTTP base URL from what a client was given: ``http(s)://host:port``, or the ``ws(s)://`` form,
+    each with or without a path ending in ``/v1/streams/ws`` (the socket) or ``/v1/streams``; a path before that
+    (a proxy's prefix) is kept."""
+    base = url.rstrip("/") if isinstance(url, str) else ""
+    base = next((base.removesuffix(e) for e in ("/v1/streams/ws", "/v1/streams") if base.endswith(e)), base)
+    scheme, sep, rest = base.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES or not rest:
+        raise EdgeRnnError(f"url: expected the server's base URL, http://host:port (or ws://host:port, or the "
+                           f"socket's ws://host:port/v1/streams/ws), got {url!r}")
+    return _SCHEMES[scheme.lower()] + "://" + rest
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
