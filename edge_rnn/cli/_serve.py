@@ -73,7 +73,7 @@ def _in(name: str, kind: type = int) -> click.ParamType:
               help="A file holding the bearer token every route but /healthz and /readyz then needs.")
 @click.option("--drain-timeout", type=_in("drain_timeout", float), default=10.0, show_default=True,
               help="On SIGINT/SIGTERM: seconds open streams may still fetch their snapshots before the server "
-                   "stops (a second signal stops at once).")
+                   "stops (a second signal stops without waiting for them).")
 @click.option("--header-timeout", type=_in("header_timeout", float), default=10.0,
               show_default=True, help="Seconds a client has to send a request's headers (HTTP and the WebSocket "
                                       "handshake); then 408 and the connection is closed.")
@@ -84,9 +84,11 @@ def _in(name: str, kind: type = int) -> click.ParamType:
               show_default=True, help="Seconds the server's writes to a client that does not read may stay "
                                       "blocked before the connection is dropped.")
 @click.option("--access-log", is_flag=True, default=False,
-              help="Log every HTTP request on stdout (uvicorn's access log: client, method, path, status); query "
-                   "values named like a credential are redacted. Off by default. Not with --ray (Ray Serve logs "
-                   "requests in its own logs).")
+              help="Log every HTTP request on stdout (uvicorn's access log: client, method, path, status), those "
+                   "refused before they reach the app too (408 stalled headers or body, 400, 431, 503 over "
+                   "--max-connections), and each WebSocket handshake on stderr. Every query value is redacted, and "
+                   "every path segment but the routes' own words (stream ids) is cut to 4 characters. Off by "
+                   "default. Not with --ray (Ray Serve logs requests in its own logs).")
 def serve(model: Path, variant: str | None, self_test: bool, host: str, port: int, max_streams: int,
           max_connections: int | None, idle_timeout: float,
           max_batch: int, max_wait_ms: float, max_queue: int, max_batch_frames: int, max_message_bytes: int,
@@ -133,7 +135,8 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
     click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
-    server = DrainingServer(_uvicorn_config(app, host, port, access_log, uvicorn_options(config)), app.svc)
+    server = DrainingServer(_uvicorn_config(app, host, port, access_log, uvicorn_options(config)), app.svc,
+                            notify=lambda line: click.echo(line, err=True))
     with sock:
         server.run(sockets=[sock])
     click.echo(server.stop_message(), err=True)
@@ -191,7 +194,11 @@ def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int
     click.echo(f"starting {replicas} replica(s) of {model.source} on {where}", err=True)
     run(options, host=host, port=port, address=address,
         ready=lambda url: click.echo(f"serving {model.source} on {url} (Ray Serve, {replicas} replica(s); "
-                                     "WebSocket /v1/streams/ws)", err=True))
+                                     "WebSocket /v1/streams/ws)", err=True),
+        stopping=lambda: click.echo(f"stopping: the replicas drain their streams (up to --drain-timeout "
+                                    f"{config.drain_timeout:g} s)", err=True))
+    left = "and the local Ray stopped" if address is None else f"from {where}, which keeps running"
+    click.echo(f"stopped: the application deleted {left}", err=True)
 
 
 def _fits_connections(max_streams: int, max_connections: int) -> int:

@@ -43,6 +43,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from edge_rnn.service._config import ServiceConfig
 from edge_rnn.service._connection import BoundedTransport, Deadline
@@ -330,7 +331,21 @@ class HttpProtocol(HttpToolsProtocol):
             head = (f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
                     f"content-length: {len(body)}\r\n{retry}connection: close\r\n\r\n")
             self.transport.write(head.encode() + body)
+            self._logged(status)
         self.transport.close()
+
+    def _logged(self, status: HTTPStatus) -> None:
+        """A refusal written here on the access log (``serve --access-log``), in uvicorn's own form: the method and
+        target of a request whose headers came (its body stalled or did not parse), else ``- -`` (its headers
+        stalled, were too large or did not parse; a connection refused or silent before any request)."""
+        if not self.access_log:
+            return
+        method, target, version = "-", "-", "1.1"
+        if self._in_body and "raw_path" in self.scope:
+            scope = self.scope
+            method, target, version = scope["method"], get_path_with_query_string(scope), scope["http_version"]
+        self.access_logger.info('%s - "%s %s HTTP/%s" %d', get_client_addr({"client": self.client}), method, target,
+                                version, status.value)
 
     def drop(self) -> None:
         """Drop the connection (writes blocked past ``write_timeout``: the client is not reading; a stopping

@@ -3,7 +3,9 @@ bounded, and both off the event loop when they are large.
 
 A chunk is ``{"x": nested lists}`` for a model with one input, or ``{"x": {input name: nested lists, ...}}``;
 the lists are in the model's own per-stream layout. Its values are numbers and only numbers: a string, a
-boolean (but for a bool input, which takes booleans only), null, NaN or Infinity, an object, another key beside
+boolean (but for a bool input, which takes booleans only), null, NaN or Infinity (but for a model loaded with
+``allow_nonfinite``, which takes JSON's ``NaN``, ``Infinity`` and ``-Infinity`` as Python's parser writes them, and
+a float literal beyond float64 as Inf), an object, another key beside
 ``"x"``, a repeated key, ragged lists, more than 64 dimensions, nesting deeper than Python's recursion limit,
 an integer input given 1.5, a value beyond the input's dtype: each is a 400 ``bad_chunk`` before any state
 moves. A number is known to be one by the parser's own hooks, which count them: numpy would silently read
@@ -54,33 +56,45 @@ def _bad(message: str) -> Refusal:
 
 
 class _Numbers:
-    """The parser's number hooks: each number counted (what numpy cannot tell from a boolean), none infinite; in a
-    worker thread (``polite``), a short sleep every 2048 numbers lets a waiting event loop take the GIL at once,
-    not after a switch interval (5 ms)."""
+    """The parser's number hooks: each number counted (what numpy cannot tell from a boolean), none infinite or NaN
+    unless ``nonfinite``; in a worker thread (``polite``), a short sleep every 2048 numbers lets a waiting event loop
+    take the GIL at once, not after a switch interval (5 ms). They raise a :class:`Refusal` of their own, which the
+    parser lets through whole."""
 
-    __slots__ = ("count", "polite")
+    __slots__ = ("count", "polite", "nonfinite")
 
-    def __init__(self, polite: bool):
-        self.count, self.polite = 0, polite
+    def __init__(self, polite: bool, nonfinite: bool = False):
+        self.count, self.polite, self.nonfinite = 0, polite, nonfinite
+
+    def _counted(self) -> None:
+        self.count += 1
+        if self.polite and not self.count % _NUMBERS_PER_PAUSE:
+            time.sleep(_PAUSE)
 
     def int(self, s: str) -> int:
-        self.count += 1
-        if self.polite and not self.count % _NUMBERS_PER_PAUSE:
-            time.sleep(_PAUSE)
-        return int(s)  # a ValueError beyond 4300 digits (Python's own limit)
+        self._counted()
+        try:
+            return int(s)
+        except ValueError:  # beyond 4300 digits: Python's own limit
+            raise _bad(f"x: expected integers of at most 4300 digits, got one of {len(s)}") from None
 
     def float(self, s: str) -> float:
-        self.count += 1
-        if self.polite and not self.count % _NUMBERS_PER_PAUSE:
-            time.sleep(_PAUSE)
+        self._counted()
         v = float(s)
-        if not math.isfinite(v):
-            raise ValueError(f"expected finite numbers, got {s[:20]}")
+        if not (self.nonfinite or math.isfinite(v)):
+            raise _not_finite(s[:20])
         return v
 
+    def constant(self, name: str) -> float:
+        """``NaN``, ``Infinity`` or ``-Infinity``: no JSON, but what Python's json writes for them."""
+        if not self.nonfinite:
+            raise _not_finite(name)
+        self._counted()
+        return float(name)
 
-def _constant(name: str) -> Any:
-    raise ValueError(f"expected finite numbers, got {name}")
+
+def _not_finite(given: str) -> Refusal:
+    return _bad(f"x: expected finite numbers, got {given} (serve --allow-nonfinite lets NaN and Inf through)")
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict:
@@ -88,7 +102,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict:
     if len(d) != len(pairs):
         seen: set[str] = set()
         twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"expected each key once, got {twice[:40]!r} twice")
+        raise _bad(f"expected each JSON key once, got {twice[:40]!r} twice")
     return d
 
 
@@ -103,6 +117,7 @@ class JsonChunks:
 
     def __init__(self, model: StreamingModel, limit: int):
         self.inputs, self.outputs, self.limit = model.inputs, model.outputs, limit
+        self._model = model  # its allow_nonfinite, read for each chunk
         self._keys = {p.name: json.dumps(p.name) for p in self.outputs}
         self._turn = asyncio.Semaphore(1)  # one message in a thread at a time: one thread competes for the GIL
 
@@ -114,7 +129,7 @@ class JsonChunks:
         return chunk
 
     def read(self, body: bytes | bytearray, polite: bool = False) -> Any:
-        numbers = _Numbers(polite)
+        numbers = _Numbers(polite, self._model.allow_nonfinite)
         with _no_collection(polite):
             doc = _load(body, numbers)
             if not isinstance(doc, dict) or doc.keys() != {"x"}:
@@ -225,12 +240,12 @@ def _load(body: bytes | bytearray, numbers: _Numbers) -> Any:
     except UnicodeDecodeError as e:
         raise _bad(f"expected UTF-8 JSON, got a byte that is not ({e.reason} at {e.start})") from None
     try:
-        return json.loads(text, parse_int=numbers.int, parse_float=numbers.float, parse_constant=_constant,
+        return json.loads(text, parse_int=numbers.int, parse_float=numbers.float, parse_constant=numbers.constant,
                           object_pairs_hook=_object)
     except RecursionError:
         raise _bad("expected JSON {\"x\": ...}, got nesting too deep to read") from None
-    except ValueError as e:  # not JSON, a repeated key, NaN, an int of more than 4300 digits
-        raise _bad(f"expected JSON {{\"x\": ...}} of finite numbers, got {str(e)[:200]}") from None
+    except ValueError as e:  # not JSON (the hooks' refusals are no ValueError: they come through whole)
+        raise _bad(f"expected JSON {{\"x\": ...}}, got text that does not parse as JSON ({str(e)[:200]})") from None
 
 
 def _array(p: Port, value: Any) -> np.ndarray:

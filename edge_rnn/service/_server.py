@@ -7,7 +7,11 @@ close with 1001), steps already accepted finish, and each open stream can
 still fetch its snapshot (``GET /v1/streams/{id}/snapshot``, or the socket's
 ``{"type":"snapshot"}``). Once every stream is closed, or after the
 service's ``drain_timeout``, the sockets left are closed with 1001 and uvicorn
-shuts down as usual. A second signal stops at once, as uvicorn does.
+shuts down as usual. A second signal skips what is left of the drain: uvicorn's
+own shutdown begins (the bounded one below, about :data:`CLOSE_GRACE`), and a
+third SIGINT stops without waiting for anything, as uvicorn does. The server
+says when its drain begins (``notify``), since a quiet Ctrl-C may last the
+whole ``drain_timeout``.
 
 No client holds a stopping server up: the closing messages take at most
 :data:`~edge_rnn.service._service.CLOSE_GRACE` seconds, and the connections
@@ -25,6 +29,8 @@ descriptors (and can still open its own files, answer, and log).
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -55,9 +61,10 @@ def connection_limit() -> int:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: Any):
+    def __init__(self, config: uvicorn.Config, service: Any, notify: Callable[[str], None] | None = None):
         super().__init__(config)
         self.service = service
+        self.notify = notify  # called with a line to show when the drain begins (serve: stderr)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
         self._dropper: asyncio.TimerHandle | None = None
@@ -70,7 +77,11 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """A signal handler (main thread) or a call from any thread: the first drains, the next stop."""
-        if self.draining or self._loop is None or self.should_exit:
+        if self.draining:  # uvicorn's own steps, but the signal is not raised again once stopped: exit 0, as after
+            self.force_exit = self.should_exit and sig == signal.SIGINT  # one signal, with the stop line
+            self.should_exit = True
+            return
+        if self._loop is None or self.should_exit:
             super().handle_exit(sig, frame)
             return
         self.draining = True
@@ -78,6 +89,8 @@ class DrainingServer(uvicorn.Server):
 
     def _start_drain(self) -> None:
         self.service.begin_drain()
+        if self.notify is not None:
+            self.notify(self.drain_message(len(self.service.registry.streams)))
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -86,10 +99,17 @@ class DrainingServer(uvicorn.Server):
         self.drained = (began, len(self.service.registry.streams))
         self.should_exit = True
 
+    def drain_message(self, streams: int) -> str:
+        """What the server says when its drain begins."""
+        if not streams:
+            return "stopping: no open streams to drain"
+        return (f"draining {streams} open stream{'s' * (streams != 1)} (up to --drain-timeout "
+                f"{self.service.config.drain_timeout:g} s); Ctrl-C again to stop without waiting for them")
+
     def stop_message(self) -> str:
         """What the server says once it stopped: how many streams the drain let finish, and how many it closed."""
         if self.drained is None:
-            return "stopped"
+            return "stopped before the drain ended (a second signal)" if self.draining else "stopped"
         began, left = self.drained
         closed = f"; {left} still open were closed" if left else ""
         return f"stopped: drained {began - left} of {began} open stream{'s' * (began != 1)}{closed}"

@@ -214,13 +214,15 @@ APP = "edge_rnn"
 START_TIMEOUT = 120.0  # seconds for every replica to be up (a cluster short of CPUs would otherwise wait forever)
 
 
-def run(options: RayOptions, *, host: str, port: int, address: str | None, ready: Any = None) -> None:
+def run(options: RayOptions, *, host: str, port: int, address: str | None, ready: Any = None,
+        stopping: Any = None) -> None:
     """``edge-rnn serve --ray``: the application on Ray Serve until SIGINT or SIGTERM, then deleted.
 
     Without ``address``, a local Ray is started on 127.0.0.1 (no dashboard) and stopped at the end; Serve's
     proxy listens on ``host``:``port``. With one, the application joins that cluster (whose Serve keeps its
     own proxy address if it runs already) and only the application is deleted at the end. ``ready`` is called
-    with the proxy's URL once every replica is up; replicas not up within :data:`START_TIMEOUT` seconds, or
+    with the proxy's URL once every replica is up, ``stopping`` (no arguments) when a signal stops it, before the
+    replicas drain; replicas not up within :data:`START_TIMEOUT` seconds, or
     failing to start, are an :class:`~edge_rnn.errors.EdgeRnnError` with Ray's reason."""
     import signal
     import threading
@@ -247,6 +249,8 @@ def run(options: RayOptions, *, host: str, port: int, address: str | None, ready
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if stop.is_set() and stopping is not None:
+            stopping()
         _stop(local)
 
 
