@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from edge_rnn.cli import main
-from edge_rnn.demo import MemoryTask, RecallModel, TrainConfig, accuracy_by_lag, task_batch, task_sequence, train
-from edge_rnn.errors import EdgeRnnError, ShapeError, UnsupportedError
+torch = pytest.importorskip("torch")  # the demo trains with torch: skipped in the torch-free run
+
+from click.testing import CliRunner  # noqa: E402
+
+from edge_rnn.cli import main  # noqa: E402
+from edge_rnn.demo import MemoryTask, RecallModel, TrainConfig, accuracy_by_lag, task_batch, task_sequence, train  # noqa: E402
+from edge_rnn.errors import EdgeRnnError, ShapeError, UnsupportedError  # noqa: E402
 
 TASK = MemoryTask()
 
