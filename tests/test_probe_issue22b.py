@@ -195,9 +195,6 @@ def test_probe_b_run_allow_nonfinite_does_not_turn_finite_values_into_inf(tmp_pa
 
 # --- diagnose --demo -----------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="--seed takes any int: a negative one is numpy's ValueError 'expected "
-                                       "non-negative integer', one past 64 bits torch's 'Overflow when unpacking "
-                                       "long long', both tracebacks")
 @pytest.mark.parametrize("seed", ["-1", str(10**23)])
 def test_probe_b_demo_refuses_a_seed_it_cannot_use_up_front(seed):
     pytest.importorskip("torch")

@@ -52,7 +52,9 @@ def _for_torch(x, path: Path, input_size: int | None):
 @click.option("--proj-size", type=click.IntRange(min=0), default=0, show_default=True, help="LSTM projection size.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="Vanilla RNN only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The built layer's init, and the perturbations.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True,
+              help="The built layer's init, the perturbations, and --demo's training: what numpy's default_rng and "
+                   "torch.manual_seed both take.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="A state_dict for the PyTorch model.")
 @click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
               help="With FACTORY: the batch axis of the model's input.")
