@@ -153,15 +153,18 @@ def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path
         names = ", ".join(p.opts[0] if p.opts[0].startswith("-") else p.name.upper() for p in given)
         raise click.UsageError("--demo trains and diagnoses its own models: it takes only --plot, --out, --seed and "
                                f"--quiet, got {names}")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise click.UsageError(f"--out {out_dir}: expected a folder, got a file")
-    if out_dir is not None and out_dir.is_dir():
+    if out_dir is not None:
         _new_or_empty(out_dir)
 
 
 def _new_or_empty(out_dir: Path) -> None:
-    """--out holds nothing yet, checked before the minutes of training: the demo writes its models there and would
-    replace a file of the same name without a word (as ``package`` refuses a folder that is not new or empty)."""
+    """--out is a new folder or holds nothing yet, checked before the minutes of training: the demo writes its models
+    there and would replace a file of the same name without a word (as ``package`` refuses a folder that is not new
+    or empty)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise click.UsageError(f"--out {out_dir}: expected a folder, got a file")
+    if not out_dir.is_dir():
+        return
     try:
         held = sorted(p.name for p in out_dir.iterdir())
     except OSError as e:
