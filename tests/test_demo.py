@@ -127,6 +127,31 @@ def test_demo_out_must_be_a_folder(tmp_path):
     assert r.exit_code == 2 and "expected a folder, got a file" in r.output
 
 
+@pytest.mark.parametrize("held", [["memory_lstm.onnx"], [".keep"], ["sub/"], ["a", "b", "c", "d"]])
+def test_demo_refuses_an_out_folder_that_holds_anything_before_training(tmp_path, monkeypatch, held):
+    import edge_rnn.demo as demo
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained although --out holds files")
+
+    monkeypatch.setattr(demo, "run_demo", never)
+    out = tmp_path / "m"
+    out.mkdir()
+    for name in held:
+        (out / name.rstrip("/")).mkdir() if name.endswith("/") else (out / name).write_bytes(b"kept")
+    r = run("--demo", "--quiet", "--out", str(out))
+    assert r.exit_code == 1, r.output
+    assert r.output.splitlines() == [f"Error: --out {out}: expected a new or empty folder, got one holding "
+                                     f"{len(held)} entr{'y' if len(held) == 1 else 'ies'} "
+                                     f"({', '.join(sorted(n.rstrip('/') for n in held)[:3])}"
+                                     f"{', ...' if len(held) > 3 else ''})"]
+    assert all((out / n).read_bytes() == b"kept" for n in held if not n.endswith("/"))
+
+
+def test_the_demo_help_says_out_must_be_new_or_empty():
+    assert "new or empty" in " ".join(run("--help").output.split())
+
+
 def test_demo_end_to_end_with_tiny_sizes(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import edge_rnn.demo._config as config

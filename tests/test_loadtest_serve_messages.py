@@ -193,6 +193,39 @@ def test_the_nonfinite_refusal_names_an_option_serve_has(monkeypatch):
     # with --ray it goes to every replica (tests/test_service_ray_args.py)
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--max-connections", "6"], "note: --max-streams lowered to 6 to fit --max-connections 6 (given on the command "
+                                 "line)"),
+    ([], "note: --max-streams lowered to 10 to fit --max-connections 10 (its default: what this process's open-file "
+         "limit, ulimit -n, allows)"),
+], ids=["given", "default"])
+def test_serve_names_where_the_max_connections_that_lowered_max_streams_came_from(monkeypatch, args, says):
+    """It blamed the open-file limit for a --max-connections given on the command line."""
+    from edge_rnn.service import _server
+
+    monkeypatch.setattr(_server, "connection_limit", lambda: 10)
+    seen = []
+    monkeypatch.setattr(_server.DrainingServer, "run", lambda self, sockets=None: seen.append(
+        (self.service.config.max_streams, self.service.config.max_connections)))
+    r = invoke("serve", LSTM, "--host", "127.0.0.1", "--port", 0, *args)
+    assert r.exit_code == 0, r.output
+    assert says in r.stderr.splitlines() and ("ulimit" in says) == ("ulimit" in r.stderr), r.stderr
+    assert seen == [(int(says.split()[4]),) * 2]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--max-connections", "6"], "--max-streams 50: expected at most --max-connections 6 (given on the command "
+                                 "line; each WebSocket stream holds a connection), got more"),
+    ([], "--max-streams 50: expected at most --max-connections 10 (its default: what this process's open-file limit, "
+         "ulimit -n, allows; each WebSocket stream holds a connection), got more"),
+], ids=["given", "default"])
+def test_serve_refuses_max_streams_beyond_max_connections_naming_where_they_came_from(monkeypatch, args, says):
+    from edge_rnn.service import _server
+
+    monkeypatch.setattr(_server, "connection_limit", lambda: 10)
+    one_line_error(invoke("serve", LSTM, "--port", 0, "--max-streams", "50", *args), says)
+
+
 def test_serve_says_what_its_drain_did():
     """It printed nothing once it stopped."""
     import signal

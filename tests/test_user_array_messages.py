@@ -174,3 +174,17 @@ def test_diagnose_with_a_short_max_lag_prints_every_gradient_line_with_its_lags(
         assert "lag 1: " in line and "lag 3: " in line, line
     curve = next(ln for ln in r.output.splitlines() if ln.startswith("memory curve"))
     assert "lag 1: " in curve and "lag 3: " in curve
+
+
+@pytest.mark.parametrize("allow_nonfinite", [False, True])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_run_sequence_refuses_exactly_the_float64_values_a_float32_cast_makes_inf(allow_nonfinite, sign):
+    m = StreamingModel.load(LSTM, allow_nonfinite=allow_nonfinite)
+    bound = np.float64(np.finfo(np.float32).max) + 2.0 ** 103  # half an ulp past float32's largest: rounds to Inf
+    x = np.zeros((6, 4))
+    x[2, 1] = sign * np.nextafter(bound, 0.0)  # rounds to float32's largest, finite: taken
+    assert np.isfinite(run_sequence(m, m.open_stream(), x)["y"]).all()
+    x[4, 3] = sign * bound
+    with pytest.raises(ShapeError, match=r"got 1 float64 values beyond it \(largest -?3\.40282e\+38\), the first at "
+                                         r"step 4 of 6"):
+        run_sequence(m, m.open_stream(), x)

@@ -52,7 +52,9 @@ def _for_torch(x, path: Path, input_size: int | None):
 @click.option("--proj-size", type=click.IntRange(min=0), default=0, show_default=True, help="LSTM projection size.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="Vanilla RNN only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The built layer's init, and the perturbations.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True,
+              help="The built layer's init, the perturbations, and --demo's training: what numpy's default_rng and "
+                   "torch.manual_seed both take.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="A state_dict for the PyTorch model.")
 @click.option("--batch-axis", type=click.IntRange(min=0), default=0, show_default=True,
               help="With FACTORY: the batch axis of the model's input.")
@@ -75,7 +77,7 @@ def _for_torch(x, path: Path, input_size: int | None):
                    "--out, --seed and --quiet.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="With --demo: keep the exported models (memory_ARCH.onnx, memory_ARCH.int8.onnx) in this "
-                   "folder.")
+                   "folder, new or empty (one that holds anything is refused before training).")
 @quiet_option
 @click.pass_context
 def diagnose(ctx: click.Context, source: str | None, arch: str | None, input_size: int | None,
@@ -151,8 +153,26 @@ def _check_demo(ctx: click.Context, demo: bool, out_dir: Path | None, input_path
         names = ", ".join(p.opts[0] if p.opts[0].startswith("-") else p.name.upper() for p in given)
         raise click.UsageError("--demo trains and diagnoses its own models: it takes only --plot, --out, --seed and "
                                f"--quiet, got {names}")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+    if out_dir is not None:
+        _new_or_empty(out_dir)
+
+
+def _new_or_empty(out_dir: Path) -> None:
+    """--out is a new folder or holds nothing yet, checked before the minutes of training: the demo writes its models
+    there and would replace a file of the same name without a word (as ``package`` refuses a folder that is not new
+    or empty)."""
+    if out_dir.exists() and not out_dir.is_dir():
         raise click.UsageError(f"--out {out_dir}: expected a folder, got a file")
+    if not out_dir.is_dir():
+        return
+    try:
+        held = sorted(p.name for p in out_dir.iterdir())
+    except OSError as e:
+        raise EdgeRnnError(f"--out {out_dir}: cannot read the folder ({e.strerror or e})") from None
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise EdgeRnnError(f"--out {out_dir}: expected a new or empty folder, got one holding {len(held)} "
+                           f"entr{'y' if len(held) == 1 else 'ies'} ({shown})")
 
 
 def _demo(plot_path: Path | None, out_dir: Path | None, seed: int) -> None:

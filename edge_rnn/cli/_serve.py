@@ -203,17 +203,28 @@ def _serve_on_ray(source: Path, model: Any, config: Any, *, host: str, port: int
 
 def _fits_connections(max_streams: int, max_connections: int) -> int:
     """--max-streams, which must fit --max-connections (a WebSocket stream holds one): given, it is refused beyond
-    them; left at its default, it is lowered to them, with a note."""
+    them; left at its default, it is lowered to them, with a note that names where --max-connections came from."""
     if max_streams <= max_connections:
         return max_streams
-    given = click.get_current_context().get_parameter_source("max_streams") != click.core.ParameterSource.DEFAULT
-    if given:
+    ctx = click.get_current_context()
+    whence = _connections_whence(ctx.get_parameter_source("max_connections"))
+    if ctx.get_parameter_source("max_streams") != click.core.ParameterSource.DEFAULT:
         raise EdgeRnnError(f"--max-streams {max_streams}: expected at most --max-connections {max_connections} "
-                           "(each WebSocket stream holds a connection; the default of --max-connections comes from "
-                           "the open-file limit, ulimit -n), got more")
-    click.echo(f"note: --max-streams lowered to {max_connections}, the --max-connections this process's open-file "
-               "limit (ulimit -n) allows", err=True)
+                           f"({whence}; each WebSocket stream holds a connection), got more")
+    click.echo(f"note: --max-streams lowered to {max_connections} to fit --max-connections {max_connections} "
+               f"({whence})", err=True)
     return max_connections
+
+
+_GIVEN = {click.core.ParameterSource.COMMANDLINE: "given on the command line",
+          click.core.ParameterSource.ENVIRONMENT: "given in the environment",
+          click.core.ParameterSource.DEFAULT_MAP: "given in the command's default map"}
+
+
+def _connections_whence(source: Any) -> str:
+    """Where --max-connections' value came from, for a message: the user (where they gave it), else its default,
+    fitted to this process's open-file limit."""
+    return _GIVEN.get(source, "its default: what this process's open-file limit, ulimit -n, allows")
 
 
 def _fits_one_chunk(model: Any, max_message_bytes: int) -> None:

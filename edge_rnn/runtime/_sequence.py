@@ -11,7 +11,7 @@ from edge_rnn._numbers import is_int
 from edge_rnn.errors import ArgumentError, ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
-from edge_rnn.runtime._sequence_fit import describe_time_first, dtype_fits, shape_fits
+from edge_rnn.runtime._sequence_fit import check_float_range, describe_time_first, dtype_fits, shape_fits
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -31,7 +31,8 @@ def run_sequence(model: StreamingModel, stream: Stream, x: np.ndarray, *, chunk:
     given, is called with the number of steps of each chunk as it is done.
     Any float array goes to a float input (a float64, float16 or big-endian
     array is cast to the model's dtype once, as ``edge-rnn run`` casts a
-    float64 .npy), and integers that cast exactly go to an integer input;
+    float64 .npy; a finite value the cast would make Inf, 1e300 for float32,
+    is refused, allow_nonfinite or not), and integers that cast exactly go to an integer input;
     anything else, a ragged list included, is a ShapeError naming the whole
     array's shape and dtype, raised before any step.
     ``chunk`` is an int >= 1 (one pass over the whole array: ``chunk=len(x)``);
@@ -82,6 +83,7 @@ def _whole(port: Port, x: Any) -> np.ndarray:
                          f"{a.shape} {a.dtype}")
     if not len(a):
         raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {a.shape}")
+    check_float_range(a, port.dtype, port.name)  # a finite value the cast would make Inf, allow_nonfinite or not
     return a
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_rnn.errors import ShapeError
 from edge_rnn.runtime._ports import Port
 
-__all__ = ["time_first", "describe_time_first", "shape_fits", "dtype_fits"]
+__all__ = ["time_first", "describe_time_first", "shape_fits", "dtype_fits", "check_float_range"]
 
 
 def time_first(port: Port) -> tuple[int | None, ...]:
@@ -43,3 +44,34 @@ def dtype_fits(port: Port, dtype: np.dtype) -> bool:
     if dtype.kind == "f" and port.dtype.kind == "f":
         return True
     return dtype.kind in "iu" and port.dtype.kind in "iu" and bool(np.can_cast(dtype, port.dtype))
+
+
+def check_float_range(x: np.ndarray, dtype: np.dtype, label: str) -> None:
+    """A ShapeError where a cast of ``x`` (time first) to the float ``dtype`` would turn a finite value into Inf
+    (float64 1e300 for a float32 input), naming how many, the largest and the first one's step: such a value is no
+    NaN or Inf the user passed, so it is refused whether or not the model lets non-finite inputs in. Checked
+    against the cast's exact bound, without casting (or copying) ``x``."""
+    dtype = np.dtype(dtype)
+    if x.dtype.kind != "f" or dtype.kind != "f" or np.finfo(x.dtype).max <= np.finfo(dtype).max or not x.size:
+        return
+    limit = _overflow_bound(dtype, x.dtype)
+    if -limit < x.min() and x.max() < limit:  # the common case, two reductions and no copy (a NaN fails it)
+        return
+    beyond = (x >= limit) | (x <= -limit)
+    beyond &= np.isfinite(x)  # an Inf stays Inf: the model's own NaN-or-Inf check (or allow_nonfinite) takes it
+    if not beyond.any():
+        return
+    values = x[beyond]
+    largest = values[np.argmax(np.abs(values))]
+    step = int(beyond.reshape(len(x), -1).any(axis=1).argmax())
+    raise ShapeError(f"{label}: expected values within {dtype}'s range (the model's input dtype), got "
+                     f"{values.size:,} {x.dtype} values beyond it (largest {largest:g}), the first at step {step} "
+                     f"of {len(x)}")
+
+
+def _overflow_bound(dtype: np.dtype, wide: np.dtype) -> np.floating:
+    """The smallest magnitude, in the ``wide`` float dtype, that a cast to the narrower ``dtype`` rounds to Inf: its
+    largest finite value plus half an ulp there (below that, round to nearest gives the largest finite value)."""
+    info = np.finfo(dtype)
+    top, half_ulp = wide.type(info.max), wide.type(2.0) ** (int(info.maxexp) - 2 - int(info.nmant))
+    return top + half_ulp
