@@ -13,6 +13,7 @@ generator's own CPU use (so that a saturated client is not taken for a slow serv
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ from fractions import Fraction
 
 import numpy as np
 
+from edge_rnn.client._wire import http_base, shown
 from edge_rnn.errors import EdgeRnnError
 
-__all__ = ["LoadResult", "check_url", "exact", "loadtest"]
+__all__ = ["LoadResult", "check_url", "exact", "finite", "loadtest"]
 
 
 @dataclass
@@ -53,8 +55,19 @@ class LoadResult:
 
 def exact(value: float) -> Fraction:
     """The decimal an option was written as: the shortest repr of the float click parsed it into, as a fraction
-    (0.1 -> 1/10, not the binary float's 3602879701896397/36028797018963968)."""
+    (0.1 -> 1/10, not the binary float's 3602879701896397/36028797018963968). nan and inf, which no decimal is,
+    raise EdgeRnnError (the CLI refuses them as usage errors before: :func:`finite`)."""
+    if not math.isfinite(value):
+        raise EdgeRnnError(f"expected a finite number, got {value!r}")
     return Fraction(repr(float(value)))
+
+
+def finite(name: str, value: float) -> float:
+    """``value`` of option ``name``, or EdgeRnnError where it is nan or inf (which no range check catches: nan
+    compares false with any bound)."""
+    if not math.isfinite(value):
+        raise EdgeRnnError(f"{name}: expected a finite number, got {value!r}")
+    return value
 
 
 async def _stream(url: str, token: str | None, shape: tuple[int, ...], chunk_s: float, until: float,
@@ -99,6 +112,8 @@ def loadtest(url: str, *, streams: int = 10, chunk_ms: float = 100.0, frame_ms: 
     whose chunks the load's cannot be, is an :class:`~edge_rnn.errors.EdgeRnnError` before any stream starts.
     ``chunk_ms`` and ``frame_ms`` are taken as the decimals they print as (:func:`exact`), so 1000 ms chunks of
     0.1 ms frames are 10,000 frames."""
+    for name, value in (("chunk_ms", chunk_ms), ("frame_ms", frame_ms), ("duration", duration)):
+        finite(name, value)
     frames = exact(chunk_ms) / exact(frame_ms)
     if frames < 1 or frames.denominator != 1:
         raise EdgeRnnError(f"--chunk-ms {chunk_ms:g}: expected a whole number of --frame-ms {frame_ms:g} frames")
@@ -118,19 +133,26 @@ def loadtest(url: str, *, streams: int = 10, chunk_ms: float = 100.0, frame_ms: 
 
 
 def check_url(url: str) -> None:
-    """An http(s) URL with a host and a port a socket can have, or an EdgeRnnError that says which part is wrong
-    (a port over 65535 must not reach httpx, which connects to it modulo 65536)."""
+    """An http(s) URL with a host and a port a socket can have, and none of what the client refuses (a
+    ``user:password@``, a query, a fragment), or an EdgeRnnError that says which part is wrong (a port over 65535
+    must not reach httpx, which connects to it modulo 65536). No message quotes a password (:func:`shown`)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 host
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EdgeRnnError(f"expected a URL with http:// or https://, got {url!r} (e.g. http://127.0.0.1:8000)")
+        raise EdgeRnnError(f"expected a URL with http:// or https://, got {shown(url)!r} (e.g. "
+                           "http://127.0.0.1:8000)")
+    http_base(url)  # the client's refusals: a user:password@ would replace the token, a query no path follows
     try:
         port = parts.port
     except ValueError:
         port = -1
     if port is not None and not 1 <= port <= 65535:
-        raise EdgeRnnError(f"{url}: port out of range: expected 1 to 65535, got {parts.netloc.rpartition(':')[2]!r}")
+        raise EdgeRnnError(f"{shown(url)}: port out of range: expected 1 to 65535, got "
+                           f"{parts.netloc.rpartition(':')[2]!r}")
 
 
 def _describe(url: str, token: str | None) -> dict:
@@ -140,17 +162,23 @@ def _describe(url: str, token: str | None) -> dict:
     try:
         r = httpx.get(url.rstrip("/") + "/v1/model", headers={"Authorization": f"Bearer {token}"} if token else {})
     except httpx.UnsupportedProtocol:
-        raise EdgeRnnError(f"expected a URL with http:// or https://, got {url!r}") from None
+        raise EdgeRnnError(f"expected a URL with http:// or https://, got {shown(url)!r}") from None
     except httpx.ConnectError as e:
         raise _connect_error(url, e) from None
     except httpx.HTTPError as e:
-        raise EdgeRnnError(f"{url}: cannot reach the server ({type(e).__name__}: {e})") from None
+        raise EdgeRnnError(f"{shown(url)}: cannot reach the server ({type(e).__name__}: {e})") from None
     if r.status_code == 401:
         raise EdgeRnnError("401 unauthorized: the server refused the token of --token-file" if token else
                            "401 unauthorized: the server wants a token; pass --token-file (a file holding it)")
     if r.status_code != 200:
-        raise EdgeRnnError(f"{url}: GET /v1/model answered {r.status_code}; is it an edge-rnn server?")
-    return r.json()
+        raise EdgeRnnError(f"{shown(url)}: GET /v1/model answered {r.status_code}; is it an edge-rnn server?")
+    try:  # a hostile answer nested past what json.loads takes raises RecursionError
+        info = r.json()
+    except (ValueError, RecursionError):
+        info = None
+    if not isinstance(info, dict):
+        raise EdgeRnnError(f"{shown(url)}: GET /v1/model answered no JSON object; is it an edge-rnn server?")
+    return info
 
 
 def _connect_error(url: str, e: BaseException) -> EdgeRnnError:
@@ -162,10 +190,10 @@ def _connect_error(url: str, e: BaseException) -> EdgeRnnError:
     if isinstance(cause, ssl.SSLError):
         hint = ("; the server's certificate is not trusted here" if isinstance(cause, ssl.SSLCertVerificationError)
                 else "; is it a plain HTTP server (then http://)?")
-        return EdgeRnnError(f"{url}: TLS handshake failed ({getattr(cause, 'reason', None) or cause}){hint}")
+        return EdgeRnnError(f"{shown(url)}: TLS handshake failed ({getattr(cause, 'reason', None) or cause}){hint}")
     if cause is None and str(e):
-        return EdgeRnnError(f"{url}: cannot connect ({e})")
-    return EdgeRnnError(f"nothing listens at {url}; is the server running?")
+        return EdgeRnnError(f"{shown(url)}: cannot connect ({e})")
+    return EdgeRnnError(f"nothing listens at {shown(url)}; is the server running?")
 
 
 def _chunk_shape(url: str, token: str | None, frames: int, chunk_ms: float, frame_ms: float) -> tuple[int, ...]:
@@ -175,7 +203,8 @@ def _chunk_shape(url: str, token: str | None, frames: int, chunk_ms: float, fram
     info = _describe(url, token)
     frame = info.get("frame")
     if frame is None:
-        raise EdgeRnnError(f"{url}: the model takes no binary chunks (not one float32 input of fixed frame size)")
+        raise EdgeRnnError(f"{shown(url)}: the model takes no binary chunks (not one float32 input of fixed frame "
+                           "size)")
     inputs = info.get("inputs", [])
     if inputs and all(p.get("time_axis") is None for p in inputs):
         return _one_frame(url, frame, frames, chunk_ms, frame_ms)
@@ -183,8 +212,8 @@ def _chunk_shape(url: str, token: str | None, frames: int, chunk_ms: float, fram
              if p.get("time_axis") is not None and isinstance(p["shape"][p["time_axis"]], int)]
     if fixed and fixed[0] != frames:
         steps = fixed[0]
-        raise EdgeRnnError(f"{url}: the model takes exactly {steps} time step{'s' * (steps != 1)} per chunk, got "
-                           f"{frames} (--chunk-ms {chunk_ms:g} / --frame-ms {frame_ms:g}); pass --chunk-ms "
+        raise EdgeRnnError(f"{shown(url)}: the model takes exactly {steps} time step{'s' * (steps != 1)} per "
+                           f"chunk, got {frames} (--chunk-ms {chunk_ms:g} / --frame-ms {frame_ms:g}); pass --chunk-ms "
                            f"{float(steps * exact(frame_ms)):g}")
     return (frames, *frame)
 
@@ -193,6 +222,6 @@ def _one_frame(url: str, frame: list[int], frames: int, chunk_ms: float, frame_m
     """The chunk of a model with no time axis (GET /v1/model's inputs all have time_axis null): one frame, sent
     as the frame's own shape; a chunk of several frames is refused up front with the --chunk-ms that fits."""
     if frames != 1:
-        raise EdgeRnnError(f"{url}: the model has no time axis: it takes one frame per call, got {frames} "
+        raise EdgeRnnError(f"{shown(url)}: the model has no time axis: it takes one frame per call, got {frames} "
                            f"(--chunk-ms {chunk_ms:g} / --frame-ms {frame_ms:g}); pass --chunk-ms {frame_ms:g}")
     return tuple(frame)

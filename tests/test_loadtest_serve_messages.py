@@ -239,3 +239,25 @@ def test_serve_says_what_its_drain_did():
         server.thread.join(timeout=20)
         assert not server.thread.is_alive()
     assert server.server.stop_message() == "stopped: drained 0 of 1 open stream; 1 still open were closed"
+
+
+@pytest.mark.parametrize("option", ["--chunk-ms", "--frame-ms", "--duration", "--min-real-time"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_loadtest_refuses_nan_and_inf_as_usage_errors_naming_the_option(option, value):
+    """nan passed click's FloatRange and failed in Fraction() with a traceback (--min-real-time: after the run)."""
+    r = invoke("loadtest", "http://127.0.0.1:9", option, value)
+    assert r.exit_code == 2 and option in r.stderr and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("name", ["chunk_ms", "frame_ms", "duration"])
+def test_the_load_generator_refuses_nan_naming_it(name):
+    from edge_rnn.errors import EdgeRnnError
+    from edge_rnn.loadtest import loadtest
+
+    with pytest.raises(EdgeRnnError, match=f"{name}: expected a finite number, got nan"):
+        loadtest("http://127.0.0.1:9", **{name: float("nan")})
+
+
+@pytest.mark.parametrize("url", ["http://user:SECRET-PW@127.0.0.1:9", "http://127.0.0.1:9/?token=SECRET-PW"])
+def test_loadtest_refuses_a_url_with_a_password_or_a_query_without_quoting_it(url):
+    one_line_error(invoke("loadtest", url, "--duration", 1), "url: expected", not_in_output=("SECRET-PW",))

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from edge_rnn.cli._common import main
+from edge_rnn.cli._finite import FiniteFloatRange
 from edge_rnn.errors import EdgeRnnError
 from edge_rnn.service._auth import read_token as _read_token
 
@@ -279,13 +280,13 @@ def _url(sock: socket.socket) -> str:
 @main.command()
 @click.argument("url")
 @click.option("--streams", type=click.IntRange(min=1, max=100_000), default=10, show_default=True)
-@click.option("--chunk-ms", type=click.FloatRange(min=1), default=100.0, show_default=True,
+@click.option("--chunk-ms", type=FiniteFloatRange(min=1), default=100.0, show_default=True,
               help="Milliseconds between a stream's chunks (a whole number of --frame-ms; at most --duration).")
-@click.option("--frame-ms", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
-@click.option("--duration", type=click.FloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
+@click.option("--frame-ms", type=FiniteFloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--duration", type=FiniteFloatRange(min=0.5), default=10.0, show_default=True, help="Seconds.")
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="A file holding the server's bearer token (serve --token-file).")
-@click.option("--min-real-time", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
+@click.option("--min-real-time", type=FiniteFloatRange(min=0, max=1), default=0.99, show_default=True,
               help="The fraction of streams that must keep real time (send at least one chunk, and get every reply "
                    "before the next is due); below it, exit 1 (0: never). Compared exactly.")
 def loadtest(url: str, streams: int, chunk_ms: float, frame_ms: float, duration: float,

@@ -24,8 +24,8 @@ from edge_rnn.client._resume import (
     snapshot_plan,
     step_plan,
 )
-from edge_rnn.client._width import aask_width, ask_width, given_width, output
-from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base
+from edge_rnn.client._width import Described, aask_width, ask_width, given_width, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base, said
 
 __all__ = ["HttpStream", "AsyncHttpStream"]
 
@@ -40,10 +40,10 @@ def _refusal(response: Any) -> ServiceError | None:
     """The error an answer is, if it is one: the server's own JSON error, or a proxy's (``proxied``)."""
     if response.status_code < 400:
         return None
-    try:
+    try:  # a hostile body nested past what json.loads takes raises RecursionError: no JSON error either
         body = response.json()
-        code, message, proxied = body.get("code", "error"), body.get("message", ""), "code" not in body
-    except (ValueError, AttributeError):
+        code, message, proxied = said(body.get("code", "error")), said(body.get("message", "")), "code" not in body
+    except (ValueError, AttributeError, RecursionError):
         code, message, proxied = "error", response.text[:200], True
     return ServiceError(response.status_code, code, message, proxied=proxied,
                         retry_after=_seconds(response.headers.get("retry-after")))
@@ -111,7 +111,8 @@ class HttpStream(SyncResumable):
 
         self._journal = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
         base, width = http_base(url), given_width(width)
-        self.width = width if width is not None else ask_width(url, token, timeout)  # before a client to close
+        self._shape = Described(width) if width is not None else ask_width(url, token, timeout)  # before a client
+        self.width = self._shape.width
         self._http = httpx.Client(base_url=base, headers=auth_headers(token), timeout=timeout)
         self.steps, self.id = 0, ""
         try:
@@ -124,7 +125,7 @@ class HttpStream(SyncResumable):
         chunk = chunk_bytes(x)
         out = self._step(chunk) if self._journal is None else run(step_plan(self._journal, chunk), self._do)
         self.steps += 1
-        return output(out, self.width)
+        return output(out, *self._shape)
 
     def snapshot(self) -> bytes:
         return self._snapshot() if self._journal is None else run(snapshot_plan(self._journal), self._do)
@@ -181,8 +182,8 @@ class HttpStream(SyncResumable):
 class AsyncHttpStream(AsyncResumable):
     """One stream over HTTP, async: ``s = await AsyncHttpStream.open(url)``, then ``await s.step(x)``."""
 
-    def __init__(self, http: Any, stream_id: str, width: int, journal: Journal | None = None):
-        self._http, self.id, self.width, self.steps = http, stream_id, width, 0
+    def __init__(self, http: Any, stream_id: str, shape: Described, journal: Journal | None = None):
+        self._http, self.id, self._shape, self.width, self.steps = http, stream_id, shape, shape.width, 0
         self._journal, self._sent, self._in_step = journal, 0, _in_step()
 
     @classmethod
@@ -193,8 +194,8 @@ class AsyncHttpStream(AsyncResumable):
 
         j = _http_journal(snapshot, resume, checkpoint_every, resume_timeout)
         base, width = http_base(url), given_width(width)
-        width = width if width is not None else await aask_width(url, token, timeout)  # before a client to close
-        s = cls(httpx.AsyncClient(base_url=base, headers=auth_headers(token), timeout=timeout), "", width, j)
+        shape = Described(width) if width is not None else await aask_width(url, token, timeout)  # before a client
+        s = cls(httpx.AsyncClient(base_url=base, headers=auth_headers(token), timeout=timeout), "", shape, j)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:
@@ -206,7 +207,7 @@ class AsyncHttpStream(AsyncResumable):
         chunk = chunk_bytes(x)
         out = await (self._step(chunk) if self._journal is None else arun(step_plan(self._journal, chunk), self._do))
         self.steps += 1
-        return output(out, self.width)
+        return output(out, *self._shape)
 
     async def snapshot(self) -> bytes:
         return await (self._snapshot() if self._journal is None else arun(snapshot_plan(self._journal), self._do))

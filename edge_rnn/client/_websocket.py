@@ -30,8 +30,8 @@ from edge_rnn.client._resume import (
     snapshot_steps,
     step_plan,
 )
-from edge_rnn.client._width import WS_DESCRIBE_S, aask_width, ask_width, given_width, output
-from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base
+from edge_rnn.client._width import WS_DESCRIBE_S, Described, aask_width, ask_width, given_width, output
+from edge_rnn.client._wire import ABANDON_S, GIVEN_UP, InStep, auth_headers, chunk_bytes, http_base, said, shown
 
 __all__ = ["WebSocketStream", "SyncWebSocketStream"]
 
@@ -45,7 +45,7 @@ def _ws_url(url: str) -> str:
 
 def _refused(url: str, e: Any) -> ServiceError:
     """A handshake answered with an HTTP status (a token refused: 401; no socket at that path: 403 or 404)."""
-    return ServiceError(e.response.status_code, "refused", f"the server refused the connection to {url}")
+    return ServiceError(e.response.status_code, "refused", f"the server refused the connection to {shown(url)}")
 
 
 def _closed(e: Any) -> ServiceError:
@@ -76,7 +76,7 @@ def _error_body(reply: Any) -> dict | None:
         return None
     try:
         body = json.loads(reply)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes (a hostile server)
         return None
     return body if isinstance(body, dict) and body.get("type") == "error" else None
 
@@ -95,13 +95,17 @@ def _judged(in_step: InStep, journal: Journal | None, reply: Any) -> dict | None
 
 
 def _snapshot_of(reply: Any) -> bytes:
-    """The snapshot in the snapshot command's answer."""
-    return base64.b64decode(json.loads(reply)["data"])
+    """The snapshot in the snapshot command's answer (anything else: ServiceError ``bad_reply``)."""
+    try:
+        return base64.b64decode(json.loads(reply)["data"], validate=True)
+    except (TypeError, ValueError, KeyError, RecursionError):  # binascii.Error is a ValueError
+        raise ServiceError(1002, "bad_reply", f"expected the snapshot command's answer, got "
+                           f"{said(reply, 80)!r}") from None
 
 
 def _ws_error(body: dict, close_code: int) -> ServiceError:
     """The server's error message, and the close code that followed it."""
-    return ServiceError(close_code, body.get("code", "error"), body.get("message", ""))
+    return ServiceError(close_code, said(body.get("code", "error")), said(body.get("message", "")))
 
 
 def _ws_options(token: str | None, resuming: bool) -> dict[str, Any]:
@@ -127,7 +131,7 @@ def _restored(reply: Any, snapshot: bytes) -> None:
         answer = json.loads(reply)
         steps = snapshot_steps(snapshot)
         ok = answer.get("type") == "restore" and (steps is None or answer.get("steps") == steps)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RecursionError):
         ok = False
     if not ok:
         raise ServiceError(1002, "bad_reply", f"expected the restore command's answer, got {str(reply)[:80]!r}")
@@ -151,9 +155,9 @@ class WebSocketStream(AsyncResumable):
     A stream opened with ``snapshot=`` resumes from it (the ``restore`` command).
     """
 
-    def __init__(self, socket: Any, width: int, *, journal: Journal | None = None, url: str = "",
+    def __init__(self, socket: Any, shape: Described, *, journal: Journal | None = None, url: str = "",
                  token: str | None = None):
-        self._ws, self.width, self._journal = socket, width, journal
+        self._ws, self._shape, self.width, self._journal = socket, shape, shape.width, journal
         self._url, self._token, self._in_step = url, token, _in_step()
 
     @classmethod
@@ -162,8 +166,8 @@ class WebSocketStream(AsyncResumable):
                    resume_timeout: float = 30.0) -> WebSocketStream:
         j = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
         socket_url, width = _ws_url(url), given_width(width)
-        width = width if width is not None else await aask_width(url, token, WS_DESCRIBE_S)
-        s = cls(None, width, journal=j, url=socket_url, token=token)
+        shape = Described(width) if width is not None else await aask_width(url, token, WS_DESCRIBE_S)
+        s = cls(None, shape, journal=j, url=socket_url, token=token)
         try:
             await (s._open(snapshot) if j is None else arun(open_plan(j), s._do))
         except BaseException:
@@ -197,7 +201,7 @@ class WebSocketStream(AsyncResumable):
     async def step(self, x: Any) -> np.ndarray:
         chunk = chunk_bytes(x)
         out = await (self._step(chunk) if self._journal is None else arun(step_plan(self._journal, chunk), self._do))
-        return output(out, self.width)
+        return output(out, *self._shape)
 
     async def snapshot(self) -> bytes:
         return await (self._snapshot() if self._journal is None else arun(snapshot_plan(self._journal), self._do))
@@ -262,7 +266,8 @@ class SyncWebSocketStream(SyncResumable):
                  resume_timeout: float = 30.0):
         self._journal = _ws_journal(snapshot, resume, checkpoint_every, resume_timeout)
         self._url, self._token, width = _ws_url(url), token, given_width(width)
-        self.width = width if width is not None else ask_width(url, token, WS_DESCRIBE_S)
+        self._shape = Described(width) if width is not None else ask_width(url, token, WS_DESCRIBE_S)
+        self.width = self._shape.width
         self._ws: Any = None
         self._in_step = _in_step()
         try:
@@ -296,7 +301,7 @@ class SyncWebSocketStream(SyncResumable):
     def step(self, x: Any) -> np.ndarray:
         chunk = chunk_bytes(x)
         out = self._step(chunk) if self._journal is None else run(step_plan(self._journal, chunk), self._do)
-        return output(out, self.width)
+        return output(out, *self._shape)
 
     def snapshot(self) -> bytes:
         return self._snapshot() if self._journal is None else run(snapshot_plan(self._journal), self._do)

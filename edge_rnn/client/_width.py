@@ -3,7 +3,8 @@ product of its dimensions other than the time axis, as the server's ``GET /v1/mo
 caller gives it (``width=N``; ``width=0``: flat replies, and no request for it).
 
 The server sends the primary output time first (``edge_rnn.service._codec``), so a reply of ``time x width``
-float32 values reshapes to ``(time, width)``; a cell's (no time axis) is one row. A description that gives no width
+float32 values reshapes to ``(time, width)``; a cell's (no time axis) is one row, and a reply of any other number
+of values is a ShapeError. A description that gives no width
 (a feature size left dynamic, a server that does not answer) fails the open, saying how to skip the request: the
 client never returns replies of a shape that depends on whether one extra request succeeded.
 """
@@ -13,21 +14,30 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from edge_rnn.client._resume import ServiceError
-from edge_rnn.client._wire import auth_headers, http_base
+from edge_rnn.client._wire import auth_headers, http_base, said
 from edge_rnn.errors import EdgeRnnError, ShapeError
 
-__all__ = ["MAX_SIZE", "WS_DESCRIBE_S", "given_width", "width_of", "width_from", "ask_width", "aask_width", "output"]
+__all__ = ["MAX_SIZE", "WS_DESCRIBE_S", "Described", "given_width", "width_of", "width_from", "ask_width",
+           "aask_width", "output"]
 
 MAX_SIZE = 2**31 - 1  # the largest size a description may give: a frame of 8 GiB of float32 is no frame
 # seconds a WebSocket client waits for the description: websockets' own open timeout, which its handshake waits
 WS_DESCRIBE_S = 10.0
 _SKIP = "pass width=N (values per frame) or width=0 (flat replies) to open without it"
 _REFUSED = (401, 403)  # the server refusing the caller (a token): its own error, which the open would meet too
+
+
+class Described(NamedTuple):
+    """How replies are shaped: ``width`` values per frame, and whether a reply is ``one_frame`` exactly (a cell's:
+    its model has no time axis)."""
+
+    width: int
+    one_frame: bool = False
 
 
 def _is_size(d: Any) -> bool:
@@ -87,24 +97,33 @@ def _undescribed(status: int, why: str) -> ServiceError:
                         f"{why}; {_SKIP}")
 
 
-def width_from(status: int, body: bytes) -> int:
-    """The width from ``GET /v1/model``'s answer (its status and body), or the ServiceError saying why none."""
+def _json(body: bytes) -> Any:
+    """``body`` as JSON, or None where it is none: not JSON, or nested past what the parser takes (a hostile
+    answer raises RecursionError out of json.loads)."""
     try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def width_from(status: int, body: bytes) -> Described:
+    """How replies are shaped (their width, and whether each is one frame: a cell's) from ``GET /v1/model``'s
+    answer (its status and body), or the ServiceError saying why it gives no width."""
+    answer = _json(body)
     if status in _REFUSED and isinstance(answer, dict) and "code" in answer:
-        raise ServiceError(status, str(answer["code"]), str(answer.get("message", "")))
+        raise ServiceError(status, said(answer["code"], 80), said(answer.get("message", ""), 400))
     if status != 200:
-        said = (f"{answer.get('code')}: {answer.get('message', '')}" if isinstance(answer, dict)
-                else body[:80].decode("utf-8", "replace"))
-        raise _undescribed(status, f"expected the model's description, got {status} ({said[:120]})")
+        got = (f"{said(answer.get('code'), 80)}: {said(answer.get('message', ''), 120)}"
+               if isinstance(answer, dict) else body[:80].decode("utf-8", "replace"))
+        raise _undescribed(status, f"expected the model's description, got {status} ({got[:120]})")
     if answer is None:
         raise _undescribed(status, f"expected the model's description as JSON, got {body[:40]!r}")
     try:
-        return width_of(answer)
+        return Described(width_of(answer), _primary(answer)[1] is None)
     except ValueError as e:
         raise _undescribed(status, str(e)) from None
+    except RecursionError:
+        raise _undescribed(status, "expected the model's description, got a JSON answer nested too deep") from None
 
 
 def _no_answer(e: Exception, timeout: float) -> ServiceError:
@@ -114,7 +133,7 @@ def _no_answer(e: Exception, timeout: float) -> ServiceError:
     return _undescribed(0, f"expected the model's description, got {got}")
 
 
-def ask_width(url: str, token: str | None, timeout: float) -> int:
+def ask_width(url: str, token: str | None, timeout: float) -> Described:
     """The width as the server describes its model (:func:`width_from`); nothing listening at ``url`` raises
     httpx's ConnectError, as the open itself would."""
     import httpx
@@ -128,7 +147,7 @@ def ask_width(url: str, token: str | None, timeout: float) -> int:
     return width_from(r.status_code, r.content)
 
 
-async def aask_width(url: str, token: str | None, timeout: float) -> int:
+async def aask_width(url: str, token: str | None, timeout: float) -> Described:
     """:func:`ask_width`, async."""
     import httpx
 
@@ -142,13 +161,16 @@ async def aask_width(url: str, token: str | None, timeout: float) -> int:
     return width_from(r.status_code, r.content)
 
 
-def output(data: bytes, width: int) -> np.ndarray:
+def output(data: bytes, width: int, one_frame: bool = False) -> np.ndarray:
     """A step's reply as ``(time, width)`` float32 (flat where ``width`` is 0); a reply that is not whole frames of
-    the width raises ShapeError naming both."""
+    the width, or (``one_frame``: a cell's) not exactly one, raises ShapeError naming both."""
     values, odd = divmod(len(data), 4)
     if odd or (width and values % width):
         raise ShapeError(f"reply: expected whole frames of {width or 1} float32 value(s) (the width), got "
                          f"{len(data)} bytes ({len(data) / 4:g} values); pass the model's width=N, or width=0 for "
                          "flat replies")
+    if one_frame and values != width:
+        raise ShapeError(f"reply: expected one frame of {width} float32 value(s) (the model has no time axis: a "
+                         f"cell answers one frame a call), got {values // width} frames ({values} values)")
     y = np.frombuffer(data, dtype="<f4")
     return y.reshape(-1, width) if width else y

@@ -12,7 +12,7 @@ import numpy as np
 from edge_rnn.client._resume import ServiceError, interrupted
 from edge_rnn.errors import EdgeRnnError
 
-__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "auth_headers", "http_base"]
+__all__ = ["ABANDON_S", "GIVEN_UP", "InStep", "chunk_bytes", "auth_headers", "http_base", "said", "shown"]
 
 ABANDON_S = 1.0  # seconds a stream given up for a resumed one may take to close (best effort)
 GIVEN_UP = "the stream was given up by this client (for a resumed one, or by a resume that failed)"
@@ -23,17 +23,61 @@ def chunk_bytes(x: Any) -> bytes:
     return np.ascontiguousarray(np.asarray(x, dtype="<f4")).tobytes()
 
 
+_FORMS = "http://host:port (or ws://host:port, or the socket's ws://host:port/v1/streams/ws)"
+
+
+def _parts(text: str) -> tuple[str, str, str]:
+    """``text`` as its ``scheme://`` (or nothing), its authority (``user:password@host:port``) and the rest."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme + sep, rest[:end], rest[end:]
+
+
+def shown(url: object) -> str:
+    """``url`` as a message may quote it: a ``user:password@`` masked as ``***@``, a query or a fragment (which
+    may hold a token) as ``?...`` or ``#...``: never the secret, whatever else the text is.
+
+    >>> shown("http://user:pw@h:1/p?token=t")
+    'http://***@h:1/p?...'
+    """
+    scheme, authority, tail = _parts(url if isinstance(url, str) else repr(url))
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    end = min((i for i in (tail.find(c) for c in "?#") if i >= 0), default=len(tail))
+    return scheme + authority + tail[:end] + (tail[end] + "..." if end < len(tail) else "")
+
+
 def http_base(url: str) -> str:
     """The server's HTTP base URL from what a client was given: ``http(s)://host:port``, or the ``ws(s)://`` form,
     each with or without a path ending in ``/v1/streams/ws`` (the socket) or ``/v1/streams``; a path before that
-    (a proxy's prefix) is kept."""
-    base = url.rstrip("/") if isinstance(url, str) else ""
+    (a proxy's prefix) is kept. A URL with a ``user:password@`` is refused (httpx would send it as Basic auth in
+    place of the token's Bearer: a token goes as ``token=``), and so is one with a query or a fragment, which no
+    request path may follow. No message quotes a password or a query (:func:`shown`)."""
+    text = url if isinstance(url, str) else ""
+    _, authority, tail = _parts(text)
+    if "@" in authority:
+        raise EdgeRnnError(f"url: expected a server URL without user:password@, got {shown(url)!r}; pass the "
+                           "token with token= (the CLI: --token-file)")
+    if "?" in tail or "#" in tail:
+        raise EdgeRnnError(f"url: expected the server's base URL, {_FORMS}, without a query or fragment, got "
+                           f"{shown(url)!r} (a token goes as token=; the CLI: --token-file)")
+    base = text.rstrip("/")
     base = next((base.removesuffix(e) for e in ("/v1/streams/ws", "/v1/streams") if base.endswith(e)), base)
     scheme, sep, rest = base.partition("://")
     if not sep or scheme.lower() not in _SCHEMES or not rest:
-        raise EdgeRnnError(f"url: expected the server's base URL, http://host:port (or ws://host:port, or the "
-                           f"socket's ws://host:port/v1/streams/ws), got {url!r}")
+        raise EdgeRnnError(f"url: expected the server's base URL, {_FORMS}, got {shown(url)!r}")
     return _SCHEMES[scheme.lower()] + "://" + rest
+
+
+def said(value: Any, limit: int | None = None) -> str:
+    """``value`` (a field of a JSON answer) as text, of at most ``limit`` characters, whatever its nesting (a
+    hostile one's str() raises RecursionError)."""
+    try:
+        return str(value)[:limit]
+    except RecursionError:
+        return "(a value nested too deep)"
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
