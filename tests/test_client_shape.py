@@ -11,11 +11,9 @@ pytest.importorskip("httpx")
 pytest.importorskip("websockets")
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
-import threading  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 import numpy as np  # noqa: E402
+from fake_edge import FakeEdgeServer, described  # noqa: E402
 from probe_servers import GRU_CELL, LSTM, ModelServer  # noqa: E402
 
 from edge_rnn.client import AsyncHttpStream, HttpStream, ServiceError, SyncWebSocketStream, WebSocketStream  # noqa: E402
@@ -97,64 +95,15 @@ def test_a_description_that_gives_no_width_says_why(model, why):
         width_of(model)
 
 
-class _Fake:
-    """A server on 127.0.0.1 whose ``GET /v1/model`` answers ``status`` with ``body`` (``hang``: never, until the
-    test ends); a stream's open answers, its steps reply 12 float32 values."""
-
-    def __init__(self, status: int = 200, body: bytes = b"", hang: bool = False):
-        release = self.release = threading.Event()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, code: int, payload: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):  # noqa: N802
-                if hang:
-                    release.wait(10)
-                self._send(status, body)
-
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._send(201, b'{"stream_id": "s1"}') if self.path == "/v1/streams" else \
-                    self._send(200, np.arange(12, dtype="<f4").tobytes())
-
-            def do_DELETE(self):  # noqa: N802
-                self._send(204, b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Fake:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
-def _described(shape: list, time_axis: int | None = 0) -> bytes:
-    return json.dumps({"outputs": [{"name": "y", "dtype": "float32", "shape": shape, "time_axis": time_axis}]}).encode()
-
-
 @pytest.mark.parametrize("status, body, hang, why", [
     (503, b'{"code": "overloaded", "message": "busy"}', False, "got 503 \\(overloaded: busy\\)"),
     (404, b"<html>not here</html>", False, "got 404 \\(<html>"),
     (200, b"<html>a proxy's page</html>", False, "as JSON, got b.<html>"),
-    (200, _described([None, None]), False, "feature sizes fixed"),
+    (200, described([None, None]), False, "feature sizes fixed"),
     (200, b"", True, "no answer within 0.5 s"),
 ])
 def test_an_open_whose_model_is_not_described_fails_saying_how_to_skip_it(status, body, hang, why):
-    with _Fake(status, body, hang) as server:
+    with FakeEdgeServer(body, status=status, hang=hang) as server:
         with pytest.raises(ServiceError, match=why) as e:
             HttpStream(server.url, resume=False, timeout=0.5)
         assert "undescribed" in str(e.value) and "width=0" in str(e.value) and "\n" not in str(e.value)
@@ -172,7 +121,7 @@ def test_a_refused_token_is_the_servers_own_refusal_not_a_description_failure(ki
 
 
 def test_a_width_that_does_not_divide_the_reply_is_an_error_naming_both():
-    with _Fake(200, _described([None, 5])) as server, HttpStream(server.url, resume=False) as s:
+    with FakeEdgeServer(described([None, 5])) as server, HttpStream(server.url, resume=False) as s:
         with pytest.raises(EdgeRnnError, match="whole frames of 5 float32.* got 48 bytes \\(12 values\\)"):
             s.step(np.zeros((2, 4), np.float32))
 
@@ -201,7 +150,7 @@ def test_a_hostile_description_leaks_no_client(shape, monkeypatch):
         made.append(self)
 
     monkeypatch.setattr(httpx.Client, "__init__", tracked)
-    with _Fake(200, _described(shape)) as server:
+    with FakeEdgeServer(described(shape)) as server:
         with pytest.raises(ServiceError, match="undescribed"):
             HttpStream(server.url, resume=False)
     assert made and all(c.is_closed for c in made)  # the description's own request's, closed

@@ -7,16 +7,13 @@ Servers bind 127.0.0.1 on a free port and are stopped by the test that starts th
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 
 pytest.importorskip("httpx")
 from click.testing import CliRunner  # noqa: E402
 from conftest import REPO  # noqa: E402
+from fake_edge import FakeEdgeServer  # noqa: E402
 
 from edge_rnn.cli import main  # noqa: E402
 from edge_rnn.errors import EdgeRnnError, ShapeError  # noqa: E402
@@ -38,60 +35,6 @@ def test_probe_access_log_redacts_credential_names_however_spelled(query):
 
 
 # --- 2. the client's (time, width) -------------------------------------------------------------------------------
-
-
-class _FakeServer:
-    """A hostile or mismatched edge-rnn server over plain HTTP on 127.0.0.1: GET /v1/model answers ``model`` (a
-    dict, or an int status), each step answers ``reply`` float32 values; stopped on exit."""
-
-    def __init__(self, model: dict | int, reply: int):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _drain(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def do_GET(self):  # noqa: N802
-                if self.path == "/v1/model":
-                    if isinstance(fake.model, int):
-                        return self._send(fake.model, b'{"code": "overloaded", "message": "busy"}')
-                    return self._send(200, json.dumps(fake.model).encode())
-                return self._send(404, b'{"code": "not_found", "message": ""}')
-
-            def do_POST(self):  # noqa: N802
-                self._drain()
-                if self.path == "/v1/streams":
-                    return self._send(201, b'{"stream_id": "s1"}')
-                return self._send(200, np.arange(fake.reply, dtype="<f4").tobytes(), "application/octet-stream")
-
-            def do_DELETE(self):  # noqa: N802
-                self._send(204, b"")
-
-        self.model, self.reply = model, reply
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> _FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
 
 
 def _model(shape: list, time_axis: int | None = 0) -> dict:
@@ -123,7 +66,7 @@ def test_probe_a_fixed_chunk_models_reply_is_time_by_width(tmp_path):
 def test_probe_a_failed_model_request_does_not_silently_flatten_replies(status):
     from edge_rnn.client import HttpStream
 
-    with _FakeServer(status, reply=12) as server:
+    with FakeEdgeServer(b'{"code": "overloaded", "message": "busy"}', status=status) as server:
         try:
             with HttpStream(server.url, resume=False) as s:
                 y = s.step(np.zeros((2, 4), np.float32))
@@ -135,7 +78,7 @@ def test_probe_a_failed_model_request_does_not_silently_flatten_replies(status):
 def test_probe_a_reply_the_width_does_not_divide_is_a_clear_error():
     from edge_rnn.client import HttpStream
 
-    with _FakeServer(_model([None, 5]), reply=12) as server, HttpStream(server.url, resume=False) as s:
+    with FakeEdgeServer(_model([None, 5]), reply=12) as server, HttpStream(server.url, resume=False) as s:
         with pytest.raises(EdgeRnnError, match="12"):
             s.step(np.zeros((2, 4), np.float32))
 
@@ -144,7 +87,7 @@ def test_probe_a_reply_the_width_does_not_divide_is_a_clear_error():
 def test_probe_a_huge_width_is_refused_clearly(shape):
     from edge_rnn.client import HttpStream
 
-    with _FakeServer(_model(shape), reply=12) as server:
+    with FakeEdgeServer(_model(shape), reply=12) as server:
         with pytest.raises(EdgeRnnError):
             with HttpStream(server.url, resume=False) as s:
                 s.step(np.zeros((2, 4), np.float32))
@@ -239,7 +182,7 @@ def test_probe_loadtest_counts_only_streams_that_sent_as_real_time():
 def test_probe_a_dynamic_feature_size_is_not_read_as_width_1():
     from edge_rnn.client import HttpStream
 
-    with _FakeServer(_model([None, None]), reply=12) as server:  # no width known: refused at the open, saying why
+    with FakeEdgeServer(_model([None, None]), reply=12) as server:  # no width known: refused at the open, saying why
         with pytest.raises(EdgeRnnError, match="feature sizes fixed, got shape \\[None, None\\]"):
             HttpStream(server.url, resume=False)
 

@@ -5,16 +5,13 @@ kept now that each is fixed. Servers bind 127.0.0.1 on a free port and are stopp
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 
 pytest.importorskip("httpx")
 from click.testing import CliRunner  # noqa: E402
 from conftest import REPO  # noqa: E402
+from fake_edge import FakeEdgeServer, described  # noqa: E402
 
 from edge_rnn.cli import main  # noqa: E402
 from edge_rnn.errors import EdgeRnnError  # noqa: E402
@@ -23,75 +20,12 @@ LSTM = REPO / "tests" / "data" / "lstm_layer.onnx"  # x (time, 4) -> y (time, 6)
 PASSWORD = "SECRETPW-0123456789"
 
 
-class _Recorder:
-    """An edge-rnn look-alike on 127.0.0.1: GET /v1/model answers ``model`` (bytes), a step answers ``reply``
-    float32 values; every request's method, path and Authorization header is kept in ``seen``."""
-
-    def __init__(self, model: bytes, reply: int = 12):
-        rec = self
-        self.seen: list[tuple[str, str, str | None]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _note(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                rec.seen.append((self.command, self.path, self.headers.get("Authorization")))
-
-            def do_GET(self):  # noqa: N802
-                self._note()
-                if self.path == "/v1/model":
-                    return self._send(200, rec.model)
-                return self._send(404, b'{"code": "not_found", "message": ""}')
-
-            def do_POST(self):  # noqa: N802
-                self._note()
-                if self.path == "/v1/streams":
-                    return self._send(201, b'{"stream_id": "s1"}')
-                if self.path == "/v1/streams/s1/steps":
-                    return self._send(200, np.arange(rec.reply, dtype="<f4").tobytes(), "application/octet-stream")
-                return self._send(404, b'{"code": "not_found", "message": ""}')
-
-            def do_DELETE(self):  # noqa: N802
-                self._note()
-                self._send(204, b"")
-
-        self.model, self.reply = model, reply
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Recorder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
-def _described(shape: list, time_axis: int | None = 0) -> bytes:
-    return json.dumps({"outputs": [{"name": "y", "dtype": "float32", "shape": shape, "time_axis": time_axis}]}).encode()
-
-
 # --- the client ----------------------------------------------------------------------------------------------------
 
 def test_probe_b_token_is_sent_when_the_url_has_userinfo():
     from edge_rnn.client import HttpStream
 
-    with _Recorder(_described([None, 6])) as server:
+    with FakeEdgeServer(described([None, 6])) as server:
         url = f"http://user:{PASSWORD}@127.0.0.1:{server.port}"
         try:  # the probe's expectation: the Bearer token sent, or the URL form refused (saying so, no password)
             with HttpStream(url, token="BEARER-TOK", resume=False) as s:
@@ -106,7 +40,7 @@ def test_probe_b_websocket_refusal_does_not_quote_the_urls_password():
     pytest.importorskip("websockets")
     from edge_rnn.client import SyncWebSocketStream
 
-    with _Recorder(_described([None, 6])) as server:  # no socket route: the handshake is answered 404
+    with FakeEdgeServer(described([None, 6])) as server:  # no socket route: the handshake is answered 404
         with pytest.raises(EdgeRnnError) as e:
             SyncWebSocketStream(f"ws://user:{PASSWORD}@127.0.0.1:{server.port}", resume=False)
     assert PASSWORD not in str(e.value), str(e.value)
@@ -122,7 +56,7 @@ def test_probe_b_loadtest_error_does_not_quote_the_urls_password():
 def test_probe_b_a_url_with_a_query_is_refused_as_a_url_or_ignored(suffix):
     from edge_rnn.client import HttpStream
 
-    with _Recorder(_described([None, 6])) as server:
+    with FakeEdgeServer(described([None, 6])) as server:
         try:
             with HttpStream(server.url + suffix, resume=False) as s:
                 y = s.step(np.zeros((2, 4), np.float32))
@@ -135,7 +69,7 @@ def test_probe_b_a_url_with_a_query_is_refused_as_a_url_or_ignored(suffix):
 def test_probe_b_a_deeply_nested_model_answer_is_undescribed_not_recursionerror():
     from edge_rnn.client import HttpStream
 
-    with _Recorder(b"[" * 100_000 + b"]" * 100_000) as server:
+    with FakeEdgeServer(b"[" * 100_000 + b"]" * 100_000) as server:
         with pytest.raises(EdgeRnnError):
             HttpStream(server.url, resume=False)
 
@@ -143,7 +77,7 @@ def test_probe_b_a_deeply_nested_model_answer_is_undescribed_not_recursionerror(
 def test_probe_b_a_cells_reply_of_two_frames_is_an_error():
     from edge_rnn.client import HttpStream
 
-    with _Recorder(_described([1, 6], None), reply=12) as server, HttpStream(server.url, resume=False) as s:
+    with FakeEdgeServer(described([1, 6], None), reply=12) as server, HttpStream(server.url, resume=False) as s:
         with pytest.raises(EdgeRnnError):
             s.step(np.zeros(4, np.float32))
 
