@@ -57,16 +57,30 @@ def check_float_range(x: np.ndarray, dtype: np.dtype, label: str) -> None:
     limit = _overflow_bound(dtype, x.dtype)
     if -limit < x.min() and x.max() < limit:  # the common case, two reductions and no copy (a NaN fails it)
         return
-    beyond = (x >= limit) | (x <= -limit)
-    beyond &= np.isfinite(x)  # an Inf stays Inf: the model's own NaN-or-Inf check (or allow_nonfinite) takes it
+    rows = max(1, _BLOCK // max(1, x[0].size))  # masks block by block: memory bounded whatever the array's size
+    found = [hit for start in range(0, len(x), rows) if (hit := _beyond(x[start:start + rows], limit, start))]
+    if found:
+        count = sum(n for n, _, _ in found)
+        largest = max((big for _, big, _ in found), key=abs)
+        raise ShapeError(f"{label}: expected values within {dtype}'s range (the model's input dtype), got "
+                         f"{count:,} {x.dtype} values beyond it (largest {largest:g}), the first at step "
+                         f"{found[0][2]} of {len(x)}")
+
+
+def _beyond(block: np.ndarray, limit: np.floating, start: int) -> tuple[int, float, int] | None:
+    """In ``block`` (rows ``start``...): how many finite values reach ``limit`` in magnitude, the largest, and the
+    first one's row; None where there is none. NaN compares False; an Inf stays Inf (the model's own NaN-or-Inf
+    check, or allow_nonfinite, takes it)."""
+    beyond = (block >= limit) | (block <= -limit)
+    beyond &= np.isfinite(block)
     if not beyond.any():
-        return
-    values = x[beyond]
-    largest = values[np.argmax(np.abs(values))]
-    step = int(beyond.reshape(len(x), -1).any(axis=1).argmax())
-    raise ShapeError(f"{label}: expected values within {dtype}'s range (the model's input dtype), got "
-                     f"{values.size:,} {x.dtype} values beyond it (largest {largest:g}), the first at step {step} "
-                     f"of {len(x)}")
+        return None
+    values = block[beyond]
+    first = start + int(beyond.reshape(len(block), -1).any(axis=1).argmax())
+    return values.size, values[np.argmax(np.abs(values))], first
+
+
+_BLOCK = 1 << 16  # values per block of the range check's masks (two bool masks of 64 KiB)
 
 
 def _overflow_bound(dtype: np.dtype, wide: np.dtype) -> np.floating:
