@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _served import KEPT_PERCENT, P99_MS, served
+from _served import KEPT_PERCENT, P99_MS, parse_loadtest, served
 
 LADDER = (5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500)
 COMMON = 20  # the level every server is compared at
@@ -196,13 +196,11 @@ def ws_level(url: str, streams: int, duration: float) -> Level:
     out = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "edge_rnn.cli", "loadtest", url, "--streams",
                           str(streams), "--duration", str(duration)], capture_output=True, text=True,
                          timeout=duration + 120)
-    m = re.search(r"(\d+)/\d+ streams kept real time.*?([\d,]+) chunks, latency p50 ([\d.na]+) ms, p99 ([\d.na]+) ms;"
-                  r" errors: (.*?); load generator CPU (\d+)%", out.stdout)
-    if not m:
+    line = parse_loadtest(out.stdout)
+    if line is None:
         tail = (out.stdout + out.stderr)[-300:]
         return Level(streams, 0, float("nan"), float("nan"), 0, f"loadtest failed: {tail!r}")
-    return Level(streams, int(m.group(1)), float(m.group(3)), float(m.group(4)), int(m.group(2).replace(",", "")),
-                 m.group(5), client_cpu=int(m.group(6)) / 100)
+    return Level(streams, line.kept, line.p50, line.p99, line.chunks, line.errors, client_cpu=line.client_cpu)
 
 
 def client(*args: str, timeout: float) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _served import KEPT_PERCENT, P99_MS, served, verdict
+from _served import KEPT_PERCENT, P99_MS, parse_loadtest, served, verdict
 
 from edge_rnn.runtime._host import describe_host, host_record
 
@@ -150,10 +149,10 @@ def load(port: int, streams: int, duration: float) -> tuple[int, float, float]:
     out = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "edge_rnn.cli", "loadtest",
                           f"http://127.0.0.1:{port}", "--streams", str(streams), "--duration", str(duration)],
                          capture_output=True, text=True, timeout=duration + 120).stdout
-    m = re.search(r"(\d+)/\d+ streams kept real time.*p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
-    if not m:
+    line = parse_loadtest(out)
+    if line is None:
         raise RuntimeError(f"unexpected loadtest output: {out!r}")
-    return int(m.group(1)), float(m.group(2)), float(m.group(3))
+    return line.kept, line.p50, line.p99  # NaN where no reply came back: the level is not served
 
 
 def tree_env(tree: Path | None) -> dict[str, str] | None:

@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from edge_rnn.client._wire import http_base, shown
+from edge_rnn.client._wire import auth_headers, http_base, shown
 from edge_rnn.errors import EdgeRnnError
 
 __all__ = ["LoadResult", "check_url", "exact", "finite", "loadtest"]
@@ -72,6 +72,8 @@ def finite(name: str, value: float) -> float:
 
 async def _stream(url: str, token: str | None, shape: tuple[int, ...], chunk_s: float, until: float,
                   result: LoadResult, seed: int, phase: float) -> None:
+    from websockets.exceptions import WebSocketException
+
     from edge_rnn.client import ServiceError, WebSocketStream
 
     rng = np.random.default_rng(seed)
@@ -92,7 +94,7 @@ async def _stream(url: str, token: str | None, shape: tuple[int, ...], chunk_s: 
     except ServiceError as e:
         kept = False
         result.errors[e.code] = result.errors.get(e.code, 0) + 1
-    except OSError as e:
+    except (OSError, WebSocketException) as e:  # a socket's error or websockets' own: counted, not the run's end
         kept = False
         result.errors[type(e).__name__] = result.errors.get(type(e).__name__, 0) + 1
     result.kept_real_time += kept and sent > 0
@@ -160,7 +162,7 @@ def _describe(url: str, token: str | None) -> dict:
     import httpx
 
     try:
-        r = httpx.get(url.rstrip("/") + "/v1/model", headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = httpx.get(http_base(url) + "/v1/model", headers=auth_headers(token))
     except httpx.UnsupportedProtocol:
         raise EdgeRnnError(f"expected a URL with http:// or https://, got {shown(url)!r}") from None
     except httpx.ConnectError as e:

@@ -55,3 +55,26 @@ def test_the_scale_out_benchmark_counts_a_level_by_the_same_criterion(bench, kep
 
     level = scale_out.Level(streams=200, kept=kept, p50=20.0, p99=97.8, chunks=1000, errors=errors)
     assert level.ok is ok
+
+
+@pytest.mark.parametrize("kept, streams, shown", [(989, 1000, "98.9%"), (197, 199, "98.9%"), (198, 200, "99%"),
+                                                  (1, 3, "33.3%"), (0, 5, "0%"), (7, 7, "100%")])
+def test_the_share_kept_is_rounded_down_so_it_never_reads_as_the_bar_it_missed(bench, kept, streams, shown):
+    """989/1000 printed "(99%) ... -> over (kept < 99%)": rounded to the nearest percent."""
+    assert f"kept real time ({shown})" in bench.verdict(kept, streams, 50.0)
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("198/200 streams kept real time over 4.0 s; 7,812 chunks, latency p50 5.1 ms, p99 39.3 ms; errors: none; "
+     "load generator CPU 41% of a core", (198, 200, 7812, 5.1, 39.3, "none", 0.41)),
+    ("0/300 streams kept real time over 10.0 s (300 sent nothing before the run ended: ...); 0 chunks, latency p50 "
+     "nan ms, p99 nan ms; errors: timeout x300; load generator CPU 3% of a core", (0, 300, 0, None, None,
+                                                                                   "timeout x300", 0.03)),
+])
+def test_both_benchmarks_read_loadtests_summary_with_one_parser_nan_included(bench, out, expected):
+    """service.py's own pattern could not read "p50 nan ms" (no reply came back) and stopped the whole search."""
+    line = bench.parse_loadtest("warming up\n" + out + "\n")
+    got = tuple(None if isinstance(v, float) and math.isnan(v) else v for v in line)
+    assert got == expected
+    assert not bench.served(line.kept, line.streams, line.p99) or expected[3] is not None
+    assert bench.parse_loadtest("Error: nothing listens at http://127.0.0.1:1") is None

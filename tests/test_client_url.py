@@ -91,3 +91,59 @@ def test_a_cells_reply_is_exactly_one_frame(values, one_frame, shape):
             output(data, 6, one_frame)
     else:
         assert output(data, 6, one_frame).shape == shape
+
+
+class _NotHttp:
+    """A TCP server on 127.0.0.1 that reads a request and closes without an answer (a server stopping, or a port
+    that is no HTTP server): a WebSocket handshake gets no valid response. Stopped on exit."""
+
+    def __init__(self, connections: int):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(10)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+        def serve() -> None:
+            for _ in range(connections):
+                try:
+                    c, _ = self.sock.accept()
+                except OSError:
+                    return
+                with c:
+                    c.recv(4096)
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+
+    def __enter__(self) -> _NotHttp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["ws", "async_ws"])
+def test_a_handshake_without_an_answer_is_a_service_error(kind):
+    """websockets' InvalidMessage went past the client (and ended a whole load test with a traceback)."""
+    with _NotHttp(1) as server, pytest.raises(ServiceError, match="handshake_failed") as e:
+        if kind == "ws":
+            SyncWebSocketStream(server.url, width=0, resume=False)
+        else:
+            asyncio.run(WebSocketStream.open(server.url, width=0, resume=False))
+    assert e.value.status == 0 and "InvalidMessage" in str(e.value)
+
+
+def test_loadtest_counts_a_handshake_without_an_answer_as_an_error():
+    import time
+
+    from edge_rnn.loadtest import LoadResult, _stream
+
+    result = LoadResult(1, 1)
+    with _NotHttp(1) as server:
+        asyncio.run(_stream(server.url, None, (10, 4), 0.1, time.perf_counter() + 1, result, 0, 0))
+    assert result.errors == {"handshake_failed": 1} and result.kept_real_time == 0

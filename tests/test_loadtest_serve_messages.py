@@ -261,3 +261,15 @@ def test_the_load_generator_refuses_nan_naming_it(name):
 @pytest.mark.parametrize("url", ["http://user:SECRET-PW@127.0.0.1:9", "http://127.0.0.1:9/?token=SECRET-PW"])
 def test_loadtest_refuses_a_url_with_a_password_or_a_query_without_quoting_it(url):
     one_line_error(invoke("loadtest", url, "--duration", 1), "url: expected", not_in_output=("SECRET-PW",))
+
+
+def test_loadtest_asks_for_the_model_at_every_url_form_the_client_takes():
+    """It asked GET <url>/v1/model as given: http://h:p/v1/streams, a form the client takes, got a 404."""
+    from fake_edge import FakeEdgeServer, described
+
+    from edge_rnn.loadtest import _describe
+
+    with FakeEdgeServer(described([None, 6])) as server:
+        for suffix in ("", "/", "/v1/streams", "/v1/streams/ws"):
+            assert _describe(server.url + suffix, None)["outputs"][0]["shape"] == [None, 6]
+    assert [path for _, path, _ in server.seen] == ["/v1/model"] * 4

@@ -114,12 +114,21 @@ def _command(name: str, tmp_path) -> list[str]:
                      "--starts", "2", "--input", str(_sequence(tmp_path))],
         "optimize": ["optimize", lstm, "--fp16", "--steps", "2000", "-o", str(tmp_path)],
         "package": ["package", lstm, "--variants", "fp32,fp16", "--steps", "2000", "-o", str(tmp_path / "b")],
+        "run": ["run", str(DATA / "tiny_dynamic.onnx"), "--input", str(_long_input(tmp_path)), "--chunk", "1", "-o",
+                str(tmp_path / "y.npy")],  # 1,000 calls: a bar (200 calls or more)
     }[name]
+
+
+def _long_input(tmp_path):
+    path = tmp_path / "long.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32))
+    return path
 
 
 def _stable(stdout: str) -> str:
     """stdout without what is timed (the export's milliseconds, a bundle's speed columns)."""
     stdout = re.sub(r"exported in [\d.]+ ms", "exported in <ms>", stdout)
+    stdout = re.sub(r": [\d.]+ ms \([\d,]+ steps/s\)", ": <ms>", stdout)  # run's speed
     return re.sub(r" (YES|no) +[\d.]+ +[\d,]+  ", r" \1 <speed>  ", stdout)
 
 
@@ -133,7 +142,7 @@ def _invoke(monkeypatch, tmp_path, command: str, mode: str):
     return r
 
 
-@pytest.mark.parametrize("command", ["export", "diagnose", "optimize", "package"])
+@pytest.mark.parametrize("command", ["export", "diagnose", "optimize", "package", "run"])
 def test_the_bar_only_on_a_terminal_and_never_with_quiet_and_stdout_the_same(monkeypatch, tmp_path, command):
     runs = {mode: _invoke(monkeypatch, tmp_path, command, mode) for mode in ("terminal", "quiet", "pipe")}
     stdout = {mode: _stable(r.stdout.replace(str(tmp_path / mode), "<dir>")) for mode, r in runs.items()}

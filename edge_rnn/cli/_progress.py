@@ -1,4 +1,5 @@
-"""The command line's one progress bar and its ``--quiet``: drawn on stderr, on a terminal only.
+"""The command line's one progress bar and its ``--quiet`` (export, diagnose, optimize, package, run): drawn on
+stderr, on a terminal only.
 
 A long command takes :func:`quiet_option` and hands :func:`progress` to the library function that does the work
 (as its ``progress`` keyword, :mod:`edge_rnn._progress`); informational lines go through :func:`say`. stdout,

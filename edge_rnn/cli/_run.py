@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from edge_rnn.cli._common import (
     _variant_option,
     main,
 )
+from edge_rnn.cli._progress import progress, quiet_option
 from edge_rnn.cli._run_values import check_values
 from edge_rnn.errors import EdgeRnnError
 
@@ -31,6 +32,7 @@ from edge_rnn.errors import EdgeRnnError
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @_variant_option
 @_foreign_options
+@quiet_option
 def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | None, variant: str | None,
         allow_nonfinite: bool, **foreign: Any) -> None:
     """Stream a .npy array through MODEL chunk by chunk, carrying the state, and save the outputs.
@@ -64,9 +66,7 @@ def run(model: Path, input_path: Path, chunk: int, output: Path, threads: int | 
     total = len(data)
     stream = m.open_stream()
     t0 = time.perf_counter()
-    with click.progressbar(length=total, label="streaming", file=sys.stderr,
-                           show_pos=True) if total >= 200 * chunk else _nullbar() as bar:
-        result = run_sequence(m, stream, data, chunk=chunk, progress=bar.update)
+    result = run_sequence(m, stream, data, chunk=chunk, progress=_steps_drawn(total, chunk))
     seconds = time.perf_counter() - t0
     _save(output, result)
     n_steps = stream.steps
@@ -146,17 +146,20 @@ def _save(output: Path, result: dict[str, Any]) -> None:
         raise EdgeRnnError(f"-o {output}: cannot write it ({e.strerror or e})") from None
 
 
-class _nullbar:
-    """Stands in for click's progress bar on short inputs."""
-
-    def __enter__(self) -> _nullbar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+def _steps_drawn(total: int, chunk: int) -> Callable[[int], None] | None:
+    """run_sequence's progress (steps done per call) drawn as the command line's one bar: on a terminal, without
+    --quiet, and for an input of 200 calls or more (a shorter one is done before a bar would help)."""
+    draw = progress() if total >= 200 * chunk else None
+    if draw is None:
         return None
+    done = 0
 
-    def update(self, n: int) -> None:
-        return None
+    def steps(n: int) -> None:
+        nonlocal done
+        done += n
+        draw("streaming", done, total)
+
+    return steps
 
 
 @main.command()

@@ -135,10 +135,10 @@ def serve(model: Path, variant: str | None, self_test: bool, host: str, port: in
                              self_test=self_test, threads=threads, allow_nonfinite=allow_nonfinite)
     app = create_app(m, config, variant=m.variant)
     sock = _listen(host, port)  # bound here: a port in use or an unknown host is one line, before "serving"
-    click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
-    server = DrainingServer(_uvicorn_config(app, host, port, access_log, uvicorn_options(config)), app.svc,
-                            notify=lambda line: click.echo(line, err=True))
-    with sock:
+    with sock:  # closed however the rest ends
+        click.echo(f"serving {m.source} on {_url(sock)} (WebSocket /v1/streams/ws)", err=True)
+        server = DrainingServer(_uvicorn_config(app, host, port, access_log, uvicorn_options(config)), app.svc,
+                                notify=lambda line: click.echo(line, err=True))
         server.run(sockets=[sock])
     click.echo(server.stop_message(), err=True)
 

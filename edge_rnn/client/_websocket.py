@@ -44,8 +44,14 @@ def _ws_url(url: str) -> str:
 
 
 def _refused(url: str, e: Any) -> ServiceError:
-    """A handshake answered with an HTTP status (a token refused: 401; no socket at that path: 403 or 404)."""
-    return ServiceError(e.response.status_code, "refused", f"the server refused the connection to {shown(url)}")
+    """A failed handshake as a ServiceError: one answered with an HTTP status (a token refused: 401; no socket at
+    that path: 403 or 404), or one that got no valid answer (a server that closed the connection, or answered
+    something other than HTTP): status 0, ``handshake_failed``."""
+    response = getattr(e, "response", None)
+    if response is not None:
+        return ServiceError(response.status_code, "refused", f"the server refused the connection to {shown(url)}")
+    return ServiceError(0, "handshake_failed", f"the WebSocket handshake with {shown(url)} failed "
+                        f"({type(e).__name__}: {str(e)[:120]})")
 
 
 def _closed(e: Any) -> ServiceError:
@@ -231,7 +237,7 @@ class WebSocketStream(AsyncResumable):
         try:
             self._ws = await websockets.connect(self._url,
                                                 **_ws_options(self._token, self._journal is not None))
-        except websockets.exceptions.InvalidStatus as e:
+        except websockets.exceptions.InvalidHandshake as e:  # a status (InvalidStatus), or no valid answer
             raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:
@@ -329,12 +335,12 @@ class SyncWebSocketStream(SyncResumable):
             self._ws.__exit__(None, None, None)
 
     def _open(self, snapshot: bytes | None) -> None:
-        from websockets.exceptions import InvalidStatus
+        from websockets.exceptions import InvalidHandshake
         from websockets.sync.client import connect
 
         try:  # entered as the context manager it is (websockets 16+ warns otherwise); left in close()
             self._ws = connect(self._url, **_ws_options(self._token, self._journal is not None)).__enter__()
-        except InvalidStatus as e:
+        except InvalidHandshake as e:  # a status (InvalidStatus), or no valid answer
             raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:

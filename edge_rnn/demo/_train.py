@@ -96,7 +96,8 @@ def accuracy_by_lag(model: Callable, task: MemoryTask, lags: Sequence[int] = (5,
 
 def train(arch: str, config: TrainConfig = TrainConfig(), log: Callable[[str], None] | None = None) -> Trained:
     """Train a :class:`RecallModel` of ``arch`` ("rnn", "lstm" or "gru") on the task by ``config``'s recipe, on
-    one CPU thread (faster than two for a layer this small, and the same on any machine)."""
+    one CPU thread (faster than two for a layer this small, and reproducible run to run on one machine; another
+    CPU's kernels round differently and can train a slightly different model)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

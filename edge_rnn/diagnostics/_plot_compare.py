@@ -38,13 +38,28 @@ def plot_comparison(diagnoses: Mapping[str, Diagnosis], path: str | Path, *,
     if not diagnoses:
         raise EdgeRnnError("plot_comparison: expected at least one diagnosis, got none")
     plt = _pyplot()
+    fig = plt.figure(figsize=(18, 13))
+    path = Path(path)
+    try:  # closed however the drawing or the writing ends: pyplot keeps every open figure
+        _draw(fig, diagnoses, accuracy, chance)
+        fig.suptitle(title or "edge-rnn diagnose: " + ", ".join(diagnoses), fontsize=15, y=0.95)
+        try:
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+        except (OSError, ValueError) as e:
+            raise EdgeRnnError(f"plot {path}: cannot write the figure ({type(e).__name__}: {e})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _draw(fig, diagnoses: Mapping[str, Diagnosis], accuracy: Mapping | None, chance: float | None) -> None:
+    """The panels: accuracy, horizons and gradient flow on top, one axis per gate, one memory curve per model."""
     from matplotlib.gridspec import GridSpec
 
     names = list(diagnoses)
     colours = {n: _COLOURS[i % len(_COLOURS)] for i, n in enumerate(names)}
     gates = [(n, h) for n in names for h in _first_layer(diagnoses[n])]
     cols = max(len(gates), 3 * len(names), 6)
-    fig = plt.figure(figsize=(18, 13))
     grid = GridSpec(3, cols, figure=fig, height_ratios=[1.15, 0.75, 1.0], hspace=0.55, wspace=0.9)
     third = cols // 3
     top = [fig.add_subplot(grid[0, i * third:(i + 1) * third]) for i in range(3)]
@@ -58,15 +73,6 @@ def plot_comparison(diagnoses: Mapping[str, Diagnosis], path: str | Path, *,
     span = cols // len(names)
     for i, name in enumerate(names):
         _memory(fig.add_subplot(grid[2, i * span:(i + 1) * span]), name, diagnoses[name], colours[name])
-    fig.suptitle(title or "edge-rnn diagnose: " + ", ".join(names), fontsize=15, y=0.95)
-    path = Path(path)
-    try:
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-    except (OSError, ValueError) as e:
-        raise EdgeRnnError(f"plot {path}: cannot write the figure ({type(e).__name__}: {e})") from None
-    finally:
-        plt.close(fig)
-    return path
 
 
 def _gate_row(fig, grid, cols: int, gates: list, colours: dict[str, str]) -> None:
