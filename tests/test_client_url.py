@@ -128,17 +128,23 @@ class _NotHttp:
 
 
 @pytest.mark.parametrize("kind", ["ws", "async_ws"])
-def test_a_handshake_without_an_answer_is_a_service_error(kind):
-    """websockets' InvalidMessage went past the client (and ended a whole load test with a traceback)."""
-    with _NotHttp(1) as server, pytest.raises(ServiceError, match="handshake_failed") as e:
+def test_a_handshake_without_an_answer_is_a_transport_error_a_resume_reconnects_past(kind):
+    """No valid HTTP answer (a server closing as it stops): websockets' InvalidHandshake, which the resuming client
+    counts as the server gone (tests/test_client_resume.py), as it does an OSError; not a ServiceError."""
+    from websockets.exceptions import InvalidHandshake
+
+    from edge_rnn.client._websocket import _ws_journal
+
+    assert _ws_journal(None, True, 10, 5.0).is_gone(InvalidHandshake("no answer"))
+    with _NotHttp(1) as server, pytest.raises(InvalidHandshake):
         if kind == "ws":
             SyncWebSocketStream(server.url, width=0, resume=False)
         else:
             asyncio.run(WebSocketStream.open(server.url, width=0, resume=False))
-    assert e.value.status == 0 and "InvalidMessage" in str(e.value)
 
 
 def test_loadtest_counts_a_handshake_without_an_answer_as_an_error():
+    """websockets' InvalidMessage went past loadtest's handlers and ended the whole run with a traceback."""
     import time
 
     from edge_rnn.loadtest import LoadResult, _stream
@@ -146,4 +152,4 @@ def test_loadtest_counts_a_handshake_without_an_answer_as_an_error():
     result = LoadResult(1, 1)
     with _NotHttp(1) as server:
         asyncio.run(_stream(server.url, None, (10, 4), 0.1, time.perf_counter() + 1, result, 0, 0))
-    assert result.errors == {"handshake_failed": 1} and result.kept_real_time == 0
+    assert result.errors == {"InvalidMessage": 1} and result.kept_real_time == 0  # counted: the run goes on

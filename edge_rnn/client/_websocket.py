@@ -44,14 +44,10 @@ def _ws_url(url: str) -> str:
 
 
 def _refused(url: str, e: Any) -> ServiceError:
-    """A failed handshake as a ServiceError: one answered with an HTTP status (a token refused: 401; no socket at
-    that path: 403 or 404), or one that got no valid answer (a server that closed the connection, or answered
-    something other than HTTP): status 0, ``handshake_failed``."""
-    response = getattr(e, "response", None)
-    if response is not None:
-        return ServiceError(response.status_code, "refused", f"the server refused the connection to {shown(url)}")
-    return ServiceError(0, "handshake_failed", f"the WebSocket handshake with {shown(url)} failed "
-                        f"({type(e).__name__}: {str(e)[:120]})")
+    """A handshake answered with an HTTP status (a token refused: 401; no socket at that path: 403 or 404). One that
+    got no valid answer (a server closing as it stops) stays websockets' InvalidHandshake: a transport error, as an
+    OSError is, which a resuming client takes for a server gone and reconnects past."""
+    return ServiceError(e.response.status_code, "refused", f"the server refused the connection to {shown(url)}")
 
 
 def _closed(e: Any) -> ServiceError:
@@ -237,7 +233,7 @@ class WebSocketStream(AsyncResumable):
         try:
             self._ws = await websockets.connect(self._url,
                                                 **_ws_options(self._token, self._journal is not None))
-        except websockets.exceptions.InvalidHandshake as e:  # a status (InvalidStatus), or no valid answer
+        except websockets.exceptions.InvalidStatus as e:
             raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:
@@ -335,12 +331,12 @@ class SyncWebSocketStream(SyncResumable):
             self._ws.__exit__(None, None, None)
 
     def _open(self, snapshot: bytes | None) -> None:
-        from websockets.exceptions import InvalidHandshake
+        from websockets.exceptions import InvalidStatus
         from websockets.sync.client import connect
 
         try:  # entered as the context manager it is (websockets 16+ warns otherwise); left in close()
             self._ws = connect(self._url, **_ws_options(self._token, self._journal is not None)).__enter__()
-        except InvalidHandshake as e:  # a status (InvalidStatus), or no valid answer
+        except InvalidStatus as e:
             raise _refused(self._url, e) from None
         self._in_step = _in_step()
         if snapshot:
