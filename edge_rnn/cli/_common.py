@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edge_rnn._version import __version__
-from edge_rnn.errors import EdgeRnnError, ShapeError, message_line
+from edge_rnn.errors import EdgeRnnError, message_line
 
 __all__ = ["main"]
 
@@ -134,13 +134,9 @@ def _read_array(path: Path, flag: str) -> Any:
 def _check_fits(data: Any, port: Any, label: str, model: str = "the model") -> None:
     """A user array (``--input x.npy``) against the model's input ``port``, once, before it is cut into chunks: a
     refusal names the file, its shape and its dtype, not the first chunk's."""
-    from edge_rnn.runtime._sequence_fit import describe_time_first, dtype_fits, shape_fits
+    from edge_rnn.runtime._sequence_fit import check_fits
 
-    if shape_fits(port, data.shape) and dtype_fits(port, data.dtype):
-        return
-    cast = ", any float is cast" if port.dtype.kind == "f" else ""
-    raise ShapeError(f"{label}: expected {describe_time_first(port)} for {model}'s input {port.name} (time first"
-                     f"{cast}), got {data.shape} {data.dtype} in the file")
+    check_fits(port, data.shape, data.dtype, label, model=model, got=" in the file")
 
 
 _DATA_HELP = ("Real input sequences for the parity check, in place of random ones: a .npy (time, features) or an "

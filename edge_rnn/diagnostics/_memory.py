@@ -41,7 +41,7 @@ import numpy as np
 
 from edge_rnn.diagnostics._types import MemoryCurve
 from edge_rnn.errors import NonFiniteError, ShapeError, UnsupportedError
-from edge_rnn.runtime._sequence_fit import describe_time_first, dtype_fits, shape_fits
+from edge_rnn.runtime._sequence_fit import check_fits
 
 __all__ = ["memory_curve", "curve_from", "perturbations", "start_points", "finite_input", "peak"]
 
@@ -239,10 +239,7 @@ def memory_curve(model: Any, x: np.ndarray, *, max_lag: int = 50, starts: int = 
         raise UnsupportedError(f"memory curve: expected a model with one input, got {[p.name for p in model.inputs]}")
     port = model.inputs[0]
     x = np.asarray(x)
-    if not (shape_fits(port, x.shape) and dtype_fits(port, x.dtype)):
-        raise ShapeError(f"{what or 'x'}: expected {describe_time_first(port)} for {label or model.source}'s input "
-                         f"{port.name} (time first{', any float is cast' if port.dtype.kind == 'f' else ''}), got "
-                         f"{x.shape} {x.dtype}")
+    check_fits(port, x.shape, x.dtype, what or "x", model=label or model.source)
     x = finite_input(x, port.dtype if port.dtype.kind == "f" else None, what=what or "diagnose input")
     every = _steps_per_call(port, max_lag)
     x = x[: len(x) - len(x) % every]

@@ -11,7 +11,7 @@ from edge_rnn._numbers import is_int
 from edge_rnn.errors import ArgumentError, ShapeError
 from edge_rnn.runtime._layout import from_front, to_front
 from edge_rnn.runtime._ports import Port
-from edge_rnn.runtime._sequence_fit import check_float_range, describe_time_first, dtype_fits, shape_fits
+from edge_rnn.runtime._sequence_fit import check_fits, check_float_range, describe_time_first
 
 if TYPE_CHECKING:
     from edge_rnn.runtime._model import StreamingModel
@@ -77,10 +77,7 @@ def _whole(port: Port, x: Any) -> np.ndarray:
     except ValueError:  # numpy's "inhomogeneous shape": chunks of different lengths, a ragged nested list
         raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first, got a ragged "
                          f"{type(x).__name__}{_shapes(x)} (join chunks with np.concatenate)") from None
-    if a.ndim == 0 or not shape_fits(port, a.shape) or not dtype_fits(port, a.dtype):
-        cast = ", any float is cast" if port.dtype.kind == "f" else ""
-        raise ShapeError(f"{port.name}: expected a sequence {describe_time_first(port)}, time first{cast}, got "
-                         f"{a.shape} {a.dtype}")
+    check_fits(port, a.shape, a.dtype, port.name)  # a 0-d array too: no rank fits it
     if not len(a):
         raise ShapeError(f"{port.name}: expected at least one time step, got an empty array {a.shape}")
     check_float_range(a, port.dtype, port.name)  # a finite value the cast would make Inf, allow_nonfinite or not

@@ -8,7 +8,7 @@ import numpy as np
 from edge_rnn.errors import ShapeError
 from edge_rnn.runtime._ports import Port
 
-__all__ = ["time_first", "describe_time_first", "shape_fits", "dtype_fits", "check_float_range"]
+__all__ = ["time_first", "describe_time_first", "shape_fits", "dtype_fits", "check_fits", "check_float_range"]
 
 
 def time_first(port: Port) -> tuple[int | None, ...]:
@@ -44,6 +44,19 @@ def dtype_fits(port: Port, dtype: np.dtype) -> bool:
     if dtype.kind == "f" and port.dtype.kind == "f":
         return True
     return dtype.kind in "iu" and port.dtype.kind in "iu" and bool(np.can_cast(dtype, port.dtype))
+
+
+def check_fits(port: Port, shape: tuple[int, ...], dtype: np.dtype, label: str, *, model: str | None = None,
+               got: str = "") -> None:
+    """The one refusal of a whole sequence that does not fit ``port`` (:func:`shape_fits`, :func:`dtype_fits`): a
+    ShapeError naming ``label`` (the user's array: ``--input x.npy``), what the input takes, and the array's own
+    ``shape`` and ``dtype`` (``got``: after them, e.g. " in the file"); ``model`` names whose input it is."""
+    if shape_fits(port, shape) and dtype_fits(port, dtype):
+        return
+    cast = ", any float is cast" if port.dtype.kind == "f" else ""
+    wanted = (f"{describe_time_first(port)} for {model}'s input {port.name} (time first{cast})" if model is not None
+              else f"a sequence {describe_time_first(port)}, time first{cast}")
+    raise ShapeError(f"{label}: expected {wanted}, got {shape} {np.dtype(dtype)}{got}")
 
 
 def check_float_range(x: np.ndarray, dtype: np.dtype, label: str) -> None:
