@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["FileReadout"]
+__all__ = ["FileReadout", "CHUNK"]
+
+CHUNK = 10  # steps per call a file is streamed in (the demo's tables say so)
 
 
 class FileReadout:
     """``FileReadout(path, head)(x, query)``: logits ``(batch, classes)`` of ``head`` over the streaming ONNX file's
     output at each sequence's query step; ``x`` is ``(time, batch, features)``, time-major as the task makes it."""
 
-    def __init__(self, path: str | Path, head: torch.nn.Module, chunk: int = 10) -> None:
+    def __init__(self, path: str | Path, head: torch.nn.Module, chunk: int = CHUNK) -> None:
         from edge_rnn.runtime import StreamingModel
 
         self.model = StreamingModel.load(Path(path))

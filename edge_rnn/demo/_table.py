@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from edge_rnn.demo._file_model import CHUNK
 from edge_rnn.demo._run import ArchResult, DemoResult
 
 __all__ = ["demo_table"]
@@ -57,7 +58,8 @@ def demo_table(result: DemoResult) -> list[str]:
     rows += [
         "",
         f"accuracy: share of {c.eval_n} fresh sequences per lag answered right (chance {t.task.chance:.3f}); int8: "
-        "the same sequences streamed through the int8 variant by the runtime, 10 steps per call, read by the same head",
+        f"the same sequences streamed through the int8 variant by the runtime, {CHUNK} steps per call, read by the "
+        "same head",
         f"task: delayed recall of 1 of {t.task.symbols} symbols; each model hidden {t.hidden}, {t.steps} steps of "
         f"batch {t.batch}, Adam lr {t.lr:g}, clip {t.clip:g}, lags {t.min_lag}..{t.max_lag} "
         f"{'by curriculum' if t.curriculum else 'from the first step (no curriculum)'}, seed {t.seed}",
