@@ -42,6 +42,8 @@ from _served import KEPT_PERCENT, P99_MS, parse_loadtest, served, verdict
 
 from edge_rnn.runtime._host import describe_host, host_record
 
+FIRST_LEVEL = 25  # streams of the first load level; the search doubles from it, or bisects down
+
 NAIVE = '''
 import sys, numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -170,7 +172,7 @@ def capacity(cmd: list[str], port: int, duration: float, top: int, label: str,
     try:
         wait_up(port, proc)
         best: tuple[int, int, float] = (0, 0, float("nan"))
-        good, bad, n = 0, top + 1, 25
+        good, bad, n = 0, top + 1, FIRST_LEVEL
         while good + 1 < bad:
             kept, p50, p99 = load(port, n, duration)
             ok = served(kept, n, p99)
@@ -191,8 +193,8 @@ def summary(label: str, level: tuple[int, int, float], engine_streams: float) ->
     """A server's capacity, with both numbers of the level it was counted at, and its share of the engine."""
     n, kept, p99 = level
     if n == 0:
-        return (f"{label}: no level served (not even 25 streams with >= {KEPT_PERCENT}% kept real time and "
-                f"p99 < {P99_MS:g} ms)")
+        return (f"{label}: no level served (none tried, from {FIRST_LEVEL} streams bisected down, with >= "
+                f"{KEPT_PERCENT}% kept real time and p99 < {P99_MS:g} ms)")
     return (f"{label}: {n} real-time streams served ({kept}/{n} kept real time, p99 {p99:.1f} ms) = "
             f"{n / engine_streams:.0%} of the engine")
 
